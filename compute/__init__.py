@@ -1,0 +1,1 @@
+"""CLIP Attention Lab: the offline compute stage (``python -m compute``)."""

@@ -1,0 +1,163 @@
+"""Command line of the compute stage: ``python -m compute VERB ...`` (``--help`` on every verb).
+
+Bad input ends with one line ``error: ...`` on stderr and exit code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from compute.errors import InputError
+
+DEFAULT_DB = Path("data/results.duckdb")
+EXIT_INPUT = 2
+
+
+def _quiet_libraries() -> None:
+    # transformers and the tokenizers fork warning would bury the one line that matters.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+# --------------------------------------------------------------------------------------------------
+# Verbs.
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compute.config import load_experiment
+    from compute.runner import run
+
+    exp = load_experiment(args.experiment)
+    if args.db:
+        exp.store.db = Path(args.db).resolve()
+    if args.limit is not None:
+        if args.limit < 1:
+            raise InputError(f"--limit must be a positive integer, got {args.limit}")
+        exp.dataset.limit = args.limit
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        exp.model.batch_size = args.batch_size
+    if args.device:
+        exp.model.device = args.device
+    _quiet_libraries()
+    run(exp, method=args.method, progress=not args.no_progress)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from compute import store
+
+    db = Path(args.db)
+    if not db.is_file():
+        raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
+    with store.connect(db, read_only=True) as con:
+        rows = store.list_runs(con)
+    if not rows:
+        print(f"no runs in {db}")
+        return 0
+    head = f"{'run':<28} {'status':<9} {'images':>6} {'abl.':>4} {'prompts':>7} {'done':>7} {'errors':>6}  created              model"
+    print(head)
+    print("-" * len(head))
+    for run, status, model, created, n_img, n_abl, n_pr, n_done, n_err, parent in rows:
+        total = (n_img - n_err) * n_abl  # images that failed to load are not pending
+        pct = f"{100 * n_done / total:.0f}%" if total else "-"
+        name = run if not parent else f"{run} (from {parent})"
+        print(f"{name:<28} {status:<9} {n_img:>6} {n_abl:>4} {n_pr:>7} {pct:>7} {n_err:>6}  "
+              f"{created:%Y-%m-%d %H:%M:%S}  {model}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from compute import store
+
+    db = Path(args.db)
+    if not db.is_file():
+        raise InputError(f"no store at {db}")
+    with store.connect(db) as con:
+        row = store.find_run(con, args.run)
+        if row is None:
+            raise InputError(f"no run named {args.run!r} in {db}")
+        store.delete_run(con, row.run_id)
+    print(f"deleted run {args.run!r} from {db}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from compute import fetch
+
+    return fetch.main(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m compute",
+        description="CLIP Attention Lab compute stage: run attention-ablation sweeps of CLIP's vision tower "
+        "over a COCO-format dataset and store logits, selections and embeddings in DuckDB.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) an experiment file into its DuckDB store",
+                       description="Run every ablation of EXPERIMENT over its dataset and store the results. "
+                       "Running the same experiment again resumes it: finished (image, ablation) pairs are "
+                       "not recomputed. Exit 0 when the run is complete.")
+    p.add_argument("experiment", help="experiment TOML file (see experiments/)")
+    p.add_argument("--db", help="DuckDB file to write (default: [store] db of the experiment)")
+    p.add_argument("--limit", type=int, help="only the first N images (by id); part of the run's identity")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: [model] batch_size, 16)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override [model] device")
+    p.add_argument("--method", choices=["engine", "plain"], default="engine",
+                   help="engine: the shared-prefix sweep (default); plain: patch the modules and rerun the "
+                   "whole model per ablation (the reference, and the bench's baseline)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list the runs in a store", description="List the runs in a DuckDB store "
+                       "with their status and progress.")
+    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("delete", help="delete a run and all its rows from a store",
+                       description="Delete a run (scores, selections, embeddings, errors) from a store.")
+    p.add_argument("run", help="run name")
+    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    p.set_defaults(func=cmd_delete)
+
+    try:
+        from compute import fetch
+    except ImportError:  # pragma: no cover - fetch is optional during development
+        fetch = None
+    if fetch is not None:
+        p = sub.add_parser("fetch", help="download a dataset (COCO val2017 images and annotations)",
+                           description="Download COCO annotations once, then only the images a selection "
+                           "needs, in parallel, with checks and resume.")
+        fetch.add_arguments(p)
+        p.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: what was committed is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

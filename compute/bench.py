@@ -1,0 +1,134 @@
+"""``make bench``: speed as ratios against a reference measured in the same run, never as absolute targets.
+
+Sections (``--only`` picks some):
+  sweep    the paper sweep on a random CLIP shaped like ViT-B/16 (12 layers, width 768, 12 heads, 224 px,
+           patch 16), 32 images, 4 prompts, batch 32, timed as whole processes: the engine against the plain
+           method (patch the modules, rerun the whole model per ablation, same batch size); peak memory of
+           the engine at 32 and 64 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo of a bird", "bird"),
+           ("a photo of a car", "car")]
+
+
+@dataclass
+class Timing:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def run_process(args: list[str]) -> Timing:
+    """Run ``python -m compute ARGS`` and return its wall time and peak resident memory."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "compute", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Timing(seconds, usage.ru_maxrss / 1024, proc.returncode, stderr)
+
+
+def make_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> Path:
+    """``n`` random JPEGs and a COCO instances file (half cats, half dogs)."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(1, n + 1):
+        name = f"{i:012d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)
+        images.append({"id": i, "file_name": name, "width": size, "height": size})
+        anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": [0, 0, 10, 10], "area": 100.0,
+                     "iscrowd": 0})
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return folder
+
+
+def write_experiment(path: Path, name: str, model: Path, data: Path, db: Path, batch_size: int) -> Path:
+    lines = [f'name = "{name}"', "[model]", f'clip = "{model}"', 'device = "cpu"', f"batch_size = {batch_size}",
+             "[dataset]", f'images = "{data / "images"}"', f'annotations = "{data / "instances.json"}"',
+             "[ablations]", 'sweep = "paper"', "[store]", f'db = "{db}"']
+    for text, label in PROMPTS:
+        lines += ["[[prompts]]", f'text = "{text}"', f'label = "{label}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def vit_b16_shaped(folder: Path) -> Path:
+    from compute.random_models import save_random_clip
+
+    return save_random_clip(folder, layers=12, width=768, heads=12, mlp=3072, image_size=224, patch_size=16,
+                            text_layers=12, text_width=512, text_heads=8, projection_dim=512)
+
+
+def bench_sweep(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, float]:
+    print(f"\n== sweep: paper sweep (21 ablations), ViT-B/16-shaped random CLIP, {images} images, 4 prompts, "
+          f"batch {batch_size}, whole processes ==", flush=True)
+    model = vit_b16_shaped(tmp / "vit-b16")
+    data = make_images(tmp / "data", 2 * images)
+    results = {}
+    for method, n in (("plain", images), ("engine", images), ("engine", 2 * images)):
+        exp = write_experiment(tmp / f"{method}{n}.toml", f"bench-{method}-{n}", model, data,
+                               tmp / f"{method}{n}.duckdb", batch_size)
+        t = run_process(["run", str(exp), "--method", method, "--limit", str(n), "--no-progress"])
+        if t.returncode != 0:
+            raise SystemExit(f"bench run failed ({method}, {n} images):\n{t.stderr[-2000:]}")
+        results[f"{method}_{n}_s"] = t.seconds
+        results[f"{method}_{n}_rss_mb"] = t.peak_rss_mb
+        print(f"  {method:<7} {n:>3} images  {t.seconds:7.1f} s  {n / t.seconds:5.2f} img/s  "
+              f"peak RSS {t.peak_rss_mb:6.0f} MB", flush=True)
+    ratio = results[f"plain_{images}_s"] / results[f"engine_{images}_s"]
+    results["speedup"] = ratio
+    print(f"  engine speed-up over the plain method: {ratio:.2f}x (layer-evaluation bound 252/143 = 1.76x; "
+          f"CLS-only tails go past it)")
+    print(f"  engine peak RSS {results[f'engine_{images}_rss_mb']:.0f} MB at {images} images, "
+          f"{results[f'engine_{2 * images}_rss_mb']:.0f} MB at {2 * images}")
+    return results
+
+
+SECTIONS = {"sweep": bench_sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m compute.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}")
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="clip-lab-bench-") as tmp:
+        for name in chosen:
+            section = Path(tmp) / name
+            section.mkdir()
+            figures[name] = SECTIONS[name](section)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Experiment files: one TOML file parsed into dataclasses.
+
+Every key is declared below with its type and default; an unknown key at any level is an error naming it.
+Relative paths resolve against the experiment file's folder. ``identity()`` is the part of the config that
+defines a run's results (device, batch size and DB path do not): the store refuses to resume a run whose
+identity changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compute.ablations import SWEEPS, parse_ablation
+from compute.errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "float16", "bfloat16")
+EMBEDDING_DTYPES = ("float32", "float16", "none")
+LABEL_SOURCES = ("categories", "captions")
+
+
+@dataclass
+class ModelConfig:
+    clip: str = ""  # hub id or local directory (save_pretrained layout); required
+    captioner: str = "none"  # "none", or a hub id / local directory of a conditional captioner
+    device: str = "auto"
+    dtype: str = "float32"  # float16 / bfloat16 halve memory and time on a GPU
+    batch_size: int = 16
+
+
+@dataclass
+class DatasetConfig:
+    images: Path = Path()  # folder of image files; required
+    annotations: Path = Path()  # COCO instances JSON; required
+    categories: list[str] = field(default_factory=list)  # keep images holding any of these ([] = all)
+    captions: Path | None = None  # COCO captions JSON, for caption_contains and caption labels
+    caption_contains: list[str] = field(default_factory=list)  # keep images whose captions say any of these
+    labels: list[str] = field(default_factory=lambda: ["categories"])  # where image labels come from
+    limit: int | None = None  # first N images by id
+
+
+@dataclass
+class Prompt:
+    text: str
+    label: str
+
+
+@dataclass
+class AblationsConfig:
+    sweep: str = "paper"  # paper | singles | none (baseline is always run)
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StoreConfig:
+    db: Path = Path("results.duckdb")
+    embeddings: str = "float32"  # float32 | float16 | none: per (image, ablation) image embeddings kept
+
+
+@dataclass
+class CaptionsConfig:
+    max_new_tokens: int = 20
+    num_beams: int = 3
+    batch_size: int = 16
+
+
+@dataclass
+class Experiment:
+    name: str
+    model: ModelConfig
+    dataset: DatasetConfig
+    prompts: list[Prompt]
+    ablations: AblationsConfig
+    store: StoreConfig
+    captions: CaptionsConfig
+    source: Path | None = None  # the TOML file it came from
+
+    def identity(self) -> dict[str, Any]:
+        """What the stored results depend on; compared when a run is resumed."""
+        return {
+            "clip": self.model.clip,
+            "captioner": self.model.captioner,
+            "dtype": self.model.dtype,
+            "dataset": _jsonable(dataclasses.asdict(self.dataset)),
+            "prompts": [[p.text, p.label] for p in self.prompts],
+            "ablations": _jsonable(dataclasses.asdict(self.ablations)),
+            "captions": _jsonable(dataclasses.asdict(self.captions)) if self.model.captioner != "none" else None,
+            "embeddings": self.store.embeddings,
+        }
+
+    def identity_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        """The resolved config, stored beside every run."""
+        data = _jsonable(dataclasses.asdict(self))
+        data["prompts"] = [dataclasses.asdict(p) for p in self.prompts]
+        return json.dumps(data, sort_keys=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing.
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment file. Raises InputError naming the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"experiment file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+    return parse_experiment(data, path.resolve().parent, source=path)
+
+
+def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
+    sections = {"name", "model", "dataset", "prompts", "ablations", "store", "captions"}
+    _no_unknown(data, sections, "top level")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InputError("'name' is required: a run name such as name = \"coco-cats-dogs\"")
+    if "/" in name or len(name) > 100:
+        raise InputError(f"name {name!r} must be under 100 characters and contain no '/'")
+
+    model = _section(ModelConfig, data.get("model"), "model", required={"clip"})
+    model.clip = resolve_model_ref(model.clip, base)
+    if model.captioner != "none":
+        model.captioner = resolve_model_ref(model.captioner, base)
+    _choice(model.device, DEVICES, "model.device")
+    _choice(model.dtype, DTYPES, "model.dtype")
+    _positive(model.batch_size, "model.batch_size")
+
+    dataset_table = dict(data.get("dataset") or {})
+    for key in ("categories", "caption_contains", "labels"):
+        if isinstance(dataset_table.get(key), str):
+            dataset_table[key] = [dataset_table[key]]
+    dataset = _section(DatasetConfig, dataset_table, "dataset", required={"images", "annotations"})
+    dataset.images = _resolve(base, dataset.images)
+    dataset.annotations = _resolve(base, dataset.annotations)
+    if dataset.captions is not None:
+        dataset.captions = _resolve(base, dataset.captions)
+    for source_name in dataset.labels:
+        _choice(source_name, LABEL_SOURCES, "dataset.labels")
+    if not dataset.labels:
+        raise InputError("dataset.labels must name at least one of: categories, captions")
+    if ("captions" in dataset.labels or dataset.caption_contains) and dataset.captions is None:
+        raise InputError("dataset.captions (a COCO captions JSON) is needed for caption labels or caption_contains")
+    if dataset.limit is not None:
+        _positive(dataset.limit, "dataset.limit")
+
+    prompts = parse_prompts(data.get("prompts"), "prompts")
+    ablations = _section(AblationsConfig, data.get("ablations"), "ablations")
+    _choice(ablations.sweep, SWEEPS, "ablations.sweep")
+    ablations.extra = [parse_ablation(text).label for text in ablations.extra]  # syntax now, range later
+
+    store = _section(StoreConfig, data.get("store"), "store")
+    store.db = _resolve(base, store.db)
+    _choice(store.embeddings, EMBEDDING_DTYPES, "store.embeddings")
+    captions = _section(CaptionsConfig, data.get("captions"), "captions")
+    _positive(captions.max_new_tokens, "captions.max_new_tokens")
+    _positive(captions.num_beams, "captions.num_beams")
+    _positive(captions.batch_size, "captions.batch_size")
+    return Experiment(name.strip(), model, dataset, prompts, ablations, store, captions, source)
+
+
+def parse_prompts(items: Any, where: str) -> list[Prompt]:
+    """A ``[[prompts]]`` array: text and label each, no duplicate texts, at least one."""
+    if not items:
+        raise InputError(f"no prompts: add [[prompts]] entries with text and label ({where})")
+    if not isinstance(items, list):
+        raise InputError(f"'{where}' must be an array of tables: [[prompts]] text = ..., label = ...")
+    prompts = []
+    for i, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise InputError(f"{where} #{i} must be a table with text and label")
+        prompt = _section(Prompt, item, f"{where} #{i}", required={"text", "label"})
+        prompt.text, prompt.label = prompt.text.strip(), prompt.label.strip()
+        if not prompt.text or not prompt.label:
+            raise InputError(f"{where} #{i}: text and label must not be empty")
+        prompts.append(prompt)
+    seen: set[str] = set()
+    for prompt in prompts:
+        if prompt.text in seen:
+            raise InputError(f"duplicate prompt {prompt.text!r}: each prompt text may appear once")
+        seen.add(prompt.text)
+    return prompts
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """A prompts file: just ``[[prompts]]`` entries (for rescore)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompts file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+    _no_unknown(data, {"prompts"}, f"{path.name} top level")
+    return parse_prompts(data.get("prompts"), "prompts")
+
+
+def resolve_model_ref(ref: str, base: Path) -> str:
+    """A local directory (made absolute) or a hub id (kept as is).
+
+    A reference is local when it starts like a path (./ ../ / ~) or names an existing folder relative to
+    the experiment file; everything else ("openai/clip-vit-base-patch16") goes to the hub loader.
+    """
+    if ref.startswith(("./", "../", "/", "~")) or (base / ref).is_dir():
+        return str(_resolve(base, Path(ref).expanduser()))
+    return ref
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    value = Path(value).expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise InputError(f"unknown key {key!r} in {where} (known: {', '.join(sorted(known))})")
+
+
+def _section(cls: type, table: Any, where: str, required: set[str] = frozenset()) -> Any:
+    """Build dataclass ``cls`` from a TOML table, checking keys and value types."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise InputError(f"[{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _no_unknown(table, set(fields), f"[{where}]")
+    for key in sorted(required):
+        if key not in table:
+            raise InputError(f"missing key {key!r} in [{where}]")
+    values = {}
+    for key, value in table.items():
+        values[key] = _typed(value, fields[key].type, f"{where}.{key}")
+    return cls(**values)
+
+
+def _typed(value: Any, annotation: str, where: str) -> Any:
+    # Annotations are strings (from __future__ import annotations); only a handful of types occur.
+    base = annotation.replace(" | None", "")
+    if base == "str":
+        ok = isinstance(value, str)
+    elif base == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base == "Path":
+        ok = isinstance(value, str)
+        value = Path(value) if ok else value
+    elif base == "list[str]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise TypeError(f"unsupported config type {annotation} for {where}")
+    if not ok:
+        raise InputError(f"{where} must be {base.replace('list[str]', 'a list of strings')}, got {value!r}")
+    return value
+
+
+def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise InputError(f"{where} = {value!r} is not one of: {', '.join(choices)}")
+
+
+def _positive(value: int, where: str) -> None:
+    if value < 1:
+        raise InputError(f"{where} must be a positive integer, got {value}")

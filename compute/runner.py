@@ -1,0 +1,330 @@
+"""``python -m compute run``: an experiment from file to store, resumable.
+
+Order of work: check everything that can be checked (experiment, dataset, model, ablation ranges) before
+the store is touched, so bad input writes nothing; then create or resume the run; then per batch of
+images: decode once, compute every pending ablation, commit. A batch is committed whole or not at all,
+so a run killed at any moment loses at most the batch in flight and the next invocation resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from compute import store
+from compute.ablations import Ablation, dedupe, mean_layers, parse_ablation, patched, sweep
+from compute.config import Experiment
+from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
+from compute.engine import SweepEngine, attention_means
+from compute.errors import InputError
+from compute.models import LoadedClip, load_clip, model_summary
+
+MEAN_STAT = "attention_mean"
+
+
+@dataclass
+class Prepared:
+    """A checked experiment, ready to run: nothing has been written yet."""
+
+    exp: Experiment
+    images: list[ImageRecord]
+    clip: LoadedClip
+    ablations: list[Ablation]
+
+
+def prepare(exp: Experiment) -> Prepared:
+    images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
+    clip = load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    ablations = resolve_ablations(exp, clip.n_layers)
+    return Prepared(exp, images, clip, ablations)
+
+
+def resolve_ablations(exp: Experiment, n_layers: int) -> list[Ablation]:
+    """The run's ablations in order: the sweep (baseline first), then the extras, duplicates dropped."""
+    extra = [parse_ablation(text, n_layers) for text in exp.ablations.extra]
+    return dedupe(sweep(exp.ablations.sweep, n_layers) + extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring helpers shared with rescore.
+
+
+@torch.inference_mode()
+def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Projected, L2-normalised text embeddings, computed once per run. -> (prompts, projection_dim) float32."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = clip.processor.tokenizer(texts[i : i + batch_size], padding=True, return_tensors="pt")
+        tok = {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        emb = clip.model.get_text_features(**tok).pooler_output.float()
+        out.append(emb / emb.norm(dim=-1, keepdim=True))
+    return torch.cat(out)
+
+
+def logit_scale(clip: LoadedClip) -> float:
+    return float(clip.model.logit_scale.detach().exp())
+
+
+def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: float) -> torch.Tensor:
+    """CLIP's logits_per_image. image_emb: (..., E) unnormalised; text_norm: (P, E) -> (..., P)."""
+    image_emb = image_emb.float()
+    return scale * (image_emb / image_emb.norm(dim=-1, keepdim=True)) @ text_norm.T
+
+
+def batch_result(
+    image_ids: list[int],
+    labels: list[tuple[str, ...]],
+    ablation_ids: list[int],
+    embeddings: torch.Tensor,
+    logits: torch.Tensor,
+    baseline_emb: torch.Tensor,
+    text_norm: torch.Tensor,
+    prompt_labels: list[str],
+    embedding_dtype: str,
+    errors: list[tuple[int, str, str]],
+    attempted: list[int],
+) -> store.BatchResult:
+    """Selections and judge scores from logits.
+
+    embeddings: (n, A, E) and logits: (n, A, P) for the ablation_ids written; baseline_emb: (n, E), the
+    unablated image embeddings, the fixed judge of score_baseline (as CLIP-Score is).
+    """
+    n, a = len(image_ids), len(ablation_ids)
+    selected = logits.argmax(dim=-1)  # (n, A)
+    correct = np.array([[prompt_labels[int(s)] in labels[i] for s in selected[i]] for i in range(n)], dtype=bool)
+    base = baseline_emb.float()
+    base = base / base.norm(dim=-1, keepdim=True)  # (n, E)
+    score_baseline = (base @ text_norm.T).gather(1, selected)  # (n, A)
+    emb = None
+    if embedding_dtype != "none":
+        emb = embeddings.float().cpu().numpy().astype(np.float16 if embedding_dtype == "float16" else np.float32)
+    return store.BatchResult(
+        image_ids=np.array(image_ids, np.int64),
+        ablation_ids=np.array(ablation_ids, np.int16),
+        logits=logits.float().cpu().numpy(),
+        probs=logits.float().softmax(dim=-1).cpu().numpy(),
+        correct=correct.reshape(n, a),
+        score_baseline=score_baseline.cpu().numpy(),
+        embeddings=emb,
+        errors=errors,
+        attempted=attempted,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Image batches, decoded once, preprocessed in a background thread while the model works.
+
+
+@dataclass
+class Batch:
+    records: list[ImageRecord]  # the ones that decoded
+    pixel_values: torch.Tensor | None  # (n, 3, size, size)
+    errors: list[tuple[int, str, str]]
+    attempted: list[int]
+
+
+def _load_batch(clip: LoadedClip, records: list[ImageRecord]) -> Batch:
+    ok, pil, errors = [], [], []
+    for rec in records:
+        try:
+            pil.append(open_image(rec.path))
+            ok.append(rec)
+        except ImageLoadError as e:
+            errors.append((rec.image_id, "load", str(e)))
+    pixels = None
+    if pil:
+        pixels = clip.processor.image_processor(images=pil, return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(clip.device, clip.dtype)
+    return Batch(ok, pixels, errors, [r.image_id for r in records])
+
+
+def iter_batches(clip: LoadedClip, records: list[ImageRecord], batch_size: int) -> Iterator[Batch]:
+    chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(_load_batch, clip, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            batch = future.result()
+            future = pool.submit(_load_batch, clip, chunks[i + 1]) if i + 1 < len(chunks) else None
+            yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# The run.
+
+
+class ConfigMismatch(InputError):
+    pass
+
+
+def _config_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(keys) or "configuration"
+
+
+def run(
+    exp: Experiment,
+    method: str = "engine",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Run or resume ``exp``. Returns the run_id. Raises InputError on bad input before writing anything."""
+    prep = prepare(exp)
+    clip, ablations, images = prep.clip, prep.ablations, prep.images
+    n_layers = clip.n_layers
+    db = exp.store.db
+    identity = exp.identity()
+
+    with store.connect(db) as con:
+        existing = store.find_run(con, exp.name)
+        if existing is not None:
+            if existing.config_hash != exp.identity_hash():
+                old = existing.config.get("identity", {})
+                raise ConfigMismatch(
+                    f"run {exp.name!r} already exists in {db} with a different configuration "
+                    f"(differs in: {_config_diff(old, identity)}); rename the experiment (name = ...) or "
+                    f"remove the old run with: python -m compute delete {exp.name} --db {db}"
+                )
+            run_id = existing.run_id
+            echo(f"resuming run {exp.name!r} in {db}")
+        else:
+            config = json.loads(exp.to_json())
+            config["identity"] = identity
+            config["vision"] = model_summary(clip)
+            run_id = store.create_run(
+                con,
+                store.NewRun(
+                    name=exp.name, model=exp.model.clip, config_json=json.dumps(config),
+                    config_hash=exp.identity_hash(), n_layers=n_layers, embedding_dtype=exp.store.embeddings,
+                    images=images, prompts=exp.prompts, ablations=ablations,
+                ),
+            )
+            echo(f"new run {exp.name!r} in {db}: {len(images)} images x {len(ablations)} ablations x "
+                 f"{len(exp.prompts)} prompts")
+        done = store.done_pairs(con, run_id)
+        means_np = store.load_stats(con, run_id, MEAN_STAT)
+
+    ablation_ids = {a: i for i, a in enumerate(ablations)}
+    pending = [r for r in images if any((r.image_id, i) not in done for i in ablation_ids.values())]
+
+    need_mean = mean_layers(ablations)
+    if pending and need_mean and not need_mean <= set(means_np):
+        means_np = _compute_means(clip, images, need_mean, exp.model.batch_size, progress)
+        with store.connect(db) as con:
+            store.save_stats(con, run_id, MEAN_STAT, means_np)
+    means = {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in means_np.items()}
+
+    if pending:
+        _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress)
+
+    with store.connect(db) as con:
+        done = store.done_pairs(con, run_id)
+        failed = store.failed_images(con, run_id)
+        complete = all(
+            (r.image_id, i) in done for r in images if r.image_id not in failed for i in ablation_ids.values()
+        )
+        store.set_status(con, run_id, "complete" if complete else "running")
+        rows = store.summary(con, run_id)
+    if failed:
+        echo(f"{len(failed)} image(s) could not be read and were skipped (see the errors view)")
+    echo(format_summary(rows))
+    return run_id
+
+
+def _compute_means(clip: LoadedClip, images: list[ImageRecord], layers: set[int], batch_size: int,
+                   progress: bool) -> dict[int, np.ndarray]:
+    bar = tqdm(total=len(images), unit="img", desc="dataset means", disable=not progress, file=sys.stderr)
+
+    def pixels() -> Iterator[torch.Tensor]:
+        for batch in iter_batches(clip, images, batch_size):
+            bar.update(len(batch.attempted))
+            if batch.pixel_values is not None:
+                yield batch.pixel_values
+
+    try:
+        means = attention_means(clip.model, pixels(), layers)
+    finally:
+        bar.close()
+    return {layer: m.cpu().numpy() for layer, m in means.items()}
+
+
+def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tuple[int, int]],
+           ablation_ids: dict[Ablation, int], means: dict[int, torch.Tensor], method: str, progress: bool) -> None:
+    exp, clip, ablations = prep.exp, prep.clip, prep.ablations
+    texts = [p.text for p in exp.prompts]
+    prompt_labels = [p.label for p in exp.prompts]
+    text_norm = text_embeddings(clip, texts)  # once per run, not per ablation or batch
+    scale = logit_scale(clip)
+    engine = SweepEngine(clip.model, ablations, means) if method == "engine" else None
+    tokens = None
+    if method == "plain":
+        tokens = clip.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        tokens = {k: v.to(clip.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+
+    bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr,
+               smoothing=0.1)
+    try:
+        for batch in iter_batches(clip, pending, exp.model.batch_size):
+            if batch.pixel_values is not None:
+                if engine is not None:
+                    emb_by = engine.embeddings(batch.pixel_values)
+                    embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
+                    logits = cosine_logits(embeddings, text_norm, scale)  # (n, A, P)
+                else:
+                    embeddings, logits = _plain_batch(clip, ablations, batch.pixel_values, tokens, means)
+                # Only pairs not already stored: a batch never writes a row twice.
+                keep = [i for a, i in ablation_ids.items()
+                        if any((r.image_id, i) not in done for r in batch.records)]
+                # baseline is ablation 0 and always computed: its embedding is the judge
+                result = batch_result(
+                    [r.image_id for r in batch.records], [r.labels for r in batch.records], keep,
+                    embeddings[:, keep], logits[:, keep], embeddings[:, 0], text_norm, prompt_labels,
+                    exp.store.embeddings, batch.errors, batch.attempted,
+                )
+            else:  # every image of the batch failed to load: record the errors only
+                empty = torch.zeros(0, 0, len(texts))
+                result = batch_result([], [], [], empty, empty, torch.zeros(0, text_norm.shape[1]), text_norm,
+                                      prompt_labels, "none", batch.errors, batch.attempted)
+            with store.connect(exp.store.db) as con:
+                store.write_batch(con, run_id, result)
+            bar.update(len(batch.attempted))
+    finally:
+        bar.close()
+
+
+@torch.inference_mode()
+def _plain_batch(clip: LoadedClip, ablations: list[Ablation], pixel_values: torch.Tensor, tokens: dict,
+                 means: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain method, for `--method plain` and the bench: the whole model rerun per ablation."""
+    embs, logits = [], []
+    for ablation in ablations:
+        with patched(clip.model, ablation, means):
+            out = clip.model(pixel_values=pixel_values, **tokens)
+        embs.append(out.vision_model_output.pooler_output.float())  # projected, before normalisation
+        logits.append(out.logits_per_image.float())
+    return torch.stack(embs, dim=1), torch.stack(logits, dim=1)
+
+
+def format_summary(rows: list[tuple]) -> str:
+    """The per-ablation table printed at the end of a run."""
+    has_captions = any(r[4] is not None for r in rows)
+    head = f"{'ablation':<22} {'images':>6} {'accuracy':>9} {'score_baseline':>15}"
+    if has_captions:
+        head += f" {'caption_score':>14}"
+    lines = [head, "-" * len(head)]
+    for ablation, n, acc, score, cap in rows:
+        line = f"{ablation:<22} {n:>6} {_fmt(acc):>9} {_fmt(score):>15}"
+        if has_captions:
+            line += f" {_fmt(cap):>14}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

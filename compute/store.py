@@ -1,0 +1,354 @@
+"""The DuckDB store: one connection factory, the write side of the compute stage, and its queries.
+
+Concurrency: DuckDB lets one process write or several read, never both. The compute stage therefore
+holds the file only for short open -> write one batch -> close transactions, and every connection,
+reader or writer, retries for a while when the file is locked. A dashboard opened during a run sees the
+batches committed so far. Values are always bound with ``?``; identifiers never come from users.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+SCHEMA_VERSION = 1
+LOCK_TIMEOUT_S = 120.0
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+@contextmanager
+def connect(db: str | Path, read_only: bool = False, timeout: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open ``db`` (retrying while another process holds it), yield, always close.
+
+    A write connection creates the file and its schema if needed. A read-only one requires the file.
+    """
+    db = Path(db)
+    if read_only and not db.is_file():
+        raise FileNotFoundError(f"no store at {db}")
+    if not read_only:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(db), read_only=read_only)
+            break
+        except duckdb.IOException as e:
+            if not _is_lock_error(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))  # jitter: readers and the writer do not lockstep
+            delay = min(delay * 1.5, 0.5)
+    try:
+        if not read_only:
+            ensure_schema(con)
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE TABLE IF NOT EXISTS meta_t (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    row = con.execute("SELECT value FROM meta_t WHERE key = 'schema_version'").fetchone()
+    if row and int(row[0]) == SCHEMA_VERSION:
+        return
+    con.execute(SCHEMA_FILE.read_text())
+    con.execute("INSERT OR REPLACE INTO meta_t VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs.
+
+
+@dataclass
+class RunRow:
+    run_id: int
+    run: str
+    model: str
+    status: str
+    config: dict
+    config_hash: str
+    n_layers: int
+    n_images: int
+    embedding_dtype: str
+    parent_run: str | None
+
+
+FIND_RUN = """
+SELECT run_id, run, model, status, config, config_hash, n_layers, n_images, embedding_dtype, parent_run
+FROM run_t WHERE run = ?
+"""
+
+
+def find_run(con: duckdb.DuckDBPyConnection, name: str) -> RunRow | None:
+    row = con.execute(FIND_RUN, [name]).fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    values[4] = json.loads(values[4])
+    return RunRow(*values)
+
+
+INSERT_RUN = """
+INSERT INTO run_t (run_id, run, model, created_at, updated_at, status, config, config_hash, n_layers,
+                   n_images, embedding_dtype, parent_run)
+SELECT COALESCE(MAX(run_id), 0) + 1, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ? FROM run_t
+RETURNING run_id
+"""
+
+
+@dataclass
+class NewRun:
+    name: str
+    model: str
+    config_json: str
+    config_hash: str
+    n_layers: int
+    embedding_dtype: str
+    images: list  # compute.dataset.ImageRecord
+    prompts: list  # compute.config.Prompt
+    ablations: list  # compute.ablations.Ablation
+    parent_run: str | None = None
+
+
+def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
+    """Insert a run with its images, prompts and ablations, in one transaction. Returns run_id."""
+    now = datetime.now()
+    with transaction(con):
+        (run_id,) = con.execute(
+            INSERT_RUN,
+            [new.name, new.model, now, now, new.config_json, new.config_hash, new.n_layers,
+             len(new.images), new.embedding_dtype, new.parent_run],
+        ).fetchone()
+        images = pa.table({
+            "run_id": pa.array([run_id] * len(new.images), pa.int32()),
+            "image_id": pa.array([r.image_id for r in new.images], pa.int64()),
+            "file_name": [r.file_name for r in new.images],
+            "path": [str(r.path) for r in new.images],
+            "labels": pa.array([list(r.labels) for r in new.images], pa.list_(pa.string())),
+        })
+        con.register("new_images", images)
+        con.execute("INSERT INTO image_t SELECT * FROM new_images")
+        con.unregister("new_images")
+        con.executemany(
+            "INSERT INTO prompt_t VALUES (?, ?, ?, ?)",
+            [[run_id, i, p.text, p.label] for i, p in enumerate(new.prompts)],
+        )
+        con.executemany(
+            "INSERT INTO ablation_t VALUES (?, ?, ?, ?, ?)",
+            [[run_id, i, a.label, a.kind, list(a.layers)] for i, a in enumerate(new.ablations)],
+        )
+    return run_id
+
+
+def set_status(con: duckdb.DuckDBPyConnection, run_id: int, status: str) -> None:
+    con.execute("UPDATE run_t SET status = ?, updated_at = ? WHERE run_id = ?", [status, datetime.now(), run_id])
+
+
+DELETE_RUN = [
+    "DELETE FROM score_t WHERE run_id = ?",
+    "DELETE FROM selection_t WHERE run_id = ?",
+    "DELETE FROM embedding_t WHERE run_id = ?",
+    "DELETE FROM error_t WHERE run_id = ?",
+    "DELETE FROM stat_t WHERE run_id = ?",
+    "DELETE FROM image_t WHERE run_id = ?",
+    "DELETE FROM prompt_t WHERE run_id = ?",
+    "DELETE FROM ablation_t WHERE run_id = ?",
+    "DELETE FROM run_t WHERE run_id = ?",
+]
+
+
+def delete_run(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    with transaction(con):
+        for sql in DELETE_RUN:
+            con.execute(sql, [run_id])
+
+
+def run_images(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, str, str, list[str]]]:
+    return con.execute(
+        "SELECT image_id, file_name, path, labels FROM image_t WHERE run_id = ? ORDER BY image_id", [run_id]
+    ).fetchall()
+
+
+def run_prompts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
+    return con.execute(
+        "SELECT prompt, label FROM prompt_t WHERE run_id = ? ORDER BY prompt_id", [run_id]
+    ).fetchall()
+
+
+def run_ablations(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
+    rows = con.execute("SELECT ablation FROM ablation_t WHERE run_id = ? ORDER BY ablation_id", [run_id])
+    return [r[0] for r in rows.fetchall()]
+
+
+DONE_PAIRS = "SELECT image_id, ablation_id FROM selection_t WHERE run_id = ?"
+
+
+def done_pairs(con: duckdb.DuckDBPyConnection, run_id: int) -> set[tuple[int, int]]:
+    return {(int(i), int(a)) for i, a in con.execute(DONE_PAIRS, [run_id]).fetchall()}
+
+
+def failed_images(con: duckdb.DuckDBPyConnection, run_id: int, stage: str = "load") -> set[int]:
+    rows = con.execute("SELECT image_id FROM error_t WHERE run_id = ? AND stage = ?", [run_id, stage])
+    return {int(r[0]) for r in rows.fetchall()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches of results.
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch produced. n images that decoded, A ablations, P prompts."""
+
+    image_ids: np.ndarray  # (n,) int64
+    ablation_ids: np.ndarray  # (A,) int16
+    logits: np.ndarray  # (n, A, P) float32
+    probs: np.ndarray  # (n, A, P) float32
+    correct: np.ndarray  # (n, A) bool, for the argmax prompt
+    score_baseline: np.ndarray  # (n, A) float32
+    embeddings: np.ndarray | None  # (n, A, E) in the run's embedding dtype, or None
+    errors: list[tuple[int, str, str]]  # (image_id, stage, message) for images that failed
+    attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult) -> None:
+    """Commit one batch atomically: scores, selections, embeddings and errors, or nothing."""
+    n, a, p = b.logits.shape
+    selected = b.logits.argmax(axis=2)  # (n, A)
+    top2 = np.sort(b.logits, axis=2)[:, :, -2:] if p > 1 else None
+    margin = (top2[:, :, 1] - top2[:, :, 0]) if top2 is not None else np.full((n, a), np.nan, np.float32)
+    conf = np.take_along_axis(b.probs, selected[:, :, None], axis=2)[:, :, 0]
+    rid = np.full(n * a, run_id, np.int32)
+    with transaction(con):
+        if b.attempted:
+            con.execute(
+                "DELETE FROM error_t WHERE run_id = ? AND stage = 'load' AND list_contains(?, image_id)",
+                [run_id, [int(i) for i in b.attempted]],
+            )
+        if n:
+            scores = pa.table({
+                "run_id": np.full(n * a * p, run_id, np.int32),
+                "image_id": np.repeat(b.image_ids.astype(np.int64), a * p),
+                "ablation_id": np.tile(np.repeat(b.ablation_ids.astype(np.int16), p), n),
+                "prompt_id": np.tile(np.arange(p, dtype=np.int16), n * a),
+                "logit": b.logits.reshape(-1).astype(np.float32),
+                "prob": b.probs.reshape(-1).astype(np.float32),
+            })
+            selections = pa.table({
+                "run_id": rid,
+                "image_id": np.repeat(b.image_ids.astype(np.int64), a),
+                "ablation_id": np.tile(b.ablation_ids.astype(np.int16), n),
+                "prompt_id": selected.reshape(-1).astype(np.int16),
+                "correct": b.correct.reshape(-1),
+                "prob": conf.reshape(-1).astype(np.float32),
+                "margin": pa.array(margin.reshape(-1).astype(np.float32), from_pandas=True),
+                "score_baseline": b.score_baseline.reshape(-1).astype(np.float32),
+            })
+            con.register("batch_scores", scores)
+            con.register("batch_selections", selections)
+            con.execute("INSERT INTO score_t SELECT * FROM batch_scores")
+            con.execute(
+                "INSERT INTO selection_t (run_id, image_id, ablation_id, prompt_id, correct, prob, margin, "
+                "score_baseline) SELECT * FROM batch_selections"
+            )
+            con.unregister("batch_scores")
+            con.unregister("batch_selections")
+            if b.embeddings is not None:
+                flat = b.embeddings.reshape(n * a, -1)
+                emb = pa.table({
+                    "run_id": rid,
+                    "image_id": np.repeat(b.image_ids.astype(np.int64), a),
+                    "ablation_id": np.tile(b.ablation_ids.astype(np.int16), n),
+                    "embedding": pa.array([row.tobytes() for row in flat], pa.binary()),
+                })
+                con.register("batch_embeddings", emb)
+                con.execute("INSERT INTO embedding_t SELECT * FROM batch_embeddings")
+                con.unregister("batch_embeddings")
+        if b.errors:
+            con.executemany(
+                "INSERT OR REPLACE INTO error_t VALUES (?, ?, ?, ?)",
+                [[run_id, i, stage, msg] for i, stage, msg in b.errors],
+            )
+        con.execute("UPDATE run_t SET updated_at = ? WHERE run_id = ?", [datetime.now(), run_id])
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset statistics (mean attention outputs).
+
+
+def save_stats(con: duckdb.DuckDBPyConnection, run_id: int, name: str, stats: dict[int, np.ndarray]) -> None:
+    with transaction(con):
+        for layer, arr in stats.items():
+            arr = np.ascontiguousarray(arr, np.float32)
+            con.execute(
+                "INSERT OR REPLACE INTO stat_t VALUES (?, ?, ?, ?, ?)",
+                [run_id, name, layer, list(arr.shape), arr.tobytes()],
+            )
+
+
+def load_stats(con: duckdb.DuckDBPyConnection, run_id: int, name: str) -> dict[int, np.ndarray]:
+    rows = con.execute("SELECT layer, shape, data FROM stat_t WHERE run_id = ? AND name = ?", [run_id, name])
+    return {int(layer): np.frombuffer(data, np.float32).reshape(shape).copy() for layer, shape, data in rows.fetchall()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries.
+
+SUMMARY = """
+SELECT a.ablation,
+       COUNT(s.image_id) AS images,
+       AVG(s.correct::DOUBLE) AS accuracy,
+       AVG(s.score_baseline) AS score_baseline,
+       AVG(s.caption_score) AS caption_score
+FROM ablation_t a
+LEFT JOIN selection_t s ON s.run_id = a.run_id AND s.ablation_id = a.ablation_id
+WHERE a.run_id = ?
+GROUP BY a.ablation_id, a.ablation
+ORDER BY a.ablation_id
+"""
+
+
+def summary(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple]:
+    """Per ablation: (ablation, images, accuracy, mean score_baseline, mean caption_score)."""
+    return con.execute(SUMMARY, [run_id]).fetchall()
+
+
+LIST_RUNS = """
+SELECT r.run, r.status, r.model, r.created_at, r.n_images,
+       (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
+       (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
+       (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,
+       (SELECT COUNT(*) FROM error_t e WHERE e.run_id = r.run_id AND e.stage = 'load') AS n_failed,
+       r.parent_run
+FROM run_t r ORDER BY r.created_at, r.run
+"""
+
+
+def list_runs(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(LIST_RUNS).fetchall()

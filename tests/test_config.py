@@ -1,0 +1,119 @@
+"""Experiment files: keys, types, defaults, relative paths, and the errors bad files get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compute.config import load_experiment, load_prompts
+from compute.errors import InputError
+
+GOOD = """
+name = "coco-cats-dogs"
+[model]
+clip = "openai/clip-vit-base-patch16"
+captioner = "none"
+device = "auto"
+[dataset]
+images = "coco/val2017"
+annotations = "coco/annotations/instances_val2017.json"
+categories = ["cat", "dog"]
+[[prompts]]
+text = "a photo of a dog"
+label = "dog"
+[[prompts]]
+text = "a photo of a cat"
+label = "cat"
+[ablations]
+sweep = "paper"
+extra = ["zero:5-8", "identity:1,5,9"]
+[store]
+db = "../data/results.duckdb"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "experiments"
+    folder.mkdir(exist_ok=True)
+    path = folder / "e.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_design_example_parses_with_paths_relative_to_the_file(tmp_path):
+    exp = load_experiment(write(tmp_path, GOOD))
+    folder = (tmp_path / "experiments").resolve()
+    assert exp.name == "coco-cats-dogs"
+    assert exp.model.clip == "openai/clip-vit-base-patch16"  # a hub id stays a hub id
+    assert exp.dataset.images == folder / "coco/val2017"
+    assert exp.dataset.annotations == folder / "coco/annotations/instances_val2017.json"
+    assert exp.store.db == (tmp_path / "data/results.duckdb").resolve()
+    assert [p.label for p in exp.prompts] == ["dog", "cat"]
+    assert exp.ablations.extra == ["zero:5-8", "identity:1,5,9"]
+    assert exp.model.batch_size == 16 and exp.store.embeddings == "float32"
+
+
+def test_local_model_paths_resolve_against_the_file(tmp_path):
+    (tmp_path / "models" / "clip").mkdir(parents=True)
+    exp = load_experiment(write(tmp_path, GOOD.replace("openai/clip-vit-base-patch16", "../models/clip")))
+    assert exp.model.clip == str((tmp_path / "models" / "clip").resolve())
+
+
+def test_identity_ignores_device_and_batch_size_but_not_prompts(tmp_path):
+    a = load_experiment(write(tmp_path, GOOD))
+    b = load_experiment(write(tmp_path, GOOD.replace('device = "auto"', 'device = "cpu"\nbatch_size = 3')))
+    c = load_experiment(write(tmp_path, GOOD.replace('"a photo of a dog"', '"a photo of a puppy"')))
+    assert a.identity_hash() == b.identity_hash()
+    assert a.identity_hash() != c.identity_hash()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (('name = "coco-cats-dogs"', 'name = "x"\ncolour = "red"'), "unknown key 'colour' in top level"),
+        (('device = "auto"', 'device = "auto"\ngpu = true'), r"unknown key 'gpu' in \[model\]"),
+        (('categories = ["cat", "dog"]', 'categories = ["cat"]\ncats = 1'), r"unknown key 'cats' in \[dataset\]"),
+        (('sweep = "paper"', 'sweep = "paper"\nlayers = 3'), r"unknown key 'layers' in \[ablations\]"),
+        (('label = "dog"', 'label = "dog"\nweight = 2'), r"unknown key 'weight' in \[prompts #1\]"),
+        (('db = "../data/results.duckdb"', 'db = "x"\npath = "y"'), r"unknown key 'path' in \[store\]"),
+        (('name = "coco-cats-dogs"', ""), "'name' is required"),
+        (('clip = "openai/clip-vit-base-patch16"', ""), r"missing key 'clip' in \[model\]"),
+        (('images = "coco/val2017"', ""), r"missing key 'images' in \[dataset\]"),
+        (('device = "auto"', 'device = "tpu"'), "model.device = 'tpu' is not one of"),
+        (('sweep = "paper"', 'sweep = "everything"'), "ablations.sweep = 'everything' is not one of"),
+        (('extra = ["zero:5-8", "identity:1,5,9"]', 'extra = ["identity:1-"]'), "malformed layers"),
+        (('extra = ["zero:5-8", "identity:1,5,9"]', 'extra = ["blur:3"]'), "unknown ablation kind 'blur'"),
+        (('categories = ["cat", "dog"]', 'categories = [1, 2]'), "dataset.categories must be a list of strings"),
+        (('device = "auto"', 'batch_size = 0'), "model.batch_size must be a positive integer"),
+        (('text = "a photo of a cat"', 'text = "a photo of a dog"'), "duplicate prompt 'a photo of a dog'"),
+        (('label = "dog"', 'label = ""'), "text and label must not be empty"),
+        (('name = "coco-cats-dogs"', 'name = "coco-cats-dogs" ='), "not valid TOML"),
+    ],
+)
+def test_bad_experiments_get_one_clear_error(tmp_path, edit, message):
+    old, new = edit
+    assert old in GOOD
+    with pytest.raises(InputError, match=message) as info:
+        load_experiment(write(tmp_path, GOOD.replace(old, new, 1)))
+    assert "\n" not in str(info.value)
+
+
+def test_no_prompts_is_an_error(tmp_path):
+    text = GOOD.split("[[prompts]]")[0] + GOOD.split('label = "cat"')[1]
+    with pytest.raises(InputError, match="no prompts"):
+        load_experiment(write(tmp_path, text))
+
+
+def test_missing_experiment_file(tmp_path):
+    with pytest.raises(InputError, match="experiment file not found"):
+        load_experiment(tmp_path / "nope.toml")
+
+
+def test_prompt_files_for_rescore(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[[prompts]]\ntext = "a photo of a puppy"\nlabel = "dog"\n')
+    assert [(p.text, p.label) for p in load_prompts(path)] == [("a photo of a puppy", "dog")]
+    path.write_text('name = "x"\n[[prompts]]\ntext = "a"\nlabel = "b"\n')
+    with pytest.raises(InputError, match="unknown key 'name'"):
+        load_prompts(path)

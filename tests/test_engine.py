@@ -1,0 +1,107 @@
+"""The fast sweep against the plain method: patch the modules, rerun the whole CLIP model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compute.ablations import mean_layers, parse_ablation, patched, sweep, vision_layers
+from compute.engine import SweepEngine, attention_means, build_tree, count_nodes
+
+EXTRAS = ["zero:5-8", "zero:12", "uniform:3", "uniform:10-12", "uniform:1,12", "mean:2,7", "mean:12",
+          "mean:1-12", "identity:1,5,9", "identity:11,12"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_clip):
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(tiny_clip).eval()
+
+
+def hooked_means(model, pixel_batches, layers):
+    """Reference dataset means via forward hooks on the unpatched model's attention modules."""
+    sums, count, handles = {}, 0, []
+    for layer in layers:
+        def hook(module, args, output, layer=layer):
+            sums[layer] = sums.get(layer, 0) + output[0].double().sum(dim=0)
+        handles.append(vision_layers(model)[layer - 1].self_attn.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            for px in pixel_batches:
+                model.get_image_features(pixel_values=px)
+                count += px.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return {layer: (s / count).float() for layer, s in sums.items()}
+
+
+def test_engine_logits_match_the_plain_rerun_for_every_image_ablation_and_prompt(model):
+    torch.manual_seed(1)
+    ablations = sweep("paper", 12) + [parse_ablation(t, 12) for t in EXTRAS]
+    pixels = torch.randn(6, 3, 32, 32)  # 6 images
+    input_ids = torch.tensor([[2, 4, 5, 6, 7, 3], [2, 4, 5, 6, 8, 3], [2, 4, 5, 6, 9, 3], [2, 4, 5, 6, 10, 3]])
+    batches = [pixels[:4], pixels[4:]]
+    means = hooked_means(model, batches, mean_layers(ablations))
+
+    # The engine's own means agree with the hook-based reference.
+    engine_means = attention_means(model, batches, mean_layers(ablations))
+    for layer in means:
+        torch.testing.assert_close(engine_means[layer], means[layer], atol=1e-6, rtol=1e-5)
+
+    engine = SweepEngine(model, ablations, engine_means)
+    with torch.inference_mode():
+        text = model.get_text_features(input_ids=input_ids).pooler_output
+        text = text / text.norm(dim=-1, keepdim=True)
+        scale = model.logit_scale.exp()
+        fast = {}
+        for px in batches:  # two batches, as the runner does
+            for a, emb in engine.embeddings(px).items():
+                logits = scale * (emb / emb.norm(dim=-1, keepdim=True)) @ text.T
+                fast.setdefault(a, []).append(logits)
+        for a in ablations:
+            with patched(model, a, means):
+                plain = model(pixel_values=pixels, input_ids=input_ids).logits_per_image  # (images, prompts)
+            got = torch.cat(fast[a])
+            assert got.shape == (6, 4)
+            assert (got - plain).abs().max() < 1e-4, a.label
+    # The ablations differ from each other: the comparison is not vacuous.
+    base = torch.cat(fast[ablations[0]])
+    assert all((torch.cat(fast[a]) - base).abs().max() > 1e-3 for a in ablations[1:])
+
+
+def test_paper_sweep_needs_143_layer_evaluations_not_252():
+    ablations = sweep("paper", 12)
+    assert count_nodes(build_tree(ablations, 12)) == 143
+    assert 21 * 12 == 252
+    # A lone baseline is one pass; singles share everything before their layer.
+    assert count_nodes(build_tree(sweep("none", 12), 12)) == 12
+    assert count_nodes(build_tree(sweep("singles", 12), 12)) == 12 + sum(range(1, 13))
+
+
+def test_cls_only_layers_are_used_where_every_later_layer_is_tokenwise():
+    tree = build_tree([parse_ablation("identity:1-12", 12), parse_ablation("uniform:11-12", 12)], 12)
+    ident = tree.children["identity"]
+    assert not ident.full_out  # identity at every layer: only the CLS token matters from layer 1
+    normal = tree.children["normal"]
+    assert normal.full_out  # the uniform path needs every token at layer 11
+    node = normal
+    for _ in range(9):
+        node = node.children["normal"]
+    assert node.depth == 10 and node.full_out
+    last = node.children["uniform"].children["uniform"]
+    assert last.depth == 12 and not last.full_out
+
+
+def test_engine_is_deterministic_and_leaves_the_model_untouched(model):
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        before = model.get_image_features(pixel_values=pixels).pooler_output.clone()
+    engine = SweepEngine(model, sweep("paper", 12))
+    a, b = engine.embeddings(pixels), engine.embeddings(pixels)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with torch.inference_mode():
+        after = model.get_image_features(pixel_values=pixels).pooler_output
+    assert torch.equal(before, after)
+    torch.testing.assert_close(a[sweep("none", 12)[0]], before, atol=1e-5, rtol=1e-5)
