@@ -46,8 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp.model.batch_size = args.batch_size
     if args.device:
         exp.model.device = args.device
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be a positive integer, got {args.threads}")
     _quiet_libraries()
-    run(exp, method=args.method, progress=not args.no_progress)
+    run(exp, method=args.method, progress=not args.no_progress, threads=args.threads)
     return 0
 
 
@@ -89,6 +91,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from compute.config import load_prompts
+    from compute.rescore import rescore
+
+    prompts = load_prompts(args.prompts)
+    if not args.new_name.strip() or "/" in args.new_name:
+        raise InputError(f"--as {args.new_name!r}: give a run name without '/'")
+    _quiet_libraries()
+    rescore(Path(args.db), args.run, prompts, args.new_name.strip(), progress=not args.no_progress)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from compute import demo
+
+    _quiet_libraries()
+    return demo.main(args)
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from compute import fetch
 
@@ -119,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["engine", "plain"], default="engine",
                    help="engine: the shared-prefix sweep (default); plain: patch the modules and rerun the "
                    "whole model per ablation (the reference, and the bench's baseline)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for small models, where "
+                   "thread start-up costs more than it saves, else torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -133,16 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
     p.set_defaults(func=cmd_delete)
 
-    try:
-        from compute import fetch
-    except ImportError:  # pragma: no cover - fetch is optional during development
-        fetch = None
-    if fetch is not None:
-        p = sub.add_parser("fetch", help="download a dataset (COCO val2017 images and annotations)",
-                           description="Download COCO annotations once, then only the images a selection "
-                           "needs, in parallel, with checks and resume.")
-        fetch.add_arguments(p)
-        p.set_defaults(func=cmd_fetch)
+    p = sub.add_parser("rescore", help="score new prompts on a stored run, from its stored embeddings",
+                       description="Make a new run with the same images, model and ablations as RUN and the prompts "
+                       "of PROMPTS.toml ([[prompts]] text/label entries), computed from RUN's stored image "
+                       "embeddings: one text pass, no vision tower. Captions are generated if RUN has a "
+                       "captioner (reusing the caption cache). Running it again resumes.")
+    p.add_argument("--run", required=True, help="the stored run to rescore")
+    p.add_argument("--prompts", required=True, help="TOML file of [[prompts]] entries (text, label)")
+    p.add_argument("--as", dest="new_name", required=True, help="name of the new run")
+    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rescore)
+
+    from compute import demo, fetch
+
+    p = sub.add_parser("demo", help="the offline demo: generate data, run both demo experiments, open the dashboard",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fetch", help="download a dataset (COCO val2017 images and annotations)",
+                       description="Download COCO annotations once, then only the images a selection "
+                       "needs, in parallel, with checks and resume.")
+    fetch.add_arguments(p)
+    p.set_defaults(func=cmd_fetch)
     return parser
 
 

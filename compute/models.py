@@ -107,3 +107,54 @@ def describe(ref: str) -> str:
     """Short printable name of a model reference."""
     path = Path(ref)
     return path.name if path.is_absolute() else ref
+
+
+CAPTIONER_TYPES = ("blip", "vision-encoder-decoder")
+
+
+@dataclass
+class LoadedCaptioner:
+    """A conditional captioner: it continues a text prefix for an image (never ablated)."""
+
+    model: nn.Module  # BlipForConditionalGeneration or VisionEncoderDecoderModel, eval mode
+    image_processor: object
+    tokenizer: object
+    kind: str  # one of CAPTIONER_TYPES
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+
+def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedCaptioner:
+    """BLIP conditional captioning (e.g. Salesforce/blip-image-captioning-base) or a
+    VisionEncoderDecoderModel, from a hub id or a save_pretrained folder."""
+    from transformers import (
+        AutoImageProcessor,
+        AutoTokenizer,
+        BlipForConditionalGeneration,
+        BlipProcessor,
+        VisionEncoderDecoderModel,
+    )
+
+    _check_local(name_or_path, "captioner")
+    kind = _model_type(name_or_path, "captioner")
+    if kind not in CAPTIONER_TYPES:
+        raise InputError(
+            f"{name_or_path} is not a supported captioner (model_type = {kind!r}; "
+            f"supported: BLIP conditional captioning, vision-encoder-decoder)"
+        )
+    dev = resolve_device(device)
+    torch_dtype = DTYPES[dtype]
+    try:
+        if kind == "blip":
+            model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)
+            processor = BlipProcessor.from_pretrained(name_or_path)
+            image_processor, tokenizer = processor.image_processor, processor.tokenizer
+        else:
+            model = VisionEncoderDecoderModel.from_pretrained(name_or_path, dtype=torch_dtype)
+            image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load captioner {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    model.to(dev).eval()
+    return LoadedCaptioner(model, image_processor, tokenizer, kind, dev, torch_dtype, name_or_path)

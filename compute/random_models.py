@@ -79,3 +79,72 @@ def save_random_clip(
     model.save_pretrained(out)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
     return out
+
+
+def save_random_blip(out: str | Path, *, width: int = 32, image_size: int = 32, patch_size: int = 8,
+                     extra_words: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """A tiny BlipForConditionalGeneration with a BERT word-piece tokenizer and BlipProcessor."""
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    out = Path(out)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(BASE_WORDS + list(extra_words)))]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder start token, as in the real model
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=40, encoder_hidden_size=width,
+            bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=image_size, patch_size=patch_size),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(config).eval().save_pretrained(out)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(out)
+    return out
+
+
+def save_random_vision_encoder_decoder(out: str | Path, *, width: int = 32, image_size: int = 32,
+                                       patch_size: int = 8, extra_words: tuple[str, ...] = (),
+                                       seed: int = 0) -> Path:
+    """A tiny VisionEncoderDecoderModel (ViT encoder, GPT-2 decoder) with a word-level tokenizer."""
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    out = Path(out)
+    tokenizer = word_tokenizer(BASE_WORDS + list(extra_words))
+    vocab = tokenizer.get_vocab()
+    encoder = ViTConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
+                        image_size=image_size, patch_size=patch_size)
+    decoder = GPT2Config(vocab_size=len(vocab), n_embd=width, n_layer=2, n_head=4, n_positions=40,
+                         add_cross_attention=True, is_decoder=True, bos_token_id=vocab["<bos>"],
+                         eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"])
+    config = VisionEncoderDecoderConfig(encoder=encoder.to_dict(), decoder=decoder.to_dict())
+    config.decoder_start_token_id = vocab["<bos>"]
+    config.pad_token_id = vocab["<pad>"]
+    config.eos_token_id = vocab["<eos>"]
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config=config).eval()
+    model.generation_config.decoder_start_token_id = vocab["<bos>"]
+    model.generation_config.eos_token_id = vocab["<eos>"]
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.save_pretrained(out)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

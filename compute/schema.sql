@@ -14,7 +14,9 @@ CREATE TABLE IF NOT EXISTS run_t (
     n_layers    INTEGER NOT NULL,
     n_images    INTEGER NOT NULL,
     embedding_dtype VARCHAR NOT NULL,        -- float32 | float16 | none
-    parent_run  VARCHAR                      -- set for runs made by `rescore`
+    parent_run  VARCHAR,                     -- set for runs made by `rescore`
+    embedding_run_id INTEGER NOT NULL        -- the run whose embedding_t rows this run reads (itself,
+                                             -- or for a rescore the run it was computed from)
 );
 
 CREATE TABLE IF NOT EXISTS image_t (

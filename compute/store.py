@@ -97,10 +97,12 @@ class RunRow:
     n_images: int
     embedding_dtype: str
     parent_run: str | None
+    embedding_run_id: int
 
 
 FIND_RUN = """
-SELECT run_id, run, model, status, config, config_hash, n_layers, n_images, embedding_dtype, parent_run
+SELECT run_id, run, model, status, config, config_hash, n_layers, n_images, embedding_dtype, parent_run,
+       embedding_run_id
 FROM run_t WHERE run = ?
 """
 
@@ -116,8 +118,9 @@ def find_run(con: duckdb.DuckDBPyConnection, name: str) -> RunRow | None:
 
 INSERT_RUN = """
 INSERT INTO run_t (run_id, run, model, created_at, updated_at, status, config, config_hash, n_layers,
-                   n_images, embedding_dtype, parent_run)
-SELECT COALESCE(MAX(run_id), 0) + 1, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ? FROM run_t
+                   n_images, embedding_dtype, parent_run, embedding_run_id)
+SELECT COALESCE(MAX(run_id), 0) + 1, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?,
+       COALESCE(?, COALESCE(MAX(run_id), 0) + 1) FROM run_t
 RETURNING run_id
 """
 
@@ -134,6 +137,7 @@ class NewRun:
     prompts: list  # compute.config.Prompt
     ablations: list  # compute.ablations.Ablation
     parent_run: str | None = None
+    embedding_run_id: int | None = None  # None: the run keeps its own embeddings
 
 
 def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
@@ -143,7 +147,7 @@ def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
         (run_id,) = con.execute(
             INSERT_RUN,
             [new.name, new.model, now, now, new.config_json, new.config_hash, new.n_layers,
-             len(new.images), new.embedding_dtype, new.parent_run],
+             len(new.images), new.embedding_dtype, new.parent_run, new.embedding_run_id],
         ).fetchone()
         images = pa.table({
             "run_id": pa.array([run_id] * len(new.images), pa.int32()),
@@ -296,6 +300,15 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult) -> 
                 [[run_id, i, stage, msg] for i, stage, msg in b.errors],
             )
         con.execute("UPDATE run_t SET updated_at = ? WHERE run_id = ?", [datetime.now(), run_id])
+
+
+def uncaptioned(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
+    """Selections still without a caption, images whose caption stage failed aside."""
+    return con.execute(
+        "SELECT COUNT(*) FROM selection_t s WHERE s.run_id = ? AND s.caption IS NULL AND s.image_id NOT IN "
+        "(SELECT image_id FROM error_t e WHERE e.run_id = s.run_id AND e.stage = 'caption')",
+        [run_id],
+    ).fetchone()[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import duckdb
 import pytest
 from conftest import ROOT, make_coco, write_experiment
 
-
 EXTRAS = ("zero:5-8", "mean:3,11")
 
 

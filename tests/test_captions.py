@@ -1,0 +1,104 @@
+"""The caption stage on tiny random BLIP and VisionEncoderDecoder captioners saved to and loaded from disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from conftest import make_coco, write_experiment
+
+from compute.captions import continue_prefix
+from compute.config import load_experiment
+from compute.dataset import open_image
+from compute.errors import InputError
+from compute.models import load_captioner, load_clip
+from compute.random_models import save_random_blip, save_random_vision_encoder_decoder
+from compute.runner import image_embeddings_unablated, run, text_embeddings
+
+BUILDERS = {"blip": save_random_blip, "vision-encoder-decoder": save_random_vision_encoder_decoder}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def captioner(request, tmp_path_factory):
+    return request.param, BUILDERS[request.param](tmp_path_factory.mktemp("cap") / request.param)
+
+
+def rows(db, sql, params=()):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def test_captions_generated_once_per_distinct_prefix_equal_one_by_one_generation(tiny_clip, captioner, tmp_path):
+    kind, cap_dir = captioner
+    coco = make_coco(tmp_path / "coco", n=6)
+    db = tmp_path / "r.duckdb"
+    more = "[captions]\nmax_new_tokens = 6\nnum_beams = 2\nbatch_size = 4\n"
+    path = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, extra=("zero:1-12",), more=more)
+    text = path.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap_dir}"')
+    path.write_text(text)
+    exp = load_experiment(path)
+    said: list[str] = []
+    run(exp, progress=False, echo=said.append)
+
+    sel = rows(db, """SELECT s.image_id, s.ablation, s.prompt, s.caption, s.caption_score, i.path
+                      FROM selections s JOIN image_t i ON i.image_id = s.image_id ORDER BY ALL""")
+    assert len(sel) == 6 * 22 and all(r[3] is not None for r in sel)
+    assert all(r[3].startswith(r[2]) for r in sel)  # each caption continues its selected prompt
+    distinct = {(r[0], r[2]) for r in sel}
+    assert len(distinct) < len(sel)  # ablations share prefixes, so sharing is tested
+    line = next(s for s in said if s.startswith("captions:"))
+    n_keys, n_generated, n_calls = map(int, re.findall(r"(\d+) (?:distinct|generated in|batched)", line))
+    assert n_keys == n_generated == len(distinct)
+    assert n_calls < n_generated
+
+    # The same captions as generating for every (image, ablation) one by one.
+    cap = load_captioner(str(cap_dir), "cpu")
+    for image_id, ablation, prompt, caption, _, image_path in sel[:: max(1, len(sel) // 25)]:
+        one = continue_prefix(cap, [open_image(Path(image_path))], prompt, 6, 2)[0]
+        assert one == caption, (image_id, ablation)
+
+    # caption_score is the cosine of the unablated image embedding with the caption's text embedding.
+    clip = load_clip(str(tiny_clip), "cpu")
+    image_id, _, _, caption, score, image_path = sel[0]
+    img = torch.from_numpy(image_embeddings_unablated(clip, [Path(image_path)]))
+    img = img / img.norm(dim=-1, keepdim=True)
+    expected = float((img @ text_embeddings(clip, [caption]).T)[0, 0])
+    assert abs(expected - score) < 1e-5
+
+
+def test_a_second_run_reuses_the_caption_cache(tiny_clip, tmp_path):
+    cap_dir = save_random_vision_encoder_decoder(tmp_path / "ved")
+    coco = make_coco(tmp_path / "coco", n=4)
+    db = tmp_path / "r.duckdb"
+    said = []
+    for name in ("first", "second"):
+        path = write_experiment(tmp_path / f"{name}.toml", tiny_clip, coco, db, name=name, sweep="singles")
+        path.write_text(path.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap_dir}"'))
+        run(load_experiment(path), progress=False, echo=said.append)
+    first, second = [s for s in said if s.startswith("captions:")]
+    assert " 0 from the cache" in first
+    assert re.search(r": 0 generated in 0 batched calls, (\d+) from the cache", second)
+    a = rows(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'first' ORDER BY ALL")
+    b = rows(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'second' ORDER BY ALL")
+    assert a == b
+    assert rows(db, "SELECT status FROM runs ORDER BY run") == [("complete",), ("complete",)]
+    summary = [s for s in said if "caption_score" in s]
+    assert summary  # the summary table gains the study's second column
+
+
+def test_a_clip_folder_is_not_a_captioner(tiny_clip):
+    with pytest.raises(InputError, match="not a supported captioner"):
+        load_captioner(str(tiny_clip), "cpu")
+
+
+def test_generation_settings_change_the_cache_key():
+    from compute.captions import captioner_key
+    from compute.config import CaptionsConfig
+
+    a = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=1, batch_size=2))
+    b = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=1, batch_size=64))
+    c = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=3, batch_size=2))
+    assert a == b != c

@@ -1,0 +1,84 @@
+"""Regression: the shipped demo CLIP on the generated demo data gives the stored reference numbers.
+
+A change to the engine, the store, the dataset generator or the model that shifts any result fails here.
+To accept a deliberate change, regenerate the reference: UPDATE_REFERENCE=1 pytest tests/test_demo_regression.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from compute.config import load_experiment
+from compute.demo import DEMO_MODELS, EXPERIMENTS
+from compute.demo_data import write_coco
+from compute.runner import run
+
+REFERENCE = Path(__file__).parent / "reference" / "demo_regression.json"
+N_IMAGES = 150
+PINNED = ["baseline", "identity:1", "identity:8", "identity:12", "identity:1-3", "identity:4-6", "identity:5-8",
+          "identity:1-12", "zero:5-8", "mean:5-8", "uniform:5-8"]
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    if not (DEMO_MODELS / "clip" / "config.json").is_file():
+        pytest.fail("the shipped demo CLIP is missing from data/demo/models/clip")
+    tmp = tmp_path_factory.mktemp("demo")
+    data = tmp / "shapes"
+    write_coco(data, "val", 600, 0)  # the demo's own split; the first N_IMAGES are used
+    db = tmp / "demo.duckdb"
+    for path in EXPERIMENTS:
+        exp = load_experiment(path)
+        exp.model.captioner = "none"  # the captioner has tests of its own; this pins the CLIP sweep
+        exp.model.device = "cpu"
+        exp.dataset.images = data / "val"
+        exp.dataset.annotations = data / "annotations" / exp.dataset.annotations.name
+        exp.dataset.limit = N_IMAGES
+        exp.store.db = db
+        run(exp, progress=False, echo=lambda _: None)
+    return db
+
+
+def measured(db: Path) -> dict:
+    sql = """SELECT run, ablation, COUNT(*) AS n, SUM(correct::INT) AS correct, round(AVG(score_baseline), 4)
+             FROM selections GROUP BY run, ablation ORDER BY run, ablation"""
+    with duckdb.connect(str(db), read_only=True) as con:
+        out: dict = {}
+        for run_name, ablation, n, correct, score in con.execute(sql).fetchall():
+            if ablation in PINNED:
+                out.setdefault(run_name, {})[ablation] = {"n": n, "correct": correct, "score_baseline": score}
+    return out
+
+
+def test_demo_sweep_matches_the_stored_reference(demo_store):
+    got = measured(demo_store)
+    if os.environ.get("UPDATE_REFERENCE") == "1":
+        REFERENCE.parent.mkdir(exist_ok=True)
+        REFERENCE.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    want = json.loads(REFERENCE.read_text())
+    assert sorted(got) == sorted(want) == ["demo-attributes", "demo-shapes"]
+    for run_name, ablations in want.items():
+        for ablation, ref in ablations.items():
+            now = got[run_name][ablation]
+            assert now["n"] == ref["n"] == N_IMAGES, (run_name, ablation)
+            assert now["correct"] == ref["correct"], (run_name, ablation, now, ref)
+            assert abs(now["score_baseline"] - ref["score_baseline"]) <= 2e-4, (run_name, ablation, now, ref)
+
+
+def test_demo_quality_bars_and_graded_effects(demo_store):
+    got = measured(demo_store)
+    acc = {run: {a: v["correct"] / v["n"] for a, v in abl.items()} for run, abl in got.items()}
+    # The baseline clears the demo's quality bars (the issue asks >= 0.95 on both experiments).
+    assert acc["demo-shapes"]["baseline"] >= 0.95 and acc["demo-attributes"]["baseline"] >= 0.95
+    # Ablations change the numbers in graded ways: blocks cost more than their single layers, and the
+    # whole tower costs the most.
+    for run_name in acc:
+        a = acc[run_name]
+        assert a["identity:1-3"] < a["identity:1"] < a["baseline"] or a["identity:1"] == a["baseline"]
+        assert a["identity:1-12"] <= min(a["identity:1-3"], a["identity:4-6"], a["identity:5-8"])
+        assert a["identity:1-12"] < a["baseline"] - 0.5

@@ -1,0 +1,89 @@
+"""`rescore` scores new prompts from stored embeddings and equals a full run with those prompts."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+from conftest import make_coco, run_cli, write_experiment
+
+from compute.__main__ import main
+
+NEW = [("a photo of a black cat", "cat"), ("a photo of a small dog", "dog"), ("a photo of a red car", "car")]
+
+
+def rows(db, sql, params=()):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def parent(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=9, broken=(3,))
+    db = tmp_path / "r.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="parent", extra=("zero:5-8", "mean:2"))
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    return tiny_clip, coco, db
+
+
+def test_rescore_equals_a_full_run_with_the_new_prompts(parent, tmp_path, capsys):
+    tiny_clip, coco, db = parent
+    prompts = tmp_path / "new.toml"
+    prompts.write_text("".join(f'[[prompts]]\ntext = "{t}"\nlabel = "{label}"\n' for t, label in NEW))
+    assert main(["rescore", "--run", "parent", "--prompts", str(prompts), "--as", "child", "--db", str(db),
+                 "--no-progress"]) == 0
+    full = write_experiment(tmp_path / "full.toml", tiny_clip, coco, db, name="full", prompts=NEW,
+                            extra=("zero:5-8", "mean:2"))
+    assert main(["run", str(full), "--no-progress"]) == 0
+
+    sql = "SELECT image_id, ablation, prompt, logit, prob FROM scores WHERE run = ? ORDER BY image_id, ablation, prompt"
+    child, reference = rows(db, sql, ["child"]), rows(db, sql, ["full"])
+    assert len(child) == len(reference) == 8 * 23 * 3
+    assert [r[:3] for r in child] == [r[:3] for r in reference]
+    assert max(abs(a[3] - b[3]) for a, b in zip(child, reference, strict=True)) < 1e-4
+    sel = "SELECT image_id, ablation, prompt, correct, round(score_baseline, 5) FROM selections WHERE run = ? ORDER BY ALL"
+    assert rows(db, sel, ["child"]) == rows(db, sel, ["full"])
+    # It is a run like any other: listed, complete, with its images and the parent's load error.
+    assert rows(db, "SELECT status FROM runs WHERE run = 'child'") == [("complete",)]
+    assert rows(db, "SELECT COUNT(*) FROM images WHERE run = 'child'") == [(9,)]
+    assert rows(db, "SELECT image_id, stage FROM errors WHERE run = 'child'") == [(3, "load")]
+    capsys.readouterr()
+    assert main(["list", "--db", str(db)]) == 0
+    assert "child (from parent)" in capsys.readouterr().out
+    # The child reads the parent's embeddings rather than copying them.
+    assert rows(db, "SELECT COUNT(*) FROM embedding_t e JOIN run_t r USING (run_id) WHERE r.run = 'child'") == [(0,)]
+
+    # Again: resumes, nothing duplicated.
+    assert main(["rescore", "--run", "parent", "--prompts", str(prompts), "--as", "child", "--db", str(db),
+                 "--no-progress"]) == 0
+    assert len(rows(db, sql, ["child"])) == 8 * 23 * 3
+
+
+def test_rescore_errors(parent, tmp_path, capsys):
+    _, _, db = parent
+    prompts = tmp_path / "p.toml"
+    prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
+    cases = [
+        (["--run", "nope"], "no run named 'nope'"),
+        (["--run", "parent", "--as", "parent"], "already exists"),
+    ]
+    for extra, message in cases:
+        args = ["rescore", "--prompts", str(prompts), "--as", "x", "--db", str(db), "--no-progress", *extra]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    prompts.write_text("[[prompts]]\ntext = 'a'\n")
+    assert main(["rescore", "--run", "parent", "--prompts", str(prompts), "--as", "y", "--db", str(db)]) == 2
+    assert "missing key 'label'" in capsys.readouterr().err
+
+
+def test_a_run_without_embeddings_cannot_be_rescored(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=3)
+    db = tmp_path / "r.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="lean", sweep="none")
+    text = exp.read_text().replace(f'db = "{db}"', f'db = "{db}"\nembeddings = "none"')
+    exp.write_text(text)
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    assert rows(db, "SELECT COUNT(*) FROM embedding_t") == [(0,)]
+    prompts = tmp_path / "p.toml"
+    prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
+    result = run_cli("rescore", "--run", "lean", "--prompts", str(prompts), "--as", "x", "--db", str(db))
+    assert result.returncode == 2 and "kept no image embeddings" in result.stderr
