@@ -5,6 +5,7 @@ Sections (``--only`` picks some):
            patch 16), 32 images, 4 prompts, batch 32, timed as whole processes: the engine against the plain
            method (patch the modules, rerun the whole model per ablation, same batch size); peak memory of
            the engine at 32 and 64 images.
+  rescore  4 new prompts scored from that run's stored embeddings, against the full run it replaces.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dashboard.perf import bench_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo of a bird", "bird"),
@@ -106,7 +109,48 @@ def bench_sweep(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, 
     return results
 
 
-SECTIONS = {"sweep": bench_sweep}
+NEW_PROMPTS = [("a photo of a puppy", "dog"), ("a photo of a kitten", "cat"), ("a photo of a parrot", "bird"),
+               ("a photo of a truck", "car")]
+
+
+def bench_rescore(tmp: Path, images: int = 32) -> dict[str, float]:
+    """rescore against the full run it replaces, on the ViT-B/16-shaped bench run."""
+    from compute.config import Prompt, load_experiment
+    from compute.models import load_clip
+    from compute.rescore import rescore
+    from compute.runner import run
+
+    print(f"\n== rescore: 4 new prompts on the ViT-B/16-shaped paper-sweep run ({images} images) ==", flush=True)
+    model = vit_b16_shaped(tmp / "vit-b16")
+    data = make_images(tmp / "data", images)
+    db = tmp / "r.duckdb"
+    exp_path = write_experiment(tmp / "full.toml", "full", model, data, db, batch_size=32)
+    quiet = lambda _: None  # noqa: E731
+    clip = load_clip(str(model), "cpu")
+    start = time.perf_counter()
+    run(load_experiment(exp_path), progress=False, echo=quiet, clip=clip)
+    full_s = time.perf_counter() - start
+    prompts = [Prompt(t, label) for t, label in NEW_PROMPTS]
+    start = time.perf_counter()
+    rescore(db, "full", prompts, "rescored", progress=False, echo=quiet, clip=clip)
+    rescore_s = time.perf_counter() - start
+    # Both again as whole processes (imports and model loading included), for the user's view.
+    new_prompts = tmp / "new.toml"
+    new_prompts.write_text("".join(f'[[prompts]]\ntext = "{t}"\nlabel = "{lab}"\n' for t, lab in NEW_PROMPTS))
+    proc = run_process(["rescore", "--run", "full", "--prompts", str(new_prompts), "--as", "rescored-process",
+                        "--db", str(db), "--no-progress"])
+    full_proc = run_process(["run", str(write_experiment(tmp / "full2.toml", "full2", model, data, db, 32)),
+                             "--no-progress"])
+    results = {"full_run_s": full_s, "rescore_s": rescore_s, "speedup": full_s / rescore_s,
+               "full_run_process_s": full_proc.seconds, "rescore_process_s": proc.seconds,
+               "speedup_process": full_proc.seconds / proc.seconds}
+    print(f"  model loaded once: full run {full_s:6.1f} s, rescore {rescore_s:6.2f} s -> {full_s / rescore_s:6.0f}x")
+    print(f"  whole processes:   full run {full_proc.seconds:6.1f} s, rescore {proc.seconds:6.2f} s -> "
+          f"{full_proc.seconds / proc.seconds:6.1f}x (imports and loading a 600 MB model dominate rescore)")
+    return results
+
+
+SECTIONS = {"sweep": bench_sweep, "rescore": bench_rescore, "dashboard": bench_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

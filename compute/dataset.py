@@ -2,8 +2,10 @@
 
 An image's labels come from its instance annotations (category names) and, when the experiment asks,
 from its captions: a prompt label such as "black cat" is an image label when one of the image's captions
-says so as whole words. Caption matching takes the longest phrase first, so a caption "a black cat on a
-sink" carries "black cat" but not "cat" (unless "cat" also appears on its own elsewhere).
+says so as whole words. Caption labels are the most specific phrases: an image whose captions say "a
+black cat on a sink" and "a cat in the bathroom" carries "black cat" but not "cat", since "cat" is part
+of a phrase it carries; so a prompt is correct only when it names the most specific true description,
+as the bold caption of the study's Figure 5.
 """
 
 from __future__ import annotations
@@ -56,18 +58,10 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
 
 
 def caption_phrases(captions: list[str], phrases: list[str]) -> set[str]:
-    """The phrases the captions say, longest first: a phrase inside a longer matched phrase is not counted."""
-    found: set[str] = set()
-    ordered = sorted(set(phrases), key=lambda p: (-len(p.split()), -len(p), p))
-    for caption in captions:
-        text = caption.lower()
-        taken: list[tuple[int, int]] = []
-        for phrase in ordered:
-            for m in _phrase_pattern(phrase).finditer(text):
-                if not any(m.start() < end and start < m.end() for start, end in taken):
-                    taken.append(m.span())
-                    found.add(phrase)
-    return found
+    """The most specific of ``phrases`` that the captions say (whole words, any case)."""
+    found = {p for p in set(phrases) if any(_phrase_pattern(p).search(c.lower()) for c in captions)}
+    # Drop a phrase that is part of another found phrase ("cat" when "black cat" is found).
+    return {p for p in found if not any(q != p and _phrase_pattern(p).search(q.lower()) for q in found)}
 
 
 def says_any(captions: list[str], phrases: list[str]) -> bool:

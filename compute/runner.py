@@ -42,9 +42,10 @@ class Prepared:
     captioner: LoadedCaptioner | None
 
 
-def prepare(exp: Experiment) -> Prepared:
+def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
+    """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
-    clip = load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
     ablations = resolve_ablations(exp, clip.n_layers)
     captioner = None
     if exp.model.captioner != "none":
@@ -204,9 +205,10 @@ def run(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     threads: int | None = None,
+    clip: LoadedClip | None = None,
 ) -> int:
     """Run or resume ``exp``. Returns the run_id. Raises InputError on bad input before writing anything."""
-    prep = prepare(exp)
+    prep = prepare(exp, clip)
     set_threads(prep.clip, threads)
     clip, ablations, images = prep.clip, prep.ablations, prep.images
     n_layers = clip.n_layers
