@@ -29,5 +29,10 @@ bench: install
 demo: install
 	$(BIN)/python -m compute demo
 
+# The dashboard alone, on the demo store (or DB=path/to/store.duckdb).
+DB ?= data/demo.duckdb
+dashboard: install
+	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true -- --db $(DB)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

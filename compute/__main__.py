@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "needs, in parallel, with checks and resume.")
     fetch.add_arguments(p)
     p.set_defaults(func=cmd_fetch)
+
+    from compute import export
+
+    p = sub.add_parser("export", help="write a run's figures (PNG, SVG, PDF) and tables (Markdown, LaTeX, CSV, Parquet)",
+                       description=export.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_arguments(p)
+    p.set_defaults(func=export.main)
     return parser
 
 

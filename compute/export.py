@@ -1,0 +1,46 @@
+"""``python -m compute export --run NAME --out DIR``: a run's figure pack, headless.
+
+Writes every chart of the dashboard's Overview and Layers pages as PNG, SVG and PDF (Altair's save through
+vl-convert), Table 1 with its 95% bootstrap intervals as Markdown, LaTeX and CSV, the McNemar tests as
+CSV, and every selection of the run (one row per image x ablation) as CSV and Parquet. The work is done by
+``dashboard.figures``, which the dashboard's Export page uses too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compute.errors import InputError
+
+FORMATS = ("png", "svg", "pdf")  # as dashboard.figures.FORMATS; spelled here so --help stays light
+DEFAULT_DB = Path("data/results.duckdb")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run name (see `python -m compute list`)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write (created if needed)")
+    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB store (default: {DEFAULT_DB})")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma list of figure formats among {', '.join(FORMATS)} (default: all)")
+    parser.add_argument("--confusion", default="",
+                        help="comma list of ablations to draw a confusion chart for, or 'all' "
+                        "(default: baseline and the ablation with the lowest accuracy)")
+
+
+def main(args: argparse.Namespace) -> int:
+    # Imported here: altair, pandas and the dashboard take seconds to import, and every other verb's
+    # --help would pay for them.
+    from dashboard import figures
+
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise InputError(f"unknown figure format {bad[0] if bad else args.formats!r}: choose from {', '.join(FORMATS)}")
+    db = Path(args.db)
+    if not db.is_file():
+        raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
+    confusion = [c.strip() for c in args.confusion.split(",") if c.strip()] or None
+    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0

@@ -1,0 +1,159 @@
+"""``make bench`` section "dashboard": page render times on a store of the size real runs reach.
+
+The store: 5,000 images x 21 ablations (the paper sweep of a 12-layer tower) x 80 prompts = 8.4 M score
+rows, written through the compute stage's own ``store.write_batch`` in batches of 250 images (so row
+groups come in the order a real run writes them). Logits are synthetic: noise plus a signal on the image's
+true labels that each ablation weakens by its own amount; images are small real JPEGs for the thumbnails.
+
+Timings are AppTest runs of the real app: a page's first render with every data cache empty (the
+interpreter already warm, as in a running server), then one filter change. Targets: first render under
+1.5 s, filter change under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from compute import store
+from compute.ablations import sweep
+from compute.config import Prompt
+from compute.dataset import ImageRecord
+
+RUN = "bench"
+N_IMAGES, N_PROMPTS, N_LAYERS, BATCH = 5000, 80, 12, 250
+FIRST_RENDER_S, FILTER_CHANGE_S = 1.5, 0.5
+APP = Path(__file__).with_name("app.py")
+
+
+def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: int = N_PROMPTS,
+               seed: int = 0) -> Path:
+    """Write a complete synthetic run named RUN into ``db`` (made fresh)."""
+    rng = np.random.default_rng(seed)
+    db.unlink(missing_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels = [f"label{k:02d}" for k in range(n_prompts)]
+    first = rng.integers(0, n_prompts, n_images)
+    second = rng.integers(0, n_prompts, n_images)
+    has_second = rng.random(n_images) < 0.3
+    truth = np.zeros((n_images, n_prompts), bool)  # (images, prompts): the prompt's label is the image's
+    truth[np.arange(n_images), first] = True
+    truth[has_second, second[has_second]] = True
+    colours = rng.integers(0, 256, (n_images, 3), dtype=np.uint8)
+    records = []
+    for i in range(n_images):
+        path = images_dir / f"{i + 1:012d}.jpg"
+        Image.new("RGB", (64, 48), tuple(int(c) for c in colours[i])).save(path, quality=80)
+        records.append(ImageRecord(i + 1, path.name, path, tuple(labels[k] for k in np.flatnonzero(truth[i]))))
+    ablations = sweep("paper", N_LAYERS)
+    n_abl = len(ablations)
+    # How much each ablation weakens the signal: none for baseline, some for single layers, more for blocks.
+    weakening = np.array([0.0 if not a.layers else min(1.0, rng.uniform(0.0, 0.5) * len(a.layers) ** 0.5)
+                          for a in ablations], np.float32)
+    with store.connect(db) as con:
+        run_id = store.create_run(con, store.NewRun(
+            name=RUN, model="synthetic", config_json="{}", config_hash="bench", n_layers=N_LAYERS,
+            embedding_dtype="none", images=records, prompts=[Prompt(f"a photo of a {lab}", lab) for lab in labels],
+            ablations=ablations))
+        for start in range(0, n_images, BATCH):
+            ids = np.arange(start, min(start + BATCH, n_images))
+            n = len(ids)
+            signal = (1 - weakening)[None, :, None] * 5.0 * truth[ids][:, None, :]  # (n, A, P)
+            logits = (20 + 2 * rng.standard_normal((n, n_abl, n_prompts), dtype=np.float32) + signal).astype(np.float32)
+            exp = np.exp(logits - logits.max(axis=2, keepdims=True))
+            probs = exp / exp.sum(axis=2, keepdims=True)
+            picked = logits.argmax(axis=2)  # (n, A)
+            correct = np.take_along_axis(truth[ids][:, None, :].repeat(n_abl, 1), picked[:, :, None], 2)[:, :, 0]
+            score = (0.2 + 0.05 * correct + 0.01 * rng.standard_normal((n, n_abl))).astype(np.float32)
+            store.write_batch(con, run_id, store.BatchResult(
+                image_ids=ids + 1, ablation_ids=np.arange(n_abl, dtype=np.int16), logits=logits, probs=probs,
+                correct=correct, score_baseline=score, embeddings=None, errors=[], attempted=[int(i) + 1 for i in ids]))
+        con.execute("UPDATE selection_t SET caption = 'a photo of something', "
+                    "caption_score = score_baseline + 0.03 WHERE run_id = ?", [run_id])
+        store.set_status(con, run_id, "complete")
+    return db
+
+
+# page -> (widget key changed, new value, what the change is)
+FILTER_CHANGES = {
+    "overview": ("param:label", "label07", "true label"),
+    "layers": ("param:label", "label07", "true label"),
+    "image": ("param:image", 4321, "image"),
+    "failures": ("param:label", "label07", "true label"),
+    "compare": ("param:b", "identity:1-12", "ablation B"),
+    "export": ("param:outcome", "flip", "outcome"),
+}
+
+
+def _clear_caches() -> None:
+    import streamlit as st
+
+    from dashboard import stats
+
+    st.cache_data.clear()
+    stats.resample_weights.cache_clear()
+
+
+def _timed_run(at) -> float:
+    start = time.perf_counter()
+    at.run()
+    seconds = time.perf_counter() - start
+    if at.exception:
+        raise RuntimeError(f"the page raised: {at.exception[0].value}")
+    return seconds
+
+
+def time_pages(db: Path) -> dict[str, float]:
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.state import DB_ENV
+
+    os.environ[DB_ENV] = str(db)
+    # Imports and Altair's first use of each chart type are paid once per server process, not per page.
+    warm = AppTest.from_file(str(APP), default_timeout=120)
+    warm.query_params["run"] = RUN
+    _timed_run(warm)
+    for page in FILTER_CHANGES:
+        warm.switch_page(f"views/{page}.py")
+        _timed_run(warm)
+    results = {}
+    for page, (key, value, _) in FILTER_CHANGES.items():
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.query_params["run"] = RUN
+        if page != "overview":
+            at.run()  # registers the pages, so switch_page can find them
+            at.switch_page(f"views/{page}.py")
+        _clear_caches()
+        results[f"{page}_first_s"] = _timed_run(at)
+        widget = next(w for w in at.selectbox if w.key == key)
+        widget.set_value(value)
+        results[f"{page}_filter_s"] = _timed_run(at)
+    return results
+
+
+def bench_dashboard(tmp: Path) -> dict[str, float]:
+    print(f"\n== dashboard: {N_IMAGES:,} images x 21 ablations x {N_PROMPTS} prompts "
+          f"({N_IMAGES * 21 * N_PROMPTS / 1e6:.1f} M score rows), AppTest timings ==", flush=True)
+    start = time.perf_counter()
+    db = make_store(tmp / "dashboard.duckdb", tmp / "images")
+    figures = {"generate_s": time.perf_counter() - start}
+    print(f"  store generated in {figures['generate_s']:.1f} s ({db.stat().st_size / 1e6:.0f} MB)", flush=True)
+    figures.update(time_pages(db))
+    print(f"  {'page':<10} {'first render':>13} {'filter change':>14}  (changed)")
+    for page, (_, value, what) in FILTER_CHANGES.items():
+        first, change = figures[f"{page}_first_s"], figures[f"{page}_filter_s"]
+        flag = "" if first < FIRST_RENDER_S and change < FILTER_CHANGE_S else "  OVER TARGET"
+        print(f"  {page:<10} {first:>11.2f} s {change:>12.2f} s  ({what} -> {value}){flag}")
+    print(f"  targets: first render < {FIRST_RENDER_S} s, filter change < {FILTER_CHANGE_S} s")
+    return figures
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clip-lab-bench-") as tmp:
+        bench_dashboard(Path(tmp))

@@ -1,0 +1,297 @@
+"""Every query the dashboard and the figure export run, as named SQL next to the function that runs it.
+
+Functions take an open read-only connection (``compute.store.connect(db, read_only=True)``) so a caller
+can run several on one short-lived connection; values are bound with ``?``; the only text spliced into
+SQL is a fragment from ``dashboard.slices`` or an ORDER BY from the ``SORTS`` allow-list. Aggregation
+happens in DuckDB: ``score_t`` may hold millions of rows and is only ever read for one image.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from dashboard.slices import EVERYTHING, Slice
+
+Con = duckdb.DuckDBPyConnection
+
+RUNS = """
+SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers,
+       (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
+       (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
+       (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,
+       (SELECT COUNT(*) FROM error_t e WHERE e.run_id = r.run_id AND e.stage = 'load') AS n_failed
+FROM run_t r
+ORDER BY r.created_at DESC, r.run
+"""
+
+
+def runs(con: Con) -> pd.DataFrame:
+    """Every run, newest first, with its progress counts."""
+    return con.execute(RUNS).df()
+
+
+# Layers as plain columns (count, first, "1,2,3"): frames of scalars hash and pickle fast in the caches.
+ABLATIONS = """
+SELECT ablation_id, ablation, kind, len(layers) AS n_layers, coalesce(layers[1], 0) AS first_layer,
+       array_to_string(layers, ',') AS layers
+FROM ablation_t WHERE run_id = ? ORDER BY ablation_id
+"""
+
+
+def ablations(con: Con, run_id: int) -> pd.DataFrame:
+    return con.execute(ABLATIONS, [run_id]).df()
+
+
+PROMPTS = "SELECT prompt_id, prompt, label FROM prompt_t WHERE run_id = ? ORDER BY prompt_id"
+
+
+def prompts(con: Con, run_id: int) -> pd.DataFrame:
+    return con.execute(PROMPTS, [run_id]).df()
+
+
+TRUE_LABELS = """
+SELECT label, COUNT(*) AS images
+FROM (SELECT unnest(labels) AS label FROM image_t WHERE run_id = ?)
+GROUP BY label
+ORDER BY images DESC, label
+"""
+
+
+def true_labels(con: Con, run_id: int) -> pd.DataFrame:
+    """Ground-truth labels of the run's images, most frequent first."""
+    return con.execute(TRUE_LABELS, [run_id]).df()
+
+
+IMAGES = """
+SELECT image_id, file_name, array_to_string(labels, ', ') AS labels FROM image_t WHERE run_id = ? ORDER BY image_id
+"""
+
+
+def images(con: Con, run_id: int) -> pd.DataFrame:
+    """The run's images, labels joined into one string (a list column pickles 50 times slower)."""
+    return con.execute(IMAGES, [run_id]).df()
+
+
+ERRORS = "SELECT image_id, stage, message FROM error_t WHERE run_id = ? ORDER BY image_id, stage"
+
+
+def errors(con: Con, run_id: int) -> pd.DataFrame:
+    return con.execute(ERRORS, [run_id]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-ablation aggregates.
+
+SELECTION_MATRIX = """
+SELECT s.image_id, s.ablation_id, s.correct::DOUBLE AS accuracy, s.score_baseline, s.caption_score
+FROM selection_t s
+JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+WHERE s.run_id = ? AND ({where})
+"""
+
+
+def selection_matrix(con: Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
+    """One row per computed (image, ablation) pair of the images ``where`` keeps (an image-level slice)."""
+    return con.execute(SELECTION_MATRIX.format(where=where.sql), [run_id, *where.params]).df()
+
+
+DISCORDANT = """
+SELECT s.ablation_id,
+       COUNT(*) AS pairs,
+       COUNT(*) FILTER (WHERE b.correct AND NOT s.correct) AS only_baseline,
+       COUNT(*) FILTER (WHERE s.correct AND NOT b.correct) AS only_ablation
+FROM selection_t s
+JOIN selection_t b ON b.run_id = s.run_id AND b.image_id = s.image_id AND b.ablation_id = ?
+JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+WHERE s.run_id = ? AND ({where})
+GROUP BY s.ablation_id
+ORDER BY s.ablation_id
+"""
+
+
+def discordant(con: Con, run_id: int, baseline_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
+    """Per ablation, images computed under it and baseline, and those right under only one of them."""
+    return con.execute(DISCORDANT.format(where=where.sql), [baseline_id, run_id, *where.params]).df()
+
+
+LABEL_ACCURACY = """
+SELECT s.ablation_id, l.label, COUNT(*) AS images, AVG(s.correct::DOUBLE) AS accuracy
+FROM selection_t s
+JOIN (SELECT image_id, unnest(labels) AS label FROM image_t WHERE run_id = ?) l USING (image_id)
+WHERE s.run_id = ?
+GROUP BY s.ablation_id, l.label
+ORDER BY s.ablation_id, l.label
+"""
+
+
+def label_accuracy(con: Con, run_id: int) -> pd.DataFrame:
+    """Accuracy per ablation x true label (an image with two labels counts under each)."""
+    return con.execute(LABEL_ACCURACY, [run_id, run_id]).df()
+
+
+CONFUSION = """
+SELECT l.label AS true_label, p.label AS selected_label, COUNT(*) AS images
+FROM selection_t s
+JOIN (SELECT image_id, unnest(labels) AS label FROM image_t WHERE run_id = ?) l USING (image_id)
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+WHERE s.run_id = ? AND s.ablation_id = ?
+GROUP BY l.label, p.label
+ORDER BY l.label, p.label
+"""
+
+
+def confusion(con: Con, run_id: int, ablation_id: int) -> pd.DataFrame:
+    """Counts of true label x selected label under one ablation; only non-empty cells."""
+    return con.execute(CONFUSION, [run_id, run_id, ablation_id]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# One image.
+
+IMAGE = "SELECT image_id, file_name, path, labels FROM image_t WHERE run_id = ? AND image_id = ?"
+
+
+def image(con: Con, run_id: int, image_id: int) -> dict | None:
+    row = con.execute(IMAGE, [run_id, image_id]).fetchone()
+    if row is None:
+        return None
+    return dict(zip(("image_id", "file_name", "path", "labels"), row, strict=True))
+
+
+# score_t is scanned for one image only; rows are written in image order, so DuckDB's zone maps skip
+# almost every row group.
+IMAGE_SCORES = """
+SELECT a.ablation_id, a.ablation, p.prompt_id, p.prompt, p.label, s.logit, s.prob
+FROM score_t s
+JOIN ablation_t a ON a.run_id = s.run_id AND a.ablation_id = s.ablation_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+WHERE s.run_id = ? AND s.image_id = ?
+ORDER BY a.ablation_id, p.prompt_id
+"""
+
+
+def image_scores(con: Con, run_id: int, image_id: int) -> pd.DataFrame:
+    """Logit and probability of every prompt under every ablation computed for one image."""
+    return con.execute(IMAGE_SCORES, [run_id, image_id]).df()
+
+
+IMAGE_SELECTIONS = """
+SELECT a.ablation_id, a.ablation, p.prompt AS selected_prompt, p.label AS selected_label, s.correct,
+       s.prob AS confidence, s.margin, s.score_baseline, s.caption, s.caption_score
+FROM selection_t s
+JOIN ablation_t a ON a.run_id = s.run_id AND a.ablation_id = s.ablation_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+WHERE s.run_id = ? AND s.image_id = ?
+ORDER BY a.ablation_id
+"""
+
+
+def image_selections(con: Con, run_id: int, image_id: int) -> pd.DataFrame:
+    """The selected prompt, its scores and the generated caption under each ablation for one image."""
+    return con.execute(IMAGE_SELECTIONS, [run_id, image_id]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# Slices of selections (the Failures grid, the Export page's CSV and Parquet).
+
+# name -> (ORDER BY, caption). The allow-list of orders a URL may ask for.
+SORTS: dict[str, tuple[str, str]] = {
+    "margin": ("s.margin ASC NULLS LAST, s.image_id, s.ablation_id", "margin, smallest first (near ties)"),
+    "-margin": ("s.margin DESC NULLS LAST, s.image_id, s.ablation_id", "margin, largest first"),
+    "confidence": ("s.prob DESC, s.image_id, s.ablation_id", "confidence, highest first"),
+    "-confidence": ("s.prob ASC, s.image_id, s.ablation_id", "confidence, lowest first"),
+    "image": ("s.image_id, s.ablation_id", "image id"),
+}
+
+SLICE_FROM = """
+FROM selection_t s
+JOIN ablation_t a ON a.run_id = s.run_id AND a.ablation_id = s.ablation_id
+JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+LEFT JOIN selection_t b ON b.run_id = s.run_id AND b.image_id = s.image_id AND b.ablation_id = ?
+LEFT JOIN prompt_t bp ON bp.run_id = b.run_id AND bp.prompt_id = b.prompt_id
+WHERE s.run_id = ? AND ({where})
+"""
+
+SLICE_ROWS = """
+SELECT s.image_id, a.ablation, i.file_name, i.path, i.labels, p.prompt AS selected_prompt,
+       p.label AS selected_label, s.correct, s.prob AS confidence, s.margin, bp.label AS baseline_label,
+       b.correct AS baseline_correct, s.score_baseline, s.caption, s.caption_score
+""" + SLICE_FROM + """
+ORDER BY {order}
+LIMIT ? OFFSET ?
+"""
+
+SLICE_COUNT = "SELECT COUNT(*) AS rows, COUNT(DISTINCT s.image_id) AS images" + SLICE_FROM
+
+
+def slice_rows(con: Con, run_id: int, baseline_id: int, where: Slice, sort: str = "image",
+               limit: int | None = None, offset: int = 0) -> pd.DataFrame:
+    """Selections the slice keeps, with image, selected and baseline labels; ``limit`` None is all."""
+    order, _ = SORTS[sort]  # KeyError for anything not on the allow-list
+    sql = SLICE_ROWS.format(where=where.sql, order=order)
+    return con.execute(sql, [baseline_id, run_id, *where.params, limit, offset]).df()
+
+
+def slice_count(con: Con, run_id: int, baseline_id: int, where: Slice) -> tuple[int, int]:
+    """(rows, distinct images) the slice keeps."""
+    rows, n_images = con.execute(SLICE_COUNT.format(where=where.sql), [baseline_id, run_id, *where.params]).fetchone()
+    return int(rows), int(n_images)
+
+
+# --------------------------------------------------------------------------------------------------
+# Two selections side by side (two ablations of a run, or two runs over the same images).
+
+PAIRS = """
+SELECT x.image_id, i.labels, i.path, x.correct AS correct_a, y.correct AS correct_b, px.label AS selected_a,
+       py.label AS selected_b, x.prob AS confidence_a, y.prob AS confidence_b
+FROM selection_t x
+JOIN selection_t y ON y.image_id = x.image_id AND y.run_id = ? AND y.ablation_id = ?
+JOIN image_t i ON i.run_id = x.run_id AND i.image_id = x.image_id
+JOIN prompt_t px ON px.run_id = x.run_id AND px.prompt_id = x.prompt_id
+JOIN prompt_t py ON py.run_id = y.run_id AND py.prompt_id = y.prompt_id
+WHERE x.run_id = ? AND x.ablation_id = ?
+"""
+
+COMPARE_LABELS = """
+WITH pairs AS (""" + PAIRS + """)
+SELECT label, COUNT(*) AS images, AVG(correct_a::DOUBLE) AS accuracy_a, AVG(correct_b::DOUBLE) AS accuracy_b,
+       AVG(correct_b::DOUBLE) - AVG(correct_a::DOUBLE) AS difference
+FROM (SELECT unnest(labels) AS label, correct_a, correct_b FROM pairs)
+GROUP BY label
+ORDER BY label
+"""
+
+
+def compare_labels(con: Con, run_a: int, ablation_a: int, run_b: int, ablation_b: int) -> pd.DataFrame:
+    """Per true label, accuracy of A and of B on the images both computed, and B minus A."""
+    return con.execute(COMPARE_LABELS, [run_b, ablation_b, run_a, ablation_a]).df()
+
+
+COMPARE_COUNTS = """
+WITH pairs AS (""" + PAIRS + """)
+SELECT COUNT(*) AS images,
+       COUNT(*) FILTER (WHERE correct_a AND correct_b) AS both_right,
+       COUNT(*) FILTER (WHERE correct_a AND NOT correct_b) AS only_a,
+       COUNT(*) FILTER (WHERE correct_b AND NOT correct_a) AS only_b,
+       COUNT(*) FILTER (WHERE NOT correct_a AND NOT correct_b) AS both_wrong
+FROM pairs
+"""
+
+
+def compare_counts(con: Con, run_a: int, ablation_a: int, run_b: int, ablation_b: int) -> dict[str, int]:
+    row = con.execute(COMPARE_COUNTS, [run_b, ablation_b, run_a, ablation_a]).fetchone()
+    return dict(zip(("images", "both_right", "only_a", "only_b", "both_wrong"), map(int, row), strict=True))
+
+
+COMPARE_FLIPS = """
+WITH pairs AS (""" + PAIRS + """)
+SELECT * FROM pairs WHERE correct_a <> correct_b ORDER BY correct_a DESC, image_id LIMIT ?
+"""
+
+
+def compare_flips(con: Con, run_a: int, ablation_a: int, run_b: int, ablation_b: int,
+                  limit: int | None = None) -> pd.DataFrame:
+    """Images right under one of A and B and wrong under the other (those A gets right first)."""
+    return con.execute(COMPARE_FLIPS, [run_b, ablation_b, run_a, ablation_a, limit]).df()

@@ -1,0 +1,148 @@
+"""Screenshots of every dashboard page from a real server and a real browser.
+
+``python -m dashboard.screenshots --db data/demo.duckdb --out docs/screenshots`` starts
+``streamlit run dashboard/app.py`` on a free port, opens each page in headless Chromium (Debian's
+``/usr/bin/chromium`` driven by the playwright package; never ``playwright install``), waits until the
+script has finished, and saves one PNG per page. tests/test_browser.py uses the same functions and also
+checks that no page shows an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "dashboard" / "app.py"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-quic"]
+PAGES = ("overview", "layers", "image", "failures", "compare", "export")
+DEFAULT_PAGE = "overview"  # st.navigation serves the default page at the root URL, not at /overview
+RUNNING = '[data-testid="stStatusWidgetRunningIcon"]'
+EXCEPTION = '[data-testid="stException"]'
+CONTENT = '[data-testid="stMainBlockContainer"]'
+FINISHED = """() => document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState === "notRunning"
+    && !document.querySelector('[data-testid="stSkeleton"], [data-testid="stSkeletonElement"]')"""
+MAX_HEIGHT = 4000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60) -> Iterator[str]:
+    """Run the dashboard on ``db`` in a streamlit server; yield its base URL; stop it afterwards."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--", "--db", str(db)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log}")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not answer within {timeout:.0f} s; see {log}")
+                time.sleep(0.25)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class PageShot:
+    page: str
+    url: str
+    screenshot: Path
+    title: str  # the page's h1
+    exceptions: list[str]
+
+
+def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | None = None,
+          width: int = 1400, timeout_ms: int = 60_000) -> list[PageShot]:
+    """Open each page (with ``params`` as its query string), wait for the script to finish, screenshot it."""
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            # A tall window from the start, cropped to the content: the page scrolls inside Streamlit's
+            # main container, so a full-page screenshot would stop at the window, and resizing the window
+            # later redraws every chart.
+            tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
+            for name in pages:
+                path_part = "" if name == DEFAULT_PAGE else name
+                page_url = f"{url}/{path_part}" + (f"?{urlencode(params)}" if params else "")
+                tab.goto(page_url, wait_until="networkidle", timeout=timeout_ms)
+                tab.wait_for_selector("h1", timeout=timeout_ms)
+                # Finished: the script has run (not merely not started), nothing still loading.
+                tab.wait_for_function(FINISHED, timeout=timeout_ms)
+                tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
+                tab.wait_for_timeout(700)  # Vega draws its charts just after they arrive
+                height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
+                path = out / f"{name}.png"
+                tab.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": width,
+                                                     "height": min(height + 40, MAX_HEIGHT)})
+                shots.append(PageShot(name, page_url, path, tab.locator("h1").first.inner_text(),
+                                      tab.locator(EXCEPTION).all_inner_texts()))
+        finally:
+            browser.close()
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboard.screenshots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, default=ROOT / "data" / "demo.duckdb", help="store to show")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
+    parser.add_argument("--run", help="run to show (default: the dashboard's default, the newest)")
+    parser.add_argument("--width", type=int, default=1400, help="browser width in pixels")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.is_file():
+        print(f"error: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)", file=sys.stderr)
+        return 2
+    if not args.db.is_file():
+        print(f"error: no store at {args.db}", file=sys.stderr)
+        return 2
+    params = {"run": args.run} if args.run else None
+    with serve(args.db.resolve(), args.out / "streamlit.log") as url:
+        shots = shoot(url, PAGES, args.out, params, args.width)
+    for shot in shots:
+        status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
+        print(f"{shot.screenshot}  {shot.title}  {status}")
+    return 1 if any(s.exceptions for s in shots) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Where the app's selection lives: the store path (command line / environment) and the URL query params.
+
+Every choice that defines a view (run, ablation, filters, image, page of the grid) is a query param, so a
+copied URL reopens the same view. Widgets are bound to a param with ``param_select``: the URL wins when
+it changed from outside (a pasted or followed link), the widget wins when the user moved it, and the
+last value is remembered for the session so switching pages keeps the context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DB = ROOT / "data" / "demo.duckdb"
+DB_ENV = "CLIP_LAB_DB"
+_LAST = "_last_params"  # session_state key: param -> the value last shown
+
+T = TypeVar("T")
+
+
+def db_path(argv: Sequence[str] | None = None) -> Path:
+    """The store to read: ``--db PATH`` after ``--`` on the streamlit command line, else $CLIP_LAB_DB,
+    else data/demo.duckdb. Never a query param: a URL must not choose which file the server opens."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--db")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    chosen = known.db or os.environ.get(DB_ENV) or DEFAULT_DB
+    return Path(chosen).expanduser().resolve()
+
+
+def _remembered() -> dict[str, Any]:
+    return st.session_state.setdefault(_LAST, {})
+
+
+def param_select(
+    label: str,
+    options: Sequence[T],
+    param: str,
+    *,
+    default: T | None = None,
+    format_func: Callable[[T], str] = str,
+    container: Any = None,
+    help: str | None = None,
+) -> T:
+    """A select box bound to the query param ``param``; returns the chosen option.
+
+    The URL holds ``str(option)``; an unknown value in the URL falls back to the value last shown, then
+    to ``default`` (or the first option). Options must be non-empty.
+    """
+    if not options:
+        raise ValueError(f"no options for {param!r}")
+    by_text = {str(o): o for o in options}
+    fallback = default if default in options else options[0]
+    last = _remembered()
+    key = f"param:{param}"
+    url = st.query_params.get(param)
+    if url is not None and url != last.get(param) and url in by_text:
+        chosen = by_text[url]  # the URL changed from outside: follow it
+    elif st.session_state.get(key) in options:
+        chosen = st.session_state[key]  # the widget, as the user left it
+    elif url in by_text:
+        chosen = by_text[url]
+    else:
+        remembered = last.get(param)
+        chosen = by_text.get(remembered, fallback) if remembered is not None else fallback
+    st.session_state[key] = chosen  # set before the widget is created: it starts there, no default passed
+    box = container if container is not None else st
+    value = box.selectbox(label, list(options), key=key, format_func=format_func, help=help)
+    set_param(param, value)
+    return value
+
+
+def set_param(param: str, value: Any) -> None:
+    """Write ``param`` to the URL and remember it. Defaults are written too: a shared URL must not change
+    meaning when the defaults do (a newer run, another sweep)."""
+    text = str(value)
+    _remembered()[param] = text
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
+def reset_param(param: str, value: Any) -> None:
+    """Move a bound widget back to ``value`` before it is drawn (e.g. page 1 when the filters change)."""
+    st.session_state[f"param:{param}"] = value
+    _remembered()[param] = str(value)

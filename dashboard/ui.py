@@ -1,0 +1,274 @@
+"""What every page shares: cached reads of the store, cached chart specs, thumbnails, the run picker.
+
+Reading the store: results are cached on (function, store path, change token, arguments); the change
+token is the stat of the store file and of its WAL, so a commit by a running compute job invalidates the
+cache without opening the file. On a cache miss a read-only connection is opened; the misses of one
+script run share it until the page starts drawing a chart or the run ends (``reading``, ``release``), so it
+is held for the queries of one render (a few hundred milliseconds on real sizes) and never while the page
+is drawn or sits idle: an open reader blocks the compute stage's next write (DuckDB: one writer or many
+readers), which retries until it is gone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import altair as alt
+import duckdb
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from compute import store
+from dashboard import queries, state, tables
+
+# Altair validates every schema object as it is built (its debug mode): a third of a chart's drawing time,
+# on every redraw. The tests validate every builder's output, so the running app skips it.
+alt.utils.schemapi.disable_debug_mode()
+
+T = TypeVar("T")
+REFRESH_S = 2.0  # how often a page showing a running run checks the store for new batches
+THUMB_PX = 160
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached data.
+
+
+def change_token(db: Path) -> tuple:
+    """Changes whenever a writer commits: the stat of the store file and of its write-ahead log."""
+    token = []
+    for path in (db, Path(f"{db}.wal")):
+        try:
+            st_ = os.stat(path)
+            token.append((st_.st_mtime_ns, st_.st_size))
+        except FileNotFoundError:
+            token.append(None)
+    return tuple(token)
+
+
+class _Reader:
+    """A read-only connection opened on first use (most reruns hit the cache and never open one)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self._opened = None
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    def get(self) -> duckdb.DuckDBPyConnection:
+        if self.con is None:
+            self._opened = store.connect(self.db, read_only=True)
+            self.con = self._opened.__enter__()
+        return self.con
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.__exit__(None, None, None)
+        self._opened = self.con = None
+
+
+_local = threading.local()  # the reader of the script run on this thread
+
+
+@contextmanager
+def reading(db: Path) -> Iterator[None]:
+    """Let the cache misses of one script run share one connection, closed when the run ends."""
+    _local.reader = _Reader(db)
+    try:
+        yield
+    finally:
+        _local.reader.close()
+        _local.reader = None
+
+
+def release() -> None:
+    """Close this script run's connection now; the next cache miss opens another."""
+    reader = getattr(_local, "reader", None)
+    if reader is not None:
+        reader.close()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_call(fn_name: str, db: str, token: tuple, args: tuple, _reader: _Reader) -> Any:
+    module, _, name = fn_name.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    return fn(_reader.get(), *args)
+
+
+def load(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(con, *args)`` on a read-only connection to the app's store, cached until the store changes.
+    ``fn`` is a module-level function of dashboard.queries, tables or figures."""
+    db = current_db()
+    shared = getattr(_local, "reader", None)
+    reader = shared or _Reader(db)
+    try:
+        return _cached_call(f"{fn.__module__}:{fn.__qualname__}", str(db), change_token(db), args, reader)
+    finally:
+        if reader is not shared:
+            reader.close()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _chart_spec(builder_name: str, args: tuple) -> dict:
+    module, _, name = builder_name.partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    # Validation costs a third of the conversion; the tests validate every builder's output.
+    return builder(*args).to_dict(validate=False)
+
+
+def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> None:
+    """Draw ``builder(*args)`` (a pure builder of dashboard.charts); its Vega-Lite spec is cached on the
+    arguments, so a rerun that changes another part of the page does not rebuild it."""
+    release()  # drawing takes longer than reading: let a waiting writer in meanwhile
+    spec = _chart_spec(f"{builder.__module__}:{builder.__qualname__}", args)
+    (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
+
+
+def current_db() -> Path:
+    return st.session_state["db"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Images.
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail(path: str, size: int = THUMB_PX) -> bytes:
+    """A JPEG at most ``size`` pixels on a side; a grey placeholder if the file is missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for big photos
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        im = placeholder(size, "image not found")
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def placeholder(size: int, text: str) -> Image.Image:
+    im = Image.new("RGB", (size, size), (225, 225, 225))
+    ImageDraw.Draw(im).text((8, size // 2 - 6), text, fill=(90, 90, 90))
+    return im
+
+
+# --------------------------------------------------------------------------------------------------
+# The run and its context, drawn in the sidebar by app.py on every page.
+
+
+@dataclass(frozen=True)
+class Context:
+    db: Path
+    run: dict  # a row of queries.runs
+    ablations: pd.DataFrame  # queries.ablations
+    baseline_id: int
+
+    @property
+    def run_id(self) -> int:
+        return int(self.run["run_id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.run["run"])
+
+    @property
+    def baseline_name(self) -> str:
+        return str(self.ablations.loc[self.ablations["ablation_id"] == self.baseline_id, "ablation"].iloc[0])
+
+    def ablation_names(self) -> list[str]:
+        return list(self.ablations["ablation"])
+
+    def ablation_id(self, name: str) -> int:
+        return int(self.ablations.loc[self.ablations["ablation"] == name, "ablation_id"].iloc[0])
+
+
+def progress(run: dict) -> tuple[int, int]:
+    """(pairs done, pairs expected): every ablation of every image that did not fail to load."""
+    expected = (int(run["n_images"]) - int(run["n_failed"])) * int(run["n_ablations"])
+    return int(run["n_done"]), max(expected, 0)
+
+
+def sidebar(db: Path) -> Context:
+    """The run picker and the run's state; stops the page with an explanation when there is nothing to show."""
+    st.session_state["db"] = db
+    if not db.is_file():
+        st.error(f"No store at `{db}`.")
+        st.markdown("Build one with `python -m compute run EXPERIMENT.toml` (or `make demo`), then start the "
+                    "dashboard with `streamlit run dashboard/app.py -- --db PATH`. This page reloads by itself "
+                    "when the store appears.")
+        _watch(db, change_token(db))
+        st.stop()
+    runs = load(queries.runs)
+    if runs.empty:
+        st.info(f"The store `{db}` has no runs yet. Start one with `python -m compute run EXPERIMENT.toml`.")
+        _watch(db, change_token(db))
+        st.stop()
+    rows = {r["run"]: r for r in runs.to_dict("records")}
+    with st.sidebar:
+        name = state.param_select("Run", list(rows), "run",
+                                  format_func=lambda r: f"{r} ({rows[r]['status']})")
+        run = rows[name]
+        done, expected = progress(run)
+        st.caption(f"{run['model']}  \n{run['n_images']} images × {run['n_ablations']} ablations × "
+                   f"{run['n_prompts']} prompts  \n{run['n_failed']} unreadable images · store `{db.name}`")
+        if run["status"] == "running":
+            st.progress(min(done / expected, 1.0) if expected else 0.0,
+                        text=f"running: {done:,} of {expected:,} image × ablation pairs")
+            _watch(db, change_token(db))
+    ablations = load(queries.ablations, int(run["run_id"]))
+    if ablations.empty:
+        st.warning(f"Run {name!r} has no ablations.")
+        st.stop()
+    return Context(db, run, ablations, tables.baseline_id(ablations))
+
+
+@st.fragment(run_every=REFRESH_S)
+def _watch(db: Path, token: tuple) -> None:
+    """While a run writes to the store, rerun the page whenever a new batch lands."""
+    if change_token(db) != token:
+        st.rerun()
+
+
+def context() -> Context:
+    """The context app.py set up for this script run."""
+    return st.session_state["ctx"]
+
+
+def no_results(ctx: Context) -> bool:
+    """True (after saying so) when the run has no computed pair yet."""
+    if int(ctx.run["n_done"]) == 0:
+        st.info(f"Run {ctx.name!r} has no results yet; this page fills in as its first batch is stored.")
+        return True
+    return False
+
+
+def ablation_select(ctx: Context, label: str = "Ablation", param: str = "ablation", default: str | None = None,
+                    container: Any = None, with_all: bool = False) -> str:
+    """A select box of the run's ablations (sweep order), bound to a query param."""
+    options = ([""] if with_all else []) + ctx.ablation_names()
+    return state.param_select(label, options, param, default=default, container=container,
+                              format_func=lambda a: a or "every ablation")
+
+
+def label_select(ctx: Context, label: str, param: str, labels: list[str], container: Any = None) -> str:
+    """A select box of labels with "any" first, bound to a query param."""
+    return state.param_select(label, [""] + labels, param, container=container,
+                              format_func=lambda v: v or "any")
+
+
+def image_href(run: str, image_id: int, ablation: str | None = None) -> str:
+    """Relative link to the Image page (relative, so it also works under a server base path)."""
+    params = {"run": run, "image": image_id}
+    if ablation:
+        params["ablation"] = ablation
+    return "image?" + urlencode(params)

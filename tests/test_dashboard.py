@@ -1,0 +1,346 @@
+"""One AppTest per dashboard page, against a store built here from tiny real runs, plus the pure parts
+(statistics, slices, the SQL allow-list) on small inputs.
+
+The store: 10 tiny COCO images (one unreadable), a random 12-layer CLIP and a random BLIP captioner; run
+"tiny" is the paper sweep plus zero:5-8 with captions, run "tiny-singles" the single layers without.
+Every number a page shows is checked against SQL on the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import ROOT, make_coco, write_experiment
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from compute import store
+from dashboard import queries, slices, stats, tables
+from dashboard.state import DB_ENV
+
+APP = str(ROOT / "dashboard" / "app.py")
+N_ABLATIONS = 22  # paper sweep of 12 layers (21) + zero:5-8
+
+
+def build_dash_store(tiny_clip, tmp_path_factory) -> Path:
+    """The store of these tests, built once per session even when several test modules ask for it."""
+    from compute.config import load_experiment
+    from compute.random_models import save_random_blip
+    from compute.runner import run
+
+    tmp = tmp_path_factory.getbasetemp() / "dashboard-store"
+    db = tmp / "dash.duckdb"
+    if (tmp / "complete").exists():
+        return db
+    tmp.mkdir(exist_ok=True)
+    coco = make_coco(tmp / "coco", n=10, broken=(4,))
+    captioner = save_random_blip(tmp / "blip")
+    tiny = write_experiment(tmp / "tiny.toml", tiny_clip, coco, db, name="tiny", extra=("zero:5-8",))
+    tiny.write_text(tiny.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{captioner}"'))
+    singles = write_experiment(tmp / "singles.toml", tiny_clip, coco, db, name="tiny-singles", sweep="singles")
+    for exp in (tiny, singles):
+        run(load_experiment(exp), progress=False, echo=lambda _: None)
+    (tmp / "complete").touch()
+    return db
+
+
+@pytest.fixture(scope="session")
+def dash_store(tiny_clip, tmp_path_factory) -> Path:
+    """Two complete runs (see the module docstring)."""
+    return build_dash_store(tiny_clip, tmp_path_factory)
+
+
+def sql(db, query, params=()):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(query, params).fetchall()
+
+
+@pytest.fixture
+def app(dash_store, monkeypatch):
+    """An AppTest of the whole app on the test store, opened at ``page`` with ``params`` in the URL."""
+    monkeypatch.setenv(DB_ENV, str(dash_store))
+
+    def open_page(page: str = "overview", /, **params: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.query_params.update(params)
+        at.run()
+        if page != "overview":
+            at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, at.exception[0].value
+        return at
+
+    return open_page
+
+
+def charts_of(at: AppTest) -> list[list[dict]]:
+    """The rows of data each chart on the page draws (Streamlit ships a spec's datasets as Arrow)."""
+    return [[row for ds in el.proto.datasets for row in convert_arrow_bytes_to_pandas_df(ds.data.data).to_dict("records")]
+            for el in at.get("vega_lite_chart")]
+
+
+def chart_titles(at: AppTest) -> list[str]:
+    return [json.dumps(json.loads(el.proto.spec).get("title")) for el in at.get("vega_lite_chart")]
+
+
+def caption_text(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def select(at: AppTest, param: str):
+    return next(w for w in at.selectbox if w.key == f"param:{param}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pages.
+
+
+def test_overview_shows_table1_equal_to_sql_with_intervals_and_both_charts(app, dash_store):
+    at = app("overview", run="tiny")
+    table = at.dataframe[0].value
+    expected = sql(dash_store, """
+        SELECT a.ablation, COUNT(*), AVG(s.correct::DOUBLE), AVG(s.score_baseline), AVG(s.caption_score)
+        FROM selection_t s JOIN ablation_t a USING (run_id, ablation_id) JOIN run_t r USING (run_id)
+        WHERE r.run = 'tiny' GROUP BY a.ablation_id, a.ablation ORDER BY a.ablation_id""")
+    assert list(table["ablation"]) == [r[0] for r in expected]
+    assert list(table["images"]) == [r[1] for r in expected] == [9] * N_ABLATIONS
+    for row, (_, _, acc, score, caption) in zip(table.itertuples(), expected, strict=True):
+        assert row.accuracy.startswith(f"{acc:.4f} [")  # mean, then its 95% interval
+        assert row.score_baseline.startswith(f"{score:.4f} [")
+        assert row.caption_score.startswith(f"{caption:.4f} [")  # the captioner ran: captions are scored
+    assert table["Δ accuracy"].iloc[0] == "0.0000 [0.0000, 0.0000]"  # baseline against itself
+    specs = charts_of(at)
+    assert len(specs) == 2
+    for spec in specs:  # one bar (or point) per ablation and metric
+        assert {r["ablation"] for r in spec} == {r[0] for r in expected}
+        assert {r["metric"] for r in spec} == {"accuracy", "selected-prompt score",
+                                                            "generated-caption score"}
+    assert at.query_params["run"] == "tiny"
+    assert "1 image(s) could not be processed" in [e.label for e in at.expander]
+
+    select(at, "label").set_value("dog").run()
+    n_dogs = sql(dash_store, "SELECT COUNT(*) FROM images WHERE run = 'tiny' AND list_contains(labels, 'dog') "
+                 "AND image_id NOT IN (SELECT image_id FROM errors WHERE run = 'tiny')")[0][0]
+    assert list(at.dataframe[0].value["images"]) == [n_dogs] * N_ABLATIONS
+    assert f"Selecting {n_dogs} images: images labelled 'dog'." in caption_text(at)
+    assert at.query_params["label"] == "dog"
+
+
+def test_layers_curves_heatmap_confusion_and_mcnemar_match_sql(app, dash_store):
+    at = app("layers", run="tiny", ablation="identity:1-12")
+    specs = charts_of(at)
+    curve, blocks, heatmap, confusion = specs
+    assert sorted({r["layer"] for r in curve if "layer" in r}) == list(range(1, 13))
+    assert {r["ablation"] for r in blocks if "ablation" in r} == {
+        "identity:1-3", "identity:4-6", "identity:7-9", "identity:10-12", "identity:1-4", "identity:5-8",
+        "identity:9-12", "identity:1-12", "zero:5-8"}
+    cells = [r for r in heatmap if "accuracy" in r]
+    labels = {r[0] for r in sql(dash_store, "SELECT DISTINCT unnest(labels) FROM images WHERE run = 'tiny' "
+                                "AND image_id NOT IN (SELECT image_id FROM errors)")}
+    assert len(cells) == N_ABLATIONS * len(labels)
+    expected = dict(sql(dash_store, """
+        SELECT l.label || '>' || s.label, COUNT(*) FROM selections s
+        JOIN (SELECT image_id, unnest(labels) AS label FROM images WHERE run = 'tiny') l USING (image_id)
+        WHERE s.run = 'tiny' AND s.ablation = 'identity:1-12' GROUP BY ALL"""))
+    got = {f"{r['true_label']}>{r['selected_label']}": r["images"] for r in confusion}
+    assert got == expected
+
+    tests = at.dataframe[0].value
+    discordant = sql(dash_store, """
+        SELECT s.ablation, COUNT(*) FILTER (WHERE b.correct AND NOT s.correct),
+               COUNT(*) FILTER (WHERE s.correct AND NOT b.correct)
+        FROM selections s JOIN selections b ON b.run = s.run AND b.image_id = s.image_id AND b.ablation = 'baseline'
+        WHERE s.run = 'tiny' AND s.ablation <> 'baseline' GROUP BY s.ablation""")
+    for ablation, only_base, only_abl in discordant:
+        row = tests[tests["ablation"] == ablation].iloc[0]
+        assert (row["only_baseline"], row["only_ablation"]) == (only_base, only_abl)
+        assert row["p"] == stats.format_p(stats.mcnemar(only_base, only_abl)[1])
+
+    select(at, "metric").set_value("caption_score").run()
+    assert not at.exception
+    assert "generated-caption score" in chart_titles(at)[0]
+    assert at.query_params["metric"] == "caption_score"
+
+
+def test_image_shows_logits_under_every_ablation_and_the_selection_and_caption_of_each(app, dash_store):
+    at = app("image", run="tiny", image="3", ablation="identity:5")
+    assert at.query_params["image"] == "3" and at.query_params["ablation"] == "identity:5"
+    picks = at.dataframe[0].value
+    expected = sql(dash_store, "SELECT ablation, prompt, caption FROM selections WHERE run = 'tiny' AND image_id = 3 "
+                   "ORDER BY ablation")
+    assert sorted(zip(picks["ablation"], picks["selected_prompt"], picks["caption"], strict=True)) == sorted(expected)
+    assert all(c for _, _, c in expected)  # a generated caption per ablation (the study's Figure 5)
+    heatmap, bars = charts_of(at)
+    cells = [r for r in heatmap if "logit" in r]
+    assert len({(r["ablation"], r["prompt"]) for r in cells}) == N_ABLATIONS * 4
+    logits = dict(sql(dash_store, "SELECT ablation || '|' || prompt, logit FROM scores WHERE run = 'tiny' "
+                      "AND image_id = 3"))
+    assert all(math.isclose(r["logit"], logits[f"{r['ablation']}|{r['prompt']}"], rel_tol=1e-5) for r in cells)
+    assert {r["ablation"] for r in bars} == {"baseline", "identity:5"}
+    assert at.image  # the photo itself
+
+    select(at, "image").set_value(5).run()
+    assert not at.exception and at.query_params["image"] == "5"
+
+
+def test_image_page_of_an_unreadable_image_says_so(app):
+    at = app("image", run="tiny", image="4")
+    assert at.query_params["image"] == "4"
+    assert any("No ablation has been computed for this image" in i.value for i in at.info)
+
+
+def test_failures_grid_lists_the_slice_sql_selects_and_links_each_image(app, dash_store):
+    at = app("failures", run="tiny", ablation="identity:1-12", outcome="wrong", sort="confidence")
+    wrong = sql(dash_store, "SELECT image_id FROM selections WHERE run = 'tiny' AND ablation = 'identity:1-12' "
+                "AND NOT correct ORDER BY image_id")
+    assert f"{len(wrong)} images: ablation identity:1-12; picks a wrong prompt" in caption_text(at)
+    links = at.page_link
+    assert len(links) == len(wrong) == len(at.image)
+    assert sorted(int(link.proto.query_string.split("image=")[1].split("&")[0]) for link in links) == [w[0] for w in wrong]
+    assert all("run=tiny" in link.proto.query_string and "ablation=identity%3A1-12" in link.proto.query_string
+               for link in links)
+    confidences = sql(dash_store, "SELECT s.image_id FROM selection_t s JOIN ablation_t a USING (run_id, ablation_id) "
+                      "JOIN run_t r USING (run_id) WHERE r.run = 'tiny' AND a.ablation = 'identity:1-12' "
+                      "AND NOT s.correct ORDER BY s.prob DESC, s.image_id")
+    assert [link.label for link in links] == [f"image {i}" for (i,) in confidences]  # sorted by confidence
+
+    select(at, "outcome").set_value("flip").run()
+    flips = sql(dash_store, """
+        SELECT COUNT(*) FROM selections s JOIN selections b ON b.run = s.run AND b.image_id = s.image_id
+        AND b.ablation = 'baseline' WHERE s.run = 'tiny' AND s.ablation = 'identity:1-12' AND s.correct <> b.correct""")
+    assert f"{flips[0][0]} images: ablation identity:1-12; correctness flips against baseline" in caption_text(at)
+    select(at, "label").set_value("cat").run()
+    select(at, "selected").set_value("dog").run()
+    assert "images labelled 'cat'; selected prompt labelled 'dog'" in caption_text(at)
+    assert (at.query_params["label"], at.query_params["selected"]) == ("cat", "dog")
+
+
+def test_compare_two_ablations_and_two_runs(app, dash_store):
+    at = app("compare", run="tiny", a="baseline", b="identity:1-12")
+    (both, only_a, only_b), = sql(dash_store, """
+        SELECT COUNT(*) FILTER (WHERE x.correct AND y.correct), COUNT(*) FILTER (WHERE x.correct AND NOT y.correct),
+               COUNT(*) FILTER (WHERE y.correct AND NOT x.correct)
+        FROM selections x JOIN selections y ON y.run = x.run AND y.image_id = x.image_id
+        WHERE x.run = 'tiny' AND x.ablation = 'baseline' AND y.ablation = 'identity:1-12'""")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Right only under A"] == str(only_a) and metrics["Right only under B"] == str(only_b)
+    assert metrics["Accuracy A"] == f"{(both + only_a) / 9:.3f}"
+    assert len(at.dataframe[1].value) == only_a + only_b
+    per_label = at.dataframe[0].value
+    assert np.allclose(per_label["difference"], per_label["accuracy_b"] - per_label["accuracy_a"])
+
+    at = app("compare", run="tiny", mode="runs", run_b="tiny-singles", a="identity:3", b="identity:3")
+    assert "A = tiny/identity:3, B = tiny-singles/identity:3: the 9 images" in caption_text(at)
+    # the same model and images: the same ablation gives the same selections in both runs
+    assert at.dataframe[1].value.empty
+    assert {m.label: m.value for m in at.metric}["Right only under A"] == "0"
+
+
+def test_export_page_offers_every_chart_the_slice_and_table1(app, dash_store):
+    at = app("export", run="tiny", ablation="identity:1-12", outcome="wrong")
+    n = sql(dash_store, "SELECT COUNT(*) FROM selections WHERE run = 'tiny' AND ablation = 'identity:1-12' "
+            "AND NOT correct")[0][0]
+    assert f"Current slice: {n} selections of {n} images" in caption_text(at)
+    buttons = at.get("download_button")
+    keys = {b.proto.id.split("-")[-1] for b in buttons}
+    for name in ("table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "label_accuracy",
+                 "confusion_baseline", "confusion_identity_1-12", "layers_caption_score"):
+        assert any(name in b.proto.id for b in buttons), name
+    assert len(buttons) >= 6 + 3 * 8 and keys
+    markdown = at.code[0].value
+    with store.connect(dash_store, read_only=True) as con:
+        run_id = int(con.execute("SELECT run_id FROM run_t WHERE run = 'tiny'").fetchone()[0])
+        assert markdown == tables.summary_markdown(tables.summary(con, run_id)).rstrip("\n")
+
+
+def test_a_copied_url_reopens_the_same_view(app):
+    params = {"run": "tiny", "ablation": "identity:7", "outcome": "broken", "label": "cat", "selected": "car",
+              "sort": "-margin", "page": "1"}
+    at = app("failures", **params)
+    assert {k: at.query_params[k] for k in params} == params
+    assert [select(at, k).value for k in ("ablation", "outcome", "label", "selected", "sort")] == [
+        "identity:7", "broken", "cat", "car", "-margin"]
+
+
+def test_run_picker_switches_run_and_keeps_a_valid_view(app):
+    at = app("layers", run="tiny", ablation="zero:5-8")
+    select(at, "run").set_value("tiny-singles").run()
+    assert not at.exception
+    assert at.query_params["run"] == "tiny-singles"
+    assert at.query_params["ablation"] == "identity:1"  # zero:5-8 is not in that run: the default instead
+
+
+def test_missing_store_is_explained_not_a_crash(monkeypatch, tmp_path):
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "nothing.duckdb"))
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception
+    assert "No store at" in at.error[0].value
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure parts.
+
+
+def test_bootstrap_interval_covers_the_mean_and_pairs_the_change():
+    rng = np.random.default_rng(1)
+    a = (rng.random(400) < 0.7).astype(float)
+    b = np.where(rng.random(400) < 0.9, a, 1 - a)  # mostly the same images right
+    values = np.stack([a, b, b - a], axis=1)
+    mean, low, high = stats.bootstrap_means(values)
+    assert np.allclose(mean, values.mean(axis=0))
+    assert np.all(low <= mean) and np.all(mean <= high)
+    # pairing: the interval of the mean change is far narrower than of an unpaired difference
+    unpaired = math.sqrt(a.var() / 400 + b.var() / 400) * 2 * 1.96
+    assert high[2] - low[2] < 0.75 * unpaired
+    with_gaps = values.copy()
+    with_gaps[:100, 1] = np.nan
+    assert np.isclose(stats.bootstrap_means(with_gaps)[0][1], b[100:].mean())
+    assert np.isnan(stats.bootstrap_means(np.full((5, 1), np.nan))[1][0])
+
+
+@pytest.mark.parametrize(("b", "c", "p", "method"), [
+    (0, 0, 1.0, "none discordant"),
+    (3, 10, 0.0923, "exact binomial"),  # 2 * P(X <= 3), X ~ Bin(13, 1/2)
+    (0, 6, 0.03125, "exact binomial"),
+    (30, 60, 0.00224, "chi-square (continuity corrected)"),
+])
+def test_mcnemar_exact_below_25_discordant_pairs_chi_square_above(b, c, p, method):
+    _, got, used = stats.mcnemar(b, c)
+    assert used == method and math.isclose(got, p, rel_tol=2e-3)
+
+
+def test_holm_and_p_formatting():
+    assert np.allclose(stats.holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+    assert [stats.format_p(p) for p in (0.5, 0.0342, 0.0004)] == ["0.50", "0.034", "< 0.001"]
+
+
+def test_slices_say_what_they_select_and_bind_their_values():
+    where = slices.ablation(4, "identity:4") & slices.outcome("flip") & slices.true_label("cat") & slices.true_label("")
+    assert where.params == (4, "cat")
+    assert where.caption == ("ablation identity:4; correctness flips against baseline; images labelled 'cat'; "
+                             "any true label")
+    assert "?" in where.sql and "cat" not in where.sql
+    with pytest.raises(ValueError, match="unknown outcome"):
+        slices.outcome("drop table")
+
+
+def test_queries_only_order_by_the_allow_list(dash_store):
+    with store.connect(dash_store, read_only=True) as con:
+        with pytest.raises(KeyError):
+            queries.slice_rows(con, 1, 0, slices.EVERYTHING, sort="image_id; DROP TABLE run_t")
+        rows = queries.slice_rows(con, 1, 0, slices.true_label("x' OR '1'='1"))
+    assert rows.empty  # a value is only ever a bound parameter
+
+
+def test_latex_and_markdown_escape_and_align(dash_store):
+    with store.connect(dash_store, read_only=True) as con:
+        summary = tables.summary(con, 1)
+    latex = tables.summary_latex(summary)
+    assert r"score\_baseline" in latex and r"$\Delta$ accuracy" in latex
+    assert latex.count(r"\\") == len(summary) + 1
+    markdown = tables.summary_markdown(summary)
+    assert markdown.splitlines()[1].startswith("|---|---:|")

@@ -1,0 +1,117 @@
+"""``python -m compute export``: every file of the figure pack, valid, with the numbers of the store."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pytest
+from conftest import run_cli
+from test_dashboard import N_ABLATIONS, build_dash_store
+
+from compute import store
+from compute.__main__ import main
+from dashboard import figures, queries, slices, tables
+
+CHARTS = ["table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "layers_score_baseline",
+          "blocks_score_baseline", "layers_caption_score", "blocks_caption_score", "label_accuracy",
+          "confusion_baseline"]
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
+
+
+@pytest.fixture(scope="module")
+def dash_store(tiny_clip, tmp_path_factory):
+    return build_dash_store(tiny_clip, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pack(dash_store, tmp_path_factory):
+    """The CLI run once, as a real process: the folder it wrote."""
+    out = tmp_path_factory.mktemp("pack")
+    result = run_cli("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
+    assert result.returncode == 0, result.stderr
+    assert f"to {out}" in result.stdout
+    return out
+
+
+def summary_of(db, run="tiny"):
+    with store.connect(db, read_only=True) as con:
+        return tables.summary(con, figures.find_run_id(con, run))
+
+
+def test_every_chart_in_png_svg_and_pdf_with_valid_headers(pack):
+    names = {p.name for p in pack.iterdir()}
+    worst = [n for n in names if n.startswith("confusion_") and not n.startswith("confusion_baseline")]
+    assert len({n.rsplit(".", 1)[0] for n in worst}) == 1  # and the least accurate ablation's confusion
+    for chart in CHARTS:
+        for fmt, magic in MAGIC.items():
+            data = (pack / f"{chart}.{fmt}").read_bytes()
+            assert data.startswith(magic), (chart, fmt)
+            assert len(data) > 1000
+    assert {"summary.md", "summary.tex", "summary.csv", "mcnemar.csv", "selections.csv",
+            "selections.parquet"} <= names
+
+
+def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
+    summary = summary_of(dash_store)
+    markdown = (pack / "summary.md").read_text()
+    latex = (pack / "summary.tex").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "ablation" not in line]
+    assert len(rows) == N_ABLATIONS == latex.count(r"\\") - 1
+    for line, r in zip(rows, summary.itertuples(), strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == r.ablation and int(cells[1]) == r.images
+        assert cells[2] == f"{r.accuracy:.4f} [{r.accuracy_lo:.4f}, {r.accuracy_hi:.4f}]"
+        assert f"{r.caption_score:.4f} [{r.caption_score_lo:.4f}, {r.caption_score_hi:.4f}]" in cells
+        latex_row = next(x for x in latex.splitlines() if x.startswith(r.ablation.replace("_", r"\_") + " &"))
+        assert f"{r.score_baseline:.4f} [{r.score_baseline_lo:.4f}, {r.score_baseline_hi:.4f}]" in latex_row
+    csv = pd.read_csv(pack / "summary.csv")
+    with duckdb.connect(str(dash_store), read_only=True) as con:
+        accuracy = con.execute("SELECT ablation, AVG(correct::DOUBLE) FROM selections WHERE run = 'tiny' "
+                               "GROUP BY ablation").fetchall()
+    assert dict(zip(csv["ablation"], csv["accuracy"], strict=True)) == pytest.approx(dict(accuracy))
+
+
+def test_selections_csv_and_parquet_are_the_same_rows_as_the_view(pack, dash_store):
+    csv = pd.read_csv(pack / "selections.csv")
+    parquet = pd.read_parquet(pack / "selections.parquet")
+    assert len(csv) == len(parquet) == 9 * N_ABLATIONS
+    assert list(csv.columns) == list(parquet.columns)
+    assert (csv["image_id"].to_numpy() == parquet["image_id"].to_numpy()).all()
+    with duckdb.connect(str(dash_store), read_only=True) as con:
+        view = con.execute("SELECT image_id, ablation, prompt, correct, caption FROM selections WHERE run = 'tiny' "
+                           "ORDER BY image_id, ablation").df()
+    got = parquet[["image_id", "ablation", "selected_prompt", "correct", "caption"]].sort_values(["image_id", "ablation"])
+    assert got.to_numpy().tolist() == view.to_numpy().tolist()
+
+
+def test_unknown_run_names_the_runs_there(dash_store, tmp_path, capsys):
+    assert main(["export", "--run", "nope", "--out", str(tmp_path), "--db", str(dash_store)]) == 2
+    assert "error: no run named 'nope' in DB; runs: tiny, tiny-singles" in capsys.readouterr().err
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "gif"]) == 2
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(tmp_path / "none.duckdb")]) == 2
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store),
+                 "--confusion", "identity:99"]) == 2
+    assert "no ablation 'identity:99'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # bad input writes nothing
+
+
+def test_formats_and_confusion_choices(dash_store, tmp_path):
+    assert main(["export", "--run", "tiny-singles", "--out", str(tmp_path), "--db", str(dash_store),
+                 "--formats", "svg", "--confusion", "all"]) == 0
+    figures_written = sorted(p.name for p in tmp_path.glob("*.svg"))
+    assert len([n for n in figures_written if n.startswith("confusion_")]) == 13  # baseline + 12 single layers
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("blocks_*"))  # no blocks in that sweep
+
+
+def test_every_chart_builder_makes_a_valid_vega_lite_spec(dash_store):
+    # The dashboard skips Altair's validation for speed; here every chart it can draw is validated.
+    from dashboard import charts
+
+    with store.connect(dash_store, read_only=True) as con:
+        data = figures.pack_data(con, 1, slices.true_label("cat"), None, image_id=3, image_ablation="identity:5")
+        compare = queries.compare_labels(con, 1, 0, 1, 5)
+    builders = figures.pack_charts(data)
+    assert {"image3_logits", "image3_logits_identity_5"} <= set(builders)
+    for build in builders.values():
+        build().to_dict(validate=True)
+    charts.compare_chart(compare, "baseline", "identity:5").to_dict(validate=True)
