@@ -26,6 +26,7 @@ PAGES = [
     st.Page("views/image.py", title="Image", icon=":material/image:"),
     st.Page("views/failures.py", title="Failures", icon=":material/grid_view:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/prompt_lab.py", title="Prompt lab", icon=":material/science:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 

@@ -217,3 +217,12 @@ def compare_chart(compare_labels: pd.DataFrame, name_a: str, name_b: str) -> alt
         tooltip=_tooltip(("label", "N"), ("images", "N"), ("accuracy_a", "Q"), ("accuracy_b", "Q"),
                          ("difference", "Q")),
     ).properties(title=f"Per-label accuracy: B ({name_b}) minus A ({name_a})")
+
+
+def lab_accuracy_chart(accuracy: pd.DataFrame) -> alt.Chart:
+    """Prompt lab: accuracy of the typed prompts under every ablation (bars, sweep order)."""
+    return alt.Chart(accuracy).mark_bar().encode(
+        x=alt.X("ablation:N", sort=list(accuracy["ablation"]), title=None, axis=SLANTED),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+        tooltip=_tooltip(("ablation", "N"), ("accuracy", "Q"), ("change", "Q")),
+    ).properties(title="Accuracy of these prompts per ablation")

@@ -16,7 +16,7 @@ from dashboard.screenshots import CHROMIUM, PAGES, serve, shoot
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 TITLES = {"overview": "Overview", "layers": "Layers", "image": "Image", "failures": "Failures",
-          "compare": "Compare", "export": "Export"}
+          "compare": "Compare", "prompt_lab": "Prompt lab", "export": "Export"}
 
 
 def _skip_loudly(reason: str) -> None:
