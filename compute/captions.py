@@ -29,7 +29,12 @@ from compute.models import LoadedCaptioner, LoadedClip
 @torch.inference_mode()
 def continue_prefix(cap: LoadedCaptioner, images: list[Image.Image], prefix: str, max_new_tokens: int = 20,
                     num_beams: int = 3) -> list[str]:
-    """One caption per image, each continuing ``prefix``. Returns the full captions (prefix included)."""
+    """One caption per image, each continuing ``prefix``. Returns ``prefix`` + the generated continuation.
+
+    Only the new tokens are decoded and the prefix is kept as written: decoding the whole sequence would
+    lower-case it (BLIP) or drop its out-of-vocabulary words, and the caption would no longer start with
+    the prompt it continues.
+    """
     pixels = cap.image_processor(images=images, return_tensors="pt")["pixel_values"].to(cap.device, cap.dtype)
     n = len(images)
     settings = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": False}
@@ -37,6 +42,7 @@ def continue_prefix(cap: LoadedCaptioner, images: list[Image.Image], prefix: str
         # BLIP's generate turns [CLS] into its decoder start token and drops the trailing [SEP].
         ids = cap.tokenizer(prefix, return_tensors="pt")["input_ids"].repeat(n, 1).to(cap.device)
         out = cap.model.generate(pixel_values=pixels, input_ids=ids, **settings)
+        kept = ids.shape[1] - 1  # the output starts with [decoder start] + the prefix tokens
     else:
         start = cap.model.config.decoder_start_token_id
         ids = [start, *cap.tokenizer(prefix, add_special_tokens=False)["input_ids"]]
@@ -45,7 +51,16 @@ def continue_prefix(cap: LoadedCaptioner, images: list[Image.Image], prefix: str
             settings["pad_token_id"] = cap.tokenizer.pad_token_id
         out = cap.model.generate(pixel_values=pixels, decoder_input_ids=ids,
                                  decoder_attention_mask=torch.ones_like(ids), **settings)
-    return [" ".join(text.split()) for text in cap.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        kept = ids.shape[1]
+    continuations = cap.tokenizer.batch_decode(out[:, kept:], skip_special_tokens=True)
+    return [_join(prefix, text) for text in continuations]
+
+
+def _join(prefix: str, continuation: str) -> str:
+    words = " ".join(continuation.split())
+    if words.startswith("##"):  # a word piece that continues the prefix's last word ("cat" + "##s")
+        return prefix.rstrip() + words[2:]
+    return f"{prefix.strip()} {words}".strip()
 
 
 def captioner_key(ref: str, cfg: CaptionsConfig) -> str:

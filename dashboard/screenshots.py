@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, default=ROOT / "data" / "demo.duckdb", help="store to show")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
     parser.add_argument("--run", help="run to show (default: the dashboard's default, the newest)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a query param for every page, e.g. image=12 or ablation=identity:5-8 (repeatable)")
     parser.add_argument("--width", type=int, default=1400, help="browser width in pixels")
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
@@ -135,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.db.is_file():
         print(f"error: no store at {args.db}", file=sys.stderr)
         return 2
-    params = {"run": args.run} if args.run else None
+    params = dict(p.split("=", 1) for p in args.param if "=" in p)
+    if args.run:
+        params["run"] = args.run
     with serve(args.db.resolve(), args.out / "streamlit.log") as url:
-        shots = shoot(url, PAGES, args.out, params, args.width)
+        shots = shoot(url, PAGES, args.out, params or None, args.width)
     for shot in shots:
         status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
         print(f"{shot.screenshot}  {shot.title}  {status}")

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 import torch
 from conftest import make_coco, write_experiment
+from PIL import Image
 
 from compute.captions import continue_prefix
 from compute.config import load_experiment
@@ -102,3 +103,13 @@ def test_generation_settings_change_the_cache_key():
     b = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=1, batch_size=64))
     c = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=3, batch_size=2))
     assert a == b != c
+
+
+def test_the_caption_starts_with_the_prompt_exactly_as_written(captioner):
+    """Case and out-of-vocabulary words of the prefix survive (only new tokens are decoded)."""
+    _, cap_dir = captioner
+    cap = load_captioner(str(cap_dir), "cpu")
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    for prefix in ("A Photo of a Zebra", "a photo of a black cat"):
+        out = continue_prefix(cap, [image, image], prefix, 4, 1)
+        assert all(c.startswith(prefix) for c in out), out
