@@ -16,7 +16,7 @@ DEFAULT_DB = Path("data/results.duckdb")
 EXIT_INPUT = 2
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # transformers and the tokenizers fork warning would bury the one line that matters.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp.model.device = args.device
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be a positive integer, got {args.threads}")
-    _quiet_libraries()
+    quiet_libraries()
     run(exp, method=args.method, progress=not args.no_progress, threads=args.threads)
     return 0
 
@@ -98,7 +98,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     if not args.new_name.strip() or "/" in args.new_name:
         raise InputError(f"--as {args.new_name!r}: give a run name without '/'")
-    _quiet_libraries()
+    quiet_libraries()
     rescore(Path(args.db), args.run, prompts, args.new_name.strip(), progress=not args.no_progress)
     return 0
 
@@ -106,7 +106,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from compute import demo
 
-    _quiet_libraries()
+    quiet_libraries()
     return demo.main(args)
 
 
@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["engine", "plain"], default="engine",
                    help="engine: the shared-prefix sweep (default); plain: patch the modules and rerun the "
                    "whole model per ablation (the reference, and the bench's baseline)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for small models, where "
-                   "thread start-up costs more than it saves, else torch's default)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, all cores; 1 can be "
+                   "faster when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

@@ -74,7 +74,6 @@ class CaptionStats:
     keys: int = 0  # distinct (image, prefix) pairs the run needed
     generated: int = 0  # captions generated now (the rest came from the cache)
     generate_calls: int = 0  # batched generate() calls
-    rows: int = 0  # selection rows filled
 
 
 PENDING = """
@@ -175,8 +174,6 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
         con.register("filled", filled)
         con.execute(FILL, [run_id])
         con.unregister("filled")
-        stats.rows = con.execute("SELECT COUNT(*) FROM selection_t WHERE run_id = ? AND caption IS NOT NULL",
-                                 [run_id]).fetchone()[0]
     return stats
 
 

@@ -108,7 +108,14 @@ def _timed_run(at) -> float:
 
 
 def time_pages(db: Path) -> dict[str, float]:
+    import logging
+
     from streamlit.testing.v1 import AppTest
+
+    # Bare-mode AppTest logs a "missing ScriptRunContext" line per cache miss; they would bury the table.
+    for name in ("streamlit", "streamlit.runtime.caching.cache_data_api",
+                 "streamlit.runtime.scriptrunner_utils.script_run_context"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     from dashboard.state import DB_ENV
 
