@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+from compute import training
+
 BASE_WORDS = (
     "a photo of the an on with and in small big dog cat bird car black white red green blue yellow "
     "circle square triangle cross star sink floor background shape"
@@ -20,20 +21,7 @@ BASE_WORDS = (
 
 def word_tokenizer(words: list[str], max_length: int = 32):
     """A word-level tokenizer that appends the end-of-text token CLIP pools at (see NOTES.md)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(words) - set(SPECIALS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=max_length,
-    )
+    return training.word_tokenizer(sorted(set(words)), max_length, append_end=True)
 
 
 def save_random_clip(

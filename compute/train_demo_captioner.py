@@ -19,13 +19,8 @@ scored on the val split through ``compute.captions.continue_prefix``, the projec
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +31,6 @@ import tokenizers
 import torch
 import torch.nn.functional as F
 import transformers
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from tqdm import tqdm
 from transformers import (
     GPT2Config,
@@ -49,10 +43,9 @@ from transformers import (
 
 from compute import demo_data
 from compute.demo_data import COLOURS, PROMPT_TEMPLATE, SHAPES, ImageSpec
-from compute.errors import InputError
 from compute.models import LoadedCaptioner, load_captioner
+from compute.training import folder_mib, lr_at, param_groups, save_atomically, training_cli, word_tokenizer
 
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..3
 MAX_POSITIONS = 64  # longest caption is 15 words; room for a prefix plus max_new_tokens = 20 and more
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # ViT's own default normalisation
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -78,19 +71,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the demo's words. No post-processor: the decoder's start token comes
     from ``config.decoder_start_token_id`` (as ``continue_prefix`` builds it), the end token from training.
     With no ``decoders`` component, ``decode`` joins the tokens with single spaces, which is the caption."""
-    vocab = {w: i for i, w in enumerate([*SPECIALS, *demo_data.vocabulary()])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=MAX_POSITIONS,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    return word_tokenizer(demo_data.vocabulary(), MAX_POSITIONS, append_end=False)
 
 
 def build_image_processor() -> ViTImageProcessor:
@@ -207,20 +188,6 @@ def encode(tokenizer: PreTrainedTokenizerFast, examples: list[Example]) -> tuple
         if not e.learn_prefix:
             targets[i, : len(p)] = -100
     return inputs, targets
-
-
-def param_groups(model: torch.nn.Module) -> list[dict]:
-    # Weight decay on matrices only: biases, layer norms and position tables with ndim < 2 stay free.
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_at(step: int, steps: int) -> float:
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, steps - WARMUP)
-    return LR * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ---- evaluation, through load_captioner + continue_prefix exactly as the project captions ----
@@ -344,7 +311,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         "pixel pipeline differs from ViTImageProcessor"
     )
 
-    opt = torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS)
+    opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS)
     kinds, probs = list(CAPTION_MIX), list(CAPTION_MIX.values())
     losses: dict[int, float] = {}
     running: list[float] = []
@@ -368,7 +335,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps)
+            g["lr"] = lr_at(step, steps, LR, WARMUP)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
@@ -412,45 +379,15 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m compute.train_demo_captioner",
-        description="Train the demo's captioner (ViT + GPT-2 VisionEncoderDecoderModel) on synthetic shapes "
-        "and save it (fp16, save_pretrained layout), then score it on the val split.",
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output folder, e.g. data/demo/models/captioner (replaced)"
-    )
-    parser.add_argument("--steps", type=int, default=2500, help="optimiser steps (default 2500)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    try:
-        if args.steps <= WARMUP:
-            raise InputError(f"--steps must be more than the {WARMUP} warm-up steps, got {args.steps}")
-        if args.out.exists() and not args.out.is_dir():
-            raise InputError(f"{args.out} exists and is not a folder")
-    except InputError as err:
-        print(f"error: {err}")
+    args = training_cli("python -m compute.train_demo_captioner",
+                        "Train the demo's captioner (ViT + GPT-2 VisionEncoderDecoderModel) on synthetic shapes "
+                        "and save it (fp16, save_pretrained layout), then score it on the val split.",
+                        default_steps=2500, warmup=WARMUP, argv=argv)
+    if args is None:
         return 2
-
-    # Build beside the target and swap at the end: an interrupted run leaves the old model intact.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{args.out.name}-", dir=args.out.parent))
-    try:
-        report = train(tmp, args.steps, args.seed)
-        (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        # mkdtemp makes a private folder; the shipped model is for everyone to read.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    size = sum(f.stat().st_size for f in args.out.iterdir()) / 2**20
+    report = save_atomically(args.out, lambda folder: train(folder, args.steps, args.seed))
     print(
-        f"saved {args.out} ({size:.1f} MiB) after {report['steps']} steps in {report['seconds']:.0f} s; "
+        f"saved {args.out} ({folder_mib(args.out):.1f} MiB) after {report['steps']} steps in {report['seconds']:.0f} s; "
         f"final loss {report['final_loss']:.4f}"
     )
     val = report["val"]

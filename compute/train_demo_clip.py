@@ -15,12 +15,6 @@ the val split the way the project scores it (processor -> ``logits_per_image`` -
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +25,13 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from compute import demo_data
 from compute.demo_data import PROMPT_TEMPLATE, SHAPES, ImageSpec
-from compute.errors import InputError
+from compute.training import folder_mib, lr_at, param_groups, save_atomically, training_cli, word_tokenizer
 
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..3: <eos> = 3, never 2 (see NOTES)
 MAX_TOKENS = 32
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -61,23 +53,7 @@ BAR = 0.95
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the demo's words; every sequence is "<bos> words <eos>"."""
-    vocab = {w: i for i, w in enumerate([*SPECIALS, *demo_data.vocabulary()])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # CLIP's text tower pools at the end token, so it must always be appended.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=MAX_TOKENS,
-        model_input_names=["input_ids", "attention_mask"],  # CLIP takes no token_type_ids
-    )
+    return word_tokenizer(demo_data.vocabulary(), MAX_TOKENS, append_end=True)
 
 
 def build_image_processor() -> CLIPImageProcessor:
@@ -178,20 +154,6 @@ def contrastive_loss(logits: torch.Tensor, i2t: torch.Tensor, t2i: torch.Tensor)
     return (loss_i + loss_t) / 2
 
 
-def param_groups(model: CLIPModel) -> list[dict]:
-    # Weight decay on matrices only: biases, layer norms and the logit scale stay free.
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_at(step: int, steps: int) -> float:
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, steps - WARMUP)
-    return LR * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 # ---- evaluation, through the processor exactly as the project scores ----
 
 
@@ -278,7 +240,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
     )
     render_s = time.time() - t0
 
-    opt = torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS)
+    opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS)
     kinds, probs = list(CAPTION_MIX), list(CAPTION_MIX.values())
     losses: dict[int, float] = {}
     running: list[float] = []
@@ -306,7 +268,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         loss = contrastive_loss(logits, i2t, t2i)
 
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps)
+            g["lr"] = lr_at(step, steps, LR, WARMUP)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
@@ -349,45 +311,15 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m compute.train_demo_clip",
-        description="Train the demo's toy CLIP on synthetic shapes and save it (fp16, save_pretrained layout).",
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output folder, e.g. data/demo/models/clip (replaced)"
-    )
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    try:
-        if args.steps <= WARMUP:
-            raise InputError(f"--steps must be more than the {WARMUP} warm-up steps, got {args.steps}")
-        if args.out.exists() and not args.out.is_dir():
-            raise InputError(f"{args.out} exists and is not a folder")
-    except InputError as err:
-        print(f"error: {err}")
+    args = training_cli("python -m compute.train_demo_clip",
+                        "Train the demo's toy CLIP on synthetic shapes and save it (fp16, save_pretrained layout).",
+                        default_steps=1000, warmup=WARMUP, argv=argv)
+    if args is None:
         return 2
-
-    # Build beside the target and swap at the end: an interrupted run leaves the old model intact.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{args.out.name}-", dir=args.out.parent))
-    try:
-        report = train(tmp, args.steps, args.seed)
-        (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        # mkdtemp makes a private folder; the shipped model is for everyone to read.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
+    report = save_atomically(args.out, lambda folder: train(folder, args.steps, args.seed))
     val = report["val"]
-    size = sum(f.stat().st_size for f in args.out.iterdir()) / 2**20
     print(
-        f"saved {args.out} ({size:.1f} MiB) after {report['steps']} steps in {report['seconds']:.0f} s; "
+        f"saved {args.out} ({folder_mib(args.out):.1f} MiB) after {report['steps']} steps in {report['seconds']:.0f} s; "
         f"val shape accuracy {val['shape_accuracy']:.3f}, attribute accuracy {val['attribute_accuracy']:.3f}"
     )
     ok = val["shape_accuracy"] >= BAR and val["attribute_accuracy"] >= BAR

@@ -90,11 +90,23 @@ FILTER_CHANGES = {
 
 
 def _clear_caches() -> None:
+    import logging
+
     import streamlit as st
 
     from dashboard import stats
 
-    st.cache_data.clear()
+    # Clearing from outside a script run logs two warnings each time; they would bury the table.
+    loggers = [logging.getLogger(f"streamlit.runtime.{name}")
+               for name in ("caching.cache_data_api", "scriptrunner_utils.script_run_context")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        st.cache_data.clear()
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
     stats.resample_weights.cache_clear()
 
 
@@ -108,14 +120,7 @@ def _timed_run(at) -> float:
 
 
 def time_pages(db: Path) -> dict[str, float]:
-    import logging
-
     from streamlit.testing.v1 import AppTest
-
-    # Bare-mode AppTest logs a "missing ScriptRunContext" line per cache miss; they would bury the table.
-    for name in ("streamlit", "streamlit.runtime.caching.cache_data_api",
-                 "streamlit.runtime.scriptrunner_utils.script_run_context"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
     from dashboard.state import DB_ENV
 
