@@ -87,3 +87,31 @@ def test_a_run_without_embeddings_cannot_be_rescored(tiny_clip, tmp_path):
     prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
     result = run_cli("rescore", "--run", "lean", "--prompts", str(prompts), "--as", "x", "--db", str(db))
     assert result.returncode == 2 and "kept no image embeddings" in result.stderr
+
+
+def test_rescore_of_a_captioned_float16_run_reuses_the_caption_cache(tiny_clip, tmp_path):
+    """float16 embeddings rescore close to a full run; the rescored run gets captions, from the cache
+    where the new prompts' selections match ones already captioned."""
+    from compute.config import Prompt
+    from compute.random_models import save_random_vision_encoder_decoder
+    from compute.rescore import rescore
+
+    cap = save_random_vision_encoder_decoder(tmp_path / "ved")
+    coco = make_coco(tmp_path / "coco", n=5)
+    db = tmp_path / "r.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="half", sweep="singles")
+    text = exp.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap}"')
+    exp.write_text(text.replace(f'db = "{db}"', f'db = "{db}"\nembeddings = "float16"'))
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    said: list[str] = []
+    same = [Prompt(t, label) for t, label in (("a photo of a dog", "dog"), ("a photo of a cat", "cat"),
+                                               ("a photo of a bird", "bird"), ("a photo of a car", "car"))]
+    rescore(db, "half", same, "again", progress=False, echo=said.append)
+    line = next(s for s in said if s.startswith("captions:"))
+    assert ": 0 generated" in line  # the same prompts select the same prefixes: all from the cache
+    q = "SELECT image_id, ablation, logit FROM scores WHERE run = ? ORDER BY image_id, ablation, prompt"
+    full, half = rows(db, q, ["half"]), rows(db, q, ["again"])
+    worst = max(abs(a[2] - b[2]) for a, b in zip(full, half, strict=True))
+    assert worst < 0.05  # float16 storage: about 1e-3 relative on the cosine, x logit_scale
+    assert rows(db, "SELECT COUNT(*) FROM selections WHERE run = 'again' AND caption IS NULL") == [(0,)]
+    assert rows(db, "SELECT status FROM runs WHERE run = 'again'") == [("complete",)]
