@@ -86,6 +86,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
         row = store.find_run(con, args.run)
         if row is None:
             raise InputError(f"no run named {args.run!r} in {db}")
+        users = store.embedding_users(con, row.run_id)
+        if users:
+            raise InputError(f"run {args.run!r} holds the image embeddings that rescored run(s) "
+                             f"{', '.join(users)} read; delete those first")
         store.delete_run(con, row.run_id)
     print(f"deleted run {args.run!r} from {db}")
     return 0

@@ -193,6 +193,13 @@ def delete_run(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
             con.execute(sql, [run_id])
 
 
+def embedding_users(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
+    """Other runs (made by rescore) that read this run's stored embeddings."""
+    rows = con.execute("SELECT run FROM run_t WHERE embedding_run_id = ? AND run_id <> ? ORDER BY run",
+                       [run_id, run_id]).fetchall()
+    return [r[0] for r in rows]
+
+
 def run_images(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, str, str, list[str]]]:
     return con.execute(
         "SELECT image_id, file_name, path, labels FROM image_t WHERE run_id = ? ORDER BY image_id", [run_id]

@@ -52,6 +52,10 @@ def test_rescore_equals_a_full_run_with_the_new_prompts(parent, tmp_path, capsys
     # The child reads the parent's embeddings rather than copying them.
     assert rows(db, "SELECT COUNT(*) FROM embedding_t e JOIN run_t r USING (run_id) WHERE r.run = 'child'") == [(0,)]
 
+    # The parent cannot be deleted while the child reads its embeddings.
+    assert main(["delete", "parent", "--db", str(db)]) == 2
+    assert "rescored run(s) child read" in capsys.readouterr().err
+
     # Again: resumes, nothing duplicated.
     assert main(["rescore", "--run", "parent", "--prompts", str(prompts), "--as", "child", "--db", str(db),
                  "--no-progress"]) == 0
