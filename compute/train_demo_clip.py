@@ -30,6 +30,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from compute import demo_data
 from compute.demo_data import PROMPT_TEMPLATE, SHAPES, ImageSpec
+from compute.models import load_clip
 from compute.training import folder_mib, lr_at, param_groups, save_atomically, training_cli, word_tokenizer
 
 MAX_TOKENS = 32
@@ -201,10 +202,9 @@ def evaluate(model: CLIPModel, processor: CLIPProcessor, specs: list[ImageSpec])
 
 
 def load(path: Path) -> tuple[CLIPModel, CLIPProcessor]:
-    """Reload a saved demo model the way the project does: fp32, offline."""
-    # local_files_only: a local folder must never reach for the hub (as HF_HUB_OFFLINE=1 would ensure).
-    model = CLIPModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
-    return model, CLIPProcessor.from_pretrained(path, local_files_only=True)
+    """Reload a saved demo model exactly as the project does (compute.models.load_clip: fp32)."""
+    clip = load_clip(str(path), "cpu")
+    return clip.model, clip.processor
 
 
 # ---- training ----
