@@ -44,7 +44,16 @@ from transformers import (
 from compute import demo_data
 from compute.demo_data import COLOURS, PROMPT_TEMPLATE, SHAPES, ImageSpec
 from compute.models import LoadedCaptioner, load_captioner
-from compute.training import folder_mib, lr_at, param_groups, save_atomically, training_cli, word_tokenizer
+from compute.training import (
+    LossLog,
+    folder_mib,
+    lr_at,
+    optimizer_step,
+    param_groups,
+    save_atomically,
+    training_cli,
+    word_tokenizer,
+)
 
 MAX_POSITIONS = 64  # longest caption is 15 words; room for a prefix plus max_new_tokens = 20 and more
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # ViT's own default normalisation
@@ -313,8 +322,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
     opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS)
     kinds, probs = list(CAPTION_MIX), list(CAPTION_MIX.values())
-    losses: dict[int, float] = {}
-    running: list[float] = []
+    log = LossLog(steps)
     model.train()
     bar = tqdm(range(steps), desc="training")
     for step in bar:
@@ -334,18 +342,8 @@ def train(out: Path, steps: int, seed: int) -> dict:
         # logits: (B, T, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, LR, WARMUP)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        opt.step()
-
-        running.append(loss.item())
-        if (step + 1) % 50 == 0 or step == 0 or step + 1 == steps:
-            losses[step + 1] = round(float(np.mean(running)), 4)
-            bar.set_postfix(loss=losses[step + 1])
-            running = []
+        optimizer_step(opt, model, loss, lr_at(step, steps, LR, WARMUP), CLIP_NORM)
+        log.add(step, loss.item(), bar)
     bar.close()
     train_s = time.time() - t0
 
@@ -366,8 +364,8 @@ def train(out: Path, steps: int, seed: int) -> dict:
         "train_seconds": round(train_s, 1),
         "eval_seconds": round(time.time() - t1, 1),
         "seconds": round(time.time() - t0, 1),
-        "final_loss": losses[steps],
-        "losses": losses,
+        "final_loss": log.losses[steps],
+        "losses": log.losses,
         "val": {"split": "val", "n": VAL_N, "seed": VAL_SEED, "max_new_tokens": MAX_NEW_TOKENS,
                 "num_beams": NUM_BEAMS, **metrics},
         "examples": examples,

@@ -31,7 +31,16 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 from compute import demo_data
 from compute.demo_data import PROMPT_TEMPLATE, SHAPES, ImageSpec
 from compute.models import load_clip
-from compute.training import folder_mib, lr_at, param_groups, save_atomically, training_cli, word_tokenizer
+from compute.training import (
+    LossLog,
+    folder_mib,
+    lr_at,
+    optimizer_step,
+    param_groups,
+    save_atomically,
+    training_cli,
+    word_tokenizer,
+)
 
 MAX_TOKENS = 32
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -242,8 +251,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
     opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS)
     kinds, probs = list(CAPTION_MIX), list(CAPTION_MIX.values())
-    losses: dict[int, float] = {}
-    running: list[float] = []
+    log = LossLog(steps)
     order = rng.permutation(N_TRAIN)
     pos = 0
     model.train()
@@ -267,18 +275,8 @@ def train(out: Path, steps: int, seed: int) -> dict:
         logits = model.logit_scale.exp() * img @ txt.T  # (B images, B texts)
         loss = contrastive_loss(logits, i2t, t2i)
 
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, LR, WARMUP)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        opt.step()
-
-        running.append(loss.item())
-        if (step + 1) % 50 == 0 or step == 0 or step + 1 == steps:
-            losses[step + 1] = round(float(np.mean(running)), 4)
-            bar.set_postfix(loss=losses[step + 1])
-            running = []
+        optimizer_step(opt, model, loss, lr_at(step, steps, LR, WARMUP), CLIP_NORM)
+        log.add(step, loss.item(), bar)
     train_s = time.time() - t0 - render_s
 
     # fp16 on disk (half the size); the project reloads it in fp32.
@@ -301,7 +299,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         "render_seconds": round(render_s, 1),
         "train_seconds": round(train_s, 1),
         "seconds": round(time.time() - t0, 1),
-        "losses": losses,
+        "losses": log.losses,
         "val": {"split": "val", "n": VAL_N, "seed": VAL_SEED, **metrics},
         "bar": BAR,
         "torch": torch.__version__,

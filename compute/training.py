@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..3: <eos> = 3, never 2 (see NOTES: CLIP pooling)
@@ -95,3 +96,30 @@ def save_atomically(out: Path, build: Callable[[Path], dict]) -> dict:
 
 def folder_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.iterdir()) / 2**20
+
+
+def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   clip_norm: float) -> None:
+    """Set the learning rate, backpropagate ``loss``, clip the gradient norm, step."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    opt.step()
+
+
+class LossLog:
+    """The mean loss over every 50 steps (and the first and last), for the report and the progress bar."""
+
+    def __init__(self, steps: int, every: int = 50) -> None:
+        self.steps, self.every = steps, every
+        self.losses: dict[int, float] = {}
+        self._running: list[float] = []
+
+    def add(self, step: int, loss: float, bar) -> None:
+        self._running.append(loss)
+        if (step + 1) % self.every == 0 or step == 0 or step + 1 == self.steps:
+            self.losses[step + 1] = round(float(np.mean(self._running)), 4)
+            bar.set_postfix(loss=self.losses[step + 1])
+            self._running = []
