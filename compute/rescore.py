@@ -39,6 +39,7 @@ class StoredRun:
     exp: Experiment  # the run's experiment, rebuilt from its stored config
     ablations: list[str]
     image_ids: list[int]  # images with stored embeddings (those that loaded)
+    labels: dict[int, tuple[str, ...]]  # every image of the run, with its labels as stored
 
 
 def open_run(db: Path, name: str) -> StoredRun:
@@ -57,7 +58,8 @@ def open_run(db: Path, name: str) -> StoredRun:
         image_ids = [int(r[0]) for r in con.execute(
             "SELECT DISTINCT image_id FROM embedding_t WHERE run_id = ? AND ablation_id = 0 ORDER BY 1",
             [row.embedding_run_id]).fetchall()]
-    return StoredRun(row, experiment_from_config(row.config), ablations, image_ids)
+        labels = {int(i): tuple(lab) for i, _, _, lab in store.run_images(con, row.run_id)}
+    return StoredRun(row, experiment_from_config(row.config), ablations, image_ids, labels)
 
 
 def experiment_from_config(config: dict) -> Experiment:
@@ -94,8 +96,7 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
     exp.store.db = Path(db)
     images = load_dataset(exp.dataset, [p.label for p in prompts])  # labels may depend on prompt labels
     stored = set(parent.image_ids)
-    parent_images = {int(r[0]) for r in _run_image_rows(db, parent.row.run_id)}
-    images = [r for r in images if r.image_id in parent_images]
+    images = [r for r in images if r.image_id in parent.labels]
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
     captioner = None
     if exp.model.captioner != "none":
@@ -155,8 +156,3 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
         store.set_status(con, run_id, "complete" if complete else "running")
         echo(format_summary(store.summary(con, run_id)))
     return run_id
-
-
-def _run_image_rows(db: Path, run_id: int) -> list[tuple]:
-    with store.connect(db, read_only=True) as con:
-        return store.run_images(con, run_id)

@@ -41,11 +41,9 @@ def run_embeddings(db: str, run: str, token: tuple) -> RunEmbeddings:
     """Every stored (image, ablation) embedding of ``run``; ``token`` (the store's change token) reloads
     them when a running run adds images. A resource, not data: the tensor is shared, never pickled."""
     stored = open_run(Path(db), run)
-    with store.connect(db, read_only=True) as con:
-        labels = dict((int(i), tuple(lab)) for i, _, _, lab in store.run_images(con, stored.row.run_id))
     emb = load_embeddings(Path(db), stored, stored.image_ids)
     return RunEmbeddings(stored.exp.model.clip, stored.exp.model.dtype, stored.image_ids,
-                         [labels[i] for i in stored.image_ids], stored.ablations, emb)
+                         [stored.labels[i] for i in stored.image_ids], stored.ablations, emb)
 
 
 @st.cache_resource(show_spinner="Loading CLIP...", max_entries=2)
