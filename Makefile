@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint bench demo dashboard clean
+.PHONY: install test test-fast lint bench demo dashboard clean
 
 install: $(STAMP)
 
@@ -17,22 +17,26 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Every tier: unit, integration, regression, browser (the README's command, and CI's).
 test: install
 	$(BIN)/python -m pytest -q
+
+# The unit tier alone: seconds, for the edit-run loop.
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	$(BIN)/python -m compute.bench
+	$(BIN)/python -m tools.bench
 
 demo: install
 	$(BIN)/python -m compute demo
 
-# The dashboard alone, on the demo store (or DB=path/to/store.duckdb).
-DB ?= data/demo.duckdb
+# The dashboard alone, on the default store ($CLIP_LAB_DB, else data/results.duckdb), or DB=path/to/store.duckdb.
 dashboard: install
-	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true -- --db $(DB)
+	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true -- $(if $(DB),--db $(DB))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

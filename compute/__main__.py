@@ -11,9 +11,18 @@ import sys
 from pathlib import Path
 
 from compute.errors import InputError
+from compute.store import DEFAULT_DB_TEXT, resolve_db
 
-DEFAULT_DB = Path("data/results.duckdb")
 EXIT_INPUT = 2
+
+
+def add_db_argument(parser: argparse.ArgumentParser, help: str = f"DuckDB store (default: {DEFAULT_DB_TEXT})") -> None:
+    """--db for every verb that opens a store; None means the default store (compute.store.default_db)."""
+    parser.add_argument("--db", type=Path, default=None, help=help)
+
+
+def chosen_db(args: argparse.Namespace) -> Path:
+    return resolve_db(args.db)
 
 
 def quiet_libraries() -> None:
@@ -34,8 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compute.runner import run
 
     exp = load_experiment(args.experiment)
-    if args.db:
-        exp.store.db = Path(args.db).resolve()
+    if args.db is not None:
+        exp.store.db = chosen_db(args)
     if args.limit is not None:
         if args.limit < 1:
             raise InputError(f"--limit must be a positive integer, got {args.limit}")
@@ -56,30 +65,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from compute import store
 
-    db = Path(args.db)
+    db = chosen_db(args)
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     with store.connect(db, read_only=True) as con:
-        rows = store.list_runs(con)
+        rows = store.list_runs(con)[::-1]  # oldest first, as they were made
     if not rows:
         print(f"no runs in {db}")
         return 0
     head = f"{'run':<28} {'status':<9} {'images':>6} {'abl.':>4} {'prompts':>7} {'done':>7} {'errors':>6}  created              model"
     print(head)
     print("-" * len(head))
-    for run, status, model, created, n_img, n_abl, n_pr, n_done, n_err, parent in rows:
-        total = (n_img - n_err) * n_abl  # images that failed to load are not pending
-        pct = f"{100 * n_done / total:.0f}%" if total else "-"
-        name = run if not parent else f"{run} (from {parent})"
-        print(f"{name:<28} {status:<9} {n_img:>6} {n_abl:>4} {n_pr:>7} {pct:>7} {n_err:>6}  "
-              f"{created:%Y-%m-%d %H:%M:%S}  {model}")
+    for r in rows:
+        total = (r["n_images"] - r["n_failed"]) * r["n_ablations"]  # images that failed to load are not pending
+        pct = f"{100 * r['n_done'] / total:.0f}%" if total else "-"
+        name = r["run"] if not r["parent_run"] else f"{r['run']} (from {r['parent_run']})"
+        print(f"{name:<28} {r['status']:<9} {r['n_images']:>6} {r['n_ablations']:>4} {r['n_prompts']:>7} {pct:>7} "
+              f"{r['n_failed']:>6}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['model']}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from compute import store
 
-    db = Path(args.db)
+    db = chosen_db(args)
     if not db.is_file():
         raise InputError(f"no store at {db}")
     with store.connect(db) as con:
@@ -103,15 +112,15 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     if not args.new_name.strip() or "/" in args.new_name:
         raise InputError(f"--as {args.new_name!r}: give a run name without '/'")
     quiet_libraries()
-    rescore(Path(args.db), args.run, prompts, args.new_name.strip(), progress=not args.no_progress)
+    rescore(chosen_db(args), args.run, prompts, args.new_name.strip(), progress=not args.no_progress)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from compute import demo
+    from compute.demo import cli
 
     quiet_libraries()
-    return demo.main(args)
+    return cli.main(args)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -137,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Running the same experiment again resumes it: finished (image, ablation) pairs are "
                        "not recomputed. Exit 0 when the run is complete.")
     p.add_argument("experiment", help="experiment TOML file (see experiments/)")
-    p.add_argument("--db", help="DuckDB file to write (default: [store] db of the experiment)")
+    add_db_argument(p, f"DuckDB store to write (default: [store] db of the experiment, else {DEFAULT_DB_TEXT})")
     p.add_argument("--limit", type=int, help="only the first N images (by id); part of the run's identity")
     p.add_argument("--batch-size", type=int, help="images per batch (default: [model] batch_size, 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override [model] device")
@@ -151,13 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the runs in a store", description="List the runs in a DuckDB store "
                        "with their status and progress.")
-    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    add_db_argument(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("delete", help="delete a run and all its rows from a store",
                        description="Delete a run (scores, selections, embeddings, errors) from a store.")
     p.add_argument("run", help="run name")
-    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    add_db_argument(p)
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("rescore", help="score new prompts on a stored run, from its stored embeddings",
@@ -168,11 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the stored run to rescore")
     p.add_argument("--prompts", required=True, help="TOML file of [[prompts]] entries (text, label)")
     p.add_argument("--as", dest="new_name", required=True, help="name of the new run")
-    p.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB file (default: {DEFAULT_DB})")
+    add_db_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rescore)
 
-    from compute import demo, fetch
+    from compute import fetch
+    from compute.demo import cli as demo
 
     p = sub.add_parser("demo", help="the offline demo: generate data, run both demo experiments, open the dashboard",
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

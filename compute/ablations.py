@@ -85,10 +85,6 @@ class Ablation:
             return BASELINE
         return f"{self.kind}:{format_layers(self.layers)}"
 
-    @property
-    def first_layer(self) -> int:
-        return self.layers[0] if self.layers else 0
-
     def modes(self, n_layers: int) -> tuple[str, ...]:
         """Per layer (index 0 = layer 1): "normal" or the kind."""
         chosen = set(self.layers)

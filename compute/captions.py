@@ -24,6 +24,7 @@ from compute import store
 from compute.config import CaptionsConfig
 from compute.dataset import ImageLoadError, open_image
 from compute.models import LoadedCaptioner, LoadedClip
+from compute.scoring import image_embeddings_unablated, normalise, text_embeddings
 
 
 @torch.inference_mode()
@@ -75,32 +76,9 @@ class CaptionStats:
     generated: int = 0  # captions generated now (the rest came from the cache)
     generate_calls: int = 0  # batched generate() calls
 
-
-PENDING = """
-SELECT s.image_id, s.prompt_id, p.prompt, i.path
-FROM selection_t s
-JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
-JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
-WHERE s.run_id = ? AND s.caption IS NULL
-GROUP BY ALL
-ORDER BY p.prompt, s.image_id
-"""
-
-CACHED = """
-SELECT c.image, c.prefix, c.caption FROM caption_cache_t c
-WHERE c.captioner = ? AND list_contains(?, c.image)
-"""
-
-FILL = """
-UPDATE selection_t SET caption = f.caption, caption_score = f.caption_score
-FROM filled f
-WHERE selection_t.run_id = ? AND selection_t.image_id = f.image_id AND selection_t.prompt_id = f.prompt_id
-"""
-
-BASELINE_EMBEDDINGS = """
-SELECT e.image_id, e.embedding FROM embedding_t e
-WHERE e.run_id = ? AND e.ablation_id = 0 AND list_contains(?, e.image_id)
-"""
+    def describe(self) -> str:
+        return (f"captions: {self.keys} distinct (image, prefix) pairs: {self.generated} generated in "
+                f"{self.generate_calls} batched calls, {self.keys - self.generated} from the cache")
 
 
 def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner, cfg: CaptionsConfig,
@@ -110,13 +88,10 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
 
     embedding_run_id: the run whose stored embeddings serve this one (default: itself).
     """
-    from compute.runner import text_embeddings  # runner imports this module: import here, not at the top
-
     stats = CaptionStats()
     with store.connect(db) as con:
-        pending = con.execute(PENDING, [run_id]).fetchall()  # (image_id, prompt_id, prefix, path)
-        paths = sorted({row[3] for row in pending})
-        cached = {(img, prefix): text for img, prefix, text in con.execute(CACHED, [key, paths]).fetchall()}
+        pending = store.pending_captions(con, run_id)  # (image_id, prompt_id, prefix, path)
+        cached = store.cached_captions(con, key, sorted({row[3] for row in pending}))
     stats.keys = len(pending)
     if not pending:
         return stats
@@ -137,15 +112,13 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
                         images.append(open_image(Path(row[3])))
                         chunk.append(row)
                     except ImageLoadError as e:
-                        errors.append([run_id, row[0], "caption", str(e)])
+                        errors.append((row[0], str(e)))
                 texts = continue_prefix(cap, images, prefix, cfg.max_new_tokens, cfg.num_beams) if images else []
                 stats.generate_calls += bool(images)
                 stats.generated += len(texts)
-                with store.connect(db) as con, store.transaction(con):
-                    con.executemany("INSERT OR IGNORE INTO caption_cache_t VALUES (?, ?, ?, ?)",
-                                    [[key, row[3], prefix, text] for row, text in zip(chunk, texts, strict=True)])
-                    if errors:
-                        con.executemany("INSERT OR REPLACE INTO error_t VALUES (?, ?, ?, ?)", errors)
+                with store.connect(db) as con:
+                    store.add_captions(con, key, [(row[3], prefix, text) for row, text in
+                                                  zip(chunk, texts, strict=True)], errors, run_id)
                 cached.update({(row[3], prefix): text for row, text in zip(chunk, texts, strict=True)})
                 bar.update(len(rows[i : i + cfg.batch_size]))
     finally:
@@ -159,7 +132,7 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
     base = _baseline_embeddings(db, embedding_run_id or run_id, clip, image_ids, {row[0]: row[3] for row in done},
                                 embedding_dtype)
     captions = sorted({cached[(row[3], row[2])] for row in done})
-    text = text_embeddings(clip, captions)  # (captions, E), normalised
+    text = text_embeddings(clip, captions).cpu()  # (captions, E), normalised; beside base on the CPU
     text_index = {c: i for i, c in enumerate(captions)}
     image_index = {img: i for i, img in enumerate(image_ids)}
     caption_of = [cached[(row[3], row[2])] for row in done]
@@ -170,27 +143,21 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
         "caption": caption_of,
         "caption_score": pa.array(scores.cpu().numpy().astype(np.float32)),
     })
-    with store.connect(db) as con, store.transaction(con):
-        con.register("filled", filled)
-        con.execute(FILL, [run_id])
-        con.unregister("filled")
+    with store.connect(db) as con:
+        store.fill_captions(con, run_id, filled)
     return stats
 
 
 def _baseline_embeddings(db: Path, run_id: int, clip: LoadedClip, image_ids: list[int], paths: dict[int, str],
                          embedding_dtype: str) -> torch.Tensor:
     """Normalised unablated image embeddings (images, E): stored ones if the run kept them, else computed."""
-    from compute.runner import image_embeddings_unablated
-
     found: dict[int, np.ndarray] = {}
     if embedding_dtype != "none":
-        np_dtype = np.float16 if embedding_dtype == "float16" else np.float32
-        with store.connect(db) as con:
-            for image_id, blob in con.execute(BASELINE_EMBEDDINGS, [run_id, image_ids]).fetchall():
-                found[int(image_id)] = np.frombuffer(blob, np_dtype).astype(np.float32)
+        with store.connect(db, read_only=True) as con:
+            keys, stored = store.embeddings(con, run_id, image_ids, embedding_dtype, baseline_only=True)
+        found = {image_id: stored[k] for k, (image_id, _) in enumerate(keys)}
     missing = [i for i in image_ids if i not in found]
     if missing:
         computed = image_embeddings_unablated(clip, [Path(paths[i]) for i in missing])
         found.update({i: computed[k] for k, i in enumerate(missing)})
-    emb = torch.from_numpy(np.stack([found[i] for i in image_ids]))
-    return emb / emb.norm(dim=-1, keepdim=True)
+    return normalise(torch.from_numpy(np.stack([found[i] for i in image_ids])))

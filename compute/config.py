@@ -18,6 +18,7 @@ from typing import Any
 
 from compute.ablations import SWEEPS, parse_ablation
 from compute.errors import InputError
+from compute.store import default_db
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -59,7 +60,7 @@ class AblationsConfig:
 
 @dataclass
 class StoreConfig:
-    db: Path = Path("results.duckdb")
+    db: Path | None = None  # None: the default store (compute.store.default_db)
     embeddings: str = "float32"  # float32 | float16 | none: per (image, ablation) image embeddings kept
 
 
@@ -117,16 +118,21 @@ def _jsonable(obj: Any) -> Any:
 # Parsing.
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The tables of a TOML file; InputError when it is missing or not TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and check an experiment file. Raises InputError naming the first problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"experiment file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
-    return parse_experiment(data, path.resolve().parent, source=path)
+    return parse_experiment(read_toml(path, "experiment"), path.resolve().parent, source=path)
 
 
 def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
@@ -170,7 +176,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     ablations.extra = [parse_ablation(text).label for text in ablations.extra]  # syntax now, range later
 
     store = _section(StoreConfig, data.get("store"), "store")
-    store.db = _resolve(base, store.db)
+    store.db = _resolve(base, store.db) if store.db is not None else default_db()
     _choice(store.embeddings, EMBEDDING_DTYPES, "store.embeddings")
     captions = _section(CaptionsConfig, data.get("captions"), "captions")
     _positive(captions.max_new_tokens, "captions.max_new_tokens")
@@ -205,12 +211,7 @@ def parse_prompts(items: Any, where: str) -> list[Prompt]:
 def load_prompts(path: str | Path) -> list[Prompt]:
     """A prompts file: just ``[[prompts]]`` entries (for rescore)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"prompts file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
+    data = read_toml(path, "prompts")
     _no_unknown(data, {"prompts"}, f"{path.name} top level")
     return parse_prompts(data.get("prompts"), "prompts")
 

@@ -52,20 +52,22 @@ def _load_json_coco(path: Path, what: str):
     return coco
 
 
-def _phrase_pattern(phrase: str) -> re.Pattern[str]:
-    words = [re.escape(w) for w in phrase.lower().split()]
-    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)")
+def phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """``phrase`` as whole words in any case and spacing: "black cat" matches "A Black  cat." but not
+    "black cats" nor "black catalog"."""
+    words = [re.escape(w) for w in phrase.split()]
+    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)", re.IGNORECASE)
 
 
 def caption_phrases(captions: list[str], phrases: list[str]) -> set[str]:
     """The most specific of ``phrases`` that the captions say (whole words, any case)."""
-    found = {p for p in set(phrases) if any(_phrase_pattern(p).search(c.lower()) for c in captions)}
+    found = {p for p in set(phrases) if any(phrase_pattern(p).search(c) for c in captions)}
     # Drop a phrase that is part of another found phrase ("cat" when "black cat" is found).
-    return {p for p in found if not any(q != p and _phrase_pattern(p).search(q.lower()) for q in found)}
+    return {p for p in found if not any(q != p and phrase_pattern(p).search(q) for q in found)}
 
 
 def says_any(captions: list[str], phrases: list[str]) -> bool:
-    return any(_phrase_pattern(p).search(c.lower()) for p in phrases for c in captions)
+    return any(phrase_pattern(p).search(c) for p in phrases for c in captions)
 
 
 def load_dataset(cfg: DatasetConfig, prompt_labels: list[str]) -> list[ImageRecord]:

@@ -1,4 +1,5 @@
-"""The fast ablation sweep over CLIP's vision tower, and the plain method it is checked against.
+"""The fast ablation sweep over CLIP's vision tower, and the plain method it is checked against
+(``plain_batch``: patch the modules with ``ablations.patched``, rerun the whole model per ablation).
 
 The sweep is a prefix tree over per-layer modes. An ablation is a path of N modes ("normal" or a kind);
 two ablations that agree on layers 1..k share the residual stream after layer k, so the tree computes
@@ -160,15 +161,17 @@ def attention_means(
 
 
 @torch.inference_mode()
-def plain_embeddings(
-    model: nn.Module,
-    ablations: list[Ablation],
-    pixel_values: torch.Tensor,
-    means: dict[int, torch.Tensor] | None = None,
-) -> dict[Ablation, torch.Tensor]:
-    """The plain method: patch the modules and rerun the whole vision tower once per ablation."""
-    out = {}
+def plain_batch(model: nn.Module, ablations: list[Ablation], pixel_values: torch.Tensor, tokens: dict,
+                means: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain method: patch the modules and rerun the whole model once per ablation.
+
+    The reference the engine is held to (``--method plain`` and the bench). tokens: the tokenised prompts.
+    -> (embeddings (n, A, E) projected before normalisation, logits_per_image (n, A, P)), float32.
+    """
+    embs, logits = [], []
     for ablation in ablations:
         with patched(model, ablation, means):
-            out[ablation] = model.get_image_features(pixel_values=pixel_values).pooler_output
-    return out
+            out = model(pixel_values=pixel_values, **tokens)
+        embs.append(out.vision_model_output.pooler_output.float())
+        logits.append(out.logits_per_image.float())
+    return torch.stack(embs, dim=1), torch.stack(logits, dim=1)

@@ -12,15 +12,15 @@ import argparse
 from pathlib import Path
 
 from compute.errors import InputError
+from compute.store import DEFAULT_DB_TEXT, resolve_db
 
 FORMATS = ("png", "svg", "pdf")  # as dashboard.figures.FORMATS; spelled here so --help stays light
-DEFAULT_DB = Path("data/results.duckdb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run name (see `python -m compute list`)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created if needed)")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"DuckDB store (default: {DEFAULT_DB})")
+    parser.add_argument("--db", type=Path, default=None, help=f"DuckDB store (default: {DEFAULT_DB_TEXT})")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma list of figure formats among {', '.join(FORMATS)} (default: all)")
     parser.add_argument("--confusion", default="",
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise InputError(f"unknown figure format {bad[0] if bad else args.formats!r}: choose from {', '.join(FORMATS)}")
-    db = Path(args.db)
+    db = resolve_db(args.db)
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     confusion = [c.strip() for c in args.confusion.split(",") if c.strip()] or None

@@ -17,39 +17,37 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
-import http.client
 import json
 import os
-import re
 import shutil
 import sys
-import time
 import zipfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
 
-from PIL import Image
 from tqdm import tqdm
 
+from compute.dataset import phrase_pattern
+from compute.download import (
+    CHUNK_BYTES,
+    DownloadError,
+    download_archive,
+    download_image,
+    file_entry,
+    image_problem,
+    with_retries,
+)
 from compute.errors import InputError
+from compute.files import write_json_atomic
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 SPLITS = ("val2017", "train2017")
 ARCHIVE_PATH = "annotations/annotations_trainval2017.zip"  # relative to the base URL
 MANIFEST_NAME = "fetch_manifest.json"
 
-TRIES = 3
-RETRY_BACKOFF_S = 0.5  # sleep before retry k is RETRY_BACKOFF_S * 2**(k-1); tests set it to 0
-TIMEOUT_S = 30.0
-CHUNK_BYTES = 1 << 16
-USER_AGENT = "clip-attention-lab-fetch/0.1"
 
 
 @dataclass
@@ -69,18 +67,6 @@ class FetchResult:
             f"{self.split}: {self.selected} images selected; fetched {self.fetched}, "
             f"already present {self.present}, failed {len(self.failed)} (in {self.out})"
         )
-
-
-class _DownloadError(Exception):
-    """One download went wrong. ``retry``: another try may help; ``unreachable``: no connection at all."""
-
-    def __init__(
-        self, message: str, *, retry: bool = True, unreachable: bool = False, status: int | None = None
-    ):
-        super().__init__(message)
-        self.retry = retry
-        self.unreachable = unreachable
-        self.status = status
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -197,7 +183,7 @@ def fetch_coco(
     known = _read_manifest(manifest_path)
     result = FetchResult(out=out, split=split, selected=len(images))
     entries = _fetch_images(images, out, split, base, known, workers, verbose, result)
-    _write_json_atomic(
+    write_json_atomic(
         manifest_path,
         {
             "dataset": "coco",
@@ -208,6 +194,7 @@ def fetch_coco(
             "failed": [rel for rel, _ in result.failed],
             "files": dict(sorted(entries.items())),
         },
+        indent=1,
     )
     return result
 
@@ -241,8 +228,7 @@ def select_images(
         images = [image for image in images if image["id"] in keep]
     if caption_contains is not None:
         # Whole words: "black cat" matches "A Black  cat." but not "black cats" nor "black catalog".
-        words = caption_contains.split()
-        pattern = re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE)
+        pattern = phrase_pattern(caption_contains)
         keep = {ann["image_id"] for ann in captions["annotations"] if pattern.search(ann["caption"])}
         images = [image for image in images if image["id"] in keep]
     if limit is not None:
@@ -266,7 +252,7 @@ def _check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-def _offline_error(base: str, error: _DownloadError) -> InputError:
+def _offline_error(base: str, error: DownloadError) -> InputError:
     return InputError(f"cannot reach {base} ({error}): check your network or --base-url")
 
 
@@ -285,59 +271,14 @@ def _ensure_annotations(out: Path, split: str, base: str, verbose: bool) -> tupl
         if not (archive.is_file() and zipfile.is_zipfile(archive)):
             url = f"{base}/{ARCHIVE_PATH}"
             try:
-                _with_retries(lambda: _download_archive(url, archive, verbose))
-            except _DownloadError as error:
+                with_retries(lambda: download_archive(url, archive, verbose))
+            except DownloadError as error:
                 if error.unreachable:
                     raise _offline_error(base, error) from error
                 hint = "run again to resume" if error.retry else "check --base-url"
                 raise InputError(f"cannot download {url} ({error}): {hint}") from error
         _extract(archive, missing, verbose)
     return targets[0], targets[1]
-
-
-def _download_archive(url: str, dest: Path, verbose: bool) -> None:
-    """Download ``url`` to ``dest``, continuing a ``dest.part`` left by an earlier try with HTTP Range."""
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    try:
-        response = _open(url, offset)
-    except _DownloadError as error:
-        if error.status == 416 and zipfile.is_zipfile(part):
-            os.replace(part, dest)  # the part was already whole (a run stopped just before renaming)
-            return
-        if error.status == 416:  # the part is longer than the file (it changed?): the next try starts over
-            part.unlink()
-            raise _DownloadError("the partial download does not fit the file on the server") from error
-        raise
-    with response:
-        if offset and response.status != 206:
-            offset = 0  # the server ignored Range and sends the whole file: start over
-        elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            part.unlink()  # a range we did not ask for: the safest resume is none
-            raise _DownloadError(
-                f"server answered Range {offset}- with {response.headers.get('Content-Range')}"
-            )
-        length = _content_length(response)
-        dest.parent.mkdir(parents=True, exist_ok=True)  # only now: an offline run leaves nothing behind
-        total = offset + length if length is not None else None
-        with (
-            open(part, "ab" if offset else "wb") as sink,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                desc=dest.name,
-                disable=None if verbose else True,
-            ) as bar,
-        ):
-            received = _copy(response, sink, bar.update)
-    if length is not None and received != length:
-        raise _DownloadError(f"connection closed after {received} of {length} bytes")
-    if not zipfile.is_zipfile(part):
-        part.unlink()
-        raise _DownloadError(f"{url} is not a zip archive", retry=False)
-    os.replace(part, dest)
 
 
 def _extract(archive: Path, members: list[tuple[str, Path]], verbose: bool) -> None:
@@ -398,7 +339,7 @@ def _fetch_images(
             rel = futures[future]
             try:
                 fetched, entry = future.result()
-            except _DownloadError as error:
+            except DownloadError as error:
                 if error.unreachable and result.fetched == 0:
                     # No image came through in this run and the host cannot be reached: we are offline.
                     raise _offline_error(base, error) from error
@@ -425,56 +366,15 @@ def _ensure_image(
 ) -> tuple[bool, dict[str, Any]]:
     """(fetched now?, manifest entry) for one image: keep a good local copy, else download it."""
     if dest.is_file():
-        entry = _entry(dest)
+        entry = file_entry(dest)
         if known is not None:
             # The manifest says what this file was when we checked it: size and checksum suffice.
             if entry == {"size": known.get("size"), "sha256": known.get("sha256")}:
                 return False, entry
-        elif _image_problem(dest, expected) is None:
+        elif image_problem(dest, expected) is None:
             return False, entry
-    _with_retries(lambda: _download_image(url, dest, expected))
-    return True, _entry(dest)
-
-
-def _download_image(url: str, dest: Path, expected: tuple[int, int] | None) -> None:
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with _open(url) as response:
-            length = _content_length(response)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(part, "wb") as sink:
-                received = _copy(response, sink)
-        if length is not None and received != length:
-            raise _DownloadError(f"connection closed after {received} of {length} bytes")
-        problem = _image_problem(part, expected)
-        if problem is not None:
-            raise _DownloadError(f"downloaded file is not a valid image ({problem})")
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)  # images are small: a retry starts over rather than resuming
-
-
-def _image_problem(path: Path, expected: tuple[int, int] | None) -> str | None:
-    """None when ``path`` decodes fully as an image of the expected size, else what is wrong."""
-    try:
-        with Image.open(path) as image:
-            image.verify()  # structure and checksums where the format has them (PNG)
-        with Image.open(path) as image:  # verify() leaves the image unusable, hence a second open
-            image.load()  # a truncated JPEG passes verify() but fails a full decode
-            size = image.size
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-        return f"{type(error).__name__}: {error}"
-    if expected is not None and tuple(size) != tuple(expected):
-        return f"size {size[0]}x{size[1]}, the annotations say {expected[0]}x{expected[1]}"
-    return None
-
-
-def _entry(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    with_retries(lambda: download_image(url, dest, expected))
+    return True, file_entry(dest)
 
 
 # --- manifest -----------------------------------------------------------------------------------
@@ -490,66 +390,3 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     return files if isinstance(files, dict) else {}
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    part = path.with_name(path.name + ".part")
-    with open(part, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(part, path)
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-def _open(url: str, offset: int = 0) -> http.client.HTTPResponse:
-    """GET ``url`` (from byte ``offset`` on), every failure turned into a ``_DownloadError``."""
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        return urlopen(Request(url, headers=headers), timeout=TIMEOUT_S)
-    except HTTPError as error:
-        error.close()
-        transient = error.code >= 500 or error.code == 429
-        raise _DownloadError(
-            f"HTTP {error.code} {error.reason}", retry=transient, status=error.code
-        ) from None
-    except URLError as error:  # no HTTP answer at all: DNS failure, refused, unreachable, timeout
-        raise _DownloadError(f"URLError: {error.reason}", unreachable=True) from error
-    except (OSError, http.client.HTTPException) as error:  # the connection broke mid-answer
-        raise _DownloadError(f"{type(error).__name__}: {error}") from error
-
-
-def _content_length(response: http.client.HTTPResponse) -> int | None:
-    value = response.headers.get("Content-Length")
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def _copy(response: http.client.HTTPResponse, sink: Any, on_chunk: Callable[[int], Any] | None = None) -> int:
-    """Copy the body to ``sink``; the byte count, since a closed connection reads as a short body."""
-    received = 0
-    while True:
-        try:
-            chunk = response.read(CHUNK_BYTES)
-        except (OSError, http.client.HTTPException) as error:
-            raise _DownloadError(
-                f"connection broke after {received} bytes ({type(error).__name__}: {error})"
-            ) from error
-        if not chunk:
-            return received
-        sink.write(chunk)
-        received += len(chunk)
-        if on_chunk is not None:
-            on_chunk(len(chunk))
-
-
-def _with_retries(attempt: Callable[[], None]) -> None:
-    """Run ``attempt`` up to TRIES times, backing off between tries, while its errors are transient."""
-    for k in range(TRIES):
-        try:
-            attempt()
-            return
-        except _DownloadError as error:
-            if not error.retry or k == TRIES - 1:
-                raise
-        time.sleep(RETRY_BACKOFF_S * 2**k)

@@ -103,12 +103,6 @@ def model_summary(loaded: LoadedClip) -> dict[str, object]:
     }
 
 
-def describe(ref: str) -> str:
-    """Short printable name of a model reference."""
-    path = Path(ref)
-    return path.name if path.is_absolute() else ref
-
-
 CAPTIONER_TYPES = ("blip", "vision-encoder-decoder")
 
 

@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -24,13 +23,8 @@ from compute.config import Experiment, Prompt, parse_experiment
 from compute.dataset import load_dataset
 from compute.errors import InputError
 from compute.models import LoadedClip, load_captioner, load_clip
-from compute.runner import batch_result, cosine_logits, format_summary, logit_scale, text_embeddings
-
-EMBEDDINGS = """
-SELECT image_id, ablation_id, embedding FROM embedding_t
-WHERE run_id = ? AND list_contains(?, image_id)
-ORDER BY image_id, ablation_id
-"""
+from compute.runner import RunResult, format_summary
+from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
 
 
 @dataclass
@@ -49,15 +43,13 @@ def open_run(db: Path, name: str) -> StoredRun:
     with store.connect(db, read_only=True) as con:
         row = store.find_run(con, name)
         if row is None:
-            names = [r[0] for r in store.list_runs(con)]
+            names = sorted(r["run"] for r in store.list_runs(con))
             raise InputError(f"no run named {name!r} in {db} (runs: {', '.join(names) or 'none'})")
         if row.embedding_dtype == "none":
             raise InputError(f"run {name!r} kept no image embeddings (store.embeddings = 'none'): "
                              f"rerun it with embeddings to rescore")
         ablations = store.run_ablations(con, row.run_id)
-        image_ids = [int(r[0]) for r in con.execute(
-            "SELECT DISTINCT image_id FROM embedding_t WHERE run_id = ? AND ablation_id = 0 ORDER BY 1",
-            [row.embedding_run_id]).fetchall()]
+        image_ids = store.embedded_images(con, row.embedding_run_id)
         labels = {int(i): tuple(lab) for i, _, _, lab in store.run_images(con, row.run_id)}
     return StoredRun(row, experiment_from_config(row.config), ablations, image_ids, labels)
 
@@ -72,24 +64,22 @@ def experiment_from_config(config: dict) -> Experiment:
 
 def load_embeddings(db: Path, run: StoredRun, image_ids: list[int]) -> torch.Tensor:
     """Stored embeddings of ``image_ids`` under every ablation. -> (images, ablations, E) float32."""
-    np_dtype = np.float16 if run.row.embedding_dtype == "float16" else np.float32
     with store.connect(db, read_only=True) as con:
-        rows = con.execute(EMBEDDINGS, [run.row.embedding_run_id, image_ids]).fetchall()
+        keys, flat = store.embeddings(con, run.row.embedding_run_id, image_ids, run.row.embedding_dtype)
     n, a = len(image_ids), len(run.ablations)
-    if len(rows) != n * a:
+    if len(keys) != n * a:
         raise InputError(f"run {run.row.run!r} is missing stored embeddings for some images (run it to completion)")
-    flat = np.stack([np.frombuffer(blob, np_dtype) for _, _, blob in rows]).astype(np.float32)
     return torch.from_numpy(flat.reshape(n, a, -1))
 
 
 def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) -> torch.Tensor:
     """Logits of stored embeddings (images, ablations, E) against new prompts -> (images, ablations, P)."""
-    return cosine_logits(embeddings, text_embeddings(clip, texts), logit_scale(clip))
+    return cosine_logits(embeddings, text_embeddings(clip, texts).cpu(), logit_scale(clip))
 
 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
-            progress: bool = True, echo=print, clip: LoadedClip | None = None) -> int:
-    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``. Returns its run_id."""
+            progress: bool = True, echo=print, clip: LoadedClip | None = None) -> RunResult:
+    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``."""
     parent = open_run(db, name)
     exp = parent.exp
     exp.name, exp.prompts = new_name, prompts
@@ -119,40 +109,42 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
                 ablations=[parse_ablation(a) for a in parent.ablations], parent_run=name,
                 embedding_run_id=parent.row.embedding_run_id))
             # Images the parent could not read are not pending here either: carry their errors over.
-            con.execute("INSERT INTO error_t SELECT ?, image_id, stage, message FROM error_t "
-                        "WHERE run_id = ? AND stage = 'load'", [run_id, parent.row.run_id])
+            store.copy_load_errors(con, parent.row.run_id, run_id)
         else:
             run_id = existing.run_id
         done = store.done_pairs(con, run_id)
 
     ablation_ids = list(range(len(parent.ablations)))
     pending = [r for r in images if r.image_id in stored and any((r.image_id, a) not in done for a in ablation_ids)]
-    text_norm = text_embeddings(clip, [p.text for p in prompts])  # the only model work: one text pass
+    # The only model work: one text pass. Stored embeddings are on the CPU, so the arithmetic is too.
+    text_norm = text_embeddings(clip, [p.text for p in prompts]).cpu()
     scale = logit_scale(clip)
+    prompt_labels = [p.label for p in prompts]
     bar = tqdm(total=len(pending), unit="img", desc=new_name, disable=not progress, file=sys.stderr)
     try:
         for i in range(0, len(pending), batch_size):
             chunk = pending[i : i + batch_size]
             emb = load_embeddings(db, parent, [r.image_id for r in chunk])  # (n, A, E)
             logits = cosine_logits(emb, text_norm, scale)  # (n, A, P)
-            result = batch_result([r.image_id for r in chunk], [r.labels for r in chunk], ablation_ids, emb,
-                                  logits, emb[:, 0], text_norm, [p.label for p in prompts], "none", [], [])
+            truth = truth_matrix([r.labels for r in chunk], prompt_labels)
+            result = batch_result([r.image_id for r in chunk], ablation_ids, logits, truth, emb[:, 0], text_norm)
             with store.connect(db) as con:
                 store.write_batch(con, run_id, result)
             bar.update(len(chunk))
     finally:
         bar.close()
 
+    captions = None
     if captioner is not None:
-        st = caption_stage(db, run_id, clip, captioner, exp.captions, captioner_key(exp.model.captioner, exp.captions),
-                           parent.row.embedding_dtype, parent.row.embedding_run_id, progress)
-        if st.keys:
-            echo(f"captions: {st.keys} distinct (image, prefix) pairs: {st.generated} generated, "
-                 f"{st.keys - st.generated} from the cache")
+        captions = caption_stage(db, run_id, clip, captioner, exp.captions,
+                                 captioner_key(exp.model.captioner, exp.captions), parent.row.embedding_dtype,
+                                 parent.row.embedding_run_id, progress)
+        if captions.keys:
+            echo(captions.describe())
     with store.connect(db) as con:
         complete = len(store.done_pairs(con, run_id)) == len(stored & {r.image_id for r in images}) * len(ablation_ids)
         if captioner is not None:
             complete = complete and store.uncaptioned(con, run_id) == 0
         store.set_status(con, run_id, "complete" if complete else "running")
         echo(format_summary(store.summary(con, run_id)))
-    return run_id
+    return RunResult(run_id, complete, captions)

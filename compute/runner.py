@@ -13,20 +13,20 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from compute import store
-from compute.ablations import Ablation, dedupe, mean_layers, parse_ablation, patched, sweep
-from compute.captions import caption_stage, captioner_key
+from compute.ablations import Ablation, dedupe, mean_layers, parse_ablation, sweep
+from compute.captions import CaptionStats, caption_stage, captioner_key
 from compute.config import Experiment
 from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
-from compute.engine import SweepEngine, attention_means
+from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
+from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
 
 MEAN_STAT = "attention_mean"
 
@@ -57,84 +57,6 @@ def resolve_ablations(exp: Experiment, n_layers: int) -> list[Ablation]:
     """The run's ablations in order: the sweep (baseline first), then the extras, duplicates dropped."""
     extra = [parse_ablation(text, n_layers) for text in exp.ablations.extra]
     return dedupe(sweep(exp.ablations.sweep, n_layers) + extra)
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring helpers shared with rescore.
-
-
-@torch.inference_mode()
-def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """Projected, L2-normalised text embeddings, computed once per run. -> (prompts, projection_dim) float32."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tok = clip.processor.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
-        tok = {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-        emb = clip.model.get_text_features(**tok).pooler_output.float()
-        out.append(emb / emb.norm(dim=-1, keepdim=True))
-    return torch.cat(out)
-
-
-@torch.inference_mode()
-def image_embeddings_unablated(clip: LoadedClip, paths: list[Path], batch_size: int = 16) -> np.ndarray:
-    """Projected image embeddings of the unablated model. -> (images, projection_dim) float32."""
-    out = []
-    for i in range(0, len(paths), batch_size):
-        images = [open_image(p) for p in paths[i : i + batch_size]]
-        pixels = clip.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        emb = clip.model.get_image_features(pixel_values=pixels.to(clip.device, clip.dtype)).pooler_output
-        out.append(emb.float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def logit_scale(clip: LoadedClip) -> float:
-    return float(clip.model.logit_scale.detach().exp())
-
-
-def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: float) -> torch.Tensor:
-    """CLIP's logits_per_image. image_emb: (..., E) unnormalised; text_norm: (P, E) -> (..., P)."""
-    image_emb = image_emb.float()
-    return scale * (image_emb / image_emb.norm(dim=-1, keepdim=True)) @ text_norm.T
-
-
-def batch_result(
-    image_ids: list[int],
-    labels: list[tuple[str, ...]],
-    ablation_ids: list[int],
-    embeddings: torch.Tensor,
-    logits: torch.Tensor,
-    baseline_emb: torch.Tensor,
-    text_norm: torch.Tensor,
-    prompt_labels: list[str],
-    embedding_dtype: str,
-    errors: list[tuple[int, str, str]],
-    attempted: list[int],
-) -> store.BatchResult:
-    """Selections and judge scores from logits.
-
-    embeddings: (n, A, E) and logits: (n, A, P) for the ablation_ids written; baseline_emb: (n, E), the
-    unablated image embeddings, the fixed judge of score_baseline (as CLIP-Score is).
-    """
-    n, a = len(image_ids), len(ablation_ids)
-    selected = logits.argmax(dim=-1)  # (n, A)
-    correct = np.array([[prompt_labels[int(s)] in labels[i] for s in selected[i]] for i in range(n)], dtype=bool)
-    base = baseline_emb.float()
-    base = base / base.norm(dim=-1, keepdim=True)  # (n, E)
-    score_baseline = (base @ text_norm.T).gather(1, selected)  # (n, A)
-    emb = None
-    if embedding_dtype != "none":
-        emb = embeddings.float().cpu().numpy().astype(np.float16 if embedding_dtype == "float16" else np.float32)
-    return store.BatchResult(
-        image_ids=np.array(image_ids, np.int64),
-        ablation_ids=np.array(ablation_ids, np.int16),
-        logits=logits.float().cpu().numpy(),
-        probs=logits.float().softmax(dim=-1).cpu().numpy(),
-        correct=correct.reshape(n, a),
-        score_baseline=score_baseline.cpu().numpy(),
-        embeddings=emb,
-        errors=errors,
-        attempted=attempted,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,6 +104,15 @@ class ConfigMismatch(InputError):
     pass
 
 
+@dataclass
+class RunResult:
+    """What ``run`` (and ``rescore``) did."""
+
+    run_id: int
+    complete: bool  # every pending pair computed (and captioned, with a captioner)
+    captions: CaptionStats | None  # None without a captioner
+
+
 def _config_diff(old: dict, new: dict) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(keys) or "configuration"
@@ -201,8 +132,8 @@ def run(
     echo: Callable[[str], None] = print,
     threads: int | None = None,
     clip: LoadedClip | None = None,
-) -> int:
-    """Run or resume ``exp``. Returns the run_id. Raises InputError on bad input before writing anything."""
+) -> RunResult:
+    """Run or resume ``exp``. Raises InputError on bad input before writing anything."""
     prep = prepare(exp, clip)
     set_threads(threads)
     clip, ablations, images = prep.clip, prep.ablations, prep.images
@@ -252,13 +183,13 @@ def run(
     if pending:
         _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress)
 
+    captions = None
     if prep.captioner is not None:
         key = captioner_key(exp.model.captioner, exp.captions)
-        st = caption_stage(db, run_id, clip, prep.captioner, exp.captions, key, exp.store.embeddings,
-                           progress=progress)
-        if st.keys:
-            echo(f"captions: {st.keys} distinct (image, prefix) pairs: {st.generated} generated in "
-                 f"{st.generate_calls} batched calls, {st.keys - st.generated} from the cache")
+        captions = caption_stage(db, run_id, clip, prep.captioner, exp.captions, key, exp.store.embeddings,
+                                 progress=progress)
+        if captions.keys:
+            echo(captions.describe())
 
     with store.connect(db) as con:
         done = store.done_pairs(con, run_id)
@@ -273,7 +204,7 @@ def run(
     if failed:
         echo(f"{len(failed)} image(s) could not be read and were skipped (see the errors view)")
     echo(format_summary(rows))
-    return run_id
+    return RunResult(run_id, complete, captions)
 
 
 def _compute_means(clip: LoadedClip, images: list[ImageRecord], layers: set[int], batch_size: int,
@@ -316,39 +247,25 @@ def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tu
                     embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
                     logits = cosine_logits(embeddings, text_norm, scale)  # (n, A, P)
                 else:
-                    embeddings, logits = _plain_batch(clip, ablations, batch.pixel_values, tokens, means)
+                    embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
                 # Only the pairs not stored yet. An image's pairs are committed together, so they are pending
                 # all or none; the primary key of selection_t would refuse a second copy anyway.
                 keep = [i for a, i in ablation_ids.items()
                         if any((r.image_id, i) not in done for r in batch.records)]
+                truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
                 # baseline is ablation 0 and always computed: its embedding is the judge
                 result = batch_result(
-                    [r.image_id for r in batch.records], [r.labels for r in batch.records], keep,
-                    embeddings[:, keep], logits[:, keep], embeddings[:, 0], text_norm, prompt_labels,
-                    exp.store.embeddings, batch.errors, batch.attempted,
+                    [r.image_id for r in batch.records], keep, logits[:, keep], truth, embeddings[:, 0], text_norm,
+                    embeddings[:, keep], exp.store.embeddings, batch.errors, batch.attempted,
                 )
             else:  # every image of the batch failed to load: record the errors only
-                empty = torch.zeros(0, 0, len(texts))
-                result = batch_result([], [], [], empty, empty, torch.zeros(0, text_norm.shape[1]), text_norm,
-                                      prompt_labels, "none", batch.errors, batch.attempted)
+                result = store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None,
+                                           batch.errors, batch.attempted)
             with store.connect(exp.store.db) as con:
                 store.write_batch(con, run_id, result)
             bar.update(len(batch.attempted))
     finally:
         bar.close()
-
-
-@torch.inference_mode()
-def _plain_batch(clip: LoadedClip, ablations: list[Ablation], pixel_values: torch.Tensor, tokens: dict,
-                 means: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain method, for `--method plain` and the bench: the whole model rerun per ablation."""
-    embs, logits = [], []
-    for ablation in ablations:
-        with patched(clip.model, ablation, means):
-            out = clip.model(pixel_values=pixel_values, **tokens)
-        embs.append(out.vision_model_output.pooler_output.float())  # projected, before normalisation
-        logits.append(out.logits_per_image.float())
-    return torch.stack(embs, dim=1), torch.stack(logits, dim=1)
 
 
 def format_summary(rows: list[tuple]) -> str:

@@ -1,4 +1,8 @@
-"""The DuckDB store: one connection factory, the write side of the compute stage, and its queries.
+"""The DuckDB store: one connection factory and every statement the compute stage runs on it.
+
+The read side of the dashboard keeps its queries in ``dashboard/queries.py``; everything ``compute``
+reads or writes is here, next to the function that runs it. Long because it is that one place: it reads
+in sections (the file, runs, batches of results, stored embeddings, captions, statistics, summaries).
 
 Concurrency: DuckDB lets one process write or several read, never both. The compute stage therefore
 holds the file only for short open -> write one batch -> close transactions, and every connection,
@@ -9,6 +13,7 @@ batches committed so far. Values are always bound with ``?``; identifiers never 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -21,9 +26,25 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+DB_ENV = "CLIP_LAB_DB"
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 120.0
+
+
+DEFAULT_DB_TEXT = "$CLIP_LAB_DB, else data/results.duckdb"  # for --help texts
+
+
+def default_db() -> Path:
+    """The store every verb, the demo and the dashboard use unless told otherwise: $CLIP_LAB_DB, else
+    data/results.duckdb of this checkout."""
+    return Path(os.environ.get(DB_ENV) or ROOT / "data" / "results.duckdb").expanduser().resolve()
+
+
+def resolve_db(path: str | Path | None) -> Path:
+    """A store path given on a command line, or the default store when none was given."""
+    return Path(path).expanduser().resolve() if path is not None else default_db()
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -206,12 +227,6 @@ def run_images(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, s
     ).fetchall()
 
 
-def run_prompts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
-    return con.execute(
-        "SELECT prompt, label FROM prompt_t WHERE run_id = ? ORDER BY prompt_id", [run_id]
-    ).fetchall()
-
-
 def run_ablations(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
     rows = con.execute("SELECT ablation FROM ablation_t WHERE run_id = ? ORDER BY ablation_id", [run_id])
     return [r[0] for r in rows.fetchall()]
@@ -234,15 +249,28 @@ def failed_images(con: duckdb.DuckDBPyConnection, run_id: int, stage: str = "loa
 
 
 @dataclass
-class BatchResult:
-    """Everything one batch produced. n images that decoded, A ablations, P prompts."""
+class Selection:
+    """What each (image, ablation) of a batch picked (made by ``compute.scoring.select``).
 
-    image_ids: np.ndarray  # (n,) int64
-    ablation_ids: np.ndarray  # (A,) int16
+    n images, A ablations, P prompts.
+    """
+
     logits: np.ndarray  # (n, A, P) float32
-    probs: np.ndarray  # (n, A, P) float32
-    correct: np.ndarray  # (n, A) bool, for the argmax prompt
+    probs: np.ndarray  # (n, A, P) float32: softmax over the run's prompts
+    prompt_id: np.ndarray  # (n, A) int16: the argmax prompt
+    correct: np.ndarray  # (n, A) bool
+    confidence: np.ndarray  # (n, A) float32: probability of the selected prompt
+    margin: np.ndarray  # (n, A) float32: top logit minus the second; NaN (stored NULL) with one prompt
     score_baseline: np.ndarray  # (n, A) float32
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch produced, ready to write."""
+
+    image_ids: np.ndarray  # (n,) int64: the images that decoded
+    ablation_ids: np.ndarray  # (A,) int16
+    selection: Selection | None  # None when no image of the batch decoded
     embeddings: np.ndarray | None  # (n, A, E) in the run's embedding dtype, or None
     errors: list[tuple[int, str, str]]  # (image_id, stage, message) for images that failed
     attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
@@ -250,63 +278,65 @@ class BatchResult:
 
 def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult) -> None:
     """Commit one batch atomically: scores, selections, embeddings and errors, or nothing."""
-    n, a, p = b.logits.shape
-    selected = b.logits.argmax(axis=2)  # (n, A)
-    top2 = np.sort(b.logits, axis=2)[:, :, -2:] if p > 1 else None
-    margin = (top2[:, :, 1] - top2[:, :, 0]) if top2 is not None else np.full((n, a), np.nan, np.float32)
-    conf = np.take_along_axis(b.probs, selected[:, :, None], axis=2)[:, :, 0]
-    rid = np.full(n * a, run_id, np.int32)
     with transaction(con):
         if b.attempted:
             con.execute(
                 "DELETE FROM error_t WHERE run_id = ? AND stage = 'load' AND list_contains(?, image_id)",
                 [run_id, [int(i) for i in b.attempted]],
             )
-        if n:
-            scores = pa.table({
-                "run_id": np.full(n * a * p, run_id, np.int32),
-                "image_id": np.repeat(b.image_ids.astype(np.int64), a * p),
-                "ablation_id": np.tile(np.repeat(b.ablation_ids.astype(np.int16), p), n),
-                "prompt_id": np.tile(np.arange(p, dtype=np.int16), n * a),
-                "logit": b.logits.reshape(-1).astype(np.float32),
-                "prob": b.probs.reshape(-1).astype(np.float32),
-            })
-            selections = pa.table({
-                "run_id": rid,
-                "image_id": np.repeat(b.image_ids.astype(np.int64), a),
-                "ablation_id": np.tile(b.ablation_ids.astype(np.int16), n),
-                "prompt_id": selected.reshape(-1).astype(np.int16),
-                "correct": b.correct.reshape(-1),
-                "prob": conf.reshape(-1).astype(np.float32),
-                "margin": pa.array(margin.reshape(-1).astype(np.float32), from_pandas=True),
-                "score_baseline": b.score_baseline.reshape(-1).astype(np.float32),
-            })
-            con.register("batch_scores", scores)
-            con.register("batch_selections", selections)
-            con.execute("INSERT INTO score_t SELECT * FROM batch_scores")
-            con.execute(
-                "INSERT INTO selection_t (run_id, image_id, ablation_id, prompt_id, correct, prob, margin, "
-                "score_baseline) SELECT * FROM batch_selections"
-            )
-            con.unregister("batch_scores")
-            con.unregister("batch_selections")
-            if b.embeddings is not None:
-                flat = b.embeddings.reshape(n * a, -1)
-                emb = pa.table({
-                    "run_id": rid,
-                    "image_id": np.repeat(b.image_ids.astype(np.int64), a),
-                    "ablation_id": np.tile(b.ablation_ids.astype(np.int16), n),
-                    "embedding": pa.array([row.tobytes() for row in flat], pa.binary()),
-                })
-                con.register("batch_embeddings", emb)
-                con.execute("INSERT INTO embedding_t SELECT * FROM batch_embeddings")
-                con.unregister("batch_embeddings")
+        if b.selection is not None and len(b.image_ids):
+            _insert_rows(con, run_id, b.image_ids, b.ablation_ids, b.selection, b.embeddings)
         if b.errors:
             con.executemany(
                 "INSERT OR REPLACE INTO error_t VALUES (?, ?, ?, ?)",
                 [[run_id, i, stage, msg] for i, stage, msg in b.errors],
             )
         con.execute("UPDATE run_t SET updated_at = ? WHERE run_id = ?", [datetime.now(), run_id])
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndarray, ablation_ids: np.ndarray,
+                 sel: Selection, embeddings: np.ndarray | None) -> None:
+    n, a, p = sel.logits.shape
+    image_ids, ablation_ids = image_ids.astype(np.int64), ablation_ids.astype(np.int16)
+    rid = np.full(n * a, run_id, np.int32)
+    scores = pa.table({
+        "run_id": np.full(n * a * p, run_id, np.int32),
+        "image_id": np.repeat(image_ids, a * p),
+        "ablation_id": np.tile(np.repeat(ablation_ids, p), n),
+        "prompt_id": np.tile(np.arange(p, dtype=np.int16), n * a),
+        "logit": sel.logits.reshape(-1).astype(np.float32),
+        "prob": sel.probs.reshape(-1).astype(np.float32),
+    })
+    selections = pa.table({
+        "run_id": rid,
+        "image_id": np.repeat(image_ids, a),
+        "ablation_id": np.tile(ablation_ids, n),
+        "prompt_id": sel.prompt_id.reshape(-1).astype(np.int16),
+        "correct": sel.correct.reshape(-1),
+        "prob": sel.confidence.reshape(-1).astype(np.float32),
+        "margin": pa.array(sel.margin.reshape(-1).astype(np.float32), from_pandas=True),  # NaN -> NULL
+        "score_baseline": sel.score_baseline.reshape(-1).astype(np.float32),
+    })
+    con.register("batch_scores", scores)
+    con.register("batch_selections", selections)
+    con.execute("INSERT INTO score_t SELECT * FROM batch_scores")
+    con.execute(
+        "INSERT INTO selection_t (run_id, image_id, ablation_id, prompt_id, correct, prob, margin, "
+        "score_baseline) SELECT * FROM batch_selections"
+    )
+    con.unregister("batch_scores")
+    con.unregister("batch_selections")
+    if embeddings is not None:
+        flat = embeddings.reshape(n * a, -1)
+        emb = pa.table({
+            "run_id": rid,
+            "image_id": np.repeat(image_ids, a),
+            "ablation_id": np.tile(ablation_ids, n),
+            "embedding": pa.array([row.tobytes() for row in flat], pa.binary()),
+        })
+        con.register("batch_embeddings", emb)
+        con.execute("INSERT INTO embedding_t SELECT * FROM batch_embeddings")
+        con.unregister("batch_embeddings")
 
 
 def uncaptioned(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
@@ -316,6 +346,123 @@ def uncaptioned(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
         "(SELECT image_id FROM error_t e WHERE e.run_id = s.run_id AND e.stage = 'caption')",
         [run_id],
     ).fetchone()[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored image embeddings (rescore, the caption stage's judge, the Prompt lab).
+
+EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def decode_embeddings(blobs: list[bytes], dtype: str) -> np.ndarray:
+    """BLOBs of one run's embedding_t -> (rows, E) float32."""
+    return np.stack([np.frombuffer(b, EMBEDDING_DTYPES[dtype]) for b in blobs]).astype(np.float32)
+
+
+EMBEDDED_IMAGES = "SELECT DISTINCT image_id FROM embedding_t WHERE run_id = ? AND ablation_id = 0 ORDER BY 1"
+
+
+def embedded_images(con: duckdb.DuckDBPyConnection, run_id: int) -> list[int]:
+    """Images with a stored (unablated) embedding in run ``run_id``'s embedding_t rows."""
+    return [int(r[0]) for r in con.execute(EMBEDDED_IMAGES, [run_id]).fetchall()]
+
+
+EMBEDDINGS = """
+SELECT image_id, ablation_id, embedding FROM embedding_t
+WHERE run_id = ? AND list_contains(?, image_id) AND (? OR ablation_id = 0)
+ORDER BY image_id, ablation_id
+"""
+
+
+def embeddings(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int], dtype: str,
+               baseline_only: bool = False) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Stored embeddings of ``image_ids`` (every ablation, or baseline only), ordered by image then ablation.
+    -> ([(image_id, ablation_id)], (rows, E) float32)."""
+    rows = con.execute(EMBEDDINGS, [run_id, image_ids, not baseline_only]).fetchall()
+    if not rows:
+        return [], np.zeros((0, 0), np.float32)
+    return [(int(i), int(a)) for i, a, _ in rows], decode_embeddings([r[2] for r in rows], dtype)
+
+
+COPY_LOAD_ERRORS = """
+INSERT INTO error_t SELECT ?, image_id, stage, message FROM error_t WHERE run_id = ? AND stage = 'load'
+"""
+
+
+def copy_load_errors(con: duckdb.DuckDBPyConnection, from_run: int, to_run: int) -> None:
+    """A rescored run carries its parent's unreadable images: they are not pending there either."""
+    con.execute(COPY_LOAD_ERRORS, [to_run, from_run])
+
+
+# --------------------------------------------------------------------------------------------------
+# Captions: a cache shared across runs, and the selections' caption columns.
+
+PENDING_CAPTIONS = """
+SELECT s.image_id, s.prompt_id, p.prompt, i.path
+FROM selection_t s
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+WHERE s.run_id = ? AND s.caption IS NULL
+GROUP BY ALL
+ORDER BY p.prompt, s.image_id
+"""
+
+
+def pending_captions(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, int, str, str]]:
+    """Distinct (image_id, prompt_id, prefix, image path) whose selections have no caption yet."""
+    return con.execute(PENDING_CAPTIONS, [run_id]).fetchall()
+
+
+CACHED_CAPTIONS = """
+SELECT c.image, c.prefix, c.caption FROM caption_cache_t c
+WHERE c.captioner = ? AND list_contains(?, c.image)
+"""
+
+
+def cached_captions(con: duckdb.DuckDBPyConnection, key: str, paths: list[str]) -> dict[tuple[str, str], str]:
+    """{(image path, prefix): caption} already generated by captioner ``key`` for these images."""
+    return {(img, prefix): text for img, prefix, text in con.execute(CACHED_CAPTIONS, [key, paths]).fetchall()}
+
+
+def add_captions(con: duckdb.DuckDBPyConnection, key: str, rows: list[tuple[str, str, str]],
+                 errors: list[tuple[int, int, str]], run_id: int) -> None:
+    """Cache (image path, prefix, caption) rows of captioner ``key`` and record (image_id, message) caption
+    errors of ``run_id``, in one transaction."""
+    with transaction(con):
+        con.executemany("INSERT OR IGNORE INTO caption_cache_t VALUES (?, ?, ?, ?)",
+                        [[key, path, prefix, text] for path, prefix, text in rows])
+        if errors:
+            con.executemany("INSERT OR REPLACE INTO error_t VALUES (?, ?, 'caption', ?)",
+                            [[run_id, image_id, message] for image_id, message in errors])
+
+
+FILL_CAPTIONS = """
+UPDATE selection_t SET caption = f.caption, caption_score = f.caption_score
+FROM filled f
+WHERE selection_t.run_id = ? AND selection_t.image_id = f.image_id AND selection_t.prompt_id = f.prompt_id
+"""
+
+
+def fill_captions(con: duckdb.DuckDBPyConnection, run_id: int, filled: pa.Table) -> None:
+    """Set caption and caption_score of every selection of ``run_id`` matching a row (image_id, prompt_id,
+    caption, caption_score) of ``filled``, in one transaction."""
+    with transaction(con):
+        con.register("filled", filled)
+        con.execute(FILL_CAPTIONS, [run_id])
+        con.unregister("filled")
+
+
+SELECTED_PROMPTS = """
+SELECT i.path, p.prompt FROM selection_t s
+JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+WHERE s.run_id = ? ORDER BY s.image_id, s.ablation_id
+"""
+
+
+def selected_prompts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
+    """(image path, selected prompt) of every (image, ablation) of the run (the captions bench)."""
+    return con.execute(SELECTED_PROMPTS, [run_id]).fetchall()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,16 +506,20 @@ def summary(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple]:
     return con.execute(SUMMARY, [run_id]).fetchall()
 
 
-LIST_RUNS = """
-SELECT r.run, r.status, r.model, r.created_at, r.n_images,
+# Every run with its progress counts: the `list` verb and the dashboard's run picker read this one query.
+RUNS = """
+SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers, r.parent_run,
        (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
        (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
        (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,
-       (SELECT COUNT(*) FROM error_t e WHERE e.run_id = r.run_id AND e.stage = 'load') AS n_failed,
-       r.parent_run
-FROM run_t r ORDER BY r.created_at, r.run
+       (SELECT COUNT(*) FROM error_t e WHERE e.run_id = r.run_id AND e.stage = 'load') AS n_failed
+FROM run_t r
+ORDER BY r.created_at DESC, r.run
 """
 
 
-def list_runs(con: duckdb.DuckDBPyConnection) -> list[tuple]:
-    return con.execute(LIST_RUNS).fetchall()
+def list_runs(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Every run, newest first, as dicts with the columns of RUNS."""
+    cur = con.execute(RUNS)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

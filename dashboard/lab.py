@@ -10,7 +10,6 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from compute import store
 from compute.config import Prompt, parse_prompts
 from compute.errors import InputError
 from compute.models import LoadedClip, load_clip
@@ -25,15 +24,6 @@ class RunEmbeddings:
     labels: list[tuple[str, ...]]  # per image, as stored with the run
     ablations: list[str]
     embeddings: torch.Tensor  # (images, ablations, E) float32
-
-
-def has_embeddings(db: Path, run: str) -> bool:
-    with store.connect(db, read_only=True) as con:
-        row = store.find_run(con, run)
-        if row is None or row.embedding_dtype == "none":
-            return False
-        return con.execute("SELECT COUNT(*) > 0 FROM embedding_t WHERE run_id = ?",
-                           [row.embedding_run_id]).fetchone()[0]
 
 
 @st.cache_resource(show_spinner="Loading the run's stored embeddings...", max_entries=2)
@@ -100,4 +90,4 @@ def save(db: Path, run: str, prompts: list[Prompt], name: str, clip: LoadedClip)
     """The lab's prompts as a run of the store (what `python -m compute rescore` makes)."""
     if not name or "/" in name:
         raise InputError("give the new run a name without '/'")
-    return rescore(Path(db), run, prompts, name, progress=False, echo=lambda _: None, clip=clip)
+    return rescore(Path(db), run, prompts, name, progress=False, echo=lambda _: None, clip=clip).run_id

@@ -1,4 +1,5 @@
-"""Every query the dashboard and the figure export run, as named SQL next to the function that runs it.
+"""Every query the dashboard and the figure export run, as named SQL next to the function that runs it
+(the read side; what the compute stage reads and writes is in ``compute.store``).
 
 Functions take an open read-only connection (``compute.store.connect(db, read_only=True)``) so a caller
 can run several on one short-lived connection; values are bound with ``?``; the only text spliced into
@@ -11,24 +12,25 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
+from compute import store
 from dashboard.slices import EVERYTHING, Slice
 
 Con = duckdb.DuckDBPyConnection
 
-RUNS = """
-SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers,
-       (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
-       (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
-       (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,
-       (SELECT COUNT(*) FROM error_t e WHERE e.run_id = r.run_id AND e.stage = 'load') AS n_failed
-FROM run_t r
-ORDER BY r.created_at DESC, r.run
-"""
-
-
 def runs(con: Con) -> pd.DataFrame:
-    """Every run, newest first, with its progress counts."""
-    return con.execute(RUNS).df()
+    """Every run, newest first, with its progress counts (the query the `list` verb runs too)."""
+    return con.execute(store.RUNS).df()
+
+
+HAS_EMBEDDINGS = "SELECT COUNT(*) > 0 FROM embedding_t WHERE run_id = ?"
+
+
+def has_embeddings(con: Con, run: str) -> bool:
+    """Whether ``run`` kept image embeddings that the Prompt lab can rescore."""
+    row = store.find_run(con, run)
+    if row is None or row.embedding_dtype == "none":
+        return False
+    return bool(con.execute(HAS_EMBEDDINGS, [row.embedding_run_id]).fetchone()[0])
 
 
 # Layers as plain columns (count, first, "1,2,3"): frames of scalars hash and pickle fast in the caches.

@@ -9,7 +9,6 @@ last value is remembered for the session so switching pages keeps the context.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,22 +16,21 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DB = ROOT / "data" / "demo.duckdb"
-DB_ENV = "CLIP_LAB_DB"
+from compute.store import default_db
+
 _LAST = "_last_params"  # session_state key: param -> the value last shown
 
 T = TypeVar("T")
 
 
 def db_path(argv: Sequence[str] | None = None) -> Path:
-    """The store to read: ``--db PATH`` after ``--`` on the streamlit command line, else $CLIP_LAB_DB,
-    else data/demo.duckdb. Never a query param: a URL must not choose which file the server opens."""
+    """The store to read: ``--db PATH`` after ``--`` on the streamlit command line, else the default store
+    of every verb ($CLIP_LAB_DB, else data/results.duckdb). Never a query param: a URL must not choose which
+    file the server opens."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--db")
     known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    chosen = known.db or os.environ.get(DB_ENV) or DEFAULT_DB
-    return Path(chosen).expanduser().resolve()
+    return Path(known.db).expanduser().resolve() if known.db else default_db()
 
 
 def _remembered() -> dict[str, Any]:

@@ -11,7 +11,6 @@ readers), which retries until it is gone.
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import threading
@@ -97,11 +96,14 @@ def release() -> None:
         reader.close()
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+# The function itself travels unhashed (leading underscore); its qualified name is the cache key.
 @st.cache_data(show_spinner=False, max_entries=512)
-def _cached_call(fn_name: str, db: str, token: tuple, args: tuple, _reader: _Reader) -> Any:
-    module, _, name = fn_name.partition(":")
-    fn = getattr(importlib.import_module(module), name)
-    return fn(_reader.get(), *args)
+def _cached_call(fn_name: str, db: str, token: tuple, args: tuple, _fn: Callable[..., Any], _reader: _Reader) -> Any:
+    return _fn(_reader.get(), *args)
 
 
 def load(fn: Callable[..., T], *args: Any) -> T:
@@ -111,25 +113,23 @@ def load(fn: Callable[..., T], *args: Any) -> T:
     shared = getattr(_local, "reader", None)
     reader = shared or _Reader(db)
     try:
-        return _cached_call(f"{fn.__module__}:{fn.__qualname__}", str(db), change_token(db), args, reader)
+        return _cached_call(_name(fn), str(db), change_token(db), args, fn, reader)
     finally:
         if reader is not shared:
             reader.close()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _chart_spec(builder_name: str, args: tuple) -> dict:
-    module, _, name = builder_name.partition(":")
-    builder = getattr(importlib.import_module(module), name)
+def _chart_spec(builder_name: str, args: tuple, _builder: Callable[..., Any]) -> dict:
     # Validation costs a third of the conversion; the tests validate every builder's output.
-    return builder(*args).to_dict(validate=False)
+    return _builder(*args).to_dict(validate=False)
 
 
 def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> None:
     """Draw ``builder(*args)`` (a pure builder of dashboard.charts); its Vega-Lite spec is cached on the
     arguments, so a rerun that changes another part of the page does not rebuild it."""
     release()  # drawing takes longer than reading: let a waiting writer in meanwhile
-    spec = _chart_spec(f"{builder.__module__}:{builder.__qualname__}", args)
+    spec = _chart_spec(_name(builder), args, builder)
     (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
 
 
@@ -183,7 +183,7 @@ class Context:
 
     @property
     def baseline_name(self) -> str:
-        return str(self.ablations.loc[self.ablations["ablation_id"] == self.baseline_id, "ablation"].iloc[0])
+        return tables.baseline_name(self.ablations)
 
     def ablation_names(self) -> list[str]:
         return list(self.ablations["ablation"])

@@ -17,7 +17,7 @@ st.caption("Type prompts, one per line as `text | label` (label: the image label
            "correct). Scores come from the run's stored image embeddings and one pass of CLIP's text tower.")
 if ui.no_results(ctx):
     st.stop()
-if not lab.has_embeddings(ctx.db, ctx.name):
+if not ui.load(queries.has_embeddings, ctx.name):
     st.warning(f"Run {ctx.name!r} kept no image embeddings (store.embeddings = 'none'), so it cannot be rescored.")
     st.stop()
 

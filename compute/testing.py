@@ -1,17 +1,22 @@
-"""Randomly initialised CLIP models saved in the hub layout, for tests and ``make bench``.
+"""Fixtures that tests and benches share: random models saved in the hub layout, small COCO-format
+datasets of real JPEGs, and experiment files pointing at them.
 
-They load through exactly the code path of ``openai/clip-vit-base-patch16`` (``from_pretrained`` on a
-folder holding config, safetensors weights, image processor and tokenizer), so tests exercise the real
-loading code without a network.
+The models load through exactly the code path of ``openai/clip-vit-base-patch16`` (``from_pretrained`` on
+a folder holding config, safetensors weights, image processor and tokenizer), so tests exercise the real
+loading code without a network; the datasets are read by pycocotools like COCO's own files.
 """
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from compute import training
+from compute.demo import training
 
 BASE_WORDS = (
     "a photo of the an on with and in small big dog cat bird car black white red green blue yellow "
@@ -20,7 +25,7 @@ BASE_WORDS = (
 
 
 def word_tokenizer(words: list[str], max_length: int = 32):
-    """A word-level tokenizer that appends the end-of-text token CLIP pools at (see NOTES.md)."""
+    """A word-level tokenizer that appends the end-of-text token CLIP pools at (see demo.training)."""
     return training.word_tokenizer(sorted(set(words)), max_length, append_end=True)
 
 
@@ -136,3 +141,94 @@ def save_random_vision_encoder_decoder(out: str | Path, *, width: int = 32, imag
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def save_vit_b16_shaped_clip(out: str | Path) -> Path:
+    """A random CLIP with the shapes of openai/clip-vit-base-patch16 (the bench's model, about 600 MB)."""
+    return save_random_clip(out, layers=12, width=768, heads=12, mlp=3072, image_size=224, patch_size=16,
+                            text_layers=12, text_width=512, text_heads=8, projection_dim=512)
+
+
+# --------------------------------------------------------------------------------------------------
+# COCO-format datasets and experiment files.
+
+CATEGORIES = ["cat", "dog", "bird", "car"]
+PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo of a bird", "bird"),
+           ("a photo of a car", "car")]
+
+
+def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = (),
+              size: tuple[int, int] = (40, 30), noise: bool = False) -> Path:
+    """``n`` real JPEGs with COCO instances and captions files under ``root``.
+
+    Image i is a cat when odd, a dog when even, both when a multiple of 5, and image 7 also holds a bird;
+    its caption says "black cat" when i is a multiple of 3. Images are a plain colour with a few random
+    pixels, or (``noise``) random pixels throughout, which are large and slow to decode like photos.
+    Image ids in ``broken`` get a corrupt file; an id listed in the JSON but absent is made by the caller.
+    """
+    rng = random.Random(seed)
+    noise_rng = np.random.default_rng(seed)
+    width, height = size
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    images, anns, caps = [], [], []
+    for i in range(1, n + 1):
+        name = f"{i:012d}.jpg"
+        path = root / "images" / name
+        if noise:
+            im = Image.fromarray(noise_rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        else:
+            im = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+            for _ in range(20):
+                im.putpixel((rng.randrange(width), rng.randrange(height)), tuple(rng.randrange(256) for _ in range(3)))
+        if i in broken:
+            path.write_bytes(b"not a jpeg at all")
+        else:
+            im.save(path, quality=90)
+        images.append({"id": i, "file_name": name, "width": width, "height": height})
+        cat_ids = [1 if i % 2 else 2] + ([2 if i % 2 else 1] if i % 5 == 0 else []) + ([3] if i == 7 else [])
+        for c in cat_ids:
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "bbox": [1, 1, 10, 10],
+                         "area": 100.0, "iscrowd": 0, "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]})
+        word = "black cat" if i % 3 == 0 else ("cat" if i % 2 else "dog")
+        caps.append({"id": i, "image_id": i, "caption": f"a {word} sitting on a sink"})
+    cats = [{"id": k + 1, "name": name, "supercategory": "thing"} for k, name in enumerate(CATEGORIES)]
+    (root / "annotations" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (root / "annotations" / "captions.json").write_text(
+        json.dumps({"images": images, "annotations": caps}))
+    return root
+
+
+def experiment_text(model: Path, coco: Path, db: Path, *, name: str = "t", sweep: str = "paper",
+                    extra: tuple[str, ...] = (), prompts=PROMPTS, categories=("cat", "dog"),
+                    batch_size: int = 4, captioner: Path | None = None, embeddings: str | None = None,
+                    more: str = "") -> str:
+    """An experiment file over a make_coco dataset; ``more`` is appended as written (extra tables)."""
+    lines = [
+        f'name = "{name}"',
+        "[model]",
+        f'clip = "{model}"',
+        'device = "cpu"',
+        f"batch_size = {batch_size}",
+        *([f'captioner = "{captioner}"'] if captioner else []),
+        "[dataset]",
+        f'images = "{coco / "images"}"',
+        f'annotations = "{coco / "annotations" / "instances.json"}"',
+        f"categories = {json.dumps(list(categories))}",
+        "[ablations]",
+        f'sweep = "{sweep}"',
+        f"extra = {json.dumps(list(extra))}",
+        "[store]",
+        f'db = "{db}"',
+        *([f'embeddings = "{embeddings}"'] if embeddings else []),
+    ]
+    for text, label in prompts:
+        lines += ["[[prompts]]", f'text = "{text}"', f'label = "{label}"']
+    return "\n".join(lines) + "\n" + more
+
+
+def write_experiment(path: Path, *args, **kwargs) -> Path:
+    """experiment_text(*args, **kwargs) written to ``path``."""
+    path.write_text(experiment_text(*args, **kwargs))
+    return path

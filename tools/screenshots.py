@@ -1,6 +1,6 @@
 """Screenshots of every dashboard page from a real server and a real browser.
 
-``python -m dashboard.screenshots --db data/demo.duckdb --out docs/screenshots`` starts
+``python -m tools.screenshots --db data/results.duckdb --out docs/screenshots`` starts
 ``streamlit run dashboard/app.py`` on a free port, opens each page in headless Chromium (Debian's
 ``/usr/bin/chromium`` driven by the playwright package; never ``playwright install``), waits until the
 script has finished, and saves one PNG per page. tests/test_browser.py uses the same functions and also
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
+
+from compute.store import DEFAULT_DB_TEXT, default_db
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -122,9 +124,9 @@ def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.screenshots", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.screenshots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", type=Path, default=ROOT / "data" / "demo.duckdb", help="store to show")
+    parser.add_argument("--db", type=Path, default=default_db(), help=f"store to show (default: {DEFAULT_DB_TEXT})")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
     parser.add_argument("--run", help="run to show (default: the dashboard's default, the newest)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

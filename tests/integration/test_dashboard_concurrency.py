@@ -13,14 +13,13 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, make_coco, write_experiment
+from conftest import APP, ROOT
 from streamlit.testing.v1 import AppTest
 
 from compute import store
+from compute.store import DB_ENV
+from compute.testing import make_coco, write_experiment
 from dashboard import queries, ui
-from dashboard.state import DB_ENV
-
-APP = str(ROOT / "dashboard" / "app.py")
 
 
 def run_progress(db) -> tuple[str, int, int] | None:

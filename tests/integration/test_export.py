@@ -5,8 +5,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 import pytest
-from conftest import run_cli
-from test_dashboard import N_ABLATIONS, build_dash_store
+from conftest import DASH_ABLATIONS, run_cli
 
 from compute import store
 from compute.__main__ import main
@@ -16,11 +15,6 @@ CHARTS = ["table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", 
           "blocks_score_baseline", "layers_caption_score", "blocks_caption_score", "label_accuracy",
           "confusion_baseline"]
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
-
-
-@pytest.fixture(scope="module")
-def dash_store(tiny_clip, tmp_path_factory):
-    return build_dash_store(tiny_clip, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +50,7 @@ def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
     markdown = (pack / "summary.md").read_text()
     latex = (pack / "summary.tex").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "ablation" not in line]
-    assert len(rows) == N_ABLATIONS == latex.count(r"\\") - 1
+    assert len(rows) == DASH_ABLATIONS == latex.count(r"\\") - 1
     for line, r in zip(rows, summary.itertuples(), strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == r.ablation and int(cells[1]) == r.images
@@ -74,7 +68,7 @@ def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
 def test_selections_csv_and_parquet_are_the_same_rows_as_the_view(pack, dash_store):
     csv = pd.read_csv(pack / "selections.csv")
     parquet = pd.read_parquet(pack / "selections.parquet")
-    assert len(csv) == len(parquet) == 9 * N_ABLATIONS
+    assert len(csv) == len(parquet) == 9 * DASH_ABLATIONS
     assert list(csv.columns) == list(parquet.columns)
     assert (csv["image_id"].to_numpy() == parquet["image_id"].to_numpy()).all()
     with duckdb.connect(str(dash_store), read_only=True) as con:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import duckdb
 import pytest
 import torch
-from conftest import make_coco, write_experiment
+from conftest import sql
 from PIL import Image
 
 from compute.captions import continue_prefix
@@ -16,20 +14,14 @@ from compute.config import load_experiment
 from compute.dataset import open_image
 from compute.errors import InputError
 from compute.models import load_captioner, load_clip
-from compute.random_models import save_random_blip, save_random_vision_encoder_decoder
-from compute.runner import image_embeddings_unablated, run, text_embeddings
-
-BUILDERS = {"blip": save_random_blip, "vision-encoder-decoder": save_random_vision_encoder_decoder}
-
-
-@pytest.fixture(scope="module", params=list(BUILDERS))
-def captioner(request, tmp_path_factory):
-    return request.param, BUILDERS[request.param](tmp_path_factory.mktemp("cap") / request.param)
+from compute.runner import run
+from compute.scoring import image_embeddings_unablated, text_embeddings
+from compute.testing import make_coco, write_experiment
 
 
-def rows(db, sql, params=()):
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql, params).fetchall()
+@pytest.fixture(params=["blip", "vision-encoder-decoder"])
+def captioner(request, tiny_blip, tiny_ved):
+    return request.param, {"blip": tiny_blip, "vision-encoder-decoder": tiny_ved}[request.param]
 
 
 def test_captions_generated_once_per_distinct_prefix_equal_one_by_one_generation(tiny_clip, captioner, tmp_path):
@@ -37,23 +29,20 @@ def test_captions_generated_once_per_distinct_prefix_equal_one_by_one_generation
     coco = make_coco(tmp_path / "coco", n=6)
     db = tmp_path / "r.duckdb"
     more = "[captions]\nmax_new_tokens = 6\nnum_beams = 2\nbatch_size = 4\n"
-    path = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, extra=("zero:1-12",), more=more)
-    text = path.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap_dir}"')
-    path.write_text(text)
-    exp = load_experiment(path)
-    said: list[str] = []
-    run(exp, progress=False, echo=said.append)
+    path = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, extra=("zero:1-12",), more=more,
+                            captioner=cap_dir)
+    result = run(load_experiment(path), progress=False, echo=lambda _: None)
 
-    sel = rows(db, """SELECT s.image_id, s.ablation, s.prompt, s.caption, s.caption_score, i.path
+    sel = sql(db, """SELECT s.image_id, s.ablation, s.prompt, s.caption, s.caption_score, i.path
                       FROM selections s JOIN image_t i ON i.image_id = s.image_id ORDER BY ALL""")
     assert len(sel) == 6 * 22 and all(r[3] is not None for r in sel)
     assert all(r[3].startswith(r[2]) for r in sel)  # each caption continues its selected prompt
     distinct = {(r[0], r[2]) for r in sel}
     assert len(distinct) < len(sel)  # ablations share prefixes, so sharing is tested
-    line = next(s for s in said if s.startswith("captions:"))
-    n_keys, n_generated, n_calls = map(int, re.findall(r"(\d+) (?:distinct|generated in|batched)", line))
-    assert n_keys == n_generated == len(distinct)
-    assert n_calls < n_generated
+    stats = result.captions
+    assert stats.keys == stats.generated == len(distinct)  # each distinct (image, prefix) generated once
+    assert 0 < stats.generate_calls < stats.generated  # batched by prefix
+    assert sql(db, "SELECT COUNT(*) FROM caption_cache_t") == [(len(distinct),)]
 
     # The same captions as generating for every (image, ablation) one by one.
     cap = load_captioner(str(cap_dir), "cpu")
@@ -70,22 +59,21 @@ def test_captions_generated_once_per_distinct_prefix_equal_one_by_one_generation
     assert abs(expected - score) < 1e-5
 
 
-def test_a_second_run_reuses_the_caption_cache(tiny_clip, tmp_path):
-    cap_dir = save_random_vision_encoder_decoder(tmp_path / "ved")
+def test_a_second_run_reuses_the_caption_cache(tiny_clip, tiny_ved, tmp_path):
     coco = make_coco(tmp_path / "coco", n=4)
     db = tmp_path / "r.duckdb"
-    said = []
+    said, stats = [], []
     for name in ("first", "second"):
-        path = write_experiment(tmp_path / f"{name}.toml", tiny_clip, coco, db, name=name, sweep="singles")
-        path.write_text(path.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap_dir}"'))
-        run(load_experiment(path), progress=False, echo=said.append)
-    first, second = [s for s in said if s.startswith("captions:")]
-    assert " 0 from the cache" in first
-    assert re.search(r": 0 generated in 0 batched calls, (\d+) from the cache", second)
-    a = rows(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'first' ORDER BY ALL")
-    b = rows(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'second' ORDER BY ALL")
+        path = write_experiment(tmp_path / f"{name}.toml", tiny_clip, coco, db, name=name, sweep="singles",
+                                captioner=tiny_ved)
+        stats.append(run(load_experiment(path), progress=False, echo=said.append).captions)
+    first, second = stats
+    assert first.keys == first.generated > 0  # nothing cached yet
+    assert second.keys == first.keys and second.generated == second.generate_calls == 0  # all from the cache
+    a = sql(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'first' ORDER BY ALL")
+    b = sql(db, "SELECT image_id, ablation, caption FROM selections WHERE run = 'second' ORDER BY ALL")
     assert a == b
-    assert rows(db, "SELECT status FROM runs ORDER BY run") == [("complete",), ("complete",)]
+    assert sql(db, "SELECT status FROM runs ORDER BY run") == [("complete",), ("complete",)]
     summary = [s for s in said if "caption_score" in s]
     assert summary  # the summary table gains the study's second column
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compute.ablations import mean_layers, parse_ablation, patched, sweep, vision_layers
-from compute.engine import SweepEngine, attention_means, build_tree, count_nodes
+from compute.engine import SweepEngine, attention_means, build_tree, count_nodes, plain_batch
 
 EXTRAS = ["zero:5-8", "zero:12", "uniform:3", "uniform:10-12", "uniform:1,12", "mean:2,7", "mean:12",
           "mean:1-12", "identity:1,5,9", "identity:11,12"]
@@ -71,10 +71,24 @@ def test_engine_logits_match_the_plain_rerun_for_every_image_ablation_and_prompt
     assert all((torch.cat(fast[a]) - base).abs().max() > 1e-3 for a in ablations[1:])
 
 
-def test_paper_sweep_needs_143_layer_evaluations_not_252():
+def count_layer_calls(model, run):
+    """How many times ``run()`` evaluates one of the vision tower's encoder layers."""
+    calls = []
+    handles = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in vision_layers(model)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return len(calls)
+
+
+def test_paper_sweep_needs_143_layer_evaluations_where_the_plain_method_needs_252(model):
     ablations = sweep("paper", 12)
     assert count_nodes(build_tree(ablations, 12)) == 143
-    assert 21 * 12 == 252
+    # The plain method really runs every layer of every ablation: 21 x 12.
+    pixels, tokens = torch.randn(2, 3, 32, 32), {"input_ids": torch.tensor([[2, 4, 5, 3]])}
+    assert count_layer_calls(model, lambda: plain_batch(model, ablations, pixels, tokens)) == 252
     # A lone baseline is one pass; singles share everything before their layer.
     assert count_nodes(build_tree(sweep("none", 12), 12)) == 12
     assert count_nodes(build_tree(sweep("singles", 12), 12)) == 12 + sum(range(1, 13))

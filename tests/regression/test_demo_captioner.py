@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from compute import demo_data
 from compute.captions import continue_prefix
+from compute.demo import data as demo_data
+from compute.demo.train_captioner import Example, build_tokenizer, encode, parse_continuation
 from compute.models import LoadedCaptioner, load_captioner
-from compute.train_demo_captioner import Example, build_tokenizer, encode, parse_continuation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "data" / "demo" / "models" / "captioner"
 N = 50
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
-from conftest import make_coco, run_cli, write_experiment
+from conftest import run_cli, sql
 
 from compute.__main__ import main
+from compute.testing import make_coco, write_experiment
 
 VIEW_COLUMNS = {
     "scores": ["run", "image_id", "ablation", "prompt", "label", "logit", "prob"],
@@ -22,10 +22,6 @@ VIEW_COLUMNS = {
 }
 EXTRAS = ("zero:5-8", "uniform:2", "mean:3,11", "identity:1,5,9")
 
-
-def table(db, sql, params=()):
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql, params).fetchall()
 
 
 @pytest.fixture
@@ -43,21 +39,21 @@ def test_run_stores_every_pair_once_in_the_public_views(tiny_clip, coco_with_bad
     assert "identity:1-12" in result.stdout and "accuracy" in result.stdout  # the summary table
 
     for view, columns in VIEW_COLUMNS.items():
-        got = [r[0] for r in table(db, f"SELECT column_name FROM (DESCRIBE {view})")]
+        got = [r[0] for r in sql(db, f"SELECT column_name FROM (DESCRIBE {view})")]
         assert got == columns, view
     n_ok, n_ablations, n_prompts = 8, 21 + len(EXTRAS), 4
-    assert table(db, "SELECT COUNT(*) FROM images")[0][0] == 10
-    assert table(db, "SELECT COUNT(*) FROM selections")[0][0] == n_ok * n_ablations
-    assert table(db, "SELECT COUNT(*) FROM scores")[0][0] == n_ok * n_ablations * n_prompts
-    assert table(db, "SELECT COUNT(*) FROM (SELECT DISTINCT image_id, ablation FROM selections)")[0][0] == n_ok * n_ablations
-    assert table(db, "SELECT status FROM runs")[0][0] == "complete"
-    errors = table(db, "SELECT image_id, stage, message FROM errors ORDER BY image_id")
+    assert sql(db, "SELECT COUNT(*) FROM images")[0][0] == 10
+    assert sql(db, "SELECT COUNT(*) FROM selections")[0][0] == n_ok * n_ablations
+    assert sql(db, "SELECT COUNT(*) FROM scores")[0][0] == n_ok * n_ablations * n_prompts
+    assert sql(db, "SELECT COUNT(*) FROM (SELECT DISTINCT image_id, ablation FROM selections)")[0][0] == n_ok * n_ablations
+    assert sql(db, "SELECT status FROM runs")[0][0] == "complete"
+    errors = sql(db, "SELECT image_id, stage, message FROM errors ORDER BY image_id")
     assert [(i, s) for i, s, _ in errors] == [(4, "load"), (6, "load")]
     assert "cannot decode" in errors[0][2] and "not found" in errors[1][2]
 
     # Definitions: prob is the softmax of the logits over the prompts; the selection is the argmax;
     # correct means its label is among the image's labels; captions stay NULL without a captioner.
-    rows = table(db, """
+    rows = sql(db, """
         SELECT s.image_id, s.ablation, s.label, s.correct, list(sc.logit ORDER BY sc.prompt),
                list(sc.prob ORDER BY sc.prompt), list(sc.prompt ORDER BY sc.prompt), any_value(s.prompt),
                any_value(i.labels), s.caption
@@ -72,14 +68,14 @@ def test_run_stores_every_pair_once_in_the_public_views(tiny_clip, coco_with_bad
         assert correct == (label in labels)
         assert caption is None
     # Image labels are the category names of its annotations (image 7 also has a bird; 10 has both).
-    labels = dict(table(db, "SELECT image_id, labels FROM images"))
+    labels = dict(sql(db, "SELECT image_id, labels FROM images"))
     assert labels[7] == ["bird", "cat"] and labels[10] == ["cat", "dog"] and labels[2] == ["dog"]
 
     # Running it again resumes: nothing recomputed, nothing duplicated, the same values.
-    before = table(db, "SELECT * FROM scores ORDER BY ALL")
+    before = sql(db, "SELECT * FROM scores ORDER BY ALL")
     again = run_cli("run", str(exp), "--no-progress")
     assert again.returncode == 0 and "resuming" in again.stdout
-    assert table(db, "SELECT * FROM scores ORDER BY ALL") == before
+    assert sql(db, "SELECT * FROM scores ORDER BY ALL") == before
 
     listing = run_cli("list", "--db", str(db))
     assert listing.returncode == 0 and "complete" in listing.stdout and "100%" in listing.stdout
@@ -92,13 +88,13 @@ def test_engine_and_plain_method_store_the_same_results(tiny_clip, tmp_path):
         dbs[method] = tmp_path / f"{method}.duckdb"
         exp = write_experiment(tmp_path / f"{method}.toml", tiny_clip, coco, dbs[method], extra=EXTRAS, batch_size=3)
         assert main(["run", str(exp), "--method", method, "--no-progress"]) == 0
-    sql = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
-    fast, plain = table(dbs["engine"], sql), table(dbs["plain"], sql)
+    query = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
+    fast, plain = sql(dbs["engine"], query), sql(dbs["plain"], query)
     assert len(fast) == len(plain) == 7 * (21 + len(EXTRAS)) * 4
     assert [r[:3] for r in fast] == [r[:3] for r in plain]
     assert max(abs(a[3] - b[3]) for a, b in zip(fast, plain, strict=True)) < 1e-4
     sel = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY ALL"
-    assert table(dbs["engine"], sel) == table(dbs["plain"], sel)
+    assert sql(dbs["engine"], sel) == sql(dbs["plain"], sel)
 
 
 def test_a_changed_configuration_is_refused_with_a_way_forward(tiny_clip, tiny_coco, tmp_path, capsys):
@@ -112,7 +108,7 @@ def test_a_changed_configuration_is_refused_with_a_way_forward(tiny_clip, tiny_c
     assert err.startswith("error: run 't' already exists") and "ablations" in err and "compute delete t" in err
     assert main(["delete", "t", "--db", str(db)]) == 0
     assert main(["run", str(exp), "--no-progress"]) == 0
-    assert table(db, "SELECT COUNT(DISTINCT ablation) FROM selections")[0][0] == 13
+    assert sql(db, "SELECT COUNT(DISTINCT ablation) FROM selections")[0][0] == 13
 
 
 def _bad(tmp_path, tiny_clip, tiny_coco, case):
@@ -190,7 +186,17 @@ def test_bad_input_as_a_real_process_has_no_traceback(tiny_clip, tiny_coco, tmp_
     assert not (tmp_path / "bad.duckdb").exists()
 
 
-@pytest.mark.parametrize("verb", ["run", "list", "delete", "fetch"])
+VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
+
+
+def test_the_help_test_covers_every_verb():
+    from compute.__main__ import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb")
+    assert sorted(sub.choices) == sorted(VERBS)
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as info:
         main([verb, "--help"])
@@ -204,6 +210,6 @@ def test_cli_overrides_and_stored_config(tiny_clip, tiny_coco, tmp_path):
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, tiny_coco, tmp_path / "unused.duckdb", sweep="none")
     assert main(["run", str(exp), "--db", str(db), "--limit", "3", "--batch-size", "2", "--no-progress"]) == 0
     assert not (tmp_path / "unused.duckdb").exists()
-    assert table(db, "SELECT COUNT(*) FROM images")[0][0] == 3
-    config = json.loads(table(db, "SELECT config FROM runs")[0][0])
+    assert sql(db, "SELECT COUNT(*) FROM images")[0][0] == 3
+    config = json.loads(sql(db, "SELECT config FROM runs")[0][0])
     assert config["dataset"]["limit"] == 3 and config["vision"]["layers"] == 12

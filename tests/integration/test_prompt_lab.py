@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import shutil
 
-import duckdb
 import pytest
-from test_dashboard import APP, N_ABLATIONS, build_dash_store
+from conftest import APP, DASH_ABLATIONS, sql
 
-from dashboard.state import DB_ENV
+from compute.store import DB_ENV
 
 
 @pytest.fixture
-def store_copy(tiny_clip, tmp_path_factory, tmp_path):
+def store_copy(dash_store, tmp_path):
     """A private copy of the dashboard test store: this test adds a run to it."""
     db = tmp_path / "lab.duckdb"
-    shutil.copy(build_dash_store(tiny_clip, tmp_path_factory), db)
+    shutil.copy(dash_store, db)
     return db
-
-
-def sql(db, query, params=()):
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(query, params).fetchall()
 
 
 def accuracy_by_ablation(db, run):
@@ -46,7 +40,7 @@ def test_prompt_lab_scores_typed_prompts_and_saves_them_as_a_run(store_copy, mon
     assert at.text_area[0].value == "\n".join(f"{p} | {label}" for p, label in prompts)
     table = at.dataframe[0].value
     stored = accuracy_by_ablation(store_copy, "tiny")
-    assert list(table["ablation"]) == [a for a, _ in stored] and len(stored) == N_ABLATIONS
+    assert list(table["ablation"]) == [a for a, _ in stored] and len(stored) == DASH_ABLATIONS
     assert max(abs(x - y) for x, (_, y) in zip(table["accuracy"], stored, strict=True)) < 1e-6
 
     # New prompts: the table changes, the URL keeps them, and saving makes a run with the same numbers.

@@ -11,7 +11,9 @@ import time
 
 import duckdb
 import pytest
-from conftest import ROOT, make_coco, write_experiment
+from conftest import ROOT
+
+from compute.testing import make_coco, write_experiment
 
 EXTRAS = ("zero:5-8", "mean:3,11")
 

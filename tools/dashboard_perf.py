@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import torch
 from PIL import Image
 
-from compute import store
+from compute import scoring, store
 from compute.ablations import sweep
 from compute.config import Prompt
 from compute.dataset import ImageRecord
@@ -27,7 +29,7 @@ from compute.dataset import ImageRecord
 RUN = "bench"
 N_IMAGES, N_PROMPTS, N_LAYERS, BATCH = 5000, 80, 12, 250
 FIRST_RENDER_S, FILTER_CHANGE_S = 1.5, 0.5
-APP = Path(__file__).with_name("app.py")
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
 def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: int = N_PROMPTS,
@@ -54,6 +56,7 @@ def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: 
     # How much each ablation weakens the signal: none for baseline, some for single layers, more for blocks.
     weakening = np.array([0.0 if not a.layers else min(1.0, rng.uniform(0.0, 0.5) * len(a.layers) ** 0.5)
                           for a in ablations], np.float32)
+    text = torch.nn.functional.normalize(torch.randn(n_prompts, 16), dim=-1)
     with store.connect(db) as con:
         run_id = store.create_run(con, store.NewRun(
             name=RUN, model="synthetic", config_json="{}", config_hash="bench", n_layers=N_LAYERS,
@@ -64,16 +67,17 @@ def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: 
             n = len(ids)
             signal = (1 - weakening)[None, :, None] * 5.0 * truth[ids][:, None, :]  # (n, A, P)
             logits = (20 + 2 * rng.standard_normal((n, n_abl, n_prompts), dtype=np.float32) + signal).astype(np.float32)
-            exp = np.exp(logits - logits.max(axis=2, keepdims=True))
-            probs = exp / exp.sum(axis=2, keepdims=True)
-            picked = logits.argmax(axis=2)  # (n, A)
-            correct = np.take_along_axis(truth[ids][:, None, :].repeat(n_abl, 1), picked[:, :, None], 2)[:, :, 0]
-            score = (0.2 + 0.05 * correct + 0.01 * rng.standard_normal((n, n_abl))).astype(np.float32)
+            judge = torch.nn.functional.normalize(torch.randn(n, 16), dim=-1)  # stand-ins for the embeddings
+            sel = scoring.select(torch.from_numpy(logits), torch.from_numpy(truth[ids]), judge, text)
             store.write_batch(con, run_id, store.BatchResult(
-                image_ids=ids + 1, ablation_ids=np.arange(n_abl, dtype=np.int16), logits=logits, probs=probs,
-                correct=correct, score_baseline=score, embeddings=None, errors=[], attempted=[int(i) + 1 for i in ids]))
-        con.execute("UPDATE selection_t SET caption = 'a photo of something', "
-                    "caption_score = score_baseline + 0.03 WHERE run_id = ?", [run_id])
+                image_ids=ids + 1, ablation_ids=np.arange(n_abl, dtype=np.int16), selection=sel, embeddings=None,
+                errors=[], attempted=[int(i) + 1 for i in ids]))
+            # Every selection gets a generated caption, as with a captioner.
+            pairs = np.unique(np.stack([np.repeat(ids + 1, n_abl), sel.prompt_id.reshape(-1)], axis=1), axis=0)
+            store.fill_captions(con, run_id, pa.table({
+                "image_id": pa.array(pairs[:, 0], pa.int64()), "prompt_id": pa.array(pairs[:, 1], pa.int16()),
+                "caption": ["a photo of something"] * len(pairs),
+                "caption_score": pa.array(rng.uniform(0.1, 0.4, len(pairs)).astype(np.float32))}))
         store.set_status(con, run_id, "complete")
     return db
 
@@ -122,7 +126,7 @@ def _timed_run(at) -> float:
 def time_pages(db: Path) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
-    from dashboard.state import DB_ENV
+    from compute.store import DB_ENV
 
     os.environ[DB_ENV] = str(db)
     # Imports and Altair's first use of each chart type are paid once per server process, not per page.

@@ -1,20 +1,21 @@
 """Train the embedded demo's captioner on the synthetic shapes and save it in ``save_pretrained`` layout.
 
-    python -m compute.train_demo_captioner --out data/demo/models/captioner [--steps 2500] [--seed 0]
+    python -m compute.demo.train_captioner --out data/demo/models/captioner [--steps 2500] [--seed 0]
 
 A real ``transformers.VisionEncoderDecoderModel``: a ViT encoder (64 px, patch 16 = 17 tokens, 4 x 128)
 and a GPT-2 decoder with cross-attention (3 x 128), a word-level tokenizer over the demo's words and a
 ``ViTImageProcessor``. It plays the study's captioner: given the caption CLIP picked ("a photo of a
 red circle") it continues it for the image ("... on a blue background with a small green square").
 
-Training images are rendered in memory by ``compute.demo_data``, fresh for every step, from a seed
+Training images are rendered in memory by ``compute.demo.data``, fresh for every step, from a seed
 stream the held-out val split never uses. The loss is teacher-forced cross-entropy on whole captions:
 the dataset caption, the same caption with the colour left out (so shape-only prompts continue too),
 and a few captions that start with a *wrong* object ("a photo of a green star" on a red circle), whose
 loss covers only the continuation: the study feeds the captioner whatever CLIP picked, right or not.
 
 The model is saved in fp16 (~3 MB), reloaded in fp32 through ``compute.models.load_captioner`` and
-scored on the val split through ``compute.captions.continue_prefix``, the project's own path.
+scored on the val split through ``compute.captions.continue_prefix``, the project's own path. Long because
+a training script is read top to bottom: data, model, loss, evaluation and the report in one file.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from compute import demo_data
-from compute.demo_data import COLOURS, PROMPT_TEMPLATE, SHAPES, ImageSpec
-from compute.models import LoadedCaptioner, load_captioner
-from compute.training import (
+from compute.demo import N_IMAGES, SEED, SPLIT
+from compute.demo import data as demo_data
+from compute.demo.data import COLOURS, PROMPT_TEMPLATE, SHAPES, ImageSpec
+from compute.demo.training import (
     LossLog,
     folder_mib,
     lr_at,
@@ -54,6 +55,7 @@ from compute.training import (
     training_cli,
     word_tokenizer,
 )
+from compute.models import LoadedCaptioner, load_captioner
 
 MAX_POSITIONS = 64  # longest caption is 15 words; room for a prefix plus max_new_tokens = 20 and more
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # ViT's own default normalisation
@@ -70,7 +72,6 @@ CAPTION_MIX = {"full": 0.6, "shape": 0.3, "wrong_prefix": 0.1}
 # A wrong prefix names a random object; sometimes with words the vocabulary lacks (they become <unk>),
 # as prompts written for other datasets would.
 UNKNOWN_WORDS = ("dog", "cat", "car", "bird")
-VAL_N, VAL_SEED = 600, 0  # = write_coco(.., "val", 600, 0), the demo's held-out split
 MAX_NEW_TOKENS, NUM_BEAMS = 20, 3  # CaptionsConfig's defaults: evaluate as the project generates
 EVAL_BATCH = 64
 BAR = 0.9  # background named right after the true short caption
@@ -278,7 +279,7 @@ def evaluate(path: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Rates per prefix kind on the val split, and a few example continuations, from the saved folder."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cap = load_captioner(str(path), device="cpu")
-    specs = demo_data.sample_specs(demo_data.split_rng("val", VAL_SEED), VAL_N)
+    specs = demo_data.sample_specs(demo_data.split_rng(SPLIT, SEED), N_IMAGES)
     metrics, by_kind = {}, {}
     for kind, prefix_of in PREFIX_KINDS.items():
         by_kind[kind] = generate_all(cap, specs, prefix_of)
@@ -366,7 +367,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         "seconds": round(time.time() - t0, 1),
         "final_loss": log.losses[steps],
         "losses": log.losses,
-        "val": {"split": "val", "n": VAL_N, "seed": VAL_SEED, "max_new_tokens": MAX_NEW_TOKENS,
+        "val": {"split": SPLIT, "n": N_IMAGES, "seed": SEED, "max_new_tokens": MAX_NEW_TOKENS,
                 "num_beams": NUM_BEAMS, **metrics},
         "examples": examples,
         "bar": {"val.true_short.background": BAR},
@@ -377,7 +378,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = training_cli("python -m compute.train_demo_captioner",
+    args = training_cli("python -m compute.demo.train_captioner",
                         "Train the demo's captioner (ViT + GPT-2 VisionEncoderDecoderModel) on synthetic shapes "
                         "and save it (fp16, save_pretrained layout), then score it on the val split.",
                         default_steps=2500, warmup=WARMUP, argv=argv)

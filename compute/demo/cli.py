@@ -2,7 +2,7 @@
 
 Generates the synthetic shapes dataset if it is missing, runs (or resumes) both demo experiments with the
 toy CLIP and captioner the project ships under data/demo/models, prints their summary tables, and starts
-the dashboard on data/demo.duckdb.
+the dashboard on the store they wrote (the default store: data/results.duckdb, or $CLIP_LAB_DB).
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from compute.demo import DEMO_DATA, DEMO_MODELS, EXPERIMENTS, N_IMAGES, ROOT, SEED, SPLIT
 from compute.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_DATA = ROOT / "data" / "demo" / "shapes"
-DEMO_MODELS = ROOT / "data" / "demo" / "models"
-EXPERIMENTS = [ROOT / "experiments" / "demo-shapes.toml", ROOT / "experiments" / "demo-attributes.toml"]
-DEMO_DB = ROOT / "data" / "demo.duckdb"
-N_VAL, SEED = 600, 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,22 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from compute.config import load_experiment
-    from compute.demo_data import write_coco
+    from compute.demo.data import write_coco
     from compute.runner import run
 
     for name in ("clip", "captioner"):
         if not (DEMO_MODELS / name / "config.json").is_file():
             raise InputError(f"the demo {name} is missing from {DEMO_MODELS / name}: "
-                             f"retrain it with python -m compute.train_demo_{name} --out {DEMO_MODELS / name}")
-    if write_coco(DEMO_DATA, "val", N_VAL, SEED, progress=not args.no_progress):
-        print(f"generated the demo dataset: {N_VAL} images in {DEMO_DATA / 'val'}")
+                             f"retrain it with python -m compute.demo.train_{name} --out {DEMO_MODELS / name}")
+    if write_coco(DEMO_DATA, SPLIT, N_IMAGES, SEED, progress=not args.no_progress):
+        print(f"generated the demo dataset: {N_IMAGES} images in {DEMO_DATA / SPLIT}")
+    dbs = []
     for path in EXPERIMENTS:
         exp = load_experiment(path)
         print(f"\n== {exp.name} ({path.relative_to(ROOT)}) ==")
         run(exp, progress=not args.no_progress)
+        dbs.append(exp.store.db)
     if args.no_dashboard:
         return 0
-    return start_dashboard(DEMO_DB, args.port)
+    return start_dashboard(dbs[-1], args.port)
 
 
 def start_dashboard(db: Path, port: int) -> int:

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0..3: <eos> = 3, never 2 (see NOTES: CLIP pooling)
+# ids 0..3. <eos> must not be id 2: CLIP's text tower reads eos_token_id == 2 as "legacy config" and pools
+# at the largest token id instead of the end token.
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 def word_tokenizer(words: list[str], max_length: int, append_end: bool):

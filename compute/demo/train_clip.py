@@ -1,10 +1,10 @@
 """Train the embedded demo's toy CLIP on the synthetic shapes and save it in ``save_pretrained`` layout.
 
-    python -m compute.train_demo_clip --out data/demo/models/clip [--steps 1000] [--seed 0]
+    python -m compute.demo.train_clip --out data/demo/models/clip [--steps 1000] [--seed 0]
 
 A real ``transformers.CLIPModel`` (vision 12 x 64, patch 16 on 64 px images = 17 tokens; text 4 x 128;
 projection 64), a word-level tokenizer over the demo's words, and a ``CLIPImageProcessor``. The
-training images are rendered in memory by ``compute.demo_data`` with a seed stream the held-out
+training images are rendered in memory by ``compute.demo.data`` with a seed stream the held-out
 val split never uses. The loss is a multi-positive contrastive loss: a caption is a positive
 for every image in the batch it is true of (the standard one-hot CLIP loss punishes the many
 true duplicates in a batch of 128 drawn from a few dozen captions, and learns far slower).
@@ -28,10 +28,10 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
-from compute import demo_data
-from compute.demo_data import PROMPT_TEMPLATE, SHAPES, ImageSpec
-from compute.models import load_clip
-from compute.training import (
+from compute.demo import N_IMAGES, SEED, SPLIT
+from compute.demo import data as demo_data
+from compute.demo.data import PROMPT_TEMPLATE, SHAPES, ImageSpec
+from compute.demo.training import (
     LossLog,
     folder_mib,
     lr_at,
@@ -41,6 +41,7 @@ from compute.training import (
     training_cli,
     word_tokenizer,
 )
+from compute.models import load_clip
 
 MAX_TOKENS = 32
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -57,7 +58,6 @@ SHAPE_ONLY_WEIGHT = 0.3  # image->text target weight of a true shape-only captio
 # Caption kinds drawn per training example. "full" is the dataset caption (background and
 # distractor too), so that generated captions later get meaningful scores.
 CAPTION_MIX = {"colour_shape": 0.55, "shape": 0.30, "full": 0.15}
-VAL_N, VAL_SEED = 600, 0
 BAR = 0.95
 
 
@@ -286,7 +286,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
     reloaded, reloaded_processor = load(out)
     val_specs = demo_data.sample_specs(
-        demo_data.split_rng("val", VAL_SEED), VAL_N
+        demo_data.split_rng(SPLIT, SEED), N_IMAGES
     )  # = write_coco(.., "val", 600, 0)
     metrics = evaluate(reloaded, reloaded_processor, val_specs)
     return {
@@ -300,7 +300,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
         "train_seconds": round(train_s, 1),
         "seconds": round(time.time() - t0, 1),
         "losses": log.losses,
-        "val": {"split": "val", "n": VAL_N, "seed": VAL_SEED, **metrics},
+        "val": {"split": SPLIT, "n": N_IMAGES, "seed": SEED, **metrics},
         "bar": BAR,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -309,7 +309,7 @@ def train(out: Path, steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = training_cli("python -m compute.train_demo_clip",
+    args = training_cli("python -m compute.demo.train_clip",
                         "Train the demo's toy CLIP on synthetic shapes and save it (fp16, save_pretrained layout).",
                         default_steps=1000, warmup=WARMUP, argv=argv)
     if args is None:

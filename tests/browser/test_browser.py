@@ -10,9 +10,8 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_dashboard import build_dash_store
 
-from dashboard.screenshots import CHROMIUM, PAGES, serve, shoot
+from tools.screenshots import CHROMIUM, PAGES, serve, shoot
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 TITLES = {"overview": "Overview", "layers": "Layers", "image": "Image", "failures": "Failures",
@@ -27,7 +26,7 @@ def _skip_loudly(reason: str) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_every_page_renders_without_an_exception_in_chromium(tiny_clip, tmp_path_factory):
+def test_every_page_renders_without_an_exception_in_chromium(dash_store):
     if not CHROMIUM.is_file():
         _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run "
                      "(apt-get install chromium; .ci/run does)")
@@ -35,7 +34,7 @@ def test_every_page_renders_without_an_exception_in_chromium(tiny_clip, tmp_path
         import playwright.sync_api  # noqa: F401
     except ImportError:
         _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
-    db = build_dash_store(tiny_clip, tmp_path_factory)
+    db = dash_store
     params = {"run": "tiny", "image": "3", "ablation": "identity:5"}
     with serve(db, ARTIFACTS / "streamlit.log") as url:
         shots = shoot(url, PAGES, ARTIFACTS, params)

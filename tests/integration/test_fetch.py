@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from coco_server import ARCHIVE, IMAGES, CocoServer, CocoTree, build_coco_tree, file_name, ids_with
 from PIL import Image
 from pycocotools.coco import COCO
 
-from compute import fetch
+from compute import download
 from compute.errors import InputError
 from compute.fetch import add_arguments, fetch_coco, main, select_images
-from tests.coco_server import ARCHIVE, IMAGES, CocoServer, CocoTree, build_coco_tree, file_name, ids_with
 
 CATS = ids_with("cat")  # 101-105
 ALL = set(IMAGES)
@@ -25,7 +25,7 @@ ALL = set(IMAGES)
 
 @pytest.fixture(autouse=True)
 def _fast_and_local(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "RETRY_BACKOFF_S", 0.0)  # retries still happen, without the waits
+    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)  # retries still happen, without the waits
     for name in ("no_proxy", "NO_PROXY"):  # a proxy set in the environment must not see 127.0.0.1
         monkeypatch.setenv(name, "127.0.0.1,localhost")
 
@@ -189,7 +189,7 @@ def test_archive_download_resumes(tree: CocoTree, server: CocoServer, out: Path,
         fetch_coco(out, base_url=server.url, verbose=False)
     part = out / ".cache" / "annotations_trainval2017.zip.part"
     assert all_files(out) == [".cache", ".cache/annotations_trainval2017.zip.part"]
-    assert server.log.requests[ARCHIVE] == fetch.TRIES
+    assert server.log.requests[ARCHIVE] == download.TRIES
     part_size = part.stat().st_size
     assert 0 < part_size < len(tree.archive_bytes)
     if ranges:  # each retry continued where the last stopped: 1/2, then 3/4, then 7/8 of the file
@@ -217,7 +217,7 @@ def test_cut_image_is_never_left_under_its_final_name(server: CocoServer, out: P
     assert (result.fetched, result.present) == (4, 0)
     assert [path for path, _ in result.failed] == [rel(103)]
     assert "connection closed after" in result.failed[0][1]
-    assert server.log.requests[rel(103)] == fetch.TRIES
+    assert server.log.requests[rel(103)] == download.TRIES
     assert image_ids(out) == CATS - {103}
     assert not [path for path in all_files(out) if path.endswith(".part")]
 

@@ -3,9 +3,10 @@
 Every image holds one large main object (5 shapes x 6 colours) on a plain background and, for a
 fraction of images, a small distractor of another shape and colour in a corner. The same code
 renders the images the toy CLIP trains on (in memory, ``sample_specs`` + ``render``) and the
-held-out split the demo runs on (on disk, ``write_coco``), so both always agree.
+held-out split the demo runs on (on disk, ``write_coco``), so both always agree. Long because of that:
+sampling, rendering and the COCO writer stay in one file so they cannot drift apart.
 
-    python -m compute.demo_data --out data/demo/shapes [--n-val 600] [--n-train 0] [--seed 0]
+    python -m compute.demo.data --out data/demo/shapes [--n-val 600] [--n-train 0] [--seed 0]
 
 On disk (``OUT`` = ``--out``)::
 
@@ -34,6 +35,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from compute.errors import InputError
+from compute.files import write_json_atomic
 
 IMAGE_SIZE = 64
 # Bump when rendering or annotation content changes: the manifest then no longer matches and
@@ -369,28 +371,22 @@ def write_coco(out_dir: Path, split: str, n: int, seed: int, progress: bool = Fa
         # run sees a stale split and regenerates it.
         manifest = _read_manifest(out_dir)
         manifest.pop(split, None)
-        _write_json_atomic(out_dir / "manifest.json", manifest)
+        write_json_atomic(out_dir / "manifest.json", manifest, indent=2, sort_keys=True)
         if (out_dir / split).exists():
             shutil.rmtree(out_dir / split)
         os.replace(tmp / split, out_dir / split)
         for name in docs:
             os.replace(tmp / name, out_dir / "annotations" / name)
         manifest[split] = {"n": n, "seed": seed, "version": DATA_VERSION}
-        _write_json_atomic(out_dir / "manifest.json", manifest)
+        write_json_atomic(out_dir / "manifest.json", manifest, indent=2, sort_keys=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m compute.demo_data",
+        prog="python -m compute.demo.data",
         description="Write the demo's synthetic shapes dataset (COCO instances, attribute instances and captions).",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/demo/shapes")

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
-from conftest import make_coco, run_cli, write_experiment
+from conftest import run_cli, sql
 
 from compute.__main__ import main
+from compute.testing import make_coco, write_experiment
 
 NEW = [("a photo of a black cat", "cat"), ("a photo of a small dog", "dog"), ("a photo of a red car", "car")]
 
-
-def rows(db, sql, params=()):
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql, params).fetchall()
 
 
 @pytest.fixture
@@ -35,22 +31,22 @@ def test_rescore_equals_a_full_run_with_the_new_prompts(parent, tmp_path, capsys
                             extra=("zero:5-8", "mean:2"))
     assert main(["run", str(full), "--no-progress"]) == 0
 
-    sql = "SELECT image_id, ablation, prompt, logit, prob FROM scores WHERE run = ? ORDER BY image_id, ablation, prompt"
-    child, reference = rows(db, sql, ["child"]), rows(db, sql, ["full"])
+    query = "SELECT image_id, ablation, prompt, logit, prob FROM scores WHERE run = ? ORDER BY image_id, ablation, prompt"
+    child, reference = sql(db, query, ["child"]), sql(db, query, ["full"])
     assert len(child) == len(reference) == 8 * 23 * 3
     assert [r[:3] for r in child] == [r[:3] for r in reference]
     assert max(abs(a[3] - b[3]) for a, b in zip(child, reference, strict=True)) < 1e-4
     sel = "SELECT image_id, ablation, prompt, correct, round(score_baseline, 5) FROM selections WHERE run = ? ORDER BY ALL"
-    assert rows(db, sel, ["child"]) == rows(db, sel, ["full"])
+    assert sql(db, sel, ["child"]) == sql(db, sel, ["full"])
     # It is a run like any other: listed, complete, with its images and the parent's load error.
-    assert rows(db, "SELECT status FROM runs WHERE run = 'child'") == [("complete",)]
-    assert rows(db, "SELECT COUNT(*) FROM images WHERE run = 'child'") == [(9,)]
-    assert rows(db, "SELECT image_id, stage FROM errors WHERE run = 'child'") == [(3, "load")]
+    assert sql(db, "SELECT status FROM runs WHERE run = 'child'") == [("complete",)]
+    assert sql(db, "SELECT COUNT(*) FROM images WHERE run = 'child'") == [(9,)]
+    assert sql(db, "SELECT image_id, stage FROM errors WHERE run = 'child'") == [(3, "load")]
     capsys.readouterr()
     assert main(["list", "--db", str(db)]) == 0
     assert "child (from parent)" in capsys.readouterr().out
     # The child reads the parent's embeddings rather than copying them.
-    assert rows(db, "SELECT COUNT(*) FROM embedding_t e JOIN run_t r USING (run_id) WHERE r.run = 'child'") == [(0,)]
+    assert sql(db, "SELECT COUNT(*) FROM embedding_t e JOIN run_t r USING (run_id) WHERE r.run = 'child'") == [(0,)]
 
     # The parent cannot be deleted while the child reads its embeddings.
     assert main(["delete", "parent", "--db", str(db)]) == 2
@@ -59,7 +55,7 @@ def test_rescore_equals_a_full_run_with_the_new_prompts(parent, tmp_path, capsys
     # Again: resumes, nothing duplicated.
     assert main(["rescore", "--run", "parent", "--prompts", str(prompts), "--as", "child", "--db", str(db),
                  "--no-progress"]) == 0
-    assert len(rows(db, sql, ["child"])) == 8 * 23 * 3
+    assert len(sql(db, query, ["child"])) == 8 * 23 * 3
 
 
 def test_rescore_errors(parent, tmp_path, capsys):
@@ -82,40 +78,34 @@ def test_rescore_errors(parent, tmp_path, capsys):
 def test_a_run_without_embeddings_cannot_be_rescored(tiny_clip, tmp_path):
     coco = make_coco(tmp_path / "coco", n=3)
     db = tmp_path / "r.duckdb"
-    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="lean", sweep="none")
-    text = exp.read_text().replace(f'db = "{db}"', f'db = "{db}"\nembeddings = "none"')
-    exp.write_text(text)
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="lean", sweep="none", embeddings="none")
     assert main(["run", str(exp), "--no-progress"]) == 0
-    assert rows(db, "SELECT COUNT(*) FROM embedding_t") == [(0,)]
+    assert sql(db, "SELECT COUNT(*) FROM embedding_t") == [(0,)]
     prompts = tmp_path / "p.toml"
     prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
     result = run_cli("rescore", "--run", "lean", "--prompts", str(prompts), "--as", "x", "--db", str(db))
     assert result.returncode == 2 and "kept no image embeddings" in result.stderr
 
 
-def test_rescore_of_a_captioned_float16_run_reuses_the_caption_cache(tiny_clip, tmp_path):
+def test_rescore_of_a_captioned_float16_run_reuses_the_caption_cache(tiny_clip, tiny_ved, tmp_path):
     """float16 embeddings rescore close to a full run; the rescored run gets captions, from the cache
     where the new prompts' selections match ones already captioned."""
     from compute.config import Prompt
-    from compute.random_models import save_random_vision_encoder_decoder
     from compute.rescore import rescore
 
-    cap = save_random_vision_encoder_decoder(tmp_path / "ved")
     coco = make_coco(tmp_path / "coco", n=5)
     db = tmp_path / "r.duckdb"
-    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="half", sweep="singles")
-    text = exp.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{cap}"')
-    exp.write_text(text.replace(f'db = "{db}"', f'db = "{db}"\nembeddings = "float16"'))
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, name="half", sweep="singles",
+                           captioner=tiny_ved, embeddings="float16")
     assert main(["run", str(exp), "--no-progress"]) == 0
-    said: list[str] = []
     same = [Prompt(t, label) for t, label in (("a photo of a dog", "dog"), ("a photo of a cat", "cat"),
                                                ("a photo of a bird", "bird"), ("a photo of a car", "car"))]
-    rescore(db, "half", same, "again", progress=False, echo=said.append)
-    line = next(s for s in said if s.startswith("captions:"))
-    assert ": 0 generated" in line  # the same prompts select the same prefixes: all from the cache
+    result = rescore(db, "half", same, "again", progress=False, echo=lambda _: None)
+    # the same prompts select the same prefixes: every caption from the cache
+    assert result.captions.keys > 0 and result.captions.generated == 0 and result.complete
     q = "SELECT image_id, ablation, logit FROM scores WHERE run = ? ORDER BY image_id, ablation, prompt"
-    full, half = rows(db, q, ["half"]), rows(db, q, ["again"])
+    full, half = sql(db, q, ["half"]), sql(db, q, ["again"])
     worst = max(abs(a[2] - b[2]) for a, b in zip(full, half, strict=True))
     assert worst < 0.05  # float16 storage: about 1e-3 relative on the cosine, x logit_scale
-    assert rows(db, "SELECT COUNT(*) FROM selections WHERE run = 'again' AND caption IS NULL") == [(0,)]
-    assert rows(db, "SELECT status FROM runs WHERE run = 'again'") == [("complete",)]
+    assert sql(db, "SELECT COUNT(*) FROM selections WHERE run = 'again' AND caption IS NULL") == [(0,)]
+    assert sql(db, "SELECT status FROM runs WHERE run = 'again'") == [("complete",)]

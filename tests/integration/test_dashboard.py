@@ -1,8 +1,5 @@
-"""One AppTest per dashboard page, against a store built here from tiny real runs, plus the pure parts
-(statistics, slices, the SQL allow-list) on small inputs.
-
-The store: 10 tiny COCO images (one unreadable), a random 12-layer CLIP and a random BLIP captioner; run
-"tiny" is the paper sweep plus zero:5-8 with captions, run "tiny-singles" the single layers without.
+"""One AppTest per dashboard page against the tests' store (conftest.dash_store: tiny real runs of a random
+12-layer CLIP, with BLIP captions), plus the read side's SQL allow-list and Table 1's renderings.
 Every number a page shows is checked against SQL on the store.
 """
 
@@ -10,54 +7,18 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
-from conftest import ROOT, make_coco, write_experiment
+from conftest import APP, DASH_ABLATIONS, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from compute import store
+from compute.store import DB_ENV
 from dashboard import queries, slices, stats, tables
-from dashboard.state import DB_ENV
 
-APP = str(ROOT / "dashboard" / "app.py")
-N_ABLATIONS = 22  # paper sweep of 12 layers (21) + zero:5-8
-
-
-def build_dash_store(tiny_clip, tmp_path_factory) -> Path:
-    """The store of these tests, built once per session even when several test modules ask for it."""
-    from compute.config import load_experiment
-    from compute.random_models import save_random_blip
-    from compute.runner import run
-
-    tmp = tmp_path_factory.getbasetemp() / "dashboard-store"
-    db = tmp / "dash.duckdb"
-    if (tmp / "complete").exists():
-        return db
-    tmp.mkdir(exist_ok=True)
-    coco = make_coco(tmp / "coco", n=10, broken=(4,))
-    captioner = save_random_blip(tmp / "blip")
-    tiny = write_experiment(tmp / "tiny.toml", tiny_clip, coco, db, name="tiny", extra=("zero:5-8",))
-    tiny.write_text(tiny.read_text().replace('device = "cpu"', f'device = "cpu"\ncaptioner = "{captioner}"'))
-    singles = write_experiment(tmp / "singles.toml", tiny_clip, coco, db, name="tiny-singles", sweep="singles")
-    for exp in (tiny, singles):
-        run(load_experiment(exp), progress=False, echo=lambda _: None)
-    (tmp / "complete").touch()
-    return db
-
-
-@pytest.fixture(scope="session")
-def dash_store(tiny_clip, tmp_path_factory) -> Path:
-    """Two complete runs (see the module docstring)."""
-    return build_dash_store(tiny_clip, tmp_path_factory)
-
-
-def sql(db, query, params=()):
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(query, params).fetchall()
+N_ABLATIONS = DASH_ABLATIONS
 
 
 @pytest.fixture
@@ -282,50 +243,7 @@ def test_missing_store_is_explained_not_a_crash(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Pure parts.
-
-
-def test_bootstrap_interval_covers_the_mean_and_pairs_the_change():
-    rng = np.random.default_rng(1)
-    a = (rng.random(400) < 0.7).astype(float)
-    b = np.where(rng.random(400) < 0.9, a, 1 - a)  # mostly the same images right
-    values = np.stack([a, b, b - a], axis=1)
-    mean, low, high = stats.bootstrap_means(values)
-    assert np.allclose(mean, values.mean(axis=0))
-    assert np.all(low <= mean) and np.all(mean <= high)
-    # pairing: the interval of the mean change is far narrower than of an unpaired difference
-    unpaired = math.sqrt(a.var() / 400 + b.var() / 400) * 2 * 1.96
-    assert high[2] - low[2] < 0.75 * unpaired
-    with_gaps = values.copy()
-    with_gaps[:100, 1] = np.nan
-    assert np.isclose(stats.bootstrap_means(with_gaps)[0][1], b[100:].mean())
-    assert np.isnan(stats.bootstrap_means(np.full((5, 1), np.nan))[1][0])
-
-
-@pytest.mark.parametrize(("b", "c", "p", "method"), [
-    (0, 0, 1.0, "none discordant"),
-    (3, 10, 0.0923, "exact binomial"),  # 2 * P(X <= 3), X ~ Bin(13, 1/2)
-    (0, 6, 0.03125, "exact binomial"),
-    (30, 60, 0.00224, "chi-square (continuity corrected)"),
-])
-def test_mcnemar_exact_below_25_discordant_pairs_chi_square_above(b, c, p, method):
-    _, got, used = stats.mcnemar(b, c)
-    assert used == method and math.isclose(got, p, rel_tol=2e-3)
-
-
-def test_holm_and_p_formatting():
-    assert np.allclose(stats.holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
-    assert [stats.format_p(p) for p in (0.5, 0.0342, 0.0004)] == ["0.50", "0.034", "< 0.001"]
-
-
-def test_slices_say_what_they_select_and_bind_their_values():
-    where = slices.ablation(4, "identity:4") & slices.outcome("flip") & slices.true_label("cat") & slices.true_label("")
-    assert where.params == (4, "cat")
-    assert where.caption == ("ablation identity:4; correctness flips against baseline; images labelled 'cat'; "
-                             "any true label")
-    assert "?" in where.sql and "cat" not in where.sql
-    with pytest.raises(ValueError, match="unknown outcome"):
-        slices.outcome("drop table")
+# Read-side safety and renderings on the real store.
 
 
 def test_queries_only_order_by_the_allow_list(dash_store):

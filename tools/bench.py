@@ -22,14 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from dashboard.perf import bench_dashboard
+from compute import testing
+from compute.testing import make_coco, save_vit_b16_shaped_clip
+from tools.dashboard_perf import bench_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo of a bird", "bird"),
-           ("a photo of a car", "car")]
 
 
 @dataclass
@@ -53,43 +50,19 @@ def run_process(args: list[str]) -> Timing:
     return Timing(seconds, usage.ru_maxrss / 1024, proc.returncode, stderr)
 
 
-def make_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> Path:
-    """``n`` random JPEGs and a COCO instances file (half cats, half dogs)."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
-    for i in range(1, n + 1):
-        name = f"{i:012d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)
-        images.append({"id": i, "file_name": name, "width": size, "height": size})
-        anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": [0, 0, 10, 10], "area": 100.0,
-                     "iscrowd": 0})
-    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
-    (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return folder
+def make_images(folder: Path, n: int, size: int = 256) -> Path:
+    """``n`` JPEGs of random pixels (large and slow to decode, like photos) in a COCO-format dataset."""
+    return make_coco(folder, n, size=(size, size), noise=True)
 
 
 def write_experiment(path: Path, name: str, model: Path, data: Path, db: Path, batch_size: int) -> Path:
-    lines = [f'name = "{name}"', "[model]", f'clip = "{model}"', 'device = "cpu"', f"batch_size = {batch_size}",
-             "[dataset]", f'images = "{data / "images"}"', f'annotations = "{data / "instances.json"}"',
-             "[ablations]", 'sweep = "paper"', "[store]", f'db = "{db}"']
-    for text, label in PROMPTS:
-        lines += ["[[prompts]]", f'text = "{text}"', f'label = "{label}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def vit_b16_shaped(folder: Path) -> Path:
-    from compute.random_models import save_random_clip
-
-    return save_random_clip(folder, layers=12, width=768, heads=12, mlp=3072, image_size=224, patch_size=16,
-                            text_layers=12, text_width=512, text_heads=8, projection_dim=512)
+    return testing.write_experiment(path, model, data, db, name=name, batch_size=batch_size, categories=())
 
 
 def bench_sweep(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, float]:
     print(f"\n== sweep: paper sweep (21 ablations), ViT-B/16-shaped random CLIP, {images} images, 4 prompts, "
           f"batch {batch_size}, whole processes ==", flush=True)
-    model = vit_b16_shaped(tmp / "vit-b16")
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
     data = make_images(tmp / "data", 4 * images)
     results = {}
     # Speed: plain and engine on the same images. Memory: the engine at 2 and 4 batches, both past the
@@ -125,7 +98,7 @@ def bench_rescore(tmp: Path, images: int = 32) -> dict[str, float]:
     from compute.runner import run
 
     print(f"\n== rescore: 4 new prompts on the ViT-B/16-shaped paper-sweep run ({images} images) ==", flush=True)
-    model = vit_b16_shaped(tmp / "vit-b16")
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
     data = make_images(tmp / "data", images)
     db = tmp / "r.duckdb"
     exp_path = write_experiment(tmp / "full.toml", "full", model, data, db, batch_size=32)
@@ -161,25 +134,24 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     from compute.captions import caption_stage, captioner_key, continue_prefix
     from compute.config import load_experiment
     from compute.dataset import open_image
-    from compute.demo import EXPERIMENTS
-    from compute.demo_data import write_coco
+    from compute.demo import EXPERIMENTS, SEED, SPLIT
+    from compute.demo.data import write_coco
     from compute.models import load_captioner, load_clip
     from compute.runner import run
 
     print(f"\n== captions: demo-shapes sweep ({images} images, 24 ablations), shipped toy CLIP and captioner ==",
           flush=True)
-    write_coco(tmp / "shapes", "val", images, 0)
+    write_coco(tmp / "shapes", SPLIT, images, SEED)
     exp = load_experiment(EXPERIMENTS[0])
-    exp.dataset.images, exp.dataset.limit = tmp / "shapes" / "val", images
-    exp.dataset.annotations = tmp / "shapes" / "annotations" / "instances_val.json"
+    exp.dataset.images, exp.dataset.limit = tmp / "shapes" / SPLIT, images
+    exp.dataset.annotations = tmp / "shapes" / "annotations" / exp.dataset.annotations.name
     exp.store.db, exp.model.device, captioner_ref = tmp / "c.duckdb", "cpu", exp.model.captioner
     exp.model.captioner = "none"  # sweep first; the caption stage is timed on its own below
     clip = load_clip(exp.model.clip, "cpu")
-    run_id = run(exp, progress=False, echo=lambda _: None, clip=clip)
+    run_id = run(exp, progress=False, echo=lambda _: None, clip=clip).run_id
     cap = load_captioner(captioner_ref, "cpu")
-    with store.connect(exp.store.db) as con:
-        pairs = con.execute("SELECT i.path, p.prompt FROM selection_t s JOIN image_t i USING (run_id, image_id) "
-                            "JOIN prompt_t p USING (run_id, prompt_id) WHERE s.run_id = ?", [run_id]).fetchall()
+    with store.connect(exp.store.db, read_only=True) as con:
+        pairs = store.selected_prompts(con, run_id)
     start = time.perf_counter()
     stats = caption_stage(exp.store.db, run_id, clip, cap, exp.captions, captioner_key(captioner_ref, exp.captions),
                           exp.store.embeddings, progress=False)
@@ -201,7 +173,7 @@ SECTIONS = {"sweep": bench_sweep, "rescore": bench_rescore, "captions": bench_ca
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compute.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections ({', '.join(SECTIONS)})")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -1,4 +1,4 @@
-"""The demo's synthetic shapes dataset (compute.demo_data) and the shipped toy CLIP (data/demo/models/clip)."""
+"""The demo's synthetic shapes dataset (compute.demo.data) and the shipped toy CLIP (data/demo/models/clip)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from compute import demo_data
-from compute.demo_data import BACKGROUNDS, COLOURS, SHAPES, write_coco
+from compute.demo import data as demo_data
+from compute.demo.data import BACKGROUNDS, COLOURS, SHAPES, write_coco
 from compute.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "data" / "demo" / "models" / "clip"
 N = 40
 
@@ -186,8 +186,8 @@ from pathlib import Path
 import numpy as np, torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
-from compute.train_demo_clip import predict, shape_prompts
-from compute.demo_data import SHAPES
+from compute.demo.train_clip import predict, shape_prompts
+from compute.demo.data import SHAPES
 
 model_dir, shapes = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(2)

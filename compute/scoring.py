@@ -1,0 +1,112 @@
+"""The maths every stage shares: text and image embeddings, CLIP's logits, and the selection.
+
+The run, the caption stage, rescore and the Prompt lab all score through these functions, so a number
+means the same wherever it was made. The selection (argmax prompt, its correctness, its probability, the
+margin to the runner-up, its judge score) is decided here once, vectorised on the model's device; the
+store only writes what it is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compute import store
+from compute.dataset import open_image
+from compute.models import LoadedClip
+from compute.store import Selection
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings.
+
+
+@torch.inference_mode()
+def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Projected, L2-normalised text embeddings. -> (texts, projection_dim) float32 on clip.device."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = clip.processor.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
+        tok = {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        emb = clip.model.get_text_features(**tok).pooler_output.float()
+        out.append(emb / emb.norm(dim=-1, keepdim=True))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def image_embeddings_unablated(clip: LoadedClip, paths: list[Path], batch_size: int = 16) -> np.ndarray:
+    """Projected image embeddings of the unablated model. -> (images, projection_dim) float32."""
+    out = []
+    for i in range(0, len(paths), batch_size):
+        images = [open_image(p) for p in paths[i : i + batch_size]]
+        pixels = clip.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        emb = clip.model.get_image_features(pixel_values=pixels.to(clip.device, clip.dtype)).pooler_output
+        out.append(emb.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def normalise(emb: torch.Tensor) -> torch.Tensor:
+    """(..., E) -> the same, each vector of unit length, in float32."""
+    emb = emb.float()
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Logits and the selection.
+
+
+def logit_scale(clip: LoadedClip) -> float:
+    return float(clip.model.logit_scale.detach().exp())
+
+
+def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: float) -> torch.Tensor:
+    """CLIP's logits_per_image. image_emb: (..., E) unnormalised; text_norm: (P, E) -> (..., P)."""
+    return scale * normalise(image_emb) @ text_norm.T
+
+
+def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) -> torch.Tensor:
+    """(images, prompts) bool: prompt p is correct for image i when its label is among the image's labels."""
+    return torch.tensor([[label in labels for label in prompt_labels] for labels in image_labels],
+                        dtype=torch.bool).reshape(len(image_labels), len(prompt_labels))
+
+
+def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
+           text_norm: torch.Tensor) -> Selection:
+    """The selection of every (image, ablation), computed once, on the logits' device.
+
+    logits: (n, A, P); truth: (n, P) bool (see truth_matrix); baseline_emb: (n, E) unablated image
+    embeddings, the fixed judge of score_baseline (as CLIP-Score is); text_norm: (P, E) normalised.
+    """
+    logits = logits.float()
+    n, a, p = logits.shape
+    probs = logits.softmax(dim=-1)
+    selected = logits.argmax(dim=-1)  # (n, A)
+    correct = truth.to(logits.device).gather(1, selected)  # (n, A)
+    confidence = probs.gather(2, selected.unsqueeze(-1)).squeeze(-1)
+    if p > 1:
+        top2 = logits.topk(2, dim=-1).values  # (n, A, 2)
+        margin = top2[..., 0] - top2[..., 1]
+    else:
+        margin = torch.full((n, a), float("nan"), device=logits.device)
+    judge = normalise(baseline_emb) @ text_norm.T  # (n, P)
+    score_baseline = judge.gather(1, selected)  # (n, A)
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
+
+    return Selection(host(logits), host(probs), host(selected).astype(np.int16), host(correct),
+                     host(confidence), host(margin), host(score_baseline))
+
+
+def batch_result(image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
+                 baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
+                 embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
+                 attempted: list[int] | None = None) -> store.BatchResult:
+    """One batch, ready for store.write_batch. logits: (n, A, P) for the ablation_ids written;
+    embeddings: (n, A, E), kept in the run's embedding dtype unless it is "none"."""
+    emb = None
+    if embeddings is not None and embedding_dtype != "none":
+        emb = embeddings.float().cpu().numpy().astype(store.EMBEDDING_DTYPES[embedding_dtype])
+    return store.BatchResult(np.array(image_ids, np.int64), np.array(ablation_ids, np.int16),
+                             select(logits, truth, baseline_emb, text_norm), emb, errors or [], attempted or [])

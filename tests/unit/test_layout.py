@@ -1,0 +1,110 @@
+"""The house rules, checked on the source: no import cycle among the project's modules (imports inside
+functions count), ``compute`` never imports ``dashboard`` (the thin ``export`` verb aside), SQL only in
+the store and the dashboard's queries, and a long module says why it is long."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PACKAGES = ("compute", "dashboard", "tools")
+LONG = 400  # lines; a longer module says why in its docstring ("Long because ...")
+SQL_HOMES = {"compute.store", "dashboard.queries"}  # the write side and the read side
+SQL = re.compile(r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|VIEW))")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Project modules ``name`` imports anywhere in its file (a package's own __init__ excluded)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_no_import_cycle(graph):
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert len(graph) > 30  # the walk saw the project, not an empty folder
+
+
+def test_compute_never_imports_dashboard_but_for_the_export_verb(graph):
+    up = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
+                if m.startswith("compute") and t.startswith("dashboard") and m != "compute.export")
+    assert up == []
+    assert any(t.startswith("dashboard") for t in graph["compute.export"])  # the exception is real
+
+
+def test_the_dashboard_and_compute_never_import_tools(graph):
+    assert sorted(m for m, ts in graph.items() if not m.startswith("tools") and any(t.startswith("tools") for t in ts)) == []
+
+
+def test_sql_lives_in_the_store_and_the_dashboard_queries():
+    strays = []
+    for name, path in modules().items():
+        if name in SQL_HOMES or name.startswith("tools"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(body[0].value) for node in ast.walk(tree) if (body := getattr(node, "body", None))
+                      and isinstance(body, list) and isinstance(body[0], ast.Expr)}
+        strays += [f"{name}: {node.value.strip()[:60]!r}" for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                   and SQL.search(node.value)]
+    assert strays == []
+
+
+def test_a_long_module_says_why():
+    unexplained = []
+    for name, path in modules().items():
+        text = path.read_text()
+        if len(text.splitlines()) > LONG and "Long because" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(f"{name} ({len(text.splitlines())} lines)")
+    assert unexplained == []

@@ -1,0 +1,1 @@
+"""Benchmarks and screenshot makers: run by hand or by `make bench`, never imported by compute or dashboard."""
