@@ -69,6 +69,7 @@ KINDS: dict[str, Kind] = {
 # Syntax and labels.
 
 BASELINE = "baseline"
+MAX_LAYERS = 1_000  # deeper than any vision tower: numbers are checked against it before a range is expanded
 _LAYERS_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -118,6 +119,10 @@ def parse_ablation(text: str, n_layers: int | None = None) -> Ablation:
     layers: set[int] = set()
     for part in layer_text.split(","):
         lo, _, hi = part.partition("-")
+        for number in (lo, hi):  # checked before range() allocates anything; the model's depth below
+            if len(number.lstrip("0")) > len(str(MAX_LAYERS)) or (number and int(number) > MAX_LAYERS):
+                raise InputError(f"ablation {text.strip()!r:.80} is out of range: layer {number:.30} does not "
+                                 f"exist (a vision tower has at most {MAX_LAYERS} layers)")
         a, b = int(lo), int(hi or lo)
         if a > b:
             raise InputError(f"malformed layer range {part!r} in ablation {text!r}: start is after end")

@@ -19,6 +19,16 @@ from typing import Any
 from compute.ablations import SWEEPS, parse_ablation
 from compute.errors import InputError
 from compute.store import default_db
+from compute.validation import (
+    MAX_ABLATIONS,
+    MAX_BATCH,
+    MAX_BEAMS,
+    MAX_IMAGES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPTS,
+    check_count,
+    read_text,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -119,30 +129,35 @@ def _jsonable(obj: Any) -> Any:
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """The tables of a TOML file; InputError when it is missing or not TOML."""
+    """The tables of a TOML file; InputError when it is missing, not UTF-8 or not TOML."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
+    text = read_text(path, what)
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
+        return tomllib.loads(text)
+    except ValueError as e:  # TOMLDecodeError, and integers of more than 4,300 digits
+        raise InputError(f"{path}: not valid TOML ({str(e)[:200]})") from None
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    """Read and check an experiment file. Raises InputError naming the first problem."""
+    """Read and check an experiment file. Raises InputError naming the file and its first problem."""
     path = Path(path)
-    return parse_experiment(read_toml(path, "experiment"), path.resolve().parent, source=path)
+    data = read_toml(path, "experiment")
+    try:
+        return parse_experiment(data, path.resolve().parent, source=path)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
     sections = {"name", "model", "dataset", "prompts", "ablations", "store", "captions"}
     _no_unknown(data, sections, "top level")
     name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"name must be a string such as name = \"coco-cats-dogs\", got {name!r:.80}")
     if not isinstance(name, str) or not name.strip():
         raise InputError("'name' is required: a run name such as name = \"coco-cats-dogs\"")
-    if "/" in name or len(name) > 100:
-        raise InputError(f"name {name!r} must be under 100 characters and contain no '/'")
+    if "/" in name or len(name) > 100 or not name.isprintable():
+        raise InputError(f"name {name!r:.120} must be under 100 characters, printable, and contain no '/'")
 
     model = _section(ModelConfig, data.get("model"), "model", required={"clip"})
     model.clip = resolve_model_ref(model.clip, base)
@@ -150,7 +165,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
         model.captioner = resolve_model_ref(model.captioner, base)
     _choice(model.device, DEVICES, "model.device")
     _choice(model.dtype, DTYPES, "model.dtype")
-    _positive(model.batch_size, "model.batch_size")
+    check_count(model.batch_size, "model.batch_size", MAX_BATCH, "images per batch")
 
     dataset_table = dict(data.get("dataset") or {})
     for key in ("categories", "caption_contains", "labels"):
@@ -168,20 +183,22 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     if ("captions" in dataset.labels or dataset.caption_contains) and dataset.captions is None:
         raise InputError("dataset.captions (a COCO captions JSON) is needed for caption labels or caption_contains")
     if dataset.limit is not None:
-        _positive(dataset.limit, "dataset.limit")
+        check_count(dataset.limit, "dataset.limit", MAX_IMAGES, "images in one run")
 
     prompts = parse_prompts(data.get("prompts"), "prompts")
     ablations = _section(AblationsConfig, data.get("ablations"), "ablations")
     _choice(ablations.sweep, SWEEPS, "ablations.sweep")
+    if len(ablations.extra) > MAX_ABLATIONS:
+        raise InputError(f"ablations.extra lists {len(ablations.extra):,} ablations: at most {MAX_ABLATIONS:,}")
     ablations.extra = [parse_ablation(text).label for text in ablations.extra]  # syntax now, range later
 
     store = _section(StoreConfig, data.get("store"), "store")
     store.db = _resolve(base, store.db) if store.db is not None else default_db()
     _choice(store.embeddings, EMBEDDING_DTYPES, "store.embeddings")
     captions = _section(CaptionsConfig, data.get("captions"), "captions")
-    _positive(captions.max_new_tokens, "captions.max_new_tokens")
-    _positive(captions.num_beams, "captions.num_beams")
-    _positive(captions.batch_size, "captions.batch_size")
+    check_count(captions.max_new_tokens, "captions.max_new_tokens", MAX_NEW_TOKENS, "tokens per caption")
+    check_count(captions.num_beams, "captions.num_beams", MAX_BEAMS, "beams per caption")
+    check_count(captions.batch_size, "captions.batch_size", MAX_BATCH, "images per batch")
     return Experiment(name.strip(), model, dataset, prompts, ablations, store, captions, source)
 
 
@@ -191,6 +208,8 @@ def parse_prompts(items: Any, where: str) -> list[Prompt]:
         raise InputError(f"no prompts: add [[prompts]] entries with text and label ({where})")
     if not isinstance(items, list):
         raise InputError(f"'{where}' must be an array of tables: [[prompts]] text = ..., label = ...")
+    if len(items) > MAX_PROMPTS:
+        raise InputError(f"{len(items):,} prompts: a run holds at most {MAX_PROMPTS:,}")
     prompts = []
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict):
@@ -212,8 +231,11 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     """A prompts file: just ``[[prompts]]`` entries (for rescore)."""
     path = Path(path)
     data = read_toml(path, "prompts")
-    _no_unknown(data, {"prompts"}, f"{path.name} top level")
-    return parse_prompts(data.get("prompts"), "prompts")
+    try:
+        _no_unknown(data, {"prompts"}, "top level")
+        return parse_prompts(data.get("prompts"), "prompts")
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def resolve_model_ref(ref: str, base: Path) -> str:
@@ -278,7 +300,3 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
         raise InputError(f"{where} = {value!r} is not one of: {', '.join(choices)}")
 
-
-def _positive(value: int, where: str) -> None:
-    if value < 1:
-        raise InputError(f"{where} must be a positive integer, got {value}")

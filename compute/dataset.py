@@ -6,13 +6,19 @@ says so as whole words. Caption labels are the most specific phrases: an image w
 black cat on a sink" and "a cat in the bathroom" carries "black cat" but not "cat", since "cat" is part
 of a phrase it carries; so a prompt is correct only when it names the most specific true description,
 as the bold caption of the study's Figure 5.
+
+The annotation files pass ``compute.validation.check_coco`` before anything else reads them. Every
+prompt label must be one some image of the whole file could carry (a category or supercategory name, or
+with caption labels a phrase some caption says): a typo is an error naming the closest known labels. An
+image file must lie inside the images folder once links are followed; one that does not is not read and
+is recorded as a load error, like an unreadable file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +27,27 @@ from PIL import Image
 
 from compute.config import DatasetConfig
 from compute.errors import InputError
+from compute.validation import check_coco, load_json
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     image_id: int
     file_name: str
-    path: Path
+    path: Path  # images folder / file_name, as written (links not followed)
     labels: tuple[str, ...]
+    root: Path | None = None  # the images folder the file must stay inside (None: not checked)
+
+    @property
+    def stored_path(self) -> str:
+        """The path the store lists for this image (the dashboard shows thumbnails from it): empty for a
+        file outside the images folder, which is never read."""
+        if self.root is not None:
+            try:
+                inside_path(self.path, self.root)
+            except ImageLoadError:
+                return ""
+        return str(self.path)
 
 
 class ImageLoadError(Exception):
@@ -36,19 +55,15 @@ class ImageLoadError(Exception):
 
 
 def _load_json_coco(path: Path, what: str):
+    """A checked COCO file, indexed by pycocotools (which then meets only well-formed input)."""
     from pycocotools.coco import COCO
 
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO(str(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{what} file {path} is not valid JSON ({e})") from None
-    except (KeyError, TypeError, AssertionError) as e:
-        raise InputError(f"{what} file {path} is not in COCO format (problem with {e})") from None
-    if "images" not in coco.dataset:
-        raise InputError(f"{what} file {path} is not in COCO format (no 'images' list)")
+    data = load_json(path, what)
+    check_coco(data, path, what)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
     return coco
 
 
@@ -76,6 +91,7 @@ def load_dataset(cfg: DatasetConfig, prompt_labels: list[str]) -> list[ImageReco
         raise InputError(f"images directory not found: {cfg.images}")
     coco = _load_json_coco(cfg.annotations, "annotations")
     cats = {c["id"]: c["name"] for c in coco.dataset.get("categories", [])}
+    supercategories = {c["supercategory"] for c in coco.dataset.get("categories", []) if c.get("supercategory")}
 
     image_ids = sorted(coco.getImgIds())
     if cfg.categories:
@@ -98,6 +114,7 @@ def load_dataset(cfg: DatasetConfig, prompt_labels: list[str]) -> list[ImageReco
             captions_by_image.setdefault(ann["image_id"], []).append(str(ann.get("caption", "")))
         if cfg.caption_contains:
             image_ids = [i for i in image_ids if says_any(captions_by_image.get(i, []), cfg.caption_contains)]
+    check_labels(cfg, prompt_labels, set(cats.values()) | supercategories, captions_by_image)
 
     if cfg.limit is not None:
         image_ids = image_ids[: cfg.limit]
@@ -112,15 +129,61 @@ def load_dataset(cfg: DatasetConfig, prompt_labels: list[str]) -> list[ImageReco
             labels.update(cats[a["category_id"]] for a in coco.imgToAnns.get(image_id, []) if a["category_id"] in cats)
         if "captions" in cfg.labels:
             labels.update(caption_phrases(captions_by_image.get(image_id, []), prompt_labels))
-        file_name = info.get("file_name")
-        if not file_name:
-            raise InputError(f"image {image_id} in {cfg.annotations} has no file_name")
-        records.append(ImageRecord(int(image_id), file_name, cfg.images / file_name, tuple(sorted(labels))))
+        file_name = info["file_name"]  # a non-empty string: check_coco
+        records.append(ImageRecord(int(image_id), file_name, cfg.images / file_name, tuple(sorted(labels)),
+                                   cfg.images))
     return records
 
 
-def open_image(path: Path) -> Image.Image:
-    """Decode an image as RGB. Raises ImageLoadError when it is missing or cannot be decoded."""
+def check_labels(cfg: DatasetConfig, prompt_labels: list[str], names: set[str],
+                 captions_by_image: dict[int, list[str]]) -> None:
+    """InputError for the first prompt label no image of the whole dataset could carry, with the closest
+    labels it knows. ``names``: the category and supercategory names of the annotations."""
+    known = names if "categories" in cfg.labels else set()
+    said = "\x00".join(c for caps in captions_by_image.values() for c in caps) if "captions" in cfg.labels else ""
+    for label in dict.fromkeys(prompt_labels):
+        if label in known or (said and phrase_pattern(label).search(said)):
+            continue
+        candidates = set(known)
+        if said:  # phrases of the label's length that the captions say
+            n = len(label.split())
+            words = re.findall(r"\w+", said.lower())
+            candidates |= {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+        close = difflib.get_close_matches(label, sorted(candidates), n=3, cutoff=0.6)
+        sources = [f"categories of {cfg.annotations}" if "categories" in cfg.labels else "",
+                   f"captions of {cfg.captions}" if "captions" in cfg.labels else ""]
+        raise InputError(
+            f"prompt label {label!r} is carried by no image: the {' or '.join(s for s in sources if s)} never "
+            f"name it; " + (f"closest known labels: {', '.join(repr(c) for c in close)}" if close else
+                            "no known label is close (a label is a category name, or a phrase of the captions "
+                            "with dataset.labels = [\"captions\"])"))
+
+
+def uncarried_labels(records: list[ImageRecord], prompt_labels: list[str]) -> list[str]:
+    """Prompt labels (known to the dataset) that none of the selected images carries: their prompts can
+    never be correct. Legitimate as distractors ("a photo of a car" among cats and dogs); worth a warning."""
+    carried = {label for r in records for label in r.labels}
+    return [label for label in dict.fromkeys(prompt_labels) if label not in carried]
+
+
+def inside_path(path: Path, root: Path) -> Path:
+    """``path`` with every link followed, when it lies inside ``root`` (its links followed too); else
+    ImageLoadError: the file is not read."""
+    try:
+        real, top = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as e:  # a link loop, a name too long
+        raise ImageLoadError(f"cannot resolve {path.name}: {e}") from None
+    if not real.is_relative_to(top):
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        raise ImageLoadError(f"{str(name)!r} resolves outside the images folder {root}: not read")
+    return real
+
+
+def open_image(path: Path, root: Path | None = None) -> Image.Image:
+    """Decode an image as RGB. Raises ImageLoadError when it is missing, cannot be decoded, or (with
+    ``root``) lies outside the images folder ``root`` once links are followed."""
+    if root is not None:
+        path = inside_path(path, root)
     try:
         with Image.open(path) as im:
             im.load()

@@ -162,8 +162,9 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
     """``n`` real JPEGs with COCO instances and captions files under ``root``.
 
     Image i is a cat when odd, a dog when even, both when a multiple of 5, and image 7 also holds a bird;
-    its caption says "black cat" when i is a multiple of 3. Images are a plain colour with a few random
-    pixels, or (``noise``) random pixels throughout, which are large and slow to decode like photos.
+    its caption says "black cat" when i is a multiple of 3 (image 7 has a second one: "a bird on a black
+    car"). Images are a plain colour with a few random pixels, or (``noise``) random pixels throughout,
+    which are large and slow to decode like photos.
     Image ids in ``broken`` get a corrupt file; an id listed in the JSON but absent is made by the caller.
     """
     rng = random.Random(seed)
@@ -192,6 +193,8 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
                          "area": 100.0, "iscrowd": 0, "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]})
         word = "black cat" if i % 3 == 0 else ("cat" if i % 2 else "dog")
         caps.append({"id": i, "image_id": i, "caption": f"a {word} sitting on a sink"})
+        if i == 7:  # so "black car", a distractor label of the caption experiments, is a known label
+            caps.append({"id": n + 1, "image_id": i, "caption": "a bird on a black car"})
     cats = [{"id": k + 1, "name": name, "supercategory": "thing"} for k, name in enumerate(CATEGORIES)]
     (root / "annotations" / "instances.json").write_text(
         json.dumps({"images": images, "annotations": anns, "categories": cats}))

@@ -44,7 +44,7 @@ def test_prompt_lab_scores_typed_prompts_and_saves_them_as_a_run(store_copy, mon
     assert max(abs(x - y) for x, (_, y) in zip(table["accuracy"], stored, strict=True)) < 1e-6
 
     # New prompts: the table changes, the URL keeps them, and saving makes a run with the same numbers.
-    new = "a photo of a black cat | cat\na photo of a small dog | dog\na photo of a sink | sink"
+    new = "a photo of a black cat | cat\na photo of a small dog | dog\na photo of a car on a sink | car"
     at.text_area[0].set_value(new).run()
     assert not at.exception, at.exception[0].value
     assert at.query_params["prompts"] == new

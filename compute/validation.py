@@ -1,0 +1,185 @@
+"""One validation pass over the input files, before anything is computed or written.
+
+Every check raises ``InputError`` for the first offender, in one line that names the file and what is
+wrong with it: text that is not UTF-8, values of the wrong type, ids that repeat or do not fit the store's
+64-bit columns, file names that cannot be a file name. The sizes the experiment asks for are checked here
+too, against limits that keep a typo from allocating the machine away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from compute.errors import InputError
+
+MAX_ID = 2**63 - 1  # ids are BIGINT in the store
+MAX_IMAGES = 2**31 - 1  # run_t.n_images is INTEGER
+MAX_PROMPTS = 2**15 - 1  # prompt_id is SMALLINT
+MAX_ABLATIONS = 2**15 - 1  # ablation_id is SMALLINT
+MAX_BATCH = 65_536  # images (or captions) per batch: far beyond any accelerator's memory
+MAX_NEW_TOKENS = 1_024  # caption length: beyond every captioner's context
+MAX_BEAMS = 64
+MAX_THREADS = 4_096
+MAX_FILE_NAME = 4_096  # PATH_MAX
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of a UTF-8 file; InputError naming the file when it is missing, unreadable or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{what} file {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} "
+                         f"(offset {e.start}); save it as UTF-8") from None
+
+
+def load_json(path: Path, what: str) -> Any:
+    """A UTF-8 JSON file; InputError naming the file when it is not."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError, and numbers of more than 4,300 digits
+        raise InputError(f"{what} file {path} is not valid JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise InputError(f"{what} file {path} is not valid JSON (nested too deeply)") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# COCO files.
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a float" if math.isfinite(value) else "not a number"
+    if isinstance(value, str):
+        return "a string"
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def check_id(value: Any, where: str) -> int:
+    """An id: an integer (not a boolean, float or string) from 0 to 2^63-1."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{where} must be an integer, got {value!r} ({_kind(value)})")
+    if not 0 <= value <= MAX_ID:
+        digits = len(str(abs(value)))
+        shown = value if digits <= 30 else f"a {digits}-digit number"
+        raise InputError(f"{where} must be an integer from 0 to 2^63-1, got {shown}")
+    return value
+
+
+def check_text(value: Any, where: str, *, empty: bool = True) -> str:
+    """A string that survives the trip to a file system and the store (no lone surrogates)."""
+    if not isinstance(value, str):
+        raise InputError(f"{where} must be a string, got {value!r:.80} ({_kind(value)})")
+    if not empty and not value.strip():
+        raise InputError(f"{where} must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where} is not valid Unicode (a lone surrogate escape): {value!r:.80}") from None
+    return value
+
+
+def check_file_name(value: Any, where: str) -> str:
+    """An image's file name: a non-empty string a file system accepts. Where it points is checked when the
+    image is opened (it must stay inside the images folder)."""
+    name = check_text(value, where, empty=False)
+    if "\x00" in name:
+        raise InputError(f"{where} contains a NUL byte: {name!r:.80}")
+    if len(name.encode("utf-8")) > MAX_FILE_NAME:
+        raise InputError(f"{where} is longer than {MAX_FILE_NAME} bytes")
+    return name
+
+
+def _table_list(data: dict, key: str, where: str, required: bool) -> list:
+    if key not in data:
+        if required:
+            raise InputError(f"{where} is not in COCO format (no {key!r} list)")
+        return []
+    items = data[key]
+    if not isinstance(items, list):
+        raise InputError(f"{where}: {key!r} must be a list, got {_kind(items)}")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: {key}[{i}] must be an object, got {item!r:.80} ({_kind(item)})")
+    return items
+
+
+def check_coco(data: Any, path: Path, what: str) -> None:
+    """A COCO instances or captions file, as parsed JSON: images with unique integer ids and string file
+    names; categories with unique integer ids and names; annotations with integer ids that refer to listed
+    images and categories, and (captions) a string caption."""
+    where = f"{what} file {path}"
+    if not isinstance(data, dict):
+        raise InputError(f"{where} is not in COCO format (the top level is {_kind(data)}, not an object)")
+    images = _table_list(data, "images", where, required=True)
+    image_at: dict[int, int] = {}
+    for i, img in enumerate(images):
+        if "id" not in img:
+            raise InputError(f"{where}: images[{i}] has no 'id'")
+        image_id = check_id(img["id"], f"{where}: images[{i}].id")
+        if image_id in image_at:
+            raise InputError(f"{where}: images[{i}].id {image_id} repeats images[{image_at[image_id]}].id "
+                             f"(image ids must be unique)")
+        image_at[image_id] = i
+        if "file_name" not in img:
+            raise InputError(f"{where}: image {image_id} (images[{i}]) has no file_name")
+        check_file_name(img["file_name"], f"{where}: images[{i}].file_name")
+
+    categories = _table_list(data, "categories", where, required=False)
+    category_at: dict[int, int] = {}
+    for i, cat in enumerate(categories):
+        if "id" not in cat or "name" not in cat:
+            raise InputError(f"{where}: categories[{i}] needs an 'id' and a 'name'")
+        cat_id = check_id(cat["id"], f"{where}: categories[{i}].id")
+        if cat_id in category_at:
+            raise InputError(f"{where}: categories[{i}].id {cat_id} repeats categories[{category_at[cat_id]}].id "
+                             f"(category ids must be unique)")
+        category_at[cat_id] = i
+        check_text(cat["name"], f"{where}: categories[{i}].name", empty=False)
+        if "supercategory" in cat:
+            check_text(cat["supercategory"], f"{where}: categories[{i}].supercategory")
+
+    for i, ann in enumerate(_table_list(data, "annotations", where, required=False)):
+        at = f"{where}: annotations[{i}]"
+        for key in ("id", "image_id"):
+            if key not in ann:
+                raise InputError(f"{at} has no {key!r}")
+        check_id(ann["id"], f"{at}.id")
+        if check_id(ann["image_id"], f"{at}.image_id") not in image_at:
+            raise InputError(f"{at}.image_id {ann['image_id']} is not an id of the file's images")
+        if "category_id" in ann:
+            cat_id = check_id(ann["category_id"], f"{at}.category_id")
+            if cat_id not in category_at:
+                raise InputError(f"{at}.category_id {cat_id} is not an id of the file's categories")
+        if "caption" in ann:
+            check_text(ann["caption"], f"{at}.caption")
+        if "category_id" not in ann and "caption" not in ann:
+            raise InputError(f"{at} has neither a 'category_id' (instances) nor a 'caption' (captions)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes.
+
+
+def check_count(value: int, where: str, maximum: int, why: str) -> int:
+    """A positive integer no larger than ``maximum`` (checked before anything is sized from it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{where} must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise InputError(f"{where} = {value} is too large: at most {maximum:,} ({why})")
+    return value
