@@ -1,6 +1,9 @@
 """Command line of the compute stage: ``python -m compute VERB ...`` (``--help`` on every verb).
 
-Bad input ends with one line ``error: ...`` on stderr and exit code 2; nothing is written.
+Bad input (and an unusable store path) ends with one line ``error: ...`` on stderr and exit code 2;
+nothing is written. An I/O failure of the store (a full disk) or a store another process keeps busy ends
+with one line naming the store and the cause, and exit code 1; what was committed stays, and the same
+command resumes.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from compute.errors import InputError
+from compute.errors import InputError, StoreIOError
 from compute.store import DEFAULT_DB_TEXT, resolve_db
+from compute.validation import MAX_BATCH, MAX_IMAGES, MAX_THREADS, check_count
 
 EXIT_INPUT = 2
+EXIT_IO = 1
 
 
 def add_db_argument(parser: argparse.ArgumentParser, help: str = f"DuckDB store (default: {DEFAULT_DB_TEXT})") -> None:
@@ -46,17 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.db is not None:
         exp.store.db = chosen_db(args)
     if args.limit is not None:
-        if args.limit < 1:
-            raise InputError(f"--limit must be a positive integer, got {args.limit}")
-        exp.dataset.limit = args.limit
+        exp.dataset.limit = check_count(args.limit, "--limit", MAX_IMAGES, "images in one run")
     if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
-        exp.model.batch_size = args.batch_size
+        exp.model.batch_size = check_count(args.batch_size, "--batch-size", MAX_BATCH, "images per batch")
     if args.device:
         exp.model.device = args.device
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads is not None:
+        check_count(args.threads, "--threads", MAX_THREADS, "CPU threads")
     quiet_libraries()
     run(exp, method=args.method, progress=not args.no_progress, threads=args.threads)
     return 0
@@ -66,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from compute import store
 
     db = chosen_db(args)
-    if not db.is_file():
+    if not db.exists():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     with store.connect(db, read_only=True) as con:
         rows = store.list_runs(con)[::-1]  # oldest first, as they were made
@@ -87,11 +88,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from compute import store
+    from compute.runlock import run_lock
 
     db = chosen_db(args)
-    if not db.is_file():
+    if not db.exists():
         raise InputError(f"no store at {db}")
-    with store.connect(db) as con:
+    store.check_store(db, write=True)
+    with run_lock(db, args.run, wait=False), store.connect(db) as con:  # not while a process writes the run
         row = store.find_run(con, args.run)
         if row is None:
             raise InputError(f"no run named {args.run!r} in {db}")
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except StoreIOError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:
         print("interrupted: what was committed is kept; run the same command again to resume", file=sys.stderr)
         return 130

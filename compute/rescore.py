@@ -23,7 +23,8 @@ from compute.config import Experiment, Prompt, parse_experiment
 from compute.dataset import load_dataset
 from compute.errors import InputError
 from compute.models import LoadedClip, load_captioner, load_clip
-from compute.runner import RunResult, format_summary
+from compute.runlock import run_lock
+from compute.runner import RunResult, format_summary, label_warning
 from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
 
 
@@ -80,18 +81,27 @@ def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
             progress: bool = True, echo=print, clip: LoadedClip | None = None) -> RunResult:
     """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``."""
+    store.check_store(db, write=True)
     parent = open_run(db, name)
     exp = parent.exp
     exp.name, exp.prompts = new_name, prompts
     exp.store.db = Path(db)
     images = load_dataset(exp.dataset, [p.label for p in prompts])  # labels may depend on prompt labels
-    stored = set(parent.image_ids)
     images = [r for r in images if r.image_id in parent.labels]
+    if (warning := label_warning(images, [p.label for p in prompts])) is not None:
+        echo(warning)
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
+    with run_lock(db, new_name, echo):  # a second process making the same run waits here
+        return _rescore_into(db, parent, name, exp, images, prompts, new_name, batch_size, progress, echo, clip,
+                             captioner)
 
+
+def _rescore_into(db: Path, parent: StoredRun, name: str, exp: Experiment, images: list, prompts: list[Prompt],
+                  new_name: str, batch_size: int, progress: bool, echo, clip: LoadedClip, captioner) -> RunResult:
+    stored = set(parent.image_ids)
     with store.connect(db) as con:
         existing = store.find_run(con, new_name)
         if existing is not None and existing.config_hash != exp.identity_hash():
@@ -129,7 +139,7 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
             truth = truth_matrix([r.labels for r in chunk], prompt_labels)
             result = batch_result([r.image_id for r in chunk], ablation_ids, logits, truth, emb[:, 0], text_norm)
             with store.connect(db) as con:
-                store.write_batch(con, run_id, result)
+                store.write_batch(con, run_id, result, point="rescore")
             bar.update(len(chunk))
     finally:
         bar.close()

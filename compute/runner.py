@@ -3,7 +3,9 @@
 Order of work: check everything that can be checked (experiment, dataset, model, ablation ranges) before
 the store is touched, so bad input writes nothing; then create or resume the run; then per batch of
 images: decode once, compute every pending ablation, commit. A batch is committed whole or not at all,
-so a run killed at any moment loses at most the batch in flight and the next invocation resumes.
+so a run killed at any moment loses at most the batch in flight and the next invocation resumes. Two
+processes running the same run of one store take turns (compute.runlock): the second waits, then finds
+the work done.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from compute import store
 from compute.ablations import Ablation, dedupe, mean_layers, parse_ablation, sweep
 from compute.captions import CaptionStats, caption_stage, captioner_key
 from compute.config import Experiment
-from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
+from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image, uncarried_labels
 from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
+from compute.killpoints import kill_point
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
+from compute.runlock import run_lock
 from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
 
 MEAN_STAT = "attention_mean"
@@ -59,6 +63,15 @@ def resolve_ablations(exp: Experiment, n_layers: int) -> list[Ablation]:
     return dedupe(sweep(exp.ablations.sweep, n_layers) + extra)
 
 
+def label_warning(images: list[ImageRecord], prompt_labels: list[str]) -> str | None:
+    """One line when some prompt label (known to the dataset) is carried by none of the run's images."""
+    labels = uncarried_labels(images, prompt_labels)
+    if not labels:
+        return None
+    return (f"warning: no selected image carries the label(s) {', '.join(repr(x) for x in labels)}: "
+            f"their prompts can never be correct (fine for distractors)")
+
+
 # --------------------------------------------------------------------------------------------------
 # Image batches, decoded once, preprocessed in a background thread while the model works.
 
@@ -75,7 +88,7 @@ def _load_batch(clip: LoadedClip, records: list[ImageRecord]) -> Batch:
     ok, pil, errors = [], [], []
     for rec in records:
         try:
-            pil.append(open_image(rec.path))
+            pil.append(open_image(rec.path, rec.root))
             ok.append(rec)
         except ImageLoadError as e:
             errors.append((rec.image_id, "load", str(e)))
@@ -134,7 +147,16 @@ def run(
     clip: LoadedClip | None = None,
 ) -> RunResult:
     """Run or resume ``exp``. Raises InputError on bad input before writing anything."""
+    store.check_store(exp.store.db, write=True)  # a store-path problem fails before a model is loaded
     prep = prepare(exp, clip)
+    if (warning := label_warning(prep.images, [p.label for p in exp.prompts])) is not None:
+        echo(warning)
+    with run_lock(exp.store.db, exp.name, echo):  # a second process on the same run waits here
+        return _run(prep, method, progress, echo, threads)
+
+
+def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None], threads: int | None) -> RunResult:
+    exp = prep.exp
     set_threads(threads)
     clip, ablations, images = prep.clip, prep.ablations, prep.images
     n_layers = clip.n_layers
@@ -213,6 +235,7 @@ def _compute_means(clip: LoadedClip, images: list[ImageRecord], layers: set[int]
 
     def pixels() -> Iterator[torch.Tensor]:
         for batch in iter_batches(clip, images, batch_size):
+            kill_point("mean")
             bar.update(len(batch.attempted))
             if batch.pixel_values is not None:
                 yield batch.pixel_values
