@@ -1,0 +1,169 @@
+"""Concurrent use and I/O failures of the store, with real processes: two runs of one experiment at once,
+a delete while the run is being written, a full disk (a small tmpfs) and a file-size limit. Each ends in
+one clear line, never a traceback; the store stays valid; the result is the uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli, sql
+
+from compute import store
+from compute.__main__ import main
+from compute.config import load_experiment
+from compute.runner import run
+from compute.testing import make_coco, write_experiment
+
+RESULTS = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
+SELECTED = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY ALL"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def assert_same_results(got: Path, want: Path) -> None:
+    a, b = sql(got, RESULTS), sql(want, RESULTS)
+    assert [r[:3] for r in a] == [r[:3] for r in b]  # every row once, none missing
+    assert max(abs(x[3] - y[3]) for x, y in zip(a, b, strict=True)) < 1e-4
+    assert sql(got, SELECTED) == sql(want, SELECTED)
+    assert sql(got, "SELECT status FROM runs") == [("complete",)]
+
+
+def done_so_far(db: Path) -> int:
+    """Selections committed so far, read as the dashboard does (retrying while the writer holds the file)."""
+    if not db.exists():
+        return 0
+    with store.connect(db, read_only=True) as con:
+        return con.execute("SELECT COUNT(*) FROM selection_t").fetchone()[0]
+
+
+def start(exp: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def paper(tiny_clip, tmp_path):
+    """(experiment on a fresh store, the store of the same experiment run uninterrupted in-process)."""
+    coco = make_coco(tmp_path / "coco", n=16)
+    ref_db = tmp_path / "ref.duckdb"
+    ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, batch_size=2)
+    run(load_experiment(ref), progress=False, echo=lambda _: None)
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, tmp_path / "store" / "s.duckdb", batch_size=2)
+    return exp, ref_db
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_experiment_at_once_take_turns_and_agree(paper):
+    exp, ref_db = paper
+    first, second = start(exp), start(exp)
+    outs = [p.communicate(timeout=600) for p in (first, second)]
+    for proc, (_, err) in zip((first, second), outs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err and "Exception" not in err
+    text = [out for out, _ in outs]
+    waited = [t for t in text if "is being written by process" in t]
+    assert len(waited) == 1, text  # one waited, in one line, and then found the work done
+    assert "waiting for it to finish" in waited[0] and "the other process is done; continuing" in waited[0]
+    assert sum("new run 't'" in t for t in text) == 1 and sum("resuming run 't'" in t for t in text) == 1
+    db = exp.parent / "store" / "s.duckdb"
+    assert_same_results(db, ref_db)
+    assert [p.name for p in db.parent.iterdir()] == ["s.duckdb"]  # the lock file went with its holder
+
+
+@pytest.mark.slow
+def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip, tmp_path, capsys):
+    coco = make_coco(tmp_path / "coco", n=24)
+    db = tmp_path / "s.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
+    writer = start(exp)
+    try:
+        deadline = time.monotonic() + 240
+        while done_so_far(db) == 0:
+            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert main(["delete", "t", "--db", str(db)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: run 't' is being written by process {writer.pid} on {db}; wait for it to finish "
+                       "(or stop it), then try again")
+        out, err = writer.communicate(timeout=600)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err[-2000:]
+    assert sql(db, "SELECT status FROM runs") == [("complete",)]
+    assert sql(db, "SELECT COUNT(*) FROM selections")[0][0] == 24 * 21
+    assert main(["delete", "t", "--db", str(db)]) == 0  # and once it is done, delete works
+
+
+def _failed_part_way(result: subprocess.CompletedProcess, db: Path, cause: str, total: int) -> None:
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: store {db}: {cause}. What was committed is kept and the store is valid; fix the cause (free "
+        f"space) and run the same command again to resume"], result.stderr[-2000:]
+    done = sql(db, "SELECT COUNT(*) FROM selection_t")[0][0]  # the store opens and reads: it is valid
+    assert 0 < done < total, f"the failure did not land part way ({done} of {total})"
+    assert sql(db, "SELECT COUNT(*) FROM score_t")[0][0] == done * 4  # whole batches only
+    assert sql(db, "SELECT COUNT(*) FROM embedding_t")[0][0] == done
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(paper, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    exp, ref_db = paper
+    mnt = exp.parent / "store"
+    mnt.mkdir()
+    # The store file holds about 3 MB once created and grows about 1 MB per committed batch here.
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here")
+    try:
+        db = mnt / "s.duckdb"
+        full = run_cli("run", str(exp), "--no-progress")
+        _failed_part_way(full, db, "no space left on device", 16 * 21)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)  # space freed
+        again = run_cli("run", str(exp), "--no-progress")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "resuming run 't'" in again.stdout
+        assert_same_results(db, ref_db)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.slow
+def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(tiny_clip, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    coco = make_coco(tmp_path / "coco", n=24)
+    ref_db = tmp_path / "ref.duckdb"
+    run(load_experiment(write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, batch_size=1)),
+        progress=False, echo=lambda _: None)
+    mnt = tmp_path / "store"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here")
+    db = mnt / "s.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
+    try:
+        writer = start(exp)
+        deadline = time.monotonic() + 240
+        while done_so_far(db) == 0:
+            assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
+            time.sleep(0.05)
+        # The disk goes read-only mid-run (possible only between two batches: no file open for writing).
+        while subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
+            assert writer.poll() is None, "the run ended before the file system could go read-only"
+            time.sleep(0.01)
+        out, err = writer.communicate(timeout=600)
+        result = subprocess.CompletedProcess(writer.args, writer.returncode, out, err)
+        _failed_part_way(result, db, "read-only file system", 24 * 21)
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        again = run_cli("run", str(exp), "--no-progress")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert_same_results(db, ref_db)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -1,0 +1,115 @@
+"""The store knows itself: a marker with the application and schema version; a version-1 store, as main
+wrote it before the marker, is read as is and migrated in one transaction when written; a crash inside
+the migration leaves version 1 intact."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import run_cli, sql
+
+from compute import store
+from compute.__main__ import main
+from compute.config import load_experiment
+from compute.runner import run
+from compute.testing import make_coco, write_experiment
+
+V1_SQL = (Path(__file__).parent / "reference" / "store_v1.sql").read_text()
+V1_TABLES = ["run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",
+             "stat_t", "caption_cache_t"]
+PARTIAL = ("score_t", "selection_t", "embedding_t")  # cut to the first images: a run interrupted part way
+RESULTS = "SELECT image_id, ablation, prompt, label, logit, prob FROM scores ORDER BY ALL"
+SELECTED = "SELECT image_id, ablation, prompt, correct, score_baseline FROM selections ORDER BY ALL"
+
+
+def build_v1_store(v1: Path, rows_from: Path, up_to_image: int) -> None:
+    """A version-1 store exactly as main created it (its DDL, then meta_t = 1), holding the rows of a run
+    that ``rows_from`` (written by this version for the same experiment) holds, copied column by column
+    of the version-1 layout; results only for images up to ``up_to_image``."""
+    with duckdb.connect(str(v1)) as con:
+        con.execute("CREATE TABLE IF NOT EXISTS meta_t (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute(V1_SQL)
+        con.execute("INSERT OR REPLACE INTO meta_t VALUES ('schema_version', '1')")
+        con.execute(f"ATTACH '{rows_from}' AS cur (READ_ONLY)")
+        for table in V1_TABLES:
+            cols = ", ".join(r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE main.{table})").fetchall())
+            where = f" WHERE image_id <= {up_to_image}" if table in PARTIAL else ""
+            con.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}{where}")
+        con.execute("DETACH cur")
+        con.execute("UPDATE run_t SET status = 'running'")  # as the interrupted run left it
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kind(db: Path) -> store.StoreKind:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return store.identify(con)
+
+
+@pytest.fixture
+def v1_store(tiny_clip, tmp_path):
+    """(experiment writing to a version-1 store of its run cut after 4 images, the complete reference store)."""
+    coco = make_coco(tmp_path / "coco", n=10)
+    ref_db, v1 = tmp_path / "ref.duckdb", tmp_path / "v1.duckdb"
+    ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, extra=("mean:3",), batch_size=4)
+    run(load_experiment(ref), progress=False, echo=lambda _: None)
+    build_v1_store(v1, ref_db, up_to_image=4)
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, v1, extra=("mean:3",), batch_size=4)
+    return exp, ref_db, v1
+
+
+def test_a_new_store_carries_the_marker(tiny_clip, tiny_coco, tmp_path):
+    db = tmp_path / "new.duckdb"
+    with store.connect(db):
+        pass
+    marks = dict(sql(db, f"SELECT key, value FROM {store.MARKER}"))
+    assert marks["application"] == "CLIP Attention Lab store"
+    assert marks["schema_version"] == str(store.SCHEMA_VERSION) == "2"
+    assert kind(db) == store.StoreKind("ours", 2, kind(db).tables)
+    assert "meta_t" not in kind(db).tables
+
+
+def test_a_version_1_store_is_read_as_is_and_migrated_when_written(v1_store, capsys):
+    exp, ref_db, v1 = v1_store
+    assert kind(v1).kind == "ours" and kind(v1).version == 1
+    before = digest(v1)
+    # Reading (list, the dashboard) needs no migration and changes nothing.
+    assert main(["list", "--db", str(v1)]) == 0
+    listed = capsys.readouterr().out
+    assert " running " in listed and " 40% " in listed  # 4 of 10 images done
+    assert digest(v1) == before
+
+    # Writing migrates in one transaction, then the run resumes where version 1 left it.
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    assert "resuming run 't'" in capsys.readouterr().out
+    found = kind(v1)
+    assert (found.kind, found.version) == ("ours", 2) and "meta_t" not in found.tables
+    marks = dict(sql(v1, f"SELECT key, value FROM {store.MARKER}"))
+    assert marks["migrated_from_schema_version"] == "1" and marks["schema_version"] == "2"
+    assert sql(v1, RESULTS) == sql(ref_db, RESULTS)  # every row once, the same values
+    assert sql(v1, SELECTED) == sql(ref_db, SELECTED)
+    assert sql(v1, "SELECT status FROM runs") == [("complete",)]
+    for table in ("stat_t", "image_t", "prompt_t", "ablation_t"):  # untouched by the migration
+        assert sql(v1, f"SELECT * EXCLUDE (run_id) FROM {table} ORDER BY ALL") == \
+            sql(ref_db, f"SELECT * EXCLUDE (run_id) FROM {table} ORDER BY ALL")
+
+
+@pytest.mark.slow
+def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
+    exp, ref_db, v1 = v1_store
+    rows = sql(v1, RESULTS)
+    killed = run_cli("run", str(exp), "--no-progress", env={"CLIP_LAB_KILL_AT": "migrate"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    found = kind(v1)
+    assert (found.kind, found.version) == ("ours", 1) and store.MARKER not in found.tables
+    assert sql(v1, RESULTS) == rows
+    again = run_cli("run", str(exp), "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert kind(v1).version == 2
+    assert sql(v1, RESULTS) == sql(ref_db, RESULTS)
