@@ -32,6 +32,14 @@ PAGES = [
 
 page = st.navigation(PAGES)
 db = state.db_path()
+token = ui.change_token(db)
 with ui.reading(db):
-    st.session_state["ctx"] = ui.sidebar(db)
-    page.run()
+    try:
+        st.session_state["ctx"] = ui.sidebar(db)
+        page.run()
+    except Exception:
+        # A writer committed while this script read the store (a run deleted, a batch added): what it read
+        # may not fit together, so draw the page again from the new state rather than show the error.
+        if ui.change_token(db) != token:
+            st.rerun()
+        raise

@@ -68,3 +68,58 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
     assert len(seen) >= 3
     at = AppTest.from_file(APP, default_timeout=60).run()  # and the finished run shows as such
     assert not at.exception and at.sidebar.selectbox[0].options == ["live (complete)"]
+
+
+DELETER = """
+import sys, time
+from compute.__main__ import main
+db, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    time.sleep(0.3)
+    assert main(["delete", name, "--db", db]) == 0
+"""
+
+
+@pytest.mark.slow
+def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path, monkeypatch):
+    from compute.config import Prompt, load_experiment
+    from compute.models import load_clip
+    from compute.rescore import rescore
+    from compute.runner import run
+
+    coco = make_coco(tmp_path / "coco", n=10)
+    db = tmp_path / "shrinking.duckdb"
+    run(load_experiment(write_experiment(tmp_path / "keep.toml", tiny_clip, coco, db, name="keep")), progress=False,
+        echo=lambda _: None)
+    clip = load_clip(str(tiny_clip), "cpu")
+    victims = [f"victim-{i}" for i in range(6)]
+    for name in victims:  # runs that come and go: rescored from "keep" (they read its embeddings)
+        rescore(db, "keep", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], name,
+                progress=False, echo=lambda _: None, clip=clip)
+    monkeypatch.setenv(DB_ENV, str(db))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception[0].value
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py", "views/compare.py"]
+    renders = 0
+    try:
+        deadline = time.monotonic() + 240
+        while deleter.poll() is None and time.monotonic() < deadline:
+            # The page asks for a run that is being deleted, or is already gone: it must still render.
+            at.query_params["run"] = victims[renders % len(victims)]
+            at.switch_page(pages[renders % len(pages)]).run()
+            assert not at.exception, at.exception[0].value
+            renders += 1
+        out, err = deleter.communicate(timeout=120)
+    finally:
+        if deleter.poll() is None:
+            deleter.kill()
+    assert deleter.returncode == 0, err[-2000:]
+    assert renders >= 3, "the pages were not read while the runs were deleted"
+    with store.connect(db, read_only=True) as con:
+        assert list(queries.runs(con)["run"]) == ["keep"]
+    at.query_params["run"] = victims[0]  # a link to a deleted run opens the remaining one
+    at.switch_page("views/overview.py").run()
+    assert not at.exception and at.sidebar.selectbox[0].value == "keep"

@@ -1,0 +1,115 @@
+"""A real dashboard server in a real headless Chromium while the store changes under it: pages load while
+``python -m compute run`` writes a run, and while ``delete`` removes runs the page is showing. No page
+shows an exception; the writer and the deleter end as they would alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+from test_browser import ARTIFACTS, _skip_loudly
+
+from compute import store
+from compute.testing import make_coco, write_experiment
+from tools.screenshots import CHROMIUM, serve, shoot
+
+PAGES = ("overview", "failures", "image")
+DELETER = """
+import sys, time
+from compute.__main__ import main
+db, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    time.sleep(2.5)
+    assert main(["delete", name, "--db", db]) == 0
+"""
+
+
+def run_names(db) -> list[str]:
+    with store.connect(db, read_only=True) as con:
+        return [r["run"] for r in store.list_runs(con)]
+
+
+def done_pairs(db, name: str) -> int:
+    with store.connect(db, read_only=True) as con:
+        return next((r["n_done"] for r in store.list_runs(con) if r["run"] == name), 0)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(tiny_clip, tmp_path):
+    if not CHROMIUM.is_file():
+        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+    from compute.config import Prompt, load_experiment
+    from compute.models import load_clip
+    from compute.rescore import rescore
+    from compute.runner import run
+
+    coco = make_coco(tmp_path / "coco", n=24)
+    db = tmp_path / "busy.duckdb"
+    run(load_experiment(write_experiment(tmp_path / "base.toml", tiny_clip, coco, db, name="base", sweep="singles")),
+        progress=False, echo=lambda _: None)
+    clip = load_clip(str(tiny_clip), "cpu")
+    victims = [f"victim-{i}" for i in range(6)]
+    for name in victims:
+        rescore(db, "base", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], name,
+                progress=False, echo=lambda _: None, clip=clip)
+    live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=24), db, name="live",
+                            batch_size=1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    out = ARTIFACTS / "concurrency"
+
+    with serve(db, ARTIFACTS / "streamlit-concurrency.log") as url:
+        # 1. While a compute run writes the store.
+        writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(live), "--no-progress"], cwd=ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            while "live" not in run_names(db):
+                assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
+                time.sleep(0.1)
+            loads_while_writing = 0
+            while writer.poll() is None and not loads_while_writing:
+                before = done_pairs(db, "live")
+                shots = shoot(url, PAGES, out / "writing", {"run": "live", "image": "3"})
+                for shot in shots:
+                    assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
+                if writer.poll() is None and done_pairs(db, "live") > before:
+                    loads_while_writing += 1  # batches landed while these pages loaded
+            _, err = writer.communicate(timeout=300)
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+        assert writer.returncode == 0, err[-2000:]
+        assert loads_while_writing >= 1, "no page load overlapped the run's writes"
+
+        # 2. While runs the pages show are deleted.
+        deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            loads_while_deleting = 0
+            k = 0
+            while deleter.poll() is None and not loads_while_deleting:
+                before = len(run_names(db))
+                shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"})
+                for shot in shots:
+                    assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
+                loads_while_deleting += len(run_names(db)) < before  # runs vanished while these pages loaded
+                k += 1
+            _, err = deleter.communicate(timeout=120)
+        finally:
+            if deleter.poll() is None:
+                deleter.kill()
+        assert deleter.returncode == 0, err[-2000:]
+        assert loads_while_deleting >= 1, "no page load overlapped the deletes"
+        assert sorted(run_names(db)) == ["base", "live"]
+        for shot in shoot(url, PAGES, out / "after", {"run": victims[0], "image": "3"}):  # a link to a deleted run
+            assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
