@@ -170,19 +170,24 @@ def test_kills_at_random_moments_of_a_captioned_run_then_resume(reference, tiny_
     exp = str(experiment(reference, tiny_clip, tiny_blip, db))
     env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     rng = random.Random(11)
-    landed = 0
-    for _ in range(4):
+    landed, late = 0, 0.0
+    for _ in range(6):
+        if landed >= 3:
+            break
         proc = subprocess.Popen([sys.executable, "-m", "compute", "run", exp, "--no-progress"], cwd=ROOT,
                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + rng.uniform(0.3, 0.95) * reference["whole"]
+        deadline = time.monotonic() + min(0.98, rng.uniform(0.3, 0.95) + late) * reference["whole"]
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        landed += db.exists() and counts(db)["run_t"] == 1
+        if db.exists() and counts(db)["run_t"] == 1:
+            landed += 1
+        else:  # killed during startup (a busy machine makes it long): the next kill comes later
+            late += 0.2
     assert landed >= 1, "no kill landed after the run was created; the test proved nothing"
     final = run_cli("run", exp, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
