@@ -19,6 +19,8 @@ from compute.config import load_experiment
 from compute.runner import run
 from compute.testing import make_coco, write_experiment
 
+N_PAPER = 8  # images of the `paper` fixture's experiment: four batches of two
+N_LIVE = 12  # images of the runs that must still be going when the test acts: batches of one
 RESULTS = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
 SELECTED = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY ALL"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -48,7 +50,7 @@ def start(exp: Path) -> subprocess.Popen:
 @pytest.fixture
 def paper(tiny_clip, tmp_path):
     """(experiment on a fresh store, the store of the same experiment run uninterrupted in-process)."""
-    coco = make_coco(tmp_path / "coco", n=16)
+    coco = make_coco(tmp_path / "coco", n=N_PAPER)
     ref_db = tmp_path / "ref.duckdb"
     ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, batch_size=2)
     run(load_experiment(ref), progress=False, echo=lambda _: None)
@@ -76,7 +78,7 @@ def test_two_runs_of_one_experiment_at_once_take_turns_and_agree(paper):
 
 @pytest.mark.slow
 def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip, tmp_path, capsys):
-    coco = make_coco(tmp_path / "coco", n=24)
+    coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "s.duckdb"
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
     writer = start(exp)
@@ -96,7 +98,7 @@ def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip,
             writer.kill()
     assert writer.returncode == 0, err[-2000:]
     assert sql(db, "SELECT status FROM runs") == [("complete",)]
-    assert sql(db, "SELECT COUNT(*) FROM selections")[0][0] == 24 * 21
+    assert sql(db, "SELECT COUNT(*) FROM selections")[0][0] == N_LIVE * 21
     assert main(["delete", "t", "--db", str(db)]) == 0  # and once it is done, delete works
 
 
@@ -124,7 +126,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(paper
     try:
         db = mnt / "s.duckdb"
         full = run_cli("run", str(exp), "--no-progress")
-        _failed_part_way(full, db, "no space left on device", 16 * 21)
+        _failed_part_way(full, db, "no space left on device", N_PAPER * 21)
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)  # space freed
         again = run_cli("run", str(exp), "--no-progress")
         assert again.returncode == 0, again.stderr[-2000:]
@@ -138,7 +140,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(paper
 def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(tiny_clip, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    coco = make_coco(tmp_path / "coco", n=24)
+    coco = make_coco(tmp_path / "coco", n=N_LIVE)
     ref_db = tmp_path / "ref.duckdb"
     run(load_experiment(write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, batch_size=1)),
         progress=False, echo=lambda _: None)
@@ -160,7 +162,7 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
             time.sleep(0.01)
         out, err = writer.communicate(timeout=600)
         result = subprocess.CompletedProcess(writer.args, writer.returncode, out, err)
-        _failed_part_way(result, db, "read-only file system", 24 * 21)
+        _failed_part_way(result, db, "read-only file system", N_LIVE * 21)
         subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
         again = run_cli("run", str(exp), "--no-progress")
         assert again.returncode == 0, again.stderr[-2000:]
