@@ -164,7 +164,7 @@ def attention_means(model: nn.Module, batches: Iterable[torch.Tensor], needs: di
             hook = None
             if depth in needs.get(HEAD_MEAN_STAT, ()):
                 # out_proj's input is the concatenation of the heads' outputs, as the model computes it
-                hook = layer.self_attn.out_proj.register_forward_pre_hook(lambda _m, args: heads_in.append(args[0]))
+                hook = layer.self_attn.out_proj.register_forward_pre_hook(lambda _m, args, out=heads_in: out.append(args[0]))
             try:
                 a = layer.self_attn(hidden_states=layer.layer_norm1(h))[0]
             finally:
