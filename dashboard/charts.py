@@ -288,18 +288,19 @@ def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
         color=alt.Color("target:N", sort=targets, title="blocked flow (keys > queries)"),
     )
     whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=f"Δ {METRIC_TITLES[metric]}"), y2="hi:Q")
-    points = base.mark_point(size=70, strokeWidth=2).encode(
-        y=alt.Y("change:Q"),
-        fill=alt.condition("datum.holds", alt.Fill("target:N", sort=targets, legend=None), alt.value("white")),
-        tooltip=[alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
-                 alt.Tooltip("change:Q", format="+.4f", title=f"Δ {METRIC_TITLES[metric]}"),
-                 alt.Tooltip("lo:Q", format="+.4f", title="95% interval from"),
-                 alt.Tooltip("hi:Q", format="+.4f", title="95% interval to"),
-                 alt.Tooltip("p_holm:Q", format=".3g", title="McNemar p (Holm)"),
-                 alt.Tooltip("holds_text:N", title="holds after Holm")],
-    )
+    tooltip = [alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
+               alt.Tooltip("change:Q", format="+.4f", title=f"Δ {METRIC_TITLES[metric]}"),
+               alt.Tooltip("lo:Q", format="+.4f", title="95% interval from"),
+               alt.Tooltip("hi:Q", format="+.4f", title="95% interval to"),
+               alt.Tooltip("p_holm:Q", format=".3g", title="McNemar p (Holm)"),
+               alt.Tooltip("holds_text:N", title="holds after Holm")]
+    # filled where the change holds after Holm, open elsewhere (two layers: one colour legend)
+    held = base.transform_filter("datum.holds").mark_point(filled=True, size=70, opacity=1).encode(
+        y=alt.Y("change:Q"), tooltip=tooltip)
+    open_ = base.transform_filter("!datum.holds").mark_point(size=70, strokeWidth=2).encode(
+        y=alt.Y("change:Q"), tooltip=tooltip)
     zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="zero:Q")
-    return alt.layer(zero, whiskers, points).properties(
+    return alt.layer(zero, whiskers, open_, held).properties(
         title={"text": f"Change in {METRIC_TITLES[metric]} when one flow is knocked out in one layer",
                "subtitle": "95% paired bootstrap intervals; filled: holds after Holm's correction of McNemar's test"},
         height=300)
