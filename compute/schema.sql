@@ -42,9 +42,11 @@ CREATE TABLE IF NOT EXISTS prompt_t (
 CREATE TABLE IF NOT EXISTS ablation_t (
     run_id      INTEGER NOT NULL,
     ablation_id SMALLINT NOT NULL,           -- order of the sweep; 0 is baseline
-    ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, identity:1-3, ...
-    kind        VARCHAR NOT NULL,
-    layers      INTEGER[] NOT NULL,
+    ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, zero:5-8/h2-4, ...
+    kind        VARCHAR NOT NULL,            -- baseline | identity | zero | mean | uniform | knockout
+    layers      INTEGER[] NOT NULL,          -- 1-based
+    heads       INTEGER[] NOT NULL DEFAULT [],  -- 0-based; empty: whole layers
+    target      VARCHAR,                     -- knockout's blocked flow (patches>cls, ...); NULL otherwise
     PRIMARY KEY (run_id, ablation_id)
 );
 
@@ -90,7 +92,8 @@ CREATE TABLE IF NOT EXISTS error_t (
     PRIMARY KEY (run_id, image_id, stage)
 );
 
--- Dataset statistics a run depends on (the per-position mean attention output for mean: ablations).
+-- Dataset statistics a run depends on, per layer (for mean ablations: attention_mean, the attention
+-- block's output per position; attention_head_mean, the heads' outputs before out_proj per position).
 CREATE TABLE IF NOT EXISTS stat_t (
     run_id INTEGER NOT NULL,
     name   VARCHAR NOT NULL,

@@ -318,7 +318,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, db: Path | str = "store") -> N
 def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     # Version 1 kept its version in meta_t(key, value) and no application name, so a DuckDB file of any
     # application with a meta_t table looked alike. Version 2 moves it to the marker table and records
-    # where the store came from.
+    # where the store came from. It also gives every store ablation_t's heads and target (head-level and
+    # knockout ablations), which stores written while the version still read 1 may lack: their ablations
+    # are whole layers without a target.
+    con.execute("ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS heads INTEGER[] DEFAULT []")
+    con.execute("ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS target VARCHAR")
     con.execute(f"CREATE TABLE {MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
     con.execute(f"INSERT INTO {MARKER} SELECT 'migrated_from_' || key, value FROM meta_t")
     con.execute(f"INSERT INTO {MARKER} VALUES ('migrated_at', ?)", [datetime.now().isoformat()])
@@ -427,8 +431,10 @@ def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
             [[run_id, i, p.text, p.label] for i, p in enumerate(new.prompts)],
         )
         con.executemany(
-            "INSERT INTO ablation_t VALUES (?, ?, ?, ?, ?)",
-            [[run_id, i, a.label, a.kind, list(a.layers)] for i, a in enumerate(new.ablations)],
+            "INSERT INTO ablation_t (run_id, ablation_id, ablation, kind, layers, heads, target) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[run_id, i, a.label, a.kind, list(a.layers), list(a.heads), a.target or None]
+             for i, a in enumerate(new.ablations)],
         )
     return run_id
 

@@ -177,9 +177,15 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "experiment: caption batch_size negative": (lambda s: s.run(exp=s.experiment(more="[captions]\nbatch_size = -3\n")),
                                                 "captions.batch_size must be a positive integer, got -3"),
     "experiment: ablation layer beyond any tower": (lambda s: s.run(exp=s.experiment(extra=("identity:1-99999",))),
-                                                    "layer 99999 does not exist (a vision tower has at most 1000"),
+                                                    "layer 99999 is beyond any model (layers run from 1 to at most 1024)"),
     "experiment: ablation layer of 5000 digits": (lambda s: s.run(exp=s.experiment(extra=(f"zero:{BIG}",))),
                                                   "is out of range"),
+    "experiment: head range beyond any model": (lambda s: s.run(exp=s.experiment(
+        extra=("identity:3/h0-99999999999999999999",))), "head 99999999999999999999 is beyond any model"),
+    "experiment: head number of 5000 digits": (lambda s: s.run(exp=s.experiment(extra=(f"zero:2/h{BIG}",))),
+                                               "is out of range: head 999999"),
+    "experiment: head beyond the model": (lambda s: s.run(exp=s.experiment(extra=("identity:3/h1,h4",))),
+                                          "head 4 does not exist (its layers have heads 0-3)"),
     "experiment: ablation beyond the model": (lambda s: s.run(exp=s.experiment(extra=("uniform:5,13",))),
                                               "layer 13 does not exist (the vision tower has layers 1-12)"),
     "experiment: extra not a list of strings": (lambda s: s.run(exp=_replace(s, "extra = []", "extra = [3]")),
@@ -350,7 +356,7 @@ def test_a_huge_layer_range_is_refused_before_it_is_expanded(setup):
     assert code == 2, stderr[-2000:]
     assert stderr.strip().splitlines() == [
         f"error: {exp}: ablation 'identity:1-99999999999999999999' is out of range: layer 99999999999999999999 "
-        "does not exist (a vision tower has at most 1000 layers)"]
+        "is beyond any model (layers run from 1 to at most 1024)"]
     assert peak_mb < 2000, f"peak memory {peak_mb:.0f} MB: the range was expanded"  # was past 15 GB
     print(f"peak resident memory of the refused run: {peak_mb:.0f} MB")
     assert snapshot(setup.tmp) == before

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from compute import store
-from compute.ablations import MAX_LAYERS, parse_ablation
+from compute.ablations import MAX_INDEX, parse_ablation
 from compute.dataset import ImageLoadError, ImageRecord, inside_path, uncarried_labels
 from compute.errors import InputError, StoreError
 from compute.runlock import lock_path, run_lock
@@ -97,10 +97,11 @@ def test_sizes_have_a_ceiling():
         check_count(True, "n", 64, "why")
 
 
-def test_layer_numbers_are_bounded_before_a_range_is_expanded():
-    assert parse_ablation(f"zero:1-{MAX_LAYERS}").layers == tuple(range(1, MAX_LAYERS + 1))
+def test_layer_and_head_numbers_are_bounded_before_a_range_is_expanded():
+    assert parse_ablation(f"zero:1-{MAX_INDEX}").layers == tuple(range(1, MAX_INDEX + 1))
     assert parse_ablation("identity:007").label == "identity:7"  # leading zeros are still small numbers
-    for text in (f"zero:{MAX_LAYERS + 1}", "zero:1-1" + "0" * 30, "zero:" + "9" * 5000 + "-1"):
+    for text in (f"zero:{MAX_INDEX + 1}", "zero:1-1" + "0" * 30, "zero:" + "9" * 5000 + "-1",
+                 "identity:1/h0-" + "7" * 5000):  # 5000 digits: more than int() converts
         with pytest.raises(InputError, match="is out of range"):
             parse_ablation(text)
 
