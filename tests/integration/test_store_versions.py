@@ -26,13 +26,20 @@ RESULTS = "SELECT image_id, ablation, prompt, label, logit, prob FROM scores ORD
 SELECTED = "SELECT image_id, ablation, prompt, correct, score_baseline FROM selections ORDER BY ALL"
 
 
-def build_v1_store(v1: Path, rows_from: Path, up_to_image: int) -> None:
+# Main also wrote version 1 for a while after head-level ablations gave ablation_t two more columns.
+V1_HEADS_SQL = """
+ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS heads INTEGER[] DEFAULT [];
+ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS target VARCHAR;
+"""
+
+
+def build_v1_store(v1: Path, rows_from: Path, up_to_image: int, heads: bool = False) -> None:
     """A version-1 store exactly as main created it (its DDL, then meta_t = 1), holding the rows of a run
     that ``rows_from`` (written by this version for the same experiment) holds, copied column by column
     of the version-1 layout; results only for images up to ``up_to_image``."""
     with duckdb.connect(str(v1)) as con:
         con.execute("CREATE TABLE IF NOT EXISTS meta_t (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        con.execute(V1_SQL)
+        con.execute(V1_SQL + (V1_HEADS_SQL if heads else ""))
         con.execute("INSERT OR REPLACE INTO meta_t VALUES ('schema_version', '1')")
         con.execute(f"ATTACH '{rows_from}' AS cur (READ_ONLY)")
         for table in V1_TABLES:
@@ -52,14 +59,14 @@ def kind(db: Path) -> store.StoreKind:
         return store.identify(con)
 
 
-@pytest.fixture
-def v1_store(tiny_clip, tmp_path):
+@pytest.fixture(params=[False, True], ids=["v1", "v1 with heads"])
+def v1_store(request, tiny_clip, tmp_path):
     """(experiment writing to a version-1 store of its run cut after 4 images, the complete reference store)."""
     coco = make_coco(tmp_path / "coco", n=10)
     ref_db, v1 = tmp_path / "ref.duckdb", tmp_path / "v1.duckdb"
     ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, extra=("mean:3",), batch_size=4)
     run(load_experiment(ref), progress=False, echo=lambda _: None)
-    build_v1_store(v1, ref_db, up_to_image=4)
+    build_v1_store(v1, ref_db, up_to_image=4, heads=request.param)
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, v1, extra=("mean:3",), batch_size=4)
     return exp, ref_db, v1
 
@@ -101,6 +108,7 @@ def test_a_version_1_store_is_read_as_is_and_migrated_when_written(v1_store, cap
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("v1_store", [False], indirect=True, ids=["v1"])
 def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
     exp, ref_db, v1 = v1_store
     rows = sql(v1, RESULTS)
