@@ -17,8 +17,8 @@ from compute.errors import InputError
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in the store
 MAX_IMAGES = 2**31 - 1  # run_t.n_images is INTEGER
-MAX_PROMPTS = 2**15 - 1  # prompt_id is SMALLINT
-MAX_ABLATIONS = 2**15 - 1  # ablation_id is SMALLINT
+MAX_PROMPTS = 2**15  # prompt_id is SMALLINT, from 0
+MAX_ABLATIONS = 2**15  # ablation_id is SMALLINT, from 0
 MAX_BATCH = 65_536  # images (or captions) per batch: far beyond any accelerator's memory
 MAX_NEW_TOKENS = 1_024  # caption length: beyond every captioner's context
 MAX_BEAMS = 64

@@ -166,29 +166,31 @@ def test_a_kill_inside_delete_leaves_the_run_whole_and_a_rerun_removes_it_whole(
 
 @pytest.mark.slow
 def test_kills_at_random_moments_of_a_captioned_run_then_resume(reference, tiny_clip, tiny_blip, tmp_path):
+    from compute.runlock import lock_path
+
     db = tmp_path / "random.duckdb"
     exp = str(experiment(reference, tiny_clip, tiny_blip, db))
-    env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    lock = lock_path(db, "t")
     rng = random.Random(11)
-    landed, late = 0, 0.0
-    for _ in range(6):
-        if landed >= 3:
-            break
+    landed = 0
+    for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "compute", "run", exp, "--no-progress"], cwd=ROOT,
-                                env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + min(0.98, rng.uniform(0.3, 0.95) + late) * reference["whole"]
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Past startup (models loaded, the run's lock taken: its file holds the pid), then a random moment
+        # of the store phase: creation, the mean pass, a batch, a commit, the caption stage. Startup's length
+        # varies most with the machine's load, so the random delay starts after it.
+        while proc.poll() is None and not (lock.exists() and lock.read_text() == str(proc.pid)):
+            time.sleep(0.005)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.6) * reference["whole"]
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if db.exists() and counts(db)["run_t"] == 1:
-            landed += 1
-        else:  # killed during startup (a busy machine makes it long): the next kill comes later
-            late += 0.2
-    assert landed >= 1, "no kill landed after the run was created; the test proved nothing"
+        landed += 1
+    assert landed >= 1, "every run finished before its kill; the test proved nothing"
     final = run_cli("run", exp, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])

@@ -191,7 +191,7 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "experiment: extra not a list of strings": (lambda s: s.run(exp=_replace(s, "extra = []", "extra = [3]")),
                                                 "ablations.extra must be a list of strings"),
     "experiment: too many prompts": (lambda s: s.run(exp=s.experiment(
-        prompts=[(f"a photo of a cat {i}", "cat") for i in range(32_768)])), "32,768 prompts: a run holds at most 32,767"),
+        prompts=[(f"a photo of a cat {i}", "cat") for i in range(32_769)])), "32,769 prompts: a run holds at most 32,768"),
     "experiment: prompt label nobody carries": (lambda s: s.run(exp=s.experiment(
         prompts=[("a photo of a dog", "dgo"), ("a photo of a cat", "cat")])),
         "prompt label 'dgo' is carried by no image: the categories of"),
