@@ -25,8 +25,15 @@ from compute.config import Experiment
 from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
 from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
-from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
-from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary, pixel_values
+from compute.scoring import (
+    batch_result,
+    cosine_logits,
+    logit_scale,
+    text_embeddings,
+    text_tokens,
+    truth_matrix,
+)
 
 
 @dataclass
@@ -44,17 +51,18 @@ def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
     """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
-    ablations = resolve_ablations(exp, clip.n_layers, clip.n_heads)
+    ablations = resolve_ablations(exp, clip.n_layers, clip.n_heads, clip.has_cls)
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
     return Prepared(exp, images, clip, ablations, captioner)
 
 
-def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None) -> list[Ablation]:
-    """The run's ablations in order: the sweeps (baseline first), then the extras, duplicates dropped."""
-    extra = [parse_ablation(text, n_layers, n_heads) for text in exp.ablations.extra]
-    return dedupe(sweeps(exp.ablations.sweep, n_layers, n_heads) + extra)
+def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None, cls: bool = True) -> list[Ablation]:
+    """The run's ablations in order: the sweeps (baseline first), then the extras, duplicates dropped.
+    ``cls``: the tower has a CLS token (else knockout targets naming it are refused, and left out of flow)."""
+    extra = [parse_ablation(text, n_layers, n_heads, cls) for text in exp.ablations.extra]
+    return dedupe(sweeps(exp.ablations.sweep, n_layers, n_heads, cls) + extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +72,7 @@ def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None
 @dataclass
 class Batch:
     records: list[ImageRecord]  # the ones that decoded
-    pixel_values: torch.Tensor | None  # (n, 3, size, size)
+    pixel_values: torch.Tensor | None  # (n, 3, size, size); SigLIP 2 NaFlex: (n, patches, 3·p·p)
     errors: list[tuple[int, str, str]]
     attempted: list[int]
 
@@ -79,8 +87,7 @@ def _load_batch(clip: LoadedClip, records: list[ImageRecord]) -> Batch:
             errors.append((rec.image_id, "load", str(e)))
     pixels = None
     if pil:
-        pixels = clip.processor.image_processor(images=pil, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(clip.device, clip.dtype)
+        pixels = pixel_values(clip, pil).to(clip.device, clip.dtype)
     return Batch(ok, pixels, errors, [r.image_id for r in records])
 
 
@@ -234,8 +241,7 @@ def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tu
     engine = SweepEngine(clip.model, ablations, means) if method == "engine" else None
     tokens = None
     if method == "plain":
-        tokens = clip.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        tokens = {k: v.to(clip.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        tokens = text_tokens(clip, texts)
 
     bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr,
                smoothing=0.1)
