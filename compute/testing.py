@@ -3,7 +3,9 @@ datasets of real JPEGs, and experiment files pointing at them.
 
 The models load through exactly the code path of ``openai/clip-vit-base-patch16`` (``from_pretrained`` on
 a folder holding config, safetensors weights, image processor and tokenizer), so tests exercise the real
-loading code without a network; the datasets are read by pycocotools like COCO's own files.
+loading code without a network; the datasets are read by pycocotools like COCO's own files. Besides CLIP:
+an OpenCLIP-shaped CLIPModel (exact GELU), SigLIP (``SiglipModel``, the layout of
+``google/siglip-base-patch16-224`` and of SigLIP 2 FixRes) and SigLIP 2 NaFlex (``Siglip2Model``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,14 @@ def save_random_clip(
     extra_words: tuple[str, ...] = (),
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    hidden_act: str = "quick_gelu",
+    perturb: float = 0.0,
 ) -> Path:
-    """Build a CLIPModel with random weights and its CLIPProcessor; save both to ``out``."""
+    """Build a CLIPModel with random weights and its CLIPProcessor; save both to ``out``.
+
+    hidden_act: "quick_gelu" as OpenAI's CLIP, "gelu" as OpenCLIP checkpoints published as CLIPModel.
+    perturb: noise added to every parameter (see randomize_), so biases and layer norms are not at their
+    initial zeros and ones."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     out = Path(out)
@@ -57,15 +65,19 @@ def save_random_clip(
             hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
             num_attention_heads=text_heads or max(1, text_width // 16), vocab_size=len(vocab), max_position_embeddings=32,
             bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+            hidden_act=hidden_act,
         ),
         vision_config=dict(
             hidden_size=width, intermediate_size=mlp or 4 * width, num_hidden_layers=layers,
-            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+            num_attention_heads=heads, image_size=image_size, patch_size=patch_size, hidden_act=hidden_act,
         ),
         projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
-    model = CLIPModel(config).eval().to(dtype)
+    model = CLIPModel(config).eval()
+    if perturb:
+        randomize_(model, seed, perturb)
+    model = model.to(dtype)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
@@ -141,6 +153,136 @@ def save_random_vision_encoder_decoder(out: str | Path, *, width: int = 32, imag
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Add N(0, scale) noise to every parameter, in place. A fresh SigLIP leaves logit_scale, logit_bias,
+    every bias and the layer norms at 0 and 1, where a missing bias term or a skipped norm goes unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
+    return model
+
+
+def siglip_word_tokenizer(words: list[str], max_length: int):
+    """A word-level tokenizer laid out as SigLIP's own: lower-cased, "</s>" appended, padded on the right with
+    "</s>", and returning input_ids only (the real tokenizer_config's model_input_names), as SigLIP was
+    trained (its text tower pools at the last position)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *sorted(set(words))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
+                                   model_max_length=max_length, model_input_names=["input_ids"],
+                                   padding_side="right")
+
+
+def siglip2_bpe_tokenizer(words: list[str]):
+    """A Siglip2Tokenizer (Gemma-style BPE over letters, with merges that spell ``words``): a siglip2 folder
+    reloads its tokenizer as this class, so a word-level one would come back as unknown tokens."""
+    from transformers import Siglip2Tokenizer
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "▁",
+                                         *(chr(c) for c in range(ord("a"), ord("z") + 1))])}
+    merges = []
+    for word in sorted(set(words)):
+        text = "▁" + word.lower()
+        cur = text[0]
+        for ch in text[1:]:
+            if ch not in vocab:
+                continue
+            if cur + ch not in vocab:
+                vocab[cur + ch] = len(vocab)
+                merges.append((cur, ch))
+            cur += ch
+    return Siglip2Tokenizer(vocab=vocab, merges=merges)
+
+
+def _siglip_configs(layers: int, width: int, heads: int, mlp: int | None, text_layers: int, text_width: int,
+                    text_heads: int | None, vocab: int, text_length: int) -> tuple[dict, dict]:
+    text = dict(hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
+                num_attention_heads=text_heads or max(1, text_width // 16), vocab_size=vocab,
+                max_position_embeddings=text_length, projection_size=width)
+    vision = dict(hidden_size=width, intermediate_size=mlp or 4 * width, num_hidden_layers=layers,
+                  num_attention_heads=heads)
+    return text, vision
+
+
+def _finish_siglip(model: torch.nn.Module, seed: int, perturb: float) -> torch.nn.Module:
+    # Realistic signs: a positive temperature and a negative bias (SigLIP-B/16: exp 117, bias -12.9), so the
+    # bias term is far from zero and a logit that forgot it is caught.
+    if perturb:
+        randomize_(model, seed, perturb)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-1.7)
+    return model.eval()
+
+
+def save_random_siglip(out: str | Path, *, layers: int = 6, width: int = 32, heads: int = 4, mlp: int | None = None,
+                       image_size: int = 32, patch_size: int = 8, text_layers: int = 2, text_width: int = 32,
+                       text_heads: int | None = None, text_length: int = 16, extra_words: tuple[str, ...] = (),
+                       seed: int = 0, perturb: float = 0.2) -> Path:
+    """A SiglipModel with random (perturbed) weights and its SiglipProcessor, saved to ``out``: model_type
+    "siglip", as google/siglip-base-patch16-224 and the SigLIP 2 FixRes checkpoints."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    out = Path(out)
+    tokenizer = siglip_word_tokenizer(BASE_WORDS + list(extra_words), text_length)
+    vocab = tokenizer.get_vocab()
+    text, vision = _siglip_configs(layers, width, heads, mlp, text_layers, text_width, text_heads, len(vocab),
+                                   text_length)
+    text.update(pad_token_id=vocab["</s>"], eos_token_id=vocab["</s>"], bos_token_id=None)
+    vision.update(image_size=image_size, patch_size=patch_size)
+    torch.manual_seed(seed)
+    model = _finish_siglip(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), seed, perturb)
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    model.save_pretrained(out)
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def save_random_siglip2(out: str | Path, *, layers: int = 6, width: int = 32, heads: int = 4, mlp: int | None = None,
+                        grid: int = 4, patch_size: int = 8, text_layers: int = 2, text_width: int = 32,
+                        text_heads: int | None = None, text_length: int = 64, extra_words: tuple[str, ...] = (),
+                        seed: int = 0, perturb: float = 0.2) -> Path:
+    """A Siglip2Model (NaFlex, model_type "siglip2") with random (perturbed) weights and its Siglip2Processor,
+    saved to ``out``; its native grid is ``grid`` x ``grid`` patches of ``patch_size`` pixels."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+
+    out = Path(out)
+    tokenizer = siglip2_bpe_tokenizer(BASE_WORDS + list(extra_words))
+    text, vision = _siglip_configs(layers, width, heads, mlp, text_layers, text_width, text_heads, len(tokenizer),
+                                   text_length)
+    text.update(pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    vision.update(patch_size=patch_size, num_patches=grid * grid)
+    torch.manual_seed(seed)
+    model = _finish_siglip(Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)), seed, perturb)
+    image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=grid * grid)
+    model.save_pretrained(out)
+    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def save_openclip_shaped_clip(out: str | Path, **overrides) -> Path:
+    """A small CLIPModel shaped as the OpenCLIP checkpoints published as CLIPModel (laion/CLIP-ViT-*): exact
+    GELU instead of quick_gelu, and sizes unlike the other fixtures (6 layers of width 48 with 6 heads, 48 px,
+    patch 16: 10 tokens; projection 24), perturbed so every bias and norm takes part."""
+    kwargs = dict(layers=6, width=48, heads=6, mlp=96, image_size=48, patch_size=16, text_layers=2, text_width=48,
+                  text_heads=3, projection_dim=24, hidden_act="gelu", perturb=0.05)
+    return save_random_clip(out, **{**kwargs, **overrides})
+
+
+def save_siglip_b16_shaped(out: str | Path) -> Path:
+    """A random SigLIP with the vision tower of google/siglip-base-patch16-224 (12 layers, width 768, 12 heads,
+    224 px, patch 16: 196 tokens, no CLS) and a 12-layer text tower padded to 64 tokens (the bench's model)."""
+    return save_random_siglip(out, layers=12, width=768, heads=12, mlp=3072, image_size=224, patch_size=16,
+                              text_layers=12, text_width=768, text_heads=12, text_length=64, perturb=0.0)
 
 
 def save_vit_b16_shaped_clip(out: str | Path) -> Path:
