@@ -25,6 +25,15 @@ def counts(db):
         return con.execute("SELECT (SELECT COUNT(*) FROM selection_t), (SELECT COUNT(*) FROM score_t)").fetchone()
 
 
+def committed(db) -> int:
+    """Selections committed so far, read while the run may hold the file (then: -1)."""
+    try:
+        state = counts(db)
+    except duckdb.IOException:  # the run's writer holds the file
+        return -1
+    return -1 if state is None else state[0]
+
+
 def start(exp):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
@@ -43,14 +52,23 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(tiny_c
     total = counts(ref_db)
 
     # Kill at random moments across a whole run's span: during startup, the means pass, a batch or a
-    # commit. Each restart resumes, so later attempts may find the run already finished.
+    # commit; every other attempt at a random moment after it has committed a batch, since the sweep is a
+    # small part of a whole process's time. Each restart resumes, so later attempts may find the run
+    # already finished.
     rng = random.Random(7)
     partial_kills = 0
-    for _ in range(6):
+    for attempt in range(6):
+        before = max(committed(db), 0)
         proc = start(exp)
-        deadline = time.monotonic() + rng.uniform(0.15, 0.95) * whole
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        if attempt % 2 == 0:
+            deadline = time.monotonic() + rng.uniform(0.15, 0.95) * whole
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            deadline = time.monotonic() + 2 * whole
+            while proc.poll() is None and time.monotonic() < deadline and committed(db) <= before:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.3))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
