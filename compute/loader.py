@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 import torch
+from PIL import Image
 
 from compute.dataset import ImageLoadError, ImageRecord
 from compute.errors import RunError
@@ -144,6 +145,7 @@ class Loader:
         self._shared = np.frombuffer(mmap.mmap(-1, nbytes), self.recipe.ship_dtype).reshape(shape)
         fork = sys.platform.startswith("linux") and self.n_workers > 0
         ctx = mp.get_context("fork") if fork else None
+        Image.init()  # every image plugin imported before the fork: a child never needs the import lock
         for _ in range(self.n_workers if fork else 1):
             task_r, task_w = mp.Pipe(duplex=False)
             res_r, res_w = mp.Pipe(duplex=False)

@@ -277,6 +277,12 @@ class BatchResult:
     attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
 
 
+def for_batch_writes(con: duckdb.DuckDBPyConnection) -> None:
+    """Settings of a connection the run's writer thread commits batches through: no progress bar (a long
+    checkpoint would print one across the run's own output)."""
+    con.execute("SET enable_progress_bar = false")
+
+
 def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult) -> None:
     """Commit one batch atomically: scores, selections, embeddings and errors, or nothing."""
     with transaction(con):

@@ -98,6 +98,7 @@ class BatchWriter:
         t0 = time.perf_counter()
         with ExitStack() as stack:
             con = stack.enter_context(store.connect(self.db))
+            store.for_batch_writes(con)
             stats.sessions += 1
             opened = time.perf_counter()
             stats.open_s += opened - t0

@@ -69,7 +69,56 @@ def bench_pipeline(tmp: Path, images: int = 512, batch_size: int = 32) -> dict[s
               f"store: {stats.writer.batches} batches, {stats.writer.sessions} opens, write {stats.writer.write_s:.2f} s, "
               f"close {stats.writer.close_s:.2f} s)", flush=True)
     print(f"  acceptance: run with float16 embeddings >= 0.8x bare: {results['run_float16_ratio']:.2f}x")
+    results["store"] = bench_store(tmp)
     return results
+
+
+def bench_store(tmp: Path, batches: int = 20, batch: int = 256, ablations: int = 21, prompts: int = 4,
+                dim: int = 512) -> dict[str, float]:
+    """The store's write path alone at the GPU bench's shape (batches of 256 images x 21 ablations x 4
+    prompts, 512-d float16 embeddings): a connection opened and closed per batch (as the run used to),
+    against the writer (a few batches per open)."""
+    import numpy as np
+
+    from compute import store
+    from compute.ablations import sweep
+    from compute.config import Prompt
+    from compute.dataset import ImageRecord
+    from compute.writer import BatchWriter
+
+    rng = np.random.default_rng(0)
+    n = batches * batch
+    results_ = []
+    for k in range(batches):
+        ids = np.arange(k * batch, (k + 1) * batch, dtype=np.int64)
+        logits = rng.normal(size=(batch, ablations, prompts)).astype(np.float32)
+        sel = store.Selection(logits, logits, logits.argmax(-1).astype(np.int16), np.ones((batch, ablations), bool),
+                              np.ones((batch, ablations), np.float32), np.zeros((batch, ablations), np.float32),
+                              np.ones((batch, ablations), np.float32))
+        emb = rng.normal(size=(batch, ablations, dim)).astype(np.float16)
+        results_.append(store.BatchResult(ids, np.arange(ablations, dtype=np.int16), sel, emb, [], ids.tolist()))
+    records = [ImageRecord(i, f"{i}.jpg", tmp / f"{i}.jpg", ("cat",)) for i in range(n)]
+    figures = {}
+    for label in ("per_batch", "writer"):
+        db = tmp / f"store-{label}.duckdb"
+        with store.connect(db) as con:
+            run_id = store.create_run(con, store.NewRun("r", "m", "{}", "h", 12, "float16", records,
+                                                        [Prompt(f"p{i}", "cat") for i in range(prompts)],
+                                                        sweep("paper", 12)[:ablations]))
+        start = time.perf_counter()
+        if label == "per_batch":
+            for result in results_:
+                with store.connect(db) as con:
+                    store.write_batch(con, run_id, result)
+        else:
+            with BatchWriter(db, run_id) as writer:
+                for result in results_:
+                    writer.put(result)
+        figures[f"{label}_images_per_s"] = n / (time.perf_counter() - start)
+    print(f"  store alone, {batches} batches of {batch} images x {ablations} ablations x {prompts} prompts, {dim}-d "
+          f"float16 embeddings: open+write+close per batch {figures['per_batch_images_per_s']:6.0f} images/s, "
+          f"the writer {figures['writer_images_per_s']:6.0f} images/s", flush=True)
+    return figures
 
 
 # --------------------------------------------------------------------------------------------------
