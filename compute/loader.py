@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compute.dataset import ImageLoadError, ImageRecord
+from compute.dataset import ImageLoadError, ImageRecord, open_image
 from compute.errors import RunError
 from compute.pixels import Recipe, recipe
 
@@ -51,8 +51,17 @@ def default_workers() -> int:
 # Workers.
 
 
+def load(recipe: Recipe, record: ImageRecord) -> np.ndarray:
+    """Decode and prepare one image (what a worker ships). Raises ImageLoadError when it cannot be used."""
+    image = open_image(record.path)
+    try:
+        return recipe.pixels(image)
+    except Exception as e:  # a processor that rejects this image: an error row, not a failed run
+        raise ImageLoadError(f"cannot preprocess {record.file_name}: {type(e).__name__}: {e}") from None
+
+
 def _work(recipe: Recipe, shared: np.ndarray, tasks: Connection, results: Connection, parent: int | None) -> None:
-    """A worker's loop: (chunk, slot, [(image_id, path)]) in, (chunk, decoded positions, errors) out."""
+    """A worker's loop: (chunk, slot, [ImageRecord]) in, (chunk, decoded positions, errors) out."""
     while True:
         if not tasks.poll(0.5):
             if parent is not None and os.getppid() != parent:  # the run is gone: do not linger
@@ -67,11 +76,11 @@ def _work(recipe: Recipe, shared: np.ndarray, tasks: Connection, results: Connec
         chunk, slot, items = task
         ok, errors = [], []
         try:
-            for k, (image_id, path) in enumerate(items):
+            for k, record in enumerate(items):
                 try:
-                    shared[slot, len(ok)] = recipe.load(path)
+                    shared[slot, len(ok)] = load(recipe, record)
                 except ImageLoadError as e:
-                    errors.append((image_id, "load", str(e)))
+                    errors.append((record.image_id, "load", str(e)))
                     continue
                 ok.append(k)
         except Exception as e:  # a bug, not a bad image: the run stops with this message
@@ -205,7 +214,7 @@ class Loader:
                     slot_of[sent] = free.pop()
                     owner[sent] = worker
                     try:
-                        worker.tasks.send((sent, slot_of[sent], [(r.image_id, r.path) for r in chunks[sent]]))
+                        worker.tasks.send((sent, slot_of[sent], chunks[sent]))
                     except OSError:  # its end of the pipe is closed: it has died
                         self._died(worker, owner, chunks, done)
                     worker.queued += 1

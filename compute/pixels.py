@@ -13,14 +13,11 @@ model's image processor would give (used by compute.loader).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from compute.dataset import ImageLoadError, open_image
-
-PROBE_SIZES = ((640, 480), (480, 640), (500, 500), (333, 1001), (1280, 853), (97, 71), (225, 224))  # (width, height)
+PROBE_SIZES = ((640, 480), (480, 640), (500, 500), (333, 1001), (97, 71), (225, 224))  # (width, height)
 
 
 def _field(obj: object, key: str) -> object:
@@ -67,14 +64,6 @@ class Recipe:
         if self.ship_uint8:
             return crop
         return np.stack([self.table[c][crop[c]] for c in range(3)])  # the table, per channel: exact
-
-    def load(self, path: Path) -> np.ndarray:
-        """Decode and prepare one file. Raises ImageLoadError when it cannot be used."""
-        image = open_image(path)
-        try:
-            return self.pixels(image)
-        except Exception as e:  # a processor that rejects this image: an error row, not a failed run
-            raise ImageLoadError(f"cannot preprocess {path.name}: {type(e).__name__}: {e}") from None
 
 
 def probe_images(seed: int = 0) -> list[Image.Image]:

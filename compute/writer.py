@@ -45,7 +45,7 @@ class BatchWriter:
     """``with BatchWriter(db, run_id) as w: w.put(result)``; on exit every batch put has been committed."""
 
     def __init__(self, db: Path, run_id: int, depth: int = 4, per_open: int = 4, hold_s: float = 1.0,
-                 linger_s: float = 0.25, gap_s: float = 0.1,
+                 linger_s: float = 1.0, gap_s: float = 0.1,
                  on_commit: Callable[[store.BatchResult], None] | None = None) -> None:
         self.db, self.run_id = Path(db), run_id
         self.per_open, self.hold_s, self.linger_s, self.gap_s = per_open, hold_s, linger_s, gap_s

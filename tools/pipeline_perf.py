@@ -6,8 +6,8 @@ pipeline  A tiny CLIP (12 layers of width 32, 224 px in patches of 112: 5 tokens
           640 x 480 photo-like JPEGs (about 150 KB each, as COCO's). Reference: decoding and the model's own
           image processor on one thread of this process, batch by batch, as the run used to. Against it,
           the run's loop (decode workers, the engine, the selection, the overlapped store writer) with float16
-          embeddings stored (acceptance: at least 0.8x), with none, and with decoding on one thread
-          (``--workers 0``).
+          embeddings stored (acceptance: at least 0.8x; the two alternate, best of two each), with none, and
+          with decoding on one thread (``--workers 0``). Then the store's write path alone.
 busy      The engine alone (paper sweep, 12 layers of width 64, 50 tokens) on 64 images, and the demo
           captioner on 32, each in a fresh process, on a quiet machine and with two processes spinning on the
           CPU beside it (acceptance: the engine keeps at least 0.4x its quiet rate), with OpenMP's passive
@@ -29,7 +29,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def bench_pipeline(tmp: Path, images: int = 512, batch_size: int = 32) -> dict[str, float]:
+def bench_pipeline(tmp: Path, images: int = 768, batch_size: int = 64, repeats: int = 2) -> dict[str, float]:
     from transformers import AutoImageProcessor
 
     from compute.config import load_experiment
@@ -46,28 +46,44 @@ def bench_pipeline(tmp: Path, images: int = 512, batch_size: int = 32) -> dict[s
     files = sorted((data / "images").glob("*.jpg"))
     kb = sum(f.stat().st_size for f in files) / len(files) / 1024
     print(f"  JPEGs: mean {kb:.0f} KB", flush=True)
-
     processor = AutoImageProcessor.from_pretrained(model)
-    start = time.perf_counter()
-    for i in range(0, len(files), batch_size):
-        processor(images=[open_image(f) for f in files[i : i + batch_size]], return_tensors="pt")
-    bare = len(files) / (time.perf_counter() - start)
-    results = {"jpeg_kb": kb, "bare_images_per_s": bare, "cores": cores}
-    print(f"  bare decode + image processor, one thread: {bare:6.1f} images/s", flush=True)
 
-    for label, embeddings, workers in (("float16", "float16", None), ("none", "none", None),
-                                       ("float16_workers0", "float16", 0)):
-        exp = write_experiment(tmp / f"{label}.toml", model, data, tmp / f"{label}.duckdb", name=label,
+    def bare() -> float:
+        start = time.perf_counter()
+        for i in range(0, len(files), batch_size):
+            processor(images=[open_image(f) for f in files[i : i + batch_size]], return_tensors="pt")
+        return len(files) / (time.perf_counter() - start)
+
+    runs = 0
+
+    def whole_run(embeddings: str, workers: int | None):
+        nonlocal runs
+        runs += 1
+        exp = write_experiment(tmp / f"run{runs}.toml", model, data, tmp / f"run{runs}.duckdb", name=f"run{runs}",
                                batch_size=batch_size, categories=(), embeddings=embeddings)
-        stats = run(load_experiment(exp), progress=False, echo=_quiet, workers=workers).stats
-        rate = stats.images / stats.sweep_s
+        return run(load_experiment(exp), progress=False, echo=_quiet, workers=workers).stats
+
+    # The reference and the run that meets the acceptance alternate, best of each: other jobs on a shared
+    # machine come and go.
+    rates, stats = [], []
+    for _ in range(repeats):
+        rates.append(bare())
+        stats.append(whole_run("float16", None))
+    reference = max(rates)
+    results = {"jpeg_kb": kb, "bare_images_per_s": reference, "cores": cores}
+    print(f"  bare decode + image processor, one thread: {reference:6.1f} images/s", flush=True)
+    variants = [("float16", "float16", None, max(stats, key=lambda s: s.images / s.sweep_s)),
+                ("none", "none", None, whole_run("none", None)),
+                ("float16_workers0", "float16", 0, whole_run("float16", 0))]
+    for label, embeddings, workers, st in variants:
+        rate = st.images / st.sweep_s
         results[f"run_{label}_images_per_s"] = rate
-        results[f"run_{label}_ratio"] = rate / bare
-        results[f"run_{label}_writer"] = vars(stats.writer)
-        what = f"run, embeddings {embeddings}, " + (f"{stats.workers} workers" if workers is None else "decode thread")
-        print(f"  {what:<40} {rate:6.1f} images/s = {rate / bare:4.2f}x bare (first batch {stats.first_batch_s:.2f} s; "
-              f"store: {stats.writer.batches} batches, {stats.writer.sessions} opens, write {stats.writer.write_s:.2f} s, "
-              f"close {stats.writer.close_s:.2f} s)", flush=True)
+        results[f"run_{label}_ratio"] = rate / reference
+        results[f"run_{label}_writer"] = vars(st.writer)
+        what = f"run, embeddings {embeddings}, " + (f"{st.workers} workers" if workers is None else "decode thread")
+        print(f"  {what:<40} {rate:6.1f} images/s = {rate / reference:4.2f}x bare (first batch {st.first_batch_s:.2f} s; "
+              f"store: {st.writer.batches} batches, {st.writer.sessions} opens, write {st.writer.write_s:.2f} s, "
+              f"close {st.writer.close_s:.2f} s)", flush=True)
     print(f"  acceptance: run with float16 embeddings >= 0.8x bare: {results['run_float16_ratio']:.2f}x")
     results["store"] = bench_store(tmp)
     return results
