@@ -203,7 +203,7 @@ class Loader:
         free = list(range(self.n_slots))
         slot_of: dict[int, int] = {}
         done: dict[int, tuple[list[int], list]] = {}
-        owner: dict[int, _Worker] = {}
+        owner: dict[int, _Worker] = {}  # chunks sent and not yet returned -> their worker
         sent = 0
         for group, (first, end) in zip(groups, bounds, strict=True):
             while any(c not in done for c in range(first, end)):
@@ -216,7 +216,7 @@ class Loader:
                     try:
                         worker.tasks.send((sent, slot_of[sent], chunks[sent]))
                     except OSError:  # its end of the pipe is closed: it has died
-                        self._died(worker, owner, chunks, done)
+                        self._died(worker, owner, chunks)
                     worker.queued += 1
                     sent += 1
                 self._receive(done, owner, chunks)
@@ -239,26 +239,27 @@ class Loader:
                 try:
                     chunk, positions, errors = ready.recv()
                 except (EOFError, OSError):
-                    self._died(conns[ready], owner, chunks, done)
+                    self._died(conns[ready], owner, chunks)
                 if positions is None:
                     raise WorkerDied(f"decode worker failed on a chunk starting with {chunks[chunk][0].file_name}: "
                                      f"{errors}")
                 done[chunk] = (positions, errors)
+                owner.pop(chunk)
                 conns[ready].queued -= 1
             else:
                 worker = sentinels[ready]
                 if worker.results.poll():  # its last results came before it ended: read them first
                     continue
-                self._died(worker, owner, chunks, done)
+                self._died(worker, owner, chunks)
 
-    def _died(self, worker: _Worker, owner: dict, chunks: list, done: dict) -> None:
+    def _died(self, worker: _Worker, owner: dict, chunks: list) -> None:
         proc = worker.process
         if proc is None:
             raise WorkerDied("the decode thread stopped unexpectedly")
         proc.join(timeout=1)
         code = proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        files = [r.file_name for c, w in owner.items() if w is worker and c not in done for r in chunks[c]]
+        files = [r.file_name for c, w in owner.items() if w is worker for r in chunks[c]]  # sent, not returned
         at = f" while decoding {files[0]}" + (f" and {len(files) - 1} more" if len(files) > 1 else "") if files else ""
         raise WorkerDied(f"decode worker (pid {proc.pid}) died ({how}){at}; what was committed is kept, "
                          f"run the same command again to resume")
