@@ -2,7 +2,8 @@
 
 Writes every chart of the dashboard's Overview and Layers pages as PNG, SVG and PDF (Altair's save through
 vl-convert), Table 1 with its 95% bootstrap intervals as Markdown, LaTeX and CSV, the McNemar tests as
-CSV, and every selection of the run (one row per image x ablation) as CSV and Parquet. The work is done by
+CSV, every selection of the run (one row per image x ablation) as CSV and Parquet, and with ``--image`` that
+image's logits and CLS attention maps (baseline against ``--ablation``). The work is done by
 ``dashboard.figures``, which the dashboard's Export page uses too.
 """
 
@@ -26,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion", default="",
                         help="comma list of ablations to draw a confusion chart for, or 'all' "
                         "(default: baseline and the ablation with the lowest accuracy)")
+    parser.add_argument("--image", type=int, default=None,
+                        help="also this image's logit charts and its CLS attention maps at every layer (PNG), "
+                        "baseline against --ablation")
+    parser.add_argument("--ablation", default="", help="the ablation --image compares with baseline "
+                        "(default: baseline alone)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,6 +47,8 @@ def main(args: argparse.Namespace) -> int:
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     confusion = [c.strip() for c in args.confusion.split(",") if c.strip()] or None
-    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion)
+    if args.ablation and args.image is None:
+        raise InputError("--ablation goes with --image: the image whose attention maps it compares")
+    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, args.image, args.ablation)
     print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -20,7 +20,7 @@ import vl_convert as vlc
 
 from compute import store
 from compute.errors import InputError
-from dashboard import charts, queries, tables
+from dashboard import charts, heads, queries, tables
 from dashboard.slices import EVERYTHING, Slice
 
 FORMATS = ("png", "svg", "pdf")
@@ -55,6 +55,7 @@ class PackData:
     image_selections: pd.DataFrame | None = None
     image_id: int | None = None
     image_ablation: str = ""
+    tests: pd.DataFrame | None = None  # tables.mcnemar over the same slice (the Heads and Flow charts)
 
 
 def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusion: Sequence[str] | None = None,
@@ -71,7 +72,7 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
         if len(computed) > 1:
             confusion.append(str(computed.loc[computed["accuracy"].idxmin(), "ablation"]))
     ids = dict(zip(ab["ablation"], ab["ablation_id"], strict=True))
-    data = PackData(ab, summary, queries.label_accuracy(con, run_id))
+    data = PackData(ab, summary, queries.label_accuracy(con, run_id), tests=tables.mcnemar(con, run_id, where))
     for name in dict.fromkeys(confusion):
         counts = queries.confusion(con, run_id, int(ids[name]))
         if len(counts):
@@ -90,12 +91,21 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
         "table1": lambda: charts.table1_chart(s),
         "change_vs_baseline": lambda: charts.change_chart(s),
     }
+    whole_single = (ab["n_layers"] == 1) & (ab["n_heads"] == 0) & (ab["target"] == "")
     for metric in [m for m in tables.METRICS if m != "caption_score" or tables.has_captions(s)]:
-        if (ab["n_layers"] == 1).any():
+        if whole_single.any():
             pack[f"layers_{metric}"] = lambda m=metric: charts.layer_curve(s, m)
         if (ab["n_layers"] > 1).any():
             pack[f"blocks_{metric}"] = lambda m=metric: charts.block_bars(s, m)
     pack["label_accuracy"] = lambda: charts.label_heatmap(data.label_accuracy, ab)
+    if data.tests is not None:
+        for family in heads.head_families(ab):
+            cells = heads.head_cells(s, data.tests, family, "accuracy")
+            if len(cells):
+                pack[f"heads_{slug(family)}"] = lambda c=cells, f=family: charts.head_heatmap(c, "accuracy", f)
+        flow = heads.flow_cells(s, data.tests, "accuracy")
+        if len(flow):
+            pack["flow"] = lambda: charts.flow_chart(flow, "accuracy")
     for name, counts in data.confusion.items():
         pack[f"confusion_{slug(name)}"] = lambda c=counts, n=name: charts.confusion_chart(c, n)
     if data.image_scores is not None and len(data.image_scores):
@@ -136,23 +146,49 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, heads: str = "mean") -> bytes:
+    """The Image page's attention maps of one image (baseline and ``ablation``) as a PNG, computed from the
+    run's model (loaded here: a headless export has no server cache)."""
+    import torch
+
+    from compute.ablations import BASELINE, mean_needs, parse_ablation
+    from compute.models import load_clip
+    from dashboard import overlays
+
+    run_id = find_run_id(con, run)
+    info = queries.image(con, run_id, image_id)
+    if info is None:
+        raise InputError(f"no image {image_id} in run {run!r}")
+    model = str(queries.runs(con).set_index("run").loc[run, "model"])
+    needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
+    clip = load_clip(model, device="cpu")
+    stats = queries.mean_stats(con, run, sorted(needs)) if needs else {}
+    means = {name: {layer: torch.from_numpy(m) for layer, m in layers.items()} for name, layers in stats.items()}
+    maps = overlays.image_maps(clip, str(info["path"]), ablation, means)
+    return overlays.png_bytes(overlays.attention_figure(maps, heads))
+
+
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
-               confusion: list[str] | None = None) -> list[Path]:
+               confusion: list[str] | None = None, image_id: int | None = None, image_ablation: str = "") -> list[Path]:
     """Write the figure pack and tables of ``run`` into ``out``; returns the files written.
 
     ``confusion``: ablations to draw a confusion chart for, ["all"] for every one, None for the default.
+    ``image_id``: also that image's logit charts and attention maps (baseline against ``image_ablation``).
     """
     with store.connect(db, read_only=True) as con:
         run_id = find_run_id(con, run)
         names = list(queries.ablations(con, run_id)["ablation"])
         if confusion == ["all"]:
             confusion = names
-        unknown = [c for c in confusion or [] if c not in names]
+        unknown = [c for c in [*(confusion or []), *([image_ablation] if image_ablation else [])] if c not in names]
         if unknown:
             raise InputError(f"no ablation {unknown[0]!r} in run {run!r}; ablations: {', '.join(names)}")
-        data = pack_data(con, run_id, confusion=confusion)
-        tests = tables.mcnemar(con, run_id)
+        data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation)
+        tests = data.tests
         selections = selections_frame(con, run_id)
+        attention = None
+        if image_id is not None:
+            attention = attention_png(con, run, image_id, data.image_ablation)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -167,6 +203,8 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
     for name, build in pack_charts(data).items():
         for fmt, content in chart_files(build(), formats).items():
             write(f"{name}.{fmt}", content)
+    if attention is not None:
+        write(f"image{image_id}_attention_{slug(data.image_ablation)}.png", attention)
     write("summary.md", tables.summary_markdown(data.summary))
     write("summary.tex", tables.summary_latex(data.summary))
     write("summary.csv", data.summary.to_csv(index=False))

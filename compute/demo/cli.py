@@ -1,6 +1,6 @@
 """``python -m compute demo``: the embedded demo, offline, in minutes.
 
-Generates the synthetic shapes dataset if it is missing, runs (or resumes) both demo experiments with the
+Generates the synthetic shapes dataset if it is missing, runs (or resumes) the demo experiments with the
 toy CLIP and captioner the project ships under data/demo/models, prints their summary tables, and starts
 the dashboard on the store they wrote (the default store: data/results.duckdb, or $CLIP_LAB_DB).
 """

@@ -70,7 +70,17 @@ with st.expander("Preview"):
 
 st.subheader("Figures")
 st.caption(f"{len(pack)} charts over {image_slice.caption}; confusion under {' and '.join(data.confusion)}"
-           + (f"; the logits of image {image_id} (from the URL)" if image_id is not None else "") + ".")
+           + (f"; the logits and attention maps of image {image_id} (from the URL)" if image_id is not None else "")
+           + ".")
+
+
+attention = f"image{image_id}_attention_{figures.slug(ablation or ctx.baseline_name)}" if image_id is not None else ""
+
+
+def _attention() -> bytes:
+    # The image's CLS attention maps at every layer (the Image page's section), computed from the run's model.
+    with store.connect(ctx.db, read_only=True) as con:
+        return figures.attention_png(con, ctx.name, image_id, ablation or ctx.baseline_name)
 
 
 def _zip() -> bytes:
@@ -79,6 +89,8 @@ def _zip() -> bytes:
         for name, build in pack.items():
             for fmt, content in figures.chart_files(build()).items():
                 z.writestr(f"{name}.{fmt}", content)
+        if attention:
+            z.writestr(f"{attention}.png", _attention())
     return buf.getvalue()
 
 
@@ -91,3 +103,7 @@ for name, build in pack.items():
     for col, fmt in zip(cols[1:], figures.FORMATS, strict=True):
         col.download_button(fmt.upper(), lambda build=build, fmt=fmt: figures.chart_files(build(), [fmt])[fmt],
                             f"{name}.{fmt}", MIME[fmt], key=f"{name}.{fmt}")
+if attention:
+    cols = st.columns([3, 1, 1, 1])
+    cols[0].markdown(f"`{attention}` (attention probabilities, not an attribution)")
+    cols[1].download_button("PNG", _attention, f"{attention}.png", "image/png", key="attention.png")

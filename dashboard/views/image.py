@@ -4,6 +4,7 @@ and 4); the selected prompt and the generated caption per ablation (its Figure 5
 import streamlit as st
 
 from dashboard import charts, queries, ui
+from dashboard.attention_ui import attention_section
 from dashboard.state import param_select
 
 ctx = ui.context()
@@ -53,3 +54,5 @@ table.dataframe(
 ui.chart(charts.logit_heatmap, scores, picks)
 shown_ablations = list(dict.fromkeys([ctx.baseline_name, ablation]))
 ui.chart(charts.logit_bars, scores, shown_ablations)
+
+attention_section(ctx, info, ablation)
