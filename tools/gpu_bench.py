@@ -146,8 +146,8 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     swept = SWEPT.search(proc.stdout)
     if swept is None:
         raise SystemExit(f"no 'swept ...' line in the run's output:\n{proc.stdout[-2000:]}")
-    n, sweep_s, _, setup_s, first_s, workers = swept.groups()
-    loop = int(n) / float(sweep_s)
+    n, sweep_s, rate, setup_s, first_s, workers = swept.groups()
+    loop = float(rate)
     print(f"  the run as a whole process: {whole:6.1f} s for {n} images, embeddings stored (float16)")
     print(f"    its loop: {loop:8.1f} images/s = {loop / engine:.0%} of the engine's rate ({workers} decode workers)")
     print(f"    startup: imports {import_s:.1f} s (alone), model and data loaded {float(setup_s):.1f} s in the run "
