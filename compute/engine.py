@@ -107,8 +107,8 @@ class SweepEngine:
 
     @torch.inference_mode()
     def embeddings(self, pixel_values: torch.Tensor) -> dict[Ablation, torch.Tensor]:
-        """pixel_values: (batch, 3, size, size) (SigLIP 2 NaFlex: (batch, patches, 3·p·p)) -> {ablation:
-        (batch, E)}, the embeddings before normalisation (towers.pool)."""
+        """pixel_values: (batch, 3, size, size) -> {ablation: (batch, E)}, the embeddings before
+        normalisation (towers.pool)."""
         h = tokens_in(self.model, pixel_values)  # (batch, tokens, width)
         out: dict[Ablation, torch.Tensor] = {}
         self._visit(self.root, h, out)

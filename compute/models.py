@@ -1,8 +1,9 @@
 """The one place that knows about hub ids, local model folders, dtypes, devices and processors.
 
 Model classes and the engine never see a path or a URL: they get a loaded model in eval mode, of one of the
-families of compute.towers (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``), with its processor, and
-``pixel_values`` turns images into that family's input. Offline (HF_HUB_OFFLINE=1) a hub id that is not in
+families of compute.towers (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``), with its processor;
+``LoadedClip.image_processor`` (what the loader's workers call) and ``pixel_values`` turn images into the
+model's pixels, (n, 3, size, size) for every family. Offline (HF_HUB_OFFLINE=1) a hub id that is not in
 the local cache fails with a clear InputError.
 """
 
@@ -18,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from compute.errors import InputError
-from compute.towers import FAMILIES, embedding_width, grid_side
+from compute.towers import FAMILIES, embedding_width, grid_side, unpatchify
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,16 +53,55 @@ class LoadedClip:
     logit_bias: float = 0.0  # SigLIP's learned logit_bias (added after the scale); 0 for CLIP
 
     @property
-    def has_cls(self) -> bool:
-        return self.family == "clip"
-
-    @property
     def n_layers(self) -> int:
         return len(self.model.vision_model.encoder.layers)
 
     @property
     def n_heads(self) -> int:
         return int(self.model.config.vision_config.num_attention_heads)
+
+    @property
+    def has_cls(self) -> bool:
+        return self.family == "clip"
+
+    @property
+    def image_processor(self) -> object:
+        """Called as ``image_processor(images=[...], return_tensors="pt"|"np")["pixel_values"]`` -> (n, 3, size,
+        size): the family's own image processor, or for SigLIP 2 NaFlex NativeGridProcessor around it."""
+        if self.family == "siglip2":
+            vc = self.model.config.vision_config
+            return NativeGridProcessor(self.processor.image_processor, grid_side(self.model), int(vc.patch_size))
+        return self.processor.image_processor
+
+
+class NativeGridProcessor:
+    """SigLIP 2 NaFlex's image processor at the model's native square grid, returning images.
+
+    Each image is resized to side·p x side·p first (bilinear, aspect ratio not kept, as SigLIP's own
+    processor does), so the NaFlex processor keeps that grid with no padding patch; its patches are laid back
+    into an image, (3, side·p, side·p), the values untouched (towers.patchify makes them again exactly).
+    """
+
+    def __init__(self, processor: object, side: int, patch: int) -> None:
+        self.processor, self.side, self.patch = processor, side, patch
+
+    def __call__(self, images: list[Image.Image], return_tensors: str = "pt") -> dict[str, object]:
+        size = self.side * self.patch
+        square = [im.convert("RGB").resize((size, size), Image.BILINEAR) for im in images]
+        out = self.processor(images=square, patch_size=self.patch, max_num_patches=self.side * self.side,
+                             return_tensors="pt")
+        if not bool((out["spatial_shapes"] == self.side).all()) or not bool(out["pixel_attention_mask"].all()):
+            raise ValueError(f"the image processor did not keep the native {self.side}x{self.side} grid")
+        pixels = unpatchify(out["pixel_values"].float(), self.side, self.patch)  # (n, 3, size, size)
+        return {"pixel_values": pixels.numpy() if return_tensors == "np" else pixels}
+
+    @property
+    def image_mean(self) -> object:
+        return self.processor.image_mean
+
+    @property
+    def image_std(self) -> object:
+        return self.processor.image_std
 
 
 def _check_local(ref: str, what: str) -> None:
@@ -135,31 +175,18 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
 
 
 def pixel_values(clip: LoadedClip, images: list[Image.Image]) -> torch.Tensor:
-    """The model's input for RGB images, float32 on the CPU: (n, 3, size, size) as the family's image
-    processor makes it; for siglip2 (NaFlex), (n, patches, 3·p·p) on the model's native square grid (each
-    image resized to it first, aspect ratio not kept, as SigLIP's own processor does), so no patch is padding."""
-    processor = clip.processor.image_processor
-    if clip.family != "siglip2":
-        return processor(images=images, return_tensors="pt")["pixel_values"]
-    side, patch = grid_side(clip.model), int(clip.model.config.vision_config.patch_size)
-    square = [im.convert("RGB").resize((side * patch, side * patch), Image.BILINEAR) for im in images]
-    out = processor(images=square, patch_size=patch, max_num_patches=side * side, return_tensors="pt")
-    if not bool((out["spatial_shapes"] == side).all()) or not bool(out["pixel_attention_mask"].all()):
-        raise ValueError(f"the image processor did not keep the native {side}x{side} grid")
-    return out["pixel_values"]
+    """The model's pixels for RGB images, float32 on the CPU: (n, 3, size, size), as clip.image_processor
+    makes them (for siglip2 the native square grid; towers.image_inputs patchifies them for the model)."""
+    return torch.as_tensor(clip.image_processor(images=images, return_tensors="pt")["pixel_values"])
 
 
 def seen_image(clip: LoadedClip, pixels: torch.Tensor) -> np.ndarray:
-    """One image as the model saw it (resized, cropped), from its pixel_values row: (size, size, 3) uint8."""
-    processor = clip.processor.image_processor
+    """One image as the model saw it (resized, cropped), from its pixel_values row (3, size, size):
+    (size, size, 3) uint8."""
+    processor = clip.image_processor
     mean = torch.tensor(processor.image_mean, dtype=torch.float32)
     std = torch.tensor(processor.image_std, dtype=torch.float32)
-    x = pixels.detach().float().cpu()
-    if clip.family == "siglip2":  # (patches, p*p*3), each patch flattened in (row, col, channel) order
-        side, patch = grid_side(clip.model), int(clip.model.config.vision_config.patch_size)
-        x = x.view(side, side, patch, patch, 3).permute(0, 2, 1, 3, 4).reshape(side * patch, side * patch, 3)
-    else:  # (3, size, size)
-        x = x.permute(1, 2, 0)
+    x = pixels.detach().float().cpu().permute(1, 2, 0)
     return ((x * std + mean).clamp(0, 1) * 255).round().byte().numpy()
 
 

@@ -3,15 +3,15 @@ datasets of real JPEGs, and experiment files pointing at them.
 
 The models load through exactly the code path of ``openai/clip-vit-base-patch16`` (``from_pretrained`` on
 a folder holding config, safetensors weights, image processor and tokenizer), so tests exercise the real
-loading code without a network; the datasets are read by pycocotools like COCO's own files. Besides CLIP:
-an OpenCLIP-shaped CLIPModel (exact GELU), SigLIP (``SiglipModel``, the layout of
-``google/siglip-base-patch16-224`` and of SigLIP 2 FixRes) and SigLIP 2 NaFlex (``Siglip2Model``).
+loading code without a network; the datasets are read by pycocotools like COCO's own files. Besides
+OpenAI's CLIP layout, an OpenCLIP-shaped CLIPModel (exact GELU); SigLIP and SigLIP 2 are in testing_siglip.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -165,110 +165,6 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> tor
     return model
 
 
-def siglip_word_tokenizer(words: list[str], max_length: int):
-    """A word-level tokenizer laid out as SigLIP's own: lower-cased, "</s>" appended, padded on the right with
-    "</s>", and returning input_ids only (the real tokenizer_config's model_input_names), as SigLIP was
-    trained (its text tower pools at the last position)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *sorted(set(words))])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
-                                   model_max_length=max_length, model_input_names=["input_ids"],
-                                   padding_side="right")
-
-
-def siglip2_bpe_tokenizer(words: list[str]):
-    """A Siglip2Tokenizer (Gemma-style BPE over letters, with merges that spell ``words``): a siglip2 folder
-    reloads its tokenizer as this class, so a word-level one would come back as unknown tokens."""
-    from transformers import Siglip2Tokenizer
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "▁",
-                                         *(chr(c) for c in range(ord("a"), ord("z") + 1))])}
-    merges = []
-    for word in sorted(set(words)):
-        text = "▁" + word.lower()
-        cur = text[0]
-        for ch in text[1:]:
-            if ch not in vocab:
-                continue
-            if cur + ch not in vocab:
-                vocab[cur + ch] = len(vocab)
-                merges.append((cur, ch))
-            cur += ch
-    return Siglip2Tokenizer(vocab=vocab, merges=merges)
-
-
-def _siglip_configs(layers: int, width: int, heads: int, mlp: int | None, text_layers: int, text_width: int,
-                    text_heads: int | None, vocab: int, text_length: int) -> tuple[dict, dict]:
-    text = dict(hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
-                num_attention_heads=text_heads or max(1, text_width // 16), vocab_size=vocab,
-                max_position_embeddings=text_length, projection_size=width)
-    vision = dict(hidden_size=width, intermediate_size=mlp or 4 * width, num_hidden_layers=layers,
-                  num_attention_heads=heads)
-    return text, vision
-
-
-def _finish_siglip(model: torch.nn.Module, seed: int, perturb: float) -> torch.nn.Module:
-    # Realistic signs: a positive temperature and a negative bias (SigLIP-B/16: exp 117, bias -12.9), so the
-    # bias term is far from zero and a logit that forgot it is caught.
-    if perturb:
-        randomize_(model, seed, perturb)
-    with torch.no_grad():
-        model.logit_scale.fill_(2.3)
-        model.logit_bias.fill_(-1.7)
-    return model.eval()
-
-
-def save_random_siglip(out: str | Path, *, layers: int = 6, width: int = 32, heads: int = 4, mlp: int | None = None,
-                       image_size: int = 32, patch_size: int = 8, text_layers: int = 2, text_width: int = 32,
-                       text_heads: int | None = None, text_length: int = 16, extra_words: tuple[str, ...] = (),
-                       seed: int = 0, perturb: float = 0.2) -> Path:
-    """A SiglipModel with random (perturbed) weights and its SiglipProcessor, saved to ``out``: model_type
-    "siglip", as google/siglip-base-patch16-224 and the SigLIP 2 FixRes checkpoints."""
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
-
-    out = Path(out)
-    tokenizer = siglip_word_tokenizer(BASE_WORDS + list(extra_words), text_length)
-    vocab = tokenizer.get_vocab()
-    text, vision = _siglip_configs(layers, width, heads, mlp, text_layers, text_width, text_heads, len(vocab),
-                                   text_length)
-    text.update(pad_token_id=vocab["</s>"], eos_token_id=vocab["</s>"], bos_token_id=None)
-    vision.update(image_size=image_size, patch_size=patch_size)
-    torch.manual_seed(seed)
-    model = _finish_siglip(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), seed, perturb)
-    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    model.save_pretrained(out)
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
-def save_random_siglip2(out: str | Path, *, layers: int = 6, width: int = 32, heads: int = 4, mlp: int | None = None,
-                        grid: int = 4, patch_size: int = 8, text_layers: int = 2, text_width: int = 32,
-                        text_heads: int | None = None, text_length: int = 64, extra_words: tuple[str, ...] = (),
-                        seed: int = 0, perturb: float = 0.2) -> Path:
-    """A Siglip2Model (NaFlex, model_type "siglip2") with random (perturbed) weights and its Siglip2Processor,
-    saved to ``out``; its native grid is ``grid`` x ``grid`` patches of ``patch_size`` pixels."""
-    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
-
-    out = Path(out)
-    tokenizer = siglip2_bpe_tokenizer(BASE_WORDS + list(extra_words))
-    text, vision = _siglip_configs(layers, width, heads, mlp, text_layers, text_width, text_heads, len(tokenizer),
-                                   text_length)
-    text.update(pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    vision.update(patch_size=patch_size, num_patches=grid * grid)
-    torch.manual_seed(seed)
-    model = _finish_siglip(Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)), seed, perturb)
-    image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=grid * grid)
-    model.save_pretrained(out)
-    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
 def save_openclip_shaped_clip(out: str | Path, **overrides) -> Path:
     """A small CLIPModel shaped as the OpenCLIP checkpoints published as CLIPModel (laion/CLIP-ViT-*): exact
     GELU instead of quick_gelu, and sizes unlike the other fixtures (6 layers of width 48 with 6 heads, 48 px,
@@ -276,13 +172,6 @@ def save_openclip_shaped_clip(out: str | Path, **overrides) -> Path:
     kwargs = dict(layers=6, width=48, heads=6, mlp=96, image_size=48, patch_size=16, text_layers=2, text_width=48,
                   text_heads=3, projection_dim=24, hidden_act="gelu", perturb=0.05)
     return save_random_clip(out, **{**kwargs, **overrides})
-
-
-def save_siglip_b16_shaped(out: str | Path) -> Path:
-    """A random SigLIP with the vision tower of google/siglip-base-patch16-224 (12 layers, width 768, 12 heads,
-    224 px, patch 16: 196 tokens, no CLS) and a 12-layer text tower padded to 64 tokens (the bench's model)."""
-    return save_random_siglip(out, layers=12, width=768, heads=12, mlp=3072, image_size=224, patch_size=16,
-                              text_layers=12, text_width=768, text_heads=12, text_length=64, perturb=0.0)
 
 
 def save_vit_b16_shaped_clip(out: str | Path) -> Path:
@@ -299,13 +188,32 @@ PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo o
            ("a photo of a car", "car")]
 
 
+def photo_like(seed: int, i: int, width: int = 640, height: int = 480) -> Image.Image:
+    """A random image that encodes and decodes like a photo: smooth colour fields at two scales plus grain.
+    At 640 x 480 and JPEG quality 90 it takes about 150 KB, as COCO's photos do (random noise would take
+    three times that, a plain colour almost nothing). Image ``i`` of ``seed`` is always the same."""
+    rng = np.random.default_rng([seed, i])
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    mid = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = (np.asarray(coarse, np.int16) + np.asarray(mid, np.int16)) // 2
+    pixels += rng.integers(-26, 27, pixels.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _save_photo(job: tuple[Path, int, int, int, int]) -> None:
+    path, seed, i, width, height = job
+    photo_like(seed, i, width, height).save(path, quality=90)
+
+
 def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = (),
-              size: tuple[int, int] = (40, 30), noise: bool = False) -> Path:
+              size: tuple[int, int] = (40, 30), noise: bool = False, photo: bool = False,
+              workers: int = 1) -> Path:
     """``n`` real JPEGs with COCO instances and captions files under ``root``.
 
     Image i is a cat when odd, a dog when even, both when a multiple of 5, and image 7 also holds a bird;
     its caption says "black cat" when i is a multiple of 3. Images are a plain colour with a few random
-    pixels, or (``noise``) random pixels throughout, which are large and slow to decode like photos.
+    pixels, or (``noise``) random pixels throughout, which are large and slow to decode, or (``photo``) like
+    photos in size and decoding cost (see photo_like; made by ``workers`` processes).
     Image ids in ``broken`` get a corrupt file; an id listed in the JSON but absent is made by the caller.
     """
     rng = random.Random(seed)
@@ -313,11 +221,13 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
     width, height = size
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
-    images, anns, caps = [], [], []
+    images, anns, caps, photos = [], [], [], []
     for i in range(1, n + 1):
         name = f"{i:012d}.jpg"
         path = root / "images" / name
-        if noise:
+        if photo and i not in broken:
+            photos.append((path, seed, i, width, height))
+        elif noise:
             im = Image.fromarray(noise_rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         else:
             im = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
@@ -325,7 +235,7 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
                 im.putpixel((rng.randrange(width), rng.randrange(height)), tuple(rng.randrange(256) for _ in range(3)))
         if i in broken:
             path.write_bytes(b"not a jpeg at all")
-        else:
+        elif not photo:
             im.save(path, quality=90)
         images.append({"id": i, "file_name": name, "width": width, "height": height})
         cat_ids = [1 if i % 2 else 2] + ([2 if i % 2 else 1] if i % 5 == 0 else []) + ([3] if i == 7 else [])
@@ -334,6 +244,12 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
                          "area": 100.0, "iscrowd": 0, "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]})
         word = "black cat" if i % 3 == 0 else ("cat" if i % 2 else "dog")
         caps.append({"id": i, "image_id": i, "caption": f"a {word} sitting on a sink"})
+    if workers > 1 and len(photos) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_save_photo, photos, chunksize=16))
+    else:
+        for job in photos:
+            _save_photo(job)
     cats = [{"id": k + 1, "name": name, "supercategory": "thing"} for k, name in enumerate(CATEGORIES)]
     (root / "annotations" / "instances.json").write_text(
         json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -345,13 +261,14 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
 def experiment_text(model: Path, coco: Path, db: Path, *, name: str = "t", sweep: str = "paper",
                     extra: tuple[str, ...] = (), prompts=PROMPTS, categories=("cat", "dog"),
                     batch_size: int = 4, captioner: Path | None = None, embeddings: str | None = None,
-                    more: str = "") -> str:
+                    more: str = "", device: str = "cpu", dtype: str | None = None) -> str:
     """An experiment file over a make_coco dataset; ``more`` is appended as written (extra tables)."""
     lines = [
         f'name = "{name}"',
         "[model]",
         f'clip = "{model}"',
-        'device = "cpu"',
+        f'device = "{device}"',
+        *([f'dtype = "{dtype}"'] if dtype else []),
         f"batch_size = {batch_size}",
         *([f'captioner = "{captioner}"'] if captioner else []),
         "[dataset]",

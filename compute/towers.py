@@ -7,10 +7,12 @@
   ``siglip``). Patches only, no pre-norm; ``post_layernorm`` runs on every token and an attention pooling
   head (a learned probe query over all tokens, ``torch.nn.MultiheadAttention``) makes the embedding, so every
   token of the last layer reaches it and no CLS-only shortcut is exact anywhere in the tower.
-- ``siglip2``: SigLIP 2 NaFlex. As ``siglip``, but the pixels come pre-patchified, (batch, patches,
+- ``siglip2``: SigLIP 2 NaFlex. As ``siglip``, but the model takes pre-patchified pixels, (batch, patches,
   3·p·p), with position embeddings resized to ``spatial_shapes``. Here every image is resized to the
   model's native square grid (aspect ratio not kept, as SigLIP's own processor does), so no patch is
-  padding, the attention mask is all ones and a token position means the same patch in every image.
+  padding, the attention mask is all ones and a token position means the same patch in every image. The
+  project carries those pixels as an image, (batch, 3, size, size), like the other families (the loader,
+  the maps and the picture of what the model saw need nothing else); ``patchify`` makes the model's input.
 
 The encoder layers are the same everywhere (``vision_model.encoder.layers``, pre-LN, with
 ``q_proj/k_proj/v_proj/out_proj`` attention), so every ablation applies unchanged; these functions are the
@@ -52,31 +54,49 @@ def grid_side(model: nn.Module) -> int:
     return vc.image_size // vc.patch_size
 
 
+def patchify(pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
+    """SigLIP 2 NaFlex's input layout: (batch, 3, H, W) -> (batch, patches, p·p·3), patches in row-major
+    order, each flattened in (row, column, channel) order as its processor makes them."""
+    b, c, h, w = pixel_values.shape
+    x = pixel_values.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, side: int, patch: int) -> torch.Tensor:
+    """The inverse of patchify on a side x side grid: (batch, patches, p·p·3) -> (batch, 3, H, W)."""
+    b = patches.shape[0]
+    x = patches.reshape(b, side, side, patch, patch, 3).permute(0, 5, 1, 3, 2, 4)  # (b, 3, gy, py, gx, px)
+    return x.reshape(b, 3, side * patch, side * patch)
+
+
 def image_inputs(model: nn.Module, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
     """The keyword arguments of ``model(...)`` and ``get_image_features(...)`` for a batch of pixels.
 
-    pixel_values: (batch, 3, size, size), or for siglip2 (batch, patches, 3·p·p) on the native grid.
+    pixel_values: (batch, 3, size, size); for siglip2 the native square grid, patchified here.
     """
     if family(model) != "siglip2":
         return {"pixel_values": pixel_values}
-    b, n = pixel_values.shape[:2]
+    b = pixel_values.shape[0]
     side = grid_side(model)
+    patches = patchify(pixel_values, int(model.config.vision_config.patch_size))  # (batch, side², 3·p·p)
     return {
-        "pixel_values": pixel_values,
-        "pixel_attention_mask": torch.ones(b, n, dtype=torch.int32, device=pixel_values.device),  # no padding
+        "pixel_values": patches,
+        "pixel_attention_mask": torch.ones(b, side * side, dtype=torch.int32, device=pixel_values.device),
         "spatial_shapes": torch.tensor([[side, side]] * b, dtype=torch.long, device=pixel_values.device),
     }
 
 
 def tokens_in(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The residual stream entering the first encoder layer. -> (batch, tokens, width)."""
+    """The residual stream entering the first encoder layer. pixel_values: (batch, 3, size, size) ->
+    (batch, tokens, width)."""
     vision = model.vision_model
     name = family(model)
     if name == "clip":
         return vision.pre_layrnorm(vision.embeddings(pixel_values))  # CLS first
     if name == "siglip":
         return vision.embeddings(pixel_values)
-    return vision.embeddings(pixel_values, image_inputs(model, pixel_values)["spatial_shapes"])
+    inputs = image_inputs(model, pixel_values)
+    return vision.embeddings(inputs["pixel_values"], inputs["spatial_shapes"])
 
 
 def pool(model: nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ class ImageMaps:
 
 def image_maps(clip: LoadedClip, path: str, ablation: str, means: Means | None = None) -> ImageMaps:
     """The attention maps of one image file at every layer, unablated and under ``ablation`` (a label)."""
-    pixels = pixel_values(clip, [open_image(path)])  # (1, 3, size, size); SigLIP 2 NaFlex: (1, patches, 3·p·p)
+    pixels = pixel_values(clip, [open_image(path)])  # (1, 3, size, size)
     picture = seen_image(clip, pixels[0])
     pixels = pixels.to(clip.device, clip.dtype)
     base = attention_maps(clip.model, pixels)[0]

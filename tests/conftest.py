@@ -40,7 +40,7 @@ def tiny_clip(tmp_path_factory) -> Path:
 def tiny_siglip(tmp_path_factory) -> Path:
     """A 6-layer random SiglipModel (width 32, 4 heads, 32 px, patch 8: 16 tokens, no CLS; perturbed so the
     logit bias, biases and norms are far from their initial values) in the save_pretrained layout."""
-    from compute.testing import save_random_siglip
+    from compute.testing_siglip import save_random_siglip
 
     return save_random_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
 
@@ -48,7 +48,7 @@ def tiny_siglip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_siglip2(tmp_path_factory) -> Path:
     """A 6-layer random Siglip2Model (NaFlex; native grid 4 x 4 patches of 8 px) with its Siglip2Processor."""
-    from compute.testing import save_random_siglip2
+    from compute.testing_siglip import save_random_siglip2
 
     return save_random_siglip2(tmp_path_factory.mktemp("models") / "tiny-siglip2")
 

@@ -6,6 +6,9 @@ a tower without CLS to transformers' eager attention and a hand-written pooling 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,7 @@ from compute.engine import SweepEngine, attention_means, build_tree, plain_batch
 from compute.errors import InputError
 from compute.models import load_clip, pixel_values, seen_image
 from compute.scoring import cosine_logits, logit_scale, text_embeddings, text_tokens
-from compute.towers import image_inputs, pool, tokens_in
+from compute.towers import image_inputs, patchify, pool, tokens_in, unpatchify
 
 TEXTS = ["a photo of a dog", "a photo of a cat", "a photo of a bird", "a red car on the floor"]
 # Every kind at layer grain, head-level forms and the knockout target a tower without CLS has.
@@ -78,8 +81,7 @@ def test_engine_matches_the_plain_method_for_the_paper_sweep_extras_heads_and_kn
 
 def test_plain_baseline_equals_the_models_own_logits_from_its_own_processor(loaded):
     """Our pixels, tokens, scale and bias against the processor's documented call: the same logits."""
-    side = loaded.model.config.vision_config.image_size if loaded.family != "siglip2" else 32
-    images = pictures(3, size=(side, side)) if loaded.family == "siglip2" else pictures(3)  # NaFlex: native square
+    images = pictures(3, size=(32, 32)) if loaded.family == "siglip2" else pictures(3)  # NaFlex: native square
     kwargs = {}
     if loaded.family != "clip":
         kwargs = dict(padding="max_length", max_length=loaded.model.config.text_config.max_position_embeddings,
@@ -215,7 +217,25 @@ def test_siglip2_pixels_are_the_native_square_grid_the_picture_shows(tiny_siglip
     clip = load_clip(str(tiny_siglip2), "cpu")
     image = pictures(1, size=(80, 24))[0]  # wide: NaFlex alone would keep the aspect ratio and pad
     pixels = pixel_values(clip, [image])
-    assert pixels.shape == (1, 16, 3 * 8 * 8)
-    seen = seen_image(clip, pixels[0]).astype(int)  # (32, 32, 3), unpatchified
-    square = np.asarray(image.resize((32, 32), Image.BILINEAR)).astype(int)
-    assert seen.shape == (32, 32, 3) and np.abs(seen - square).max() <= 1
+    assert pixels.shape == (1, 3, 32, 32)  # carried as an image, like every family's
+    square = image.resize((32, 32), Image.BILINEAR)
+    own = clip.processor.image_processor(images=[square], patch_size=8, max_num_patches=16, return_tensors="pt")
+    assert torch.equal(image_inputs(clip.model, pixels)["pixel_values"], own["pixel_values"])  # the model's input
+    assert torch.equal(unpatchify(patchify(pixels, 8), 4, 8), pixels)
+    seen = seen_image(clip, pixels[0]).astype(int)  # (32, 32, 3)
+    assert seen.shape == (32, 32, 3) and np.abs(seen - np.asarray(square).astype(int)).max() <= 1
+
+
+def test_the_run_loader_gives_every_family_the_processors_own_pixels(loaded):
+    from compute.dataset import ImageRecord
+    from compute.loader import Loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = pictures(3, size=(50, 30))
+        records = []
+        for i, im in enumerate(images):
+            im.save(f"{tmp}/{i}.png")
+            records.append(ImageRecord(i, f"{i}.png", Path(f"{tmp}/{i}.png"), ("cat",)))
+        with Loader(loaded.image_processor, "cpu", torch.float32, 2, workers=1) as loader:
+            got = torch.cat([b.pixel_values for b in loader.batches(records)])
+    torch.testing.assert_close(got, pixel_values(loaded, images), atol=0, rtol=0)
