@@ -1,8 +1,9 @@
-"""The exception types that end a command with one line instead of a traceback.
+"""The exception types the command line turns into one line ``error: <message>``.
 
-The command line catches them and prints ``error: <message>`` on one line: ``InputError`` (and its
-``StoreError``) with exit code 2, ``StoreIOError`` with exit code 1. Anything else is a bug and keeps its
-traceback.
+``InputError`` means the user's input is wrong: exit code 2, nothing written. ``RunError`` means a run
+stopped part way for a reason outside the input (a decode worker died, the store could not be written):
+exit code 1, what was committed is kept and the same command resumes. Anything else is a bug and keeps
+its traceback.
 """
 
 
@@ -10,11 +11,16 @@ class InputError(Exception):
     """Bad input (experiment file, paths, model, ablation syntax...). The message names what is wrong."""
 
 
+class RunError(RuntimeError):
+    """A run stopped part way; the message says why and that rerunning resumes."""
+
+
 class StoreError(InputError):
     """The store path is unusable as a store (a directory, not writable, another application's file, a
-    newer schema...). Raised before anything is written to it."""
+    newer schema...). Raised before anything is written to it: exit code 2."""
 
 
-class StoreIOError(Exception):
-    """Reading or writing the store failed for a reason outside the input (disk full, I/O error). What was
-    committed before stays; running the same command again once the cause is fixed resumes."""
+class StoreIOError(RunError):
+    """Reading or writing the store failed for a reason outside the input (disk full, a file system gone
+    read-only, another process keeping it busy): exit code 1. What was committed stays valid; running the
+    same command again once the cause is fixed resumes."""

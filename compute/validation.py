@@ -23,6 +23,7 @@ MAX_BATCH = 65_536  # images (or captions) per batch: far beyond any accelerator
 MAX_NEW_TOKENS = 1_024  # caption length: beyond every captioner's context
 MAX_BEAMS = 64
 MAX_THREADS = 4_096
+MAX_WORKERS = 1_024  # decode processes
 MAX_FILE_NAME = 4_096  # PATH_MAX
 
 

@@ -168,6 +168,28 @@ def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, head
     return overlays.png_bytes(overlays.attention_figure(maps, heads))
 
 
+PACK_TABLES = ["summary.md", "summary.tex", "summary.csv", "mcnemar.csv", "selections.csv", "selections.parquet"]
+
+
+def pack_readme(run: str, row: dict, files: list[str]) -> str:
+    """The pack's README: which run, model and vision tower family made it, what the numbers mean."""
+    return "\n".join([
+        f"# Figure pack of run {run}",
+        "",
+        f"- Model: {row['model']}",
+        f"- Vision tower: {tables.family_text(row.get('family'))}",
+        f"- {row['n_images']} images x {row['n_ablations']} ablations x {row['n_prompts']} prompts "
+        f"({row['status']})",
+        "",
+        "logit is the model's own logit for an (image, prompt) pair (CLIP: logit_scale x cosine; SigLIP: "
+        "logit_scale x cosine + logit_bias); prob is the softmax over the run's prompts and the selected prompt "
+        "its argmax; score_baseline and caption_score are cosines with the unablated image embedding.",
+        "",
+        "Files: " + ", ".join(files),
+        "",
+    ])
+
+
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
                confusion: list[str] | None = None, image_id: int | None = None, image_ablation: str = "") -> list[Path]:
     """Write the figure pack and tables of ``run`` into ``out``; returns the files written.
@@ -184,6 +206,7 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
         if unknown:
             raise InputError(f"no ablation {unknown[0]!r} in run {run!r}; ablations: {', '.join(names)}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation)
+        run_row = queries.runs(con).set_index("run").loc[run].to_dict()
         tests = data.tests
         selections = selections_frame(con, run_id)
         attention = None
@@ -205,6 +228,7 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             write(f"{name}.{fmt}", content)
     if attention is not None:
         write(f"image{image_id}_attention_{slug(data.image_ablation)}.png", attention)
+    write("README.md", pack_readme(run, run_row, [p.name for p in written] + PACK_TABLES))
     write("summary.md", tables.summary_markdown(data.summary))
     write("summary.tex", tables.summary_latex(data.summary))
     write("summary.csv", data.summary.to_csv(index=False))

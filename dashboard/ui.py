@@ -219,7 +219,7 @@ def sidebar(db: Path) -> Context:
                                   format_func=lambda r: f"{r} ({rows[r]['status']})")
         run = rows[name]
         done, expected = progress(run)
-        st.caption(f"{run['model']}  \n{run['n_images']} images × {run['n_ablations']} ablations × "
+        st.caption(f"{run['model']} · {tables.family_text(run.get('family'))}  \n{run['n_images']} images × {run['n_ablations']} ablations × "
                    f"{run['n_prompts']} prompts  \n{run['n_failed']} unreadable images · store `{db.name}`")
         if run["status"] == "running":
             st.progress(min(done / expected, 1.0) if expected else 0.0,

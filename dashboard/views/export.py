@@ -57,7 +57,7 @@ cols[1].download_button("Parquet", lambda: figures.parquet_bytes(_slice_frame())
                         "application/vnd.apache.parquet", icon=":material/table:", key="slice_parquet")
 
 st.subheader("Table 1")
-st.caption(f"Over {image_slice.caption}.")
+st.caption(f"Over {image_slice.caption}; model {ctx.run['model']}, {tables.family_text(ctx.run.get('family'))}.")
 markdown, latex = tables.summary_markdown(data.summary), tables.summary_latex(data.summary)
 cols = st.columns(3)
 cols[0].download_button("Markdown", markdown, f"{figures.slug(ctx.name)}-table1.md", "text/markdown", key="md")
@@ -78,7 +78,7 @@ attention = f"image{image_id}_attention_{figures.slug(ablation or ctx.baseline_n
 
 
 def _attention() -> bytes:
-    # The image's CLS attention maps at every layer (the Image page's section), computed from the run's model.
+    # The image's attention maps at every layer (the Image page's section), computed from the run's model.
     with store.connect(ctx.db, read_only=True) as con:
         return figures.attention_png(con, ctx.name, image_id, ablation or ctx.baseline_name)
 
@@ -91,6 +91,7 @@ def _zip() -> bytes:
                 z.writestr(f"{name}.{fmt}", content)
         if attention:
             z.writestr(f"{attention}.png", _attention())
+        z.writestr("README.md", figures.pack_readme(ctx.name, ctx.run, sorted(z.namelist())))
     return buf.getvalue()
 
 

@@ -204,6 +204,7 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "cli: --limit huge": (lambda s: s.run("--limit", "1" + "0" * 30), "--limit = 1000000000000000000000000000000 is too large"),
     "cli: --batch-size 0": (lambda s: s.run("--batch-size", "0"), "--batch-size must be a positive integer, got 0"),
     "cli: --threads huge": (lambda s: s.run("--threads", "100000000"), "--threads = 100000000 is too large"),
+    "cli: --workers huge": (lambda s: s.run("--workers", "100000"), "--workers = 100000 is too large: at most 1,024"),
     # --- the prompts file of rescore (the store it would write to stays identical) ---
     "prompts file: not UTF-8": (lambda s: _rescore(s, b'[[prompts]]\ntext = "a photo of a ni\xf1o"\nlabel = "cat"\n'),
                                 "prompts file"),
