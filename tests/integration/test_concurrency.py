@@ -113,31 +113,10 @@ def _failed_part_way(result: subprocess.CompletedProcess, db: Path, cause: str, 
     assert sql(db, "SELECT COUNT(*) FROM embedding_t")[0][0] == done
 
 
-@pytest.mark.slow
-def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(paper, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    exp, ref_db = paper
-    mnt = exp.parent / "store"
-    mnt.mkdir()
-    # The store file holds about 3 MB once created and grows about 1 MB per committed batch here.
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("mount -t tmpfs is not allowed here")
-    try:
-        db = mnt / "s.duckdb"
-        full = run_cli("run", str(exp), "--no-progress")
-        _failed_part_way(full, db, "no space left on device", N_PAPER * 21)
-        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)  # space freed
-        again = run_cli("run", str(exp), "--no-progress")
-        assert again.returncode == 0, again.stderr[-2000:]
-        assert "resuming run 't'" in again.stdout
-        assert_same_results(db, ref_db)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
-@pytest.mark.slow
-def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(tiny_clip, tmp_path):
+@pytest.fixture
+def live_on_tmpfs(tiny_clip, tmp_path):
+    """(experiment of N_LIVE images in batches of one writing to a store on its own 64 MB tmpfs, the same
+    experiment's store run uninterrupted in-process). Needs root, for mount."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     coco = make_coco(tmp_path / "coco", n=N_LIVE)
@@ -148,24 +127,65 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
         pytest.skip("mount -t tmpfs is not allowed here")
-    db = mnt / "s.duckdb"
-    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
     try:
-        writer = start(exp)
-        deadline = time.monotonic() + 240
-        while done_so_far(db) == 0:
-            assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
-            time.sleep(0.05)
-        # The disk goes read-only mid-run (possible only between two batches: no file open for writing).
-        while subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
-            assert writer.poll() is None, "the run ended before the file system could go read-only"
-            time.sleep(0.01)
-        out, err = writer.communicate(timeout=600)
-        result = subprocess.CompletedProcess(writer.args, writer.returncode, out, err)
-        _failed_part_way(result, db, "read-only file system", N_LIVE * 21)
-        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
-        again = run_cli("run", str(exp), "--no-progress")
-        assert again.returncode == 0, again.stderr[-2000:]
-        assert_same_results(db, ref_db)
+        yield write_experiment(tmp_path / "e.toml", tiny_clip, coco, mnt / "s.duckdb", batch_size=1), ref_db
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def started(exp: Path, db: Path) -> subprocess.Popen:
+    """A run as a real process, returned once its first batch is committed."""
+    writer = start(exp)
+    deadline = time.monotonic() + 240
+    while done_so_far(db) == 0:
+        assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
+        time.sleep(0.05)
+    return writer
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte of ``folder``'s file system; returns the file that holds them."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush when it is closed
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_on_tmpfs):
+    exp, ref_db = live_on_tmpfs
+    db = exp.parent / "store" / "s.duckdb"
+    writer = started(exp, db)
+    filler = fill(db.parent)  # the disk fills up mid-run
+    out, err = writer.communicate(timeout=600)
+    _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
+                     "no space left on device", N_LIVE * 21)
+    filler.unlink()  # space freed
+    again = run_cli("run", str(exp), "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming run 't'" in again.stdout
+    assert_same_results(db, ref_db)
+
+
+@pytest.mark.slow
+def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(live_on_tmpfs):
+    exp, ref_db = live_on_tmpfs
+    mnt = exp.parent / "store"
+    db = mnt / "s.duckdb"
+    writer = started(exp, db)
+    # The disk goes read-only mid-run (possible only while no file is open for writing: between sessions).
+    while subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
+        assert writer.poll() is None, "the run ended before the file system could go read-only"
+        time.sleep(0.01)
+    out, err = writer.communicate(timeout=600)
+    _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
+                     "read-only file system", N_LIVE * 21)
+    subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+    again = run_cli("run", str(exp), "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_results(db, ref_db)
