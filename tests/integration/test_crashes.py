@@ -69,6 +69,24 @@ def counts(db: Path) -> dict[str, int]:
     return {t: sql(db, f"SELECT COUNT(*) FROM {t}")[0][0] for t in names}
 
 
+def start(exp: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def past_startup(proc: subprocess.Popen, db: Path) -> bool:
+    """Wait until ``proc`` holds the run's lock (models loaded, its pid in the lock file); False if it ended."""
+    from compute.runlock import lock_path
+
+    lock = lock_path(db, "t")
+    while proc.poll() is None:
+        if lock.exists() and lock.read_text() == str(proc.pid):
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def kill_at(point: str, *args: str) -> subprocess.CompletedProcess:
     quiet = ("--no-progress",) if args[0] in ("run", "rescore") else ()
     result = run_cli(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
@@ -84,17 +102,19 @@ def reference(tiny_clip, tiny_blip, tmp_path_factory):
     db = tmp / "ref.duckdb"
     exp = write_experiment(tmp / "ref.toml", tiny_clip, coco, db, extra=("mean:3,11",), batch_size=2,
                            captioner=tiny_blip, more=CAPTIONS)
+    proc = start(exp)
+    assert past_startup(proc, db), proc.communicate()[1][-2000:]
     t0 = time.monotonic()
-    done = run_cli("run", str(exp), "--no-progress")
-    whole = time.monotonic() - t0
-    assert done.returncode == 0, done.stderr[-2000:]
+    _, err = proc.communicate(timeout=600)
+    phase = time.monotonic() - t0  # from the run's lock (models loaded) to the end: the store phase
+    assert proc.returncode == 0, err[-2000:]
     complete = tmp / "complete.duckdb"
     shutil.copy(db, complete)  # the run alone, before the rescored run is added to `db`
     (tmp / "prompts.toml").write_text(PROMPTS_FILE)
     rescored = run_cli("rescore", "--run", "t", "--prompts", str(tmp / "prompts.toml"), "--as", "r", "--db", str(db),
                        "--no-progress")
     assert rescored.returncode == 0, rescored.stderr[-2000:]
-    return {"tmp": tmp, "coco": coco, "db": db, "complete": complete, "whole": whole}
+    return {"tmp": tmp, "coco": coco, "db": db, "complete": complete, "phase": phase}
 
 
 def experiment(reference: dict, tiny_clip: Path, tiny_blip: Path, db: Path) -> Path:
@@ -166,31 +186,24 @@ def test_a_kill_inside_delete_leaves_the_run_whole_and_a_rerun_removes_it_whole(
 
 @pytest.mark.slow
 def test_kills_at_random_moments_of_a_captioned_run_then_resume(reference, tiny_clip, tiny_blip, tmp_path):
-    from compute.runlock import lock_path
-
     db = tmp_path / "random.duckdb"
-    exp = str(experiment(reference, tiny_clip, tiny_blip, db))
-    lock = lock_path(db, "t")
+    exp = experiment(reference, tiny_clip, tiny_blip, db)
     rng = random.Random(11)
     landed = 0
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "compute", "run", exp, "--no-progress"], cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Past startup (models loaded, the run's lock taken: its file holds the pid), then a random moment
-        # of the store phase: creation, the mean pass, a batch, a commit, the caption stage. Startup's length
-        # varies most with the machine's load, so the random delay starts after it.
-        while proc.poll() is None and not (lock.exists() and lock.read_text() == str(proc.pid)):
-            time.sleep(0.005)
-        deadline = time.monotonic() + rng.uniform(0.0, 0.6) * reference["whole"]
+        # Past startup (whose length varies most with the machine's load), then a random moment of the
+        # store phase: creation, the mean pass, a batch, a commit, the caption stage.
+        proc = start(exp)
+        past_startup(proc, db)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.9) * reference["phase"]
         while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.005)
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         landed += 1
     assert landed >= 1, "every run finished before its kill; the test proved nothing"
-    final = run_cli("run", exp, "--no-progress")
+    final = run_cli("run", str(exp), "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])
