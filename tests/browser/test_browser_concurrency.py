@@ -62,7 +62,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
     for name in victims:
         rescore(db, "base", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], name,
                 progress=False, echo=lambda _: None, clip=clip)
-    live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=24), db, name="live",
+    live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=240), db, name="live",
                             batch_size=1)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = ARTIFACTS / "concurrency"
