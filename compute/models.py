@@ -82,10 +82,16 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
     if dev.type == "cpu" and torch_dtype == torch.float16:
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
     try:
-        model = CLIPModel.from_pretrained(name_or_path, dtype=torch_dtype)
+        # Loaded in float32 and cast after, so logit_scale can stay float32: in bfloat16, exp(ln 100) is
+        # 98.86, and every logit and probability of the run would shrink about 1%.
+        model = CLIPModel.from_pretrained(name_or_path, dtype=torch.float32)
         processor = CLIPProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load CLIP {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    if torch_dtype != torch.float32:
+        scale = model.logit_scale.detach().clone()  # () float32, as stored (or upcast from the checkpoint)
+        model.to(torch_dtype)
+        model.logit_scale.data = scale
     model.to(dev).eval()
     return LoadedClip(model, processor, dev, torch_dtype, name_or_path)
 

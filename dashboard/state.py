@@ -85,6 +85,7 @@ def set_param(param: str, value: Any) -> None:
 
 
 def reset_param(param: str, value: Any) -> None:
-    """Move a bound widget back to ``value`` before it is drawn (e.g. page 1 when the filters change)."""
+    """Move a bound widget to ``value`` before it is drawn (e.g. page 1 when the filters change); the URL
+    follows, so ``param_select`` does not take the old URL value for a link followed from outside."""
     st.session_state[f"param:{param}"] = value
-    _remembered()[param] = str(value)
+    set_param(param, value)
