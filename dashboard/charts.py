@@ -163,7 +163,7 @@ def block_bars(summary: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChar
     stars = base.mark_text(dy=-8, fontSize=14, fontWeight="bold").encode(y=alt.Y("hi:Q"), text="mark:N")
     return alt.layer(bars, whiskers, stars, _baseline_rule(summary, metric)).properties(
         title=_title(f"{METRIC_TITLES[metric]} per block", "95% interval; *: p (Holm) < 0.05", "dashed: baseline"),
-        height=260)
+        height=340)
 
 
 def label_heatmap(label_accuracy: pd.DataFrame, ablations: pd.DataFrame) -> alt.LayerChart:
@@ -298,4 +298,4 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
         x=alt.X("ablation:N", sort=list(shift["ablation"]), title=None, axis=SLANTED),
         y=alt.Y("cosine:Q", title="mean cosine with baseline", scale=alt.Scale(domain=[min(0.0, float(shift["cosine"].min())), 1])),
         tooltip=_tooltip(("ablation", "N"), ("cosine", "Q"), ("images", "N")),
-    ).properties(title=_title("mean cosine with baseline", "1: the embeddings do not move"), height=220)
+    ).properties(title=_title("mean cosine with baseline", "1: the embeddings do not move"), height=360)

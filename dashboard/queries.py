@@ -271,10 +271,10 @@ def image_selections(con: Con, run_id: int, image_id: int) -> pd.DataFrame:
 
 # name -> (ORDER BY, caption). The allow-list of orders a URL may ask for.
 SORTS: dict[str, tuple[str, str]] = {
-    "margin": ("s.margin ASC NULLS LAST, s.image_id, s.ablation_id", "margin, smallest first (near ties)"),
-    "-margin": ("s.margin DESC NULLS LAST, s.image_id, s.ablation_id", "margin, largest first"),
-    "confidence": ("s.prob DESC, s.image_id, s.ablation_id", "confidence, highest first"),
-    "-confidence": ("s.prob ASC, s.image_id, s.ablation_id", "confidence, lowest first"),
+    "margin": ("s.margin ASC NULLS LAST, s.image_id, s.ablation_id", "smallest margin first"),  # near ties
+    "-margin": ("s.margin DESC NULLS LAST, s.image_id, s.ablation_id", "largest margin first"),
+    "confidence": ("s.prob DESC, s.image_id, s.ablation_id", "most confident first"),
+    "-confidence": ("s.prob ASC, s.image_id, s.ablation_id", "least confident first"),
     "image": ("s.image_id, s.ablation_id", "image id"),
 }
 

@@ -66,7 +66,7 @@ cols = st.columns(5)
 n = counts["images"]
 cols[0].metric("Accuracy A", f"{(counts['both_right'] + counts['only_a']) / n:.3f}")
 cols[1].metric("Accuracy B", f"{(counts['both_right'] + counts['only_b']) / n:.3f}",
-               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}".replace("-", "\u2212"))
+               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}")  # Streamlit reads the sign: ASCII
 cols[2].metric("Right only under A", f"{counts['only_a']:,}")
 cols[3].metric("Right only under B", f"{counts['only_b']:,}")
 cols[4].metric("McNemar p", stats.format_p(p),

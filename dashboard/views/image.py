@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, slices, ui
-from dashboard.state import param_select
+from dashboard.state import param_select, reset_param
 from dashboard.text import md, md_list
 
 ctx = ui.context()
@@ -39,7 +39,7 @@ class Shown:
 images = ui.load(queries.images, ctx.run_id)
 labels_of = dict(zip(images["image_id"].map(int), images["labels"], strict=True))
 ids = list(labels_of)
-left, mid = st.columns(2)
+left, mid = st.columns([3, 2])  # the image's labels may be long
 image_id = param_select("Image", ids, "image", container=left, format_func=lambda i: f"{i} · {labels_of[i]}")
 default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
 ablation = ui.ablation_select(ctx, "Highlight (and compare with baseline)", "ablation", default=default,
@@ -76,12 +76,13 @@ def slice_navigation() -> None:
         where_text = f"not one of its {len(order):,} images"
     prev_col, text_col, next_col, back_col = st.columns([1, 3, 1, 1])
     text_col.caption(f"Failures slice: {md(where.caption)}; sorted by {md(queries.SORTS[sort][1])}: {where_text}.")
-    if k > 0:
-        prev_col.page_link("views/image.py", label="Previous", icon=":material/arrow_back:",
-                           query_params={**link, "image": str(order[k - 1])})
-    if 0 <= k + 1 < len(order):
-        next_col.page_link("views/image.py", label="Next", icon=":material/arrow_forward:",
-                           query_params={**link, "image": str(order[k + 1])})
+    # Buttons, not links to this page: a link to the page one is on reruns it without updating the
+    # address bar, and the URL would no longer say which image is shown.
+    prev_col.button("Previous", icon=":material/arrow_back:", disabled=k <= 0, key="slice_previous",
+                    on_click=reset_param, args=("image", order[k - 1] if k > 0 else image_id))
+    nxt = order[k + 1] if 0 <= k + 1 < len(order) else (order[0] if order and k < 0 else None)
+    next_col.button("Next", icon=":material/arrow_forward:", disabled=nxt is None, key="slice_next",
+                    on_click=reset_param, args=("image", nxt if nxt is not None else image_id))
     back = {kk: v for kk, v in link.items() if kk != "from"}
     back["page"] = str(max(k, 0) // FAILURES_PAGE_SIZE + 1)
     back_col.page_link("views/failures.py", label="Failures", icon=":material/grid_view:", query_params=back)
