@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+from pathlib import Path
 from urllib.parse import parse_qsl
 
+import duckdb
 import numpy as np
 import pytest
 from conftest import APP, DASH_ABLATIONS, sql
@@ -349,3 +352,124 @@ def test_latex_and_markdown_escape_and_align(dash_store):
         assert cells[4].rstrip("*") == tables.number(row.d_accuracy, sign=True)
         assert cells[4].endswith("*") == (row.sig_accuracy != 0)  # the one rule's mark
         assert "-" not in cells[4]  # a typographic minus
+
+
+# --------------------------------------------------------------------------------------------------
+# Counts, runs in progress, comparable runs, embeddings.
+
+
+def _store_with(tmp_path, images: list[tuple[int, tuple[str, ...]]], picks: dict[str, list[int]],
+                prompts=("cat", "dog", "bird")) -> Path:
+    """A store written through compute.store's own functions: one run, ``images`` (id, labels), a prompt per
+    label, and per ablation the prompt each image picks. Logits put 0.9 of the mass on the pick."""
+    from compute.ablations import parse_ablation
+    from compute.config import Prompt
+    from compute.dataset import ImageRecord
+
+    db = tmp_path / "fixture.duckdb"
+    ablations = [parse_ablation(a, 12) for a in picks]
+    records = [ImageRecord(i, f"{i}.jpg", tmp_path / f"{i}.jpg", labels) for i, labels in images]
+    with store.connect(db) as con:
+        run_id = store.create_run(con, store.NewRun(
+            name="fixture", model="none", config_json="{}", config_hash="x", n_layers=12, embedding_dtype="none",
+            images=records, prompts=[Prompt(f"a photo of a {p}", p) for p in prompts], ablations=ablations))
+        n, a, p = len(images), len(picks), len(prompts)
+        chosen = np.array(list(picks.values())).T  # (n, A)
+        logits = np.where(np.arange(p) == chosen[..., None], 3.0, 0.0).astype(np.float32)  # (n, A, P)
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        correct = np.array([[prompts[chosen[i, j]] in images[i][1] for j in range(a)] for i in range(n)])
+        selection = store.Selection(logits, probs, chosen.astype(np.int16), correct, probs.max(-1),
+                                    np.full((n, a), 3.0, np.float32), np.full((n, a), 0.3, np.float32))
+        store.write_batch(con, run_id, store.BatchResult(np.array([i for i, _ in images]), np.arange(a, dtype=np.int16),
+                                                           selection, None, [], []))
+    return db
+
+
+def test_confusion_of_a_multi_label_fixture_counts_each_image_once(tmp_path):
+    images = [(1, ("cat", "dog")), (2, ("cat",)), (3, ("bird", "dog")), (4, ("bird",)), (5, ("cat", "dog"))]
+    # baseline right on every image (accuracy 1.000); identity:1 wrong on the two-label image 3 and on image 5
+    db = _store_with(tmp_path, images, {"baseline": [1, 0, 2, 2, 0], "identity:1": [1, 0, 0, 2, 2]})
+    with store.connect(db, read_only=True) as con:
+        base = queries.confusion(con, 1, 0)
+        ablated = queries.confusion(con, 1, 1)
+        summary = tables.summary(con, 1)
+    assert summary["accuracy"].iloc[0] == 1.0
+    assert (base["true_label"] == base["selected_label"]).all()  # nothing off the diagonal at accuracy 1
+    assert dict(zip(base["true_label"], base["images"], strict=True)) == {"dog": 1, "cat": 2, "bird": 2}
+    assert base["images"].sum() == len(images) == ablated["images"].sum()  # each image once
+    cells = {(t, s): v for t, s, v in ablated.itertuples(index=False)}
+    assert cells[("bird", "cat")] == cells[("dog", "cat")] == 0.5  # image 3 picked "cat": half to each row
+    assert cells[("cat", "bird")] == cells[("dog", "bird")] == 0.5  # image 5 picked "bird"
+    assert cells[("dog", "dog")] == 1 and cells[("cat", "cat")] == 1 and cells[("bird", "bird")] == 1
+
+
+def test_a_running_run_shows_its_caption_stage_and_is_not_opened_by_default(dash_store, tmp_path, monkeypatch):
+    from compute.captions import captioner_key
+    from compute.config import CaptionsConfig
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(dash_store, db)
+    with duckdb.connect(str(db)) as con:  # "tiny" back in its caption stage: the sweep done, 3 captions to go
+        con.execute("UPDATE run_t SET status = 'running', created_at = now() WHERE run = 'tiny'")
+        rows = con.execute("""SELECT DISTINCT i.path, p.prompt FROM selection_t s JOIN image_t i USING (run_id, image_id)
+                              JOIN prompt_t p USING (run_id, prompt_id) WHERE s.run_id = 1""").fetchall()
+        con.execute("UPDATE selection_t SET caption = NULL, caption_score = NULL WHERE run_id = 1")
+        for path, prompt in rows[:3]:
+            con.execute("DELETE FROM caption_cache_t WHERE image = ? AND prefix = ?", [path, prompt])
+        config = json.loads(con.execute("SELECT config FROM run_t WHERE run = 'tiny'").fetchone()[0])
+    key = captioner_key(config["model"]["captioner"], CaptionsConfig(**config["captions"]))
+    assert queries.caption_key(config) == key  # the dashboard finds the cache rows the caption stage writes
+    with store.connect(db, read_only=True) as con:
+        assert queries.caption_progress(con, 1) == (len(rows) - 3, len(rows))
+        assert queries.caption_progress(con, 2) is None  # no captioner
+    monkeypatch.setenv(DB_ENV, str(db))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert at.query_params["run"] == "tiny-singles"  # the newest complete run, not the one still running
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = "tiny"
+    at.run()
+    bar = at.get("progress")[0].proto
+    assert bar.text == f"captions: {len(rows) - 3:,} of {len(rows):,} generated (sweep done)"
+    assert bar.value == int(100 * (len(rows) - 3) / len(rows))
+
+
+def test_compare_runs_offers_only_runs_asking_the_same_prompts(dash_store, tmp_path, monkeypatch):
+    from compute.config import Prompt
+    from compute.rescore import rescore
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(dash_store, db)
+    rescore(db, "tiny-singles", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], "other",
+            progress=False, echo=lambda _: None)
+    monkeypatch.setenv(DB_ENV, str(db))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"run": "tiny", "mode": "runs", "a": "zero:5-8", "b": "identity:1-12"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    assert select(at, "run_b").options == ["tiny-singles"]  # "other" asks other prompts: no pairing with it
+    assert "Not comparable with tiny (other prompts or labels): other." in caption_text(at)
+    # Ablation A and B of run mode are their own: the ablations mode's a / b do not carry over.
+    assert (select(at, "run_a_ablation").value, select(at, "run_b_ablation").value) == ("baseline", "baseline")
+    assert "McNemar p" in [m.label for m in at.metric]
+
+
+def test_embeddings_page_projects_the_stored_embeddings_and_how_far_each_ablation_moves_them(app, dash_store):
+    from dashboard import projection
+
+    at = app("embeddings", run="tiny", ablation="identity:1-12")
+    scatter, bars = charts_of(at)
+    with store.connect(dash_store, read_only=True) as con:
+        keys, emb = store.embeddings(con, 1, list(range(1, 11)), "float32")
+    by = {k: emb[n] for n, k in enumerate(keys)}
+    images = sorted({i for i, _ in keys})
+    assert sorted(r["image_id"] for r in scatter) == images == [i for i in range(1, 11) if i != 4]
+    for r in scatter:  # the cosine of each image's ablated embedding with its baseline one
+        a, b = projection.unit(by[(r["image_id"], 0)]), projection.unit(by[(r["image_id"], 20)])
+        assert math.isclose(r["cosine"], float(a @ b), rel_tol=1e-5)
+    cosine = {r["ablation"]: r["cosine"] for r in bars}
+    assert len(cosine) == N_ABLATIONS and math.isclose(cosine["baseline"], 1.0, rel_tol=1e-6)
+    assert cosine["identity:1-12"] < 1
+    select(at, "colour").set_value("correct").run()
+    assert {r["correct"] for r in charts_of(at)[0]} <= {"right", "wrong"}
