@@ -330,7 +330,7 @@ LAYOUT_CSS = """
 <style>
 [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
 [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(100%, 13rem); }
-[class*="st-key-charts-"] [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(100%, 22rem); }
+[class*="st-key-charts-"] [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(100%, 18rem); }
 [data-testid="stMetricValue"] > div { overflow: visible; text-overflow: clip; }
 </style>
 """

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a query param for every page, e.g. image=12 or ablation=identity:5-8 (repeatable)")
     parser.add_argument("--width", type=int, default=1400, help="browser width in pixels")
+    parser.add_argument("--pages", default=",".join(PAGES), help=f"comma list of pages (default: all: {', '.join(PAGES)})")
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         print(f"error: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)", file=sys.stderr)
@@ -194,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(p.split("=", 1) for p in args.param if "=" in p)
     if args.run:
         params["run"] = args.run
+    pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
+    unknown = [p for p in pages if p not in PAGES]
+    if unknown:
+        print(f"error: unknown page {unknown[0]!r}: choose from {', '.join(PAGES)}", file=sys.stderr)
+        return 2
     with serve(args.db.resolve(), args.out / "streamlit.log") as url:
-        shots = shoot(url, PAGES, args.out, params or None, args.width)
+        shots = shoot(url, pages, args.out, params or None, args.width)
     for shot in shots:
         status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
         if shot.overflow:

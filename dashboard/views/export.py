@@ -10,7 +10,7 @@ import streamlit as st
 
 from compute import store
 from dashboard import figures, queries, slices, stats, tables, ui
-from dashboard.state import param_select, set_param
+from dashboard.state import get_param, param_select, set_param
 from dashboard.text import md, md_list
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
@@ -40,9 +40,9 @@ set_param("figures", SEP.join(chosen))
 size = param_select("Size", list(figures.SIZES), "size", format_func=figures.SIZE_TITLES.get, container=row[1])
 label = ui.label_select(ctx, "Images with true label", "fig_label", true_labels, container=row[2])
 image_slice = slices.true_label(label)
-image_param = st.query_params.get("image", "")
+image_param = get_param("image")  # the image and ablation of the Image page, from the URL or this session
 image_id = int(image_param) if image_param.isdigit() else None
-image_ablation = st.query_params.get("ablation", "")
+image_ablation = get_param("ablation")
 image_ablation = image_ablation if image_ablation in names else ctx.baseline_name
 confusion = tuple(dict.fromkeys([ctx.baseline_name, image_ablation]))
 # Everything the charts are drawn from, cached; charts are drawn only for the preview and the downloads.
@@ -50,7 +50,7 @@ data = ui.load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, 
 pack = figures.pack_charts(data)
 st.caption(f"{len(pack)} charts of {len(chosen)} ablations over {md(image_slice.caption)}; confusion under "
            f"{md_list(data.confusion)}"
-           + (f"; the logits of image {image_id} (from the URL)" if image_id is not None else "") + ".")
+           + (f"; the logits of image {image_id}" if image_id is not None else "") + ".")
 
 
 @st.cache_data(show_spinner="Drawing the preview...", max_entries=32)
@@ -109,8 +109,8 @@ if data.image_selections is not None and len(data.image_selections):
                             key="f5_csv")
     st.code(f5_md, language="markdown")
 else:
-    st.caption("Open an image on the Image page and come here with it in the URL (image=ID) for its Figure 5 "
-               "table (the prompt each ablation selects and the caption that continues it).")
+    st.caption("Open an image on the Image page first (or put image=ID in the URL) for its Figure 5 table: the "
+               "prompt each ablation selects and the caption that continues it.")
 
 # --------------------------------------------------------------------------------------------------
 st.header("Selections")
