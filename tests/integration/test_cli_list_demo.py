@@ -28,13 +28,13 @@ def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
         assert load_experiment(path).store.db == default_db() == db
     data = tmp_path / "shapes"
     monkeypatch.setattr(cli, "DEMO_DATA", data)
-    monkeypatch.setattr(cli, "N_IMAGES", 24)
+    monkeypatch.setattr(cli, "N_IMAGES", 12)
     full_run = runner.run
 
-    def small_run(exp, **kwargs):  # the demo's experiments on 6 of its images
+    def small_run(exp, **kwargs):  # the demo's experiments (captions included) on 3 of its images
         exp.dataset.images = data / SPLIT
         exp.dataset.annotations = data / "annotations" / exp.dataset.annotations.name
-        exp.dataset.limit = 6
+        exp.dataset.limit = 3
         return full_run(exp, **kwargs)
 
     monkeypatch.setattr(runner, "run", small_run)
@@ -53,12 +53,12 @@ def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(dash_store, db)
-    rescore(db, "tiny", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")],
-            "a-rather-long-rescored-name", progress=False, echo=lambda _: None)
+    rescore(db, "tiny-singles", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")],
+            "a-rather-long-rescored-name", progress=False, echo=lambda _: None)  # no captioner: one text pass
     result = run_cli("list", "--db", str(db))
     assert result.returncode == 0, result.stderr
     head, rule, *rows = result.stdout.splitlines()
-    assert any("a-rather-long-rescored-name (from tiny)" in row for row in rows)
+    assert any("a-rather-long-rescored-name (from tiny-singles)" in row for row in rows)
     for row in rows:
         for column in ("status", "created"):  # left-aligned: each cell starts under its heading
             start = head.index(column)
