@@ -1,11 +1,16 @@
 """What an ablation is: its syntax, its canonical label, the sweeps, and the small functions that replace
-a vision layer's attention block.
+a vision layer's attention block, whole or head by head.
 
-An attention replacement is a plain function ``fn(attn, x, **ctx) -> out``: ``attn`` is the layer's
-``CLIPAttention`` module, ``x`` the layer-normed input (batch, tokens, width) and ``out`` what the attention
-block hands to the residual add, same shape. A new kind is one such function and one line in ``KINDS``.
-Two consumers apply them: ``patched()`` below (the plain method: swap the modules' forward, rerun the whole
-model) and ``compute.engine`` (the fast sweep). Tests hold the second to the first.
+An attention replacement is a plain function ``fn(attn, x, rows) -> out``: ``attn`` is the layer's
+``CLIPAttention`` module, ``x`` the layer-normed input (batch, tokens, width), ``rows`` how many query
+positions to return (the first ones; None = every token) and ``out`` what the attention block hands to the
+residual add, (batch, rows, width). A layer-wide kind is one such function; a per-head kind is a function
+that gives the chosen heads' outputs before ``out_proj`` from their values (see ``head_attention``). A new
+kind is one function and one line in ``KINDS``. Two consumers apply them: ``patched()`` below (the plain
+method: swap the modules' forward, rerun the whole model) and ``compute.engine`` (the fast sweep). Tests
+hold the second to the first, and both to transformers' own eager attention with replaced probabilities.
+
+Long because it is the one definition of every kind at both grains, with their syntax and sweeps.
 """
 
 from __future__ import annotations
@@ -17,78 +22,199 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compute.errors import InputError
 
+# Names of the dataset statistics (compute.store's stat_t) that mean ablations need.
+MEAN_STAT = "attention_mean"  # per layer: the attention block's output, (tokens, width)
+HEAD_MEAN_STAT = "attention_head_mean"  # per layer: the heads' outputs before out_proj, concatenated, (tokens, width)
+
+Means = dict[str, dict[int, torch.Tensor]]  # stat name -> {layer: (tokens, width)}
+
 # --------------------------------------------------------------------------------------------------
-# Attention replacements. x: (batch, tokens, width) layer-normed input; returns (batch, tokens, width).
+# Layer-wide replacements. x: (batch, tokens, width) layer-normed input; -> (batch, rows, width).
 
 
-def identity_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def identity_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     # Attention probabilities = identity: each token keeps its own value vector, so queries, keys and the
     # softmax are never needed.
-    return attn.out_proj(attn.v_proj(x))
+    return attn.out_proj(attn.v_proj(x[:, :rows]))
 
 
-def zero_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def zero_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     # Only the residual path carries on.
-    return torch.zeros_like(x)
+    return torch.zeros_like(x[:, :rows])
 
 
-def uniform_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def uniform_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     # Every token attends equally to all tokens: the mean of the values, then out_proj.
     v = attn.v_proj(x).mean(dim=1, keepdim=True)  # (batch, 1, width)
-    return attn.out_proj(v).expand_as(x)
+    return attn.out_proj(v).expand(-1, rows or x.shape[1], -1)
 
 
-def mean_attention(attn: nn.Module, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+def mean_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *, mean: torch.Tensor) -> torch.Tensor:
     # mean: (tokens, width), this layer's attention output per position averaged over the run's dataset on
-    # an unablated pass. The caller slices it to the positions x holds (position 0 first).
-    return mean[: x.shape[1]].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    # an unablated pass; sliced to the positions asked for (position 0, CLS, first).
+    r = rows or x.shape[1]
+    return mean[:r].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-head replacements: the chosen heads' outputs before out_proj.
+# v: (batch, chosen heads, tokens, head_dim) their values; -> (batch, chosen heads, rows, head_dim).
+
+
+def identity_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
+    # The head's probabilities are the identity: its output is its own value slice.
+    return v[:, :, :rows]
+
+
+def zero_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.zeros_like(v[:, :, :rows])
+
+
+def uniform_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
+    return v.mean(dim=2, keepdim=True).expand(-1, -1, rows, -1)
+
+
+def mean_heads(v: torch.Tensor, rows: int, *, mean: torch.Tensor) -> torch.Tensor:
+    # mean: (chosen heads, tokens, head_dim), each head's output per position over the run's dataset.
+    return mean[:, :rows].to(v.dtype).unsqueeze(0).expand(v.shape[0], -1, -1, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention knockout: query -> key edges removed before the softmax. Token 0 is CLS, the rest patches.
+
+TARGETS = ("patches>cls", "cls>patches", "patches>patches")  # keys > queries: the blocked flow
+
+
+def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rows, tokens) bool, True where query ``row`` may not read key ``column``. The diagonal is never
+    blocked, so every row keeps at least one key and the softmax stays defined."""
+    q = torch.arange(rows, device=device).unsqueeze(1)  # (rows, 1)
+    k = torch.arange(tokens, device=device).unsqueeze(0)  # (1, tokens)
+    if target == "patches>cls":  # the CLS query cannot read patch tokens
+        return (q == 0) & (k > 0)
+    if target == "cls>patches":  # patch queries cannot read the CLS token
+        return (q > 0) & (k == 0)
+    if target == "patches>patches":  # a patch query reads only itself and CLS
+        return (q > 0) & (k > 0) & (q != k)
+    raise ValueError(f"unknown knockout target {target!r}")
 
 
 @dataclass(frozen=True)
 class Kind:
-    fn: Callable[..., torch.Tensor]
-    # tokenwise: a token's output depends on that token alone, so the engine may compute only the tokens
-    # it still needs (the CLS token near the end of the tower).
+    fn: Callable[..., torch.Tensor] | None  # the layer-wide replacement (None: built from head_attention)
+    head_fn: Callable[..., torch.Tensor] | None  # the per-head replacement (None for knockout)
+    # tokenwise: at layer grain, a token's output depends on that token alone, so the engine may compute
+    # only the tokens it still needs (the CLS token near the end of the tower).
     tokenwise: bool
-    # needs_mean: the function takes mean=(tokens, width), a dataset statistic of the unablated model.
-    needs_mean: bool = False
+    needs_mean: bool = False  # takes mean=..., a dataset statistic of the unablated model
+    needs_target: bool = False  # knockout: which flow is blocked
 
 
 KINDS: dict[str, Kind] = {
-    "identity": Kind(identity_attention, tokenwise=True),
-    "zero": Kind(zero_attention, tokenwise=True),
-    "mean": Kind(mean_attention, tokenwise=True, needs_mean=True),
-    "uniform": Kind(uniform_attention, tokenwise=False),
+    "identity": Kind(identity_attention, identity_heads, tokenwise=True),
+    "zero": Kind(zero_attention, zero_heads, tokenwise=True),
+    "mean": Kind(mean_attention, mean_heads, tokenwise=True, needs_mean=True),
+    "uniform": Kind(uniform_attention, uniform_heads, tokenwise=False),
+    "knockout": Kind(None, None, tokenwise=False, needs_target=True),
 }
+
+
+def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *, kind: str,
+                   heads: tuple[int, ...], target: str = "", head_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention block with ``heads`` (all when empty) changed by ``kind``; the other heads run as usual,
+    and out_proj (with its bias) is applied to the concatenation of all heads.
+
+    x: (batch, tokens, width) -> (batch, rows, width). head_mean: (tokens, width), the heads' outputs before
+    out_proj averaged over the dataset (mean only).
+    """
+    b, t, d = x.shape
+    r = rows or t
+    n_heads, hd = attn.num_heads, attn.head_dim
+    chosen = list(heads) if heads else list(range(n_heads))
+    v = attn.v_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
+    if kind == "knockout" or len(chosen) < n_heads:  # some head still computes its probabilities
+        q = attn.q_proj(x[:, :r]).view(b, r, n_heads, hd).transpose(1, 2)  # (batch, heads, rows, head_dim)
+        k = attn.k_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
+        mask = None
+        if kind == "knockout":
+            blocked = torch.zeros(n_heads, r, t, dtype=torch.bool, device=x.device)
+            blocked[chosen] = knockout_edges(target, r, t, x.device)
+            mask = ~blocked  # (heads, rows, tokens); SDPA's boolean mask: True takes part
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)  # (batch, heads, rows, hd)
+    else:
+        o = v.new_empty(b, n_heads, r, hd)
+    if kind != "knockout":
+        fn = KINDS[kind].head_fn
+        if KINDS[kind].needs_mean:
+            per_head = head_mean.view(-1, n_heads, hd).transpose(0, 1)  # (heads, tokens, head_dim)
+            fn = partial(fn, mean=per_head[chosen])
+        o[:, chosen] = fn(v[:, chosen], r)
+    return attn.out_proj(o.transpose(1, 2).reshape(b, r, d))
+
 
 # --------------------------------------------------------------------------------------------------
 # Syntax and labels.
 
 BASELINE = "baseline"
+# At config time the model is not known yet; no model has more layers or heads than this, and no text
+# may expand a range past it (``identity:1-99999999999999`` fails at once instead of filling memory).
+MAX_INDEX = 1024
 _LAYERS_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_HEADS_RE = re.compile(r"^h\d+(-\d+)?(,h?\d+(-\d+)?)*$")
+SYNTAX = "KIND:LAYERS[/TARGET][/HEADS] such as 'identity:1-3', 'zero:6/h0,h3' or 'knockout:9-12/patches>cls'"
+
+
+@dataclass(frozen=True, order=True)
+class LayerMode:
+    """What one layer runs: "normal", or a kind on some heads (() = the whole layer) with its target."""
+
+    kind: str
+    heads: tuple[int, ...] = ()
+    target: str = ""
+
+    @property
+    def cls_local(self) -> bool:
+        """The CLS token's output reads the CLS token's input alone, so a layer whose other outputs are
+        not needed may be computed on the CLS token only (exact)."""
+        if self.heads or self.kind == "normal":
+            return False
+        return KINDS[self.kind].tokenwise or (self.kind == "knockout" and self.target == "patches>cls")
+
+
+NORMAL = LayerMode("normal")
 
 
 @dataclass(frozen=True, order=True)
 class Ablation:
-    """One intervention on the vision tower: ``kind`` applied to ``layers`` (1-based, sorted, unique)."""
+    """One intervention on the vision tower: ``kind`` applied to ``heads`` (0-based; () = whole layers) of
+    ``layers`` (1-based), with a knockout ``target``. Layers and heads sorted and unique."""
 
     kind: str  # "baseline" or a key of KINDS
     layers: tuple[int, ...] = ()
+    heads: tuple[int, ...] = ()
+    target: str = ""
 
     @property
     def label(self) -> str:
         if self.kind == BASELINE:
             return BASELINE
-        return f"{self.kind}:{format_layers(self.layers)}"
+        text = f"{self.kind}:{format_layers(self.layers)}"
+        if self.target:
+            text += f"/{self.target}"
+        if self.heads:
+            text += f"/{format_heads(self.heads)}"
+        return text
 
-    def modes(self, n_layers: int) -> tuple[str, ...]:
-        """Per layer (index 0 = layer 1): "normal" or the kind."""
+    def modes(self, n_layers: int) -> tuple[LayerMode, ...]:
+        """Per layer (index 0 = layer 1): NORMAL or this ablation's mode."""
         chosen = set(self.layers)
-        return tuple(self.kind if i + 1 in chosen else "normal" for i in range(n_layers))
+        mode = LayerMode(self.kind, self.heads, self.target)
+        return tuple(mode if i + 1 in chosen else NORMAL for i in range(n_layers))
 
     def __str__(self) -> str:
         return self.label
@@ -101,53 +227,97 @@ def format_layers(layers: tuple[int, ...]) -> str:
     return ",".join(str(layer) for layer in layers)
 
 
-def parse_ablation(text: str, n_layers: int | None = None) -> Ablation:
-    """Parse ``identity:3``, ``zero:1-3``, ``mean:1,5,9`` or ``baseline``; check layers when n_layers given."""
-    spec = text.strip()
-    if spec == BASELINE:
-        return Ablation(BASELINE)
-    kind, sep, layer_text = spec.partition(":")
-    kind = kind.strip()
-    if not sep:
-        raise InputError(f"malformed ablation {text!r}: expected KIND:LAYERS such as 'identity:1-3'")
-    if kind not in KINDS:
-        raise InputError(f"unknown ablation kind {kind!r} in {text!r}: known kinds are {', '.join(KINDS)}")
-    layer_text = layer_text.replace(" ", "")
-    if not _LAYERS_RE.match(layer_text):
-        raise InputError(f"malformed layers {layer_text!r} in ablation {text!r}: use L, A-B or a comma list")
-    layers: set[int] = set()
-    for part in layer_text.split(","):
+def format_heads(heads: tuple[int, ...]) -> str:
+    """Canonical head text: ``h3``, ``h2-4`` for a contiguous run, else ``h0,h3``."""
+    if len(heads) > 1 and heads[-1] - heads[0] == len(heads) - 1:
+        return f"h{heads[0]}-{heads[-1]}"
+    return ",".join(f"h{head}" for head in heads)
+
+
+def _indices(text: str, spec: str, what: str, low: int, high: int, known: bool) -> tuple[int, ...]:
+    """Sorted unique indices of ``1-3,5``-style text, each checked against [low, high] BEFORE any range is
+    built. ``known``: high is the model's own bound (else MAX_INDEX)."""
+    pairs = []
+    for part in text.split(","):
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi or lo)
         if a > b:
-            raise InputError(f"malformed layer range {part!r} in ablation {text!r}: start is after end")
-        layers.update(range(a, b + 1))
-    ablation = Ablation(kind, tuple(sorted(layers)))
-    if n_layers is not None:
-        check_layers(ablation, n_layers)
-    return ablation
+            raise InputError(f"malformed {what} range {part!r} in ablation {spec!r}: start is after end")
+        for value in (a, b):
+            if not low <= value <= high:
+                bad = value if value < low else max(a, high + 1)
+                if known:
+                    where = "the vision tower has layers" if what == "layer" else "its layers have heads"
+                    raise InputError(f"ablation {spec!r} is out of range: {what} {bad} does not exist "
+                                     f"({where} {low}-{high})")
+                raise InputError(f"ablation {spec!r} is out of range: {what} {value} is beyond any model "
+                                 f"({what}s run from {low} to at most {high})")
+        pairs.append((a, b))
+    return tuple(sorted({i for a, b in pairs for i in range(a, b + 1)}))
 
 
-def check_layers(ablation: Ablation, n_layers: int) -> None:
-    bad = [layer for layer in ablation.layers if not 1 <= layer <= n_layers]
-    if bad:
-        raise InputError(
-            f"ablation {ablation.label!r} is out of range: layer {bad[0]} does not exist "
-            f"(the vision tower has layers 1-{n_layers})"
-        )
+def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None = None) -> Ablation:
+    """Parse ``KIND:LAYERS[/TARGET][/HEADS]`` or ``baseline``.
+
+    Layer and head numbers are checked against the model when n_layers / n_heads are given, else against
+    MAX_INDEX, before any range is expanded. Raises InputError naming the problem.
+    """
+    spec = text.strip()
+    if spec == BASELINE:
+        return Ablation(BASELINE)
+    head, *parts = [p.replace(" ", "") for p in spec.split("/")]
+    kind, sep, layer_text = head.partition(":")
+    if not sep:
+        raise InputError(f"malformed ablation {text!r}: expected {SYNTAX}")
+    if kind not in KINDS:
+        raise InputError(f"unknown ablation kind {kind!r} in {text!r}: known kinds are {', '.join(KINDS)}")
+    if not _LAYERS_RE.match(layer_text):
+        raise InputError(f"malformed layers {layer_text!r} in ablation {text!r}: use L, A-B or a comma list")
+    target, head_text = "", ""
+    if "" in parts:
+        raise InputError(f"malformed ablation {text!r}: expected {SYNTAX}")
+    for i, part in enumerate(parts):
+        if part.startswith("h") and i == len(parts) - 1:
+            head_text = part
+        elif i == 0 and not part.startswith("h") and len(parts) <= 2:
+            target = part
+        else:
+            raise InputError(f"malformed ablation {text!r}: expected {SYNTAX}")
+    if target and not KINDS[kind].needs_target:
+        raise InputError(f"ablation {text!r}: {kind} takes no target (only knockout does)")
+    if KINDS[kind].needs_target and target not in TARGETS:
+        what = f"unknown knockout target {target!r}" if target else "knockout needs a target"
+        raise InputError(f"ablation {text!r}: {what}; use one of {', '.join(TARGETS)}")
+    if head_text and not _HEADS_RE.match(head_text):
+        raise InputError(f"malformed heads {head_text!r} in ablation {text!r}: use hH, hA-B or a list such as h0,h3")
+    layers = _indices(layer_text, text, "layer", 1, n_layers or MAX_INDEX, n_layers is not None)
+    heads = ()
+    if head_text:
+        high = n_heads - 1 if n_heads is not None else MAX_INDEX
+        heads = _indices(head_text.replace("h", ""), text, "head", 0, high, n_heads is not None)
+    return Ablation(kind, layers, heads, target)
+
+
+def check(ablation: Ablation, n_layers: int, n_heads: int | None = None) -> None:
+    """InputError when ``ablation`` names a layer (or head) the model does not have."""
+    if ablation.kind == BASELINE:
+        return
+    parse_ablation(ablation.label, n_layers, n_heads)  # the label is short: no huge range to expand
 
 
 # --------------------------------------------------------------------------------------------------
 # Sweeps.
 
-SWEEPS = ("paper", "singles", "none")
+SWEEPS = ("paper", "singles", "heads", "flow", "none")
 
 
-def sweep(name: str, n_layers: int, kind: str = "identity") -> list[Ablation]:
-    """The named sweep for a tower of n_layers, baseline first, duplicates dropped, in reading order.
+def sweep(name: str, n_layers: int, n_heads: int | None = None, kind: str = "identity") -> list[Ablation]:
+    """The named sweep for a tower of n_layers (of n_heads each), baseline first, duplicates dropped.
 
     paper: baseline, every single layer, blocks of 3 and of 4 tiling the depth (a short last block is
-    kept), and all layers at once. For 12 layers that is 21 ablations.
+    kept), and all layers at once; 21 ablations for 12 layers. singles: baseline and every single layer.
+    heads: baseline and ``kind:L/hH`` for every layer L and head H; 145 for 12 x 12. flow: baseline and
+    each knockout target at every single layer; 37 for 12 layers. none: baseline only.
     """
     if name not in SWEEPS:
         raise InputError(f"unknown sweep {name!r}: choose one of {', '.join(SWEEPS)}")
@@ -159,7 +329,19 @@ def sweep(name: str, n_layers: int, kind: str = "identity") -> list[Ablation]:
             for start in range(1, n_layers + 1, size):
                 out.append(Ablation(kind, tuple(range(start, min(start + size - 1, n_layers) + 1))))
         out.append(Ablation(kind, tuple(range(1, n_layers + 1))))
+    if name == "heads":
+        if n_heads is None:
+            raise ValueError("the heads sweep needs the number of heads")
+        out += [Ablation(kind, (layer,), (head,)) for layer in range(1, n_layers + 1) for head in range(n_heads)]
+    if name == "flow":
+        out += [Ablation("knockout", (layer,), (), target) for layer in range(1, n_layers + 1) for target in TARGETS]
     return dedupe(out)
+
+
+def sweeps(names: str | list[str], n_layers: int, n_heads: int | None = None) -> list[Ablation]:
+    """Several sweeps in the order given, baseline first, duplicates dropped."""
+    names = [names] if isinstance(names, str) else names
+    return dedupe([a for name in names for a in sweep(name, n_layers, n_heads)])
 
 
 def dedupe(ablations: list[Ablation]) -> list[Ablation]:
@@ -175,41 +357,52 @@ def vision_layers(model: nn.Module) -> nn.ModuleList:
     return model.vision_model.encoder.layers
 
 
-def mean_layers(ablations: list[Ablation]) -> set[int]:
-    """Layers whose dataset-mean attention output some ablation needs."""
-    return {layer for a in ablations if a.kind in KINDS and KINDS[a.kind].needs_mean for layer in a.layers}
+def n_heads_of(model: nn.Module) -> int:
+    return int(model.config.vision_config.num_attention_heads)
 
 
-def replacement(kind: str, layer: int, means: dict[int, torch.Tensor] | None) -> Callable:
-    """The function (attn, x) -> out that an ablation of ``kind`` puts in place of ``layer``'s attention."""
-    spec = KINDS[kind]
-    if not spec.needs_mean:
-        return spec.fn
-    if not means or layer not in means:
-        raise ValueError(f"{kind}:{layer} needs the dataset mean of layer {layer}'s attention output")
-    return partial(spec.fn, mean=means[layer])
+def mean_needs(ablations: list[Ablation]) -> dict[str, set[int]]:
+    """The dataset statistics some ablation needs: {stat name: layers}, only names with layers."""
+    needs: dict[str, set[int]] = {}
+    for a in ablations:
+        if a.kind in KINDS and KINDS[a.kind].needs_mean:
+            needs.setdefault(HEAD_MEAN_STAT if a.heads else MEAN_STAT, set()).update(a.layers)
+    return needs
+
+
+def replacement(mode: LayerMode, layer: int, means: Means | None) -> Callable[..., torch.Tensor]:
+    """The function (attn, x, rows) -> out that ``mode`` puts in place of ``layer``'s attention block."""
+    spec = KINDS[mode.kind]
+    stat = HEAD_MEAN_STAT if mode.heads else MEAN_STAT
+    mean = None
+    if spec.needs_mean:
+        mean = (means or {}).get(stat, {}).get(layer)
+        if mean is None:
+            raise ValueError(f"{mode.kind}:{layer} needs the dataset statistic {stat} of layer {layer}")
+    if mode.heads or spec.fn is None:
+        return partial(head_attention, kind=mode.kind, heads=mode.heads, target=mode.target, head_mean=mean)
+    return partial(spec.fn, mean=mean) if spec.needs_mean else spec.fn
 
 
 @contextmanager
-def patched(
-    model: nn.Module, ablation: Ablation, means: dict[int, torch.Tensor] | None = None
-) -> Iterator[nn.Module]:
+def patched(model: nn.Module, ablation: Ablation, means: Means | None = None) -> Iterator[nn.Module]:
     """Within the block, the vision layers of ``ablation`` run its replacement instead of attention.
 
     Every patched module gets its own ``forward`` back in ``finally``, whatever happens inside.
     """
     layers = vision_layers(model)
-    if ablation.kind != BASELINE:
-        check_layers(ablation, len(layers))
+    check(ablation, len(layers), n_heads_of(model))
     patched_modules: list[nn.Module] = []
     try:
-        for layer in ablation.layers:
+        for layer, mode in enumerate(ablation.modes(len(layers)), start=1):
+            if mode == NORMAL:
+                continue
             attn = layers[layer - 1].self_attn
-            fn = replacement(ablation.kind, layer, means)
+            fn = replacement(mode, layer, means)
 
             def forward(hidden_states, *args, _attn=attn, _fn=fn, **kwargs):
                 # CLIPEncoderLayer unpacks (attn_output, attn_weights).
-                return _fn(_attn, hidden_states), None
+                return _fn(_attn, hidden_states, None), None
 
             attn.forward = forward  # instance attribute shadows the class method
             patched_modules.append(attn)

@@ -54,7 +54,9 @@ class Prompt:
 
 @dataclass
 class AblationsConfig:
-    sweep: str = "paper"  # paper | singles | none (baseline is always run)
+    # one of SWEEPS, or a list of them run in order, duplicates dropped (baseline is always run); a list
+    # of one name is kept as that name, so both spellings are the same run
+    sweep: str | list[str] = "paper"
     extra: list[str] = field(default_factory=list)
 
 
@@ -172,7 +174,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
 
     prompts = parse_prompts(data.get("prompts"), "prompts")
     ablations = _section(AblationsConfig, data.get("ablations"), "ablations")
-    _choice(ablations.sweep, SWEEPS, "ablations.sweep")
+    ablations.sweep = _sweep_names(ablations.sweep)
     ablations.extra = [parse_ablation(text).label for text in ablations.extra]  # syntax now, range later
 
     store = _section(StoreConfig, data.get("store"), "store")
@@ -183,6 +185,15 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     _positive(captions.num_beams, "captions.num_beams")
     _positive(captions.batch_size, "captions.batch_size")
     return Experiment(name.strip(), model, dataset, prompts, ablations, store, captions, source)
+
+
+def _sweep_names(value: str | list[str]) -> str | list[str]:
+    names = list(dict.fromkeys([value] if isinstance(value, str) else value))
+    if not names:
+        raise InputError("ablations.sweep must name a sweep (or \"none\" for baseline and the extras alone)")
+    for name in names:
+        _choice(name, SWEEPS, "ablations.sweep")
+    return names[0] if len(names) == 1 else names
 
 
 def parse_prompts(items: Any, where: str) -> list[Prompt]:
@@ -267,10 +278,13 @@ def _typed(value: Any, annotation: str, where: str) -> Any:
         value = Path(value) if ok else value
     elif base == "list[str]":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif base == "str | list[str]":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
     else:  # pragma: no cover - a new field type needs a branch here
         raise TypeError(f"unsupported config type {annotation} for {where}")
     if not ok:
-        raise InputError(f"{where} must be {base.replace('list[str]', 'a list of strings')}, got {value!r}")
+        raise InputError(f"{where} must be {base.replace('list[str]', 'a list of strings').replace(' | ', ' or ')}, "
+                         f"got {value!r}")
     return value
 
 

@@ -1,16 +1,19 @@
 """The fast ablation sweep over CLIP's vision tower, and the plain method it is checked against
 (``plain_batch``: patch the modules with ``ablations.patched``, rerun the whole model per ablation).
 
-The sweep is a prefix tree over per-layer modes. An ablation is a path of N modes ("normal" or a kind);
-two ablations that agree on layers 1..k share the residual stream after layer k, so the tree computes
-each distinct prefix once. The all-"normal" path is the unablated pass, and every ablation branches off
-the kept state entering its first ablated layer. For the paper sweep of a 12-layer tower that is 143
-layer evaluations instead of the 252 a per-ablation rerun spends.
+The sweep is a prefix tree over per-layer modes. An ablation is a path of N modes (NORMAL, or a kind on
+some heads with its target: the full ``LayerMode``); two ablations that agree on layers 1..k share the
+residual stream after layer k, so the tree computes each distinct prefix once. The all-NORMAL path is the
+unablated pass, and every ablation branches off the kept state entering its first ablated layer. For the
+paper sweep of a 12-layer tower that is 143 layer evaluations instead of the 252 a per-ablation rerun
+spends; for the heads sweep of 12 layers x 12 heads, 948 instead of 1,740.
 
 Two more savings, both exact:
-- only the CLS token reaches the output (pooled = post_layernorm(h[:, 0])), so once every layer left on
-  all paths below a node is tokenwise (identity, zero, mean), the node computes the CLS token alone; a
-  last "normal" layer needs every token's key and value but only the CLS query and MLP row;
+- only the CLS token reaches the output (pooled = post_layernorm(h[:, 0])), so a layer whose outputs
+  below are needed for the CLS token only computes the CLS query alone (every token's key and value are
+  still read), and once every layer left on all paths below a node reads the CLS token's input alone
+  (whole-layer identity, zero, mean, and knockout of patches>cls) the node computes the CLS token alone.
+  A head-level layer is never CLS-local: its other heads read every token;
 - identity layers skip the query/key projections and the softmax (see ablations.identity_attention).
 """
 
@@ -23,9 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compute.ablations import KINDS, Ablation, patched, replacement, vision_layers
-
-NORMAL = "normal"
+from compute.ablations import (
+    HEAD_MEAN_STAT,
+    MEAN_STAT,
+    NORMAL,
+    Ablation,
+    LayerMode,
+    Means,
+    check,
+    n_heads_of,
+    patched,
+    replacement,
+    vision_layers,
+)
 
 
 @dataclass
@@ -33,14 +46,14 @@ class Node:
     """The residual stream after ``depth`` layers along one prefix of modes."""
 
     depth: int  # layers applied so far; 0 = embeddings
-    mode: str  # mode of layer ``depth``; "" at the root
-    children: dict[str, Node] = field(default_factory=dict)
+    mode: LayerMode | None  # mode of layer ``depth``; None at the root
+    children: dict[LayerMode, Node] = field(default_factory=dict)
     ablations: list[Ablation] = field(default_factory=list)  # those ending here (depth == n_layers)
     full_out: bool = True  # some path below still needs every token of this node's output
 
 
 def build_tree(ablations: list[Ablation], n_layers: int) -> Node:
-    root = Node(0, "")
+    root = Node(0, None)
     for ablation in ablations:
         node = root
         for depth, mode in enumerate(ablation.modes(n_layers), start=1):
@@ -54,8 +67,7 @@ def _mark_full(node: Node) -> bool:
     """Set full_out bottom-up; return whether this node needs all tokens of its input."""
     needs_in = [_mark_full(child) for child in node.children.values()]
     node.full_out = any(needs_in)
-    tokenwise = node.mode != NORMAL and (node.mode == "" or KINDS[node.mode].tokenwise)
-    return node.full_out or not tokenwise
+    return node.full_out or node.mode is None or not node.mode.cls_local
 
 
 def count_nodes(node: Node) -> int:
@@ -76,12 +88,12 @@ def cls_query_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class SweepEngine:
     """Projected image embeddings of a batch under every ablation, sharing work along the prefix tree."""
 
-    def __init__(
-        self, model: nn.Module, ablations: list[Ablation], means: dict[int, torch.Tensor] | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, ablations: list[Ablation], means: Means | None = None) -> None:
         self.model = model
         self.layers = vision_layers(model)
         self.means = means
+        for ablation in ablations:
+            check(ablation, len(self.layers), n_heads_of(model))
         self.root = build_tree(list(ablations), len(self.layers))
         self.layer_evaluations = count_nodes(self.root)  # per batch
 
@@ -108,22 +120,16 @@ class SweepEngine:
         """One encoder layer in node's mode. h: (batch, tokens_in, width) -> (batch, tokens_out, width)."""
         layer = self.layers[node.depth - 1]
         attn = layer.self_attn
+        cls_only = not node.full_out and h.shape[1] > 1  # below needs the CLS token alone
+        if cls_only and node.mode.cls_local:
+            h = h[:, :1]  # and the CLS token's output reads its own input alone
         x = layer.layer_norm1(h)
-        cls_only = not node.full_out and h.shape[1] > 1
+        rows = 1 if cls_only else None
         if node.mode == NORMAL:
-            if cls_only:
-                a, h = cls_query_attention(attn, x), h[:, :1]
-            else:
-                a = attn(hidden_states=x)[0]
+            a = cls_query_attention(attn, x) if cls_only else attn(hidden_states=x)[0]
         else:
-            fn = replacement(node.mode, node.depth, self.means)
-            if cls_only and KINDS[node.mode].tokenwise:
-                h, x = h[:, :1], x[:, :1]
-                a = fn(attn, x)
-            elif cls_only:
-                a, h = fn(attn, x)[:, :1], h[:, :1]
-            else:
-                a = fn(attn, x)
+            a = replacement(node.mode, node.depth, self.means)(attn, x, rows)  # (batch, rows, width)
+        h = h[:, :1] if cls_only else h
         h = h + a
         return h + layer.mlp(layer.layer_norm2(h))
 
@@ -133,36 +139,52 @@ class SweepEngine:
 
 
 @torch.inference_mode()
-def attention_means(
-    model: nn.Module, batches: Iterable[torch.Tensor], layers: set[int]
-) -> dict[int, torch.Tensor]:
-    """Per layer in ``layers``: the unablated attention output per token position, averaged over all
-    images of ``batches``. Returns {layer: (tokens, width)} in float32."""
-    if not layers:
+def attention_means(model: nn.Module, batches: Iterable[torch.Tensor], needs: dict[str, set[int]]) -> Means:
+    """The dataset statistics ``needs`` asks for ({stat name: layers}, see ablations.mean_needs), over all
+    images of ``batches`` on the unablated model: per layer and token position, the attention block's
+    output (MEAN_STAT) or the heads' outputs before out_proj, concatenated (HEAD_MEAN_STAT).
+    Returns {stat name: {layer: (tokens, width)}} in float32."""
+    needs = {name: set(layers) for name, layers in needs.items() if layers}
+    if not needs:
         return {}
     vision, blocks = model.vision_model, vision_layers(model)
-    last = max(layers)
-    sums: dict[int, torch.Tensor] = {}
+    last = max(max(layers) for layers in needs.values())
+    sums: dict[str, dict[int, torch.Tensor]] = {name: {} for name in needs}
     count = 0
+
+    def add(name: str, depth: int, value: torch.Tensor) -> None:
+        total = value.double().sum(dim=0)  # float64 so a long dataset does not lose precision
+        sums[name][depth] = sums[name][depth] + total if depth in sums[name] else total
+
     for pixel_values in batches:
         h = vision.pre_layrnorm(vision.embeddings(pixel_values))  # (batch, tokens, width)
         for depth in range(1, last + 1):
             layer = blocks[depth - 1]
-            a = layer.self_attn(hidden_states=layer.layer_norm1(h))[0]
-            if depth in layers:
-                total = a.double().sum(dim=0)  # float64 so a long dataset does not lose precision
-                sums[depth] = sums[depth] + total if depth in sums else total
+            heads_in: list[torch.Tensor] = []
+            hook = None
+            if depth in needs.get(HEAD_MEAN_STAT, ()):
+                # out_proj's input is the concatenation of the heads' outputs, as the model computes it
+                hook = layer.self_attn.out_proj.register_forward_pre_hook(lambda _m, args, out=heads_in: out.append(args[0]))
+            try:
+                a = layer.self_attn(hidden_states=layer.layer_norm1(h))[0]
+            finally:
+                if hook is not None:
+                    hook.remove()
+            if depth in needs.get(MEAN_STAT, ()):
+                add(MEAN_STAT, depth, a)
+            if heads_in:
+                add(HEAD_MEAN_STAT, depth, heads_in[0])
             h = h + a
             h = h + layer.mlp(layer.layer_norm2(h))
         count += pixel_values.shape[0]
     if count == 0:
         raise ValueError("no images to average over")
-    return {depth: (s / count).float() for depth, s in sums.items()}
+    return {name: {depth: (s / count).float() for depth, s in layers.items()} for name, layers in sums.items()}
 
 
 @torch.inference_mode()
 def plain_batch(model: nn.Module, ablations: list[Ablation], pixel_values: torch.Tensor, tokens: dict,
-                means: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                means: Means | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain method: patch the modules and rerun the whole model once per ablation.
 
     The reference the engine is held to (``--method plain`` and the bench). tokens: the tokenised prompts.

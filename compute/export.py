@@ -1,9 +1,7 @@
 """``python -m compute export --run NAME --out DIR``: a run's figure pack, headless.
 
-Writes every chart of the dashboard's Overview and Layers pages as PNG, SVG and PDF (Altair's save through
-vl-convert), Table 1 with its 95% bootstrap intervals as Markdown, LaTeX and CSV, the McNemar tests as
-CSV, and every selection of the run (one row per image x ablation) as CSV and Parquet. The work is done by
-``dashboard.figures``, which the dashboard's Export page uses too.
+DESCRIPTION (its --help) says what it writes; the work is done by ``dashboard.figures``, which the
+dashboard's Export page uses too.
 """
 
 from __future__ import annotations
@@ -18,11 +16,12 @@ FORMATS = ("png", "svg", "pdf")  # as dashboard.figures.FORMATS; spelled here so
 SIZES = ("screen", "one-column", "two-column")  # as dashboard.figures.SIZES
 
 DESCRIPTION = """\
-Write a run's figure pack, headless: every chart of the dashboard's Overview and Layers pages as PNG,
-SVG and PDF; Table 1 with 95% bootstrap intervals and significance marks as Markdown, LaTeX (booktabs)
-and CSV; the McNemar tests as CSV; every selection of the run (one row per image x ablation) as CSV and
-Parquet. With --image, also that image's logit charts and its Figure 5 table (the prompt each ablation
-selects and the caption that continues it). The dashboard's Export page writes the same files.
+Write a run's figure pack, headless: every chart of the dashboard's Overview, Layers, Heads and Flow
+pages as PNG, SVG and PDF; Table 1 with 95% bootstrap intervals and significance marks as Markdown, LaTeX
+(booktabs) and CSV; the McNemar tests as CSV; every selection of the run (one row per image x ablation)
+as CSV and Parquet. With --image, also that image's logit charts, its CLS attention maps (PNG, baseline
+against --ablation) and its Figure 5 table (the prompt each ablation selects and the caption that
+continues it). The dashboard's Export page writes the same files.
 
 Significance (the marks, the colours, mcnemar.csv): Holm-adjusted p < 0.05 over the run's ablations,
 McNemar's paired test for accuracy, a paired bootstrap over images for the scores."""
@@ -44,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="figure width: screen (as on the dashboard), one-column (3.5 in, 252 pt) or "
                         "two-column (7 in, 504 pt) with print font sizes (default: screen)")
     parser.add_argument("--image", type=int, default=None,
-                        help="also this image's logit charts and Figure 5 table (an image id of the run)")
-    parser.add_argument("--image-ablation", default="",
-                        help="with --image: the ablation its logit bars compare with baseline (default: baseline)")
+                        help="also this image's logit charts, its Figure 5 table and its CLS attention maps at "
+                        "every layer (PNG), baseline against --ablation")
+    parser.add_argument("--ablation", default="", help="the ablation --image compares with baseline "
+                        "(default: baseline alone)")
 
 
 def split_ablations(text: str) -> list[str]:
@@ -77,9 +77,9 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     confusion = split_ablations(args.confusion) or None
     ablations = split_ablations(args.ablations) or None
-    if args.image_ablation and args.image is None:
-        raise InputError("--image-ablation needs --image")
-    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations, args.size, args.image,
-                                 args.image_ablation.strip())
+    if args.ablation and args.image is None:
+        raise InputError("--ablation goes with --image: the image whose attention maps it compares")
+    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations=ablations,
+                                 size=args.size, image_id=args.image, image_ablation=args.ablation.strip())
     print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -47,6 +47,10 @@ class LoadedClip:
     def n_layers(self) -> int:
         return len(self.model.vision_model.encoder.layers)
 
+    @property
+    def n_heads(self) -> int:
+        return int(self.model.config.vision_config.num_attention_heads)
+
 
 def _check_local(ref: str, what: str) -> None:
     path = Path(ref)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from compute import store
-from compute.ablations import Ablation, dedupe, mean_layers, parse_ablation, sweep
+from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
 from compute.captions import CaptionStats, caption_stage, captioner_key
 from compute.config import Experiment
 from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
@@ -27,8 +27,6 @@ from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
 from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
-
-MEAN_STAT = "attention_mean"
 
 
 @dataclass
@@ -46,17 +44,17 @@ def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
     """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
-    ablations = resolve_ablations(exp, clip.n_layers)
+    ablations = resolve_ablations(exp, clip.n_layers, clip.n_heads)
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
     return Prepared(exp, images, clip, ablations, captioner)
 
 
-def resolve_ablations(exp: Experiment, n_layers: int) -> list[Ablation]:
-    """The run's ablations in order: the sweep (baseline first), then the extras, duplicates dropped."""
-    extra = [parse_ablation(text, n_layers) for text in exp.ablations.extra]
-    return dedupe(sweep(exp.ablations.sweep, n_layers) + extra)
+def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None) -> list[Ablation]:
+    """The run's ablations in order: the sweeps (baseline first), then the extras, duplicates dropped."""
+    extra = [parse_ablation(text, n_layers, n_heads) for text in exp.ablations.extra]
+    return dedupe(sweeps(exp.ablations.sweep, n_layers, n_heads) + extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,17 +166,19 @@ def run(
             echo(f"new run {exp.name!r} in {db}: {len(images)} images x {len(ablations)} ablations x "
                  f"{len(exp.prompts)} prompts")
         done = store.done_pairs(con, run_id)
-        means_np = store.load_stats(con, run_id, MEAN_STAT)
+        needs = mean_needs(ablations)  # {stat name: layers}
+        means_np = {name: store.load_stats(con, run_id, name) for name in needs}
 
     ablation_ids = {a: i for i, a in enumerate(ablations)}
     pending = [r for r in images if any((r.image_id, i) not in done for i in ablation_ids.values())]
 
-    need_mean = mean_layers(ablations)
-    if pending and need_mean and not need_mean <= set(means_np):
-        means_np = _compute_means(clip, images, need_mean, exp.model.batch_size, progress)
+    if pending and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
+        means_np = _compute_means(clip, images, needs, exp.model.batch_size, progress)
         with store.connect(db) as con:
-            store.save_stats(con, run_id, MEAN_STAT, means_np)
-    means = {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in means_np.items()}
+            for name, stats in means_np.items():
+                store.save_stats(con, run_id, name, stats)
+    means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in stats.items()}
+             for name, stats in means_np.items()}
 
     if pending:
         _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress)
@@ -207,8 +207,8 @@ def run(
     return RunResult(run_id, complete, captions)
 
 
-def _compute_means(clip: LoadedClip, images: list[ImageRecord], layers: set[int], batch_size: int,
-                   progress: bool) -> dict[int, np.ndarray]:
+def _compute_means(clip: LoadedClip, images: list[ImageRecord], needs: dict[str, set[int]], batch_size: int,
+                   progress: bool) -> dict[str, dict[int, np.ndarray]]:
     bar = tqdm(total=len(images), unit="img", desc="dataset means", disable=not progress, file=sys.stderr)
 
     def pixels() -> Iterator[torch.Tensor]:
@@ -218,10 +218,10 @@ def _compute_means(clip: LoadedClip, images: list[ImageRecord], layers: set[int]
                 yield batch.pixel_values
 
     try:
-        means = attention_means(clip.model, pixels(), layers)
+        means = attention_means(clip.model, pixels(), needs)
     finally:
         bar.close()
-    return {layer: m.cpu().numpy() for layer, m in means.items()}
+    return {name: {layer: m.cpu().numpy() for layer, m in stats.items()} for name, stats in means.items()}
 
 
 def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tuple[int, int]],

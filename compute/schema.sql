@@ -39,11 +39,16 @@ CREATE TABLE IF NOT EXISTS prompt_t (
 CREATE TABLE IF NOT EXISTS ablation_t (
     run_id      INTEGER NOT NULL,
     ablation_id SMALLINT NOT NULL,           -- order of the sweep; 0 is baseline
-    ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, identity:1-3, ...
-    kind        VARCHAR NOT NULL,
-    layers      INTEGER[] NOT NULL,
+    ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, zero:5-8/h2-4, ...
+    kind        VARCHAR NOT NULL,            -- baseline | identity | zero | mean | uniform | knockout
+    layers      INTEGER[] NOT NULL,          -- 1-based
+    heads       INTEGER[] NOT NULL DEFAULT [],  -- 0-based; empty: whole layers
+    target      VARCHAR,                     -- knockout's blocked flow (patches>cls, ...); NULL otherwise
     PRIMARY KEY (run_id, ablation_id)
 );
+-- Stores made before heads and targets existed: their ablations are whole layers without a target.
+ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS heads INTEGER[] DEFAULT [];
+ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS target VARCHAR;
 
 -- One row per run x image x ablation x prompt. No index: rows are only ever written in the same
 -- transaction as their selection_t row, whose primary key forbids a second copy.
@@ -87,7 +92,8 @@ CREATE TABLE IF NOT EXISTS error_t (
     PRIMARY KEY (run_id, image_id, stage)
 );
 
--- Dataset statistics a run depends on (the per-position mean attention output for mean: ablations).
+-- Dataset statistics a run depends on, per layer (for mean ablations: attention_mean, the attention
+-- block's output per position; attention_head_mean, the heads' outputs before out_proj per position).
 CREATE TABLE IF NOT EXISTS stat_t (
     run_id INTEGER NOT NULL,
     name   VARCHAR NOT NULL,

@@ -185,8 +185,10 @@ def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
             [[run_id, i, p.text, p.label] for i, p in enumerate(new.prompts)],
         )
         con.executemany(
-            "INSERT INTO ablation_t VALUES (?, ?, ?, ?, ?)",
-            [[run_id, i, a.label, a.kind, list(a.layers)] for i, a in enumerate(new.ablations)],
+            "INSERT INTO ablation_t (run_id, ablation_id, ablation, kind, layers, heads, target) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[run_id, i, a.label, a.kind, list(a.layers), list(a.heads), a.target or None]
+             for i, a in enumerate(new.ablations)],
         )
     return run_id
 

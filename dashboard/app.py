@@ -23,6 +23,8 @@ st.set_page_config(page_title="CLIP Attention Lab", page_icon=":material/visibil
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/table_chart:", default=True),
     st.Page("views/layers.py", title="Layers", icon=":material/stacked_line_chart:"),
+    st.Page("views/heads.py", title="Heads", icon=":material/grid_on:"),
+    st.Page("views/flow.py", title="Flow", icon=":material/swap_horiz:"),
     st.Page("views/image.py", title="Image", icon=":material/image:"),
     st.Page("views/failures.py", title="Failures", icon=":material/grid_view:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),

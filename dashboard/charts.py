@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
+from dashboard.heads import TARGET_ORDER
 from dashboard.stats import ALPHA
 from dashboard.tables import METRIC_TITLES, METRICS, has_captions
 
@@ -126,7 +128,10 @@ def layer_curve(summary: pd.DataFrame, metric: str = "accuracy") -> alt.LayerCha
     points are significant changes against baseline (the rule), hollow ones are not; the dashed line is
     baseline."""
     data = _one_metric(summary, metric)
-    data = data[data["n_layers"] == 1].rename(columns={"first_layer": "layer"})
+    # whole single layers only: one point per kind and layer (head-level and knockout ablations have their
+    # own views, Heads and Flow)
+    whole = (summary["n_heads"] == 0) & (summary["target"] == "") if "n_heads" in summary else True
+    data = data[(data["n_layers"] == 1) & whole].rename(columns={"first_layer": "layer"})
     data = data.assign(significant=data["change"] != SIG_NAMES[0])
     base = alt.Chart(data).encode(
         x=alt.X("layer:O", title="ablated layer"),
@@ -299,3 +304,77 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
         y=alt.Y("cosine:Q", title="mean cosine with baseline", scale=alt.Scale(domain=[min(0.0, float(shift["cosine"].min())), 1])),
         tooltip=_tooltip(("ablation", "N"), ("cosine", "Q"), ("images", "N")),
     ).properties(title=_title("mean cosine with baseline", "1: the embeddings do not move"), height=360)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Heads and token flow (data from dashboard.heads).
+
+HOLDS_NOTE = "outlined: holds after Holm's correction of McNemar's test"
+
+
+def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", family: str = "identity") -> alt.LayerChart:
+    """Layer (rows, 1 at the top) x head (columns): the change of ``metric`` against baseline when that one
+    head is ablated; outlined cells hold after Holm's correction. A point selection named "cell" carries
+    the clicked cell's ablation (the Heads page opens the Failures page for it)."""
+    data = cells.assign(head_label="h" + cells["head"].astype(str), holds_text=cells["holds"].map({True: "yes", False: "no"}))
+    heads = [f"h{h}" for h in sorted(cells["head"].unique())]
+    extent = float(np.nanmax(np.abs(data[["lo", "hi", "change"]].to_numpy()))) if len(data) else 0.0
+    extent = extent if extent > 0 else 1e-3
+    cell = alt.selection_point(name="cell", fields=["ablation"], on="click", clear=False)
+    enc = {
+        "x": alt.X("head_label:O", sort=heads, title="head", axis=alt.Axis(labelAngle=0, orient="top")),
+        "y": alt.Y("layer:O", title="layer"),
+    }
+    title = f"Change in {METRIC_TITLES[metric]} against baseline"
+    rects = alt.Chart(data).mark_rect(cursor="pointer").encode(
+        **enc,
+        color=alt.Color("change:Q", title=f"Δ {METRIC_TITLES[metric]}",
+                        scale=alt.Scale(scheme="redblue", domain=[-extent, extent], domainMid=0)),
+        tooltip=[alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
+                 alt.Tooltip("change:Q", format="+.4f", title=f"Δ {METRIC_TITLES[metric]}"),
+                 alt.Tooltip("lo:Q", format="+.4f", title="95% interval from"),
+                 alt.Tooltip("hi:Q", format="+.4f", title="95% interval to"),
+                 alt.Tooltip("p_holm:Q", format=".3g", title="McNemar p (Holm)"),
+                 alt.Tooltip("holds_text:N", title="holds after Holm")],
+    ).add_params(cell)
+    holds = alt.Chart(data).transform_filter("datum.holds").mark_rect(
+        fill=None, stroke="black", strokeWidth=2.5).encode(**enc)
+    layers = [rects, holds]
+    if len(heads) <= 16:  # numbers stay legible only on small grids
+        layers.append(alt.Chart(data).mark_text(fontSize=9).encode(
+            **enc, text=alt.Text("change:Q", format="+.2f"),
+            color=alt.condition(f"abs(datum.change) > {extent * 0.6}", alt.value("white"), alt.value("black"))))
+    return alt.layer(*layers).properties(
+        title={"text": f"{title}: {family} on one head at a time", "subtitle": f"{HOLDS_NOTE}; click a cell "
+               "to open its failures"},
+        width=alt.Step(44), height=alt.Step(22))
+
+
+def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
+    """Per layer, the change of ``metric`` against baseline when one flow of information is knocked out in
+    that layer alone, with its 95% paired interval; filled points hold after Holm's correction."""
+    data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}))
+    targets = [t for t in TARGET_ORDER if t in set(data["target"])]
+    base = alt.Chart(data).encode(
+        x=alt.X("layer:O", title="layer knocked out", axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("target:N", sort=targets),
+        color=alt.Color("target:N", sort=targets, title="blocked flow (keys > queries)"),
+    )
+    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=f"Δ {METRIC_TITLES[metric]}"), y2="hi:Q")
+    tooltip = [alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
+               alt.Tooltip("change:Q", format="+.4f", title=f"Δ {METRIC_TITLES[metric]}"),
+               alt.Tooltip("lo:Q", format="+.4f", title="95% interval from"),
+               alt.Tooltip("hi:Q", format="+.4f", title="95% interval to"),
+               alt.Tooltip("p_holm:Q", format=".3g", title="McNemar p (Holm)"),
+               alt.Tooltip("holds_text:N", title="holds after Holm")]
+    # filled where the change holds after Holm, open elsewhere (two layers: one colour legend)
+    held = base.transform_filter("datum.holds").mark_point(filled=True, size=70, opacity=1).encode(
+        y=alt.Y("change:Q"), tooltip=tooltip)
+    open_ = base.transform_filter("!datum.holds").mark_point(size=70, strokeWidth=2).encode(
+        y=alt.Y("change:Q"), tooltip=tooltip)
+    zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="zero:Q")
+    return alt.layer(zero, whiskers, open_, held).properties(
+        title={"text": f"Change in {METRIC_TITLES[metric]} when one flow is knocked out in one layer",
+               "subtitle": "95% paired bootstrap intervals; filled: holds after Holm's correction of McNemar's test"},
+        height=300)

@@ -24,7 +24,7 @@ import vl_convert as vlc
 
 from compute import store
 from compute.errors import InputError
-from dashboard import charts, queries, tables
+from dashboard import charts, heads, queries, tables
 from dashboard.slices import EVERYTHING, Slice
 from dashboard.text import md_cell
 
@@ -68,6 +68,7 @@ class PackData:
     image_ablation: str = ""
     chosen: list[str] | None = None  # the ablations the per-ablation figures show, in order (None: all)
     baseline: str = "baseline"  # the run's unablated ablation, chosen or not
+    tests: pd.DataFrame | None = None  # McNemar over the same slice, the whole run (the Heads and Flow charts)
 
 
 def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusion: Sequence[str] | None = None,
@@ -91,7 +92,7 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
     if chosen is not None:
         label_accuracy = label_accuracy[label_accuracy["ablation_id"].isin([ids[a] for a in chosen])]
     data = PackData(tables.select_ablations(ab, chosen), tables.select_ablations(summary, chosen), label_accuracy,
-                    chosen=chosen, baseline=tables.baseline_name(ab))
+                    chosen=chosen, baseline=tables.baseline_name(ab), tests=tables.mcnemar_of(summary))
     for name in dict.fromkeys(confusion):
         counts = queries.confusion(con, run_id, int(ids[name]))
         if len(counts):
@@ -110,12 +111,21 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
         "table1": lambda: charts.table1_chart(s),
         "change_vs_baseline": lambda: charts.change_chart(s),
     }
+    whole_single = (ab["n_layers"] == 1) & (ab["n_heads"] == 0) & (ab["target"] == "")
     for metric in tables.metrics_of(s):
-        if (ab["n_layers"] == 1).any():
+        if whole_single.any():
             pack[f"layers_{metric}"] = lambda m=metric: charts.layer_curve(s, m)
         if (ab["n_layers"] > 1).any():
             pack[f"blocks_{metric}"] = lambda m=metric: charts.block_bars(s, m)
     pack["label_accuracy"] = lambda: charts.label_heatmap(data.label_accuracy, ab)
+    if data.tests is not None:
+        for family in heads.head_families(ab):
+            cells = heads.head_cells(s, data.tests, family, "accuracy")
+            if len(cells):
+                pack[f"heads_{slug(family)}"] = lambda c=cells, f=family: charts.head_heatmap(c, "accuracy", f)
+        flow = heads.flow_cells(s, data.tests, "accuracy")
+        if len(flow):
+            pack["flow"] = lambda: charts.flow_chart(flow, "accuracy")
     for name, counts in data.confusion.items():
         pack[f"confusion_{slug(name)}"] = lambda c=counts, n=name: charts.confusion_chart(c, n)
     if data.image_scores is not None and len(data.image_scores):
@@ -248,6 +258,28 @@ def figure5_latex(selections: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, heads: str = "mean") -> bytes:
+    """The Image page's attention maps of one image (baseline and ``ablation``) as a PNG, computed from the
+    run's model (loaded here: a headless export has no server cache)."""
+    import torch
+
+    from compute.ablations import BASELINE, mean_needs, parse_ablation
+    from compute.models import load_clip
+    from dashboard import overlays
+
+    run_id = find_run_id(con, run)
+    info = queries.image(con, run_id, image_id)
+    if info is None:
+        raise InputError(f"no image {image_id} in run {run!r}")
+    model = str(queries.runs(con).set_index("run").loc[run, "model"])
+    needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
+    clip = load_clip(model, device="cpu")
+    stats = queries.mean_stats(con, run, sorted(needs)) if needs else {}
+    means = {name: {layer: torch.from_numpy(m) for layer, m in layers.items()} for name, layers in stats.items()}
+    maps = overlays.image_maps(clip, str(info["path"]), ablation, means)
+    return overlays.png_bytes(overlays.attention_figure(maps, heads))
+
+
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
                confusion: list[str] | None = None, ablations: list[str] | None = None, size: str = "screen",
                image_id: int | None = None, image_ablation: str = "") -> list[Path]:
@@ -255,7 +287,8 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
 
     ``confusion``: ablations to draw a confusion chart for, ["all"] for every one, None for the default.
     ``ablations``: the ablations (and their order) of the per-ablation charts and Table 1; None for all.
-    ``size``: a key of SIZES. ``image_id``: also that image's charts and its Figure 5 table.
+    ``size``: a key of SIZES. ``image_id``: also that image's logit charts, its attention maps (baseline
+    against ``image_ablation``) and its Figure 5 table.
     """
     if size not in SIZES:
         raise InputError(f"unknown figure size {size!r}: choose from {', '.join(SIZES)}")
@@ -272,8 +305,11 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             raise InputError(f"no image {image_id} in run {run!r}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation,
                          ablations=ablations)
-        tests = tables.mcnemar_of(data.summary)
+        tests = tables.mcnemar_of(data.summary)  # the chosen ablations, Holm-adjusted over the whole run
         selections = selections_frame(con, run_id)
+        attention = None
+        if image_id is not None:
+            attention = attention_png(con, run, image_id, data.image_ablation)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -288,6 +324,8 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
     for name, build in pack_charts(data).items():
         for fmt, content in chart_files(build(), formats, size).items():
             write(f"{name}.{fmt}", content)
+    if attention is not None:
+        write(f"image{image_id}_attention_{slug(data.image_ablation)}.png", attention)
     write("summary.md", tables.summary_markdown(data.summary))
     write("summary.tex", tables.summary_latex(data.summary))
     write("summary.csv", data.summary.to_csv(index=False))

@@ -79,16 +79,27 @@ def has_embeddings(con: Con, run: str) -> bool:
     return bool(con.execute(HAS_EMBEDDINGS, [row.embedding_run_id]).fetchone()[0])
 
 
-# Layers as plain columns (count, first, "1,2,3"): frames of scalars hash and pickle fast in the caches.
+# Layers and heads as plain columns (count, first, "1,2,3"): frames of scalars hash and pickle fast in the
+# caches. n_heads = 0 and target = '' for whole-layer ablations without a knockout target.
 ABLATIONS = """
 SELECT ablation_id, ablation, kind, len(layers) AS n_layers, coalesce(layers[1], 0) AS first_layer,
-       array_to_string(layers, ',') AS layers
+       array_to_string(layers, ',') AS layers, len(heads) AS n_heads, coalesce(heads[1], -1) AS first_head,
+       array_to_string(heads, ',') AS heads, coalesce(target, '') AS target
 FROM ablation_t WHERE run_id = ? ORDER BY ablation_id
 """
 
 
 def ablations(con: Con, run_id: int) -> pd.DataFrame:
     return con.execute(ABLATIONS, [run_id]).df()
+
+
+def mean_stats(con: Con, run: str, names: list[str]) -> dict[str, dict]:
+    """The dataset statistics of ``run`` that mean ablations read ({name: {layer: (tokens, width) array}}),
+    from the run that computed its embeddings (itself, or for a rescored run its parent)."""
+    row = store.find_run(con, run)
+    if row is None:
+        return {}
+    return {name: store.load_stats(con, row.embedding_run_id, name) for name in names}
 
 
 PROMPTS = "SELECT prompt_id, prompt, label FROM prompt_t WHERE run_id = ? ORDER BY prompt_id"

@@ -87,3 +87,23 @@ def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     for exp in (tiny, singles):
         run(load_experiment(exp), progress=False, echo=lambda _: None)
     return db
+
+
+HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")
+
+
+@pytest.fixture(scope="session")
+def heads_store(tiny_clip, tmp_path_factory) -> Path:
+    """The Heads and Flow pages' store: run "tiny-heads", the heads and flow sweeps of the tiny CLIP (12
+    layers x 4 heads) plus HEADS_EXTRAS over 8 tiny COCO images."""
+    from compute.config import load_experiment
+    from compute.runner import run
+    from compute.testing import experiment_text
+
+    tmp = tmp_path_factory.mktemp("heads-store")
+    db = tmp / "heads.duckdb"
+    coco = make_coco(tmp / "coco", n=8)
+    text = experiment_text(tiny_clip, coco, db, name="tiny-heads", extra=HEADS_EXTRAS)
+    (tmp / "heads.toml").write_text(text.replace('sweep = "paper"', 'sweep = ["heads", "flow"]'))
+    run(load_experiment(tmp / "heads.toml"), progress=False, echo=lambda _: None)
+    return db

@@ -5,6 +5,9 @@ Sections (``--only`` picks some):
            patch 16), 32 images, 4 prompts, batch 32, timed as whole processes: the engine against the plain
            method (patch the modules, rerun the whole model per ablation, same batch size); peak memory of
            the engine at 64 and 128 images.
+  heads    the heads sweep (145 ablations: identity on every head of every layer) on the same ViT-B/16-shaped
+           CLIP, 8 images, batch 8, engine against plain as whole processes, with the layer evaluations
+           each spends per batch.
   rescore  4 new prompts scored from that run's stored embeddings, against the full run it replaces.
   captions the caption stage on the demo sweep against per-(image, ablation) generation.
   dashboard page render times on a generated 5,000 x 21 x 80 store (AppTest).
@@ -55,8 +58,10 @@ def make_images(folder: Path, n: int, size: int = 256) -> Path:
     return make_coco(folder, n, size=(size, size), noise=True)
 
 
-def write_experiment(path: Path, name: str, model: Path, data: Path, db: Path, batch_size: int) -> Path:
-    return testing.write_experiment(path, model, data, db, name=name, batch_size=batch_size, categories=())
+def write_experiment(path: Path, name: str, model: Path, data: Path, db: Path, batch_size: int,
+                     sweep: str = "paper") -> Path:
+    return testing.write_experiment(path, model, data, db, name=name, batch_size=batch_size, categories=(),
+                                    sweep=sweep)
 
 
 def bench_sweep(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, float]:
@@ -84,6 +89,42 @@ def bench_sweep(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, 
     print(f"  engine peak RSS {results[f'engine_{2 * images}_rss_mb']:.0f} MB at {2 * images} images, "
           f"{results[f'engine_{4 * images}_rss_mb']:.0f} MB at {4 * images}: bounded by the batch, not the dataset")
     return results
+
+
+def bench_heads(tmp: Path, images: int = 8, batch_size: int = 8) -> dict[str, float]:
+    """The heads sweep through the engine against the plain method, as whole processes, on the same images."""
+    from compute.ablations import sweep
+    from compute.engine import build_tree, count_nodes
+
+    ablations = sweep("heads", 12, 12)
+    tree = build_tree(ablations, 12)
+    engine_layers, plain_layers = count_nodes(tree), len(ablations) * 12
+    cls_only = _count_cls_only(tree)
+    print(f"\n== heads: heads sweep ({len(ablations)} ablations), ViT-B/16-shaped random CLIP, {images} images, "
+          f"4 prompts, batch {batch_size}, whole processes ==", flush=True)
+    print(f"  layer evaluations per batch: plain {plain_layers:,} (every ablation reruns 12 layers), engine "
+          f"{engine_layers:,} ({cls_only} of them on the CLS token alone) -> bound {plain_layers / engine_layers:.2f}x")
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
+    data = make_images(tmp / "data", images)
+    results: dict[str, float] = {"ablations": len(ablations), "plain_layer_evaluations": plain_layers,
+                                 "engine_layer_evaluations": engine_layers, "engine_cls_only_evaluations": cls_only}
+    for method in ("plain", "engine"):
+        exp = write_experiment(tmp / f"{method}.toml", f"heads-{method}", model, data, tmp / f"{method}.duckdb",
+                               batch_size, sweep="heads")
+        t = run_process(["run", str(exp), "--method", method, "--limit", str(images), "--no-progress"])
+        if t.returncode != 0:
+            raise SystemExit(f"bench run failed ({method}, heads sweep):\n{t.stderr[-2000:]}")
+        results[f"{method}_s"] = t.seconds
+        results[f"{method}_rss_mb"] = t.peak_rss_mb
+        print(f"  {method:<7} {images:>3} images  {t.seconds:7.1f} s  {images / t.seconds:5.2f} img/s  "
+              f"peak RSS {t.peak_rss_mb:6.0f} MB", flush=True)
+    results["speedup"] = results["plain_s"] / results["engine_s"]
+    print(f"  engine speed-up over the plain method: {results['speedup']:.2f}x (target: at least 1.6x)")
+    return results
+
+
+def _count_cls_only(node) -> int:
+    return sum((not child.full_out) + _count_cls_only(child) for child in node.children.values())
 
 
 NEW_PROMPTS = [("a photo of a puppy", "dog"), ("a photo of a kitten", "cat"), ("a photo of a parrot", "bird"),
@@ -169,7 +210,7 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     return results
 
 
-SECTIONS = {"sweep": bench_sweep, "rescore": bench_rescore, "captions": bench_captions, "dashboard": bench_dashboard}
+SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "rescore": bench_rescore, "captions": bench_captions, "dashboard": bench_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic"]
-PAGES = ("overview", "layers", "image", "failures", "compare", "embeddings", "prompt_lab", "export")
+PAGES = ("overview", "layers", "heads", "flow", "image", "failures", "compare", "embeddings", "prompt_lab", "export")
 DEFAULT_PAGE = "overview"  # st.navigation serves the default page at the root URL, not at /overview
 RUNNING = '[data-testid="stStatusWidgetRunningIcon"]'
 EXCEPTION = '[data-testid="stException"]'

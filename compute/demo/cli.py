@@ -13,7 +13,7 @@ from compute.errors import InputError
 
 DESCRIPTION = """\
 The embedded demo, offline, in minutes: generates the synthetic shapes dataset if it is missing, runs (or
-resumes) both demo experiments with the toy CLIP and captioner shipped under data/demo/models, prints
+resumes) the demo experiments with the toy CLIP and captioner shipped under data/demo/models, prints
 their summary tables, and serves the dashboard on the store they wrote (the default store: $CLIP_LAB_DB,
 else data/results.duckdb).
 

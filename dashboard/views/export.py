@@ -50,7 +50,7 @@ data = ui.load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, 
 pack = figures.pack_charts(data)
 st.caption(f"{len(pack)} charts of {len(chosen)} ablations over {md(image_slice.caption)}; confusion under "
            f"{md_list(data.confusion)}"
-           + (f"; the logits of image {image_id}" if image_id is not None else "") + ".")
+           + (f"; the logits and attention maps of image {image_id}" if image_id is not None else "") + ".")
 
 
 @st.cache_data(show_spinner="Drawing the preview...", max_entries=32)
@@ -67,12 +67,23 @@ st.image(preview_png(str(ctx.db), ui.change_token(ctx.db), key, shown, size),
          caption=f"{md(shown)}: {md(figures.SIZE_TITLES[size])}")
 
 
+attention = f"image{image_id}_attention_{figures.slug(image_ablation)}" if image_id is not None else ""
+
+
+def _attention() -> bytes:
+    # The image's CLS attention maps at every layer (the Image page's section), computed from the run's model.
+    with store.connect(ctx.db, read_only=True) as con:
+        return figures.attention_png(con, ctx.name, image_id, image_ablation)
+
+
 def _zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, build in pack.items():
             for fmt, content in figures.chart_files(build(), size=size).items():
                 z.writestr(f"{name}.{fmt}", content)
+        if attention:
+            z.writestr(f"{attention}.png", _attention())
     return buf.getvalue()
 
 
@@ -86,6 +97,10 @@ with st.expander("One chart at a time"):
         for col, fmt in zip(cols[1:], figures.FORMATS, strict=True):
             col.download_button(fmt.upper(), lambda build=build, fmt=fmt: figures.chart_files(build(), [fmt], size)[fmt],
                                 f"{name}.{fmt}", MIME[fmt], key=f"{name}.{fmt}")
+    if attention:
+        cols = st.columns([3, 1, 1, 1])
+        cols[0].text(f"{attention} (attention probabilities, not an attribution)")
+        cols[1].download_button("PNG", _attention, f"{attention}.png", "image/png", key="attention.png")
 
 st.subheader("Table 1")
 markdown, latex = tables.summary_markdown(data.summary), tables.summary_latex(data.summary)

@@ -1,6 +1,7 @@
 """Image: one image with its labels; the prompt each ablation selects and the caption that continues it
-(the study's Figure 5), the logit of every prompt under every ablation (its Figures 3 and 4); the chosen
-ablation highlighted everywhere. Opened from Failures, it steps through that slice (previous / next).
+(the study's Figure 5), the logit of every prompt under every ablation (its Figures 3 and 4), the CLS
+token's attention maps at every layer; the chosen ablation highlighted everywhere. Opened from Failures,
+it steps through that slice (previous / next).
 
 The page is a list of sections (``SECTIONS``), each a function of the image's data: another view of the
 image (attention maps, say) is one more function and one more entry.
@@ -12,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, slices, ui
+from dashboard.attention_ui import attention_section
 from dashboard.state import param_select, reset_param
 from dashboard.text import md, md_list
 
@@ -144,7 +146,11 @@ def logit_charts(s: Shown) -> None:
     ui.chart(charts.logit_bars, s.scores, list(dict.fromkeys([ctx.baseline_name, s.ablation])))
 
 
-SECTIONS = [photo_and_baseline, selections_table, logit_charts]
+def attention_maps(s: Shown) -> None:
+    attention_section(ctx, s.info, s.ablation)
+
+
+SECTIONS = [photo_and_baseline, selections_table, logit_charts, attention_maps]
 
 for section in SECTIONS:
     section(shown)

@@ -24,13 +24,24 @@ import pytest
 from conftest import ROOT, sql
 
 from compute.testing import make_coco
-from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, EXCEPTION, PAGES, finished, overflow, page_url, serve
+from tools.screenshots import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CONTENT,
+    EXCEPTION,
+    PAGES,
+    finished,
+    overflow,
+    page_url,
+    serve,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
-TITLES = {"overview": "Overview", "layers": "Layers", "image": "Image", "failures": "Failures",
-          "compare": "Compare", "embeddings": "Embeddings", "prompt_lab": "Prompt lab", "export": "Export"}
+TITLES = {"overview": "Overview", "layers": "Layers", "heads": "Heads", "flow": "Flow", "image": "Image",
+          "failures": "Failures", "compare": "Compare", "embeddings": "Embeddings", "prompt_lab": "Prompt lab",
+          "export": "Export"}
 WIDTHS = (1440, 1280, 800)
 # Long prompts that differ only at the end: cut to ~17 characters they could not be told apart.
 PROMPTS = ["a photo of a small black cat on the floor", "a photo of a small black dog on the floor",
@@ -269,3 +280,33 @@ def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser,
     assert listener.file_payload("f1").replace(".jpg", "1.jpg") in text  # shown as the text it is
     assert listener.payloads("label")[0] in text and listener.payloads("prompt")[0] in text
     tab.close()
+
+
+def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(heads_store, browser):
+    out = ARTIFACTS / "heads"
+    out.mkdir(parents=True, exist_ok=True)
+    with serve(heads_store, out / "streamlit.log") as url:
+        tab = browser.new_page(viewport={"width": 1400, "height": 1600})
+        for page in ("heads", "flow", "image"):
+            open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
+            assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
+            assert tab.locator("h1").first.inner_text() == TITLES[page]
+            tab.screenshot(path=str(out / f"{page}.png"), full_page=True)
+        open_page(tab, url, "heads", {"run": "tiny-heads"})
+        # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
+        cell = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-rect path[aria-label*="identity:7/h3;"]')
+        assert cell.count() == 1
+        cell.first.click()
+        tab.wait_for_url("**/failures?**", timeout=60_000)
+        finished(tab)
+        assert "ablation=identity%3A7%2Fh3" in tab.url and "run=tiny-heads" in tab.url
+        assert tab.locator("h1").first.inner_text() == "Failures"
+        assert not tab.locator(EXCEPTION).all_inner_texts()
+        assert "ablation identity:7/h3; correctness flips" in tab.locator(CONTENT).inner_text()
+        # Back on Heads, the page stays there: the click is not replayed.
+        tab.locator('[data-testid="stSidebarNavLink"]', has_text="Heads").click()
+        tab.wait_for_url("**/heads**", timeout=60_000)
+        finished(tab)
+        tab.wait_for_timeout(1500)
+        assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
+        tab.close()

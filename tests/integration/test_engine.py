@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compute.ablations import mean_layers, parse_ablation, patched, sweep, vision_layers
+from compute.ablations import (
+    MEAN_STAT,
+    NORMAL,
+    LayerMode,
+    mean_needs,
+    parse_ablation,
+    patched,
+    sweep,
+    vision_layers,
+)
 from compute.engine import SweepEngine, attention_means, build_tree, count_nodes, plain_batch
 
 EXTRAS = ["zero:5-8", "zero:12", "uniform:3", "uniform:10-12", "uniform:1,12", "mean:2,7", "mean:12",
@@ -43,12 +52,13 @@ def test_engine_logits_match_the_plain_rerun_for_every_image_ablation_and_prompt
     pixels = torch.randn(6, 3, 32, 32)  # 6 images
     input_ids = torch.tensor([[2, 4, 5, 6, 7, 3], [2, 4, 5, 6, 8, 3], [2, 4, 5, 6, 9, 3], [2, 4, 5, 6, 10, 3]])
     batches = [pixels[:4], pixels[4:]]
-    means = hooked_means(model, batches, mean_layers(ablations))
+    means = {MEAN_STAT: hooked_means(model, batches, mean_needs(ablations)[MEAN_STAT])}
 
     # The engine's own means agree with the hook-based reference.
-    engine_means = attention_means(model, batches, mean_layers(ablations))
-    for layer in means:
-        torch.testing.assert_close(engine_means[layer], means[layer], atol=1e-6, rtol=1e-5)
+    engine_means = attention_means(model, batches, mean_needs(ablations))
+    assert set(engine_means) == {MEAN_STAT}
+    for layer in means[MEAN_STAT]:
+        torch.testing.assert_close(engine_means[MEAN_STAT][layer], means[MEAN_STAT][layer], atol=1e-6, rtol=1e-5)
 
     engine = SweepEngine(model, ablations, engine_means)
     with torch.inference_mode():
@@ -96,15 +106,15 @@ def test_paper_sweep_needs_143_layer_evaluations_where_the_plain_method_needs_25
 
 def test_cls_only_layers_are_used_where_every_later_layer_is_tokenwise():
     tree = build_tree([parse_ablation("identity:1-12", 12), parse_ablation("uniform:11-12", 12)], 12)
-    ident = tree.children["identity"]
+    ident = tree.children[LayerMode("identity")]
     assert not ident.full_out  # identity at every layer: only the CLS token matters from layer 1
-    normal = tree.children["normal"]
+    normal = tree.children[NORMAL]
     assert normal.full_out  # the uniform path needs every token at layer 11
     node = normal
     for _ in range(9):
-        node = node.children["normal"]
+        node = node.children[NORMAL]
     assert node.depth == 10 and node.full_out
-    last = node.children["uniform"].children["uniform"]
+    last = node.children[LayerMode("uniform")].children[LayerMode("uniform")]
     assert last.depth == 12 and not last.full_out
 
 

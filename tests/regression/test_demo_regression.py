@@ -21,7 +21,10 @@ from compute.runner import run
 REFERENCE = Path(__file__).parent / "reference" / "demo_regression.json"
 PINNED_IMAGES = 150  # the first images of the demo split: enough to pin every number, quick to run
 PINNED = ["baseline", "identity:1", "identity:8", "identity:12", "identity:1-3", "identity:4-6", "identity:5-8",
-          "identity:1-12", "zero:5-8", "mean:5-8", "uniform:5-8"]
+          "identity:1-12", "zero:5-8", "mean:5-8", "uniform:5-8",
+          # demo-heads: single heads and flow cuts the sweeps single out, and a cut at every layer
+          "identity:3/h3", "identity:8/h2", "knockout:4/patches>cls", "knockout:8/patches>patches",
+          "knockout:1-12/patches>cls"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def test_demo_sweep_matches_the_stored_reference(demo_store):
         REFERENCE.parent.mkdir(exist_ok=True)
         REFERENCE.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     want = json.loads(REFERENCE.read_text())
-    assert sorted(got) == sorted(want) == ["demo-attributes", "demo-shapes"]
+    assert sorted(got) == sorted(want) == ["demo-attributes", "demo-heads", "demo-shapes"]
     for run_name, ablations in want.items():
         for ablation, ref in ablations.items():
             now = got[run_name][ablation]
@@ -76,14 +79,21 @@ def test_demo_quality_bars_and_graded_effects(demo_store):
     assert acc["demo-shapes"]["baseline"] >= 0.95 and acc["demo-attributes"]["baseline"] >= 0.95
     # Ablations change the numbers in graded ways: blocks cost more than their single layers, and the
     # whole tower costs the most.
-    for run_name in acc:
+    for run_name in ("demo-shapes", "demo-attributes"):
         a = acc[run_name]
         assert a["identity:1-3"] < a["identity:1"] < a["baseline"]
         assert a["identity:1-12"] <= min(a["identity:1-3"], a["identity:4-6"], a["identity:5-8"])
         assert a["identity:1-12"] < a["baseline"] - 0.5
+    # Finer than a layer (demo-heads, the attribute task): the same baseline as demo-attributes; one head
+    # of layer 8 costs more than any whole single layer's head elsewhere, and a CLS token that never reads
+    # the patches knows nothing about the image.
+    h = acc["demo-heads"]
+    assert h["baseline"] == acc["demo-attributes"]["baseline"]
+    assert h["identity:8/h2"] < h["baseline"] - 0.04
+    assert h["knockout:1-12/patches>cls"] == 0.0
 
 
-@pytest.mark.parametrize("run_name", ["demo-shapes", "demo-attributes"])
+@pytest.mark.parametrize("run_name", ["demo-shapes", "demo-attributes", "demo-heads"])
 def test_overview_and_layers_count_the_same_reliably_worse_ablations(demo_store, run_name, monkeypatch):
     """One significance rule on every page: the Overview's count of ablations reliably worse than baseline
     is the number of rows of the Layers page's McNemar table that are Holm-significant and worse."""

@@ -122,3 +122,101 @@ def test_identity_patch_matches_the_definition(tiny_clip):
             layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias)
     assert weights is None
     torch.testing.assert_close(out, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# Heads, targets and the full form KIND:LAYERS[/TARGET][/HEADS].
+
+
+@pytest.mark.parametrize(
+    "text, label, layers, heads, target",
+    [
+        ("identity:6/h0,h3", "identity:6/h0,h3", (6,), (0, 3), ""),
+        ("zero:5-8/h2-4", "zero:5-8/h2-4", (5, 6, 7, 8), (2, 3, 4), ""),
+        ("zero:5-8/h4,h2,h3", "zero:5-8/h2-4", (5, 6, 7, 8), (2, 3, 4), ""),  # sorted, written as a range
+        ("mean:2/h1", "mean:2/h1", (2,), (1,), ""),
+        ("uniform:1,5/h0-1,h7", "uniform:1,5/h0,h1,h7", (1, 5), (0, 1, 7), ""),
+        ("identity:3/h0,2", "identity:3/h0,h2", (3,), (0, 2), ""),  # the h of later items may be left out
+        ("knockout:9-12/patches>cls", "knockout:9-12/patches>cls", (9, 10, 11, 12), (), "patches>cls"),
+        ("knockout:10/patches>cls/h7", "knockout:10/patches>cls/h7", (10,), (7,), "patches>cls"),
+        ("knockout: 3-4 / cls>patches / h1", "knockout:3-4/cls>patches/h1", (3, 4), (1,), "cls>patches"),
+        ("knockout:1/patches>patches", "knockout:1/patches>patches", (1,), (), "patches>patches"),
+    ],
+)
+def test_full_form_parses_to_its_canonical_label(text, label, layers, heads, target):
+    a = parse_ablation(text, n_layers=12, n_heads=12)
+    assert (a.label, a.layers, a.heads, a.target) == (label, layers, heads, target)
+    assert parse_ablation(a.label, 12, 12) == a
+    assert str(a) == label
+
+
+def test_zero_of_a_whole_layer_and_of_all_its_heads_stay_two_ablations():
+    # zero:L returns zeros; zero:L/h0-3 returns out_proj's bias: both are kept as written.
+    assert parse_ablation("zero:5", 12, 4) != parse_ablation("zero:5/h0-3", 12, 4)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("identity:3/h4", r"head 4 does not exist \(its layers have heads 0-3\)"),
+        ("identity:3/h0-9", "head 4 does not exist"),
+        ("identity:3/patches>cls", "identity takes no target"),
+        ("knockout:3", "knockout needs a target"),
+        ("knockout:3/h1", "knockout needs a target"),
+        ("knockout:3/cls>cls", "unknown knockout target 'cls>cls'"),
+        ("knockout:3/h1/patches>cls", "malformed ablation"),
+        ("identity:3/", "malformed ablation"),
+        ("identity:3/h", "malformed heads 'h'"),
+        ("identity:3/h1,", "malformed heads"),
+        ("identity:3/hx", "malformed heads"),
+        ("identity:3/h2-1", "start is after end"),
+        ("knockout:3/patches>cls/h1/h2", "malformed ablation"),
+        ("zero:13/h0", "layer 13 does not exist"),
+    ],
+)
+def test_bad_heads_and_targets_name_the_problem(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_ablation(text, n_layers=12, n_heads=4)
+
+
+@pytest.mark.parametrize("text", ["identity:1-99999999999999999999", "zero:3/h0-99999999999",
+                                  "knockout:1-99999999999/patches>cls", "identity:5,1-1000000000"])
+@pytest.mark.parametrize("model_known", [True, False])
+def test_huge_ranges_fail_fast_without_being_expanded(text, model_known):
+    """Sizes are checked before any range is built: no memory is spent on the text's numbers."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as err:
+            parse_ablation(text, *((12, 12) if model_known else ()))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(err.value)
+    assert "\n" not in message and "out of range" in message
+    assert peak < 1_000_000  # a range of even 10^6 layers would take tens of megabytes
+
+
+def test_heads_and_flow_sweeps_of_a_vit_b16_tower():
+    heads = sweep("heads", 12, 12)
+    assert len(heads) == 145
+    assert heads[0].label == "baseline"
+    assert [a.label for a in heads[1:4]] == ["identity:1/h0", "identity:1/h1", "identity:1/h2"]
+    assert heads[-1].label == "identity:12/h11"
+    flow = sweep("flow", 12, 12)
+    assert len(flow) == 37
+    assert [a.label for a in flow[1:4]] == ["knockout:1/patches>cls", "knockout:1/cls>patches",
+                                            "knockout:1/patches>patches"]
+    assert len({a.label for a in heads + flow}) == 145 + 37 - 1
+
+
+def test_a_list_of_sweeps_runs_in_order_with_duplicates_dropped():
+    from compute.ablations import sweeps
+
+    both = sweeps(["flow", "heads", "flow", "singles"], 12, 4)
+    labels = [a.label for a in both]
+    assert labels[0] == "baseline" and labels.count("baseline") == 1
+    assert len(labels) == len(set(labels)) == 1 + 36 + 48 + 12
+    assert labels[1] == "knockout:1/patches>cls" and labels[37] == "identity:1/h0"
+    assert sweeps("paper", 12) == sweep("paper", 12)

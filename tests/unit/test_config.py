@@ -89,6 +89,14 @@ def test_identity_ignores_device_and_batch_size_but_not_prompts(tmp_path):
         (('text = "a photo of a cat"', 'text = "a photo of a dog"'), "duplicate prompt 'a photo of a dog'"),
         (('label = "dog"', 'label = ""'), "text and label must not be empty"),
         (('name = "coco-cats-dogs"', 'name = "coco-cats-dogs" ='), "not valid TOML"),
+        (('sweep = "paper"', 'sweep = ["heads", "all"]'), "ablations.sweep = 'all' is not one of"),
+        (('sweep = "paper"', 'sweep = []'), "ablations.sweep must name a sweep"),
+        (('sweep = "paper"', 'sweep = 3'), "ablations.sweep must be str or a list of strings"),
+        (('extra = ["zero:5-8", "identity:1,5,9"]', 'extra = ["identity:1-99999999999999999999"]'),
+         "layer 99999999999999999999 is beyond any model"),
+        (('extra = ["zero:5-8", "identity:1,5,9"]', 'extra = ["zero:3/h0-99999999999"]'),
+         "head 99999999999 is beyond any model"),
+        (('extra = ["zero:5-8", "identity:1,5,9"]', 'extra = ["identity:3/patches>cls"]'), "takes no target"),
     ],
 )
 def test_bad_experiments_get_one_clear_error(tmp_path, edit, message):
@@ -97,6 +105,23 @@ def test_bad_experiments_get_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message) as info:
         load_experiment(write(tmp_path, GOOD.replace(old, new, 1)))
     assert "\n" not in str(info.value)
+
+
+def test_sweep_takes_a_name_or_a_list_with_duplicates_dropped(tmp_path):
+    both = load_experiment(write(tmp_path, GOOD.replace('sweep = "paper"', 'sweep = ["heads", "flow", "heads"]')))
+    assert both.ablations.sweep == ["heads", "flow"]
+    one = load_experiment(write(tmp_path, GOOD.replace('sweep = "paper"', 'sweep = ["paper", "paper"]')))
+    plain = load_experiment(write(tmp_path, GOOD))
+    assert one.ablations.sweep == "paper"
+    assert one.identity_hash() == plain.identity_hash()  # the same run, however it is spelled
+    assert both.identity_hash() != plain.identity_hash()
+
+
+def test_extras_are_stored_as_canonical_labels(tmp_path):
+    text = GOOD.replace('extra = ["zero:5-8", "identity:1,5,9"]',
+                        'extra = ["knockout: 10 / patches>cls / h7", "zero:5-8/h4,h2,h3"]')
+    exp = load_experiment(write(tmp_path, text))
+    assert exp.ablations.extra == ["knockout:10/patches>cls/h7", "zero:5-8/h2-4"]
 
 
 def test_no_prompts_is_an_error(tmp_path):

@@ -98,7 +98,7 @@ COCO80 = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", 
 def test_every_shipped_experiment_parses_and_validates(path):
     exp = load_experiment(path)
     assert exp.name == path.stem
-    assert len(resolve_ablations(exp, 12)) >= 21  # the paper sweep of a 12-layer tower, plus extras
+    assert len(resolve_ablations(exp, 12, 4)) >= 21  # the paper sweep of a 12-layer, 4-head tower, plus extras
     assert exp.store.db.parent == ROOT / "data"
     assert str(exp.dataset.images).startswith(str(ROOT / "data"))
     if exp.name.startswith("demo"):

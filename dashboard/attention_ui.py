@@ -1,0 +1,58 @@
+"""The Image page's attention-map section: the CLS token's attention to the patches at every layer, drawn
+over the image, baseline and the chosen ablation side by side, computed on demand from the run's model.
+
+The model is loaded once per server (``st.cache_resource``, through compute.models.load_clip) and the maps
+of an (image, ablation) are cached; drawing is dashboard.overlays, which the figure export shares.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from compute.ablations import BASELINE, mean_needs, parse_ablation
+from compute.dataset import ImageLoadError
+from compute.errors import InputError
+from compute.models import LoadedClip, load_clip
+from dashboard import overlays, queries, ui
+from dashboard.figures import slug
+from dashboard.state import param_select
+from dashboard.text import md
+
+
+@st.cache_resource(show_spinner="Loading the run's CLIP model…", max_entries=2)
+def clip_model(ref: str) -> LoadedClip:
+    return load_clip(ref, device="auto")
+
+
+@st.cache_data(show_spinner="Computing attention maps…", max_entries=64)
+def _maps(ref: str, path: str, ablation: str, means_key: tuple, _means: dict | None) -> overlays.ImageMaps:
+    import torch
+
+    means = None
+    if _means:
+        clip = clip_model(ref)
+        means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in stats.items()}
+                 for name, stats in _means.items()}
+    return overlays.image_maps(clip_model(ref), path, ablation, means)
+
+
+def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
+    """Draw the section for image ``info`` (a row of queries.image) under ``ablation`` (a label)."""
+    st.subheader("Attention maps")
+    st.caption(f"At each layer, the {overlays.EXPLAINER}. Baseline above, {md(ablation)} below; computed now from "
+               f"the run's model ({md(ctx.run['model'])}).")
+    needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
+    stats = ui.load(queries.mean_stats, ctx.name, sorted(needs)) if needs else None
+    means_key = (ctx.name, ui.change_token(ctx.db)) if needs else ()  # the statistics are part of the maps
+    try:
+        maps = _maps(str(ctx.run["model"]), str(info["path"]), ablation, means_key, stats)
+    except (InputError, ImageLoadError, OSError, ValueError) as e:
+        st.warning(f"No attention maps: {md(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
+        return
+    left, _ = st.columns([1, 3])
+    heads = param_select("Heads", overlays.head_options(maps), "attn_heads", container=left,
+                         format_func=lambda h: "mean over heads" if h == overlays.MEAN_OF_HEADS else f"head {h[1:]}")
+    png = overlays.png_bytes(overlays.attention_figure(maps, heads))
+    st.image(png, caption="Brighter: more attention. CLS->CLS: what the CLS query keeps on itself.")
+    st.download_button("Attention maps (PNG)", png, f"{slug(ctx.name)}-image{info['image_id']}-attention-"
+                       f"{slug(ablation)}-{heads}.png", "image/png", icon=":material/download:", key="attention_png")

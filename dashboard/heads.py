@@ -1,0 +1,79 @@
+"""The Heads and Flow pages' tables, Streamlit-free (the figure export draws them too).
+
+Both start from Table 1 (``tables.summary``: each ablation's change against baseline with its paired 95%
+bootstrap interval) and McNemar's tests (``tables.mcnemar``), keep the cells a view shows, and apply Holm's
+correction within that family of cells: a heatmap of 48 or 144 single heads is its own family of tests,
+whatever else the run holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dashboard import stats
+
+LEVEL = 0.05  # family-wise error rate for "holds after Holm's correction"
+TARGET_ORDER = ("patches>cls", "cls>patches", "patches>patches")
+TARGET_TITLES = {
+    "patches>cls": "patches → CLS (CLS cannot read the patches)",
+    "cls>patches": "CLS → patches (patches cannot read CLS)",
+    "patches>patches": "patches → patches (a patch reads only itself and CLS)",
+}
+
+
+def family_of(kind: str, target: str) -> str:
+    """A family of cells: the kind, with the knockout target when there is one (knockout:patches>cls)."""
+    return f"{kind}:{target}" if target else kind
+
+
+def head_families(ablations: pd.DataFrame) -> list[str]:
+    """Families with single-head, single-layer ablations in the run, in sweep order."""
+    single = ablations[(ablations["n_layers"] == 1) & (ablations["n_heads"] == 1)]
+    return list(dict.fromkeys(family_of(k, t) for k, t in zip(single["kind"], single["target"], strict=True)))
+
+
+def _with_tests(cells: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """cells (rows of tables.summary) -> change, lo, hi of ``metric``, McNemar's p and Holm's within cells."""
+    out = cells.merge(tests[["ablation_id", "only_baseline", "only_ablation", "p"]], on="ablation_id", how="left")
+    out = out.assign(change=out["d_" + metric], lo=out["d_" + metric + "_lo"], hi=out["d_" + metric + "_hi"])
+    out = out[out["images"] > 0].reset_index(drop=True)  # not computed yet
+    p = out["p"].fillna(1.0).to_numpy()
+    out["p_holm"] = stats.holm(p) if len(p) else np.zeros(0)
+    out["holds"] = out["p_holm"] < LEVEL
+    return out
+
+
+def head_cells(summary: pd.DataFrame, tests: pd.DataFrame, family: str, metric: str) -> pd.DataFrame:
+    """One row per single-head ablation of ``family``: layer, head, ablation, images, change (of ``metric``
+    against baseline), lo, hi (95% paired bootstrap), p (McNemar on correctness), p_holm, holds."""
+    kind, _, target = family.partition(":")
+    keep = ((summary["n_layers"] == 1) & (summary["n_heads"] == 1) & (summary["kind"] == kind)
+            & (summary["target"] == target))
+    cells = _with_tests(summary[keep], tests, metric)
+    cells = cells.assign(layer=cells["first_layer"].astype(int), head=cells["first_head"].astype(int))
+    return cells[["ablation_id", "ablation", "layer", "head", "images", "change", "lo", "hi", "only_baseline",
+                  "only_ablation", "p", "p_holm", "holds"]]
+
+
+def flow_cells(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per whole-layer knockout of one layer: layer, target, ablation, images, change, lo, hi, p,
+    p_holm (Holm within these cells), holds."""
+    keep = (summary["kind"] == "knockout") & (summary["n_layers"] == 1) & (summary["n_heads"] == 0)
+    cells = _with_tests(summary[keep], tests, metric)
+    cells = cells.assign(layer=cells["first_layer"].astype(int))
+    return cells[["ablation_id", "ablation", "layer", "target", "images", "change", "lo", "hi", "only_baseline",
+                  "only_ablation", "p", "p_holm", "holds"]]
+
+
+def picked_ablation(event: object, param: str = "cell") -> str | None:
+    """The ablation a click on a chart chose: Streamlit's selection event holds the clicked datum's fields
+    under the selection parameter's name."""
+    try:
+        points = event["selection"][param]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    for point in points or []:
+        if isinstance(point, dict) and point.get("ablation"):
+            return str(point["ablation"])
+    return None

@@ -1,0 +1,60 @@
+"""Flow: where the CLS token gathers its information. Per layer, the change against baseline when one
+flow is knocked out in that layer alone (the CLS token reading the patches, the patches reading the CLS
+token, the patches reading each other), with 95% intervals and McNemar's test under Holm's correction."""
+
+import streamlit as st
+
+from dashboard import charts, heads, queries, slices, stats, tables, ui
+from dashboard.state import param_select
+from dashboard.text import md
+
+METRICS = ["accuracy", "score_baseline"]
+
+ctx = ui.context()
+st.title("Flow")
+if ui.no_results(ctx):
+    st.stop()
+knockouts = ctx.ablations[(ctx.ablations["kind"] == "knockout") & (ctx.ablations["n_layers"] == 1)
+                          & (ctx.ablations["n_heads"] == 0)]
+if knockouts.empty:
+    st.info(f"Run {md(ctx.name)} has no single-layer knockout. Add `sweep = \"flow\"` (every knockout target at "
+            "every layer) or extras such as `\"knockout:9/patches>cls\"`; `make demo` runs `demo-heads`.")
+    st.stop()
+
+labels = ui.load(queries.true_labels, ctx.run_id)
+left, right, _ = st.columns([1, 1, 2])
+metric = param_select("Change in", METRICS, "metric", container=left, format_func=tables.METRIC_TITLES.get)
+label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=right)
+where = slices.true_label(label)
+
+summary = ui.load(tables.summary, ctx.run_id, where)
+tests = ui.load(tables.mcnemar, ctx.run_id, where)
+cells = heads.flow_cells(summary, tests, metric)
+if cells.empty:
+    st.info("No knockout has been computed yet.")
+    st.stop()
+
+st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: {md(where.caption)}. Attention "
+           "knockout sets the scores of the blocked query → key edges to −inf before the softmax (the rest is "
+           "renormalised) in every head of one layer; everything else runs normally. Filled points: McNemar's "
+           f"test holds after Holm's correction over these {len(cells)} knockouts.")
+ui.chart(charts.flow_chart, cells, metric)
+st.markdown("  \n".join(f"**{target}**: {heads.TARGET_TITLES[target]}" for target in heads.TARGET_ORDER))
+
+st.subheader("Every knockout")
+shown = cells.sort_values(["layer", "target"]).assign(p=cells["p"].map(stats.format_p),
+                                                      p_holm=cells["p_holm"].map(stats.format_p))
+st.dataframe(
+    shown[["ablation", "layer", "target", "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p",
+           "p_holm", "holds"]],
+    hide_index=True,
+    column_config={
+        "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
+        "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
+        "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
+        "only_baseline": st.column_config.NumberColumn("right only under baseline"),
+        "only_ablation": st.column_config.NumberColumn("right only with the knockout"),
+        "p_holm": st.column_config.TextColumn("p (Holm)"),
+        "holds": st.column_config.CheckboxColumn("holds after Holm"),
+    },
+)

@@ -1,0 +1,65 @@
+"""Heads: a layer x head heatmap of the change against baseline when one head at a time is ablated
+(accuracy or the selected-prompt score), with the cells that hold after Holm's correction of McNemar's
+test outlined; hovering shows the value and its 95% interval, a click opens the Failures page for that
+ablation."""
+
+import streamlit as st
+
+from dashboard import charts, heads, queries, slices, stats, tables, ui
+from dashboard.state import param_select
+from dashboard.text import md
+
+METRICS = ["accuracy", "score_baseline"]
+
+ctx = ui.context()
+st.title("Heads")
+if ui.no_results(ctx):
+    st.stop()
+families = heads.head_families(ctx.ablations)
+if not families:
+    st.info(f"Run {md(ctx.name)} has no single-head ablations. Add `sweep = \"heads\"` (every head of every layer, "
+            "identity) or extras such as `\"zero:6/h3\"` to an experiment; `make demo` runs `demo-heads`.")
+    st.stop()
+
+labels = ui.load(queries.true_labels, ctx.run_id)
+left, mid, right, _ = st.columns([1, 1, 1, 1])
+family = param_select("Ablated one head at a time", families, "heads_kind", container=left)
+metric = param_select("Change in", METRICS, "metric", container=mid, format_func=tables.METRIC_TITLES.get)
+label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=right)
+where = slices.true_label(label)
+
+summary = ui.load(tables.summary, ctx.run_id, where)
+tests = ui.load(tables.mcnemar, ctx.run_id, where)
+cells = heads.head_cells(summary, tests, family, metric)
+ui.release()  # all read
+if cells.empty:
+    st.info("No single-head ablation has been computed yet.")
+    st.stop()
+
+st.caption(f"{len(cells)} heads ({family}, one at a time) over {int(cells['images'].max()):,} images: "
+           f"{md(where.caption)}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, blue "
+           f"higher). Outlined: McNemar's paired test of correctness against baseline holds after Holm's "
+           f"correction over these {len(cells)} heads (family-wise error {heads.LEVEL}). Click a head to see "
+           f"the images whose correctness it flips.")
+event = st.altair_chart(charts.head_heatmap(cells, metric, family), on_select="rerun", key="heads_map",
+                        selection_mode="cell")
+picked = heads.picked_ablation(event)
+if picked:
+    st.switch_page("views/failures.py", query_params={"run": ctx.name, "ablation": picked, "outcome": "flip"})
+
+st.subheader("Every head")
+shown = cells.sort_values("change").assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))
+st.dataframe(
+    shown[["ablation", "layer", "head", "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p",
+           "p_holm", "holds"]],
+    hide_index=True,
+    column_config={
+        "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
+        "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
+        "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
+        "only_baseline": st.column_config.NumberColumn("right only under baseline"),
+        "only_ablation": st.column_config.NumberColumn("right only with the head ablated"),
+        "p_holm": st.column_config.TextColumn("p (Holm)"),
+        "holds": st.column_config.CheckboxColumn("holds after Holm"),
+    },
+)
