@@ -35,7 +35,9 @@ def head_families(ablations: pd.DataFrame) -> list[str]:
 
 def _with_tests(cells: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
     """cells (rows of tables.summary) -> change, lo, hi of ``metric``, McNemar's p and Holm's within cells."""
-    out = cells.merge(tests[["ablation_id", "only_baseline", "only_ablation", "p"]], on="ablation_id", how="left")
+    taken = ["only_baseline", "only_ablation", "p"]  # from the tests (a summary frame may hold the counts too)
+    out = cells.drop(columns=[c for c in taken if c in cells]).merge(tests[["ablation_id", *taken]], on="ablation_id",
+                                                                     how="left")
     out = out.assign(change=out["d_" + metric], lo=out["d_" + metric + "_lo"], hi=out["d_" + metric + "_hi"])
     out = out[out["images"] > 0].reset_index(drop=True)  # not computed yet
     p = out["p"].fillna(1.0).to_numpy()

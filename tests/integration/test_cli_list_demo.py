@@ -43,7 +43,7 @@ def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "status", "images"]
-    assert [line.split()[0] for line in lines[2:]] == ["demo-shapes", "demo-attributes"]
+    assert [line.split()[0] for line in lines[2:]] == [load_experiment(path).name for path in EXPERIMENTS]
     assert all(line.split()[1] == "complete" for line in lines[2:])
 
 

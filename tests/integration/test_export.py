@@ -74,7 +74,7 @@ def test_chosen_ablations_sizes_and_an_images_figure5(dash_store, tmp_path):
     chosen = ["identity:1-12", "baseline", "zero:5-8"]
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "svg,pdf",
                  "--ablations", ",".join(chosen), "--size", "one-column", "--image", "3",
-                 "--image-ablation", "identity:5"]) == 0
+                 "--ablation", "identity:5"]) == 0
     markdown = (tmp_path / "summary.md").read_text()
     assert [line.split(" | ")[0].strip("| ") for line in markdown.splitlines()[2:2 + len(chosen)]] == chosen
     full = summary_of(dash_store).set_index("ablation")
