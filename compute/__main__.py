@@ -1,6 +1,8 @@
 """Command line of the compute stage: ``python -m compute VERB ...`` (``--help`` on every verb).
 
-Bad input ends with one line ``error: ...`` on stderr and exit code 2; nothing is written.
+Bad input ends with one line ``error: ...`` on stderr and exit code 2; nothing is written. A run that stops
+part way for another reason (a decode worker died, the store could not be written) ends with one line
+``error: ...`` and exit code 1; what was committed is kept and the same command resumes.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from compute.errors import InputError
+from compute.errors import InputError, RunError
 from compute.store import DEFAULT_DB_TEXT, resolve_db
 
 EXIT_INPUT = 2
+EXIT_RUN = 1
 
 
 def add_db_argument(parser: argparse.ArgumentParser, help: str = f"DuckDB store (default: {DEFAULT_DB_TEXT})") -> None:
@@ -57,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp.model.device = args.device
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be a positive integer, got {args.threads}")
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
     quiet_libraries()
-    run(exp, method=args.method, progress=not args.no_progress, threads=args.threads)
+    run(exp, method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers)
     return 0
 
 
@@ -171,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "whole model per ablation (the reference, and the bench's baseline)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, all cores; 1 can be "
                    "faster when other jobs share the cores)")
+    p.add_argument("--workers", type=int, help="processes that decode and preprocess images (default: as many as "
+                   "the cores this process may use; 0: one thread of the main process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -228,10 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_RUN
     except KeyboardInterrupt:
         print("interrupted: what was committed is kept; run the same command again to resume", file=sys.stderr)
         return 130
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: after torch and transformers it takes one to three seconds
+    and does nothing a finished command needs (every store connection, thread and worker is closed by
+    then). Output is flushed first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -2,17 +2,19 @@
 
 Order of work: check everything that can be checked (experiment, dataset, model, ablation ranges) before
 the store is touched, so bad input writes nothing; then create or resume the run; then per batch of
-images: decode once, compute every pending ablation, commit. A batch is committed whole or not at all,
-so a run killed at any moment loses at most the batch in flight and the next invocation resumes.
+images: decode once (in worker processes, compute.loader), compute every pending ablation and the
+selection on the device, and hand the batch to the store writer (a thread, compute.writer) while the next
+one computes. A batch is committed whole or not at all, so a run killed at any moment loses at most the
+batches in flight and the next invocation resumes.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,11 +24,13 @@ from compute import store
 from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
 from compute.captions import CaptionStats, caption_stage, captioner_key
 from compute.config import Experiment
-from compute.dataset import ImageLoadError, ImageRecord, load_dataset, open_image
+from compute.dataset import ImageRecord, load_dataset
 from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
+from compute.loader import Batch, Loader, default_workers
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
-from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.scoring import PendingBatch, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.writer import BatchWriter, WriterStats
 
 
 @dataclass
@@ -58,48 +62,30 @@ def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------
-# Image batches, decoded once, preprocessed in a background thread while the model works.
-
-
-@dataclass
-class Batch:
-    records: list[ImageRecord]  # the ones that decoded
-    pixel_values: torch.Tensor | None  # (n, 3, size, size)
-    errors: list[tuple[int, str, str]]
-    attempted: list[int]
-
-
-def _load_batch(clip: LoadedClip, records: list[ImageRecord]) -> Batch:
-    ok, pil, errors = [], [], []
-    for rec in records:
-        try:
-            pil.append(open_image(rec.path))
-            ok.append(rec)
-        except ImageLoadError as e:
-            errors.append((rec.image_id, "load", str(e)))
-    pixels = None
-    if pil:
-        pixels = clip.processor.image_processor(images=pil, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(clip.device, clip.dtype)
-    return Batch(ok, pixels, errors, [r.image_id for r in records])
-
-
-def iter_batches(clip: LoadedClip, records: list[ImageRecord], batch_size: int) -> Iterator[Batch]:
-    chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(_load_batch, clip, chunks[0]) if chunks else None
-        for i in range(len(chunks)):
-            batch = future.result()
-            future = pool.submit(_load_batch, clip, chunks[i + 1]) if i + 1 < len(chunks) else None
-            yield batch
-
-
-# --------------------------------------------------------------------------------------------------
 # The run.
 
 
 class ConfigMismatch(InputError):
     pass
+
+
+@dataclass
+class SweepStats:
+    """Where a run's time went (seconds), for the bench and the README's figures."""
+
+    prepare_s: float = 0.0  # dataset, model and captioner loaded and checked
+    images: int = 0  # images swept now
+    sweep_s: float = 0.0  # the sweep loop: first batch requested to last batch committed
+    first_batch_s: float = 0.0  # from the loop's start to the first batch's results on the host
+    workers: int = 0
+    writer: WriterStats = field(default_factory=WriterStats)
+
+    def describe(self) -> str:
+        rate = self.images / self.sweep_s if self.sweep_s else 0.0
+        w = self.writer
+        return (f"swept {self.images} images in {self.sweep_s:.1f} s: {rate:.1f} images/s (setup {self.prepare_s:.1f} s, "
+                f"first batch after {self.first_batch_s:.2f} s, {self.workers} decode workers, {w.batches} batches "
+                f"committed in {w.sessions} store sessions)")
 
 
 @dataclass
@@ -109,6 +95,7 @@ class RunResult:
     run_id: int
     complete: bool  # every pending pair computed (and captioned, with a captioner)
     captions: CaptionStats | None  # None without a captioner
+    stats: SweepStats | None = None
 
 
 def _config_diff(old: dict, new: dict) -> str:
@@ -130,10 +117,17 @@ def run(
     echo: Callable[[str], None] = print,
     threads: int | None = None,
     clip: LoadedClip | None = None,
+    workers: int | None = None,
 ) -> RunResult:
-    """Run or resume ``exp``. Raises InputError on bad input before writing anything."""
+    """Run or resume ``exp``. Raises InputError on bad input before writing anything.
+
+    workers: decode processes (default: the cores this process may use; 0: one thread in this process).
+    """
+    start = time.perf_counter()
     prep = prepare(exp, clip)
     set_threads(threads)
+    stats = SweepStats(prepare_s=time.perf_counter() - start)
+    stats.workers = default_workers() if workers is None else workers
     clip, ablations, images = prep.clip, prep.ablations, prep.images
     n_layers = clip.n_layers
     db = exp.store.db
@@ -172,16 +166,18 @@ def run(
     ablation_ids = {a: i for i, a in enumerate(ablations)}
     pending = [r for r in images if any((r.image_id, i) not in done for i in ablation_ids.values())]
 
-    if pending and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
-        means_np = _compute_means(clip, images, needs, exp.model.batch_size, progress)
-        with store.connect(db) as con:
-            for name, stats in means_np.items():
-                store.save_stats(con, run_id, name, stats)
-    means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in stats.items()}
-             for name, stats in means_np.items()}
-
-    if pending:
-        _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress)
+    with Loader(clip.processor.image_processor, clip.device, clip.dtype, exp.model.batch_size,
+                stats.workers) as loader:
+        if pending and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
+            means_np = _compute_means(clip, loader, images, needs, progress)
+            with store.connect(db) as con:
+                for name, per_layer in means_np.items():
+                    store.save_stats(con, run_id, name, per_layer)
+        means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
+                 for name, per_layer in means_np.items()}
+        if pending:
+            _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress, loader, stats)
+            echo(stats.describe())
 
     captions = None
     if prep.captioner is not None:
@@ -204,15 +200,15 @@ def run(
     if failed:
         echo(f"{len(failed)} image(s) could not be read and were skipped (see the errors view)")
     echo(format_summary(rows))
-    return RunResult(run_id, complete, captions)
+    return RunResult(run_id, complete, captions, stats)
 
 
-def _compute_means(clip: LoadedClip, images: list[ImageRecord], needs: dict[str, set[int]], batch_size: int,
+def _compute_means(clip: LoadedClip, loader: Loader, images: list[ImageRecord], needs: dict[str, set[int]],
                    progress: bool) -> dict[str, dict[int, np.ndarray]]:
     bar = tqdm(total=len(images), unit="img", desc="dataset means", disable=not progress, file=sys.stderr)
 
     def pixels() -> Iterator[torch.Tensor]:
-        for batch in iter_batches(clip, images, batch_size):
+        for batch in loader.batches(images):
             bar.update(len(batch.attempted))
             if batch.pixel_values is not None:
                 yield batch.pixel_values
@@ -225,7 +221,8 @@ def _compute_means(clip: LoadedClip, images: list[ImageRecord], needs: dict[str,
 
 
 def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tuple[int, int]],
-           ablation_ids: dict[Ablation, int], means: dict[int, torch.Tensor], method: str, progress: bool) -> None:
+           ablation_ids: dict[Ablation, int], means: dict[str, dict[int, torch.Tensor]], method: str, progress: bool,
+           loader: Loader, stats: SweepStats) -> None:
     exp, clip, ablations = prep.exp, prep.clip, prep.ablations
     texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
@@ -237,35 +234,53 @@ def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tu
         tokens = clip.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         tokens = {k: v.to(clip.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
 
+    def compute(batch: Batch) -> PendingBatch | store.BatchResult:
+        """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""
+        if batch.pixel_values is None:  # every image of the batch failed to load: record the errors only
+            return store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None, batch.errors,
+                                     batch.attempted)
+        if engine is not None:
+            emb_by = engine.embeddings(batch.pixel_values)
+            embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
+            logits = cosine_logits(embeddings, text_norm, scale)  # (n, A, P)
+        else:
+            embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
+        # Only the pairs not stored yet. An image's pairs are committed together, so they are pending all or
+        # none; the primary key of selection_t would refuse a second copy anyway.
+        keep = [i for a, i in ablation_ids.items() if any((r.image_id, i) not in done for r in batch.records)]
+        if len(keep) < len(ablations):
+            logits, kept = logits[:, keep], embeddings[:, keep]
+        else:
+            kept = embeddings
+        truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
+        # baseline is ablation 0 and always computed: its embedding is the judge
+        return PendingBatch([r.image_id for r in batch.records], keep, logits, truth, embeddings[:, 0], text_norm,
+                            kept, exp.store.embeddings, batch.errors, batch.attempted)
+
+    def hand_over(item: PendingBatch | store.BatchResult) -> None:
+        writer.put(item.result() if isinstance(item, PendingBatch) else item)
+        if not stats.first_batch_s:
+            stats.first_batch_s = time.perf_counter() - start
+
     bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr,
                smoothing=0.1)
+    loader.start()  # fork the workers before the writer's thread exists
+    start = time.perf_counter()
     try:
-        for batch in iter_batches(clip, pending, exp.model.batch_size):
-            if batch.pixel_values is not None:
-                if engine is not None:
-                    emb_by = engine.embeddings(batch.pixel_values)
-                    embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
-                    logits = cosine_logits(embeddings, text_norm, scale)  # (n, A, P)
-                else:
-                    embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
-                # Only the pairs not stored yet. An image's pairs are committed together, so they are pending
-                # all or none; the primary key of selection_t would refuse a second copy anyway.
-                keep = [i for a, i in ablation_ids.items()
-                        if any((r.image_id, i) not in done for r in batch.records)]
-                truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
-                # baseline is ablation 0 and always computed: its embedding is the judge
-                result = batch_result(
-                    [r.image_id for r in batch.records], keep, logits[:, keep], truth, embeddings[:, 0], text_norm,
-                    embeddings[:, keep], exp.store.embeddings, batch.errors, batch.attempted,
-                )
-            else:  # every image of the batch failed to load: record the errors only
-                result = store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None,
-                                           batch.errors, batch.attempted)
-            with store.connect(exp.store.db) as con:
-                store.write_batch(con, run_id, result)
-            bar.update(len(batch.attempted))
+        with BatchWriter(exp.store.db, run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
+            previous = None
+            for batch in loader.batches(pending):
+                current = compute(batch)
+                if previous is not None:  # the device has this batch queued while the previous one lands
+                    hand_over(previous)
+                previous = current
+            if previous is not None:
+                hand_over(previous)
+        stats.writer = writer.stats
     finally:
         bar.close()
+    stats.images = len(pending)
+    stats.sweep_s = time.perf_counter() - start
 
 
 def format_summary(rows: list[tuple]) -> str:

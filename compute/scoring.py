@@ -71,9 +71,10 @@ def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) 
                         dtype=torch.bool).reshape(len(image_labels), len(prompt_labels))
 
 
-def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
-           text_norm: torch.Tensor) -> Selection:
-    """The selection of every (image, ablation), computed once, on the logits' device.
+def select_tensors(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
+                   text_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The selection of every (image, ablation), computed once, on the logits' device: the fields of
+    store.Selection, as tensors.
 
     logits: (n, A, P); truth: (n, P) bool (see truth_matrix); baseline_emb: (n, E) unablated image
     embeddings, the fixed judge of score_baseline (as CLIP-Score is); text_norm: (P, E) normalised.
@@ -82,6 +83,8 @@ def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor
     n, a, p = logits.shape
     probs = logits.softmax(dim=-1)
     selected = logits.argmax(dim=-1)  # (n, A)
+    if logits.is_cuda:  # pinned and without blocking: a plain copy would wait for the GPU to finish its queue
+        truth = truth.pin_memory().to(logits.device, non_blocking=True)
     correct = truth.to(logits.device).gather(1, selected)  # (n, A)
     confidence = probs.gather(2, selected.unsqueeze(-1)).squeeze(-1)
     if p > 1:
@@ -91,12 +94,58 @@ def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor
         margin = torch.full((n, a), float("nan"), device=logits.device)
     judge = normalise(baseline_emb) @ text_norm.T  # (n, P)
     score_baseline = judge.gather(1, selected)  # (n, A)
+    return {"logits": logits, "probs": probs, "prompt_id": selected.to(torch.int16), "correct": correct,
+            "confidence": confidence, "margin": margin, "score_baseline": score_baseline}
 
-    def host(t: torch.Tensor) -> np.ndarray:
-        return t.cpu().numpy()
 
-    return Selection(host(logits), host(probs), host(selected).astype(np.int16), host(correct),
-                     host(confidence), host(margin), host(score_baseline))
+def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
+           text_norm: torch.Tensor) -> Selection:
+    """select_tensors, brought to the host as a store.Selection."""
+    return Selection(**{k: t.cpu().numpy() for k, t in select_tensors(logits, truth, baseline_emb, text_norm).items()})
+
+
+class ToHost:
+    """Tensors on their way to the host. On a GPU the copies are queued without blocking (into pinned
+    memory) so the device goes on with the next batch; ``arrays()`` waits for these copies only."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        cuda = any(t.is_cuda for t in tensors.values())
+        self.tensors = {k: t.to("cpu", non_blocking=cuda) for k, t in tensors.items()}
+        self.event = None
+        if cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {k: t.numpy() for k, t in self.tensors.items()}
+
+
+TORCH_EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class PendingBatch:
+    """One batch's results, computed on the device and on their way to the host; ``result()`` gives the
+    store.BatchResult."""
+
+    def __init__(self, image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
+                 baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
+                 embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
+                 attempted: list[int] | None = None) -> None:
+        tensors = select_tensors(logits, truth, baseline_emb, text_norm)
+        if embeddings is not None and embedding_dtype != "none":
+            # Converted on the device: half the bytes to copy for float16, the same rounding as on the host.
+            tensors["embeddings"] = embeddings.float().to(TORCH_EMBEDDING_DTYPES[embedding_dtype])
+        self.copy = ToHost(tensors)
+        self.image_ids, self.ablation_ids = image_ids, ablation_ids
+        self.errors, self.attempted = errors or [], attempted or []
+
+    def result(self) -> store.BatchResult:
+        arrays = self.copy.arrays()
+        emb = arrays.pop("embeddings", None)
+        return store.BatchResult(np.array(self.image_ids, np.int64), np.array(self.ablation_ids, np.int16),
+                                 Selection(**arrays), emb, self.errors, self.attempted)
 
 
 def batch_result(image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
@@ -105,8 +154,5 @@ def batch_result(image_ids: list[int], ablation_ids: list[int], logits: torch.Te
                  attempted: list[int] | None = None) -> store.BatchResult:
     """One batch, ready for store.write_batch. logits: (n, A, P) for the ablation_ids written;
     embeddings: (n, A, E), kept in the run's embedding dtype unless it is "none"."""
-    emb = None
-    if embeddings is not None and embedding_dtype != "none":
-        emb = embeddings.float().cpu().numpy().astype(store.EMBEDDING_DTYPES[embedding_dtype])
-    return store.BatchResult(np.array(image_ids, np.int64), np.array(ablation_ids, np.int16),
-                             select(logits, truth, baseline_emb, text_norm), emb, errors or [], attempted or [])
+    return PendingBatch(image_ids, ablation_ids, logits, truth, baseline_emb, text_norm, embeddings,
+                        embedding_dtype, errors, attempted).result()

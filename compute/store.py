@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -278,6 +279,12 @@ class BatchResult:
     attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
 
 
+def for_batch_writes(con: duckdb.DuckDBPyConnection) -> None:
+    """Settings of a connection the run's writer thread commits batches through: no progress bar (a long
+    checkpoint would print one across the run's own output)."""
+    con.execute("SET enable_progress_bar = false")
+
+
 def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult) -> None:
     """Commit one batch atomically: scores, selections, embeddings and errors, or nothing."""
     with transaction(con):
@@ -329,16 +336,25 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndar
     con.unregister("batch_scores")
     con.unregister("batch_selections")
     if embeddings is not None:
-        flat = embeddings.reshape(n * a, -1)
         emb = pa.table({
             "run_id": rid,
             "image_id": np.repeat(image_ids, a),
             "ablation_id": np.tile(ablation_ids, n),
-            "embedding": pa.array([row.tobytes() for row in flat], pa.binary()),
+            "embedding": embedding_blobs(embeddings.reshape(n * a, -1)),
         })
         con.register("batch_embeddings", emb)
         con.execute("INSERT INTO embedding_t SELECT * FROM batch_embeddings")
         con.unregister("batch_embeddings")
+
+
+def embedding_blobs(rows: np.ndarray) -> pa.Array:
+    """(rows, E) little-endian floats -> one BLOB per row, as one Arrow array over the same buffer: no
+    per-row conversion (DuckDB stores a fixed-size binary as BLOB)."""
+    rows = np.ascontiguousarray(rows)
+    if rows.dtype.byteorder == ">" or (rows.dtype.byteorder == "=" and sys.byteorder == "big"):
+        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    width = rows.shape[1] * rows.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows.shape[0], [None, pa.py_buffer(rows)])
 
 
 def uncaptioned(con: duckdb.DuckDBPyConnection, run_id: int) -> int:

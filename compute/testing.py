@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,13 +158,32 @@ PROMPTS = [("a photo of a dog", "dog"), ("a photo of a cat", "cat"), ("a photo o
            ("a photo of a car", "car")]
 
 
+def photo_like(seed: int, i: int, width: int = 640, height: int = 480) -> Image.Image:
+    """A random image that encodes and decodes like a photo: smooth colour fields at two scales plus grain.
+    At 640 x 480 and JPEG quality 90 it takes about 150 KB, as COCO's photos do (random noise would take
+    three times that, a plain colour almost nothing). Image ``i`` of ``seed`` is always the same."""
+    rng = np.random.default_rng([seed, i])
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    mid = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = (np.asarray(coarse, np.int16) + np.asarray(mid, np.int16)) // 2
+    pixels += rng.integers(-26, 27, pixels.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _save_photo(job: tuple[Path, int, int, int, int]) -> None:
+    path, seed, i, width, height = job
+    photo_like(seed, i, width, height).save(path, quality=90)
+
+
 def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = (),
-              size: tuple[int, int] = (40, 30), noise: bool = False) -> Path:
+              size: tuple[int, int] = (40, 30), noise: bool = False, photo: bool = False,
+              workers: int = 1) -> Path:
     """``n`` real JPEGs with COCO instances and captions files under ``root``.
 
     Image i is a cat when odd, a dog when even, both when a multiple of 5, and image 7 also holds a bird;
     its caption says "black cat" when i is a multiple of 3. Images are a plain colour with a few random
-    pixels, or (``noise``) random pixels throughout, which are large and slow to decode like photos.
+    pixels, or (``noise``) random pixels throughout, which are large and slow to decode, or (``photo``) like
+    photos in size and decoding cost (see photo_like; made by ``workers`` processes).
     Image ids in ``broken`` get a corrupt file; an id listed in the JSON but absent is made by the caller.
     """
     rng = random.Random(seed)
@@ -171,11 +191,13 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
     width, height = size
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
-    images, anns, caps = [], [], []
+    images, anns, caps, photos = [], [], [], []
     for i in range(1, n + 1):
         name = f"{i:012d}.jpg"
         path = root / "images" / name
-        if noise:
+        if photo and i not in broken:
+            photos.append((path, seed, i, width, height))
+        elif noise:
             im = Image.fromarray(noise_rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         else:
             im = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
@@ -183,7 +205,7 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
                 im.putpixel((rng.randrange(width), rng.randrange(height)), tuple(rng.randrange(256) for _ in range(3)))
         if i in broken:
             path.write_bytes(b"not a jpeg at all")
-        else:
+        elif not photo:
             im.save(path, quality=90)
         images.append({"id": i, "file_name": name, "width": width, "height": height})
         cat_ids = [1 if i % 2 else 2] + ([2 if i % 2 else 1] if i % 5 == 0 else []) + ([3] if i == 7 else [])
@@ -192,6 +214,12 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
                          "area": 100.0, "iscrowd": 0, "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]})
         word = "black cat" if i % 3 == 0 else ("cat" if i % 2 else "dog")
         caps.append({"id": i, "image_id": i, "caption": f"a {word} sitting on a sink"})
+    if workers > 1 and len(photos) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_save_photo, photos, chunksize=16))
+    else:
+        for job in photos:
+            _save_photo(job)
     cats = [{"id": k + 1, "name": name, "supercategory": "thing"} for k, name in enumerate(CATEGORIES)]
     (root / "annotations" / "instances.json").write_text(
         json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -203,13 +231,14 @@ def make_coco(root: Path, n: int = 10, seed: int = 0, broken: tuple[int, ...] = 
 def experiment_text(model: Path, coco: Path, db: Path, *, name: str = "t", sweep: str = "paper",
                     extra: tuple[str, ...] = (), prompts=PROMPTS, categories=("cat", "dog"),
                     batch_size: int = 4, captioner: Path | None = None, embeddings: str | None = None,
-                    more: str = "") -> str:
+                    more: str = "", device: str = "cpu", dtype: str | None = None) -> str:
     """An experiment file over a make_coco dataset; ``more`` is appended as written (extra tables)."""
     lines = [
         f'name = "{name}"',
         "[model]",
         f'clip = "{model}"',
-        'device = "cpu"',
+        f'device = "{device}"',
+        *([f'dtype = "{dtype}"'] if dtype else []),
         f"batch_size = {batch_size}",
         *([f'captioner = "{captioner}"'] if captioner else []),
         "[dataset]",

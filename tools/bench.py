@@ -1,6 +1,7 @@
 """``make bench``: speed as ratios against a reference measured in the same run, never as absolute targets.
 
-Sections (``--only`` picks some):
+Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs the GPU bench, which
+``make bench`` leaves out):
   sweep    the paper sweep on a random CLIP shaped like ViT-B/16 (12 layers, width 768, 12 heads, 224 px,
            patch 16), 32 images, 4 prompts, batch 32, timed as whole processes: the engine against the plain
            method (patch the modules, rerun the whole model per ablation, same batch size); peak memory of
@@ -11,6 +12,9 @@ Sections (``--only`` picks some):
   rescore  4 new prompts scored from that run's stored embeddings, against the full run it replaces.
   captions the caption stage on the demo sweep against per-(image, ablation) generation.
   dashboard page render times on a generated 5,000 x 21 x 80 store (AppTest).
+  pipeline the run's loop (decode workers, engine, store writer) against bare decoding on one thread.
+  busy     the engine beside two spinning processes against its quiet rate.
+  gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 from compute import testing
 from compute.testing import make_coco, save_vit_b16_shaped_clip
 from tools.dashboard_perf import bench_dashboard
+from tools.gpu_bench import bench_gpu
+from tools.pipeline_perf import bench_busy, bench_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,16 +216,21 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     return results
 
 
-SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "rescore": bench_rescore, "captions": bench_captions, "dashboard": bench_dashboard}
+SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "rescore": bench_rescore, "captions": bench_captions,
+            "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy, "gpu": bench_gpu}
+DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections ({', '.join(SECTIONS)})")
+    parser.add_argument("section", nargs="?", choices=["gpu"], help="gpu: the GPU bench alone")
+    parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device, to "
+                        "check the bench itself")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    chosen = [args.section] if args.section else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section {unknown[0]!r}")
@@ -231,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             section = Path(tmp) / name
             section.mkdir()
-            figures[name] = SECTIONS[name](section)
+            if name == "gpu":
+                figures[name] = bench_gpu(section, smoke=args.smoke)
+            else:
+                figures[name] = SECTIONS[name](section)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

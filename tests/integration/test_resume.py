@@ -25,6 +25,15 @@ def counts(db):
         return con.execute("SELECT (SELECT COUNT(*) FROM selection_t), (SELECT COUNT(*) FROM score_t)").fetchone()
 
 
+def committed(db) -> int:
+    """Selections committed so far, read while the run may hold the file (then: -1)."""
+    try:
+        state = counts(db)
+    except duckdb.IOException:  # the run's writer holds the file
+        return -1
+    return -1 if state is None else state[0]
+
+
 def start(exp):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
@@ -44,15 +53,24 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(tiny_c
 
     # Kill at random moments across a whole run's span: during startup, the means pass, a batch or a
     # commit. Each restart resumes, so later attempts may find the run already finished. On a busy
-    # machine startup takes a larger share of the run: a kill that found nothing committed yet moves
-    # the next one later, so some kill lands mid-sweep whatever the load.
+    # machine startup takes a larger share of the run (and with decode workers and the overlapped writer
+    # the sweep a smaller one): a kill that found nothing committed yet moves the next one later, and
+    # every other attempt kills at a random moment after the run has committed a batch, so some kill
+    # lands mid-sweep whatever the load.
     rng = random.Random(7)
     partial_kills, late = 0, 0.0
-    for _ in range(10):
+    for attempt in range(10):
+        before = max(committed(db), 0)
         proc = start(exp)
-        deadline = time.monotonic() + min(0.98, rng.uniform(0.15, 0.95) + late) * whole
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        if attempt % 2 == 0:
+            deadline = time.monotonic() + min(0.98, rng.uniform(0.15, 0.95) + late) * whole
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            deadline = time.monotonic() + 2 * whole
+            while proc.poll() is None and time.monotonic() < deadline and committed(db) <= before:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.3))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,186 @@
+"""The run's pipeline: decode workers give the image processor's own pixels, a bad image is an error row,
+a killed worker ends the run with one line (never a hang), and the store writer commits every batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, sql
+from PIL import Image
+
+from compute import store
+from compute.dataset import ImageRecord, open_image
+from compute.loader import Loader
+from compute.pixels import recipe
+from compute.testing import make_coco, write_experiment
+from compute.writer import BatchWriter, WriterFailed
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory) -> list[ImageRecord]:
+    """Real files of many shapes and modes, two of them unusable, in the order a run would read them."""
+    root = tmp_path_factory.mktemp("jpegs")
+    make_coco(root / "photos", n=6, size=(640, 480), photo=True)
+    paths = sorted((root / "photos" / "images").glob("*.jpg"))
+    odd = root / "odd"
+    odd.mkdir()
+    rng = np.random.default_rng(1)
+    for name, (w, h), mode in [("portrait.jpg", (480, 640), "RGB"), ("grey.jpg", (301, 199), "L"),
+                               ("tiny.png", (23, 17), "RGBA"), ("wide.jpg", (1000, 333), "RGB"),
+                               ("cmyk.jpg", (250, 260), "CMYK")]:
+        channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+        arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(odd / name)
+        paths.append(odd / name)
+    (odd / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    paths.insert(3, odd / "broken.jpg")
+    paths.insert(7, odd / "missing.jpg")
+    return [ImageRecord(i, p.name, p, ()) for i, p in enumerate(paths, start=1)]
+
+
+def processors(tiny_clip):
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    return {
+        "openai-clip-224": CLIPImageProcessor(),  # openai/clip-vit-base-patch16's settings
+        "tiny-model": AutoImageProcessor.from_pretrained(tiny_clip),  # loaded as a run loads it, 32 px
+        # not the shortest-edge + centre-crop kind: the workers use the processor's own crop
+        "squash-40": CLIPImageProcessor(size={"height": 40, "width": 40}, do_center_crop=False),
+    }
+
+
+@pytest.mark.parametrize("name", ["openai-clip-224", "tiny-model", "squash-40"])
+def test_workers_give_exactly_the_image_processors_pixels(tiny_clip, jpegs, name):
+    processor = processors(tiny_clip)[name]
+    good = [r for r in jpegs if r.file_name not in ("broken.jpg", "missing.jpg")]
+    want = processor(images=[open_image(r.path) for r in good], return_tensors="pt")["pixel_values"]
+    fast = recipe(processor, ship_uint8=False)
+    assert fast.table is not None  # the table of the processor's own rescale + normalise is in use
+    assert (fast.direct is not None) == (name != "squash-40")  # and the direct crop where it applies
+    # Processes and one thread; pixels made by the workers, or uint8 crops mapped on the device.
+    for workers, ship_uint8, batch_size in [(2, False, 4), (2, True, 5), (0, False, 16)]:
+        with Loader(processor, "cpu", torch.float32, batch_size, workers, ship_uint8=ship_uint8) as loader:
+            batches = list(loader.batches(jpegs))
+            if workers:
+                assert len(loader.pids) == workers
+        got = torch.cat([b.pixel_values for b in batches if b.pixel_values is not None])
+        assert got.dtype == torch.float32 and torch.equal(got, want), (workers, ship_uint8)
+        assert [r.image_id for b in batches for r in b.records] == [r.image_id for r in good]
+        assert [i for b in batches for i in b.attempted] == [r.image_id for r in jpegs]
+        errors = [e for b in batches for e in b.errors]
+        assert [(e[0], e[1]) for e in errors] == [(4, "load"), (8, "load")]
+        assert "cannot decode broken.jpg" in errors[0][2] and "not found" in errors[1][2]
+
+
+def test_a_processor_the_recipe_cannot_reproduce_runs_whole(jpegs):
+    """A processor that always rescales (its crop is never uint8) cannot use the table: the workers run it
+    whole, and the pixels are still its own."""
+    from transformers import CLIPImageProcessor
+
+    class AlwaysRescales(CLIPImageProcessor):
+        def __call__(self, images, **kwargs):
+            kwargs["do_rescale"] = True
+            return super().__call__(images, **kwargs)
+
+    processor = AlwaysRescales()
+    assert recipe(processor, ship_uint8=True).table is None
+    good = jpegs[:3]
+    with Loader(processor, "cpu", torch.float32, 2, 2) as loader:
+        got = torch.cat([b.pixel_values for b in loader.batches(good)])
+    torch.testing.assert_close(got, processor(images=[open_image(r.path) for r in good],
+                                              return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
+def test_a_killed_worker_ends_the_run_with_one_line_then_a_rerun_completes(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=80, size=(320, 240), photo=True)
+    db = tmp_path / "w.duckdb"
+    exp = write_experiment(tmp_path / "w.toml", tiny_clip, coco, db, batch_size=2, categories=())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "compute", "run", str(exp), "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (db.exists() and sql_count(db) > 0) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the sweep has committed a batch: the workers are at work
+        workers = children(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, "the run ended before a worker could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)  # a hang fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: decode worker") and "killed by signal 9" in lines[0], err
+    assert "resume" in lines[0]
+    partial = sql_count(db)
+    assert 0 < partial < 80 * 21
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
+    assert sql(db, "SELECT status FROM runs") == [("complete",)]
+
+
+def sql_count(db: Path) -> int:
+    try:
+        return sql(db, "SELECT COUNT(*) FROM selection_t")[0][0]
+    except Exception:  # locked by the writer, or not created yet
+        return 0
+
+
+def batch(image_ids: list[int], ablations: int, prompts: int, dim: int, seed: int) -> store.BatchResult:
+    rng = np.random.default_rng(seed)
+    n = len(image_ids)
+    logits = rng.normal(size=(n, ablations, prompts)).astype(np.float32)
+    sel = store.Selection(logits, logits, logits.argmax(-1).astype(np.int16), np.ones((n, ablations), bool),
+                          np.ones((n, ablations), np.float32), np.zeros((n, ablations), np.float32),
+                          np.ones((n, ablations), np.float32))
+    emb = rng.normal(size=(n, ablations, dim)).astype(np.float16)
+    return store.BatchResult(np.array(image_ids, np.int64), np.arange(ablations, dtype=np.int16), sel, emb, [],
+                             image_ids)
+
+
+def test_the_writer_commits_every_batch_in_few_sessions_and_embeddings_round_trip(tmp_path):
+    from compute.ablations import sweep
+    from compute.config import Prompt
+
+    db = tmp_path / "s.duckdb"
+    ablations = sweep("singles", 3)
+    records = [ImageRecord(i, f"{i}.jpg", tmp_path / f"{i}.jpg", ("cat",)) for i in range(1, 41)]
+    with store.connect(db) as con:
+        run_id = store.create_run(con, store.NewRun("r", "m", "{}", "h", 3, "float16", records,
+                                                    [Prompt("a", "cat"), Prompt("b", "dog")], ablations))
+    batches = [batch(list(range(i, i + 4)), len(ablations), 2, 24, seed=i) for i in range(1, 41, 4)]
+    committed = []
+    with BatchWriter(db, run_id, per_open=4, on_commit=committed.append) as writer:
+        for b in batches:
+            writer.put(b)
+    assert committed == batches
+    assert writer.stats.batches == 10 and 3 <= writer.stats.sessions < 10  # several batches per open
+    assert sql(db, "SELECT COUNT(*) FROM selection_t") == [(40 * len(ablations),)]
+    with store.connect(db, read_only=True) as con:
+        keys, got = store.embeddings(con, run_id, list(range(1, 41)), "float16")
+    want = np.concatenate([b.embeddings.reshape(-1, 24) for b in batches]).astype(np.float32)
+    assert keys[:2] == [(1, 0), (1, 1)] and np.array_equal(got, want)
+
+
+def test_a_writer_that_cannot_write_stops_the_run_with_its_reason(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(WriterFailed, match="could not write to"), \
+            BatchWriter(tmp_path / "file" / "s.duckdb", 1) as writer:
+        for i in range(20):  # the first put may be queued before the failure is known
+            writer.put(batch([i], 2, 2, 4, seed=i))
