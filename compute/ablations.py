@@ -2,9 +2,9 @@
 a vision layer's attention block, whole or head by head.
 
 An attention replacement is a plain function ``fn(attn, x, rows) -> out``: ``attn`` is the layer's
-``CLIPAttention`` module, ``x`` the layer-normed input (batch, tokens, width), ``rows`` how many query
-positions to return (the first ones; None = every token) and ``out`` what the attention block hands to the
-residual add, (batch, rows, width). A layer-wide kind is one such function; a per-head kind is a function
+attention module (``CLIPAttention`` or ``SiglipAttention``, with the same q/k/v/out_proj), ``x`` the
+layer-normed input (batch, tokens, width), ``rows`` how many query positions to return (the first ones;
+None = every token) and ``out`` what the attention block hands to the residual add, (batch, rows, width). A layer-wide kind is one such function; a per-head kind is a function
 that gives the chosen heads' outputs before ``out_proj`` from their values (see ``head_attention``). A new
 kind is one function and one line in ``KINDS``. Two consumers apply them: ``patched()`` below (the plain
 method: swap the modules' forward, rerun the whole model) and ``compute.engine`` (the fast sweep). Tests
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compute.errors import InputError
+from compute.towers import has_cls
 
 # Names of the dataset statistics (compute.store's stat_t) that mean ablations need.
 MEAN_STAT = "attention_mean"  # per layer: the attention block's output, (tokens, width)
@@ -85,16 +86,25 @@ def mean_heads(v: torch.Tensor, rows: int, *, mean: torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention knockout: query -> key edges removed before the softmax. Token 0 is CLS, the rest patches.
+# Attention knockout: query -> key edges removed before the softmax. On a tower with a CLS token (CLIP)
+# token 0 is CLS and the rest patches; on one without (SigLIP) every token is a patch, and only
+# patches>patches exists.
 
 TARGETS = ("patches>cls", "cls>patches", "patches>patches")  # keys > queries: the blocked flow
+CLS_TARGETS = ("patches>cls", "cls>patches")  # need a CLS token
 
 
-def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | None = None) -> torch.Tensor:
+def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | None = None,
+                   cls: bool = True) -> torch.Tensor:
     """(rows, tokens) bool, True where query ``row`` may not read key ``column``. The diagonal is never
-    blocked, so every row keeps at least one key and the softmax stays defined."""
+    blocked, so every row keeps at least one key and the softmax stays defined. ``cls``: token 0 is a CLS
+    token; without one, patches>patches leaves every token reading itself alone."""
     q = torch.arange(rows, device=device).unsqueeze(1)  # (rows, 1)
     k = torch.arange(tokens, device=device).unsqueeze(0)  # (1, tokens)
+    if not cls:
+        if target != "patches>patches":
+            raise ValueError(f"knockout target {target!r} needs a CLS token")
+        return q != k
     if target == "patches>cls":  # the CLS query cannot read patch tokens
         return (q == 0) & (k > 0)
     if target == "cls>patches":  # patch queries cannot read the CLS token
@@ -125,12 +135,13 @@ KINDS: dict[str, Kind] = {
 
 
 def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *, kind: str,
-                   heads: tuple[int, ...], target: str = "", head_mean: torch.Tensor | None = None) -> torch.Tensor:
+                   heads: tuple[int, ...], target: str = "", head_mean: torch.Tensor | None = None,
+                   cls: bool = True) -> torch.Tensor:
     """The attention block with ``heads`` (all when empty) changed by ``kind``; the other heads run as usual,
     and out_proj (with its bias) is applied to the concatenation of all heads.
 
     x: (batch, tokens, width) -> (batch, rows, width). head_mean: (tokens, width), the heads' outputs before
-    out_proj averaged over the dataset (mean only).
+    out_proj averaged over the dataset (mean only). cls: token 0 is a CLS token (knockout only).
     """
     b, t, d = x.shape
     r = rows or t
@@ -143,7 +154,7 @@ def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *,
         mask = None
         if kind == "knockout":
             blocked = torch.zeros(n_heads, r, t, dtype=torch.bool, device=x.device)
-            blocked[chosen] = knockout_edges(target, r, t, x.device)
+            blocked[chosen] = knockout_edges(target, r, t, x.device, cls)
             mask = ~blocked  # (heads, rows, tokens); SDPA's boolean mask: True takes part
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)  # (batch, heads, rows, hd)
     else:
@@ -256,11 +267,12 @@ def _indices(text: str, spec: str, what: str, low: int, high: int, known: bool) 
     return tuple(sorted({i for a, b in pairs for i in range(a, b + 1)}))
 
 
-def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None = None) -> Ablation:
+def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None = None, cls: bool = True) -> Ablation:
     """Parse ``KIND:LAYERS[/TARGET][/HEADS]`` or ``baseline``.
 
     Layer and head numbers are checked against the model when n_layers / n_heads are given, else against
-    MAX_INDEX, before any range is expanded. Raises InputError naming the problem.
+    MAX_INDEX, before any range is expanded. ``cls``: the tower has a CLS token (False for SigLIP: the
+    knockout targets that name CLS are refused). Raises InputError naming the problem.
     """
     spec = text.strip()
     if spec == BASELINE:
@@ -288,6 +300,10 @@ def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None =
     if KINDS[kind].needs_target and target not in TARGETS:
         what = f"unknown knockout target {target!r}" if target else "knockout needs a target"
         raise InputError(f"ablation {text!r}: {what}; use one of {', '.join(TARGETS)}")
+    if target in CLS_TARGETS and not cls:
+        raise InputError(f"ablation {text!r}: knockout target {target} needs a CLS token, and this vision tower "
+                         f"has none (SigLIP pools every patch with an attention head); use patches>patches "
+                         f"or another kind")
     if head_text and not _HEADS_RE.match(head_text):
         raise InputError(f"malformed heads {head_text!r} in ablation {text!r}: use hH, hA-B or a list such as h0,h3")
     layers = _indices(layer_text, text, "layer", 1, n_layers or MAX_INDEX, n_layers is not None)
@@ -298,11 +314,12 @@ def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None =
     return Ablation(kind, layers, heads, target)
 
 
-def check(ablation: Ablation, n_layers: int, n_heads: int | None = None) -> None:
-    """InputError when ``ablation`` names a layer (or head) the model does not have."""
+def check(ablation: Ablation, n_layers: int, n_heads: int | None = None, cls: bool = True) -> None:
+    """InputError when ``ablation`` names a layer (or head) the model does not have, or a CLS token a
+    tower without one (``cls`` False) lacks."""
     if ablation.kind == BASELINE:
         return
-    parse_ablation(ablation.label, n_layers, n_heads)  # the label is short: no huge range to expand
+    parse_ablation(ablation.label, n_layers, n_heads, cls)  # the label is short: no huge range to expand
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,13 +328,15 @@ def check(ablation: Ablation, n_layers: int, n_heads: int | None = None) -> None
 SWEEPS = ("paper", "singles", "heads", "flow", "none")
 
 
-def sweep(name: str, n_layers: int, n_heads: int | None = None, kind: str = "identity") -> list[Ablation]:
+def sweep(name: str, n_layers: int, n_heads: int | None = None, kind: str = "identity",
+          cls: bool = True) -> list[Ablation]:
     """The named sweep for a tower of n_layers (of n_heads each), baseline first, duplicates dropped.
 
     paper: baseline, every single layer, blocks of 3 and of 4 tiling the depth (a short last block is
     kept), and all layers at once; 21 ablations for 12 layers. singles: baseline and every single layer.
     heads: baseline and ``kind:L/hH`` for every layer L and head H; 145 for 12 x 12. flow: baseline and
-    each knockout target at every single layer; 37 for 12 layers. none: baseline only.
+    each knockout target at every single layer; 37 for 12 layers, 13 on a tower without a CLS token
+    (``cls`` False: patches>patches alone). none: baseline only.
     """
     if name not in SWEEPS:
         raise InputError(f"unknown sweep {name!r}: choose one of {', '.join(SWEEPS)}")
@@ -334,14 +353,15 @@ def sweep(name: str, n_layers: int, n_heads: int | None = None, kind: str = "ide
             raise ValueError("the heads sweep needs the number of heads")
         out += [Ablation(kind, (layer,), (head,)) for layer in range(1, n_layers + 1) for head in range(n_heads)]
     if name == "flow":
-        out += [Ablation("knockout", (layer,), (), target) for layer in range(1, n_layers + 1) for target in TARGETS]
+        targets = TARGETS if cls else tuple(t for t in TARGETS if t not in CLS_TARGETS)
+        out += [Ablation("knockout", (layer,), (), target) for layer in range(1, n_layers + 1) for target in targets]
     return dedupe(out)
 
 
-def sweeps(names: str | list[str], n_layers: int, n_heads: int | None = None) -> list[Ablation]:
+def sweeps(names: str | list[str], n_layers: int, n_heads: int | None = None, cls: bool = True) -> list[Ablation]:
     """Several sweeps in the order given, baseline first, duplicates dropped."""
     names = [names] if isinstance(names, str) else names
-    return dedupe([a for name in names for a in sweep(name, n_layers, n_heads)])
+    return dedupe([a for name in names for a in sweep(name, n_layers, n_heads, cls=cls)])
 
 
 def dedupe(ablations: list[Ablation]) -> list[Ablation]:
@@ -370,8 +390,9 @@ def mean_needs(ablations: list[Ablation]) -> dict[str, set[int]]:
     return needs
 
 
-def replacement(mode: LayerMode, layer: int, means: Means | None) -> Callable[..., torch.Tensor]:
-    """The function (attn, x, rows) -> out that ``mode`` puts in place of ``layer``'s attention block."""
+def replacement(mode: LayerMode, layer: int, means: Means | None, cls: bool = True) -> Callable[..., torch.Tensor]:
+    """The function (attn, x, rows) -> out that ``mode`` puts in place of ``layer``'s attention block.
+    ``cls``: token 0 is a CLS token (what knockout targets mean)."""
     spec = KINDS[mode.kind]
     stat = HEAD_MEAN_STAT if mode.heads else MEAN_STAT
     mean = None
@@ -380,7 +401,8 @@ def replacement(mode: LayerMode, layer: int, means: Means | None) -> Callable[..
         if mean is None:
             raise ValueError(f"{mode.kind}:{layer} needs the dataset statistic {stat} of layer {layer}")
     if mode.heads or spec.fn is None:
-        return partial(head_attention, kind=mode.kind, heads=mode.heads, target=mode.target, head_mean=mean)
+        return partial(head_attention, kind=mode.kind, heads=mode.heads, target=mode.target, head_mean=mean,
+                       cls=cls)
     return partial(spec.fn, mean=mean) if spec.needs_mean else spec.fn
 
 
@@ -388,20 +410,22 @@ def replacement(mode: LayerMode, layer: int, means: Means | None) -> Callable[..
 def patched(model: nn.Module, ablation: Ablation, means: Means | None = None) -> Iterator[nn.Module]:
     """Within the block, the vision layers of ``ablation`` run its replacement instead of attention.
 
-    Every patched module gets its own ``forward`` back in ``finally``, whatever happens inside.
+    Every patched module gets its own ``forward`` back in ``finally``, whatever happens inside. Only encoder
+    layers are patched: SigLIP's pooling head always runs as the model runs it.
     """
     layers = vision_layers(model)
-    check(ablation, len(layers), n_heads_of(model))
+    cls = has_cls(model)
+    check(ablation, len(layers), n_heads_of(model), cls)
     patched_modules: list[nn.Module] = []
     try:
         for layer, mode in enumerate(ablation.modes(len(layers)), start=1):
             if mode == NORMAL:
                 continue
             attn = layers[layer - 1].self_attn
-            fn = replacement(mode, layer, means)
+            fn = replacement(mode, layer, means, cls)
 
             def forward(hidden_states, *args, _attn=attn, _fn=fn, **kwargs):
-                # CLIPEncoderLayer unpacks (attn_output, attn_weights).
+                # CLIPEncoderLayer and SiglipEncoderLayer unpack (attn_output, attn_weights).
                 return _fn(_attn, hidden_states, None), None
 
             attn.forward = forward  # instance attribute shadows the class method

@@ -28,7 +28,7 @@ LABEL_SOURCES = ("categories", "captions")
 
 @dataclass
 class ModelConfig:
-    clip: str = ""  # hub id or local directory (save_pretrained layout); required
+    clip: str = ""  # CLIP, SigLIP or SigLIP 2: hub id or local directory (save_pretrained layout); required
     captioner: str = "none"  # "none", or a hub id / local directory of a conditional captioner
     device: str = "auto"
     dtype: str = "float32"  # float16 / bfloat16 halve memory and time on a GPU

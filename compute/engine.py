@@ -1,5 +1,6 @@
-"""The fast ablation sweep over CLIP's vision tower, and the plain method it is checked against
-(``plain_batch``: patch the modules with ``ablations.patched``, rerun the whole model per ablation).
+"""The fast ablation sweep over a vision tower (CLIP, SigLIP, SigLIP 2: see compute.towers), and the plain
+method it is checked against (``plain_batch``: patch the modules with ``ablations.patched``, rerun the whole
+model per ablation).
 
 The sweep is a prefix tree over per-layer modes. An ablation is a path of N modes (NORMAL, or a kind on
 some heads with its target: the full ``LayerMode``); two ablations that agree on layers 1..k share the
@@ -9,11 +10,13 @@ paper sweep of a 12-layer tower that is 143 layer evaluations instead of the 252
 spends; for the heads sweep of 12 layers x 12 heads, 948 instead of 1,740.
 
 Two more savings, both exact:
-- only the CLS token reaches the output (pooled = post_layernorm(h[:, 0])), so a layer whose outputs
-  below are needed for the CLS token only computes the CLS query alone (every token's key and value are
-  still read), and once every layer left on all paths below a node reads the CLS token's input alone
+- on CLIP only the CLS token reaches the output (pooled = post_layernorm(h[:, 0])), so a layer whose
+  outputs below are needed for the CLS token only computes the CLS query alone (every token's key and value
+  are still read), and once every layer left on all paths below a node reads the CLS token's input alone
   (whole-layer identity, zero, mean, and knockout of patches>cls) the node computes the CLS token alone.
-  A head-level layer is never CLS-local: its other heads read every token;
+  A head-level layer is never CLS-local: its other heads read every token. A tower without a CLS token
+  (SigLIP) pools every token of the last layer with an attention head, so there every node computes every
+  token: the shortcut is used only where it is exact;
 - identity layers skip the query/key projections and the softmax (see ablations.identity_attention).
 """
 
@@ -39,6 +42,7 @@ from compute.ablations import (
     replacement,
     vision_layers,
 )
+from compute.towers import has_cls, image_inputs, pool, tokens_in
 
 
 @dataclass
@@ -52,14 +56,17 @@ class Node:
     full_out: bool = True  # some path below still needs every token of this node's output
 
 
-def build_tree(ablations: list[Ablation], n_layers: int) -> Node:
+def build_tree(ablations: list[Ablation], n_layers: int, cls: bool = True) -> Node:
+    """The prefix tree of ``ablations``. ``cls``: the output is the CLS token alone (CLIP), so nodes whose
+    paths below read only the CLS token are marked; without a CLS token every node keeps every token."""
     root = Node(0, None)
     for ablation in ablations:
         node = root
         for depth, mode in enumerate(ablation.modes(n_layers), start=1):
             node = node.children.setdefault(mode, Node(depth, mode))
         node.ablations.append(ablation)
-    _mark_full(root)
+    if cls:
+        _mark_full(root)  # else every node keeps full_out = True
     return root
 
 
@@ -86,22 +93,23 @@ def cls_query_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class SweepEngine:
-    """Projected image embeddings of a batch under every ablation, sharing work along the prefix tree."""
+    """Image embeddings of a batch under every ablation, sharing work along the prefix tree."""
 
     def __init__(self, model: nn.Module, ablations: list[Ablation], means: Means | None = None) -> None:
         self.model = model
         self.layers = vision_layers(model)
         self.means = means
+        self.cls = has_cls(model)
         for ablation in ablations:
-            check(ablation, len(self.layers), n_heads_of(model))
-        self.root = build_tree(list(ablations), len(self.layers))
+            check(ablation, len(self.layers), n_heads_of(model), self.cls)
+        self.root = build_tree(list(ablations), len(self.layers), self.cls)
         self.layer_evaluations = count_nodes(self.root)  # per batch
 
     @torch.inference_mode()
     def embeddings(self, pixel_values: torch.Tensor) -> dict[Ablation, torch.Tensor]:
-        """pixel_values: (batch, 3, size, size) -> {ablation: (batch, projection_dim)}."""
-        vision = self.model.vision_model
-        h = vision.pre_layrnorm(vision.embeddings(pixel_values))  # (batch, tokens, width)
+        """pixel_values: (batch, 3, size, size) -> {ablation: (batch, E)}, the embeddings before
+        normalisation (towers.pool)."""
+        h = tokens_in(self.model, pixel_values)  # (batch, tokens, width)
         out: dict[Ablation, torch.Tensor] = {}
         self._visit(self.root, h, out)
         return out
@@ -128,14 +136,13 @@ class SweepEngine:
         if node.mode == NORMAL:
             a = cls_query_attention(attn, x) if cls_only else attn(hidden_states=x)[0]
         else:
-            a = replacement(node.mode, node.depth, self.means)(attn, x, rows)  # (batch, rows, width)
+            a = replacement(node.mode, node.depth, self.means, self.cls)(attn, x, rows)  # (batch, rows, width)
         h = h[:, :1] if cls_only else h
         h = h + a
         return h + layer.mlp(layer.layer_norm2(h))
 
     def _project(self, h: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.vision_model.post_layernorm(h[:, 0])  # (batch, width)
-        return self.model.visual_projection(pooled)  # (batch, projection_dim)
+        return pool(self.model, h)  # (batch, E): CLIP reads the CLS token, SigLIP's head every token
 
 
 @torch.inference_mode()
@@ -147,7 +154,7 @@ def attention_means(model: nn.Module, batches: Iterable[torch.Tensor], needs: di
     needs = {name: set(layers) for name, layers in needs.items() if layers}
     if not needs:
         return {}
-    vision, blocks = model.vision_model, vision_layers(model)
+    blocks = vision_layers(model)
     last = max(max(layers) for layers in needs.values())
     sums: dict[str, dict[int, torch.Tensor]] = {name: {} for name in needs}
     count = 0
@@ -157,7 +164,7 @@ def attention_means(model: nn.Module, batches: Iterable[torch.Tensor], needs: di
         sums[name][depth] = sums[name][depth] + total if depth in sums[name] else total
 
     for pixel_values in batches:
-        h = vision.pre_layrnorm(vision.embeddings(pixel_values))  # (batch, tokens, width)
+        h = tokens_in(model, pixel_values)  # (batch, tokens, width)
         for depth in range(1, last + 1):
             layer = blocks[depth - 1]
             heads_in: list[torch.Tensor] = []
@@ -188,12 +195,12 @@ def plain_batch(model: nn.Module, ablations: list[Ablation], pixel_values: torch
     """The plain method: patch the modules and rerun the whole model once per ablation.
 
     The reference the engine is held to (``--method plain`` and the bench). tokens: the tokenised prompts.
-    -> (embeddings (n, A, E) projected before normalisation, logits_per_image (n, A, P)), float32.
+    -> (embeddings (n, A, E) before normalisation, the model's own logits_per_image (n, A, P)), float32.
     """
     embs, logits = [], []
     for ablation in ablations:
         with patched(model, ablation, means):
-            out = model(pixel_values=pixel_values, **tokens)
+            out = model(**image_inputs(model, pixel_values), **tokens)
         embs.append(out.vision_model_output.pooler_output.float())
         logits.append(out.logits_per_image.float())
     return torch.stack(embs, dim=1), torch.stack(logits, dim=1)

@@ -1,7 +1,10 @@
-"""The one place that knows about hub ids, local model folders, dtypes and devices.
+"""The one place that knows about hub ids, local model folders, dtypes, devices and processors.
 
-Model classes and the engine never see a path or a URL: they get a loaded ``CLIPModel`` in eval mode.
-Offline (HF_HUB_OFFLINE=1) a hub id that is not in the local cache fails with a clear InputError.
+Model classes and the engine never see a path or a URL: they get a loaded model in eval mode, of one of the
+families of compute.towers (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``), with its processor;
+``LoadedClip.image_processor`` (what the loader's workers call) and ``pixel_values`` turn images into the
+model's pixels, (n, 3, size, size) for every family. Offline (HF_HUB_OFFLINE=1) a hub id that is not in
+the local cache fails with a clear InputError.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from compute.errors import InputError
+from compute.towers import FAMILIES, embedding_width, grid_side, unpatchify
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -37,11 +43,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class LoadedClip:
-    model: nn.Module  # transformers.CLIPModel, eval mode, on device
-    processor: object  # transformers.CLIPProcessor (image processor + tokenizer)
+    model: nn.Module  # CLIPModel, SiglipModel or Siglip2Model, eval mode, on device
+    processor: object  # its processor (image processor + tokenizer)
     device: torch.device
     dtype: torch.dtype
     name: str  # the reference it was loaded from
+    family: str = "clip"  # a key of towers.FAMILIES
+    logit_scale: float = 1.0  # exp(model.logit_scale), read in float32 before any cast to dtype
+    logit_bias: float = 0.0  # SigLIP's learned logit_bias (added after the scale); 0 for CLIP
 
     @property
     def n_layers(self) -> int:
@@ -50,6 +59,49 @@ class LoadedClip:
     @property
     def n_heads(self) -> int:
         return int(self.model.config.vision_config.num_attention_heads)
+
+    @property
+    def has_cls(self) -> bool:
+        return self.family == "clip"
+
+    @property
+    def image_processor(self) -> object:
+        """Called as ``image_processor(images=[...], return_tensors="pt"|"np")["pixel_values"]`` -> (n, 3, size,
+        size): the family's own image processor, or for SigLIP 2 NaFlex NativeGridProcessor around it."""
+        if self.family == "siglip2":
+            vc = self.model.config.vision_config
+            return NativeGridProcessor(self.processor.image_processor, grid_side(self.model), int(vc.patch_size))
+        return self.processor.image_processor
+
+
+class NativeGridProcessor:
+    """SigLIP 2 NaFlex's image processor at the model's native square grid, returning images.
+
+    Each image is resized to side·p x side·p first (bilinear, aspect ratio not kept, as SigLIP's own
+    processor does), so the NaFlex processor keeps that grid with no padding patch; its patches are laid back
+    into an image, (3, side·p, side·p), the values untouched (towers.patchify makes them again exactly).
+    """
+
+    def __init__(self, processor: object, side: int, patch: int) -> None:
+        self.processor, self.side, self.patch = processor, side, patch
+
+    def __call__(self, images: list[Image.Image], return_tensors: str = "pt") -> dict[str, object]:
+        size = self.side * self.patch
+        square = [im.convert("RGB").resize((size, size), Image.BILINEAR) for im in images]
+        out = self.processor(images=square, patch_size=self.patch, max_num_patches=self.side * self.side,
+                             return_tensors="pt")
+        if not bool((out["spatial_shapes"] == self.side).all()) or not bool(out["pixel_attention_mask"].all()):
+            raise ValueError(f"the image processor did not keep the native {self.side}x{self.side} grid")
+        pixels = unpatchify(out["pixel_values"].float(), self.side, self.patch)  # (n, 3, size, size)
+        return {"pixel_values": pixels.numpy() if return_tensors == "np" else pixels}
+
+    @property
+    def image_mean(self) -> object:
+        return self.processor.image_mean
+
+    @property
+    def image_std(self) -> object:
+        return self.processor.image_std
 
 
 def _check_local(ref: str, what: str) -> None:
@@ -73,43 +125,87 @@ def _model_type(ref: str, what: str) -> str:
         raise InputError(f"cannot load {what} {ref!r}{hint}: {first}") from None
 
 
-def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedClip:
-    """A CLIPModel and its CLIPProcessor from a hub id or a save_pretrained folder."""
-    from transformers import CLIPModel, CLIPProcessor
+def _classes(family: str) -> tuple[type, type]:
+    """(model class, processor class) of a family."""
+    import transformers
 
+    names = {"clip": ("CLIPModel", "CLIPProcessor"), "siglip": ("SiglipModel", "SiglipProcessor"),
+             "siglip2": ("Siglip2Model", "Siglip2Processor")}[family]
+    return getattr(transformers, names[0]), getattr(transformers, names[1])
+
+
+def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedClip:
+    """A CLIP, SigLIP or SigLIP 2 model and its processor from a hub id or a save_pretrained folder.
+
+    The family comes from the config's model_type. ``logit_scale`` and ``logit_bias`` stay float32 whatever
+    ``dtype`` the towers get (bfloat16 would round exp(logit_scale) by about 1.5%), both in the returned
+    fields and inside the model, so its own logits_per_image use them unrounded.
+    """
     _check_local(name_or_path, "model")
-    model_type = _model_type(name_or_path, "model")
-    if model_type != "clip":
-        raise InputError(f"{name_or_path} is not a CLIP model (its config says model_type = {model_type!r})")
+    family = _model_type(name_or_path, "model")
+    if family not in FAMILIES:
+        supported = "; ".join(f"{k} ({v})" for k, v in FAMILIES.items())
+        raise InputError(f"{name_or_path} is not a supported model (its config says model_type = {family!r}); "
+                         f"supported families: {supported}")
     dev = resolve_device(device)
     torch_dtype = DTYPES[dtype]
     if dev.type == "cpu" and torch_dtype == torch.float16:
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
+    model_class, processor_class = _classes(family)
     try:
-        # Loaded in float32 and cast after, so logit_scale can stay float32: in bfloat16, exp(ln 100) is
-        # 98.86, and every logit and probability of the run would shrink about 1%.
-        model = CLIPModel.from_pretrained(name_or_path, dtype=torch.float32)
-        processor = CLIPProcessor.from_pretrained(name_or_path)
+        model = model_class.from_pretrained(name_or_path, dtype=torch.float32)  # cast below, after the scalars
+        processor = processor_class.from_pretrained(name_or_path)
+    except ImportError as e:  # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece package
+        hint = "; install it with: pip install sentencepiece" if "sentencepiece" in str(e).lower() else ""
+        raise InputError(f"cannot load {family} {name_or_path!r}: {str(e).strip().splitlines()[0]}{hint}") from None
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot load CLIP {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
-    if torch_dtype != torch.float32:
-        scale = model.logit_scale.detach().clone()  # () float32, as stored (or upcast from the checkpoint)
-        model.to(torch_dtype)
-        model.logit_scale.data = scale
-    model.to(dev).eval()
-    return LoadedClip(model, processor, dev, torch_dtype, name_or_path)
+        raise InputError(f"cannot load {family} {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    if family != "clip" and not model.config.vision_config.vision_use_head:
+        raise InputError(f"{name_or_path}: its vision tower has no pooling head (vision_use_head = false), so it "
+                         f"makes no image embedding to score")
+    scalars = {"logit_scale": model.logit_scale.detach().float().clone()}  # (1,) each
+    if family != "clip":
+        scalars["logit_bias"] = model.logit_bias.detach().float().clone()
+    model.to(dev, torch_dtype).eval()
+    for attr, value in scalars.items():  # float32 inside a half-precision model: logits come out float32
+        setattr(model, attr, nn.Parameter(value.to(dev), requires_grad=False))
+    bias = float(scalars["logit_bias"]) if "logit_bias" in scalars else 0.0
+    return LoadedClip(model, processor, dev, torch_dtype, name_or_path, family,
+                      float(scalars["logit_scale"].exp()), bias)
+
+
+def pixel_values(clip: LoadedClip, images: list[Image.Image]) -> torch.Tensor:
+    """The model's pixels for RGB images, float32 on the CPU: (n, 3, size, size), as clip.image_processor
+    makes them (for siglip2 the native square grid; towers.image_inputs patchifies them for the model)."""
+    return torch.as_tensor(clip.image_processor(images=images, return_tensors="pt")["pixel_values"])
+
+
+def seen_image(clip: LoadedClip, pixels: torch.Tensor) -> np.ndarray:
+    """One image as the model saw it (resized, cropped), from its pixel_values row (3, size, size):
+    (size, size, 3) uint8."""
+    processor = clip.image_processor
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32)
+    std = torch.tensor(processor.image_std, dtype=torch.float32)
+    x = pixels.detach().float().cpu().permute(1, 2, 0)
+    return ((x * std + mean).clamp(0, 1) * 255).round().byte().numpy()
 
 
 def model_summary(loaded: LoadedClip) -> dict[str, object]:
-    """A few facts about the vision tower, stored with the run."""
+    """A few facts about the vision tower, stored with the run (the dashboard and exports read ``family``)."""
     vc = loaded.model.config.vision_config
+    side = grid_side(loaded.model)
     return {
+        "family": loaded.family,
         "layers": vc.num_hidden_layers,
         "width": vc.hidden_size,
         "heads": vc.num_attention_heads,
-        "image_size": vc.image_size,
+        "image_size": side * vc.patch_size,
         "patch_size": vc.patch_size,
-        "projection_dim": loaded.model.config.projection_dim,
+        "tokens": side * side + loaded.has_cls,
+        "cls_token": loaded.has_cls,
+        "projection_dim": embedding_width(loaded.model),  # the width of the compared embeddings
+        "logit_scale": loaded.logit_scale,
+        "logit_bias": loaded.logit_bias,
     }
 
 

@@ -29,7 +29,14 @@ from compute.engine import SweepEngine, attention_means, plain_batch
 from compute.errors import InputError
 from compute.loader import Batch, Loader, default_workers
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
-from compute.scoring import PendingBatch, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.scoring import (
+    PendingBatch,
+    cosine_logits,
+    logit_scale,
+    text_embeddings,
+    text_tokens,
+    truth_matrix,
+)
 from compute.writer import BatchWriter, WriterStats
 
 
@@ -48,17 +55,18 @@ def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
     """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
-    ablations = resolve_ablations(exp, clip.n_layers, clip.n_heads)
+    ablations = resolve_ablations(exp, clip.n_layers, clip.n_heads, clip.has_cls)
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
     return Prepared(exp, images, clip, ablations, captioner)
 
 
-def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None) -> list[Ablation]:
-    """The run's ablations in order: the sweeps (baseline first), then the extras, duplicates dropped."""
-    extra = [parse_ablation(text, n_layers, n_heads) for text in exp.ablations.extra]
-    return dedupe(sweeps(exp.ablations.sweep, n_layers, n_heads) + extra)
+def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None, cls: bool = True) -> list[Ablation]:
+    """The run's ablations in order: the sweeps (baseline first), then the extras, duplicates dropped.
+    ``cls``: the tower has a CLS token (else knockout targets naming it are refused, and left out of flow)."""
+    extra = [parse_ablation(text, n_layers, n_heads, cls) for text in exp.ablations.extra]
+    return dedupe(sweeps(exp.ablations.sweep, n_layers, n_heads, cls) + extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ def run(
     ablation_ids = {a: i for i, a in enumerate(ablations)}
     pending = [r for r in images if any((r.image_id, i) not in done for i in ablation_ids.values())]
 
-    with Loader(clip.processor.image_processor, clip.device, clip.dtype, exp.model.batch_size,
+    with Loader(clip.image_processor, clip.device, clip.dtype, exp.model.batch_size,
                 stats.workers) as loader:
         if pending and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
             means_np = _compute_means(clip, loader, images, needs, progress)
@@ -231,8 +239,7 @@ def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tu
     engine = SweepEngine(clip.model, ablations, means) if method == "engine" else None
     tokens = None
     if method == "plain":
-        tokens = clip.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        tokens = {k: v.to(clip.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        tokens = text_tokens(clip, texts)
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""

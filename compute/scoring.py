@@ -1,13 +1,18 @@
-"""The maths every stage shares: text and image embeddings, CLIP's logits, and the selection.
+"""The maths every stage shares: text and image embeddings, the model's logits, and the selection.
 
 The run, the caption stage, rescore and the Prompt lab all score through these functions, so a number
 means the same wherever it was made. The selection (argmax prompt, its correctness, its probability, the
 margin to the runner-up, its judge score) is decided here once, vectorised on the model's device; the
 store only writes what it is given.
+
+``logit`` is the model's own logit for an (image, prompt) pair: CLIP's ``logit_scale.exp() * cosine``, and
+SigLIP's ``logit_scale.exp() * cosine + logit_bias`` (its sigmoid is the pair's own probability; ``prob``
+here stays the softmax over the run's prompts, which the bias does not change).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +20,49 @@ import torch
 
 from compute import store
 from compute.dataset import open_image
-from compute.models import LoadedClip
+from compute.models import LoadedClip, pixel_values
 from compute.store import Selection
+from compute.towers import image_inputs
 
 # --------------------------------------------------------------------------------------------------
 # Embeddings.
 
 
+def text_tokens(clip: LoadedClip, texts: list[str]) -> dict[str, torch.Tensor]:
+    """The tokenised prompts as the family's text tower expects them, on clip.device.
+
+    CLIP pools at the end-of-text token: pad to the longest prompt and pass the attention mask. SigLIP pools
+    at the LAST position, whatever token is there, and was trained on inputs padded to the full length: pad
+    to text_config.max_position_embeddings (truncating longer prompts), so a prompt's embedding does not
+    depend on the prompts beside it, and pass exactly what the tokenizer returns (SigLIP 1: input_ids only).
+    """
+    tokenizer = clip.processor.tokenizer
+    if clip.family == "clip":
+        tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    else:
+        length = int(clip.model.config.text_config.max_position_embeddings)
+        tok = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+
+
 @torch.inference_mode()
 def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """Projected, L2-normalised text embeddings. -> (texts, projection_dim) float32 on clip.device."""
+    """Projected, L2-normalised text embeddings. -> (texts, E) float32 on clip.device."""
     out = []
     for i in range(0, len(texts), batch_size):
-        tok = clip.processor.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
-        tok = {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-        emb = clip.model.get_text_features(**tok).pooler_output.float()
+        emb = clip.model.get_text_features(**text_tokens(clip, texts[i : i + batch_size])).pooler_output.float()
         out.append(emb / emb.norm(dim=-1, keepdim=True))
     return torch.cat(out)
 
 
 @torch.inference_mode()
 def image_embeddings_unablated(clip: LoadedClip, paths: list[Path], batch_size: int = 16) -> np.ndarray:
-    """Projected image embeddings of the unablated model. -> (images, projection_dim) float32."""
+    """Image embeddings (before normalisation) of the unablated model. -> (images, E) float32."""
     out = []
     for i in range(0, len(paths), batch_size):
         images = [open_image(p) for p in paths[i : i + batch_size]]
-        pixels = clip.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        emb = clip.model.get_image_features(pixel_values=pixels.to(clip.device, clip.dtype)).pooler_output
+        pixels = pixel_values(clip, images).to(clip.device, clip.dtype)
+        emb = clip.model.get_image_features(**image_inputs(clip.model, pixels)).pooler_output
         out.append(emb.float().cpu().numpy())
     return np.concatenate(out)
 
@@ -56,13 +77,26 @@ def normalise(emb: torch.Tensor) -> torch.Tensor:
 # Logits and the selection.
 
 
-def logit_scale(clip: LoadedClip) -> float:
-    return float(clip.model.logit_scale.detach().exp())
+@dataclass(frozen=True)
+class LogitScale:
+    """How a cosine becomes the model's logit: ``scale * cosine + bias``, in float32."""
+
+    scale: float  # exp(logit_scale)
+    bias: float = 0.0  # SigLIP's logit_bias; 0 for CLIP
 
 
-def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: float) -> torch.Tensor:
-    """CLIP's logits_per_image. image_emb: (..., E) unnormalised; text_norm: (P, E) -> (..., P)."""
-    return scale * normalise(image_emb) @ text_norm.T
+def logit_scale(clip: LoadedClip) -> LogitScale:
+    """The model's scale and bias, as read in float32 when it was loaded (compute.models.load_clip)."""
+    return LogitScale(clip.logit_scale, clip.logit_bias)
+
+
+def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: LogitScale | float) -> torch.Tensor:
+    """The model's logits_per_image. image_emb: (..., E) unnormalised; text_norm: (P, E) -> (..., P).
+    ``scale``: a LogitScale, or a bare CLIP scale (no bias)."""
+    if not isinstance(scale, LogitScale):
+        scale = LogitScale(float(scale))
+    logits = scale.scale * normalise(image_emb) @ text_norm.T
+    return logits + scale.bias if scale.bias else logits
 
 
 def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) -> torch.Tensor:

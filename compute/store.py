@@ -527,6 +527,8 @@ def summary(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple]:
 # Every run with its progress counts: the `list` verb and the dashboard's run picker read this one query.
 RUNS = """
 SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers, r.parent_run,
+       -- the vision tower's family (compute.towers); runs stored before SigLIP existed were all CLIP
+       COALESCE(json_extract_string(r.config, '$.vision.family'), 'clip') AS family,
        (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
        (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
        (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,

@@ -3,7 +3,8 @@ datasets of real JPEGs, and experiment files pointing at them.
 
 The models load through exactly the code path of ``openai/clip-vit-base-patch16`` (``from_pretrained`` on
 a folder holding config, safetensors weights, image processor and tokenizer), so tests exercise the real
-loading code without a network; the datasets are read by pycocotools like COCO's own files.
+loading code without a network; the datasets are read by pycocotools like COCO's own files. Besides
+OpenAI's CLIP layout, an OpenCLIP-shaped CLIPModel (exact GELU); SigLIP and SigLIP 2 are in testing_siglip.
 """
 
 from __future__ import annotations
@@ -46,8 +47,14 @@ def save_random_clip(
     extra_words: tuple[str, ...] = (),
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    hidden_act: str = "quick_gelu",
+    perturb: float = 0.0,
 ) -> Path:
-    """Build a CLIPModel with random weights and its CLIPProcessor; save both to ``out``."""
+    """Build a CLIPModel with random weights and its CLIPProcessor; save both to ``out``.
+
+    hidden_act: "quick_gelu" as OpenAI's CLIP, "gelu" as OpenCLIP checkpoints published as CLIPModel.
+    perturb: noise added to every parameter (see randomize_), so biases and layer norms are not at their
+    initial zeros and ones."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     out = Path(out)
@@ -58,15 +65,19 @@ def save_random_clip(
             hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
             num_attention_heads=text_heads or max(1, text_width // 16), vocab_size=len(vocab), max_position_embeddings=32,
             bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+            hidden_act=hidden_act,
         ),
         vision_config=dict(
             hidden_size=width, intermediate_size=mlp or 4 * width, num_hidden_layers=layers,
-            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+            num_attention_heads=heads, image_size=image_size, patch_size=patch_size, hidden_act=hidden_act,
         ),
         projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
-    model = CLIPModel(config).eval().to(dtype)
+    model = CLIPModel(config).eval()
+    if perturb:
+        randomize_(model, seed, perturb)
+    model = model.to(dtype)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
@@ -142,6 +153,25 @@ def save_random_vision_encoder_decoder(out: str | Path, *, width: int = 32, imag
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Add N(0, scale) noise to every parameter, in place. A fresh SigLIP leaves logit_scale, logit_bias,
+    every bias and the layer norms at 0 and 1, where a missing bias term or a skipped norm goes unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
+    return model
+
+
+def save_openclip_shaped_clip(out: str | Path, **overrides) -> Path:
+    """A small CLIPModel shaped as the OpenCLIP checkpoints published as CLIPModel (laion/CLIP-ViT-*): exact
+    GELU instead of quick_gelu, and sizes unlike the other fixtures (6 layers of width 48 with 6 heads, 48 px,
+    patch 16: 10 tokens; projection 24), perturbed so every bias and norm takes part."""
+    kwargs = dict(layers=6, width=48, heads=6, mlp=96, image_size=48, patch_size=16, text_layers=2, text_width=48,
+                  text_heads=3, projection_dim=24, hidden_act="gelu", perturb=0.05)
+    return save_random_clip(out, **{**kwargs, **overrides})
 
 
 def save_vit_b16_shaped_clip(out: str | Path) -> Path:

@@ -1,5 +1,6 @@
-"""The Image page's attention-map section: the CLS token's attention to the patches at every layer, drawn
-over the image, baseline and the chosen ablation side by side, computed on demand from the run's model.
+"""The Image page's attention-map section: every layer's attention map drawn over the image (CLIP: the CLS
+token's attention to the patches; SigLIP: the attention each patch receives, then the pooling head), baseline
+and the chosen ablation side by side, computed on demand from the run's model.
 
 The model is loaded once per server (``st.cache_resource``, through compute.models.load_clip) and the maps
 of an (image, ablation) are cached; drawing is dashboard.overlays, which the figure export shares.
@@ -19,7 +20,7 @@ from dashboard.state import param_select
 from dashboard.text import md
 
 
-@st.cache_resource(show_spinner="Loading the run's CLIP model…", max_entries=2)
+@st.cache_resource(show_spinner="Loading the run's model…", max_entries=2)
 def clip_model(ref: str) -> LoadedClip:
     return load_clip(ref, device="auto")
 
@@ -39,8 +40,9 @@ def _maps(ref: str, path: str, ablation: str, means_key: tuple, _means: dict | N
 def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
     """Draw the section for image ``info`` (a row of queries.image) under ``ablation`` (a label)."""
     st.subheader("Attention maps")
-    st.caption(f"At each layer, the {overlays.EXPLAINER}. Baseline above, {md(ablation)} below; computed now from "
-               f"the run's model ({md(ctx.run['model'])}).")
+    family = str(ctx.run.get("family") or "clip")
+    st.caption(f"At each layer, the {overlays.explainer(family == 'clip')}. Baseline above, {md(ablation)} below; "
+               f"computed now from the run's model ({md(ctx.run['model'])}, {md(family)} vision tower).")
     needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
     stats = ui.load(queries.mean_stats, ctx.name, sorted(needs)) if needs else None
     means_key = (ctx.name, ui.change_token(ctx.db)) if needs else ()  # the statistics are part of the maps
@@ -53,6 +55,7 @@ def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
     heads = param_select("Heads", overlays.head_options(maps), "attn_heads", container=left,
                          format_func=lambda h: "mean over heads" if h == overlays.MEAN_OF_HEADS else f"head {h[1:]}")
     png = overlays.png_bytes(overlays.attention_figure(maps, heads))
-    st.image(png, caption="Brighter: more attention. CLS->CLS: what the CLS query keeps on itself.")
+    st.image(png, caption="Brighter: more attention. " + ("CLS->CLS: what the CLS query keeps on itself." if maps.cls
+                          else "No CLS token here: the last tile is the pooling head's probe query."))
     st.download_button("Attention maps (PNG)", png, f"{slug(ctx.name)}-image{info['image_id']}-attention-"
                        f"{slug(ablation)}-{heads}.png", "image/png", icon=":material/download:", key="attention_png")

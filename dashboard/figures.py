@@ -280,6 +280,28 @@ def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, head
     return overlays.png_bytes(overlays.attention_figure(maps, heads))
 
 
+PACK_TABLES = ["summary.md", "summary.tex", "summary.csv", "mcnemar.csv", "selections.csv", "selections.parquet"]
+
+
+def pack_readme(run: str, row: dict, files: list[str]) -> str:
+    """The pack's README: which run, model and vision tower family made it, what the numbers mean."""
+    return "\n".join([
+        f"# Figure pack of run {run}",
+        "",
+        f"- Model: {row['model']}",
+        f"- Vision tower: {tables.family_text(row.get('family'))}",
+        f"- {row['n_images']} images x {row['n_ablations']} ablations x {row['n_prompts']} prompts "
+        f"({row['status']})",
+        "",
+        "logit is the model's own logit for an (image, prompt) pair (CLIP: logit_scale x cosine; SigLIP: "
+        "logit_scale x cosine + logit_bias); prob is the softmax over the run's prompts and the selected prompt "
+        "its argmax; score_baseline and caption_score are cosines with the unablated image embedding.",
+        "",
+        "Files: " + ", ".join(files),
+        "",
+    ])
+
+
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
                confusion: list[str] | None = None, ablations: list[str] | None = None, size: str = "screen",
                image_id: int | None = None, image_ablation: str = "") -> list[Path]:
@@ -305,6 +327,7 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             raise InputError(f"no image {image_id} in run {run!r}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation,
                          ablations=ablations)
+        run_row = queries.runs(con).set_index("run").loc[run].to_dict()
         tests = tables.mcnemar_of(data.summary)  # the chosen ablations, Holm-adjusted over the whole run
         selections = selections_frame(con, run_id)
         attention = None
@@ -326,15 +349,16 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             write(f"{name}.{fmt}", content)
     if attention is not None:
         write(f"image{image_id}_attention_{slug(data.image_ablation)}.png", attention)
+    if data.image_selections is not None and len(data.image_selections):
+        picks = tables.select_ablations(data.image_selections, data.chosen)
+        write(f"image{image_id}_figure5.md", figure5_markdown(picks))
+        write(f"image{image_id}_figure5.tex", figure5_latex(picks))
+        write(f"image{image_id}_figure5.csv", picks.to_csv(index=False))
+    write("README.md", pack_readme(run, run_row, [p.name for p in written] + PACK_TABLES))
     write("summary.md", tables.summary_markdown(data.summary))
     write("summary.tex", tables.summary_latex(data.summary))
     write("summary.csv", data.summary.to_csv(index=False))
     write("mcnemar.csv", tests.to_csv(index=False))
     write("selections.csv", selections.to_csv(index=False))
     write("selections.parquet", parquet_bytes(selections))
-    if data.image_selections is not None and len(data.image_selections):
-        picks = tables.select_ablations(data.image_selections, data.chosen)
-        write(f"image{image_id}_figure5.md", figure5_markdown(picks))
-        write(f"image{image_id}_figure5.tex", figure5_latex(picks))
-        write(f"image{image_id}_figure5.csv", picks.to_csv(index=False))
     return written

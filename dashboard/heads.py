@@ -22,6 +22,13 @@ TARGET_TITLES = {
 }
 
 
+def target_title(target: str, cls: bool = True) -> str:
+    """TARGET_TITLES, for a tower with a CLS token or (SigLIP) without one."""
+    if not cls and target == "patches>patches":
+        return "patches → patches (a patch reads only itself: this tower has no CLS token)"
+    return TARGET_TITLES[target]
+
+
 def family_of(kind: str, target: str) -> str:
     """A family of cells: the kind, with the knockout target when there is one (knockout:patches>cls)."""
     return f"{kind}:{target}" if target else kind

@@ -1,9 +1,11 @@
 """Attention maps drawn over the image, Streamlit-free (the Image page and the figure export share it).
 
-``image_maps`` runs a run's CLIP on one image, unablated and under one ablation (compute.attention_maps);
-``attention_figure`` draws the CLS token's attention to the patches at every layer over the image the model
-saw: the baseline in one row, the ablation in the next. Both rows of a layer share one colour scale (0 to
-the largest patch probability of that layer in either row), so a column compares like with like.
+``image_maps`` runs a run's model on one image, unablated and under one ablation (compute.attention_maps);
+``attention_figure`` draws every layer's map over the image the model saw: the baseline in one row, the
+ablation in the next. On CLIP a map is the CLS token's attention to the patches; on SigLIP, which has no
+CLS token, the attention each patch receives averaged over all queries, then one more tile for the pooling
+head (``explainer`` says which). Both rows of a column share one colour scale (0 to the largest patch
+probability of that column in either row), so a column compares like with like.
 """
 
 from __future__ import annotations
@@ -12,19 +14,26 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from compute.ablations import BASELINE, Means, parse_ablation
-from compute.attention_maps import cls_attention, patch_grid
+from compute.attention_maps import MEANING, attention_maps, patch_grid
 from compute.dataset import open_image
-from compute.models import LoadedClip
+from compute.models import LoadedClip, pixel_values, seen_image
 
 MEAN_OF_HEADS = "mean"
 TILE = 112  # pixels per layer tile
 ALPHA = 0.7  # weight of the heat colour over the (grey) image
 EXPLAINER = ("attention probabilities of the CLS token's query over the patches (not an attribution: where "
              "CLS reads from at that layer, not what the output depends on)")
+
+
+def explainer(cls: bool) -> str:
+    """What a map shows, for a caption: EXPLAINER on a tower with a CLS token, else SigLIP's maps."""
+    if cls:
+        return EXPLAINER
+    return (f"{MEANING[False]} (not an attribution: where the tokens read from at that layer, not what the "
+            f"output depends on)")
 
 # The "inferno" colour map, sampled at 9 points and interpolated (no matplotlib here).
 _INFERNO = np.array([(0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85), (227, 89, 51),
@@ -34,26 +43,24 @@ _INFERNO = np.array([(0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (18
 @dataclass
 class ImageMaps:
     picture: np.ndarray  # (size, size, 3) uint8: the image as the model saw it (resized, cropped)
-    baseline: np.ndarray  # (layers, heads, tokens): the CLS row of each layer's attention probabilities
+    baseline: np.ndarray  # (columns, heads, tokens): each layer's map (compute.attention_maps), + SigLIP's head
     ablated: np.ndarray  # the same under the ablation (NaN where a mean ablation leaves none)
     ablation: str
+    cls: bool = True  # the tower has a CLS token (CLIP); False: every token is a patch, the last column the head
 
 
 def image_maps(clip: LoadedClip, path: str, ablation: str, means: Means | None = None) -> ImageMaps:
-    """CLS attention of one image file at every layer, unablated and under ``ablation`` (a label)."""
-    processor = clip.processor.image_processor
-    pixels = processor(images=[open_image(path)], return_tensors="pt")["pixel_values"]  # (1, 3, size, size)
-    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(processor.image_std).view(3, 1, 1)
-    picture = ((pixels[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    """The attention maps of one image file at every layer, unablated and under ``ablation`` (a label)."""
+    pixels = pixel_values(clip, [open_image(path)])  # (1, 3, size, size)
+    picture = seen_image(clip, pixels[0])
     pixels = pixels.to(clip.device, clip.dtype)
-    base = cls_attention(clip.model, pixels)[0]
+    base = attention_maps(clip.model, pixels)[0]
     if ablation == BASELINE:
         ablated = base
     else:
-        parsed = parse_ablation(ablation, clip.n_layers, clip.n_heads)
-        ablated = cls_attention(clip.model, pixels, parsed, means)[0]
-    return ImageMaps(picture, base, ablated, ablation)
+        parsed = parse_ablation(ablation, clip.n_layers, clip.n_heads, clip.has_cls)
+        ablated = attention_maps(clip.model, pixels, parsed, means)[0]
+    return ImageMaps(picture, base, ablated, ablation, clip.has_cls)
 
 
 def head_options(maps: ImageMaps) -> list[str]:
@@ -94,12 +101,12 @@ def _tile(picture: np.ndarray, grid: np.ndarray, vmax: float) -> Image.Image:
 
 
 def attention_figure(maps: ImageMaps, heads: str = MEAN_OF_HEADS) -> Image.Image:
-    """Every layer's CLS-to-patch attention over the image: baseline above, the ablation below."""
+    """Every layer's map over the image: baseline above, the ablation below."""
     rows = [(BASELINE, select_heads(maps.baseline, heads))]
     if maps.ablation != BASELINE:
         rows.append((maps.ablation, select_heads(maps.ablated, heads)))
-    n_layers = rows[0][1].shape[0]
-    grids = [patch_grid(r) for _, r in rows]  # each (layers, side, side)
+    n_layers = rows[0][1].shape[0]  # columns: the layers, and SigLIP's pooling head last
+    grids = [patch_grid(r, maps.cls) for _, r in rows]  # each (columns, side, side)
     with np.errstate(invalid="ignore"):
         vmax = np.nanmax(np.stack([g.reshape(n_layers, -1) for g in grids], axis=0), axis=(0, 2))  # (layers,)
     vmax = np.nan_to_num(vmax)
@@ -110,8 +117,10 @@ def attention_figure(maps: ImageMaps, heads: str = MEAN_OF_HEADS) -> Image.Image
     draw = ImageDraw.Draw(fig)
     small, large = _font(11), _font(13)
     which = "mean over heads" if heads == MEAN_OF_HEADS else f"head {heads.removeprefix('h')}"
-    draw.text((pad, 4), f"CLS attention to the patches at each layer ({which})", fill="black", font=large)
-    draw.text((pad, 20), "attention probabilities, not an attribution; each layer's colours run from 0 to its "
+    title = ("CLS attention to the patches at each layer" if maps.cls else
+             "attention each patch receives at each layer (mean over queries), then the pooling head")
+    draw.text((pad, 4), f"{title} ({which})", fill="black", font=large)
+    draw.text((pad, 20), "attention probabilities, not an attribution; each column's colours run from 0 to its "
               "largest patch probability in either row", fill=(90, 90, 90), font=small)
     y = head_h
     for (title, probs), grid in zip(rows, grids, strict=True):
@@ -120,9 +129,15 @@ def attention_figure(maps: ImageMaps, heads: str = MEAN_OF_HEADS) -> Image.Image
         for layer in range(n_layers):
             x = pad + layer * (TILE + pad)
             fig.paste(_tile(maps.picture, grid[layer], float(vmax[layer])), (x, y))
-            cls_self = probs[layer, 0]
-            text = "no probabilities" if np.isnan(cls_self) else f"CLS->CLS {cls_self:.2f}"
-            draw.text((x, y + TILE + 2), f"layer {layer + 1} · max {vmax[layer]:.2f}", fill="black", font=small)
+            pool = not maps.cls and layer == n_layers - 1
+            name = "pooling head" if pool else f"layer {layer + 1}"
+            if np.isnan(probs[layer]).any():
+                text = "no probabilities"
+            elif maps.cls:
+                text = f"CLS->CLS {probs[layer, 0]:.2f}"
+            else:
+                text = "probe query" if pool else "mean over queries"
+            draw.text((x, y + TILE + 2), f"{name} · max {vmax[layer]:.2f}", fill="black", font=small)
             draw.text((x, y + TILE + 15), text, fill=(70, 70, 70), font=small)
         y += TILE + label_h
     return fig

@@ -28,6 +28,17 @@ FOOTNOTE = ("Means over images with 95% bootstrap intervals; Δ: change against 
             "paired bootstrap for the scores).")
 
 
+FAMILY_TEXT = {"clip": "CLIP vision tower (CLS token pooled)",
+               "siglip": "SigLIP vision tower (no CLS token; attention-pooling head; logit bias)",
+               "siglip2": "SigLIP 2 NaFlex vision tower (no CLS token; attention-pooling head; logit bias)"}
+
+
+def family_text(family: object) -> str:
+    """Which vision tower family a run used (the runs query's ``family``), in words."""
+    name = str(family or "clip")
+    return FAMILY_TEXT.get(name, f"{name} vision tower")
+
+
 def baseline_id(ablations: pd.DataFrame) -> int:
     """The id of the unablated ablation (the sweep always starts with it)."""
     rows = ablations.loc[ablations["kind"] == "baseline", "ablation_id"]

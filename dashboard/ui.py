@@ -253,8 +253,9 @@ def sidebar(db: Path) -> Context:
         name = state.param_select("Run", list(rows), "run", default=default_run(runs),
                                   format_func=lambda r: f"{r} ({rows[r]['status']})")
         run = rows[name]
-        st.caption(f"{md(run['model'])}  \n{run['n_images']:,} images × {run['n_ablations']} ablations × "
-                   f"{run['n_prompts']} prompts  \n{run['n_failed']:,} unreadable images · store {md(db.name)}")
+        st.caption(f"{md(run['model'])} · {md(tables.family_text(run.get('family')))}  \n{run['n_images']:,} images × "
+                   f"{run['n_ablations']} ablations × {run['n_prompts']} prompts  \n{run['n_failed']:,} unreadable "
+                   f"images · store {md(db.name)}")
         if run["status"] == "running":
             run_progress(run)
             _watch(db, change_token(db))

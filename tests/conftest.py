@@ -37,6 +37,31 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    """A 6-layer random SiglipModel (width 32, 4 heads, 32 px, patch 8: 16 tokens, no CLS; perturbed so the
+    logit bias, biases and norms are far from their initial values) in the save_pretrained layout."""
+    from compute.testing_siglip import save_random_siglip
+
+    return save_random_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2(tmp_path_factory) -> Path:
+    """A 6-layer random Siglip2Model (NaFlex; native grid 4 x 4 patches of 8 px) with its Siglip2Processor."""
+    from compute.testing_siglip import save_random_siglip2
+
+    return save_random_siglip2(tmp_path_factory.mktemp("models") / "tiny-siglip2")
+
+
+@pytest.fixture(scope="session")
+def tiny_openclip(tmp_path_factory) -> Path:
+    """A CLIPModel shaped as OpenCLIP's published ones: exact GELU, 6 layers of width 48 with 6 heads, 10 tokens."""
+    from compute.testing import save_openclip_shaped_clip
+
+    return save_openclip_shaped_clip(tmp_path_factory.mktemp("models") / "tiny-openclip")
+
+
+@pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory) -> Path:
     """A tiny random BLIP conditional captioner with its processor."""
     from compute.testing import save_random_blip
@@ -86,6 +111,29 @@ def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     singles = write_experiment(tmp / "singles.toml", tiny_clip, coco, db, name="tiny-singles", sweep="singles")
     for exp in (tiny, singles):
         run(load_experiment(exp), progress=False, echo=lambda _: None)
+    return db
+
+
+SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")
+
+
+@pytest.fixture(scope="session")
+def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
+    """A store made on the tiny SigLIP: run "sig" (the paper and flow sweeps of its 6 layers plus SIGLIP_EXTRAS
+    over 8 tiny COCO images, BLIP captions) and run "sig-new", its rescore with other prompts."""
+    from compute.config import Prompt, load_experiment
+    from compute.rescore import rescore
+    from compute.runner import run
+    from compute.testing import experiment_text
+
+    tmp = tmp_path_factory.mktemp("siglip-store")
+    db = tmp / "siglip.duckdb"
+    coco = make_coco(tmp / "coco", n=8)
+    text = experiment_text(tiny_siglip, coco, db, name="sig", extra=SIGLIP_EXTRAS, captioner=tiny_blip)
+    (tmp / "sig.toml").write_text(text.replace('sweep = "paper"', 'sweep = ["paper", "flow"]'))
+    run(load_experiment(tmp / "sig.toml"), progress=False, echo=lambda _: None)
+    prompts = [Prompt("a photo of the dog", "dog"), Prompt("a small cat", "cat")]
+    rescore(db, "sig", prompts, "sig-new", progress=False, echo=lambda _: None)
     return db
 
 

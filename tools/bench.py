@@ -9,6 +9,11 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
   heads    the heads sweep (145 ablations: identity on every head of every layer) on the same ViT-B/16-shaped
            CLIP, 8 images, batch 8, engine against plain as whole processes, with the layer evaluations
            each spends per batch.
+  siglip   the paper sweep on a random SigLIP shaped like google/siglip-base-patch16-224 (12 layers, width
+           768, 12 heads, 224 px, patch 16: 196 tokens, no CLS; attention-pooling head), 32 images, 4 prompts
+           padded to 64 tokens, batch 32, engine against plain as whole processes. No CLS-only shortcut is
+           exact there: prefix sharing saves vision layers (252/143), and the plain method also reruns the
+           text tower per ablation.
   rescore  4 new prompts scored from that run's stored embeddings, against the full run it replaces.
   captions the caption stage on the demo sweep against per-(image, ablation) generation.
   dashboard page render times on a generated 5,000 x 21 x 80 store (AppTest).
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from compute import testing
 from compute.testing import make_coco, save_vit_b16_shaped_clip
+from compute.testing_siglip import save_siglip_b16_shaped
 from tools.dashboard_perf import bench_dashboard
 from tools.gpu_bench import bench_gpu
 from tools.pipeline_perf import bench_busy, bench_pipeline
@@ -129,6 +135,39 @@ def bench_heads(tmp: Path, images: int = 8, batch_size: int = 8) -> dict[str, fl
     return results
 
 
+def bench_siglip(tmp: Path, images: int = 32, batch_size: int = 32) -> dict[str, float]:
+    """The paper sweep through the engine against the plain method on a SigLIP-B/16-shaped model, as whole
+    processes on the same images."""
+    from compute.ablations import sweep
+    from compute.engine import build_tree, count_nodes
+
+    ablations = sweep("paper", 12)
+    engine_layers, plain_layers = count_nodes(build_tree(ablations, 12, cls=False)), len(ablations) * 12
+    print(f"\n== siglip: paper sweep ({len(ablations)} ablations), SigLIP-B/16-shaped random SigLIP (196 tokens, no "
+          f"CLS), {images} images, 4 prompts, batch {batch_size}, whole processes ==", flush=True)
+    print(f"  layer evaluations per batch: plain {plain_layers} (every ablation reruns 12 layers), engine "
+          f"{engine_layers}, every one on all 196 tokens -> bound {plain_layers / engine_layers:.2f}x")
+    model = save_siglip_b16_shaped(tmp / "siglip-b16")
+    data = make_images(tmp / "data", images)
+    results: dict[str, float] = {"ablations": len(ablations), "plain_layer_evaluations": plain_layers,
+                                 "engine_layer_evaluations": engine_layers}
+    for method in ("plain", "engine"):
+        exp = write_experiment(tmp / f"{method}.toml", f"siglip-{method}", model, data, tmp / f"{method}.duckdb",
+                               batch_size)
+        t = run_process(["run", str(exp), "--method", method, "--limit", str(images), "--no-progress"])
+        if t.returncode != 0:
+            raise SystemExit(f"bench run failed ({method}, SigLIP paper sweep):\n{t.stderr[-2000:]}")
+        results[f"{method}_s"] = t.seconds
+        results[f"{method}_rss_mb"] = t.peak_rss_mb
+        print(f"  {method:<7} {images:>3} images  {t.seconds:7.1f} s  {images / t.seconds:5.2f} img/s  "
+              f"peak RSS {t.peak_rss_mb:6.0f} MB", flush=True)
+    results["speedup"] = results["plain_s"] / results["engine_s"]
+    print(f"  engine speed-up over the plain method: {results['speedup']:.2f}x (vision layer-evaluation bound "
+          f"{plain_layers / engine_layers:.2f}x; the plain method also reruns the text tower on the 4 prompts "
+          f"padded to 64 tokens for every ablation, the engine once per run)")
+    return results
+
+
 def _count_cls_only(node) -> int:
     return sum((not child.full_out) + _count_cls_only(child) for child in node.children.values())
 
@@ -216,8 +255,9 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     return results
 
 
-SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "rescore": bench_rescore, "captions": bench_captions,
-            "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy, "gpu": bench_gpu}
+SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, "rescore": bench_rescore,
+            "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
+            "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 
 

@@ -84,6 +84,7 @@ def _zip() -> bytes:
                 z.writestr(f"{name}.{fmt}", content)
         if attention:
             z.writestr(f"{attention}.png", _attention())
+        z.writestr("README.md", figures.pack_readme(ctx.name, ctx.run, sorted(z.namelist())))
     return buf.getvalue()
 
 
@@ -103,6 +104,7 @@ with st.expander("One chart at a time"):
         cols[1].download_button("PNG", _attention, f"{attention}.png", "image/png", key="attention.png")
 
 st.subheader("Table 1")
+st.caption(f"Model {md(ctx.run['model'])}, {md(tables.family_text(ctx.run.get('family')))}.")
 markdown, latex = tables.summary_markdown(data.summary), tables.summary_latex(data.summary)
 cols = st.columns(3)
 cols[0].download_button("Markdown", markdown, f"{stem}-table1.md", "text/markdown", key="md")

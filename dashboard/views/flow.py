@@ -39,7 +39,9 @@ st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: 
            "renormalised) in every head of one layer; everything else runs normally. Filled points: McNemar's "
            f"test holds after Holm's correction over these {len(cells)} knockouts.")
 ui.chart(charts.flow_chart, cells, metric)
-st.markdown("  \n".join(f"**{target}**: {heads.TARGET_TITLES[target]}" for target in heads.TARGET_ORDER))
+cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
+st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in heads.TARGET_ORDER
+                        if target in set(cells["target"])))
 
 st.subheader("Every knockout")
 shown = cells.sort_values(["layer", "target"]).assign(p=cells["p"].map(stats.format_p),

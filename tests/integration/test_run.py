@@ -152,7 +152,7 @@ def _bad(tmp_path, tiny_clip, tiny_coco, case):
 
 BAD = {
     "missing model dir": "model directory not found",
-    "non-CLIP model": "is not a CLIP model (its config says model_type = 'bert')",
+    "non-CLIP model": "is not a supported model (its config says model_type = 'bert'); supported families: clip ",
     "malformed ablation": "malformed layers '1-'",
     "out-of-range ablation": "ablation 'identity:10-13' is out of range: layer 13 does not exist",
     "unknown kind": "unknown ablation kind 'shuffle'",

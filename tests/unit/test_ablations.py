@@ -220,3 +220,21 @@ def test_a_list_of_sweeps_runs_in_order_with_duplicates_dropped():
     assert len(labels) == len(set(labels)) == 1 + 36 + 48 + 12
     assert labels[1] == "knockout:1/patches>cls" and labels[37] == "identity:1/h0"
     assert sweeps("paper", 12) == sweep("paper", 12)
+
+
+def test_a_tower_without_cls_knows_only_patches_to_patches():
+    from compute.ablations import knockout_edges, sweeps
+
+    flow = sweep("flow", 12, 12, cls=False)
+    assert len(flow) == 13 and {a.target for a in flow[1:]} == {"patches>patches"}
+    assert sweeps(["paper", "flow"], 12, 12, cls=False)[:21] == sweep("paper", 12)  # paper is the same
+    # every token is a patch: each reads itself alone (with CLS, a patch still reads token 0)
+    assert torch.equal(knockout_edges("patches>patches", 5, 5, cls=False), ~torch.eye(5, dtype=torch.bool))
+    assert not knockout_edges("patches>patches", 5, 5)[1, 0]
+    with pytest.raises(ValueError, match="needs a CLS token"):
+        knockout_edges("patches>cls", 1, 5, cls=False)
+    for text in ("knockout:3/patches>cls", "knockout:1-2/cls>patches/h0"):
+        with pytest.raises(InputError, match="needs a CLS token, and this vision tower has none"):
+            parse_ablation(text, 12, 12, cls=False)
+        assert parse_ablation(text, 12, 12).target in text  # fine on CLIP
+    assert parse_ablation("knockout:3/patches>patches/h1", 12, 12, cls=False).heads == (1,)

@@ -103,6 +103,12 @@ def test_every_shipped_experiment_parses_and_validates(path):
     assert str(exp.dataset.images).startswith(str(ROOT / "data"))
     if exp.name.startswith("demo"):
         assert Path(exp.model.clip) == ROOT / "data" / "demo" / "models" / "clip"
+    elif exp.name.endswith("-siglip"):  # the study's experiment on SigLIP: the CLIP file's twin but for the model
+        assert exp.model.clip == "google/siglip-base-patch16-224"
+        twin = load_experiment(path.with_name(path.name.replace("-siglip", "")))
+        assert (exp.dataset, exp.prompts, exp.ablations, exp.captions, exp.store) == (
+            twin.dataset, twin.prompts, twin.ablations, twin.captions, twin.store)
+        assert exp.model.captioner == twin.model.captioner
     else:
         assert exp.model.clip == "openai/clip-vit-base-patch16"
         assert exp.dataset.annotations == ROOT / "data/coco/annotations/instances_val2017.json"
