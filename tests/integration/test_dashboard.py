@@ -473,3 +473,20 @@ def test_embeddings_page_projects_the_stored_embeddings_and_how_far_each_ablatio
     assert cosine["identity:1-12"] < 1
     select(at, "colour").set_value("correct").run()
     assert {r["correct"] for r in charts_of(at)[0]} <= {"right", "wrong"}
+
+
+def test_thumbnails_open_only_the_files_the_store_lists_for_the_run(dash_store):
+    """No page can hand the thumbnail reader a path: it takes (run, image) and looks the file up in image_t of
+    that run; the rows pages draw thumbnails from carry no path at all."""
+    import inspect
+
+    from dashboard import ui
+
+    assert list(inspect.signature(ui.thumbnail).parameters) == ["run_id", "image_id", "size"]
+    with store.connect(dash_store, read_only=True) as con:
+        rows = queries.slice_rows(con, 1, 0, slices.EVERYTHING, limit=3)
+        flips = queries.compare_flips(con, 1, 0, 2, 1)
+        listed = queries.image_paths(con, 1)
+        expected = dict(con.execute("SELECT image_id, path FROM image_t WHERE run_id = 1").fetchall())
+    assert "path" not in rows.columns and "path" not in flips.columns
+    assert listed == expected
