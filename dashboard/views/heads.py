@@ -1,7 +1,7 @@
 """Heads: a layer x head heatmap of the change against baseline when one head at a time is ablated
-(accuracy or the selected-prompt score), with the cells that hold after Holm's correction of McNemar's
-test outlined; hovering shows the value and its 95% interval, a click opens the Failures page for that
-ablation."""
+(accuracy or the selected-prompt score), with the cells significant under the rule of every page outlined
+(Holm over the run's ablations; McNemar for accuracy, the paired bootstrap for the score); hovering shows the
+value and its 95% interval, a click opens the Failures page for that ablation."""
 
 import streamlit as st
 
@@ -38,9 +38,8 @@ if cells.empty:
 
 st.caption(f"{len(cells)} heads ({family}, one at a time) over {int(cells['images'].max()):,} images: "
            f"{md(where.caption)}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, blue "
-           f"higher). Outlined: McNemar's paired test of correctness against baseline holds after Holm's "
-           f"correction over these {len(cells)} heads (family-wise error {heads.LEVEL}). Click a head to see "
-           f"the images whose correctness it flips.")
+           f"higher). Outlined: significant under the rule of every page ({md(stats.RULE)}). Click a head to "
+           f"see the images whose correctness it flips.")
 event = st.altair_chart(charts.head_heatmap(cells, metric, family), on_select="rerun", key="heads_map",
                         selection_mode="cell")
 picked = heads.picked_ablation(event)
