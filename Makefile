@@ -31,12 +31,17 @@ lint: install
 bench: install
 	$(BIN)/python -m tools.bench
 
+# The dashboard listens on this machine only: ADDRESS=0.0.0.0 exposes it (and the store) to the network.
+ADDRESS ?= 127.0.0.1
+
+# PORT=8600 for another port (default 8501, or the next free one).
 demo: install
-	$(BIN)/python -m compute demo
+	$(BIN)/python -m compute demo --address $(ADDRESS) $(if $(PORT),--port $(PORT))
 
 # The dashboard alone, on the default store ($CLIP_LAB_DB, else data/results.duckdb), or DB=path/to/store.duckdb.
 dashboard: install
-	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true -- $(if $(DB),--db $(DB))
+	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true --server.address $(ADDRESS) \
+		--server.port $(or $(PORT),8501) --browser.gatherUsageStats false -- $(if $(DB),--db $(DB))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -67,6 +67,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_columns(head: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    """A plain-text table whose columns are as wide as their widest cell (the last one is left ragged)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        parts = [str(c).rjust(w) if k in right else str(c).ljust(w)
+                 for k, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        parts[-1] = str(cells[-1])
+        return "  ".join(parts).rstrip()
+
+    first = line(head)
+    return "\n".join([first, "-" * len(first), *(line(r) for r in rows)])
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from compute import store
 
@@ -78,15 +92,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs in {db}")
         return 0
-    head = f"{'run':<28} {'status':<9} {'images':>6} {'abl.':>4} {'prompts':>7} {'done':>7} {'errors':>6}  created              model"
-    print(head)
-    print("-" * len(head))
+    table = []
     for r in rows:
         total = (r["n_images"] - r["n_failed"]) * r["n_ablations"]  # images that failed to load are not pending
-        pct = f"{100 * r['n_done'] / total:.0f}%" if total else "-"
-        name = r["run"] if not r["parent_run"] else f"{r['run']} (from {r['parent_run']})"
-        print(f"{name:<28} {r['status']:<9} {r['n_images']:>6} {r['n_ablations']:>4} {r['n_prompts']:>7} {pct:>7} "
-              f"{r['n_failed']:>6}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['model']}")
+        table.append([
+            r["run"] if not r["parent_run"] else f"{r['run']} (from {r['parent_run']})", r["status"],
+            f"{r['n_images']:,}", f"{r['n_ablations']}", f"{r['n_prompts']}",
+            f"{100 * r['n_done'] / total:.0f}%" if total else "-", f"{r['n_failed']:,}",
+            f"{r['created_at']:%Y-%m-%d %H:%M:%S}", str(r["model"]),
+        ])
+    print(format_columns(["run", "status", "images", "abl.", "prompts", "done", "errors", "created", "model"],
+                         table, right={2, 3, 4, 5, 6}))
     return 0
 
 
@@ -194,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     from compute.demo import cli as demo
 
     p = sub.add_parser("demo", help="the offline demo: generate data, run both demo experiments, open the dashboard",
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=demo.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
@@ -207,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     from compute import export
 
     p = sub.add_parser("export", help="write a run's figures (PNG, SVG, PDF) and tables (Markdown, LaTeX, CSV, Parquet)",
-                       description=export.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=export.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_arguments(p)
     p.set_defaults(func=export.main)
     return parser

@@ -1,10 +1,7 @@
 """``python -m compute export --run NAME --out DIR``: a run's figure pack, headless.
 
-Writes every chart of the dashboard's Overview and Layers pages as PNG, SVG and PDF (Altair's save through
-vl-convert), Table 1 with its 95% bootstrap intervals as Markdown, LaTeX and CSV, the McNemar tests as
-CSV, every selection of the run (one row per image x ablation) as CSV and Parquet, and with ``--image`` that
-image's logits and CLS attention maps (baseline against ``--ablation``). The work is done by
-``dashboard.figures``, which the dashboard's Export page uses too.
+DESCRIPTION (its --help) says what it writes; the work is done by ``dashboard.figures``, which the
+dashboard's Export page uses too.
 """
 
 from __future__ import annotations
@@ -16,6 +13,18 @@ from compute.errors import InputError
 from compute.store import DEFAULT_DB_TEXT, resolve_db
 
 FORMATS = ("png", "svg", "pdf")  # as dashboard.figures.FORMATS; spelled here so --help stays light
+SIZES = ("screen", "one-column", "two-column")  # as dashboard.figures.SIZES
+
+DESCRIPTION = """\
+Write a run's figure pack, headless: every chart of the dashboard's Overview, Layers, Heads and Flow
+pages as PNG, SVG and PDF; Table 1 with 95% bootstrap intervals and significance marks as Markdown, LaTeX
+(booktabs) and CSV; the McNemar tests as CSV; every selection of the run (one row per image x ablation)
+as CSV and Parquet. With --image, also that image's logit charts, its CLS attention maps (PNG, baseline
+against --ablation) and its Figure 5 table (the prompt each ablation selects and the caption that
+continues it). The dashboard's Export page writes the same files.
+
+Significance (the marks, the colours, mcnemar.csv): Holm-adjusted p < 0.05 over the run's ablations,
+McNemar's paired test for accuracy, a paired bootstrap over images for the scores."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,11 +36,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion", default="",
                         help="comma list of ablations to draw a confusion chart for, or 'all' "
                         "(default: baseline and the ablation with the lowest accuracy)")
+    parser.add_argument("--ablations", default="",
+                        help="comma list of the ablations the per-ablation charts and Table 1 show, in that "
+                        "order (default: all, in sweep order); significance is still decided over all")
+    parser.add_argument("--size", default="screen", choices=SIZES,
+                        help="figure width: screen (as on the dashboard), one-column (3.5 in, 252 pt) or "
+                        "two-column (7 in, 504 pt) with print font sizes (default: screen)")
     parser.add_argument("--image", type=int, default=None,
-                        help="also this image's logit charts and its CLS attention maps at every layer (PNG), "
-                        "baseline against --ablation")
+                        help="also this image's logit charts, its Figure 5 table and its CLS attention maps at "
+                        "every layer (PNG), baseline against --ablation")
     parser.add_argument("--ablation", default="", help="the ablation --image compares with baseline "
                         "(default: baseline alone)")
+
+
+def split_ablations(text: str) -> list[str]:
+    """A comma list of ablation labels, which may hold commas themselves: "identity:1,5,9,zero:5-8" is
+    identity:1,5,9 and zero:5-8 (a piece without a colon continues the label before it)."""
+    labels: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if labels and ":" not in piece and piece not in ("baseline", "all"):
+            labels[-1] += "," + piece
+        else:
+            labels.append(piece)
+    return labels
 
 
 def main(args: argparse.Namespace) -> int:
@@ -46,9 +75,11 @@ def main(args: argparse.Namespace) -> int:
     db = resolve_db(args.db)
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
-    confusion = [c.strip() for c in args.confusion.split(",") if c.strip()] or None
+    confusion = split_ablations(args.confusion) or None
+    ablations = split_ablations(args.ablations) or None
     if args.ablation and args.image is None:
         raise InputError("--ablation goes with --image: the image whose attention maps it compares")
-    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, args.image, args.ablation)
+    written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations=ablations,
+                                 size=args.size, image_id=args.image, image_ablation=args.ablation.strip())
     print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -1,6 +1,6 @@
 """CLIP Attention Lab dashboard: ``streamlit run dashboard/app.py -- --db PATH``.
 
-The store comes from ``--db`` (after ``--``), else $CLIP_LAB_DB, else data/demo.duckdb. One file per page
+The store comes from ``--db`` (after ``--``), else $CLIP_LAB_DB, else data/results.duckdb. One file per page
 under views/ (a folder named pages/ would make Streamlit serve those files as a legacy multipage app,
 without this script); the run picker and a running run's progress sit in the sidebar of every page.
 """
@@ -28,11 +28,13 @@ PAGES = [
     st.Page("views/image.py", title="Image", icon=":material/image:"),
     st.Page("views/failures.py", title="Failures", icon=":material/grid_view:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("views/prompt_lab.py", title="Prompt lab", icon=":material/science:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 
 page = st.navigation(PAGES)
+ui.layout()
 db = state.db_path()
 token = ui.change_token(db)
 with ui.reading(db):

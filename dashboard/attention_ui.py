@@ -17,6 +17,7 @@ from compute.models import LoadedClip, load_clip
 from dashboard import overlays, queries, ui
 from dashboard.figures import slug
 from dashboard.state import param_select
+from dashboard.text import md
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=2)
@@ -40,15 +41,15 @@ def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
     """Draw the section for image ``info`` (a row of queries.image) under ``ablation`` (a label)."""
     st.subheader("Attention maps")
     family = str(ctx.run.get("family") or "clip")
-    st.caption(f"At each layer, the {overlays.explainer(family == 'clip')}. Baseline above, {ablation} below; "
-               f"computed now from the run's model ({ctx.run['model']}, {family} vision tower).")
+    st.caption(f"At each layer, the {overlays.explainer(family == 'clip')}. Baseline above, {md(ablation)} below; "
+               f"computed now from the run's model ({md(ctx.run['model'])}, {md(family)} vision tower).")
     needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
     stats = ui.load(queries.mean_stats, ctx.name, sorted(needs)) if needs else None
     means_key = (ctx.name, ui.change_token(ctx.db)) if needs else ()  # the statistics are part of the maps
     try:
         maps = _maps(str(ctx.run["model"]), str(info["path"]), ablation, means_key, stats)
     except (InputError, ImageLoadError, OSError, ValueError) as e:
-        st.warning(f"No attention maps: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        st.warning(f"No attention maps: {md(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
         return
     left, _ = st.columns([1, 3])
     heads = param_select("Heads", overlays.head_options(maps), "attn_heads", container=left,

@@ -1,19 +1,16 @@
 """The Heads and Flow pages' tables, Streamlit-free (the figure export draws them too).
 
 Both start from Table 1 (``tables.summary``: each ablation's change against baseline with its paired 95%
-bootstrap interval) and McNemar's tests (``tables.mcnemar``), keep the cells a view shows, and apply Holm's
-correction within that family of cells: a heatmap of 48 or 144 single heads is its own family of tests,
-whatever else the run holds.
+bootstrap interval, its p-value and its verdict under the one significance rule of every page: Holm-adjusted
+p < 0.05 over the run's ablations, McNemar's test for accuracy and the paired bootstrap for scores) and keep
+the cells a view shows, with McNemar's counts (``tables.mcnemar``) for the tooltip. A cell marked here is
+marked on the Overview and in the exports too.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from dashboard import stats
-
-LEVEL = 0.05  # family-wise error rate for "holds after Holm's correction"
 TARGET_ORDER = ("patches>cls", "cls>patches", "patches>patches")
 TARGET_TITLES = {
     "patches>cls": "patches → CLS (CLS cannot read the patches)",
@@ -41,19 +38,19 @@ def head_families(ablations: pd.DataFrame) -> list[str]:
 
 
 def _with_tests(cells: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """cells (rows of tables.summary) -> change, lo, hi of ``metric``, McNemar's p and Holm's within cells."""
-    out = cells.merge(tests[["ablation_id", "only_baseline", "only_ablation", "p"]], on="ablation_id", how="left")
-    out = out.assign(change=out["d_" + metric], lo=out["d_" + metric + "_lo"], hi=out["d_" + metric + "_hi"])
-    out = out[out["images"] > 0].reset_index(drop=True)  # not computed yet
-    p = out["p"].fillna(1.0).to_numpy()
-    out["p_holm"] = stats.holm(p) if len(p) else np.zeros(0)
-    out["holds"] = out["p_holm"] < LEVEL
-    return out
+    """cells (rows of tables.summary) -> change, lo, hi, p, p_holm and holds of ``metric`` as the summary
+    decided them, with McNemar's counts from ``tests``."""
+    taken = ["only_baseline", "only_ablation"]  # from the tests (a summary frame may hold the counts too)
+    out = cells.drop(columns=[c for c in taken if c in cells]).merge(tests[["ablation_id", *taken]], on="ablation_id",
+                                                                     how="left")
+    out = out.assign(change=out["d_" + metric], lo=out["d_" + metric + "_lo"], hi=out["d_" + metric + "_hi"],
+                     p=out["p_" + metric], p_holm=out["p_holm_" + metric], holds=out["sig_" + metric] != 0)
+    return out[out["images"] > 0].reset_index(drop=True)  # not computed yet
 
 
 def head_cells(summary: pd.DataFrame, tests: pd.DataFrame, family: str, metric: str) -> pd.DataFrame:
     """One row per single-head ablation of ``family``: layer, head, ablation, images, change (of ``metric``
-    against baseline), lo, hi (95% paired bootstrap), p (McNemar on correctness), p_holm, holds."""
+    against baseline), lo, hi (95% paired bootstrap), p, p_holm and holds (the summary's rule)."""
     kind, _, target = family.partition(":")
     keep = ((summary["n_layers"] == 1) & (summary["n_heads"] == 1) & (summary["kind"] == kind)
             & (summary["target"] == target))
@@ -65,7 +62,7 @@ def head_cells(summary: pd.DataFrame, tests: pd.DataFrame, family: str, metric: 
 
 def flow_cells(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per whole-layer knockout of one layer: layer, target, ablation, images, change, lo, hi, p,
-    p_holm (Holm within these cells), holds."""
+    p_holm, holds (the summary's rule)."""
     keep = (summary["kind"] == "knockout") & (summary["n_layers"] == 1) & (summary["n_heads"] == 0)
     cells = _with_tests(summary[keep], tests, metric)
     cells = cells.assign(layer=cells["first_layer"].astype(int))

@@ -5,11 +5,17 @@ Functions take an open read-only connection (``compute.store.connect(db, read_on
 can run several on one short-lived connection; values are bound with ``?``; the only text spliced into
 SQL is a fragment from ``dashboard.slices`` or an ORDER BY from the ``SORTS`` allow-list. Aggregation
 happens in DuckDB: ``score_t`` may hold millions of rows and is only ever read for one image.
+
+Long because it is the one place the dashboard's SQL lives; it reads in sections (runs and their parts,
+per-ablation aggregates, one image, slices, pairs of selections, stored embeddings).
 """
 
 from __future__ import annotations
 
+import json
+
 import duckdb
+import numpy as np
 import pandas as pd
 
 from compute import store
@@ -20,6 +26,46 @@ Con = duckdb.DuckDBPyConnection
 def runs(con: Con) -> pd.DataFrame:
     """Every run, newest first, with its progress counts (the query the `list` verb runs too)."""
     return con.execute(store.RUNS).df()
+
+
+def caption_key(config: dict) -> str | None:
+    """The caption cache key of a run's captioner (as compute.captions.captioner_key makes it, which a test
+    holds this to), from the run's stored config; None without a captioner."""
+    ref = config.get("model", {}).get("captioner", "none")
+    if ref == "none":
+        return None
+    cfg = config.get("captions", {})
+    return json.dumps({"model": ref, "max_new_tokens": cfg.get("max_new_tokens"), "num_beams": cfg.get("num_beams")},
+                      sort_keys=True)
+
+
+RUN_CONFIG = "SELECT config FROM run_t WHERE run_id = ?"
+
+# The caption stage generates each distinct (image, selected prompt) once into the shared cache, then
+# fills the selections: progress is the share of the run's pending pairs already in the cache.
+CAPTION_PROGRESS = """
+WITH needed AS (
+    SELECT DISTINCT i.path, p.prompt
+    FROM selection_t s
+    JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+    JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+    WHERE s.run_id = ? AND s.caption IS NULL
+      AND s.image_id NOT IN (SELECT image_id FROM error_t WHERE run_id = s.run_id AND stage = 'caption')
+)
+SELECT COUNT(*) AS pending, COUNT(c.caption) AS generated
+FROM needed n
+LEFT JOIN caption_cache_t c ON c.captioner = ? AND c.image = n.path AND c.prefix = n.prompt
+"""
+
+
+def caption_progress(con: Con, run_id: int) -> tuple[int, int] | None:
+    """(captions generated, captions needed) of the run's selections still without one; None when the run
+    has no captioner."""
+    key = caption_key(json.loads(con.execute(RUN_CONFIG, [run_id]).fetchone()[0]))
+    if key is None:
+        return None
+    pending, generated = con.execute(CAPTION_PROGRESS, [run_id, key]).fetchone()
+    return int(generated), int(pending)
 
 
 HAS_EMBEDDINGS = "SELECT COUNT(*) > 0 FROM embedding_t WHERE run_id = ?"
@@ -86,6 +132,14 @@ def images(con: Con, run_id: int) -> pd.DataFrame:
     return con.execute(IMAGES, [run_id]).df()
 
 
+IMAGE_PATHS = "SELECT image_id, path FROM image_t WHERE run_id = ?"
+
+
+def image_paths(con: Con, run_id: int) -> dict[int, str]:
+    """image_id -> the file the store lists for it in this run: the only files the dashboard opens."""
+    return {int(i): str(path) for i, path in con.execute(IMAGE_PATHS, [run_id]).fetchall()}
+
+
 ERRORS = "SELECT image_id, stage, message FROM error_t WHERE run_id = ? ORDER BY image_id, stage"
 
 
@@ -143,20 +197,38 @@ def label_accuracy(con: Con, run_id: int) -> pd.DataFrame:
     return con.execute(LABEL_ACCURACY, [run_id, run_id]).df()
 
 
+# Each image counts once: in the diagonal cell of its selected label when that label is one of its own
+# (a right pick), otherwise split equally over the rows of its labels (a wrong pick of a two-label image
+# adds 0.5 to each of its two rows). Images without labels form the row "(no label)". So every row sums
+# to the images attributed to it, and the whole matrix to the images computed.
+NO_LABEL = "(no label)"
 CONFUSION = """
-SELECT l.label AS true_label, p.label AS selected_label, COUNT(*) AS images
-FROM selection_t s
-JOIN (SELECT image_id, unnest(labels) AS label FROM image_t WHERE run_id = ?) l USING (image_id)
-JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
-WHERE s.run_id = ? AND s.ablation_id = ?
-GROUP BY l.label, p.label
-ORDER BY l.label, p.label
+WITH picked AS (
+    SELECT i.labels, p.label AS selected_label
+    FROM selection_t s
+    JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+    JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+    WHERE s.run_id = ? AND s.ablation_id = ?
+), cells AS (
+    SELECT selected_label AS true_label, selected_label, 1.0 AS weight
+    FROM picked WHERE list_contains(labels, selected_label)
+    UNION ALL
+    SELECT unnest(labels) AS true_label, selected_label, 1.0 / len(labels) AS weight
+    FROM picked WHERE NOT list_contains(labels, selected_label) AND len(labels) > 0
+    UNION ALL
+    SELECT ? AS true_label, selected_label, 1.0 AS weight FROM picked WHERE len(labels) = 0
+)
+SELECT true_label, selected_label, SUM(weight) AS images
+FROM cells
+GROUP BY true_label, selected_label
+ORDER BY true_label, selected_label
 """
 
 
 def confusion(con: Con, run_id: int, ablation_id: int) -> pd.DataFrame:
-    """Counts of true label x selected label under one ablation; only non-empty cells."""
-    return con.execute(CONFUSION, [run_id, run_id, ablation_id]).df()
+    """Images per true label x selected label under one ablation, each image counted once (see CONFUSION);
+    only non-empty cells."""
+    return con.execute(CONFUSION, [run_id, ablation_id, NO_LABEL]).df()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,10 +282,10 @@ def image_selections(con: Con, run_id: int, image_id: int) -> pd.DataFrame:
 
 # name -> (ORDER BY, caption). The allow-list of orders a URL may ask for.
 SORTS: dict[str, tuple[str, str]] = {
-    "margin": ("s.margin ASC NULLS LAST, s.image_id, s.ablation_id", "margin, smallest first (near ties)"),
-    "-margin": ("s.margin DESC NULLS LAST, s.image_id, s.ablation_id", "margin, largest first"),
-    "confidence": ("s.prob DESC, s.image_id, s.ablation_id", "confidence, highest first"),
-    "-confidence": ("s.prob ASC, s.image_id, s.ablation_id", "confidence, lowest first"),
+    "margin": ("s.margin ASC NULLS LAST, s.image_id, s.ablation_id", "smallest margin first"),  # near ties
+    "-margin": ("s.margin DESC NULLS LAST, s.image_id, s.ablation_id", "largest margin first"),
+    "confidence": ("s.prob DESC, s.image_id, s.ablation_id", "most confident first"),
+    "-confidence": ("s.prob ASC, s.image_id, s.ablation_id", "least confident first"),
     "image": ("s.image_id, s.ablation_id", "image id"),
 }
 
@@ -228,7 +300,7 @@ WHERE s.run_id = ? AND ({where})
 """
 
 SLICE_ROWS = """
-SELECT s.image_id, a.ablation, i.file_name, i.path, i.labels, p.prompt AS selected_prompt,
+SELECT s.image_id, a.ablation, i.file_name, i.labels, p.prompt AS selected_prompt,
        p.label AS selected_label, s.correct, s.prob AS confidence, s.margin, bp.label AS baseline_label,
        b.correct AS baseline_correct, s.score_baseline, s.caption, s.caption_score
 """ + SLICE_FROM + """
@@ -237,6 +309,8 @@ LIMIT ? OFFSET ?
 """
 
 SLICE_COUNT = "SELECT COUNT(*) AS rows, COUNT(DISTINCT s.image_id) AS images" + SLICE_FROM
+
+SLICE_IMAGES = "SELECT s.image_id" + SLICE_FROM + "ORDER BY {order}"
 
 
 def slice_rows(con: Con, run_id: int, baseline_id: int, where: Slice, sort: str = "image",
@@ -253,15 +327,24 @@ def slice_count(con: Con, run_id: int, baseline_id: int, where: Slice) -> tuple[
     return int(rows), int(n_images)
 
 
+def slice_images(con: Con, run_id: int, baseline_id: int, where: Slice, sort: str = "image") -> list[int]:
+    """Image ids of the slice's rows in the grid's order (the Image page's previous / next)."""
+    order, _ = SORTS[sort]
+    sql = SLICE_IMAGES.format(where=where.sql, order=order)
+    return [int(r[0]) for r in con.execute(sql, [baseline_id, run_id, *where.params]).fetchall()]
+
+
 # --------------------------------------------------------------------------------------------------
 # Two selections side by side (two ablations of a run, or two runs over the same images).
 
+# Pairs are the same image: the same id and file name in both runs (two datasets may share ids).
 PAIRS = """
-SELECT x.image_id, i.labels, i.path, x.correct AS correct_a, y.correct AS correct_b, px.label AS selected_a,
+SELECT x.image_id, i.labels, x.correct AS correct_a, y.correct AS correct_b, px.label AS selected_a,
        py.label AS selected_b, x.prob AS confidence_a, y.prob AS confidence_b
 FROM selection_t x
 JOIN selection_t y ON y.image_id = x.image_id AND y.run_id = ? AND y.ablation_id = ?
 JOIN image_t i ON i.run_id = x.run_id AND i.image_id = x.image_id
+JOIN image_t iy ON iy.run_id = y.run_id AND iy.image_id = y.image_id AND iy.file_name = i.file_name
 JOIN prompt_t px ON px.run_id = x.run_id AND px.prompt_id = x.prompt_id
 JOIN prompt_t py ON py.run_id = y.run_id AND py.prompt_id = y.prompt_id
 WHERE x.run_id = ? AND x.ablation_id = ?
@@ -308,3 +391,47 @@ def compare_flips(con: Con, run_a: int, ablation_a: int, run_b: int, ablation_b:
                   limit: int | None = None) -> pd.DataFrame:
     """Images right under one of A and B and wrong under the other (those A gets right first)."""
     return con.execute(COMPARE_FLIPS, [run_b, ablation_b, run_a, ablation_a, limit]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored image embeddings (the Embeddings page).
+
+# A deterministic sample of a run's images: the same images whichever ablation is looked at.
+SAMPLE_IMAGES = "SELECT image_id FROM image_t WHERE run_id = ? ORDER BY hash(image_id), image_id LIMIT ?"
+
+EMBEDDINGS_OF = """
+SELECT image_id, ablation_id, embedding FROM embedding_t
+WHERE run_id = ? AND list_contains(?, image_id) AND list_contains(?, ablation_id)
+ORDER BY image_id, ablation_id
+"""
+
+
+def embeddings(con: Con, run: str, ablation_ids: list[int], limit: int) -> tuple[list[int], np.ndarray]:
+    """The stored image embeddings of ``run`` under ``ablation_ids`` for a fixed sample of at most ``limit``
+    of its images that have all of them. -> (image ids, (images, len(ablation_ids), E) float32), in the
+    order asked; empty when the run kept none. A rescored run reads the embeddings of the run it came from."""
+    row = store.find_run(con, run)
+    if row is None or row.embedding_dtype == "none":
+        return [], np.zeros((0, len(ablation_ids), 0), np.float32)
+    sample = [int(r[0]) for r in con.execute(SAMPLE_IMAGES, [row.run_id, limit]).fetchall()]
+    rows = con.execute(EMBEDDINGS_OF, [row.embedding_run_id, sample, list(ablation_ids)]).fetchall()
+    if not rows:
+        return [], np.zeros((0, len(ablation_ids), 0), np.float32)
+    vectors = store.decode_embeddings([r[2] for r in rows], row.embedding_dtype)  # (rows, E)
+    where = {(int(i), int(a)): k for k, (i, a, _) in enumerate(rows)}
+    ids = sorted({int(i) for i, _, _ in rows if all((int(i), a) in where for a in ablation_ids)})
+    out = np.stack([vectors[[where[(i, a)] for a in ablation_ids]] for i in ids]) if ids else \
+        np.zeros((0, len(ablation_ids), vectors.shape[1]), np.float32)
+    return ids, out
+
+
+PICKS = """
+SELECT s.image_id, s.ablation_id, p.label AS selected_label, s.correct
+FROM selection_t s JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+WHERE s.run_id = ? AND list_contains(?, s.ablation_id)
+"""
+
+
+def picks(con: Con, run_id: int, ablation_ids: list[int]) -> pd.DataFrame:
+    """The selected label and its correctness of every image under ``ablation_ids``."""
+    return con.execute(PICKS, [run_id, list(ablation_ids)]).df()

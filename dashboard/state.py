@@ -75,6 +75,16 @@ def param_select(
     return value
 
 
+def get_param(param: str, default: str = "") -> str:
+    """A param's value as text: the URL's, else the value last shown in this session (a page reached from
+    the sidebar keeps the image or ablation chosen on another), else ``default``. Unchecked: callers
+    validate it against what they allow."""
+    url = st.query_params.get(param)
+    if url is not None:
+        return url
+    return str(_remembered().get(param, default))
+
+
 def set_param(param: str, value: Any) -> None:
     """Write ``param`` to the URL and remember it. Defaults are written too: a shared URL must not change
     meaning when the defaults do (a newer run, another sweep)."""
@@ -85,6 +95,7 @@ def set_param(param: str, value: Any) -> None:
 
 
 def reset_param(param: str, value: Any) -> None:
-    """Move a bound widget back to ``value`` before it is drawn (e.g. page 1 when the filters change)."""
+    """Move a bound widget to ``value`` before it is drawn (e.g. page 1 when the filters change); the URL
+    follows, so ``param_select`` does not take the old URL value for a link followed from outside."""
     st.session_state[f"param:{param}"] = value
-    _remembered()[param] = str(value)
+    set_param(param, value)

@@ -1,14 +1,24 @@
-"""Statistics the pages report: paired bootstrap confidence intervals and McNemar's test. numpy only."""
+"""Statistics the pages report: paired bootstrap confidence intervals, McNemar's test, Holm's adjustment.
+numpy only.
+
+One significance rule for every page, chart, count and export (``significance``): a change against
+baseline is significant when its Holm-adjusted p-value, over the run's ablations, is below ALPHA. The
+p-value of a change in accuracy comes from McNemar's paired test; that of a change in a score from the
+paired bootstrap (its standard error over resamples, normal approximation). Intervals are 95%
+percentile intervals of the same resamples; they describe, the rule decides.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 
 N_BOOT = 1000
 SEED = 0
+ALPHA = 0.05  # family-wise error rate of the Holm-adjusted tests
 # Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
 EXACT_BELOW = 25
 
@@ -37,6 +47,13 @@ def bootstrap_means(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED,
     each resample averages the values present. Returns (mean, low, high), each (k,); NaN for an empty
     column.
     """
+    mean, low, high, _ = bootstrap(values, n_boot, seed, level)
+    return mean, low, high
+
+
+def bootstrap(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``bootstrap_means`` and the bootstrap standard error of each column's mean: (mean, low, high, se)."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
@@ -46,7 +63,7 @@ def bootstrap_means(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED,
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), np.nan)
     if n == 0:
-        return mean, mean.copy(), mean.copy()
+        return mean, mean.copy(), mean.copy(), mean.copy()
     # float32 products: three times faster than float64, and exact for the counts and 0/1 accuracies
     w = resample_weights(n, n_boot, seed)  # (n_boot, n)
     sums = (w @ np.where(present, values, 0.0).astype(np.float32)).astype(np.float64)  # (n_boot, k)
@@ -57,7 +74,10 @@ def bootstrap_means(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED,
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = sums / counts  # NaN where a resample drew no value of that column
     alpha = (1 - level) / 2
-    return mean, _column_quantile(boot, alpha), _column_quantile(boot, 1 - alpha)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column without values: NaN, said by count
+        se = np.nanstd(boot, axis=0, ddof=1)
+    return mean, _column_quantile(boot, alpha), _column_quantile(boot, 1 - alpha), se
 
 
 def _column_quantile(x: np.ndarray, q: float) -> np.ndarray:
@@ -92,23 +112,46 @@ def mcnemar(only_first: int, only_second: int) -> tuple[float, float, str]:
     return chi2, math.erfc(math.sqrt(chi2 / 2)), "chi-square (continuity corrected)"
 
 
+def bootstrap_p(mean: float, se: float) -> float:
+    """Two-sided p-value of a paired change ``mean`` with bootstrap standard error ``se`` (normal
+    approximation): how often a change this large would appear if the true change were zero."""
+    if mean is None or se is None or math.isnan(mean) or math.isnan(se):
+        return math.nan
+    if se == 0:  # every resample gives the same change: exactly zero, or the same shift for every image
+        return 1.0 if mean == 0 else 0.0
+    return math.erfc(abs(mean / se) / math.sqrt(2))
+
+
 def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate)."""
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate).
+    NaN (a test that could not be made yet) stays NaN and is not counted in the family."""
     p = np.asarray(pvalues, dtype=np.float64)
-    m = p.size
+    adjusted = np.full(p.shape, np.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    m = present.size
     if m == 0:
-        return p.copy()
-    order = np.argsort(p)
-    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    adjusted = np.empty(m)
-    adjusted[order] = stepped
+        return adjusted
+    order = present[np.argsort(p[present], kind="stable")]
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     return adjusted
+
+
+def verdict(change: float, p_holm: float, alpha: float = ALPHA) -> int:
+    """-1 significantly lower, +1 significantly higher, 0 not significant (or not tested)."""
+    if p_holm is None or math.isnan(p_holm) or p_holm >= alpha or change is None or math.isnan(change):
+        return 0
+    return -1 if change < 0 else (1 if change > 0 else 0)
+
+
+RULE = ("Significant: Holm-adjusted p < 0.05 over the run's ablations; McNemar's paired test for accuracy, "
+        "a paired bootstrap over images (1,000 resamples) for the scores. Intervals: 95% bootstrap "
+        "percentile intervals, paired on images for changes.")
 
 
 def format_p(p: float) -> str:
     """A p-value as people read it: three significant digits, or a bound when tiny."""
     if p is None or math.isnan(p):
-        return "-"
+        return "—"
     if p < 0.001:
         return "< 0.001"
     if p >= 0.1:

@@ -1,14 +1,18 @@
-"""The derived tables pages and the export share: Table 1 with bootstrap intervals, McNemar tests,
-and their Markdown / LaTeX renderings. Pure functions of an open connection (or of a DataFrame).
+"""The derived tables pages and the export share: Table 1 with bootstrap intervals and the one significance
+rule (``dashboard.stats``), McNemar's tests, and Table 1's renderings (a sortable frame for the page,
+Markdown, LaTeX with booktabs). Pure functions of an open connection (or of a DataFrame).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from dashboard import queries, stats
 from dashboard.slices import EVERYTHING, Slice
+from dashboard.text import md_cell
 
 METRICS = ("accuracy", "score_baseline", "caption_score")
 METRIC_TITLES = {
@@ -16,6 +20,12 @@ METRIC_TITLES = {
     "score_baseline": "selected-prompt score",
     "caption_score": "generated-caption score",
 }
+MINUS = "\u2212"  # typographic minus: "−0.017", not "-0.017"
+MARK = "*"  # after a change that is significant under the rule (stats.RULE)
+DIGITS = 3
+FOOTNOTE = ("Means over images with 95% bootstrap intervals; Δ: change against baseline, paired on images; "
+            f"{MARK} Holm-adjusted p < {stats.ALPHA} over the run's ablations (McNemar's test for accuracy, a "
+            "paired bootstrap for the scores).")
 
 
 FAMILY_TEXT = {"clip": "CLIP vision tower (CLS token pooled)",
@@ -39,15 +49,33 @@ def baseline_name(ablations: pd.DataFrame) -> str:
     return str(ablations.loc[ablations["ablation_id"] == baseline_id(ablations), "ablation"].iloc[0])
 
 
-def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
-    """The study's Table 1, generalised: one row per ablation of the run.
+def has_captions(summary_frame: pd.DataFrame) -> bool:
+    return bool(summary_frame["caption_score"].notna().any())
 
-    Columns: those of queries.ablations, images, and for each metric in METRICS its mean,
-    ``_lo`` / ``_hi`` (95% bootstrap interval over images) and ``d_`` + the same for its change against
-    baseline, paired on images (each resample draws the same images for the ablation and baseline).
+
+def metrics_of(summary_frame: pd.DataFrame) -> list[str]:
+    """The metrics a run has values for (the caption score only with a captioner)."""
+    return [m for m in METRICS if m != "caption_score" or has_captions(summary_frame)]
+
+
+def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
+    """The study's Table 1, generalised: one row per ablation of the run, with the significance rule applied.
+
+    Columns: those of queries.ablations, images, and for each metric in METRICS its mean, ``_lo`` / ``_hi``
+    (95% bootstrap interval over images), ``d_`` + the same for its change against baseline (paired: each
+    resample draws the same images for the ablation and baseline), ``p_`` (the change's p-value: McNemar for
+    accuracy, the paired bootstrap for scores), ``p_holm_`` (Holm-adjusted over the run's other ablations)
+    and ``sig_`` (-1 significantly lower, 0 not significant, +1 higher; stats.verdict). McNemar's counts:
+    ``pairs`` (images computed under the ablation and baseline), ``only_baseline``, ``only_ablation``,
+    ``mcnemar_statistic``, ``mcnemar_method``. Baseline's own change columns are NaN (nothing to test).
     """
     ab = queries.ablations(con, run_id)
     m = queries.selection_matrix(con, run_id, where)
+    return summary_of(ab, m)
+
+
+def summary_of(ab: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` from the frames it reads: queries.ablations and queries.selection_matrix."""
     out = ab.copy()
     n_abl = len(ab)
     if m.empty or n_abl == 0:
@@ -56,6 +84,11 @@ def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.Data
             for prefix in ("", "d_"):
                 for suffix in ("", "_lo", "_hi"):
                     out[prefix + name + suffix] = np.nan
+            out["p_" + name] = out["p_holm_" + name] = np.nan
+            out["sig_" + name] = 0
+        for col in ("pairs", "only_baseline", "only_ablation"):
+            out[col] = 0
+        out["mcnemar_statistic"], out["mcnemar_method"] = np.nan, ""
         return out
     image_ids, rows = np.unique(m["image_id"].to_numpy(), return_inverse=True)
     col_of = {int(a): j for j, a in enumerate(ab["ablation_id"])}
@@ -66,87 +99,205 @@ def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.Data
     base = col_of[baseline_id(ab)]
     change = values - values[:, [base], :]  # paired: NaN unless both are present for the image
     flat = np.concatenate([values.reshape(len(image_ids), -1), change.reshape(len(image_ids), -1)], axis=1)
-    mean, low, high = (x.reshape(2, n_abl, len(METRICS)) for x in stats.bootstrap_means(flat))
+    mean, low, high, se = (x.reshape(2, n_abl, len(METRICS)) for x in stats.bootstrap(flat))
     out["images"] = (~np.isnan(values[:, :, 0])).sum(axis=0)
+    others = np.arange(n_abl) != base
     for k, name in enumerate(METRICS):
         for p, prefix in enumerate(("", "d_")):
             out[prefix + name] = mean[p, :, k]
             out[prefix + name + "_lo"] = low[p, :, k]
             out[prefix + name + "_hi"] = high[p, :, k]
+        out.loc[~others, ["d_" + name, "d_" + name + "_lo", "d_" + name + "_hi"]] = np.nan
+    _mcnemar_columns(out, values[:, :, 0], base)
+    for k, name in enumerate(METRICS[1:], start=1):
+        out["p_" + name] = [stats.bootstrap_p(mu, s) if j != base else np.nan
+                            for j, (mu, s) in enumerate(zip(mean[1, :, k], se[1, :, k], strict=True))]
+    for name in METRICS:
+        out["p_holm_" + name] = stats.holm(out["p_" + name].to_numpy(dtype=np.float64))
+        out["sig_" + name] = [stats.verdict(d, p) for d, p in zip(out["d_" + name], out["p_holm_" + name],
+                                                                  strict=True)]
     return out
 
 
-def has_captions(summary_frame: pd.DataFrame) -> bool:
-    return bool(summary_frame["caption_score"].notna().any())
+def _mcnemar_columns(out: pd.DataFrame, correct: np.ndarray, base: int) -> None:
+    """McNemar's counts and test of every ablation against baseline, from per-image correctness.
+
+    correct: (images, ablations) 1.0 / 0.0, NaN where the pair is not computed. Writes pairs,
+    only_baseline, only_ablation, mcnemar_statistic, mcnemar_method and p_accuracy (NaN without pairs).
+    """
+    both = ~np.isnan(correct) & ~np.isnan(correct[:, [base]])  # (images, ablations)
+    right = np.nan_to_num(correct) > 0.5
+    out["pairs"] = both.sum(axis=0)
+    out["only_baseline"] = (both & right[:, [base]] & ~right).sum(axis=0)
+    out["only_ablation"] = (both & ~right[:, [base]] & right).sum(axis=0)
+    tests = [stats.mcnemar(b, c) if j != base and n else (np.nan, np.nan, "")
+             for j, (n, b, c) in enumerate(zip(out["pairs"], out["only_baseline"], out["only_ablation"], strict=True))]
+    out["mcnemar_statistic"] = [t[0] for t in tests]
+    out["mcnemar_method"] = [t[2] for t in tests]
+    out["p_accuracy"] = [t[1] for t in tests]
 
 
 def mcnemar(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
     """Per ablation, McNemar's paired test of correctness against baseline, with Holm-adjusted p-values
     (21 ablations are 20 tests: some small p-values are expected by chance alone)."""
-    ab = queries.ablations(con, run_id)
-    base = baseline_id(ab)
-    d = queries.discordant(con, run_id, base, where).merge(ab[["ablation_id", "ablation"]], on="ablation_id")
-    d = d[d["ablation_id"] != base].reset_index(drop=True)
-    tests = [stats.mcnemar(b, c) for b, c in zip(d["only_baseline"], d["only_ablation"], strict=True)]
-    d["statistic"] = [t[0] for t in tests]
-    d["p"] = [t[1] for t in tests]
-    d["method"] = [t[2] for t in tests]
-    d["p_holm"] = stats.holm(d["p"].to_numpy())
-    return d[["ablation_id", "ablation", "pairs", "only_baseline", "only_ablation", "statistic", "method", "p",
-              "p_holm"]]
+    return mcnemar_of(summary(con, run_id, where))
+
+
+def mcnemar_of(summary_frame: pd.DataFrame) -> pd.DataFrame:
+    """The McNemar columns of a ``summary`` frame: the very numbers its significance marks come from."""
+    tested = summary_frame[summary_frame["p_accuracy"].notna()]
+    return pd.DataFrame({
+        "ablation_id": tested["ablation_id"], "ablation": tested["ablation"], "pairs": tested["pairs"],
+        "only_baseline": tested["only_baseline"], "only_ablation": tested["only_ablation"],
+        "statistic": tested["mcnemar_statistic"], "method": tested["mcnemar_method"], "p": tested["p_accuracy"],
+        "p_holm": tested["p_holm_accuracy"], "significant": tested["sig_accuracy"] != 0,
+    }).reset_index(drop=True)
+
+
+def reliably_worse(summary_frame: pd.DataFrame, metric: str = "accuracy") -> int:
+    """Ablations whose ``metric`` is significantly lower than baseline's under the rule."""
+    return int((summary_frame["sig_" + metric] < 0).sum())
+
+
+def select_ablations(frame: pd.DataFrame, names: Sequence[str] | None) -> pd.DataFrame:
+    """The rows of ``frame`` (anything with an ``ablation`` column) for ``names``, in that order; all rows
+    when ``names`` is None. Significance is decided on the whole run first: choosing fewer ablations for a
+    figure does not change a mark."""
+    if names is None:
+        return frame
+    order = {name: k for k, name in enumerate(names)}
+    kept = frame[frame["ablation"].isin(order)]
+    return kept.iloc[np.argsort([order[a] for a in kept["ablation"]], kind="stable")].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
-# Renderings of Table 1.
+# Renderings of Table 1: numbers as numbers, 3 decimals, typographic minus, significance marks.
 
 
-def _cell(row: pd.Series, name: str, digits: int) -> str:
-    if pd.isna(row[name]):
-        return "-"
-    return f"{row[name]:.{digits}f} [{row[name + '_lo']:.{digits}f}, {row[name + '_hi']:.{digits}f}]"
+def number(x: float, digits: int = DIGITS, sign: bool = False) -> str:
+    """``x`` with ``digits`` decimals and a typographic minus; "−0.000" is "0.000"; NaN is "—"."""
+    if x is None or pd.isna(x):
+        return "—"
+    x = round(float(x), digits) + 0.0  # + 0.0: no negative zero
+    text = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return text.replace("-", MINUS)
 
 
-def summary_display(summary_frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """Table 1 as people read it: each value with its 95% interval in brackets."""
-    metrics = [m for m in METRICS if m != "caption_score" or has_captions(summary_frame)]
-    out = {"ablation": summary_frame["ablation"], "images": summary_frame["images"]}
+def interval(lo: float, hi: float, digits: int = DIGITS) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return ""
+    return f"[{number(lo, digits)}, {number(hi, digits)}]"
+
+
+def change(row: pd.Series, name: str, digits: int = DIGITS) -> str:
+    """The change against baseline with its mark: "−0.017*"; "—" for baseline itself."""
+    d = row["d_" + name]
+    if pd.isna(d):
+        return "—"
+    return number(d, digits, sign=True) + (MARK if row["sig_" + name] != 0 else "")
+
+
+def title(metric: str) -> str:
+    text = METRIC_TITLES[metric]
+    return text[0].upper() + text[1:]
+
+
+def table1_page(summary_frame: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 for the page: human column names, numeric values (they sort as numbers), intervals in their
+    own columns; ``table1_style`` formats it. Baseline's own change is 0 and its p-value 1 (they sort as
+    such), shown as "—"."""
+    base = (summary_frame["kind"] == "baseline").to_numpy()
+    out = {"Ablation": summary_frame["ablation"], "Images": summary_frame["images"]}
+    for name in metrics_of(summary_frame):
+        t = title(name)
+        out[t] = summary_frame[name]
+        out[f"{t} low"] = summary_frame[name + "_lo"]
+        out[f"{t} high"] = summary_frame[name + "_hi"]
+        out[f"Δ {METRIC_TITLES[name]}"] = np.where(base, 0.0, summary_frame["d_" + name])
+        out[f"p (Holm), {METRIC_TITLES[name]}"] = np.where(base, 1.0, summary_frame["p_holm_" + name])
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def table1_style(summary_frame: pd.DataFrame):
+    """``table1_page`` as a pandas Styler: 3 decimals, typographic minus, the mark after a significant
+    change, "—" for baseline's own change. The values stay numbers, so the page's table sorts by them."""
+    frame = table1_page(summary_frame)
+    base = (summary_frame["kind"] == "baseline").to_numpy()
+    style = frame.style.format(precision=DIGITS)
+    for name in metrics_of(summary_frame):
+        t = title(name)
+        style = style.format(number, subset=[t, f"{t} low", f"{t} high"])
+        columns = [f"Δ {METRIC_TITLES[name]}", f"p (Holm), {METRIC_TITLES[name]}"]
+        marked = summary_frame["sig_" + name].to_numpy() != 0
+        groups = ((marked & ~base, lambda x: number(x, sign=True) + MARK, stats.format_p),
+                  (~marked & ~base, lambda x: number(x, sign=True), stats.format_p),
+                  (base, lambda x: "—", lambda x: "—"))
+        for rows, change_text, p_text in groups:
+            index = frame.index[rows]
+            if len(index):
+                style = style.format(change_text, subset=pd.IndexSlice[index, [columns[0]]])
+                style = style.format(p_text, subset=pd.IndexSlice[index, [columns[1]]])
+    return style
+
+
+def table1_cells(summary_frame: pd.DataFrame, digits: int = DIGITS) -> tuple[list[str], list[list[str]]]:
+    """Table 1 as text cells for Markdown, LaTeX and the figure pack: (header, rows). Per metric: mean,
+    its 95% interval, the change against baseline with its mark."""
+    metrics = metrics_of(summary_frame)
+    header = ["Ablation", "Images"]
     for name in metrics:
-        out[name] = [_cell(r, name, digits) for _, r in summary_frame.iterrows()]
-        out[f"Δ {name}"] = [_cell(r, "d_" + name, digits) for _, r in summary_frame.iterrows()]
-    return pd.DataFrame(out)
+        header += [title(name), "95% CI", f"Δ {METRIC_TITLES[name]}"]
+    rows = []
+    for _, r in summary_frame.iterrows():
+        cells = [str(r["ablation"]), f"{int(r['images']):,}"]
+        for name in metrics:
+            cells += [number(r[name], digits), interval(r[name + "_lo"], r[name + "_hi"], digits),
+                      change(r, name, digits)]
+        rows.append(cells)
+    return header, rows
 
 
-def summary_markdown(summary_frame: pd.DataFrame, digits: int = 4) -> str:
-    table = summary_display(summary_frame, digits)
-    head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c == "ablation" else "---:" for c in table.columns) + "|"
-    lines = [head, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n\nValues are means over images with 95% bootstrap intervals in brackets; Δ is the " \
-        "change against baseline, paired on images.\n"
+def summary_display(summary_frame: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
+    """``table1_cells`` as a frame of text (for a static table; the Overview's sortable one is table1_style)."""
+    header, rows = table1_cells(summary_frame, digits)
+    return pd.DataFrame(rows, columns=header)
+
+
+def summary_markdown(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
+    header, rows = table1_cells(summary_frame, digits)
+    cell = md_cell  # an ablation label, escaped: a "|" in a label cannot split the table
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if c == "Ablation" else "---:" for c in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) if k == 0 else v for k, v in enumerate(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n" + FOOTNOTE + "\n"
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-                 "{": r"\{", "}": r"\}"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def _latex_head(column: str) -> str:
-    if column.startswith("Δ "):
-        return r"$\Delta$ " + _latex_escape(column[2:])
-    return _latex_escape(column)
+def _latex_cell(text: str) -> str:
+    """A text cell in LaTeX: escaped, typographic minus as math minus, the mark as a superscript."""
+    out = latex_escape(text).replace(MINUS, "$-$").replace("—", "---")
+    if out.endswith(MARK):
+        out = out[:-1] + r"\textsuperscript{" + MARK + "}"
+    return out
 
 
-def summary_latex(summary_frame: pd.DataFrame, digits: int = 4) -> str:
-    """A booktabs table: value and interval per metric, change against baseline beside it."""
-    table = summary_display(summary_frame, digits)
-    cols = ["ablation", "images"] + [c for c in table.columns if c not in ("ablation", "images")]
-    spec = "lr" + "r" * (len(cols) - 2)
-    head = " & ".join(_latex_head(c) for c in cols)
-    lines = [r"\begin{tabular}{" + spec + "}", r"\toprule", head + r" \\", r"\midrule"]
-    for row in table[cols].itertuples(index=False):
-        lines.append(" & ".join(_latex_escape(str(v)) for v in row) + r" \\")
+def summary_latex(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
+    """A booktabs table (\\usepackage{booktabs}): per metric a group of mean, 95% interval and change."""
+    header, rows = table1_cells(summary_frame, digits)
+    metrics = metrics_of(summary_frame)
+    spec = "lr" + " rcr" * len(metrics)
+    groups = " & ".join(r"\multicolumn{3}{c}{" + latex_escape(title(m)) + "}" for m in metrics)
+    rules = " ".join(rf"\cmidrule(lr){{{3 + 3 * k}-{5 + 3 * k}}}" for k in range(len(metrics)))
+    sub = " & ".join(["Ablation", "Images"] + ["Mean", r"95\% CI", r"$\Delta$"] * len(metrics))
+    lines = [f"% {FOOTNOTE}".replace("Δ", "Delta"), r"\begin{tabular}{" + spec + "}", r"\toprule",
+             "& & " + groups + r" \\", rules, sub + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_cell(v) for v in row) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from compute import store
 from dashboard import queries, state, tables
+from dashboard.text import md
 
 # Altair validates every schema object as it is built (its debug mode): a third of a chart's drawing time,
 # on every redraw. The tests validate every builder's output, so the running app skips it.
@@ -82,6 +83,7 @@ _local = threading.local()  # the reader of the script run on this thread
 def reading(db: Path) -> Iterator[None]:
     """Let the cache misses of one script run share one connection, closed when the run ends."""
     _local.reader = _Reader(db)
+    _local.chart_rows = 0  # keys of this run's chart rows (chart_columns)
     try:
         yield
     finally:
@@ -133,6 +135,20 @@ def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> Non
     (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
 
 
+def chart_panels(builder: Callable[..., Any], summary: pd.DataFrame, metrics: list[str]) -> None:
+    """One chart per metric (``builder(summary, (metric,), "container")``) side by side in columns that
+    wrap on a narrow screen: each fills its column, so none overflows the page (a faceted chart of
+    fixed-width panels would)."""
+    for col, metric in zip(chart_columns(len(metrics)), metrics, strict=True):
+        chart(builder, summary, (metric,), "container", container=col)
+
+
+def chart_columns(spec: int | list[int]) -> list:
+    """``st.columns(spec)`` for charts: they wrap onto new lines below a wider minimum than other columns."""
+    _local.chart_rows = getattr(_local, "chart_rows", 0) + 1
+    return st.container(key=f"charts-{_local.chart_rows}").columns(spec)
+
+
 def current_db() -> Path:
     return st.session_state["db"]
 
@@ -141,9 +157,16 @@ def current_db() -> Path:
 # Images.
 
 
+def thumbnail(run_id: int, image_id: int, size: int = THUMB_PX) -> bytes:
+    """A JPEG of one image of a run, at most ``size`` pixels on a side. The file is the one the store lists
+    for that image of that run (image_t), never a path from a URL or another run; a grey placeholder when
+    it is not listed, missing or unreadable."""
+    path = load(queries.image_paths, int(run_id)).get(int(image_id))
+    return _thumbnail(path, size) if path is not None else _placeholder_jpeg(size, "image not listed")
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
-def thumbnail(path: str, size: int = THUMB_PX) -> bytes:
-    """A JPEG at most ``size`` pixels on a side; a grey placeholder if the file is missing or unreadable."""
+def _thumbnail(path: str, size: int) -> bytes:
     try:
         with Image.open(path) as im:
             im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for big photos
@@ -153,6 +176,12 @@ def thumbnail(path: str, size: int = THUMB_PX) -> bytes:
         im = placeholder(size, "image not found")
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _placeholder_jpeg(size: int, text: str) -> bytes:
+    buf = io.BytesIO()
+    placeholder(size, text).save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
@@ -198,11 +227,17 @@ def progress(run: dict) -> tuple[int, int]:
     return int(run["n_done"]), max(expected, 0)
 
 
+def default_run(runs: pd.DataFrame) -> str:
+    """The run a page opens without one in the URL: the newest complete run, else the newest."""
+    complete = runs[runs["status"] == "complete"]
+    return str((complete if len(complete) else runs)["run"].iloc[0])
+
+
 def sidebar(db: Path) -> Context:
     """The run picker and the run's state; stops the page with an explanation when there is nothing to show."""
     st.session_state["db"] = db
     if not db.is_file():
-        st.error(f"No store at `{db}`.")
+        st.error(f"No store at {md(db)}.")
         st.markdown("Build one with `python -m compute run EXPERIMENT.toml` (or `make demo`), then start the "
                     "dashboard with `streamlit run dashboard/app.py -- --db PATH`. This page reloads by itself "
                     "when the store appears.")
@@ -210,26 +245,42 @@ def sidebar(db: Path) -> Context:
         st.stop()
     runs = load(queries.runs)
     if runs.empty:
-        st.info(f"The store `{db}` has no runs yet. Start one with `python -m compute run EXPERIMENT.toml`.")
+        st.info(f"The store {md(db)} has no runs yet. Start one with `python -m compute run EXPERIMENT.toml`.")
         _watch(db, change_token(db))
         st.stop()
     rows = {r["run"]: r for r in runs.to_dict("records")}
     with st.sidebar:
-        name = state.param_select("Run", list(rows), "run",
+        name = state.param_select("Run", list(rows), "run", default=default_run(runs),
                                   format_func=lambda r: f"{r} ({rows[r]['status']})")
         run = rows[name]
-        done, expected = progress(run)
-        st.caption(f"{run['model']} · {tables.family_text(run.get('family'))}  \n{run['n_images']} images × {run['n_ablations']} ablations × "
-                   f"{run['n_prompts']} prompts  \n{run['n_failed']} unreadable images · store `{db.name}`")
+        st.caption(f"{md(run['model'])} · {md(tables.family_text(run.get('family')))}  \n{run['n_images']:,} images × "
+                   f"{run['n_ablations']} ablations × {run['n_prompts']} prompts  \n{run['n_failed']:,} unreadable "
+                   f"images · store {md(db.name)}")
         if run["status"] == "running":
-            st.progress(min(done / expected, 1.0) if expected else 0.0,
-                        text=f"running: {done:,} of {expected:,} image × ablation pairs")
+            run_progress(run)
             _watch(db, change_token(db))
     ablations = load(queries.ablations, int(run["run_id"]))
     if ablations.empty:
-        st.warning(f"Run {name!r} has no ablations.")
+        st.warning(f"Run {md(name)} has no ablations.")
         st.stop()
     return Context(db, run, ablations, tables.baseline_id(ablations))
+
+
+def run_progress(run: dict) -> None:
+    """The stage a running run is in, with its progress: the sweep, then (with a captioner) the captions."""
+    done, expected = progress(run)
+    if done < expected or expected == 0:
+        st.progress(min(done / expected, 1.0) if expected else 0.0,
+                    text=f"sweep: {done:,} of {expected:,} image × ablation pairs")
+        return
+    captions = load(queries.caption_progress, int(run["run_id"]))
+    if captions is None:
+        st.progress(1.0, text=f"sweep done ({expected:,} pairs); finishing")
+        return
+    generated, needed = captions
+    st.progress(generated / needed if needed else 1.0,
+                text=f"captions: {generated:,} of {needed:,} generated (sweep done)" if needed
+                else "captions: generated; scoring them")
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -247,7 +298,7 @@ def context() -> Context:
 def no_results(ctx: Context) -> bool:
     """True (after saying so) when the run has no computed pair yet."""
     if int(ctx.run["n_done"]) == 0:
-        st.info(f"Run {ctx.name!r} has no results yet; this page fills in as its first batch is stored.")
+        st.info(f"Run {md(ctx.name)} has no results yet; this page fills in as its first batch is stored.")
         return True
     return False
 
@@ -272,3 +323,19 @@ def image_href(run: str, image_id: int, ablation: str | None = None) -> str:
     if ablation:
         params["ablation"] = ablation
     return "image?" + urlencode(params)
+
+
+# Layout that holds at 800 px as at 1440: columns wrap onto a new line instead of shrinking below a
+# readable width ("iden…", "ident"), and wide tables scroll inside themselves. A fixed string.
+LAYOUT_CSS = """
+<style>
+[data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
+[data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(100%, 13rem); }
+[class*="st-key-charts-"] [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(100%, 18rem); }
+[data-testid="stMetricValue"] > div { overflow: visible; text-overflow: clip; }
+</style>
+"""
+
+
+def layout() -> None:
+    st.markdown(LAYOUT_CSS, unsafe_allow_html=True)  # fixed CSS, no data in it

@@ -89,7 +89,7 @@ FILTER_CHANGES = {
     "image": ("param:image", 4321, "image"),
     "failures": ("param:label", "label07", "true label"),
     "compare": ("param:b", "identity:1-12", "ablation B"),
-    "export": ("param:outcome", "flip", "outcome"),
+    "export": ("param:sel_outcome", "flip", "outcome of the selections"),
 }
 
 

@@ -1,10 +1,11 @@
 """Screenshots of every dashboard page from a real server and a real browser.
 
 ``python -m tools.screenshots --db data/results.duckdb --out docs/screenshots`` starts
-``streamlit run dashboard/app.py`` on a free port, opens each page in headless Chromium (Debian's
-``/usr/bin/chromium`` driven by the playwright package; never ``playwright install``), waits until the
-script has finished, and saves one PNG per page. tests/test_browser.py uses the same functions and also
-checks that no page shows an exception.
+``streamlit run dashboard/app.py`` on a free port of 127.0.0.1, opens each page in headless Chromium
+(Debian's ``/usr/bin/chromium`` driven by the playwright package; never ``playwright install``), waits until
+the script has finished, and saves one PNG per page; it says when a page overflows the window
+sideways or cuts a label. tests/browser/ uses the same functions (``serve``, ``shoot``, ``finished``,
+``overflow``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic"]
-PAGES = ("overview", "layers", "heads", "flow", "image", "failures", "compare", "prompt_lab", "export")
+PAGES = ("overview", "layers", "heads", "flow", "image", "failures", "compare", "embeddings", "prompt_lab", "export")
 DEFAULT_PAGE = "overview"  # st.navigation serves the default page at the root URL, not at /overview
 RUNNING = '[data-testid="stStatusWidgetRunningIcon"]'
 EXCEPTION = '[data-testid="stException"]'
@@ -46,12 +47,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60) -> Iterator[str]:
-    """Run the dashboard on ``db`` in a streamlit server; yield its base URL; stop it afterwards."""
+def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60, app: Path = APP,
+          script_args: list[str] | None = None) -> Iterator[str]:
+    """Run the dashboard on ``db`` in a streamlit server on 127.0.0.1; yield its base URL; stop it afterwards.
+    ``app`` and ``script_args`` (what follows "--", by default ``--db DB``) run another Streamlit script."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--", "--db", str(db)]
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--",
+           *(script_args if script_args is not None else ["--db", str(db)])]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -80,6 +84,58 @@ def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60) -> 
                 proc.wait()
 
 
+# What "overflows" means, measured in the page: the document or the main area scrolls sideways, a chart or
+# column reaches past the main area's right edge, a chart is wider than its own box (clipped legend), or a
+# metric, label or select box shows its text cut ("iden…", "ident"). Tables and code blocks may scroll
+# inside themselves: that is their way of holding wide content.
+OVERFLOW_JS = """() => {
+  const out = [];
+  const main = document.querySelector('[data-testid="stMain"]');
+  const block = document.querySelector('[data-testid="stMainBlockContainer"]');
+  const doc = document.scrollingElement;
+  if (doc.scrollWidth > doc.clientWidth + 1) out.push(`the page scrolls sideways: ${doc.scrollWidth} > ${doc.clientWidth}`);
+  if (main && main.scrollWidth > main.clientWidth + 1) out.push(`the main area scrolls sideways: ${main.scrollWidth} > ${main.clientWidth}`);
+  if (!block) return out;
+  const right = block.getBoundingClientRect().right;
+  for (const chart of block.querySelectorAll('[data-testid="stVegaLiteChart"]')) {
+    const drawn = chart.querySelector('svg.marks, canvas');
+    if (!drawn) continue;
+    const r = drawn.getBoundingClientRect(), box = chart.getBoundingClientRect();
+    const name = (chart.querySelector('.role-title-text') || {}).textContent || 'a chart';
+    if (r.right > right + 1) out.push(`chart "${name}" reaches past the page: ${Math.round(r.right)} > ${Math.round(right)}`);
+    if (r.width > box.width + 1) out.push(`chart "${name}" is cut: ${Math.round(r.width)} > ${Math.round(box.width)}`);
+  }
+  for (const col of block.querySelectorAll('[data-testid="stColumn"]')) {
+    const r = col.getBoundingClientRect();
+    if (r.right > right + 1) out.push(`a column reaches past the page: ${Math.round(r.right)} > ${Math.round(right)}`);
+  }
+  const texts = block.querySelectorAll('[data-testid="stMetricValue"] p, [data-testid="stMetricLabel"] p, ' +
+    '[data-testid="stMetricDelta"] p, [data-testid="stSelectbox"] input, [data-testid="stWidgetLabel"] p');
+  for (const el of texts) {
+    if (el.scrollWidth > el.clientWidth + 1) out.push(`text cut: "${el.value || el.textContent}" (${el.scrollWidth} > ${el.clientWidth})`);
+  }
+  return out;
+}"""
+
+
+def finished(tab, timeout_ms: int = 60_000) -> None:
+    """Wait until the page's script has run (not merely not started) and Vega has drawn its charts."""
+    tab.wait_for_selector("h1", timeout=timeout_ms)
+    tab.wait_for_function(FINISHED, timeout=timeout_ms)
+    tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
+    tab.wait_for_timeout(700)  # Vega draws its charts just after they arrive
+
+
+def overflow(tab) -> list[str]:
+    """What overflows sideways or is cut on the page as shown now (OVERFLOW_JS); empty when nothing."""
+    return tab.evaluate(OVERFLOW_JS)
+
+
+def page_url(url: str, name: str, params: dict[str, str] | None = None) -> str:
+    path_part = "" if name == DEFAULT_PAGE else name
+    return f"{url}/{path_part}" + (f"?{urlencode(params)}" if params else "")
+
+
 @dataclass
 class PageShot:
     page: str
@@ -87,6 +143,7 @@ class PageShot:
     screenshot: Path
     title: str  # the page's h1
     exceptions: list[str]
+    overflow: list[str]
 
 
 def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | None = None,
@@ -104,20 +161,15 @@ def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | 
             # later redraws every chart.
             tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
             for name in pages:
-                path_part = "" if name == DEFAULT_PAGE else name
-                page_url = f"{url}/{path_part}" + (f"?{urlencode(params)}" if params else "")
-                tab.goto(page_url, wait_until="networkidle", timeout=timeout_ms)
-                tab.wait_for_selector("h1", timeout=timeout_ms)
-                # Finished: the script has run (not merely not started), nothing still loading.
-                tab.wait_for_function(FINISHED, timeout=timeout_ms)
-                tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
-                tab.wait_for_timeout(700)  # Vega draws its charts just after they arrive
+                address = page_url(url, name, params)
+                tab.goto(address, wait_until="networkidle", timeout=timeout_ms)
+                finished(tab, timeout_ms)
                 height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
                 path = out / f"{name}.png"
                 tab.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": width,
                                                      "height": min(height + 40, MAX_HEIGHT)})
-                shots.append(PageShot(name, page_url, path, tab.locator("h1").first.inner_text(),
-                                      tab.locator(EXCEPTION).all_inner_texts()))
+                shots.append(PageShot(name, address, path, tab.locator("h1").first.inner_text(),
+                                      tab.locator(EXCEPTION).all_inner_texts(), overflow(tab)))
         finally:
             browser.close()
     return shots
@@ -132,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a query param for every page, e.g. image=12 or ablation=identity:5-8 (repeatable)")
     parser.add_argument("--width", type=int, default=1400, help="browser width in pixels")
+    parser.add_argument("--pages", default=",".join(PAGES), help=f"comma list of pages (default: all: {', '.join(PAGES)})")
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         print(f"error: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)", file=sys.stderr)
@@ -142,10 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(p.split("=", 1) for p in args.param if "=" in p)
     if args.run:
         params["run"] = args.run
+    pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
+    unknown = [p for p in pages if p not in PAGES]
+    if unknown:
+        print(f"error: unknown page {unknown[0]!r}: choose from {', '.join(PAGES)}", file=sys.stderr)
+        return 2
     with serve(args.db.resolve(), args.out / "streamlit.log") as url:
-        shots = shoot(url, PAGES, args.out, params or None, args.width)
+        shots = shoot(url, pages, args.out, params or None, args.width)
     for shot in shots:
         status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
+        if shot.overflow:
+            status += f"; OVERFLOW: {shot.overflow[0]}"
         print(f"{shot.screenshot}  {shot.title}  {status}")
     return 1 if any(s.exceptions for s in shots) else 0
 

@@ -1,25 +1,60 @@
-"""``python -m compute demo``: the embedded demo, offline, in minutes.
-
-Generates the synthetic shapes dataset if it is missing, runs (or resumes) the demo experiments with the
-toy CLIP and captioner the project ships under data/demo/models, prints their summary tables, and starts
-the dashboard on the store they wrote (the default store: data/results.duckdb, or $CLIP_LAB_DB).
-"""
+"""``python -m compute demo``: the embedded demo, offline, in minutes (DESCRIPTION is its --help)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
 from compute.demo import DEMO_DATA, DEMO_MODELS, EXPERIMENTS, N_IMAGES, ROOT, SEED, SPLIT
 from compute.errors import InputError
 
+DESCRIPTION = """\
+The embedded demo, offline, in minutes: generates the synthetic shapes dataset if it is missing, runs (or
+resumes) the demo experiments with the toy CLIP and captioner shipped under data/demo/models, prints
+their summary tables, and serves the dashboard on the store they wrote (the default store: $CLIP_LAB_DB,
+else data/results.duckdb).
+
+The dashboard listens on 127.0.0.1 only (this machine); --address 0.0.0.0 exposes it to the network, and
+anyone who can reach the port can then read the store."""
+
+DEFAULT_PORT = 8501
+DEFAULT_ADDRESS = "127.0.0.1"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dashboard", action="store_true", help="stop after the runs; do not start the dashboard")
-    parser.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"dashboard port (default {DEFAULT_PORT}, or the next free one if it is taken)")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help=f"address the dashboard listens on (default {DEFAULT_ADDRESS}: this machine only; "
+                        "0.0.0.0: every interface, which exposes the store to the network)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def choose_port(address: str, port: int | None) -> int:
+    """``port`` as asked (an InputError if it is taken), else DEFAULT_PORT or the next free port above it."""
+    if port is not None:
+        if not 0 < port < 65536:
+            raise InputError(f"--port must be between 1 and 65535, got {port}")
+        if not _free(address, port):
+            raise InputError(f"port {port} on {address} is in use: choose another with --port (make demo PORT=...)")
+        return port
+    for candidate in range(DEFAULT_PORT, DEFAULT_PORT + 100):
+        if _free(address, candidate):
+            return candidate
+    raise InputError(f"no free port in {DEFAULT_PORT}-{DEFAULT_PORT + 99} on {address}: choose one with --port")
+
+
+def _free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from compute.demo.data import write_coco
     from compute.runner import run
 
+    port = None if args.no_dashboard else choose_port(args.address, args.port)  # bad input: before any work
     for name in ("clip", "captioner"):
         if not (DEMO_MODELS / name / "config.json").is_file():
             raise InputError(f"the demo {name} is missing from {DEMO_MODELS / name}: "
@@ -41,17 +77,22 @@ def main(args: argparse.Namespace) -> int:
         dbs.append(exp.store.db)
     if args.no_dashboard:
         return 0
-    return start_dashboard(dbs[-1], args.port)
+    if not _free(args.address, port):  # taken while the runs ran
+        port = choose_port(args.address, None)
+    return start_dashboard(dbs[-1], port, args.address)
 
 
-def start_dashboard(db: Path, port: int) -> int:
-    """Replace this process with the Streamlit server on ``db``."""
+def start_dashboard(db: Path, port: int, address: str = DEFAULT_ADDRESS) -> int:
+    """Replace this process with the Streamlit server on ``db``, listening on ``address``:``port``."""
     app = ROOT / "dashboard" / "app.py"
     if not app.is_file():
         print("(the dashboard is not installed in this checkout)")
         return 0
-    print(f"\nstarting the dashboard on {db}: open http://localhost:{port} (Ctrl-C to stop)", flush=True)
+    host = "localhost" if address in ("127.0.0.1", "localhost") else address
+    exposed = "" if address in ("127.0.0.1", "localhost") else " (exposed: anyone who reaches this port reads the store)"
+    print(f"\nstarting the dashboard on {db}: open http://{host}:{port}{exposed} (Ctrl-C to stop)", flush=True)
     argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-            "--server.port", str(port), "--browser.gatherUsageStats", "false", "--", "--db", str(db)]
+            "--server.address", address, "--server.port", str(port), "--browser.gatherUsageStats", "false",
+            "--", "--db", str(db)]
     os.execv(sys.executable, argv)
     return 0  # not reached

@@ -1,10 +1,11 @@
-"""Compare: two ablations of a run, or two runs over the same images, side by side: per-label accuracy
-differences, a paired test, and the images whose correctness flips."""
+"""Compare: two ablations of a run, or two runs over the same images and prompts, side by side: per-label
+accuracy differences, McNemar's paired test, and the images whose correctness flips."""
 
 import streamlit as st
 
 from dashboard import charts, queries, stats, ui
 from dashboard.state import param_select
+from dashboard.text import md, md_list
 
 FLIP_ROWS = 500  # rows of the flip table; the counts above it cover every image
 FLIP_THUMBS = 12
@@ -17,19 +18,31 @@ if ui.no_results(ctx):
     st.stop()
 
 runs = ui.load(queries.runs)
-mode_col, _ = st.columns([1, 3])
+mode_col, _ = st.columns([1, 2])
 mode = param_select("Compare", list(MODES), "mode", format_func=MODES.get, container=mode_col)
 left, right = st.columns(2)
 if mode == "runs":
-    others = [r for r in runs["run"] if r != ctx.name] or [ctx.name]
-    run_b = param_select("Run B", others, "run_b", container=right)
+    # A pairing means something only over the same question: the same prompts (text and label, in order)
+    # asked of the same images (matched on id and file name, see queries.PAIRS).
+    mine = ui.load(queries.prompts, ctx.run_id)[["prompt", "label"]].to_records(index=False).tolist()
+    others = runs[runs["run"] != ctx.name]
+    same = [r.run for r in others.itertuples()
+            if ui.load(queries.prompts, int(r.run_id))[["prompt", "label"]].to_records(index=False).tolist() == mine]
+    excluded = [r for r in others["run"] if r not in same]
+    if excluded:
+        st.caption(f"Not comparable with {md(ctx.name)} (other prompts or labels): {md_list(excluded)}.")
+    if not same:
+        st.info(f"No other run asks the same prompts as {md(ctx.name)}: a paired comparison needs the same "
+                "prompts and images. Compare two ablations of this run instead.")
+        st.stop()
+    run_b = param_select("Run B", same, "run_b", container=right)
     row_b = runs[runs["run"] == run_b].iloc[0]
     ablations_b = ui.load(queries.ablations, int(row_b["run_id"]))
-    left.markdown(f"**A**: run `{ctx.name}`")
-    name_a = ui.ablation_select(ctx, "Ablation A", "a", default=ctx.baseline_name, container=left)
+    left.caption(f"A: run {md(ctx.name)}")
+    name_a = ui.ablation_select(ctx, "Ablation A", "run_a_ablation", default=ctx.baseline_name, container=left)
     names_b = list(ablations_b["ablation"])
-    name_b = param_select("Ablation B", names_b, "b", default=name_a if name_a in names_b else None,
-                          container=right)
+    name_b = param_select("Ablation B", names_b, "run_b_ablation",
+                          default=name_a if name_a in names_b else None, container=right)
     run_id_b, id_b = int(row_b["run_id"]), int(ablations_b.loc[ablations_b["ablation"] == name_b, "ablation_id"].iloc[0])
     title_a, title_b = f"{ctx.name}/{name_a}", f"{run_b}/{name_b}"
 else:
@@ -42,8 +55,8 @@ id_a = ctx.ablation_id(name_a)
 
 args = (ctx.run_id, id_a, run_id_b, id_b)
 counts = ui.load(queries.compare_counts, *args)
-st.caption(f"A = {title_a}, B = {title_b}: the {counts['images']:,} images computed under both "
-           f"(matched on image id).")
+st.caption(f"A = {md(title_a)}, B = {md(title_b)}: the {counts['images']:,} images computed under both "
+           f"(the same image id and file name).")
 if counts["images"] == 0:
     st.info("No image is computed under both A and B.")
     st.stop()
@@ -53,14 +66,16 @@ cols = st.columns(5)
 n = counts["images"]
 cols[0].metric("Accuracy A", f"{(counts['both_right'] + counts['only_a']) / n:.3f}")
 cols[1].metric("Accuracy B", f"{(counts['both_right'] + counts['only_b']) / n:.3f}",
-               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}")
+               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}")  # Streamlit reads the sign: ASCII
 cols[2].metric("Right only under A", f"{counts['only_a']:,}")
 cols[3].metric("Right only under B", f"{counts['only_b']:,}")
-cols[4].metric("McNemar p", stats.format_p(p), help=method)
+cols[4].metric("McNemar p", stats.format_p(p),
+               help=f"{method}; one test of this pair, not adjusted (the Overview and Layers pages adjust "
+               "every ablation against baseline with Holm's method).")
 
 per_label = ui.load(queries.compare_labels, *args)
 flips = ui.load(queries.compare_flips, *args, FLIP_ROWS)
-chart_col, table_col = st.columns([3, 2])
+chart_col, table_col = ui.chart_columns([3, 2])
 ui.chart(charts.compare_chart, per_label, title_a, title_b, container=chart_col)
 table_col.dataframe(per_label, hide_index=True,
                     column_config={c: st.column_config.NumberColumn(format="%.3f")
@@ -68,16 +83,17 @@ table_col.dataframe(per_label, hide_index=True,
 
 st.subheader("Images that flip")
 st.caption(f"{counts['only_a'] + counts['only_b']:,} images right under exactly one of A and B "
-           f"(first {min(len(flips), FLIP_ROWS)} listed, those A gets right first); click to open one.")
+           f"(first {min(len(flips), FLIP_ROWS)} listed, those A gets right first); open one on the Image page.")
 link_ablation = name_b if mode == "ablations" else name_a  # the Image page compares it with baseline
 thumbs = st.columns(FLIP_THUMBS // 2)
 for k, r in enumerate(flips.head(FLIP_THUMBS).itertuples()):
     col = thumbs[k % len(thumbs)]
-    col.image(ui.thumbnail(r.path), width="stretch", link=ui.image_href(ctx.name, int(r.image_id), link_ablation))
-    col.caption(f"{r.image_id}: A {r.selected_a} {'✓' if r.correct_a else '✗'} · B {r.selected_b} "
+    col.image(ui.thumbnail(ctx.run_id, int(r.image_id)), width="stretch")
+    col.caption(f"{r.image_id}: A {md(r.selected_a)} {'✓' if r.correct_a else '✗'} · B {md(r.selected_b)} "
                 f"{'✓' if r.correct_b else '✗'}")
-table = flips.drop(columns=["path"]).assign(
-    open=[ui.image_href(ctx.name, int(i), link_ablation) for i in flips["image_id"]])
+    col.page_link("views/image.py", label=f"image {r.image_id}", icon=":material/open_in_new:",
+                  query_params={"run": ctx.name, "image": str(r.image_id), "ablation": link_ablation})
+table = flips.assign(open=[ui.image_href(ctx.name, int(i), link_ablation) for i in flips["image_id"]])
 st.dataframe(table, hide_index=True,
              column_config={"open": st.column_config.LinkColumn("open", display_text="image page"),
                             "confidence_a": st.column_config.NumberColumn(format="%.3f"),

@@ -1,5 +1,6 @@
 """Failures: a paginated grid of the images an ablation gets wrong, or that flip against baseline, with
-filters on the true and the selected label, sorted by margin or confidence; a click opens the Image page."""
+filters on the true and the selected label, sorted by margin or confidence. "Open" shows an image on the Image
+page in this tab, which then steps through the same slice (previous / next)."""
 
 import math
 
@@ -8,6 +9,7 @@ import streamlit as st
 
 from dashboard import queries, slices, ui
 from dashboard.state import param_select, reset_param
+from dashboard.text import md, md_list
 
 PAGE_SIZE = 24
 GRID_COLUMNS = 6
@@ -21,7 +23,7 @@ if ui.no_results(ctx):
 true_labels = list(ui.load(queries.true_labels, ctx.run_id)["label"])
 selected_labels = sorted(set(ui.load(queries.prompts, ctx.run_id)["label"]))
 default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
-row = st.columns(5)
+row = st.columns(3) + st.columns(2)
 ablation = ui.ablation_select(ctx, "Ablation", "ablation", default=default, container=row[0])
 outcome = param_select("Show", OUTCOMES, "outcome", container=row[1],
                        format_func=lambda o: slices.OUTCOMES[o][1])
@@ -41,21 +43,22 @@ st.session_state["failures_slice"] = signature
 page_box, caption_box = st.columns([1, 5])
 page = param_select("Page", list(range(1, n_pages + 1)), "page", container=page_box,
                     format_func=lambda p: f"{p} of {n_pages}")
-caption_box.caption(f"{n_rows:,} images: {where.caption}; sorted by {queries.SORTS[sort][1]}. "
-                    f"Click an image to open it.")
+caption_box.caption(f"{n_rows:,} images: {md(where.caption)}; sorted by {md(queries.SORTS[sort][1])}. "
+                    f"Open one to see it on the Image page, then step through this slice.")
 if n_rows == 0:
     st.info("No image matches these filters.")
     st.stop()
 
 rows = ui.load(queries.slice_rows, ctx.run_id, ctx.baseline_id, where, sort, PAGE_SIZE, (page - 1) * PAGE_SIZE)
 ui.release()  # all read: let a waiting writer in while the grid is drawn
+link = {"run": ctx.name, "ablation": ablation, "outcome": outcome, "sort": sort, "from": "failures",
+        **({"label": label} if label else {}), **({"selected": selected} if selected else {})}
 for start in range(0, len(rows), GRID_COLUMNS):
     for col, r in zip(st.columns(GRID_COLUMNS), rows.iloc[start:start + GRID_COLUMNS].itertuples(), strict=False):
-        href = ui.image_href(ctx.name, int(r.image_id), ablation)
-        col.image(ui.thumbnail(r.path), link=href, width="stretch")
-        margin = "-" if pd.isna(r.margin) else f"{r.margin:.2f}"  # none with a single prompt
-        baseline = "" if pd.isna(r.baseline_label) else f" (baseline: {r.baseline_label})"  # not computed yet
-        col.caption(f"**{', '.join(r.labels)}** → {r.selected_label}{baseline}  \n"
+        col.image(ui.thumbnail(ctx.run_id, int(r.image_id)), width="stretch")
+        margin = "—" if pd.isna(r.margin) else f"{r.margin:.2f}"  # none with a single prompt
+        baseline = "" if pd.isna(r.baseline_label) else f" (baseline: {md(r.baseline_label)})"  # not computed yet
+        col.caption(f"**{md_list(r.labels)}** → {md(r.selected_label)}{baseline}  \n"
                     f"conf {r.confidence:.2f} · margin {margin}")
         col.page_link("views/image.py", label=f"image {r.image_id}", icon=":material/open_in_new:",
-                      query_params={"run": ctx.name, "image": str(r.image_id), "ablation": ablation})
+                      query_params={**link, "image": str(r.image_id)})

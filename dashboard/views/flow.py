@@ -1,11 +1,12 @@
 """Flow: where the CLS token gathers its information. Per layer, the change against baseline when one
 flow is knocked out in that layer alone (the CLS token reading the patches, the patches reading the CLS
-token, the patches reading each other), with 95% intervals and McNemar's test under Holm's correction."""
+token, the patches reading each other), with 95% intervals and the significance rule of every page."""
 
 import streamlit as st
 
 from dashboard import charts, heads, queries, slices, stats, tables, ui
 from dashboard.state import param_select
+from dashboard.text import md
 
 METRICS = ["accuracy", "score_baseline"]
 
@@ -16,7 +17,7 @@ if ui.no_results(ctx):
 knockouts = ctx.ablations[(ctx.ablations["kind"] == "knockout") & (ctx.ablations["n_layers"] == 1)
                           & (ctx.ablations["n_heads"] == 0)]
 if knockouts.empty:
-    st.info(f"Run {ctx.name!r} has no single-layer knockout. Add `sweep = \"flow\"` (every knockout target at "
+    st.info(f"Run {md(ctx.name)} has no single-layer knockout. Add `sweep = \"flow\"` (every knockout target at "
             "every layer) or extras such as `\"knockout:9/patches>cls\"`; `make demo` runs `demo-heads`.")
     st.stop()
 
@@ -33,10 +34,10 @@ if cells.empty:
     st.info("No knockout has been computed yet.")
     st.stop()
 
-st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: {where.caption}. Attention "
+st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: {md(where.caption)}. Attention "
            "knockout sets the scores of the blocked query → key edges to −inf before the softmax (the rest is "
-           "renormalised) in every head of one layer; everything else runs normally. Filled points: McNemar's "
-           f"test holds after Holm's correction over these {len(cells)} knockouts.")
+           "renormalised) in every head of one layer; everything else runs normally. Filled points: significant "
+           f"under the rule of every page ({md(stats.RULE)}).")
 ui.chart(charts.flow_chart, cells, metric)
 cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
 st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in heads.TARGET_ORDER

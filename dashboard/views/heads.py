@@ -1,12 +1,13 @@
 """Heads: a layer x head heatmap of the change against baseline when one head at a time is ablated
-(accuracy or the selected-prompt score), with the cells that hold after Holm's correction of McNemar's
-test outlined; hovering shows the value and its 95% interval, a click opens the Failures page for that
-ablation."""
+(accuracy or the selected-prompt score), with the cells significant under the rule of every page outlined
+(Holm over the run's ablations; McNemar for accuracy, the paired bootstrap for the score); hovering shows the
+value and its 95% interval, a click opens the Failures page for that ablation."""
 
 import streamlit as st
 
 from dashboard import charts, heads, queries, slices, stats, tables, ui
 from dashboard.state import param_select
+from dashboard.text import md
 
 METRICS = ["accuracy", "score_baseline"]
 
@@ -16,7 +17,7 @@ if ui.no_results(ctx):
     st.stop()
 families = heads.head_families(ctx.ablations)
 if not families:
-    st.info(f"Run {ctx.name!r} has no single-head ablations. Add `sweep = \"heads\"` (every head of every layer, "
+    st.info(f"Run {md(ctx.name)} has no single-head ablations. Add `sweep = \"heads\"` (every head of every layer, "
             "identity) or extras such as `\"zero:6/h3\"` to an experiment; `make demo` runs `demo-heads`.")
     st.stop()
 
@@ -36,10 +37,9 @@ if cells.empty:
     st.stop()
 
 st.caption(f"{len(cells)} heads ({family}, one at a time) over {int(cells['images'].max()):,} images: "
-           f"{where.caption}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, blue "
-           f"higher). Outlined: McNemar's paired test of correctness against baseline holds after Holm's "
-           f"correction over these {len(cells)} heads (family-wise error {heads.LEVEL}). Click a head to see "
-           f"the images whose correctness it flips.")
+           f"{md(where.caption)}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, blue "
+           f"higher). Outlined: significant under the rule of every page ({md(stats.RULE)}). Click a head to "
+           f"see the images whose correctness it flips.")
 event = st.altair_chart(charts.head_heatmap(cells, metric, family), on_select="rerun", key="heads_map",
                         selection_mode="cell")
 picked = heads.picked_ablation(event)

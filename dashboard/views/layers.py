@@ -1,10 +1,11 @@
 """Layers: each metric per single ablated layer and per block, accuracy per true label, the confusion of
-one ablation, and McNemar's paired test of every ablation against baseline."""
+one ablation, and McNemar's paired test of every ablation against baseline (the significance rule)."""
 
 import streamlit as st
 
 from dashboard import charts, queries, slices, stats, tables, ui
 from dashboard.state import param_select
+from dashboard.text import md
 
 ctx = ui.context()
 st.title("Layers")
@@ -13,8 +14,8 @@ if ui.no_results(ctx):
 
 labels = ui.load(queries.true_labels, ctx.run_id)
 summary_all = ui.load(tables.summary, ctx.run_id, slices.EVERYTHING)
-metrics = [m for m in tables.METRICS if m != "caption_score" or tables.has_captions(summary_all)]
-left, mid, right, _ = st.columns([1, 1, 1, 1])
+metrics = tables.metrics_of(summary_all)
+left, mid, right = st.columns(3)
 label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=left)
 metric = param_select("Metric", metrics, "metric", container=mid, format_func=tables.METRIC_TITLES.get)
 default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
@@ -25,10 +26,10 @@ where = slices.true_label(label)
 summary = ui.load(tables.summary, ctx.run_id, where) if label else summary_all
 label_accuracy = ui.load(queries.label_accuracy, ctx.run_id)
 confusion = ui.load(queries.confusion, ctx.run_id, ctx.ablation_id(ablation))
-tests = ui.load(tables.mcnemar, ctx.run_id, where)
+tests = tables.mcnemar_of(summary)  # the very numbers behind every mark and count of the run
 
-st.caption(f"Curves and tests over {int(summary['images'].max()):,} images: {where.caption}.")
-curve, blocks = st.columns(2)
+st.caption(f"Curves and tests over {int(summary['images'].max()):,} images: {md(where.caption)}. {stats.RULE}")
+curve, blocks = ui.chart_columns(2)
 ui.chart(charts.layer_curve, summary, metric, container=curve)
 ui.chart(charts.block_bars, summary, metric, container=blocks)
 
@@ -37,17 +38,22 @@ st.caption("Every image counts under each of its labels; all images, whatever th
 ui.chart(charts.label_heatmap, label_accuracy, ctx.ablations)
 
 st.subheader("Confusion")
-st.caption(f"True label x selected label under {ablation}, all images; an image with two labels counts in two rows.")
+st.caption(f"True label x selected label under {md(ablation)}, all images. Each image counts once: a right pick "
+           "on the diagonal; a wrong pick of an image with several labels is split equally over their rows.")
 if confusion.empty:
-    st.info(f"Nothing computed under {ablation} yet.")
+    st.info(f"Nothing computed under {md(ablation)} yet.")
 else:
     ui.chart(charts.confusion_chart, confusion, ablation)
 
 st.subheader("Paired test against baseline (McNemar)")
+n_significant = int(tests["significant"].sum())
+n_worse = tables.reliably_worse(summary)
 st.caption(f"Images right under only one of baseline and the ablation; exact binomial test below "
            f"{stats.EXACT_BELOW} such images, otherwise chi-square with continuity correction. Holm's "
-           f"adjustment accounts for testing every ablation. Over {where.caption}.")
-shown = tests.assign(p=tests["p"].map(stats.format_p), p_holm=tests["p_holm"].map(stats.format_p))
+           f"adjustment accounts for testing every ablation: {n_significant} of {len(tests)} differ from "
+           f"baseline at p (Holm) < {stats.ALPHA}, {n_worse} of them worse. Over {md(where.caption)}.")
+shown = tests.assign(p=tests["p"].map(stats.format_p), p_holm=tests["p_holm"].map(stats.format_p),
+                     significant=tests["significant"].map({True: "yes", False: ""}))
 st.dataframe(
     shown.drop(columns=["ablation_id"]), hide_index=True,
     column_config={
@@ -56,5 +62,6 @@ st.dataframe(
         "only_ablation": st.column_config.NumberColumn("right only under the ablation"),
         "statistic": st.column_config.NumberColumn(format="%.3f"),
         "p_holm": st.column_config.TextColumn("p (Holm)"),
+        "significant": st.column_config.TextColumn(f"p (Holm) < {stats.ALPHA}"),
     },
 )

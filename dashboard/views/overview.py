@@ -1,15 +1,16 @@
-"""Overview: the study's Table 1, generalised to every ablation of the run, with 95% bootstrap intervals."""
+"""Overview: the study's Table 1, generalised to every ablation of the run, with 95% bootstrap intervals
+and the one significance rule (dashboard.stats)."""
 
 import streamlit as st
 
-from dashboard import charts, queries, slices, tables, ui
+from dashboard import charts, queries, slices, stats, tables, ui
+from dashboard.text import md
 
 ctx = ui.context()
 st.title("Overview")
 st.caption("Per ablation: images computed, accuracy (the selected prompt's label is among the image's labels), "
            "the selected prompt's CLIP score against the unablated image embedding, the generated caption's "
-           "score, and each one's change against baseline. Brackets: 95% bootstrap interval over images "
-           "(1,000 resamples; changes are paired on images).")
+           "score, and each one's change (Δ) against baseline. " + stats.RULE)
 if ui.no_results(ctx):
     st.stop()
 
@@ -20,23 +21,27 @@ where = slices.true_label(label)
 summary = ui.load(tables.summary, ctx.run_id, where)
 errors = ui.load(queries.errors, ctx.run_id)
 n_images = int(summary["images"].max()) if len(summary) else 0
-st.caption(f"Selecting {n_images:,} images: {where.caption}.")
+st.caption(f"Selecting {n_images:,} images: {md(where.caption)}.")
 
 base = summary[summary["ablation_id"] == ctx.baseline_id].iloc[0]
 others = summary[summary["ablation_id"] != ctx.baseline_id].dropna(subset=["d_accuracy"])
 cols = st.columns(4)
 cols[0].metric("Images", f"{n_images:,}")
-cols[1].metric("Baseline accuracy", "-" if base.isna()["accuracy"] else f"{base['accuracy']:.3f}")
+cols[1].metric("Baseline accuracy", tables.number(base["accuracy"]))
 if len(others):
     worst = others.loc[others["d_accuracy"].idxmin()]
-    cols[2].metric("Largest accuracy drop", worst["ablation"], f"{worst['d_accuracy']:+.3f}")
-    reliable = int((others["d_accuracy_hi"] < 0).sum())
-    cols[3].metric("Ablations reliably worse", f"{reliable} of {len(others)}",
-                   help="The 95% interval of the change in accuracy lies below zero.")
+    cols[2].metric("Largest accuracy drop", tables.number(worst["d_accuracy"], sign=True),
+                   help="The ablation is named below the metrics.")
+    cols[3].metric("Ablations reliably worse", f"{tables.reliably_worse(summary)} of {len(others)}",
+                   help="Accuracy significantly below baseline's: Holm-adjusted McNemar p < 0.05 over the run's "
+                   "ablations, the same test as the Layers page's table.")
+    st.caption(f"Largest accuracy drop under {md(worst['ablation'])}.")
 
-st.dataframe(tables.summary_display(summary), hide_index=True)
-ui.chart(charts.table1_chart, summary)
-ui.chart(charts.change_chart, summary)
+st.dataframe(tables.table1_style(summary), hide_index=True)
+st.caption(f"{md(tables.MARK)} after a change: significant under the rule above. Columns sort by their numbers; "
+           "baseline's own change is —.")
+ui.chart_panels(charts.table1_chart, summary, tables.metrics_of(summary))
+ui.chart_panels(charts.change_chart, summary, tables.metrics_of(summary))
 
 if len(errors):
     with st.expander(f"{len(errors)} image(s) could not be processed"):

@@ -10,6 +10,7 @@ import streamlit as st
 from compute.errors import InputError
 from dashboard import charts, lab, queries, ui
 from dashboard.state import param_select, set_param
+from dashboard.text import md
 
 ctx = ui.context()
 st.title("Prompt lab")
@@ -18,7 +19,7 @@ st.caption("Type prompts, one per line as `text | label` (label: the image label
 if ui.no_results(ctx):
     st.stop()
 if not ui.load(queries.has_embeddings, ctx.name):
-    st.warning(f"Run {ctx.name!r} kept no image embeddings (store.embeddings = 'none'), so it cannot be rescored.")
+    st.warning(f"Run {md(ctx.name)} kept no image embeddings (store.embeddings = 'none'), so it cannot be rescored.")
     st.stop()
 
 current = ui.load(queries.prompts, ctx.run_id)
@@ -28,7 +29,7 @@ set_param("prompts", text)
 try:
     prompts = lab.parse_lines(text)
 except InputError as e:
-    st.error(str(e))
+    st.error(md(e))
     st.stop()
 
 embeddings = lab.run_embeddings(str(ctx.db), ctx.name, ui.change_token(ctx.db))
@@ -36,9 +37,9 @@ clip = lab.text_model(embeddings.model, embeddings.dtype)
 result = lab.score(clip, embeddings, tuple((p.text, p.label) for p in prompts),
                    key=(str(ctx.db), ctx.name, ui.change_token(ctx.db)))
 st.caption(f"{len(prompts)} prompts × {len(embeddings.ablations)} ablations × {len(embeddings.image_ids):,} images "
-           f"of run {ctx.name}; correct = the selected prompt's label is among the image's labels.")
+           f"of run {md(ctx.name)}; correct = the selected prompt's label is among the image's labels.")
 
-table, chart = st.columns([2, 3])
+table, chart = ui.chart_columns([2, 3])
 table.dataframe(result.accuracy, hide_index=True,
                 column_config={"accuracy": st.column_config.NumberColumn(format="%.3f"),
                                "change": st.column_config.NumberColumn("change vs baseline", format="%+.3f")})
@@ -55,6 +56,6 @@ with st.form("save"):
         try:
             with st.spinner("Scoring from stored embeddings..."):
                 lab.save(ctx.db, ctx.name, prompts, name.strip(), clip)
-            st.success(f"Saved run {name.strip()!r}: pick it in the sidebar (or `python -m compute list`).")
+            st.success(f"Saved run {md(name.strip())}: pick it in the sidebar (or `python -m compute list`).")
         except InputError as e:
-            st.error(str(e))
+            st.error(md(e))

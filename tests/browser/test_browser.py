@@ -1,4 +1,11 @@
-"""Every page of a running dashboard server in a real headless Chromium: no exception shown anywhere.
+"""The dashboard in a real headless Chromium, against a real server: every page at 1440, 1280 and 800 px
+without an exception or anything overflowing sideways; the Image page's prompts whole; Failures → Image →
+next / previous in one tab; and data that carries Markdown or HTML (a label, prompt, caption, file name
+and run name) shown as text, with no request leaving for the address it names.
+
+One server and one browser serve the whole module. The store is made by the real compute path (a tiny
+random CLIP and BLIP, COCO files via pycocotools) from a dataset whose category names, file names, prompts
+and run name are payloads aimed at a listener on 127.0.0.1 that counts the requests it gets.
 
 Uses Debian's /usr/bin/chromium through the playwright package (never ``playwright install``); .ci/run
 installs it before ``make test``. Screenshots are kept in test-artifacts/screenshots/.
@@ -6,16 +13,39 @@ installs it before ``make test``. Screenshots are kept in test-artifacts/screens
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlparse
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, sql
 
-from tools.screenshots import CHROMIUM, CONTENT, EXCEPTION, PAGES, serve, shoot
+from compute.testing import make_coco
+from tools.screenshots import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CONTENT,
+    EXCEPTION,
+    PAGES,
+    finished,
+    overflow,
+    page_url,
+    serve,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 TITLES = {"overview": "Overview", "layers": "Layers", "heads": "Heads", "flow": "Flow", "image": "Image",
-          "failures": "Failures", "compare": "Compare", "prompt_lab": "Prompt lab", "export": "Export"}
+          "failures": "Failures", "compare": "Compare", "embeddings": "Embeddings", "prompt_lab": "Prompt lab",
+          "export": "Export"}
+WIDTHS = (1440, 1280, 800)
+# Long prompts that differ only at the end: cut to ~17 characters they could not be told apart.
+PROMPTS = ["a photo of a small black cat on the floor", "a photo of a small black dog on the floor",
+           "a photo of a big white bird in the background", "a photo of a big white car in the background"]
 
 
 def _skip_loudly(reason: str) -> None:
@@ -24,73 +54,259 @@ def _skip_loudly(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _need_browser() -> None:
+class Listener:
+    """An HTTP server on 127.0.0.1 that answers anything with 404 and remembers every path it was asked."""
+
+    def __init__(self) -> None:
+        paths = self.paths = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+                paths.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            do_POST = do_HEAD = do_GET  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def payloads(self, tag: str) -> list[str]:
+        """Markdown image, HTML image and a javascript: link, each naming this listener (tagged by path)."""
+        return [f"![x](http://127.0.0.1:{self.port}/{tag}-md)", f'<img src="http://127.0.0.1:{self.port}/{tag}-html">',
+                "[link](javascript:fetch('http://127.0.0.1:" + str(self.port) + f"/{tag}-js'))"]
+
+    def file_payload(self, tag: str) -> str:
+        """A Markdown image in a file name, which cannot hold "/": Markdown decodes "&#47;" in a link to "/"."""
+        return f"![x](http:&#47;&#47;127.0.0.1:{self.port}&#47;{tag}-file).jpg"
+
+
+@pytest.fixture(scope="module")
+def listener():
+    ear = Listener()
+    yield ear
+    ear.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
     if not CHROMIUM.is_file():
-        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run "
+        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run "
                      "(apt-get install chromium; .ci/run does)")
     try:
-        import playwright.sync_api  # noqa: F401
+        from playwright.sync_api import sync_playwright
     except ImportError:
         _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
-@pytest.mark.browser
-@pytest.mark.slow
-def test_every_page_renders_without_an_exception_in_chromium(dash_store):
-    _need_browser()
-    db = dash_store
-    params = {"run": "tiny", "image": "3", "ablation": "identity:5"}
+@pytest.fixture(scope="module")
+def payload_store(tiny_clip, tiny_blip, listener, tmp_path_factory) -> tuple[Path, str]:
+    """A store whose labels, file names, prompts (so captions) and run name are Markdown / HTML payloads,
+    with long prompts, made by the real run path. -> (store, run name)."""
+    from compute.config import load_experiment
+    from compute.runner import run
+
+    tmp = tmp_path_factory.mktemp("payload-store")
+    coco = make_coco(tmp / "coco", n=10, broken=(4,))
+    annotations = coco / "annotations" / "instances.json"
+    data = json.loads(annotations.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    evil = {"cat": listener.payloads("label")[0], "dog": listener.payloads("label")[1]}
+    for c in data["categories"]:
+        c["name"] = evil.get(c["name"], c["name"])
+    for image in data["images"][:3]:  # three images under names that are payloads themselves
+        new = listener.file_payload(f"f{image['id']}").replace(".jpg", f"{image['id']}.jpg")
+        (coco / "images" / image["file_name"]).rename(coco / "images" / new)
+        image["file_name"] = new
+    annotations.write_text(json.dumps(data))
+    labels = [evil["dog"], evil["cat"], "bird", "car"]
+    # Two long prompts that differ only at the end, two payloads (short enough for the tiny BLIP's 40
+    # positions: a caption continues its prompt).
+    md_payload, _, js_payload = listener.payloads("prompt")
+    prompts = [PROMPTS[0], PROMPTS[1], f"a bird {md_payload}", js_payload]
+    run_name = listener.file_payload("run").removesuffix(".jpg")
+    toml = [f"name = {json.dumps(run_name)}", "[model]", f"clip = {json.dumps(str(tiny_clip))}",
+            f"captioner = {json.dumps(str(tiny_blip))}", 'device = "cpu"', "batch_size = 5", "[dataset]",
+            f"images = {json.dumps(str(coco / 'images'))}", f"annotations = {json.dumps(str(annotations))}",
+            "[ablations]", 'sweep = "paper"', "[store]", f"db = {json.dumps(str(tmp / 'payload.duckdb'))}",
+            "[captions]", "max_new_tokens = 4", "num_beams = 1"]
+    for text, label in zip(prompts, labels, strict=True):
+        toml += ["[[prompts]]", f"text = {json.dumps(text)}", f"label = {json.dumps(label)}"]
+    (tmp / "payload.toml").write_text("\n".join(toml) + "\n")
+    run(load_experiment(tmp / "payload.toml"), progress=False, echo=lambda _: None)
+    assert names  # the fixture's own categories, replaced above
+    return tmp / "payload.duckdb", run_name
+
+
+@pytest.fixture(scope="module")
+def server(payload_store):
+    db, _ = payload_store
     with serve(db, ARTIFACTS / "streamlit.log") as url:
-        shots = shoot(url, PAGES, ARTIFACTS, params)
-    assert [s.page for s in shots] == list(PAGES)
-    for shot in shots:
-        assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
-        assert shot.title == TITLES[shot.page], shot.url
-        assert shot.screenshot.stat().st_size > 20_000, f"{shot.screenshot} looks empty"
+        yield url
 
 
-@pytest.mark.browser
-@pytest.mark.slow
-def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(heads_store):
-    _need_browser()
-    from playwright.sync_api import sync_playwright
+def open_page(tab, url: str, page: str, params: dict[str, str]) -> None:
+    tab.goto(page_url(url, page, params), wait_until="networkidle", timeout=60_000)
+    finished(tab)
 
-    from tools.screenshots import CHROMIUM_ARGS, FINISHED, RUNNING
 
+def wrong_under(db: Path, ablation: str) -> list[int]:
+    """Images the ablation gets wrong, in the Failures grid's confidence order."""
+    return [i for (i,) in sql(db, """
+        SELECT s.image_id FROM selection_t s JOIN ablation_t a USING (run_id, ablation_id)
+        WHERE a.ablation = ? AND NOT s.correct ORDER BY s.prob DESC, s.image_id""", [ablation])]
+
+
+def outside_requests(listener: Listener) -> list[str]:
+    """What the listener was asked for, the control test's own requests aside."""
+    return [p for p in listener.paths if not p.startswith("/control-")]
+
+
+def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_request(server, browser, payload_store,
+                                                                                      listener):
+    db, run_name = payload_store
+    ablation = max(["identity:1-12", "identity:1-3", "identity:5"], key=lambda a: len(wrong_under(db, a)))
+    params = {"run": run_name, "image": "3", "ablation": ablation}
+    tab = browser.new_page(viewport={"width": WIDTHS[0], "height": 1000})
+    problems = []
+    for page in PAGES:
+        tab.set_viewport_size({"width": WIDTHS[0], "height": 1000})
+        open_page(tab, server, page, params)
+        assert tab.locator("h1").first.inner_text() == TITLES[page]
+        assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
+        for width in WIDTHS:
+            if width != WIDTHS[0]:
+                tab.set_viewport_size({"width": width, "height": 1000})
+                tab.wait_for_timeout(900)  # the layout reflows and Vega redraws at the new width
+            problems += [f"{page} at {width} px: {p}" for p in overflow(tab)]
+            if width in (WIDTHS[0], WIDTHS[-1]):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                tab.screenshot(path=str(ARTIFACTS / f"{page}-{width}.png"), full_page=True)
+    tab.close()
+    assert problems == []
+    assert outside_requests(listener) == []  # every page shows the payloads in the data without fetching them
+
+
+def test_the_image_page_shows_every_prompt_whole(server, browser, payload_store):
+    db, run_name = payload_store
+    tab = browser.new_page(viewport={"width": 1280, "height": 1200})
+    open_page(tab, server, "image", {"run": run_name, "image": "2", "ablation": "identity:5"})
+    table = tab.locator('[data-testid="stTable"]').first.inner_text()
+    chart_text = " ".join(tab.locator('[data-testid="stVegaLiteChart"] svg').all_text_contents())
+    prompts = [p for (p,) in sql(db, "SELECT prompt FROM prompt_t ORDER BY prompt_id")]
+    picked = {p for (p,) in sql(db, "SELECT prompt FROM selections WHERE image_id = 2")}
+    for prompt in prompts:  # the logit heatmap names every prompt, whole
+        assert prompt in chart_text, prompt
+    for prompt in picked:  # the table holds every selected prompt, whole (wrapped, not cut)
+        assert prompt in table, prompt
+    assert "…" not in table
+    # the highlighted ablation: its row marked in the table and its column framed in the chart
+    assert "▶ identity:5" in table and "framed: identity:5" in chart_text
+    tab.close()
+
+
+def test_failures_to_image_and_next_and_previous_in_one_tab(server, browser, payload_store):
+    db, run_name = payload_store
+    ablation = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(wrong_under(db, a)))
+    order = wrong_under(db, ablation)
+    assert len(order) >= 3, "the fixture needs three wrong images under one ablation"
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    tab = context.new_page()
+    open_page(tab, server, "failures", {"run": run_name, "ablation": ablation, "outcome": "wrong",
+                                        "sort": "confidence"})
+    tab.get_by_role("link", name=f"image {order[0]}", exact=True).click()
+    tab.wait_for_url("**/image?**")
+    finished(tab)
+
+    def shown() -> dict[str, str]:
+        return dict(parse_qsl(urlparse(tab.url).query))
+
+    assert shown()["image"] == str(order[0]) and shown()["ablation"] == ablation
+    assert tab.locator("h1").first.inner_text() == "Image"
+    tab.get_by_role("button", name="Next").click()
+    tab.wait_for_function(f"() => new URL(location.href).searchParams.get('image') === '{order[1]}'")
+    finished(tab)
+    assert any(f"image 2 of {len(order)}" in t for t in tab.locator('[data-testid="stCaptionContainer"]').all_inner_texts())
+    tab.get_by_role("button", name="Next").click()
+    tab.wait_for_function(f"() => new URL(location.href).searchParams.get('image') === '{order[2]}'")
+    finished(tab)
+    tab.get_by_role("button", name="Previous").click()
+    tab.wait_for_function(f"() => new URL(location.href).searchParams.get('image') === '{order[1]}'")
+    finished(tab)
+    assert not tab.locator(EXCEPTION).all_inner_texts()
+    assert len(context.pages) == 1  # every step in the same tab
+    context.close()
+
+
+CONTROL_APP = """
+import sys
+import streamlit as st
+for payload in sys.argv[1:]:
+    st.markdown(payload)
+"""
+
+
+def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser, payload_store, listener,
+                                                                  tmp_path):
+    db, run_name = payload_store
+    # Control: the same payloads rendered as Markdown do reach the listener, so silence below means escaped.
+    control = tmp_path / "control.py"
+    control.write_text(CONTROL_APP)
+    tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+    live = [listener.payloads("control")[0], listener.file_payload("control").removesuffix(".jpg")]
+    with serve(db, ARTIFACTS / "control.log", app=control, script_args=live) as url:
+        tab.goto(url, wait_until="networkidle")
+        tab.wait_for_timeout(1500)
+    assert {p.lstrip("/") for p in listener.paths} >= {"control-md", "control-file"}, listener.paths
+
+    # Every page was opened by the test above; here the views it does not reach.
+    ablation = max(["identity:1-12", "identity:1-3"], key=lambda a: len(wrong_under(db, a)))
+    params = {"run": run_name, "ablation": ablation, "outcome": "wrong", "sort": "confidence"}
+    open_page(tab, server, "compare", {**params, "mode": "runs"})
+    open_page(tab, server, "embeddings", {**params, "colour": "selected"})
+    open_page(tab, server, "image", {**params, "from": "failures", "image": "1"})  # a payload file name
+    text = tab.locator('[data-testid="stMainBlockContainer"]').text_content()
+    tab.wait_for_timeout(1500)
+    assert not tab.locator(EXCEPTION).all_inner_texts()
+    assert outside_requests(listener) == []
+    assert listener.file_payload("f1").replace(".jpg", "1.jpg") in text  # shown as the text it is
+    assert listener.payloads("label")[0] in text and listener.payloads("prompt")[0] in text
+    tab.close()
+
+
+def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(heads_store, browser):
     out = ARTIFACTS / "heads"
+    out.mkdir(parents=True, exist_ok=True)
     with serve(heads_store, out / "streamlit.log") as url:
-        shots = shoot(url, ("heads", "flow", "image"), out, {"run": "tiny-heads", "image": "3",
-                                                             "ablation": "identity:6/h2"})
-        for shot in shots:
-            assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
-            assert shot.title == TITLES[shot.page], shot.url
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                tab = browser.new_page(viewport={"width": 1400, "height": 1600})
-
-                def finished() -> None:
-                    tab.wait_for_selector("h1", timeout=60_000)
-                    tab.wait_for_function(FINISHED, timeout=60_000)
-                    tab.wait_for_selector(RUNNING, state="detached", timeout=60_000)
-
-                tab.goto(f"{url}/heads?run=tiny-heads", wait_until="networkidle")
-                finished()
-                # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
-                cell = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-rect path[aria-label*="identity:7/h3;"]')
-                assert cell.count() == 1
-                cell.first.click()
-                tab.wait_for_url("**/failures?**", timeout=60_000)
-                finished()
-                assert "ablation=identity%3A7%2Fh3" in tab.url and "run=tiny-heads" in tab.url
-                assert tab.locator("h1").first.inner_text() == "Failures"
-                assert not tab.locator(EXCEPTION).all_inner_texts()
-                assert "ablation identity:7/h3; correctness flips" in tab.locator(CONTENT).inner_text()
-                # Back on Heads, the page stays there: the click is not replayed.
-                tab.locator('[data-testid="stSidebarNavLink"]', has_text="Heads").click()
-                tab.wait_for_url("**/heads**", timeout=60_000)
-                finished()
-                tab.wait_for_timeout(1500)
-                assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
-            finally:
-                browser.close()
+        tab = browser.new_page(viewport={"width": 1400, "height": 1600})
+        for page in ("heads", "flow", "image"):
+            open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
+            assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
+            assert tab.locator("h1").first.inner_text() == TITLES[page]
+            tab.screenshot(path=str(out / f"{page}.png"), full_page=True)
+        open_page(tab, url, "heads", {"run": "tiny-heads"})
+        # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
+        cell = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-rect path[aria-label*="identity:7/h3;"]')
+        assert cell.count() == 1
+        cell.first.click()
+        tab.wait_for_url("**/failures?**", timeout=60_000)
+        finished(tab)
+        assert "ablation=identity%3A7%2Fh3" in tab.url and "run=tiny-heads" in tab.url
+        assert tab.locator("h1").first.inner_text() == "Failures"
+        assert not tab.locator(EXCEPTION).all_inner_texts()
+        assert "ablation identity:7/h3; correctness flips" in tab.locator(CONTENT).inner_text()
+        # Back on Heads, the page stays there: the click is not replayed.
+        tab.locator('[data-testid="stSidebarNavLink"]', has_text="Heads").click()
+        tab.wait_for_url("**/heads**", timeout=60_000)
+        finished(tab)
+        tab.wait_for_timeout(1500)
+        assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
+        tab.close()

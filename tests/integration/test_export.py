@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import pandas as pd
 import pytest
-from conftest import DASH_ABLATIONS, run_cli
+from conftest import DASH_ABLATIONS, run_cli, sql
 
 from compute import store
 from compute.__main__ import main
+from compute.export import split_ablations
 from dashboard import figures, queries, slices, tables
 
 CHARTS = ["table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "layers_score_baseline",
@@ -49,20 +52,55 @@ def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
     summary = summary_of(dash_store)
     markdown = (pack / "summary.md").read_text()
     latex = (pack / "summary.tex").read_text()
-    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "ablation" not in line]
-    assert len(rows) == DASH_ABLATIONS == latex.count(r"\\") - 1
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "Ablation" not in line]
+    assert len(rows) == DASH_ABLATIONS == latex.count(r"\\") - 2
     for line, r in zip(rows, summary.itertuples(), strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == r.ablation and int(cells[1]) == r.images
-        assert cells[2] == f"{r.accuracy:.4f} [{r.accuracy_lo:.4f}, {r.accuracy_hi:.4f}]"
-        assert f"{r.caption_score:.4f} [{r.caption_score_lo:.4f}, {r.caption_score_hi:.4f}]" in cells
-        latex_row = next(x for x in latex.splitlines() if x.startswith(r.ablation.replace("_", r"\_") + " &"))
-        assert f"{r.score_baseline:.4f} [{r.score_baseline_lo:.4f}, {r.score_baseline_hi:.4f}]" in latex_row
+        assert cells[2:4] == [tables.number(r.accuracy), tables.interval(r.accuracy_lo, r.accuracy_hi)]
+        assert cells[-3:-1] == [tables.number(r.caption_score), tables.interval(r.caption_score_lo, r.caption_score_hi)]
+        latex_row = next(x for x in latex.splitlines() if x.startswith(r.ablation + " &"))
+        assert f"& {r.score_baseline:.3f} & [" in latex_row.replace("$-$", "-")
     csv = pd.read_csv(pack / "summary.csv")
     with duckdb.connect(str(dash_store), read_only=True) as con:
         accuracy = con.execute("SELECT ablation, AVG(correct::DOUBLE) FROM selections WHERE run = 'tiny' "
                                "GROUP BY ablation").fetchall()
     assert dict(zip(csv["ablation"], csv["accuracy"], strict=True)) == pytest.approx(dict(accuracy))
+    tests = pd.read_csv(pack / "mcnemar.csv")
+    assert list(tests["p_holm"]) == pytest.approx(list(summary["p_holm_accuracy"].iloc[1:]))
+
+
+def test_chosen_ablations_sizes_and_an_images_figure5(dash_store, tmp_path):
+    chosen = ["identity:1-12", "baseline", "zero:5-8"]
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "svg,pdf",
+                 "--ablations", ",".join(chosen), "--size", "one-column", "--image", "3",
+                 "--ablation", "identity:5"]) == 0
+    markdown = (tmp_path / "summary.md").read_text()
+    assert [line.split(" | ")[0].strip("| ") for line in markdown.splitlines()[2:2 + len(chosen)]] == chosen
+    full = summary_of(dash_store).set_index("ablation")
+    csv = pd.read_csv(tmp_path / "summary.csv").set_index("ablation")
+    assert list(csv.index) == chosen
+    # significance decided over the whole run: the same Holm p-values as with every ablation
+    assert list(csv["p_holm_accuracy"].dropna()) == pytest.approx(list(full.loc[chosen, "p_holm_accuracy"].dropna()))
+    for name in ("table1", "change_vs_baseline", "blocks_accuracy", "image3_logits"):
+        svg = (tmp_path / f"{name}.svg").read_text()
+        assert abs(figures.svg_width(svg) - figures.SIZES["one-column"]) <= 40, name  # 3.5 in, nearly
+        pdf = (tmp_path / f"{name}.pdf").read_bytes()
+        box = re.search(rb"MediaBox\s*\[\s*0 0 ([0-9.]+)", pdf)
+        assert box and abs(float(box.group(1)) - figures.svg_width(svg)) < 1  # 1 px = 1 pt
+    for name in ("label_accuracy", "blocks_accuracy", "image3_logits"):  # single charts fit exactly
+        assert figures.svg_width((tmp_path / f"{name}.svg").read_text()) == figures.SIZES["one-column"]
+    f5 = (tmp_path / "image3_figure5.md").read_text().splitlines()
+    picks = dict(sql(dash_store, "SELECT ablation, prompt FROM selections WHERE run = 'tiny' AND image_id = 3"))
+    assert [line.split(" | ")[0].strip("| ") for line in f5[2:]] == chosen  # one row per ablation, never merged
+    assert [line.split(" | ")[1] for line in f5[2:]] == [picks[a] for a in chosen]
+    assert (tmp_path / "image3_figure5.tex").read_text().count(r"\\") == len(chosen) + 1
+
+
+def test_comma_lists_of_ablations_keep_labels_with_commas():
+    assert split_ablations("identity:1,5,9,zero:5-8, baseline") == ["identity:1,5,9", "zero:5-8", "baseline"]
+    assert split_ablations("identity:6/h0,h3,all") == ["identity:6/h0,h3", "all"]
+    assert split_ablations("") == []
 
 
 def test_selections_csv_and_parquet_are_the_same_rows_as_the_view(pack, dash_store):
@@ -86,6 +124,11 @@ def test_unknown_run_names_the_runs_there(dash_store, tmp_path, capsys):
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store),
                  "--confusion", "identity:99"]) == 2
     assert "no ablation 'identity:99'" in capsys.readouterr().err
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store),
+                 "--ablations", "baseline,identity:77"]) == 2
+    assert "no ablation 'identity:77'" in capsys.readouterr().err
+    assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--image", "999"]) == 2
+    assert "no image 999" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # bad input writes nothing
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import APP, DASH_ABLATIONS, sql
 
 from compute.store import DB_ENV
+from dashboard.text import md
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_prompt_lab_scores_typed_prompts_and_saves_them_as_a_run(store_copy, mon
     at.text_input[0].set_value("tiny-lab").run()
     at.button[0].click().run()
     assert not at.exception, at.exception[0].value
-    assert any("Saved run 'tiny-lab'" in s.value for s in at.success)
+    assert any(f"Saved run {md('tiny-lab')}:" in s.value for s in at.success)
     saved = accuracy_by_ablation(store_copy, "tiny-lab")
     assert [a for a, _ in saved] == list(lab_table["ablation"])
     assert max(abs(x - y) for x, (_, y) in zip(lab_table["accuracy"], saved, strict=True)) < 1e-6
@@ -70,4 +71,4 @@ def test_prompt_lab_explains_bad_lines(store_copy, monkeypatch):
     at.run()
     at.switch_page("views/prompt_lab.py").run()
     assert not at.exception
-    assert any("write `text | label`" in e.value for e in at.error)
+    assert any(md("write `text | label`") in e.value for e in at.error)  # shown as text

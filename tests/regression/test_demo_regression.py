@@ -91,3 +91,26 @@ def test_demo_quality_bars_and_graded_effects(demo_store):
     assert h["baseline"] == acc["demo-attributes"]["baseline"]
     assert h["identity:8/h2"] < h["baseline"] - 0.04
     assert h["knockout:1-12/patches>cls"] == 0.0
+
+
+@pytest.mark.parametrize("run_name", ["demo-shapes", "demo-attributes", "demo-heads"])
+def test_overview_and_layers_count_the_same_reliably_worse_ablations(demo_store, run_name, monkeypatch):
+    """One significance rule on every page: the Overview's count of ablations reliably worse than baseline
+    is the number of rows of the Layers page's McNemar table that are Holm-significant and worse."""
+    from streamlit.testing.v1 import AppTest
+
+    from compute.store import DB_ENV
+
+    monkeypatch.setenv(DB_ENV, str(demo_store))
+    app = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+    at = AppTest.from_file(app, default_timeout=120)
+    at.query_params["run"] = run_name
+    at.run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}["Ablations reliably worse"]
+    at.switch_page("views/layers.py").run()
+    assert not at.exception
+    tests = at.dataframe[0].value  # the Layers page's McNemar table
+    worse = tests[(tests["significant"] == "yes") & (tests["only_baseline"] > tests["only_ablation"])]
+    assert shown == f"{len(worse)} of {len(tests)}"
+    assert 0 < len(worse) < len(tests)  # the demo has both: the count is not trivially all or none

@@ -1,0 +1,91 @@
+"""The command line around the demo: ``list`` right after the demo lists its runs (one default store for
+every verb, the demo and the dashboard), ``list`` stays aligned with rescored runs, every ``--help`` is
+plain text, and ``logit_scale`` stays float32 whatever the model's dtype."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import run_cli
+
+from compute.__main__ import main
+from compute.store import DB_ENV, default_db
+
+VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
+
+
+def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
+    """The demo verb itself (in this process), on a small slice of its data, then ``list`` as a real process
+    with no --db: both use the default store."""
+    from compute import runner
+    from compute.config import load_experiment
+    from compute.demo import EXPERIMENTS, SPLIT, cli
+
+    db = tmp_path / "results.duckdb"
+    monkeypatch.setenv(DB_ENV, str(db))
+    for path in EXPERIMENTS:  # no store in the demo's files: the default one
+        assert load_experiment(path).store.db == default_db() == db
+    data = tmp_path / "shapes"
+    monkeypatch.setattr(cli, "DEMO_DATA", data)
+    monkeypatch.setattr(cli, "N_IMAGES", 12)
+    full_run = runner.run
+
+    def small_run(exp, **kwargs):  # the demo's experiments (captions included) on 3 of its images
+        exp.dataset.images = data / SPLIT
+        exp.dataset.annotations = data / "annotations" / exp.dataset.annotations.name
+        exp.dataset.limit = 3
+        return full_run(exp, **kwargs)
+
+    monkeypatch.setattr(runner, "run", small_run)
+    assert main(["demo", "--no-dashboard", "--no-progress"]) == 0
+    result = run_cli("list", env={DB_ENV: str(db)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["run", "status", "images"]
+    assert [line.split()[0] for line in lines[2:]] == [load_experiment(path).name for path in EXPERIMENTS]
+    assert all(line.split()[1] == "complete" for line in lines[2:])
+
+
+def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):
+    from compute.config import Prompt
+    from compute.rescore import rescore
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(dash_store, db)
+    rescore(db, "tiny-singles", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")],
+            "a-rather-long-rescored-name", progress=False, echo=lambda _: None)  # no captioner: one text pass
+    result = run_cli("list", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    head, rule, *rows = result.stdout.splitlines()
+    assert any("a-rather-long-rescored-name (from tiny-singles)" in row for row in rows)
+    for row in rows:
+        for column in ("status", "created"):  # left-aligned: each cell starts under its heading
+            start = head.index(column)
+            assert row[start - 2:start] == "  " and row[start] != " ", (column, row)
+        for column in ("images", "errors"):  # right-aligned: each cell ends under its heading
+            end = head.index(column) + len(column)
+            assert row[end - 1] != " " and row[end:end + 2] == "  ", (column, row)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_help_is_plain_text(verb, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and ":class:" not in out, out
+
+
+def test_a_bfloat16_run_reads_the_float32_logit_scale(tiny_clip):
+    import torch
+
+    from compute.models import load_clip
+    from compute.scoring import logit_scale
+
+    full = load_clip(str(tiny_clip), "cpu", "float32")
+    low = load_clip(str(tiny_clip), "cpu", "bfloat16")
+    assert low.model.vision_model.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert low.model.logit_scale.dtype == torch.float32
+    assert logit_scale(low) == logit_scale(full)
+    # what bfloat16 would have made of it: not the same number (so the test can fail)
+    assert float(full.model.logit_scale.detach().to(torch.bfloat16).float().exp()) != logit_scale(full)
