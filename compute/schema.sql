@@ -1,8 +1,8 @@
 -- The store's schema: tables (free to change) and the public views (stable names and columns,
--- see DESIGN.md). Every statement is idempotent; compute.store runs this file when it creates a store
+-- see DESIGN.md). Every statement is idempotent; compute.storefile runs this file when it creates a store
 -- or migrates an older one (inside that transaction), then writes the marker table
--- clip_attention_lab_t (application, schema_version = compute.store.SCHEMA_VERSION). A change to a
--- table here needs a migration in compute.store.MIGRATIONS and a new SCHEMA_VERSION.
+-- clip_attention_lab_t (application, schema_version = compute.storefile.SCHEMA_VERSION). A change to a
+-- table here needs a migration in compute.storefile.MIGRATIONS and a new SCHEMA_VERSION.
 -- Rows are keyed by small integer ids; the views turn them back into names.
 
 CREATE TABLE IF NOT EXISTS run_t (

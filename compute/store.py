@@ -1,353 +1,42 @@
-"""The DuckDB store: one connection factory and every statement the compute stage runs on it.
+"""Every statement the compute stage runs on its DuckDB store, next to the function that runs it.
 
-The read side of the dashboard keeps its queries in ``dashboard/queries.py``; everything ``compute``
-reads or writes is here, next to the function that runs it. Long because it is that one place: it reads
-in sections (the file, runs, batches of results, stored embeddings, captions, statistics, summaries).
-
-Concurrency: DuckDB lets one process write or several read, never both. The compute stage therefore
-holds the file only for short open -> write one batch -> close transactions, and every connection,
-reader or writer, retries for a while when the file is locked. A dashboard opened during a run sees the
-batches committed so far. Values are always bound with ``?``; identifiers never come from users.
-
-The file knows itself: a marker table names the application and its schema version. ``connect`` refuses
-(one line, nothing written) what is not a store this version may write: a directory, an SQLite file,
-another application's DuckDB file, a newer schema; it migrates an older one in one transaction.
+The read side of the dashboard keeps its queries in ``dashboard/queries.py``; what ``compute`` reads or
+writes is here, in sections: runs, batches of results, stored embeddings, captions, statistics, summaries.
+Long because it is that one place. The file itself (location, checks, connection, schema versions) is
+``compute.storefile``, whose names this module re-exports: callers open a store with ``store.connect``.
+Values are always bound with ``?``; identifiers never come from users.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import random
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from compute.errors import StoreError, StoreIOError
 from compute.killpoints import kill_point
-
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_FILE = Path(__file__).with_name("schema.sql")
-DB_ENV = "CLIP_LAB_DB"
-LOCK_TIMEOUT_S = 120.0
-
-# The store knows itself: its marker table names the application and the schema version of its layout.
-# Version 1 (until the hardening issue) kept only meta_t(schema_version = 1), no application name.
-APPLICATION = "CLIP Attention Lab store"
-SCHEMA_VERSION = 2
-MARKER = "clip_attention_lab_t"  # the marker table's name: no other application uses it
-READABLE_FROM = 1  # read-only connections accept this version and later (their tables are what readers read)
-
-
-DEFAULT_DB_TEXT = "$CLIP_LAB_DB, else data/results.duckdb"  # for --help texts
-
-
-def default_db() -> Path:
-    """The store every verb, the demo and the dashboard use unless told otherwise: $CLIP_LAB_DB, else
-    data/results.duckdb of this checkout."""
-    return Path(os.environ.get(DB_ENV) or ROOT / "data" / "results.duckdb").expanduser().resolve()
-
-
-def resolve_db(path: str | Path | None) -> Path:
-    """A store path given on a command line, or the default store when none was given."""
-    return Path(path).expanduser().resolve() if path is not None else default_db()
-
-
-def _is_lock_error(e: Exception) -> bool:
-    text = str(e).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
-
-
-# --------------------------------------------------------------------------------------------------
-# The store file: checks before it is opened, the connection, and what a failure means.
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
-# What an I/O failure says (DuckDB wraps the operating system's message): one line naming the cause.
-IO_CAUSES = ("no space left on device", "disk quota exceeded", "read-only file system", "input/output error",
-             "file too large", "permission denied", "could not write", "could not fsync", "could not truncate",
-             "could not read", "database has been invalidated")
-IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
-
-
-def check_path(db: Path, write: bool) -> None:
-    """StoreError (one line) when ``db`` cannot be a store: a directory, not a regular file, unreadable, an
-    SQLite file or anything else that is not a DuckDB file, or (``write``) not writable. Writes nothing."""
-    db = Path(db)
-    if db.is_dir():
-        raise StoreError(f"store {db} is a directory; give a file path such as {db / 'results.duckdb'}")
-    if db.exists():
-        if not db.is_file():
-            raise StoreError(f"store {db} is not a regular file")
-        try:
-            with open(db, "rb") as f:
-                head = f.read(16)
-        except OSError as e:
-            raise StoreError(f"store {db} cannot be read: {_os_cause(e)}{_owner_hint(db)}") from None
-        if head.startswith(SQLITE_MAGIC):
-            raise StoreError(f"store {db} is an SQLite database, not a DuckDB store: choose another path")
-        if head[8:12] != DUCKDB_MAGIC:
-            raise StoreError(f"store {db} is not a DuckDB file ({'it is empty' if not head else 'unknown format'}):"
-                             f" choose another path")
-        if write and not os.access(db, os.W_OK):
-            if _readonly_fs(db.parent):
-                raise StoreError(f"store {db} is on a read-only file system")
-            raise StoreError(f"store {db} is read-only (permission denied){_owner_hint(db)}")
-        folder = db.parent
-    else:
-        if not write:
-            raise StoreError(f"no store at {db}")
-        folder = db.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise StoreError(f"cannot create store {db}: {folder} is not a folder")
-    # DuckDB writes its write-ahead log beside the file, so the folder must be writable too.
-    if write and not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write store {db}: folder {folder} is not writable{_readonly_fs(folder)}")
-
-
-def _os_cause(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
-
-
-def _owner_hint(db: Path) -> str:
-    try:
-        uid = db.stat().st_uid
-    except OSError:
-        return ""
-    if uid == os.geteuid():
-        return ""
-    try:
-        import pwd
-
-        owner = pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        owner = f"uid {uid}"
-    return f"; it belongs to {owner}"
-
-
-def _readonly_fs(folder: Path) -> str:
-    try:
-        return " (a read-only file system)" if os.statvfs(folder).f_flag & os.ST_RDONLY else ""
-    except OSError:
-        return ""
-
-
-def io_cause(e: BaseException) -> str | None:
-    """The I/O cause an exception reports (disk full, ...), or None when it is not an I/O failure."""
-    if isinstance(e, OSError):
-        return _os_cause(e) if e.errno in IO_ERRNOS else None
-    text = str(e).lower()
-    for cause in IO_CAUSES:
-        if cause in text:
-            return next((c for c in IO_CAUSES[:6] if c in text), cause)
-    return None
-
-
-def _io_error(db: Path, e: BaseException) -> StoreIOError:
-    return StoreIOError(f"store {db}: {io_cause(e)}. What was committed is kept and the store is valid; "
-                        f"fix the cause (free space) and run the same command again to resume")
-
-
-def _open(db: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
-    """duckdb.connect, retrying while another process holds the file; open failures as one line."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        try:
-            return duckdb.connect(str(db), read_only=read_only)
-        except duckdb.IOException as e:
-            if _is_lock_error(e):
-                if time.monotonic() <= deadline:
-                    time.sleep(delay * (0.5 + random.random()))  # jitter: readers and the writer do not lockstep
-                    delay = min(delay * 1.5, 0.5)
-                    continue
-                raise StoreIOError(f"store {db} is busy: another process has held it for {timeout:.0f} s; "
-                                   f"try again when it is done") from None
-            text = str(e)
-            if "newer" in text.lower() or "version" in text.lower():
-                raise StoreError(f"store {db} was written by another version of DuckDB ({text.splitlines()[0]}); "
-                                 f"use the duckdb version that wrote it") from None
-            if io_cause(e) is not None and "permission denied" not in text.lower():
-                raise _io_error(db, e) from None
-            raise StoreError(f"cannot open store {db}: {text.splitlines()[0]}") from None
-
-
-@dataclass(frozen=True)
-class StoreKind:
-    kind: str  # "empty" | "ours" | "foreign"
-    version: int = 0
-    tables: tuple[str, ...] = ()
-
-
-def identify(con: duckdb.DuckDBPyConnection) -> StoreKind:
-    """What the open file is: empty, this application's store (with its schema version) or another's."""
-    tables = tuple(sorted(r[0] for r in con.execute(STORE_TABLES).fetchall()))
-    if not tables:
-        return StoreKind("empty")
-    if MARKER in tables:
-        marks = dict(con.execute(f"SELECT key, value FROM {MARKER}").fetchall())
-        if marks.get("application") == APPLICATION and str(marks.get("schema_version", "")).isdigit():
-            return StoreKind("ours", int(marks["schema_version"]), tables)
-    elif {"meta_t", "run_t", "selection_t", "score_t"} <= set(tables):  # version 1, before the marker
-        row = con.execute("SELECT value FROM meta_t WHERE key = 'schema_version'").fetchone()
-        if row and row[0] == "1":
-            return StoreKind("ours", 1, tables)
-    return StoreKind("foreign", 0, tables)
-
-
-STORE_TABLES = "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
-
-
-def check_kind(db: Path, found: StoreKind, write: bool) -> None:
-    """StoreError unless the file is a store this version may open (for writing: migrate or create)."""
-    if found.kind == "foreign":
-        shown = ", ".join(found.tables[:5]) + (", ..." if len(found.tables) > 5 else "")
-        raise StoreError(f"{db} is a DuckDB file of another application (tables: {shown}; no CLIP Attention "
-                         f"Lab marker): it was left untouched; choose another store path")
-    if found.kind == "ours" and found.version > SCHEMA_VERSION:
-        raise StoreError(f"store {db} was written by a newer version of CLIP Attention Lab (schema version "
-                         f"{found.version}; this one knows up to {SCHEMA_VERSION}); upgrade to use it")
-    if not write:
-        if found.kind == "empty":
-            raise StoreError(f"store {db} holds no runs yet (an empty DuckDB file)")
-        if found.version < READABLE_FROM:
-            raise StoreError(f"store {db} has schema version {found.version}, too old to read: open it for "
-                             f"writing once (python -m compute list is enough after a run) to migrate it")
-
-
-_verified: set[tuple[int, int]] = set()  # (device, inode) of files this process found to be its stores
-
-
-def check_store(db: Path, write: bool, timeout: float = LOCK_TIMEOUT_S) -> None:
-    """Every check ``connect`` makes before it writes, on a read-only look at the file: path problems,
-    another application's file, a newer schema. StoreError (one line) on the first; writes nothing."""
-    db = Path(db)
-    try:
-        st = db.stat()
-    except OSError:
-        st = None
-    if st is not None and (st.st_dev, st.st_ino) in _verified:
-        return  # checked once in this process: a later failure is an I/O failure, reported as such
-    check_path(db, write)
-    if st is None:
-        return
-    con = _open(db, read_only=True, timeout=timeout)  # read-only: a foreign file's pending log is not replayed
-    try:
-        check_kind(db, identify(con), write)
-    except duckdb.Error as e:
-        raise StoreError(f"cannot read store {db}: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
-    _verified.add((st.st_dev, st.st_ino))
-
-
-@contextmanager
-def connect(db: str | Path, read_only: bool = False, timeout: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open ``db`` (retrying while another process holds it), yield, always close.
-
-    Before anything is written the file is checked (``check_store``): another application's DuckDB file,
-    a newer schema, an SQLite file, a directory, an unwritable folder are refused in one line (StoreError)
-    and left untouched. A write connection creates the file and its schema if needed and migrates an
-    older schema (one transaction). I/O failures inside the block (a full disk) become one line naming
-    the store and the cause (StoreIOError); DuckDB rolls the open transaction back.
-    """
-    db = Path(db)
-    if read_only:
-        check_path(db, write=False)
-    else:
-        check_store(db, write=True, timeout=timeout)
-        if not db.parent.is_dir():
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise _io_error(db, e) if io_cause(e) else StoreError(f"cannot create store {db}: {e}") from None
-    con = _open(db, read_only, timeout)
-    try:
-        if read_only:
-            check_kind(db, identify(con), write=False)
-        else:
-            ensure_schema(con, db)
-        yield con
-    except (duckdb.Error, OSError) as e:
-        if io_cause(e) is None:
-            raise
-        raise _io_error(db, e) from None
-    finally:
-        try:
-            con.close()
-        except duckdb.Error as e:  # closing checkpoints: it can meet a full disk too
-            if io_cause(e) is None:
-                raise
-            raise _io_error(db, e) from None
-
-
-def ensure_schema(con: duckdb.DuckDBPyConnection, db: Path | str = "store") -> None:
-    """Make the open file a current store: nothing if it is one, create the schema in an empty file, or
-    migrate an older one, each in one transaction. StoreError for another application's file or a newer
-    schema (nothing is written)."""
-    found = identify(con)
-    if found.kind == "ours" and found.version == SCHEMA_VERSION:
-        return
-    check_kind(Path(db), found, write=True)
-    with transaction(con, "migrate" if found.kind == "ours" else "create-store"):
-        if found.kind == "ours":
-            for version in range(found.version, SCHEMA_VERSION):
-                MIGRATIONS[version](con)
-        con.execute(SCHEMA_FILE.read_text())  # idempotent: tables a migration did not make, the views
-        con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-        con.executemany(f"INSERT OR REPLACE INTO {MARKER} VALUES (?, ?)",
-                        [["application", APPLICATION], ["schema_version", str(SCHEMA_VERSION)]])
-        if found.kind == "empty":
-            con.execute(f"INSERT INTO {MARKER} VALUES ('created_at', ?)", [datetime.now().isoformat()])
-
-
-# Migrations: MIGRATIONS[v] turns a version-v store into a version v+1 one, inside ensure_schema's
-# transaction (a crash leaves the old version intact). schema.sql then adds what is new and the views.
-
-
-def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
-    # Version 1 kept its version in meta_t(key, value) and no application name, so a DuckDB file of any
-    # application with a meta_t table looked alike. Version 2 moves it to the marker table and records
-    # where the store came from. It also gives every store ablation_t's heads and target (head-level and
-    # knockout ablations), which stores written while the version still read 1 may lack: their ablations
-    # are whole layers without a target.
-    con.execute("ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS heads INTEGER[] DEFAULT []")
-    con.execute("ALTER TABLE ablation_t ADD COLUMN IF NOT EXISTS target VARCHAR")
-    con.execute(f"CREATE TABLE {MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-    con.execute(f"INSERT INTO {MARKER} SELECT 'migrated_from_' || key, value FROM meta_t")
-    con.execute(f"INSERT INTO {MARKER} VALUES ('migrated_at', ?)", [datetime.now().isoformat()])
-    con.execute("DROP TABLE meta_t")
-
-
-MIGRATIONS = {1: _migrate_1_to_2}
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection, point: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """BEGIN ... COMMIT, or ROLLBACK on any exception. ``point``: the crash tests' kill point, reached inside
-    the transaction just before COMMIT (see compute.killpoints)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield con
-        if point is not None:
-            kill_point(point)
-    except BaseException:
-        with suppress(duckdb.Error):  # a failed statement may have ended the transaction already
-            con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-
+from compute.storefile import (  # noqa: F401 - re-exported: the store's one name for callers
+    DB_ENV,
+    DEFAULT_DB_TEXT,
+    LOCK_TIMEOUT_S,
+    MARKER,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StoreKind,
+    check_path,
+    check_store,
+    connect,
+    default_db,
+    ensure_schema,
+    identify,
+    io_cause,
+    resolve_db,
+    transaction,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Runs.
