@@ -28,7 +28,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from compute import store
-from dashboard import queries, state, tables
+from dashboard import queries, state, stats, tables
 from dashboard.text import md
 
 # Altair validates every schema object as it is built (its debug mode): a third of a chart's drawing time,
@@ -339,3 +339,24 @@ LAYOUT_CSS = """
 
 def layout() -> None:
     st.markdown(LAYOUT_CSS, unsafe_allow_html=True)  # fixed CSS, no data in it
+
+
+def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str) -> None:
+    """The Heads and Flow pages' table of cells (dashboard.heads): ``keys`` name each cell (layer, head or
+    target), then the change of ``metric`` against baseline, its 95% interval, McNemar's counts, p and the
+    verdict; ``ablated`` says what differs from baseline ("the head ablated")."""
+    shown = cells.assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))
+    st.dataframe(
+        shown[["ablation", *keys, "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p", "p_holm",
+               "holds"]],
+        hide_index=True,
+        column_config={
+            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
+            "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
+            "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
+            "only_baseline": st.column_config.NumberColumn("right only under baseline"),
+            "only_ablation": st.column_config.NumberColumn(f"right only with {ablated}"),
+            "p_holm": st.column_config.TextColumn("p (Holm)"),
+            "holds": st.column_config.CheckboxColumn("holds after Holm"),
+        },
+    )

@@ -44,19 +44,4 @@ st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for t
                         if target in set(cells["target"])))
 
 st.subheader("Every knockout")
-shown = cells.sort_values(["layer", "target"]).assign(p=cells["p"].map(stats.format_p),
-                                                      p_holm=cells["p_holm"].map(stats.format_p))
-st.dataframe(
-    shown[["ablation", "layer", "target", "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p",
-           "p_holm", "holds"]],
-    hide_index=True,
-    column_config={
-        "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
-        "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
-        "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
-        "only_baseline": st.column_config.NumberColumn("right only under baseline"),
-        "only_ablation": st.column_config.NumberColumn("right only with the knockout"),
-        "p_holm": st.column_config.TextColumn("p (Holm)"),
-        "holds": st.column_config.CheckboxColumn("holds after Holm"),
-    },
-)
+ui.change_table(cells.sort_values(["layer", "target"]), ["layer", "target"], metric, "the knockout")

@@ -47,18 +47,4 @@ if picked:
     st.switch_page("views/failures.py", query_params={"run": ctx.name, "ablation": picked, "outcome": "flip"})
 
 st.subheader("Every head")
-shown = cells.sort_values("change").assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))
-st.dataframe(
-    shown[["ablation", "layer", "head", "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p",
-           "p_holm", "holds"]],
-    hide_index=True,
-    column_config={
-        "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
-        "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
-        "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
-        "only_baseline": st.column_config.NumberColumn("right only under baseline"),
-        "only_ablation": st.column_config.NumberColumn("right only with the head ablated"),
-        "p_holm": st.column_config.TextColumn("p (Holm)"),
-        "holds": st.column_config.CheckboxColumn("holds after Holm"),
-    },
-)
+ui.change_table(cells.sort_values("change"), ["layer", "head"], metric, "the head ablated")
