@@ -85,13 +85,14 @@ def test_engine_matches_the_plain_method_for_every_head_kind_target_and_mixed_fo
     worst = {a.label: (fast[a] - plain[:, i]).abs().max().item() for i, a in enumerate(ablations)}
     assert max(worst.values()) < 1e-4, max(worst.items(), key=lambda kv: kv[1])
 
-    # Not vacuous: every ablation moves the logits, except the two that only change what patch queries read
-    # in the last layer, which the CLS token never sees: those are exactly baseline.
+    # Not vacuous: every ablation moves the logits, except the three that only change what patch queries read
+    # in the last layer, which the CLS token never sees: those are baseline up to float32 rounding (logits
+    # near 1 here, one ulp 1.2e-7; seen: 1.1e-6 against a smallest real move of 1.1e-3).
     base = fast[ablations[0]]
     unseen = {"knockout:12/cls>patches", "knockout:12/patches>patches", "knockout:12/cls>patches/h0,h2"}
     for a in ablations[1:]:
         moved = (fast[a] - base).abs().max().item()
-        assert (moved < 1e-6) if a.label in unseen else (moved > 1e-5), (a.label, moved)
+        assert (moved < 1e-5) if a.label in unseen else (moved > 1e-4), (a.label, moved)
 
 
 # --------------------------------------------------------------------------------------------------
