@@ -94,8 +94,6 @@ def ray_options(args: argparse.Namespace) -> RayOptions | None:
         return None
     from compute.distributed import RayOptions, check_address
 
-    if args.method != "engine":
-        raise InputError("--method plain runs in one process only: leave out --ray (or --method)")
     actors = args.ray_actors
     if actors is not None:
         check_count(actors, "--ray-actors", MAX_ACTORS, "Ray actors, each holding a model")

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ AUTO = "auto"
 ADDRESS = re.compile(r"^(ray://[\w.\-]+|ray://\[[0-9a-fA-F:]+\]|[\w.\-]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?$")
 ACTOR_CPUS = 1.0  # an actor's CPU share (its torch threads): the model's work is on its GPU
 DECODE_CPUS = 0.5  # a decode task's: unlike the actor's, so Ray Data never fuses decoding into the actors
+CLIENT_PORT, GCS_PORT = 10001, 6379  # Ray's defaults for ray://HOST and HOST
 PREFETCH = 2  # result batches a Ray client asks for ahead, so the pipeline never waits for the network
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_ENDPOINT", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY")
 
@@ -99,6 +101,8 @@ def check_address(text: str) -> str:
 
 def run(exp: Experiment, options: RayOptions, **kwargs: object) -> RunResult:
     """``compute.runner.run`` with the sweep on Ray; the same keyword arguments (method must be engine)."""
+    if kwargs.get("method", "engine") != "engine":
+        raise InputError("--method plain runs in one process only: leave out --ray (or --method)")
     return run_here(exp, sweeper=partial(ray_sweep, options=options), **kwargs)
 
 
@@ -205,9 +209,12 @@ def ray_connection(address: str) -> Iterator[bool]:
         if address == LOCAL:
             temp = start_local(default_workers())
         else:
+            check_reachable(os.environ.get("RAY_ADDRESS", "") if address == AUTO else address)
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
             runtime_env = {"py_modules": [str(Path(__file__).parent)], "excludes": ["__pycache__"], "env_vars": env}
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    except RayRunFailed:
+        raise
     except Exception as e:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -219,6 +226,22 @@ def ray_connection(address: str) -> Iterator[bool]:
         ray.shutdown()
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Connect to the address's port once, so that a cluster that is not there is one line now instead of
+    minutes of Ray's retries. "" (auto without RAY_ADDRESS: Ray looks for this node's cluster) passes."""
+    if not ADDRESS.match(address):
+        return
+    client = address.startswith("ray://")
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or host.endswith(":") or "]" in port:  # no port given: Ray's default
+        host, port = address.removeprefix("ray://"), str(CLIENT_PORT if client else GCS_PORT)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayRunFailed(f"cannot reach Ray at {address}: {e.strerror or e} (start a cluster with `ray start "
+                           f"--head`; see the README's \"Running on a cluster\")") from None
 
 
 def start_local(num_cpus: int) -> str:
