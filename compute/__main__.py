@@ -12,10 +12,22 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compute.errors import InputError, RunError
 from compute.store import DEFAULT_DB_TEXT, resolve_db
-from compute.validation import MAX_BATCH, MAX_IMAGES, MAX_THREADS, MAX_WORKERS, check_count
+from compute.validation import (
+    MAX_ACTORS,
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_THREADS,
+    MAX_WORKERS,
+    check_count,
+    check_gpus,
+)
+
+if TYPE_CHECKING:
+    from compute.distributed import RayOptions
 
 EXIT_INPUT = 2
 EXIT_RUN = 1
@@ -33,10 +45,9 @@ def chosen_db(args: argparse.Namespace) -> Path:
 def quiet_libraries() -> None:
     # transformers and the tokenizers fork warning would bury the one line that matters.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+    from compute.models import quiet_transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    quiet_transformers()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,9 +73,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     if args.workers:
         check_count(args.workers, "--workers", MAX_WORKERS, "decode processes")
+    options = ray_options(args)
     quiet_libraries()
-    run(exp, method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers)
+    kwargs = dict(method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers)
+    if options is None:
+        run(exp, **kwargs)
+    else:  # ray itself is imported only once the experiment has passed every check
+        from compute import distributed
+
+        distributed.run(exp, options, **kwargs)
     return 0
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """--ray and its options, checked (None: a single-process run)."""
+    if args.ray is None:
+        for name in ("ray_actors", "ray_gpus_per_actor"):
+            if getattr(args, name) is not None:
+                raise InputError(f"--{name.replace('_', '-')} needs --ray")
+        return None
+    from compute.distributed import RayOptions, check_address
+
+    actors = args.ray_actors
+    if actors is not None:
+        check_count(actors, "--ray-actors", MAX_ACTORS, "Ray actors, each holding a model")
+    gpus = None if args.ray_gpus_per_actor is None else check_gpus(args.ray_gpus_per_actor, "--ray-gpus-per-actor")
+    return RayOptions(check_address(args.ray.strip()), actors, gpus)
 
 
 def format_columns(head: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
@@ -180,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "faster when other jobs share the cores)")
     p.add_argument("--workers", type=int, help="processes that decode and preprocess images (default: as many as "
                    "the cores this process may use; 0: one thread of the main process)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the sweep on Ray (Ray Data: CPU tasks decode, actors hold the model): alone, a local "
+                   "Ray on this machine; 'auto', the cluster of RAY_ADDRESS or of this node; HOST:PORT or "
+                   "ray://HOST:PORT, that cluster. Only this process writes the store; same rows as without")
+    p.add_argument("--ray-actors", type=int, metavar="N",
+                   help="with --ray: actors holding the model (default: one per GPU of the cluster, else 1)")
+    p.add_argument("--ray-gpus-per-actor", type=float, metavar="F",
+                   help="with --ray: GPUs per actor, 0 for CPU actors, a fraction to share one (default: 1 "
+                   "when the cluster has GPUs, else 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

@@ -60,6 +60,18 @@ def load(recipe: Recipe, record: ImageRecord) -> np.ndarray:
         raise ImageLoadError(f"cannot preprocess {record.file_name}: {type(e).__name__}: {e}") from None
 
 
+def device_table(recipe: Recipe, device: torch.device | str) -> torch.Tensor:
+    """The recipe's value table on ``device``, flat: (3 * 256,) float32, for table_values."""
+    return torch.tensor(recipe.table, device=device).reshape(-1)
+
+
+def table_values(table: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """uint8 crops (n, 3, h, w) on the table's device -> (n, 3, h, w) float32, the processor's values: the
+    lookup a worker makes on the host, made on the device (exactly the same floats)."""
+    offsets = torch.arange(3, device=crops.device).view(1, 3, 1, 1) * 256
+    return table[crops.long() + offsets]
+
+
 def _work(recipe: Recipe, shared: np.ndarray, tasks: Connection, results: Connection, parent: int | None) -> None:
     """A worker's loop: (chunk, slot, [ImageRecord]) in, (chunk, decoded positions, errors) out."""
     while True:
@@ -287,7 +299,6 @@ class Loader:
             copied.record()
         if self.recipe.ship_uint8:
             if self._table is None:
-                self._table = torch.from_numpy(self.recipe.table).to(self.device).reshape(-1)  # (3 * 256,)
-            offsets = torch.arange(3, device=self.device).view(1, 3, 1, 1) * 256
-            x = self._table[x.long() + offsets]  # (n, 3, h, w) float32, the processor's values
+                self._table = device_table(self.recipe, self.device)
+            x = table_values(self._table, x)
         return x.to(self.dtype)

@@ -24,6 +24,14 @@ from compute.towers import FAMILIES, embedding_width, grid_side, unpatchify
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def quiet_transformers() -> None:
+    """No loading bars or warnings from transformers: a run's output is its own bar and summary."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """auto picks cuda, then mps, then cpu; an explicit device that is not available is an InputError."""
     if device == "auto":

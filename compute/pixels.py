@@ -12,7 +12,7 @@ model's image processor would give (used by compute.loader).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -54,6 +54,11 @@ class Recipe:
         ch, cw = self.size
         top, left = (nh - ch) // 2, (nw - cw) // 2
         return np.ascontiguousarray(arr[top : top + ch, left : left + cw].transpose(2, 0, 1))
+
+    def without_processor(self) -> Recipe:
+        """This recipe for a process that only decodes: when the direct crop and the table apply, the processor
+        is never called, so it is left out (a Ray decode task then needs neither it nor transformers)."""
+        return replace(self, processor=None) if self.direct is not None and self.table is not None else self
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """What a worker ships for one image: (3, height, width) uint8 crop, or float32 pixel values."""

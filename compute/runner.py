@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,8 +35,8 @@ from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_cli
 from compute.runlock import run_lock
 from compute.scoring import (
     PendingBatch,
-    cosine_logits,
     logit_scale,
+    stacked_logits,
     text_embeddings,
     text_tokens,
     truth_matrix,
@@ -99,13 +99,15 @@ class SweepStats:
     sweep_s: float = 0.0  # the sweep loop: first batch requested to last batch committed
     first_batch_s: float = 0.0  # from the loop's start to the first batch's results on the host
     workers: int = 0
+    ray: str = ""  # where a --ray sweep ran (compute.distributed.Layout.describe); "" in this process
     writer: WriterStats = field(default_factory=WriterStats)
 
     def describe(self) -> str:
         rate = self.images / self.sweep_s if self.sweep_s else 0.0
         w = self.writer
+        where = self.ray or f"{self.workers} decode workers"
         return (f"swept {self.images} images in {self.sweep_s:.1f} s: {rate:.1f} images/s (setup {self.prepare_s:.1f} s, "
-                f"first batch after {self.first_batch_s:.2f} s, {self.workers} decode workers, {w.batches} batches "
+                f"first batch after {self.first_batch_s:.2f} s, {where}, {w.batches} batches "
                 f"committed in {w.sessions} store sessions)")
 
 
@@ -117,6 +119,31 @@ class RunResult:
     complete: bool  # every pending pair computed (and captioned, with a captioner)
     captions: CaptionStats | None  # None without a captioner
     stats: SweepStats | None = None
+
+
+@dataclass
+class SweepWork:
+    """What one invocation's sweep computes and where its results go: the pending images of run ``run_id``,
+    every ablation of those not in ``done``, committed batch by batch through compute.writer."""
+
+    prep: Prepared
+    run_id: int
+    pending: list[ImageRecord]
+    done: set[tuple[int, int]]  # (image_id, ablation_id) already committed
+    ablation_ids: dict[Ablation, int]
+    means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}} the mean kinds need
+    method: str
+    progress: bool
+    stats: SweepStats
+
+
+Sweeper = Callable[[SweepWork, Loader], None]  # computes and commits a SweepWork (the loader: this process's)
+
+
+def pending_ablations(image_ids: list[int], ablation_ids: Iterable[int], done: set[tuple[int, int]]) -> list[int]:
+    """The ablation ids a batch of images still needs. An image's pairs are committed together, so they are
+    pending all or none; the primary key of selection_t would refuse a second copy anyway."""
+    return [a for a in ablation_ids if any((i, a) not in done for i in image_ids)]
 
 
 def _config_diff(old: dict, new: dict) -> str:
@@ -139,10 +166,13 @@ def run(
     threads: int | None = None,
     clip: LoadedClip | None = None,
     workers: int | None = None,
+    sweeper: Sweeper | None = None,
 ) -> RunResult:
     """Run or resume ``exp``. Raises InputError on bad input before writing anything.
 
     workers: decode processes (default: the cores this process may use; 0: one thread in this process).
+    sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
+    Ray sweep). Everything else (checks, the run's rows, the mean pass, captions, the summary) is the same.
     """
     start = time.perf_counter()
     store.check_store(exp.store.db, write=True)  # a store-path problem fails before a model is loaded
@@ -150,11 +180,11 @@ def run(
     if (warning := label_warning(prep.images, [p.label for p in exp.prompts])) is not None:
         echo(warning)
     with run_lock(exp.store.db, exp.name, echo):  # a second process on the same run waits here
-        return _run(prep, method, progress, echo, threads, workers, start)
+        return _run(prep, method, progress, echo, threads, workers, start, sweeper or _sweep)
 
 
 def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None], threads: int | None,
-         workers: int | None, start: float) -> RunResult:
+         workers: int | None, start: float, sweeper: Sweeper) -> RunResult:
     exp = prep.exp
     set_threads(threads)
     stats = SweepStats(prepare_s=time.perf_counter() - start)
@@ -204,10 +234,8 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
             with store.connect(db) as con:
                 for name, per_layer in means_np.items():
                     store.save_stats(con, run_id, name, per_layer)
-        means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
-                 for name, per_layer in means_np.items()}
         if pending:
-            _sweep(prep, run_id, pending, done, ablation_ids, means, method, progress, loader, stats)
+            sweeper(SweepWork(prep, run_id, pending, done, ablation_ids, means_np, method, progress, stats), loader)
             echo(stats.describe())
 
     captions = None
@@ -252,10 +280,13 @@ def _compute_means(clip: LoadedClip, loader: Loader, images: list[ImageRecord], 
     return {name: {layer: m.cpu().numpy() for layer, m in stats.items()} for name, stats in means.items()}
 
 
-def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tuple[int, int]],
-           ablation_ids: dict[Ablation, int], means: dict[str, dict[int, torch.Tensor]], method: str, progress: bool,
-           loader: Loader, stats: SweepStats) -> None:
+def _sweep(work: SweepWork, loader: Loader) -> None:
+    """The sweep in this process: decode workers feed the engine on the model's device, a thread commits."""
+    prep, run_id, pending, done, ablation_ids = work.prep, work.run_id, work.pending, work.done, work.ablation_ids
+    method, progress, stats = work.method, work.progress, work.stats
     exp, clip, ablations = prep.exp, prep.clip, prep.ablations
+    means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
+             for name, per_layer in work.means.items()}
     texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
     text_norm = text_embeddings(clip, texts)  # once per run, not per ablation or batch
@@ -271,14 +302,10 @@ def _sweep(prep: Prepared, run_id: int, pending: list[ImageRecord], done: set[tu
             return store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None, batch.errors,
                                      batch.attempted)
         if engine is not None:
-            emb_by = engine.embeddings(batch.pixel_values)
-            embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
-            logits = cosine_logits(embeddings, text_norm, scale)  # (n, A, P)
+            embeddings, logits = stacked_logits(engine.embeddings(batch.pixel_values), ablations, text_norm, scale)
         else:
             embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
-        # Only the pairs not stored yet. An image's pairs are committed together, so they are pending all or
-        # none; the primary key of selection_t would refuse a second copy anyway.
-        keep = [i for a, i in ablation_ids.items() if any((r.image_id, i) not in done for r in batch.records)]
+        keep = pending_ablations([r.image_id for r in batch.records], ablation_ids.values(), done)  # not stored yet
         if len(keep) < len(ablations):
             logits, kept = logits[:, keep], embeddings[:, keep]
         else:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from compute import store
+from compute.ablations import Ablation
 from compute.dataset import open_image
 from compute.models import LoadedClip, pixel_values
 from compute.store import Selection
@@ -97,6 +98,14 @@ def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: Logit
         scale = LogitScale(float(scale))
     logits = scale.scale * normalise(image_emb) @ text_norm.T
     return logits + scale.bias if scale.bias else logits
+
+
+def stacked_logits(emb_by: dict[Ablation, torch.Tensor], ablations: list[Ablation], text_norm: torch.Tensor,
+                   scale: LogitScale) -> tuple[torch.Tensor, torch.Tensor]:
+    """The engine's embeddings in the run's ablation order, and their logits: {ablation: (n, E)} ->
+    (embeddings (n, A, E), logits (n, A, P)). The one way a sweep batch is scored, in one process or on Ray."""
+    embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
+    return embeddings, cosine_logits(embeddings, text_norm, scale)
 
 
 def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) -> torch.Tensor:

@@ -24,6 +24,8 @@ MAX_NEW_TOKENS = 1_024  # caption length: beyond every captioner's context
 MAX_BEAMS = 64
 MAX_THREADS = 4_096
 MAX_WORKERS = 1_024  # decode processes
+MAX_ACTORS = 4_096  # Ray actors, each holding a model
+MAX_GPUS_PER_ACTOR = 64  # more than any node holds
 MAX_FILE_NAME = 4_096  # PATH_MAX
 
 
@@ -184,3 +186,16 @@ def check_count(value: int, where: str, maximum: int, why: str) -> int:
     if value > maximum:
         raise InputError(f"{where} = {value} is too large: at most {maximum:,} ({why})")
     return value
+
+
+def check_gpus(value: float, where: str) -> float:
+    """GPUs per Ray actor: 0 (CPU actors), a fraction of one (actors share a GPU) or a whole number (Ray
+    gives an actor a fraction of one GPU or whole GPUs)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InputError(f"{where} must be a number of GPUs from 0 to {MAX_GPUS_PER_ACTOR}, got {value!r}")
+    if value > MAX_GPUS_PER_ACTOR:
+        raise InputError(f"{where} = {value:g} is too large: at most {MAX_GPUS_PER_ACTOR} (GPUs per actor)")
+    if value > 1 and value != int(value):
+        raise InputError(f"{where} = {value:g}: above 1 it must be a whole number (Ray gives an actor a fraction "
+                         f"of one GPU or whole GPUs)")
+    return float(value)

@@ -19,6 +19,10 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
   dashboard page render times on a generated 5,000 x 21 x 80 store (AppTest).
   pipeline the run's loop (decode workers, engine, store writer) against bare decoding on one thread.
   busy     the engine beside two spinning processes against its quiet rate.
+  ray      the paper sweep on the ViT-B/16-shaped CLIP, 24 images, batch 8, as whole processes: ``run --ray``
+           on a local Ray of this machine's cores against the single-process run (its default threads, and
+           one thread: a CPU actor's share) on the same images; the whole process and the sweep (which on
+           Ray includes starting the actor: Ray's own start is outside it).
   gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -255,9 +260,50 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     return results
 
 
+SWEPT = re.compile(r"swept (\d+) images in ([\d.]+) s: .*\(setup ([\d.]+) s, first batch after ([\d.]+) s")
+
+
+def bench_ray(tmp: Path, images: int = 24, batch_size: int = 8) -> dict[str, float]:
+    """run --ray on a local Ray against the single-process run, same experiment and images, whole processes."""
+    from compute.loader import default_workers
+
+    print(f"\n== ray: paper sweep (21 ablations), ViT-B/16-shaped random CLIP, {images} images, batch {batch_size}, "
+          f"local Ray of {default_workers()} CPUs (1 actor, 1 CPU) against one process, whole processes ==", flush=True)
+    print(f"  load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
+    data = make_images(tmp / "data", images)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    results: dict[str, float] = {}
+    for name, more in (("single", []), ("single_1_thread", ["--threads", "1"]), ("ray", ["--ray"])):
+        exp = write_experiment(tmp / f"{name}.toml", f"ray-bench-{name}", model, data, tmp / f"{name}.duckdb",
+                               batch_size)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "compute", "run", str(exp), "--no-progress", *more], cwd=ROOT,
+                              env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        found = SWEPT.search(proc.stdout)
+        if proc.returncode != 0 or found is None:
+            raise SystemExit(f"bench run failed ({name}):\n{proc.stderr[-2000:]}")
+        sweep_s, setup_s, first_s = float(found[2]), float(found[3]), float(found[4])
+        # setup: imports aside, the dataset and model checked; the rest outside the sweep is imports, the mean
+        # pass (none here), Ray's start and stop (--ray) and the summary
+        results |= {f"{name}_s": seconds, f"{name}_sweep_s": sweep_s, f"{name}_setup_s": setup_s,
+                    f"{name}_first_batch_s": first_s}
+        print(f"  {name:<16} whole process {seconds:6.1f} s: sweep {sweep_s:6.1f} s (first batch after "
+              f"{first_s:5.1f} s), setup {setup_s:4.1f} s, the rest {seconds - sweep_s - setup_s:5.1f} s", flush=True)
+    for ref in ("single", "single_1_thread"):
+        results[f"whole_ratio_{ref}"] = results["ray_s"] / results[f"{ref}_s"]
+        results[f"sweep_ratio_{ref}"] = results["ray_sweep_s"] / results[f"{ref}_sweep_s"]
+    print(f"  --ray takes {results['whole_ratio_single']:.2f}x the single-process run's time as a whole process "
+          f"({results['sweep_ratio_single']:.2f}x in the sweep); against one thread, a CPU actor's share: "
+          f"{results['whole_ratio_single_1_thread']:.2f}x ({results['sweep_ratio_single_1_thread']:.2f}x)")
+    print(f"  load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    return results
+
+
 SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, "rescore": bench_rescore,
             "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
-            "gpu": bench_gpu}
+            "ray": bench_ray, "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 
 

@@ -1,0 +1,109 @@
+"""What ``run --ray`` runs on the cluster's workers (compute.distributed builds the pipeline around them):
+``decode``, the CPU task that turns a batch of image files into the model's pixels, and ``SweepActor``, the
+actor that holds the model and the engine and scores each batch.
+
+Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
+``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
+``compute.models.load_clip`` and runs ``compute.engine.SweepEngine`` and ``compute.scoring`` as
+``runner._sweep`` does, so a batch's numbers are those of a single-process run. Neither imports ray.
+
+Batches travel between them as Ray Data's numpy batches, {column: array} with one row per image. An image
+that cannot be used keeps its row with its message in ``error`` (and zero pixels, whose results the driver
+drops), so the driver records it in the errors view as a single-process run does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compute.ablations import Ablation
+from compute.dataset import ImageLoadError, ImageRecord
+from compute.engine import SweepEngine
+from compute.loader import device_table, load, table_values
+from compute.models import load_clip, quiet_transformers
+from compute.pixels import Recipe
+from compute.scoring import PendingBatch, logit_scale, stacked_logits, text_embeddings, truth_matrix
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything an actor needs, sent from the driver once (pickled): no path here is opened by the driver
+    alone, so the model reference must be a hub id or a path every node sees."""
+
+    model: str  # hub id or a path every node sees
+    device: str  # auto | cpu | cuda | mps, resolved on the actor's node
+    dtype: str
+    ablations: list[Ablation]  # the run's ablations in order: results come back for all of them
+    means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
+    prompts: list[str]
+    embeddings: str  # the run's embedding dtype: float32 | float16 | none
+    recipe: Recipe  # checked on the driver against the model's image processor
+    threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
+
+
+def input_rows(records: list[ImageRecord], prompt_labels: list[str]) -> list[dict[str, object]]:
+    """The pipeline's input, one row per pending image: where to read it, and which prompts are right for it
+    (truth: (P,) bool, as compute.scoring.truth_matrix)."""
+    truth = truth_matrix([r.labels for r in records], prompt_labels).numpy()  # (n, P)
+    return [{"image_id": r.image_id, "file_name": r.file_name, "path": str(r.path),
+             "root": "" if r.root is None else str(r.root), "truth": truth[k]} for k, r in enumerate(records)]
+
+
+def decode(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
+    """A CPU task: the batch's files -> ``pixels`` (n, 3, h, w) in the recipe's ship dtype (uint8 crops, or
+    float32 values when the recipe runs the processor whole) and ``error`` ("" when the image decoded)."""
+    h, w = recipe.size
+    n = len(batch["image_id"])
+    pixels = np.zeros((n, 3, h, w), recipe.ship_dtype)
+    errors = np.full(n, "", dtype=object)
+    for k in range(n):
+        root = str(batch["root"][k])
+        record = ImageRecord(int(batch["image_id"][k]), str(batch["file_name"][k]), Path(str(batch["path"][k])), (),
+                             Path(root) if root else None)
+        try:
+            pixels[k] = load(recipe, record)
+        except ImageLoadError as e:
+            errors[k] = str(e)
+    return {"image_id": batch["image_id"], "truth": batch["truth"], "pixels": pixels, "error": errors}
+
+
+class SweepActor:
+    """Holds the model and the engine; called on each batch of decoded images (Ray Data's actor pool)."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        torch.set_num_threads(max(1, plan.threads))
+        quiet_transformers()
+        self.plan = plan
+        self.clip = load_clip(plan.model, plan.device, plan.dtype)
+        clip = self.clip
+        # torch.tensor copies: arrays Ray hands over are read-only views of its object store
+        means = {name: {layer: torch.tensor(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
+                 for name, per_layer in plan.means.items()}
+        self.engine = SweepEngine(clip.model, plan.ablations, means)
+        self.text_norm = text_embeddings(clip, plan.prompts)  # (P, E), once per actor as once per run
+        self.scale = logit_scale(clip)
+        self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of decoded rows -> the selection of every ablation of every row: logits, probs (n, A, P);
+        prompt_id, correct, confidence, margin, score_baseline (n, A); embeddings (n, A, E) in the run's dtype
+        unless it is "none". A row whose image failed is computed on its zero pixels and dropped by the
+        driver: rare, and it keeps every batch's columns the same."""
+        clip = self.clip
+        x = torch.tensor(batch["pixels"], device=clip.device)  # (n, 3, h, w), copied out of Ray's read-only block
+        if self.table is not None:
+            x = table_values(self.table, x)
+        embeddings, logits = stacked_logits(self.engine.embeddings(x.to(clip.dtype)), self.plan.ablations,
+                                            self.text_norm, self.scale)
+        truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
+        ids = [int(i) for i in batch["image_id"]]
+        result = PendingBatch(ids, list(range(len(self.plan.ablations))), logits, truth, embeddings[:, 0],
+                              self.text_norm, embeddings, self.plan.embeddings).result()
+        out = {"image_id": batch["image_id"], "error": batch["error"], **vars(result.selection)}
+        if result.embeddings is not None:
+            out["embeddings"] = result.embeddings
+        return out

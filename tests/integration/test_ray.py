@@ -1,0 +1,253 @@
+"""``run --ray`` on a real local Ray (2 CPUs, one per module): the same store as a single-process run, a Ray
+worker and actor killed mid-run (by PID) retried to the same result, a killed driver completed by a rerun,
+and bad input refused with the single-process run's one-line errors before Ray is even imported.
+
+Select with ``pytest -m ray``. A local Ray takes 5-20 s to start here and each run starts a new actor (a
+process that imports torch and loads the model), so the module shares one Ray and makes two tiny runs on
+it: the clean comparison is the faulted run's (exact under faults is exact)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli, sql
+from test_hardening import CASES, Setup, snapshot
+
+from compute.config import load_experiment
+from compute.runner import run
+from compute.testing import make_coco, write_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EXTRAS = ("mean:3,11", "zero:5-8", "identity:6/h0,h3", "knockout:9/patches>cls")
+CAPTIONS = "[captions]\nmax_new_tokens = 4\nnum_beams = 1\nbatch_size = 4\n"
+N_IMAGES, N_ABLATIONS = 30, 21 + len(EXTRAS)
+QUIET = {"progress": False, "echo": lambda _: None, "workers": 0}  # the mean pass on a thread: no fork beside Ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module, as ``--ray`` starts it: 2 CPUs, no dashboard; its GCS address."""
+    import ray
+
+    from compute.distributed import start_local
+
+    temp = start_local(2)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_clip, tiny_blip, tmp_path_factory):
+    """A single-process run of the fixture experiment: 30 photo-like images of 320 x 240 (image 4 unreadable),
+    the paper sweep plus mean, zero, head and knockout ablations, batches of 3, float32 embeddings, BLIP
+    captions."""
+    tmp = tmp_path_factory.mktemp("ray-reference")
+    coco = make_coco(tmp / "coco", n=N_IMAGES, broken=(4,), size=(320, 240), photo=True)
+    db = tmp / "ref.duckdb"
+    exp = write_experiment(tmp / "ref.toml", tiny_clip, coco, db, extra=EXTRAS, batch_size=3, captioner=tiny_blip,
+                           embeddings="float32", more=CAPTIONS)
+    assert run(load_experiment(exp), **QUIET).complete
+    return {"tmp": tmp, "coco": coco, "db": db}
+
+
+def experiment(reference: dict, tiny_clip: Path, tiny_blip: Path, db: Path) -> Path:
+    return write_experiment(db.with_suffix(".toml"), tiny_clip, reference["coco"], db, extra=EXTRAS, batch_size=3,
+                            captioner=tiny_blip, embeddings="float32", more=CAPTIONS)
+
+
+SCORES = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
+SAME = {
+    "errors": "SELECT image_id, stage, message FROM errors ORDER BY ALL",
+    "images": "SELECT image_id, file_name, labels FROM images ORDER BY ALL",
+    "runs": "SELECT run, model, status FROM runs",
+    "stats": "SELECT name, layer, shape, data FROM stat_t ORDER BY ALL",
+}
+EMBEDDINGS = "SELECT image_id, ablation_id, embedding FROM embedding_t ORDER BY ALL"
+DUPLICATES = "SELECT COUNT(*) FROM (SELECT image_id, ablation, prompt FROM scores GROUP BY ALL HAVING COUNT(*) > 1)"
+
+
+def assert_same_results(got: Path, want: Path) -> None:
+    """The same rows, every one once; logits and probabilities within 1e-5; the same selections (prompt,
+    correctness), captions, errors, images, means and status; embeddings within 1e-5."""
+    a, b = sql(got, SCORES), sql(want, SCORES)
+    assert [r[:3] for r in a] == [r[:3] for r in b]
+    assert max(abs(x[3] - y[3]) for x, y in zip(a, b, strict=True)) < 1e-5
+    assert max(abs(x[4] - y[4]) for x, y in zip(a, b, strict=True)) < 1e-5
+    a, b = sql(got, "SELECT * FROM selections ORDER BY ALL"), sql(want, "SELECT * FROM selections ORDER BY ALL")
+    assert [(r[1], r[2], r[3], r[5], r[7]) for r in a] == [(r[1], r[2], r[3], r[5], r[7]) for r in b]
+    for k in (6, 8):  # score_baseline, caption_score
+        assert max(abs((x[k] or 0) - (y[k] or 0)) for x, y in zip(a, b, strict=True)) < 1e-5
+    pick = "SELECT image_id, ablation_id, prompt_id, correct FROM selection_t ORDER BY ALL"
+    assert sql(got, pick) == sql(want, pick)
+    for name, query in SAME.items():
+        assert sql(got, query) == sql(want, query), name
+    a, b = sql(got, EMBEDDINGS), sql(want, EMBEDDINGS)
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    assert all(np.allclose(np.frombuffer(x[2], np.float32), np.frombuffer(y[2], np.float32), atol=1e-5)
+               for x, y in zip(a, b, strict=True))
+    assert sql(got, DUPLICATES) == [(0,)]
+    assert sql(got, "SELECT status FROM runs") == [("complete",)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults.
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every process below ``pid`` (a local Ray's workers are its raylet's children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                out[child] = (Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+            except OSError:
+                continue
+            todo.append(child)
+    return out
+
+
+class Killer(threading.Thread):
+    """Watches this process's Ray workers and SIGKILLs, by PID, the first decode task's worker and the first
+    actor it finds computing a batch; records every actor process it sees."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.killed: dict[str, int] = {}
+        self.actors: set[int] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid, cmd in descendants(os.getpid()).items():
+                if "(SweepActor)" in cmd:
+                    self.actors.add(pid)
+                for what, title in (("decode", "ray::MapBatches(decode)"), ("actor", "(SweepActor)).submit")):
+                    if what not in self.killed and title in cmd:
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed[what] = pid
+            time.sleep(0.005)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's workers in Linux /proc")
+def test_a_ray_run_with_a_worker_and_an_actor_killed_mid_run_gives_the_single_process_store(
+        local_ray, reference, tiny_clip, tiny_blip, tmp_path):
+    """The fixture experiment with --ray on the local Ray, while a decode task's worker and the actor are
+    SIGKILLed by PID in the middle of a batch: Ray retries the task and restarts the actor, and the store
+    equals the single-process run's, every row once."""
+    from compute.distributed import RayOptions
+    from compute.distributed import run as run_on_ray
+
+    db = tmp_path / "ray.duckdb"
+    killer = Killer()
+    killer.start()
+    try:
+        result = run_on_ray(load_experiment(experiment(reference, tiny_clip, tiny_blip, db)), RayOptions(), **QUIET)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert set(killer.killed) == {"decode", "actor"}, f"killed only {killer.killed}: the run ended first"
+    assert len(killer.actors) >= 2, "Ray did not start a new actor after the kill"
+    assert result.complete and result.stats.ray.startswith("on Ray: 1 actor(s), CPU only")
+    assert result.stats.images == N_IMAGES
+    assert_same_results(db, reference["db"])
+
+
+def test_a_driver_killed_mid_run_leaves_a_store_a_rerun_completes(local_ray, reference, tiny_clip, tiny_blip,
+                                                                  tmp_path):
+    db = tmp_path / "killed.duckdb"
+    exp = experiment(reference, tiny_clip, tiny_blip, db)
+    # A second driver joins the module's Ray and is SIGKILLed inside its second batch's transaction.
+    killed = run_cli("run", str(exp), "--ray", local_ray, "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert sql(db, "SELECT COUNT(*) FROM selection_t") == [(3 * N_ABLATIONS,)]  # the first batch of 3 images
+    assert sql(db, "SELECT status FROM runs") == [("running",)]
+    said = []
+    again = run(load_experiment(exp), **{**QUIET, "echo": said.append})  # without --ray: the same store, resumed
+    assert again.complete and any(line.startswith("resuming run 't'") for line in said)
+    assert_same_results(db, reference["db"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input.
+
+SAME_ERRORS = ["experiment: not TOML", "experiment: batch_size 0", "experiment: ablation beyond the model",
+               "experiment: head beyond the model", "experiment: prompt label nobody carries", "cli: --workers huge",
+               "annotations: image id a string", "annotations: duplicate image ids", "store: a directory",
+               "store: an SQLite file"]
+RAY_OPTIONS = {
+    ("--ray", "--ray-actors", "0"): "error: --ray-actors must be a positive integer, got 0",
+    ("--ray", "--ray-actors", "5000"): "error: --ray-actors = 5000 is too large: at most 4,096",
+    ("--ray", "--ray-gpus-per-actor", "-1"): "error: --ray-gpus-per-actor must be a number of GPUs from 0 to 64",
+    ("--ray", "--ray-gpus-per-actor", "1.5"): "error: --ray-gpus-per-actor = 1.5: above 1 it must be a whole number",
+    ("--ray", "--ray-gpus-per-actor", "nan"): "error: --ray-gpus-per-actor must be a number of GPUs",
+    ("--ray", "not an address"): "error: --ray 'not an address' is not a Ray address",
+    ("--ray", "ray://"): "error: --ray 'ray://' is not a Ray address",
+    ("--ray-actors", "2"): "error: --ray-actors needs --ray",
+    ("--ray", "--method", "plain"): "error: --method plain runs in one process only",
+}
+
+
+def test_bad_input_under_ray_gets_the_same_one_line_errors_before_ray_is_imported(tiny_clip, tmp_path):
+    """Every case runs without and with --ray in one process, which must never import ray: each error is
+    the single-process run's line, exit code 2, and nothing is written."""
+    script = ["import json, sys, io, contextlib", "from compute.__main__ import main", "out = []",
+              "for argv in json.loads(sys.argv[1]):",
+              "    err = io.StringIO()",
+              "    with contextlib.redirect_stderr(err):",
+              "        code = main(argv)",
+              "    out.append([code, err.getvalue()])",
+              "print(json.dumps({'results': out, 'ray imported': 'ray' in sys.modules}))"]
+    argvs, expected = [], []
+    setups = []
+    for k, case in enumerate(SAME_ERRORS):
+        setup = Setup(tmp_path / f"case{k}", tiny_clip, None, tmp_path / f"case{k}" / "out.duckdb")
+        setup.tmp.mkdir()
+        setup.coco = make_coco(setup.tmp / "coco", n=10)
+        build, fragment = CASES[case]
+        argv = build(setup)
+        assert argv[0] == "run"
+        argvs += [argv, [*argv, "--ray"], [*argv, "--ray", "ray://head.example:10001", "--ray-actors", "8"]]
+        expected.append(fragment)
+        setups.append((setup, snapshot(setup.tmp)))
+    exp = write_experiment(tmp_path / "good.toml", tiny_clip, setups[0][0].coco, tmp_path / "good.duckdb")  # bad options
+    argvs += [["run", str(exp), "--no-progress", *options] for options in RAY_OPTIONS]
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", "\n".join(script), json.dumps(argvs)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = report["results"]
+    for k, fragment in enumerate(expected):
+        plain, local, remote = results[3 * k : 3 * k + 3]
+        assert plain[0] == 2 and len(plain[1].strip().splitlines()) == 1, (SAME_ERRORS[k], plain)
+        assert fragment in plain[1], (SAME_ERRORS[k], plain)
+        assert local == plain and remote == plain, SAME_ERRORS[k]
+    for (code, err), want in zip(results[3 * len(expected):], RAY_OPTIONS.values(), strict=True):
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(want), (want, err)
+    assert not report["ray imported"], "ray was imported: Ray work could have started before the checks"
+    for setup, before in setups:
+        assert snapshot(setup.tmp) == before, "a bad input changed or added a file"
+    assert not (tmp_path / "good.duckdb").exists()
+    print(f"{len(argvs)} refused runs in {time.monotonic() - t0:.1f} s, ray never imported")
