@@ -17,9 +17,10 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Every tier: unit, integration, regression, browser (the README's command, and CI's).
+# Every tier: unit, integration, regression, browser (the README's command, and CI's). Two workers, each
+# taking whole test files (module fixtures such as the Ray tests' local cluster are made once).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The unit tier alone: seconds, for the edit-run loop.
 test-fast: install

@@ -16,6 +16,7 @@ from conftest import ROOT, run_cli, sql
 from compute import store
 from compute.__main__ import main
 from compute.config import load_experiment
+from compute.runlock import run_lock
 from compute.runner import run
 from compute.testing import make_coco, write_experiment
 
@@ -43,8 +44,18 @@ def done_so_far(db: Path) -> int:
 
 
 def start(exp: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
+                            env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def line_with(proc: subprocess.Popen, text: str) -> str:
+    """The first line of ``proc``'s output holding ``text`` (lines before it, such as warnings, are skipped);
+    "" if the output ends first."""
+    while line := proc.stdout.readline():
+        if text in line:
+            return line
+    return ""
 
 
 @pytest.fixture
@@ -61,17 +72,23 @@ def paper(tiny_clip, tmp_path):
 @pytest.mark.slow
 def test_two_runs_of_one_experiment_at_once_take_turns_and_agree(paper):
     exp, ref_db = paper
-    first, second = start(exp), start(exp)
-    outs = [p.communicate(timeout=600) for p in (first, second)]
-    for proc, (_, err) in zip((first, second), outs, strict=True):
+    db = exp.parent / "store" / "s.duckdb"
+    # The test holds the run until both processes wait for it, then lets go: they contend for it at the same
+    # moment whatever the machine's load (started together, the first could finish before the second's
+    # imports are done).
+    with run_lock(db, "t", echo=lambda _: None):
+        procs = [start(exp), start(exp)]
+        first = [line_with(p, "is being written by") for p in procs]  # each says it waits, in one line
+    for line in first:
+        assert f"is being written by process {os.getpid()}" in line and "waiting for it to finish" in line, first
+    outs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert "Traceback" not in err and "Exception" not in err
     text = [out for out, _ in outs]
-    waited = [t for t in text if "is being written by process" in t]
-    assert len(waited) == 1, text  # one waited, in one line, and then found the work done
-    assert "waiting for it to finish" in waited[0] and "the other process is done; continuing" in waited[0]
-    assert sum("new run 't'" in t for t in text) == 1 and sum("resuming run 't'" in t for t in text) == 1
-    db = exp.parent / "store" / "s.duckdb"
+    assert all("the other process is done; continuing" in t for t in text), text
+    # One made the run while the other waited on it, then found the work done.
+    assert sum("new run 't'" in t for t in text) == 1 and sum("resuming run 't'" in t for t in text) == 1, text
     assert_same_results(db, ref_db)
     assert [p.name for p in db.parent.iterdir()] == ["s.duckdb"]  # the lock file went with its holder
 

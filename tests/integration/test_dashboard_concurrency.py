@@ -21,6 +21,8 @@ from compute.store import DB_ENV
 from compute.testing import make_coco, write_experiment
 from dashboard import queries, ui
 
+N_LIVE = 48
+
 
 def run_progress(db) -> tuple[str, int, int] | None:
     """(status, pairs done, pairs expected) as the sidebar computes it, or None before the run exists."""
@@ -34,9 +36,10 @@ def run_progress(db) -> tuple[str, int, int] | None:
 
 @pytest.mark.slow
 def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, monkeypatch):
-    coco = make_coco(tmp_path / "coco", n=24)
+    # 48 batches of one: enough commits that a render lands part way on a busy machine too
+    coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "live.duckdb"
-    exp = write_experiment(tmp_path / "live.toml", tiny_clip, coco, db, name="live", batch_size=2)
+    exp = write_experiment(tmp_path / "live.toml", tiny_clip, coco, db, name="live", batch_size=1)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -61,7 +64,7 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
     assert writer.returncode == 0, err
     done = [d for _, d, _ in seen]
     assert done == sorted(done), "progress went backwards"
-    expected = 24 * 21
+    expected = N_LIVE * 21
     assert any(0 < d < expected for d in done), f"never saw the run part way: {seen[:3]}...{seen[-3:]}"
     assert any(status == "running" for status, _, _ in seen)
     assert run_progress(db) == ("complete", expected, expected)
