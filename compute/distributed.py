@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -42,7 +41,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from compute import store
 from compute.config import Experiment
@@ -120,8 +118,7 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
                      recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS))
     rows = input_rows(work.pending, [p.label for p in exp.prompts])
     ablation_ids = list(work.ablation_ids.values())
-    bar = tqdm(total=len(work.pending), unit="img", desc=exp.name, disable=not work.progress, file=sys.stderr,
-               smoothing=0.1)
+    bar = work.bar()
     try:
         with ray_connection(options.address) as client:
             layout = resolve_layout(options, exp.model.batch_size)
@@ -160,7 +157,7 @@ def to_result(columns: dict[str, np.ndarray], ablation_ids: list[int], done: set
     ok = [k for k in fresh if not failed[k]]
     attempted = [ids[k] for k in fresh]
     if not ok:
-        return store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None, errors, attempted)
+        return store.BatchResult.failed(errors, attempted)
     keep = pending_ablations([ids[k] for k in ok], ablation_ids, done)  # axis 1 of the columns is ablation_id
     selection = store.Selection(**{name: columns[name][ok][:, keep] for name in SELECTION_FIELDS})
     embeddings = columns["embeddings"][ok][:, keep] if "embeddings" in columns else None

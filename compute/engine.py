@@ -145,6 +145,14 @@ class SweepEngine:
         return pool(self.model, h)  # (batch, E): CLIP reads the CLS token, SigLIP's head every token
 
 
+def means_on(means: dict[str, dict[int, object]], device: torch.device | str, dtype: torch.dtype) -> Means:
+    """Stored statistics ({stat: {layer: (tokens, width) float32 array}}, as store.load_stats and the mean pass
+    give them) -> tensors on the model's device and dtype, as the engine and the plain method take them. The
+    arrays are copied: those Ray hands an actor are read-only views of its object store."""
+    return {name: {layer: torch.tensor(m).to(device, dtype) for layer, m in per_layer.items()}
+            for name, per_layer in means.items()}
+
+
 @torch.inference_mode()
 def attention_means(model: nn.Module, batches: Iterable[torch.Tensor], needs: dict[str, set[int]]) -> Means:
     """The dataset statistics ``needs`` asks for ({stat name: layers}, see ablations.mean_needs), over all

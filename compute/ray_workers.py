@@ -22,7 +22,7 @@ import torch
 
 from compute.ablations import Ablation
 from compute.dataset import ImageLoadError, ImageRecord
-from compute.engine import SweepEngine
+from compute.engine import SweepEngine, means_on
 from compute.loader import device_table, load, table_values
 from compute.models import load_clip, quiet_transformers
 from compute.pixels import Recipe
@@ -80,10 +80,7 @@ class SweepActor:
         self.plan = plan
         self.clip = load_clip(plan.model, plan.device, plan.dtype)
         clip = self.clip
-        # torch.tensor copies: arrays Ray hands over are read-only views of its object store
-        means = {name: {layer: torch.tensor(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
-                 for name, per_layer in plan.means.items()}
-        self.engine = SweepEngine(clip.model, plan.ablations, means)
+        self.engine = SweepEngine(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype))
         self.text_norm = text_embeddings(clip, plan.prompts)  # (P, E), once per actor as once per run
         self.scale = logit_scale(clip)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None

@@ -27,7 +27,7 @@ from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, swee
 from compute.captions import CaptionStats, caption_stage, captioner_key
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
-from compute.engine import SweepEngine, attention_means, plain_batch
+from compute.engine import SweepEngine, attention_means, means_on, plain_batch
 from compute.errors import InputError
 from compute.killpoints import kill_point
 from compute.loader import Batch, Loader, default_workers
@@ -135,6 +135,12 @@ class SweepWork:
     method: str
     progress: bool
     stats: SweepStats
+
+
+    def bar(self) -> tqdm:
+        """The sweep's progress bar (images), the same wherever the sweep runs."""
+        return tqdm(total=len(self.pending), unit="img", desc=self.prep.exp.name, disable=not self.progress,
+                    file=sys.stderr, smoothing=0.1)
 
 
 Sweeper = Callable[[SweepWork, Loader], None]  # computes and commits a SweepWork (the loader: this process's)
@@ -283,10 +289,9 @@ def _compute_means(clip: LoadedClip, loader: Loader, images: list[ImageRecord], 
 def _sweep(work: SweepWork, loader: Loader) -> None:
     """The sweep in this process: decode workers feed the engine on the model's device, a thread commits."""
     prep, run_id, pending, done, ablation_ids = work.prep, work.run_id, work.pending, work.done, work.ablation_ids
-    method, progress, stats = work.method, work.progress, work.stats
+    method, stats = work.method, work.stats
     exp, clip, ablations = prep.exp, prep.clip, prep.ablations
-    means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in per_layer.items()}
-             for name, per_layer in work.means.items()}
+    means = means_on(work.means, clip.device, clip.dtype)
     texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
     text_norm = text_embeddings(clip, texts)  # once per run, not per ablation or batch
@@ -299,8 +304,7 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""
         if batch.pixel_values is None:  # every image of the batch failed to load: record the errors only
-            return store.BatchResult(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None, batch.errors,
-                                     batch.attempted)
+            return store.BatchResult.failed(batch.errors, batch.attempted)
         if engine is not None:
             embeddings, logits = stacked_logits(engine.embeddings(batch.pixel_values), ablations, text_norm, scale)
         else:
@@ -320,8 +324,7 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
         if not stats.first_batch_s:
             stats.first_batch_s = time.perf_counter() - start
 
-    bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr,
-               smoothing=0.1)
+    bar = work.bar()
     loader.start()  # fork the workers before the writer's thread exists
     start = time.perf_counter()
     try:

@@ -214,6 +214,11 @@ class BatchResult:
     errors: list[tuple[int, str, str]]  # (image_id, stage, message) for images that failed
     attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
 
+    @classmethod
+    def failed(cls, errors: list[tuple[int, str, str]], attempted: list[int]) -> BatchResult:
+        """A batch none of whose images decoded: its errors only."""
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int16), None, None, errors, attempted)
+
 
 def for_batch_writes(con: duckdb.DuckDBPyConnection) -> None:
     """Settings of a connection the run's writer thread commits batches through: no progress bar (a long

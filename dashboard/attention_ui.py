@@ -27,13 +27,12 @@ def clip_model(ref: str) -> LoadedClip:
 
 @st.cache_data(show_spinner="Computing attention maps…", max_entries=64)
 def _maps(ref: str, path: str, ablation: str, means_key: tuple, _means: dict | None) -> overlays.ImageMaps:
-    import torch
+    from compute.engine import means_on
 
     means = None
     if _means:
         clip = clip_model(ref)
-        means = {name: {layer: torch.from_numpy(m).to(clip.device, clip.dtype) for layer, m in stats.items()}
-                 for name, stats in _means.items()}
+        means = means_on(_means, clip.device, clip.dtype)
     return overlays.image_maps(clip_model(ref), path, ablation, means)
 
 
