@@ -1,6 +1,6 @@
 """``python -m compute export --run NAME --out DIR``: a run's figure pack, headless.
 
-DESCRIPTION (its --help) says what it writes; the work is done by ``dashboard.figures``, which the
+DESCRIPTION (its --help) says what it writes; the work is done by ``analysis.figures``, which the
 dashboard's Export page uses too.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis import FORMATS, SIZES  # the package alone: light, so --help stays fast
 from compute.errors import InputError
 from compute.store import DEFAULT_DB_TEXT, resolve_db
-
-FORMATS = ("png", "svg", "pdf")  # as dashboard.figures.FORMATS; spelled here so --help stays light
-SIZES = ("screen", "one-column", "two-column")  # as dashboard.figures.SIZES
 
 DESCRIPTION = """\
 Write a run's figure pack, headless: every chart of the dashboard's Overview, Layers, Heads and Flow
@@ -39,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablations", default="",
                         help="comma list of the ablations the per-ablation charts and Table 1 show, in that "
                         "order (default: all, in sweep order); significance is still decided over all")
-    parser.add_argument("--size", default="screen", choices=SIZES,
+    parser.add_argument("--size", default="screen", choices=list(SIZES),
                         help="figure width: screen (as on the dashboard), one-column (3.5 in, 252 pt) or "
                         "two-column (7 in, 504 pt) with print font sizes (default: screen)")
     parser.add_argument("--image", type=int, default=None,
@@ -64,9 +62,8 @@ def split_ablations(text: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    # Imported here: altair, pandas and the dashboard take seconds to import, and every other verb's
-    # --help would pay for them.
-    from dashboard import figures
+    # Imported here: altair and pandas take seconds to import, and every other verb's --help would pay.
+    from analysis import figures
 
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

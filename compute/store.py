@@ -1,6 +1,6 @@
 """Every statement the compute stage runs on its DuckDB store, next to the function that runs it.
 
-The read side of the dashboard keeps its queries in ``dashboard/queries.py``; what ``compute`` reads or
+The read side of the dashboard keeps its queries in ``analysis/queries.py``; what ``compute`` reads or
 writes is here, in sections: runs, batches of results, stored embeddings, captions, statistics, summaries.
 Long because it is that one place. The file itself (location, checks, connection, schema versions) is
 ``compute.storefile``, whose names this module re-exports: callers open a store with ``store.connect``.

@@ -3,21 +3,22 @@ token's attention to the patches; SigLIP: the attention each patch receives, the
 and the chosen ablation side by side, computed on demand from the run's model.
 
 The model is loaded once per server (``st.cache_resource``, through compute.models.load_clip) and the maps
-of an (image, ablation) are cached; drawing is dashboard.overlays, which the figure export shares.
+of an (image, ablation) are cached; drawing is analysis.overlays, which the figure export shares.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
+from analysis import overlays, queries
+from analysis.figures import slug
+from analysis.text import md
 from compute.ablations import BASELINE, mean_needs, parse_ablation
 from compute.dataset import ImageLoadError
 from compute.errors import InputError
 from compute.models import LoadedClip, load_clip
-from dashboard import overlays, queries, ui
-from dashboard.figures import slug
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=2)

@@ -27,9 +27,10 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from analysis import queries, stats, tables
+from analysis.text import md
 from compute import store
-from dashboard import queries, state, stats, tables
-from dashboard.text import md
+from dashboard import state
 
 # Altair validates every schema object as it is built (its debug mode): a third of a chart's drawing time,
 # on every redraw. The tests validate every builder's output, so the running app skips it.
@@ -110,7 +111,7 @@ def _cached_call(fn_name: str, db: str, token: tuple, args: tuple, _fn: Callable
 
 def load(fn: Callable[..., T], *args: Any) -> T:
     """``fn(con, *args)`` on a read-only connection to the app's store, cached until the store changes.
-    ``fn`` is a module-level function of dashboard.queries, tables or figures."""
+    ``fn`` is a module-level function of analysis.queries, tables or figures."""
     db = current_db()
     shared = getattr(_local, "reader", None)
     reader = shared or _Reader(db)
@@ -128,7 +129,7 @@ def _chart_spec(builder_name: str, args: tuple, _builder: Callable[..., Any]) ->
 
 
 def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> None:
-    """Draw ``builder(*args)`` (a pure builder of dashboard.charts); its Vega-Lite spec is cached on the
+    """Draw ``builder(*args)`` (a pure builder of analysis.charts); its Vega-Lite spec is cached on the
     arguments, so a rerun that changes another part of the page does not rebuild it."""
     release()  # drawing takes longer than reading: let a waiting writer in meanwhile
     spec = _chart_spec(_name(builder), args, builder)
@@ -342,7 +343,7 @@ def layout() -> None:
 
 
 def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str) -> None:
-    """The Heads and Flow pages' table of cells (dashboard.heads): ``keys`` name each cell (layer, head or
+    """The Heads and Flow pages' table of cells (analysis.heads): ``keys`` name each cell (layer, head or
     target), then the change of ``metric`` against baseline, its 95% interval, McNemar's counts, p and the
     verdict; ``ablated`` says what differs from baseline ("the head ablated")."""
     shown = cells.assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))

@@ -21,7 +21,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compute.testing import make_coco, write_experiment  # noqa: E402
+from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -31,7 +31,7 @@ DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layer
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     """A 12-layer random CLIP (width 32, 32 px, patch 8: 17 tokens) in the save_pretrained layout."""
-    from compute.testing import save_random_clip
+    from tools.synthetic import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip", layers=12, width=32, heads=4)
 
@@ -40,7 +40,7 @@ def tiny_clip(tmp_path_factory) -> Path:
 def tiny_siglip(tmp_path_factory) -> Path:
     """A 6-layer random SiglipModel (width 32, 4 heads, 32 px, patch 8: 16 tokens, no CLS; perturbed so the
     logit bias, biases and norms are far from their initial values) in the save_pretrained layout."""
-    from compute.testing_siglip import save_random_siglip
+    from tools.synthetic_siglip import save_random_siglip
 
     return save_random_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
 
@@ -48,7 +48,7 @@ def tiny_siglip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_siglip2(tmp_path_factory) -> Path:
     """A 6-layer random Siglip2Model (NaFlex; native grid 4 x 4 patches of 8 px) with its Siglip2Processor."""
-    from compute.testing_siglip import save_random_siglip2
+    from tools.synthetic_siglip import save_random_siglip2
 
     return save_random_siglip2(tmp_path_factory.mktemp("models") / "tiny-siglip2")
 
@@ -56,7 +56,7 @@ def tiny_siglip2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_openclip(tmp_path_factory) -> Path:
     """A CLIPModel shaped as OpenCLIP's published ones: exact GELU, 6 layers of width 48 with 6 heads, 10 tokens."""
-    from compute.testing import save_openclip_shaped_clip
+    from tools.synthetic import save_openclip_shaped_clip
 
     return save_openclip_shaped_clip(tmp_path_factory.mktemp("models") / "tiny-openclip")
 
@@ -64,7 +64,7 @@ def tiny_openclip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory) -> Path:
     """A tiny random BLIP conditional captioner with its processor."""
-    from compute.testing import save_random_blip
+    from tools.synthetic import save_random_blip
 
     return save_random_blip(tmp_path_factory.mktemp("models") / "tiny-blip")
 
@@ -72,14 +72,14 @@ def tiny_blip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ved(tmp_path_factory) -> Path:
     """A tiny random VisionEncoderDecoderModel (ViT + GPT-2) captioner with its tokenizer."""
-    from compute.testing import save_random_vision_encoder_decoder
+    from tools.synthetic import save_random_vision_encoder_decoder
 
     return save_random_vision_encoder_decoder(tmp_path_factory.mktemp("models") / "tiny-ved")
 
 
 @pytest.fixture
 def tiny_coco(tmp_path) -> Path:
-    """10 small JPEGs of cats and dogs (see compute.testing.make_coco)."""
+    """10 small JPEGs of cats and dogs (see tools.synthetic.make_coco)."""
     return make_coco(tmp_path / "coco")
 
 
@@ -124,7 +124,7 @@ def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
     from compute.config import Prompt, load_experiment
     from compute.rescore import rescore
     from compute.runner import run
-    from compute.testing import experiment_text
+    from tools.synthetic import experiment_text
 
     tmp = tmp_path_factory.mktemp("siglip-store")
     db = tmp / "siglip.duckdb"
@@ -146,7 +146,7 @@ def heads_store(tiny_clip, tmp_path_factory) -> Path:
     layers x 4 heads) plus HEADS_EXTRAS over 8 tiny COCO images."""
     from compute.config import load_experiment
     from compute.runner import run
-    from compute.testing import experiment_text
+    from tools.synthetic import experiment_text
 
     tmp = tmp_path_factory.mktemp("heads-store")
     db = tmp / "heads.duckdb"

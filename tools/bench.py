@@ -39,12 +39,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compute import testing
-from compute.testing import make_coco, save_vit_b16_shaped_clip
-from compute.testing_siglip import save_siglip_b16_shaped
+from tools import synthetic as testing
 from tools.dashboard_perf import bench_dashboard
 from tools.gpu_bench import bench_gpu
 from tools.pipeline_perf import bench_busy, bench_pipeline
+from tools.synthetic import make_coco, save_vit_b16_shaped_clip
+from tools.synthetic_siglip import save_siglip_b16_shaped
 
 ROOT = Path(__file__).resolve().parents[1]
 

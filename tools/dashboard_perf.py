@@ -98,7 +98,7 @@ def _clear_caches() -> None:
 
     import streamlit as st
 
-    from dashboard import stats
+    from analysis import stats
 
     # Clearing from outside a script run logs two warnings each time; they would bury the table.
     loggers = [logging.getLogger(f"streamlit.runtime.{name}")

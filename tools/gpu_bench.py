@@ -45,7 +45,7 @@ def engine_rate(clip, pixels, rounds: int) -> float:
     from compute.ablations import sweep
     from compute.engine import SweepEngine
     from compute.scoring import cosine_logits, logit_scale, text_embeddings
-    from compute.testing import PROMPTS
+    from tools.synthetic import PROMPTS
 
     ablations = sweep("paper", clip.n_layers)
     engine = SweepEngine(clip.model, ablations)
@@ -74,7 +74,7 @@ def exactness(model: Path, device: str, pixels) -> tuple[float, bool]:
     from compute.engine import SweepEngine, plain_batch
     from compute.models import load_clip
     from compute.scoring import cosine_logits, logit_scale, text_embeddings
-    from compute.testing import PROMPTS
+    from tools.synthetic import PROMPTS
 
     clip = load_clip(str(model), device, "float32")
     ablations = sweep("paper", clip.n_layers)
@@ -95,7 +95,7 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     from compute.config import load_experiment
     from compute.loader import Loader, default_workers
     from compute.models import load_clip
-    from compute.testing import make_coco, save_random_clip, save_vit_b16_shaped_clip, write_experiment
+    from tools.synthetic import make_coco, save_random_clip, save_vit_b16_shaped_clip, write_experiment
 
     cuda = torch.cuda.is_available()
     if not cuda and not smoke:

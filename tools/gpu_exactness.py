@@ -43,7 +43,7 @@ def check(model_dir: Path, device: str, n_images: int, seed: int = 0) -> dict[st
     from compute.engine import SweepEngine, attention_means, plain_batch
     from compute.models import load_clip
     from compute.scoring import cosine_logits, logit_scale, text_embeddings, text_tokens
-    from compute.testing import PROMPTS
+    from tools.synthetic import PROMPTS
 
     clip = load_clip(str(model_dir), device, "float32")
     heads = clip.n_heads
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from compute.testing import save_random_clip, save_vit_b16_shaped_clip
-    from compute.testing_siglip import save_random_siglip, save_siglip_b16_shaped
+    from tools.synthetic import save_random_clip, save_vit_b16_shaped_clip
+    from tools.synthetic_siglip import save_random_siglip, save_siglip_b16_shaped
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:

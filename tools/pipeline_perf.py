@@ -36,7 +36,7 @@ def bench_pipeline(tmp: Path, images: int = 768, batch_size: int = 64, repeats: 
     from compute.dataset import open_image
     from compute.loader import default_workers
     from compute.runner import run
-    from compute.testing import make_coco, save_random_clip, write_experiment
+    from tools.synthetic import make_coco, save_random_clip, write_experiment
 
     cores = default_workers()
     print(f"\n== pipeline: tiny CLIP at 224 px (5 tokens), {images} JPEGs of 640x480, paper sweep, batch "
@@ -196,7 +196,7 @@ def _child(call: str, wait_policy: str, timeout: float | None = None) -> float:
 
 def bench_busy(tmp: Path, images: int = 64, batch_size: int = 16, repeats: int = 2) -> dict[str, dict]:
     from compute.demo.data import write_coco
-    from compute.testing import save_random_clip
+    from tools.synthetic import save_random_clip
 
     print(f"\n== busy: quiet and beside two spinning processes: the engine alone (paper sweep, 12 layers of width "
           f"64, 224 px, patch 32) on {images} images; the demo captioner on {images // 2} images ==", flush=True)

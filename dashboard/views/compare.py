@@ -3,9 +3,10 @@ accuracy differences, McNemar's paired test, and the images whose correctness fl
 
 import streamlit as st
 
-from dashboard import charts, queries, stats, ui
+from analysis import charts, queries, stats
+from analysis.text import md, md_list
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md, md_list
 
 FLIP_ROWS = 500  # rows of the flip table; the counts above it cover every image
 FLIP_THUMBS = 12

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, projection, queries, ui
+from analysis import charts, projection, queries
+from analysis.text import md
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md
 
 SAMPLE = 1000  # images drawn (a fixed sample: the same for every ablation)
 SHIFT_SAMPLE = 300  # images behind the per-ablation movement bars (every ablation's embeddings are read)

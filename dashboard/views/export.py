@@ -8,10 +8,11 @@ import zipfile
 
 import streamlit as st
 
+from analysis import figures, queries, slices, stats, tables
+from analysis.text import md, md_list
 from compute import store
-from dashboard import figures, queries, slices, stats, tables, ui
+from dashboard import ui
 from dashboard.state import get_param, param_select, set_param
-from dashboard.text import md, md_list
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}

@@ -7,9 +7,10 @@ import math
 import pandas as pd
 import streamlit as st
 
-from dashboard import queries, slices, ui
+from analysis import queries, slices
+from analysis.text import md, md_list
+from dashboard import ui
 from dashboard.state import param_select, reset_param
-from dashboard.text import md, md_list
 
 PAGE_SIZE = 24
 GRID_COLUMNS = 6

@@ -4,9 +4,10 @@ token, the patches reading each other), with 95% intervals and the significance 
 
 import streamlit as st
 
-from dashboard import charts, heads, queries, slices, stats, tables, ui
+from analysis import charts, heads, queries, slices, stats, tables
+from analysis.text import md
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md
 
 METRICS = ["accuracy", "score_baseline"]
 

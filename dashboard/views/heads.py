@@ -5,9 +5,10 @@ value and its 95% interval, a click opens the Failures page for that ablation.""
 
 import streamlit as st
 
-from dashboard import charts, heads, queries, slices, stats, tables, ui
+from analysis import charts, heads, queries, slices, stats, tables
+from analysis.text import md
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md
 
 METRICS = ["accuracy", "score_baseline"]
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, queries, slices, ui
+from analysis import charts, queries, slices
+from analysis.text import md, md_list
+from dashboard import ui
 from dashboard.attention_ui import attention_section
 from dashboard.state import param_select, reset_param
-from dashboard.text import md, md_list
 
 ctx = ui.context()
 st.title("Image")

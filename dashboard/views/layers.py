@@ -3,9 +3,10 @@ one ablation, and McNemar's paired test of every ablation against baseline (the 
 
 import streamlit as st
 
-from dashboard import charts, queries, slices, stats, tables, ui
+from analysis import charts, queries, slices, stats, tables
+from analysis.text import md
+from dashboard import ui
 from dashboard.state import param_select
-from dashboard.text import md
 
 ctx = ui.context()
 st.title("Layers")

@@ -1,10 +1,11 @@
 """Overview: the study's Table 1, generalised to every ablation of the run, with 95% bootstrap intervals
-and the one significance rule (dashboard.stats)."""
+and the one significance rule (analysis.stats)."""
 
 import streamlit as st
 
-from dashboard import charts, queries, slices, stats, tables, ui
-from dashboard.text import md
+from analysis import charts, queries, slices, stats, tables
+from analysis.text import md
+from dashboard import ui
 
 ctx = ui.context()
 st.title("Overview")

@@ -7,10 +7,11 @@ the store (``python -m compute rescore``), with captions if the run has a captio
 
 import streamlit as st
 
+from analysis import charts, queries
+from analysis.text import md
 from compute.errors import InputError
-from dashboard import charts, lab, queries, ui
+from dashboard import lab, ui
 from dashboard.state import param_select, set_param
-from dashboard.text import md
 
 ctx = ui.context()
 st.title("Prompt lab")

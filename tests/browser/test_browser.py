@@ -23,7 +23,6 @@ from urllib.parse import parse_qsl, urlparse
 import pytest
 from conftest import ROOT, sql
 
-from compute.testing import make_coco
 from tools.screenshots import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -35,6 +34,7 @@ from tools.screenshots import (
     page_url,
     serve,
 )
+from tools.synthetic import make_coco
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

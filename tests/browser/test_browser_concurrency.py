@@ -15,8 +15,8 @@ from conftest import ROOT
 from test_browser import ARTIFACTS, _skip_loudly
 
 from compute import store
-from compute.testing import make_coco, write_experiment
 from tools.screenshots import CHROMIUM, serve, shoot
+from tools.synthetic import make_coco, write_experiment
 
 PAGES = ("overview", "failures", "image")
 DELETER = """

@@ -16,7 +16,7 @@ from compute.errors import InputError
 from compute.models import load_captioner, load_clip
 from compute.runner import run
 from compute.scoring import image_embeddings_unablated, text_embeddings
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 
 @pytest.fixture(params=["blip", "vision-encoder-decoder"])

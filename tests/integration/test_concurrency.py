@@ -18,7 +18,7 @@ from compute.__main__ import main
 from compute.config import load_experiment
 from compute.runlock import run_lock
 from compute.runner import run
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 N_PAPER = 8  # images of the `paper` fixture's experiment: four batches of two
 N_LIVE = 12  # images of the runs that must still be going when the test acts: batches of one

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, sql
 
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 KILLED = -signal.SIGKILL
 N_IMAGES, BROKEN = 8, (4,)  # image 4 is unreadable: its error must survive the crashes too

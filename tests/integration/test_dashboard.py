@@ -19,10 +19,10 @@ from conftest import APP, DASH_ABLATIONS, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+from analysis import charts, queries, slices, stats, tables
+from analysis.text import md
 from compute import store
 from compute.store import DB_ENV
-from dashboard import charts, queries, slices, stats, tables
-from dashboard.text import md
 
 N_ABLATIONS = DASH_ABLATIONS
 
@@ -154,7 +154,7 @@ def test_layers_curves_heatmap_confusion_and_mcnemar_match_sql(app, dash_store):
 
 
 def unescape(text: str) -> str:
-    """What a Markdown-escaped cell reads as (dashboard.text.md escapes every punctuation character)."""
+    """What a Markdown-escaped cell reads as (analysis.text.md escapes every punctuation character)."""
     return re.sub(r"\\(.)", r"\1", text)
 
 
@@ -456,7 +456,7 @@ def test_compare_runs_offers_only_runs_asking_the_same_prompts(dash_store, tmp_p
 
 
 def test_embeddings_page_projects_the_stored_embeddings_and_how_far_each_ablation_moves_them(app, dash_store):
-    from dashboard import projection
+    from analysis import projection
 
     at = app("embeddings", run="tiny", ablation="identity:1-12")
     scatter, bars = charts_of(at)

@@ -16,10 +16,11 @@ import pytest
 from conftest import APP, ROOT
 from streamlit.testing.v1 import AppTest
 
+from analysis import queries
 from compute import store
 from compute.store import DB_ENV
-from compute.testing import make_coco, write_experiment
-from dashboard import queries, ui
+from dashboard import ui
+from tools.synthetic import make_coco, write_experiment
 
 N_LIVE = 48
 

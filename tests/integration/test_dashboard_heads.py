@@ -140,8 +140,8 @@ def test_export_refuses_an_ablation_without_an_image(heads_store, tmp_path, caps
 
 
 def test_the_attention_figure_of_an_identity_layer_is_dark_where_baseline_is_not(heads_store):
+    from analysis import overlays
     from compute.models import load_clip
-    from dashboard import overlays
 
     path = sql(heads_store, "SELECT path FROM image_t WHERE image_id = 3")[0][0]
     model = sql(heads_store, "SELECT model FROM runs")[0][0]

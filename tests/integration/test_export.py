@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from conftest import DASH_ABLATIONS, run_cli, sql
 
+from analysis import figures, queries, slices, tables
 from compute import store
 from compute.__main__ import main
 from compute.export import split_ablations
-from dashboard import figures, queries, slices, tables
 
 CHARTS = ["table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "layers_score_baseline",
           "blocks_score_baseline", "layers_caption_score", "blocks_caption_score", "label_accuracy",
@@ -142,7 +142,7 @@ def test_formats_and_confusion_choices(dash_store, tmp_path):
 
 def test_every_chart_builder_makes_a_valid_vega_lite_spec(dash_store):
     # The dashboard skips Altair's validation for speed; here every chart it can draw is validated.
-    from dashboard import charts
+    from analysis import charts
 
     with store.connect(dash_store, read_only=True) as con:
         data = figures.pack_data(con, 1, slices.true_label("cat"), None, image_id=3, image_ablation="identity:5")

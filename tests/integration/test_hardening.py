@@ -28,7 +28,7 @@ import pytest
 from conftest import ROOT, run_cli, sql
 
 from compute.__main__ import main
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 
 def snapshot(root: Path) -> dict[str, str]:

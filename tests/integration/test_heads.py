@@ -285,7 +285,7 @@ RUN_EXTRAS = ("mean:2/h1", "mean:3", "knockout:3-4/patches>cls/h1", "identity:5-
 
 
 def _experiment(path, model, coco, db, sweep_list, extra=RUN_EXTRAS):
-    from compute.testing import experiment_text
+    from tools.synthetic import experiment_text
 
     text = experiment_text(model, coco, db, extra=extra, batch_size=3)
     path.write_text(text.replace('sweep = "paper"', f"sweep = {json.dumps(sweep_list)}"))
@@ -296,7 +296,7 @@ def test_a_heads_and_flow_run_records_every_part_and_matches_the_plain_method(ti
     from conftest import sql
 
     from compute.__main__ import main
-    from compute.testing import make_coco
+    from tools.synthetic import make_coco
 
     coco = make_coco(tmp_path / "coco", n=5)
     dbs = {}

@@ -20,8 +20,8 @@ from compute import store
 from compute.dataset import ImageRecord, open_image
 from compute.loader import Loader
 from compute.pixels import recipe
-from compute.testing import make_coco, write_experiment
 from compute.writer import BatchWriter, WriterFailed
+from tools.synthetic import make_coco, write_experiment
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from conftest import APP, DASH_ABLATIONS, sql
 
+from analysis.text import md
 from compute.store import DB_ENV
-from dashboard.text import md
 
 
 @pytest.fixture

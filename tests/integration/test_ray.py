@@ -25,7 +25,7 @@ from test_hardening import CASES, Setup, snapshot
 
 from compute.config import load_experiment
 from compute.runner import run
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli, sql
 
 from compute.__main__ import main
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 NEW = [("a photo of a black cat", "cat"), ("a photo of a small dog", "dog"), ("a photo of a red car", "car")]
 

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from conftest import ROOT
 
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 EXTRAS = ("zero:5-8", "mean:3,11")
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, sql
 
 from compute.__main__ import main
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 VIEW_COLUMNS = {
     "scores": ["run", "image_id", "ablation", "prompt", "label", "logit", "prob"],

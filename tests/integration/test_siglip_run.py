@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from compute.__main__ import main
 from compute.dataset import open_image
 from compute.store import DB_ENV
-from compute.testing import write_experiment
+from tools.synthetic import write_experiment
 
 N_LAYERS = 6  # the tiny SigLIP
 
@@ -99,7 +99,7 @@ def test_a_cls_knockout_on_siglip_is_one_line_exit_2_and_writes_nothing(tiny_sig
 
 
 def test_the_figure_pack_says_which_family_made_it(siglip_store, tmp_path):
-    from dashboard.figures import write_pack
+    from analysis.figures import write_pack
 
     written = {p.name for p in write_pack(siglip_store, "sig", tmp_path, formats=("svg",), image_id=3,
                                           image_ablation="identity:2")}

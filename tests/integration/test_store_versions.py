@@ -16,7 +16,7 @@ from compute import store
 from compute.__main__ import main
 from compute.config import load_experiment
 from compute.runner import run
-from compute.testing import make_coco, write_experiment
+from tools.synthetic import make_coco, write_experiment
 
 V1_SQL = (Path(__file__).parent / "reference" / "store_v1.sql").read_text()
 V1_TABLES = ["run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",

@@ -13,7 +13,7 @@ from compute.config import DatasetConfig, load_experiment
 from compute.dataset import caption_phrases, load_dataset, open_image, says_any
 from compute.errors import InputError
 from compute.runner import resolve_ablations
-from compute.testing import make_coco
+from tools.synthetic import make_coco
 
 
 def cfg(coco: Path, **kw) -> DatasetConfig:

@@ -60,7 +60,7 @@ def test_a_batch_none_of_whose_images_decoded_records_its_errors():
 def test_a_decode_task_makes_a_decode_workers_pixels(tmp_path):
     from transformers import CLIPImageProcessor
 
-    from compute.testing import make_coco
+    from tools.synthetic import make_coco
 
     coco = make_coco(tmp_path / "coco", n=4, broken=(2,), size=(61, 47), photo=True)
     records = [ImageRecord(i, f"{i:012d}.jpg", coco / "images" / f"{i:012d}.jpg", ("cat",), coco / "images")

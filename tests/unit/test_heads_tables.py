@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dashboard import charts, heads, stats
+from analysis import charts, heads, stats
 
 
 def _summary(rows: list[tuple]) -> pd.DataFrame:

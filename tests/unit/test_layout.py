@@ -1,6 +1,7 @@
 """The house rules, checked on the source: no import cycle among the project's modules (imports inside
-functions count), ``compute`` never imports ``dashboard`` (the thin ``export`` verb aside), SQL only in
-the store and the dashboard's queries, and a long module says why it is long."""
+functions count); the layers point one way (``dashboard`` -> ``analysis`` -> ``compute``; neither of the
+last two imports ``streamlit`` or ``dashboard``); nothing outside ``tests`` imports the test helpers; SQL only
+in the store and the read library's queries; and a long module says why it is long."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-PACKAGES = ("compute", "dashboard", "tools")
+PACKAGES = ("compute", "analysis", "dashboard", "tools")
 LONG = 400  # lines; a longer module says why in its docstring ("Long because ...")
-SQL_HOMES = {"compute.store", "compute.storefile", "dashboard.queries"}  # the write side (the statements, the file) and the read side
+SQL_HOMES = {"compute.store", "compute.storefile", "analysis.queries"}  # the write side (the statements, the file) and the read side
 SQL = re.compile(r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|VIEW))")
 
 
@@ -76,11 +77,36 @@ def test_no_import_cycle(graph):
     assert len(graph) > 30  # the walk saw the project, not an empty folder
 
 
-def test_compute_never_imports_dashboard_but_for_the_export_verb(graph):
-    up = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
-                if m.startswith("compute") and t.startswith("dashboard") and m != "compute.export")
+def third_party(path: Path) -> set[str]:
+    """Top-level names of every module the file imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.partition(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+def test_compute_and_the_read_library_never_import_streamlit_or_the_dashboard(graph):
+    lower = [m for m in graph if m.startswith(("compute", "analysis"))]
+    up = sorted(f"{m} -> {t}" for m in lower for t in graph[m] if t.startswith("dashboard"))
     assert up == []
-    assert any(t.startswith("dashboard") for t in graph["compute.export"])  # the exception is real
+    streamlit = sorted(m for m, path in modules().items() if m in lower and "streamlit" in third_party(path))
+    assert streamlit == []
+    assert any(t.startswith("analysis") for t in graph["compute.export"])  # export stands on the library
+    assert any(t.startswith("analysis") for m in graph if m.startswith("dashboard") for t in graph[m])
+
+
+def test_compute_never_imports_the_read_library_but_for_the_export_verb(graph):
+    up = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
+                if m.startswith("compute") and t.startswith("analysis") and m != "compute.export")
+    assert up == []
+
+
+def test_nothing_outside_the_tests_imports_test_helpers():
+    strays = sorted(m for m, path in modules().items() if {"tests", "conftest", "helpers"} & third_party(path))
+    assert strays == []
 
 
 def test_the_dashboard_and_compute_never_import_tools(graph):

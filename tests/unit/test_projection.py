@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dashboard import projection
+from analysis import projection
 
 
 def test_pca_matches_the_eigenvectors_of_the_covariance_and_fixes_the_frame_on_baseline():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dashboard import slices, stats
+from analysis import slices, stats
 
 
 def test_bootstrap_interval_covers_the_mean_and_pairs_the_change():

@@ -8,7 +8,7 @@ from html import unescape
 
 import pytest
 
-from dashboard.text import md, md_cell
+from analysis.text import md, md_cell
 
 PAYLOADS = [
     "![x](http://127.0.0.1:9/x)",

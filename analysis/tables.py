@@ -1,5 +1,5 @@
 """The derived tables pages and the export share: Table 1 with bootstrap intervals and the one significance
-rule (``dashboard.stats``), McNemar's tests, and Table 1's renderings (a sortable frame for the page,
+rule (``analysis.stats``), McNemar's tests, and Table 1's renderings (a sortable frame for the page,
 Markdown, LaTeX with booktabs). Pure functions of an open connection (or of a DataFrame).
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dashboard import queries, stats
-from dashboard.slices import EVERYTHING, Slice
-from dashboard.text import md_cell
+from analysis import queries, stats
+from analysis.slices import EVERYTHING, Slice
+from analysis.text import md_cell
 
 METRICS = ("accuracy", "score_baseline", "caption_score")
 METRIC_TITLES = {

@@ -1,9 +1,9 @@
 """Random SigLIP (``SiglipModel``: the layout of ``google/siglip-base-patch16-224`` and of the SigLIP 2 FixRes
 checkpoints) and SigLIP 2 NaFlex (``Siglip2Model``) models with their processors, saved in the hub layout for
-tests and benches (compute.testing has CLIP's and the COCO fixtures).
+tests and benches (tools.synthetic has CLIP's and the COCO fixtures).
 
 A fresh SigLIP leaves logit_scale, logit_bias, every bias and the layer norms at 0 and 1, where a forgotten
-bias term or a skipped norm goes unnoticed: these are perturbed (compute.testing.randomize_), and the logit
+bias term or a skipped norm goes unnoticed: these are perturbed (tools.synthetic.randomize_), and the logit
 scale and bias set to realistic signs.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from compute.testing import BASE_WORDS, randomize_
+from tools.synthetic import BASE_WORDS, randomize_
 
 
 def siglip_word_tokenizer(words: list[str], max_length: int):

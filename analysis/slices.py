@@ -2,7 +2,7 @@
 
 The caption is shown above whatever the filter feeds, so a reader always knows what a chart or grid
 holds (datasette's filters work the same way). Fragments refer to the aliases every query that takes a
-slice provides (see ``dashboard.queries``):
+slice provides (see ``analysis.queries``):
 
     s  selection_t row under the ablation being looked at
     i  image_t row of the image

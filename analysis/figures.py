@@ -22,16 +22,14 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
+from analysis import FORMATS, SIZES, charts, heads, queries, tables
+from analysis.slices import EVERYTHING, Slice
+from analysis.text import md_cell
 from compute import store
 from compute.errors import InputError
-from dashboard import charts, heads, queries, tables
-from dashboard.slices import EVERYTHING, Slice
-from dashboard.text import md_cell
 
-FORMATS = ("png", "svg", "pdf")
 PNG_SCALE = 2.0  # print resolution
 # Figure widths in points (= SVG px = PDF pt); None: as drawn on screen.
-SIZES: dict[str, int | None] = {"screen": None, "one-column": 252, "two-column": 504}
 SIZE_TITLES = {"screen": "as on screen", "one-column": "one column (3.5 in, 252 pt)",
                "two-column": "two columns (7 in, 504 pt)"}
 PRINT_FONT = {"label": 7, "title": 8, "chart_title": 9}  # points, for the paper sizes
@@ -263,9 +261,9 @@ def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, head
     run's model (loaded here: a headless export has no server cache)."""
     import torch
 
+    from analysis import overlays
     from compute.ablations import BASELINE, mean_needs, parse_ablation
     from compute.models import load_clip
-    from dashboard import overlays
 
     run_id = find_run_id(con, run)
     info = queries.image(con, run_id, image_id)

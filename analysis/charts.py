@@ -12,9 +12,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from dashboard.heads import TARGET_ORDER
-from dashboard.stats import ALPHA
-from dashboard.tables import METRIC_TITLES, METRICS, has_captions
+from analysis.heads import TARGET_ORDER
+from analysis.stats import ALPHA
+from analysis.tables import METRIC_TITLES, METRICS, has_captions
 
 # Charts get aggregates only (at most labels x labels cells). Altair's 5,000-row guard exists to stop raw
 # rows being embedded in a spec; here it would only refuse a confusion matrix of a large label set.
@@ -24,7 +24,7 @@ TOOLTIP_FORMAT = ".4f"
 
 SLANTED = alt.Axis(labelAngle=-60, labelOverlap=False, labelLimit=240)  # every ablation label, whole
 FULL_LABELS = alt.Axis(labelOverlap=False, labelLimit=400)  # prompts and labels never cut to "a photo of a…"
-# The one significance rule (dashboard.stats), as chart colours and legends.
+# The one significance rule (analysis.stats), as chart colours and legends.
 SIG_TITLE = f"Holm-adjusted p < {ALPHA}"
 SIG_NAMES = {-1: "significantly lower", 0: "not significant", 1: "significantly higher"}
 SIG_SCALE = alt.Scale(domain=list(SIG_NAMES.values()), range=["#d62728", "#7f7f7f", "#2ca02c"])
@@ -308,7 +308,7 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
 
 
 # --------------------------------------------------------------------------------------------------
-# Heads and token flow (data from dashboard.heads).
+# Heads and token flow (data from analysis.heads).
 
 HOLDS_NOTE = "outlined: holds after Holm's correction of McNemar's test"
 

@@ -3,7 +3,7 @@
 
 Functions take an open read-only connection (``compute.store.connect(db, read_only=True)``) so a caller
 can run several on one short-lived connection; values are bound with ``?``; the only text spliced into
-SQL is a fragment from ``dashboard.slices`` or an ORDER BY from the ``SORTS`` allow-list. Aggregation
+SQL is a fragment from ``analysis.slices`` or an ORDER BY from the ``SORTS`` allow-list. Aggregation
 happens in DuckDB: ``score_t`` may hold millions of rows and is only ever read for one image.
 
 Long because it is the one place the dashboard's SQL lives; it reads in sections (runs and their parts,
@@ -18,8 +18,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from analysis.slices import EVERYTHING, Slice
 from compute import store
-from dashboard.slices import EVERYTHING, Slice
 
 Con = duckdb.DuckDBPyConnection
 
