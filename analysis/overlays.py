@@ -20,6 +20,7 @@ from compute.ablations import BASELINE, Means, parse_ablation
 from compute.attention_maps import MEANING, attention_maps, patch_grid
 from compute.dataset import open_image
 from compute.models import LoadedClip, pixel_values, seen_image
+from compute.towers import has_cls, n_heads_of, n_layers_of
 
 MEAN_OF_HEADS = "mean"
 TILE = 112  # pixels per layer tile
@@ -58,9 +59,9 @@ def image_maps(clip: LoadedClip, path: str, ablation: str, means: Means | None =
     if ablation == BASELINE:
         ablated = base
     else:
-        parsed = parse_ablation(ablation, clip.n_layers, clip.n_heads, clip.has_cls)
+        parsed = parse_ablation(ablation, n_layers_of(clip.model), n_heads_of(clip.model), has_cls(clip.model))
         ablated = attention_maps(clip.model, pixels, parsed, means)[0]
-    return ImageMaps(picture, base, ablated, ablation, clip.has_cls)
+    return ImageMaps(picture, base, ablated, ablation, has_cls(clip.model))
 
 
 def head_options(maps: ImageMaps) -> list[str]:

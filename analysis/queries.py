@@ -28,17 +28,6 @@ def runs(con: Con) -> pd.DataFrame:
     return con.execute(store.RUNS).df()
 
 
-def caption_key(config: dict) -> str | None:
-    """The caption cache key of a run's captioner (as compute.captions.captioner_key makes it, which a test
-    holds this to), from the run's stored config; None without a captioner."""
-    ref = config.get("model", {}).get("captioner", "none")
-    if ref == "none":
-        return None
-    cfg = config.get("captions", {})
-    return json.dumps({"model": ref, "max_new_tokens": cfg.get("max_new_tokens"), "num_beams": cfg.get("num_beams")},
-                      sort_keys=True)
-
-
 RUN_CONFIG = "SELECT config FROM run_t WHERE run_id = ?"
 
 # The caption stage generates each distinct (image, selected prompt) once into the shared cache, then
@@ -61,7 +50,7 @@ LEFT JOIN caption_cache_t c ON c.captioner = ? AND c.image = n.path AND c.prefix
 def caption_progress(con: Con, run_id: int) -> tuple[int, int] | None:
     """(captions generated, captions needed) of the run's selections still without one; None when the run
     has no captioner."""
-    key = caption_key(json.loads(con.execute(RUN_CONFIG, [run_id]).fetchone()[0]))
+    key = store.caption_key(json.loads(con.execute(RUN_CONFIG, [run_id]).fetchone()[0]))
     if key is None:
         return None
     pending, generated = con.execute(CAPTION_PROGRESS, [run_id, key]).fetchone()

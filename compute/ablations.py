@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compute.errors import InputError
-from compute.towers import has_cls
+from compute.towers import has_cls, n_heads_of
 
 # Names of the dataset statistics (compute.store's stat_t) that mean ablations need.
 MEAN_STAT = "attention_mean"  # per layer: the attention block's output, (tokens, width)
@@ -379,10 +379,6 @@ def dedupe(ablations: list[Ablation]) -> list[Ablation]:
 
 def vision_layers(model: nn.Module) -> nn.ModuleList:
     return model.vision_model.encoder.layers
-
-
-def n_heads_of(model: nn.Module) -> int:
-    return int(model.config.vision_config.num_attention_heads)
 
 
 def mean_needs(ablations: list[Ablation]) -> dict[str, set[int]]:

@@ -30,11 +30,10 @@ from compute.ablations import (
     Means,
     check,
     knockout_edges,
-    n_heads_of,
     replacement,
     vision_layers,
 )
-from compute.towers import has_cls, pool_attention, tokens_in
+from compute.towers import has_cls, n_heads_of, pool_attention, tokens_in
 
 # What one map shows, by whether the tower has a CLS token (for captions).
 MEANING = {

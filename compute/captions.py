@@ -9,7 +9,6 @@ chunks; rows still NULL after an interruption are picked up by the next invocati
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +63,6 @@ def _join(prefix: str, continuation: str) -> str:
     return f"{prefix.strip()} {words}".strip()
 
 
-def captioner_key(ref: str, cfg: CaptionsConfig) -> str:
-    """Cache key of a captioner with its generation settings (batch size does not change outputs)."""
-    return json.dumps({"model": ref, "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams},
-                      sort_keys=True)
-
-
 @dataclass
 class CaptionStats:
     keys: int = 0  # distinct (image, prefix) pairs the run needed
@@ -86,7 +79,8 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
                   progress: bool = True) -> CaptionStats:
     """Fill caption and caption_score for every selection of the run that has none.
 
-    embedding_run_id: the run whose stored embeddings serve this one (default: itself).
+    key: the captioner's cache key (store.caption_key); embedding_run_id: the run whose stored embeddings
+    serve this one (default: itself).
     """
     stats = CaptionStats()
     with store.connect(db) as con:

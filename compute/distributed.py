@@ -48,7 +48,7 @@ from compute.errors import InputError, RunError
 from compute.loader import Loader, default_workers
 from compute.pixels import recipe
 from compute.ray_workers import SweepActor, SweepPlan, decode, input_rows
-from compute.runner import RunResult, SweepWork, pending_ablations
+from compute.runner import RunResult, SweepWork
 from compute.runner import run as run_here
 from compute.writer import BatchWriter
 
@@ -113,11 +113,10 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
     loader.close()  # the mean pass's decode workers (if it ran): Ray decodes from here on
     prep, stats = work.prep, work.stats
     exp = prep.exp
-    plan = SweepPlan(exp.model.clip, exp.model.device, exp.model.dtype, prep.ablations, work.means,
+    plan = SweepPlan(exp.model.clip, exp.model.device, exp.model.dtype, prep.ablations, work.keep, work.means,
                      [p.text for p in exp.prompts], exp.store.embeddings,
                      recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS))
     rows = input_rows(work.pending, [p.label for p in exp.prompts])
-    ablation_ids = list(work.ablation_ids.values())
     bar = work.bar()
     try:
         with ray_connection(options.address) as client:
@@ -128,7 +127,7 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
             written: set[int] = set()
             with BatchWriter(exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
                 for columns in _stopped_as_run_error(batches):
-                    result = to_result(columns, ablation_ids, work.done, written)
+                    result = to_result(columns, work.keep, written)
                     if result is not None:
                         writer.put(result)
                         stats.first_batch_s = stats.first_batch_s or time.perf_counter() - start
@@ -142,11 +141,10 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
 SELECTION_FIELDS = [f.name for f in fields(store.Selection)]
 
 
-def to_result(columns: dict[str, np.ndarray], ablation_ids: list[int], done: set[tuple[int, int]],
-              written: set[int]) -> store.BatchResult | None:
-    """One result batch of the pipeline -> what the writer commits: the rows not written yet (a batch Ray
-    retried can arrive twice), their pairs not in ``done``, the images that failed as errors rows. None when
-    every row was written already. ``written`` is updated."""
+def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]) -> store.BatchResult | None:
+    """One result batch of the pipeline (scored by the actor's compute.scoring.score_batch, for the ablation
+    ids ``keep``) -> what the writer commits: the rows not written yet (a batch Ray retried can arrive twice),
+    the images that failed as errors rows. None when every row was written already. ``written`` is updated."""
     ids = [int(i) for i in columns["image_id"]]
     fresh = [k for k, i in enumerate(ids) if i not in written]
     if not fresh:
@@ -158,9 +156,8 @@ def to_result(columns: dict[str, np.ndarray], ablation_ids: list[int], done: set
     attempted = [ids[k] for k in fresh]
     if not ok:
         return store.BatchResult.failed(errors, attempted)
-    keep = pending_ablations([ids[k] for k in ok], ablation_ids, done)  # axis 1 of the columns is ablation_id
-    selection = store.Selection(**{name: columns[name][ok][:, keep] for name in SELECTION_FIELDS})
-    embeddings = columns["embeddings"][ok][:, keep] if "embeddings" in columns else None
+    selection = store.Selection(**{name: columns[name][ok] for name in SELECTION_FIELDS})  # axis 1: keep
+    embeddings = columns["embeddings"][ok] if "embeddings" in columns else None
     return store.BatchResult(np.array([ids[k] for k in ok], np.int64), np.array(keep, np.int16), selection,
                              embeddings, errors, attempted)
 

@@ -37,12 +37,11 @@ from compute.ablations import (
     LayerMode,
     Means,
     check,
-    n_heads_of,
     patched,
     replacement,
     vision_layers,
 )
-from compute.towers import has_cls, image_inputs, pool, tokens_in
+from compute.towers import has_cls, image_inputs, n_heads_of, pool, tokens_in
 
 
 @dataclass

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from compute.config import DTYPES
 from compute.errors import InputError
-from compute.towers import FAMILIES, embedding_width, grid_side, unpatchify
+from compute.towers import FAMILIES, embedding_width, grid_side, has_cls, unpatchify
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}  # the experiment file's model.dtype names
 
 
 def quiet_transformers() -> None:
@@ -59,18 +60,6 @@ class LoadedClip:
     family: str = "clip"  # a key of towers.FAMILIES
     logit_scale: float = 1.0  # exp(model.logit_scale), read in float32 before any cast to dtype
     logit_bias: float = 0.0  # SigLIP's learned logit_bias (added after the scale); 0 for CLIP
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.model.vision_model.encoder.layers)
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.model.config.vision_config.num_attention_heads)
-
-    @property
-    def has_cls(self) -> bool:
-        return self.family == "clip"
 
     @property
     def image_processor(self) -> object:
@@ -156,7 +145,7 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError(f"{name_or_path} is not a supported model (its config says model_type = {family!r}); "
                          f"supported families: {supported}")
     dev = resolve_device(device)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = TORCH_DTYPES[dtype]
     if dev.type == "cpu" and torch_dtype == torch.float16:
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
     model_class, processor_class = _classes(family)
@@ -209,8 +198,8 @@ def model_summary(loaded: LoadedClip) -> dict[str, object]:
         "heads": vc.num_attention_heads,
         "image_size": side * vc.patch_size,
         "patch_size": vc.patch_size,
-        "tokens": side * side + loaded.has_cls,
-        "cls_token": loaded.has_cls,
+        "tokens": side * side + has_cls(loaded.model),
+        "cls_token": has_cls(loaded.model),
         "projection_dim": embedding_width(loaded.model),  # the width of the compared embeddings
         "logit_scale": loaded.logit_scale,
         "logit_bias": loaded.logit_bias,
@@ -252,7 +241,7 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
             f"supported: BLIP conditional captioning, vision-encoder-decoder)"
         )
     dev = resolve_device(device)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = TORCH_DTYPES[dtype]
     try:
         if kind == "blip":
             model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)

@@ -4,7 +4,7 @@ actor that holds the model and the engine and scores each batch.
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
 ``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
-``compute.models.load_clip`` and runs ``compute.engine.SweepEngine`` and ``compute.scoring`` as
+``compute.models.load_clip`` and runs ``compute.engine.SweepEngine`` and ``compute.scoring.score_batch`` as
 ``runner._sweep`` does, so a batch's numbers are those of a single-process run. Neither imports ray.
 
 Batches travel between them as Ray Data's numpy batches, {column: array} with one row per image. An image
@@ -26,7 +26,7 @@ from compute.engine import SweepEngine, means_on
 from compute.loader import device_table, load, table_values
 from compute.models import load_clip, quiet_transformers
 from compute.pixels import Recipe
-from compute.scoring import PendingBatch, logit_scale, stacked_logits, text_embeddings, truth_matrix
+from compute.scoring import BatchScoring, logit_scale, score_batch, stacked, text_embeddings, truth_matrix
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class SweepPlan:
     model: str  # hub id or a path every node sees
     device: str  # auto | cpu | cuda | mps, resolved on the actor's node
     dtype: str
-    ablations: list[Ablation]  # the run's ablations in order: results come back for all of them
+    ablations: list[Ablation]  # the run's ablations in order
+    keep: list[int]  # the ablation ids results come back for: those still pending (compute.runner.SweepWork.keep)
     means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
     prompts: list[str]
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
@@ -81,25 +82,23 @@ class SweepActor:
         self.clip = load_clip(plan.model, plan.device, plan.dtype)
         clip = self.clip
         self.engine = SweepEngine(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype))
-        self.text_norm = text_embeddings(clip, plan.prompts)  # (P, E), once per actor as once per run
-        self.scale = logit_scale(clip)
+        # (P, E) prompts, once per actor as once per run
+        self.scoring = BatchScoring(text_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A batch of decoded rows -> the selection of every ablation of every row: logits, probs (n, A, P);
-        prompt_id, correct, confidence, margin, score_baseline (n, A); embeddings (n, A, E) in the run's dtype
-        unless it is "none". A row whose image failed is computed on its zero pixels and dropped by the
-        driver: rare, and it keeps every batch's columns the same."""
+        """A batch of decoded rows -> the selection of every row under the plan's ``keep`` ablations (A' of
+        them): logits, probs (n, A', P); prompt_id, correct, confidence, margin, score_baseline (n, A');
+        embeddings (n, A', E) in the run's dtype unless it is "none". A row whose image failed is computed on
+        its zero pixels and dropped by the driver: rare, and it keeps every batch's columns the same."""
         clip = self.clip
         x = torch.tensor(batch["pixels"], device=clip.device)  # (n, 3, h, w), copied out of Ray's read-only block
         if self.table is not None:
             x = table_values(self.table, x)
-        embeddings, logits = stacked_logits(self.engine.embeddings(x.to(clip.dtype)), self.plan.ablations,
-                                            self.text_norm, self.scale)
+        embeddings = stacked(self.engine.embeddings(x.to(clip.dtype)), self.plan.ablations)  # (n, A, E)
         truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
         ids = [int(i) for i in batch["image_id"]]
-        result = PendingBatch(ids, list(range(len(self.plan.ablations))), logits, truth, embeddings[:, 0],
-                              self.text_norm, embeddings, self.plan.embeddings).result()
+        result = score_batch(self.scoring, ids, truth, embeddings).result()
         out = {"image_id": batch["image_id"], "error": batch["error"], **vars(result.selection)}
         if result.embeddings is not None:
             out["embeddings"] = result.embeddings

@@ -3,12 +3,12 @@
 Only CLIP's vision tower is ablated, so a run's stored (image, ablation) embeddings hold everything the
 image side contributes: new prompts need one text pass and a matrix product. ``rescore`` turns that into
 a new run (same images, model and ablations, new prompts) that the views, ``list`` and the dashboard
-treat like any other; ``score_prompts`` is the same arithmetic in memory, for the dashboard's Prompt lab.
+treat like any other, made and resumed as ``run`` makes its runs (compute.lifecycle), from a complete run
+only; ``score_prompts`` is the same arithmetic in memory, for the dashboard's Prompt lab.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +16,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from compute import store
+from compute import lifecycle, store
 from compute.ablations import parse_ablation
-from compute.captions import caption_stage, captioner_key
 from compute.config import Experiment, Prompt, parse_experiment
-from compute.dataset import load_dataset
+from compute.dataset import ImageRecord, load_dataset
 from compute.errors import InputError
-from compute.models import LoadedClip, load_captioner, load_clip
+from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip
 from compute.runlock import run_lock
-from compute.runner import RunResult, format_summary, label_warning
-from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.runner import RunResult, label_warning
+from compute.scoring import (
+    BatchScoring,
+    cosine_logits,
+    logit_scale,
+    score_batch,
+    text_embeddings,
+    truth_matrix,
+)
 
 
 @dataclass
@@ -80,9 +86,14 @@ def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) 
 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
             progress: bool = True, echo=print, clip: LoadedClip | None = None) -> RunResult:
-    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``."""
+    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts`` (or resume it). Raises
+    InputError, with nothing written, when run ``name`` cannot be rescored (not complete, no embeddings)."""
     store.check_store(db, write=True)
     parent = open_run(db, name)
+    if parent.row.status != "complete":  # its stored embeddings are not all there yet
+        raise InputError(f"run {name!r} in {db} is not complete (status {parent.row.status!r}: still computing, or "
+                         f"stopped part way): run it to completion first (the same `python -m compute run` "
+                         f"command resumes it), then rescore it")
     exp = parent.exp
     exp.name, exp.prompts = new_name, prompts
     exp.store.db = Path(db)
@@ -95,66 +106,36 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
     with run_lock(db, new_name, echo):  # a second process making the same run waits here
-        return _rescore_into(db, parent, name, exp, images, prompts, new_name, batch_size, progress, echo, clip,
-                             captioner)
+        result = _rescore_into(parent, exp, images, batch_size, progress, echo, clip, captioner)
+    if result.complete:
+        echo(f"rescored {name!r} into run {new_name!r} in {db}: open it in the dashboard (pick {new_name!r} in the "
+             f"sidebar) or export it with: python -m compute export --run {new_name} --db {db}")
+    return result
 
 
-def _rescore_into(db: Path, parent: StoredRun, name: str, exp: Experiment, images: list, prompts: list[Prompt],
-                  new_name: str, batch_size: int, progress: bool, echo, clip: LoadedClip, captioner) -> RunResult:
-    stored = set(parent.image_ids)
-    with store.connect(db) as con:
-        existing = store.find_run(con, new_name)
-        if existing is not None and existing.config_hash != exp.identity_hash():
-            raise InputError(f"run {new_name!r} already exists in {db} with a different configuration; choose "
-                             f"another --as name or remove it with: python -m compute delete {new_name} --db {db}")
-        if existing is None:
-            config = json.loads(exp.to_json())
-            config["identity"] = exp.identity()
-            config["vision"] = parent.row.config.get("vision")
-            config["rescored_from"] = name
-            run_id = store.create_run(con, store.NewRun(
-                name=new_name, model=exp.model.clip, config_json=json.dumps(config),
-                config_hash=exp.identity_hash(), n_layers=parent.row.n_layers,
-                embedding_dtype=parent.row.embedding_dtype, images=images, prompts=prompts,
-                ablations=[parse_ablation(a) for a in parent.ablations], parent_run=name,
-                embedding_run_id=parent.row.embedding_run_id))
-            # Images the parent could not read are not pending here either: carry their errors over.
-            store.copy_load_errors(con, parent.row.run_id, run_id)
-        else:
-            run_id = existing.run_id
-        done = store.done_pairs(con, run_id)
-
-    ablation_ids = list(range(len(parent.ablations)))
-    pending = [r for r in images if r.image_id in stored and any((r.image_id, a) not in done for a in ablation_ids)]
+def _rescore_into(parent: StoredRun, exp: Experiment, images: list[ImageRecord], batch_size: int, progress: bool,
+                  echo, clip: LoadedClip, captioner: LoadedCaptioner | None) -> RunResult:
+    db = exp.store.db
+    ablations = [parse_ablation(a) for a in parent.ablations]
+    new = lifecycle.new_run(exp, images, ablations, parent.row.config.get("vision"), parent.row.n_layers, parent.row)
+    opened = lifecycle.create_or_resume(db, new, echo)
+    stored = set(parent.image_ids)  # the parent's unreadable images have none: the run carries their errors
+    pending = [r for r in opened.pending() if r.image_id in stored]
     # The only model work: one text pass. Stored embeddings are on the CPU, so the arithmetic is too.
-    text_norm = text_embeddings(clip, [p.text for p in prompts]).cpu()
-    scale = logit_scale(clip)
-    prompt_labels = [p.label for p in prompts]
-    bar = tqdm(total=len(pending), unit="img", desc=new_name, disable=not progress, file=sys.stderr)
+    scoring = BatchScoring(text_embeddings(clip, [p.text for p in exp.prompts]).cpu(), logit_scale(clip),
+                           opened.pending_ablations(pending))
+    prompt_labels = [p.label for p in exp.prompts]
+    bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr)
     try:
         for i in range(0, len(pending), batch_size):
             chunk = pending[i : i + batch_size]
             emb = load_embeddings(db, parent, [r.image_id for r in chunk])  # (n, A, E)
-            logits = cosine_logits(emb, text_norm, scale)  # (n, A, P)
             truth = truth_matrix([r.labels for r in chunk], prompt_labels)
-            result = batch_result([r.image_id for r in chunk], ablation_ids, logits, truth, emb[:, 0], text_norm)
+            result = score_batch(scoring, [r.image_id for r in chunk], truth, emb).result()
             with store.connect(db) as con:
-                store.write_batch(con, run_id, result, point="rescore")
+                store.write_batch(con, opened.run_id, result, point="rescore")
             bar.update(len(chunk))
     finally:
         bar.close()
-
-    captions = None
-    if captioner is not None:
-        captions = caption_stage(db, run_id, clip, captioner, exp.captions,
-                                 captioner_key(exp.model.captioner, exp.captions), parent.row.embedding_dtype,
-                                 parent.row.embedding_run_id, progress)
-        if captions.keys:
-            echo(captions.describe())
-    with store.connect(db) as con:
-        complete = len(store.done_pairs(con, run_id)) == len(stored & {r.image_id for r in images}) * len(ablation_ids)
-        if captioner is not None:
-            complete = complete and store.uncaptioned(con, run_id) == 0
-        store.set_status(con, run_id, "complete" if complete else "running")
-        echo(format_summary(store.summary(con, run_id)))
-    return RunResult(run_id, complete, captions)
+    end = lifecycle.finish(exp, opened, clip, captioner, progress, echo)
+    return RunResult(opened.run_id, end.complete, end.captions)

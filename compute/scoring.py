@@ -100,14 +100,6 @@ def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: Logit
     return logits + scale.bias if scale.bias else logits
 
 
-def stacked_logits(emb_by: dict[Ablation, torch.Tensor], ablations: list[Ablation], text_norm: torch.Tensor,
-                   scale: LogitScale) -> tuple[torch.Tensor, torch.Tensor]:
-    """The engine's embeddings in the run's ablation order, and their logits: {ablation: (n, E)} ->
-    (embeddings (n, A, E), logits (n, A, P)). The one way a sweep batch is scored, in one process or on Ray."""
-    embeddings = torch.stack([emb_by[a] for a in ablations], dim=1)  # (n, A, E)
-    return embeddings, cosine_logits(embeddings, text_norm, scale)
-
-
 def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) -> torch.Tensor:
     """(images, prompts) bool: prompt p is correct for image i when its label is among the image's labels."""
     return torch.tensor([[label in labels for label in prompt_labels] for labels in image_labels],
@@ -191,11 +183,42 @@ class PendingBatch:
                                  Selection(**arrays), emb, self.errors, self.attempted)
 
 
-def batch_result(image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
-                 baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
-                 embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
-                 attempted: list[int] | None = None) -> store.BatchResult:
-    """One batch, ready for store.write_batch. logits: (n, A, P) for the ablation_ids written;
-    embeddings: (n, A, E), kept in the run's embedding dtype unless it is "none"."""
-    return PendingBatch(image_ids, ablation_ids, logits, truth, baseline_emb, text_norm, embeddings,
-                        embedding_dtype, errors, attempted).result()
+# --------------------------------------------------------------------------------------------------
+# A batch of a run, scored: the sweep in this process (compute.runner), in a Ray actor (compute.ray_workers),
+# and rescore (compute.rescore) all turn their embeddings into what the store commits here.
+
+
+def stacked(emb_by: dict[Ablation, torch.Tensor], ablations: list[Ablation]) -> torch.Tensor:
+    """The engine's embeddings {ablation: (n, E)} in the run's ablation order -> (n, A, E)."""
+    return torch.stack([emb_by[a] for a in ablations], dim=1)
+
+
+@dataclass(frozen=True)
+class BatchScoring:
+    """What scoring a batch needs that is the same for every batch of a run (made once per run, or per actor)."""
+
+    text_norm: torch.Tensor  # (P, E) the prompts' normalised embeddings, on the device the image embeddings are
+    scale: LogitScale
+    keep: list[int]  # the ablation ids scored and written: those still pending (lifecycle.OpenRun.pending_ablations)
+    embedding_dtype: str = "none"  # the image embeddings kept: float32 | float16 | none (rescore reads, keeps none)
+
+
+def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor, embeddings: torch.Tensor,
+                logits: torch.Tensor | None = None, errors: list[tuple[int, str, str]] | None = None,
+                attempted: list[int] | None = None) -> PendingBatch:
+    """One batch of a run -> what the store commits (``.result()``, a store.BatchResult), its copy to the host
+    queued, not awaited.
+
+    embeddings: (n, A, E) the images' embeddings under every ablation of the run, in its order; ablation 0, the
+    baseline, is always there: its embedding judges score_baseline. truth: (n, P) bool (truth_matrix).
+    logits: (n, A, P) the model's own (the plain method); None: the cosine logits of ``embeddings``. Only the
+    ``scoring.keep`` ablations are scored and written."""
+    keep = scoring.keep
+    baseline = embeddings[:, 0]  # (n, E)
+    if len(keep) < embeddings.shape[1]:
+        embeddings = embeddings[:, keep]
+        logits = None if logits is None else logits[:, keep]
+    if logits is None:
+        logits = cosine_logits(embeddings, scoring.text_norm, scoring.scale)  # (n, A', P)
+    return PendingBatch(image_ids, keep, logits, truth, baseline, scoring.text_norm, embeddings,
+                        scoring.embedding_dtype, errors, attempted)

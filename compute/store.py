@@ -95,10 +95,17 @@ class NewRun:
     ablations: list  # compute.ablations.Ablation
     parent_run: str | None = None
     embedding_run_id: int | None = None  # None: the run keeps its own embeddings
+    errors_from: int | None = None  # a rescored run's parent: its unreadable images are not pending here either
+
+
+COPY_LOAD_ERRORS = """
+INSERT INTO error_t SELECT ?, image_id, stage, message FROM error_t WHERE run_id = ? AND stage = 'load'
+"""
 
 
 def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
-    """Insert a run with its images, prompts and ablations, in one transaction. Returns run_id."""
+    """Insert a run with its images, prompts and ablations (and the load errors it carries), in one
+    transaction. Returns run_id."""
     now = datetime.now()
     with transaction(con, "create"):
         (run_id,) = con.execute(
@@ -126,6 +133,8 @@ def create_run(con: duckdb.DuckDBPyConnection, new: NewRun) -> int:
             [[run_id, i, a.label, a.kind, list(a.layers), list(a.heads), a.target or None]
              for i, a in enumerate(new.ablations)],
         )
+        if new.errors_from is not None:
+            con.execute(COPY_LOAD_ERRORS, [run_id, new.errors_from])
     return run_id
 
 
@@ -344,18 +353,22 @@ def embeddings(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int]
     return [(int(i), int(a)) for i, a, _ in rows], decode_embeddings([r[2] for r in rows], dtype)
 
 
-COPY_LOAD_ERRORS = """
-INSERT INTO error_t SELECT ?, image_id, stage, message FROM error_t WHERE run_id = ? AND stage = 'load'
-"""
-
-
-def copy_load_errors(con: duckdb.DuckDBPyConnection, from_run: int, to_run: int) -> None:
-    """A rescored run carries its parent's unreadable images: they are not pending there either."""
-    con.execute(COPY_LOAD_ERRORS, [to_run, from_run])
-
-
 # --------------------------------------------------------------------------------------------------
 # Captions: a cache shared across runs, and the selections' caption columns.
+
+
+def caption_key(config: dict) -> str | None:
+    """The caption cache's key (caption_cache_t.captioner) of a run's captioner with its generation settings,
+    from the run's resolved config (compute.config.Experiment.to_json, as stored in run_t); None without a
+    captioner. The caption stage and the dashboard both read it here. Batch size is left out: it does not
+    change a caption."""
+    ref = config.get("model", {}).get("captioner", "none")
+    if ref == "none":
+        return None
+    cfg = config.get("captions", {})
+    return json.dumps({"model": ref, "max_new_tokens": cfg.get("max_new_tokens"), "num_beams": cfg.get("num_beams")},
+                      sort_keys=True)
+
 
 PENDING_CAPTIONS = """
 SELECT s.image_id, s.prompt_id, p.prompt, i.path

@@ -46,6 +46,16 @@ def has_cls(model: nn.Module) -> bool:
     return family(model) == "clip"
 
 
+def n_layers_of(model: nn.Module) -> int:
+    """Encoder layers of the vision tower (what an ablation's layers count, from 1)."""
+    return len(model.vision_model.encoder.layers)
+
+
+def n_heads_of(model: nn.Module) -> int:
+    """Attention heads per layer of the vision tower."""
+    return int(model.config.vision_config.num_attention_heads)
+
+
 def grid_side(model: nn.Module) -> int:
     """Patches per side of the (square) patch grid the tower runs on."""
     vc = model.config.vision_config

@@ -33,12 +33,13 @@ class WriterFailed(RunError):
 
 @dataclass
 class WriterStats:
+    """What the writer did (the run's summary line and tools/pipeline_perf.py read them)."""
+
     batches: int = 0
     sessions: int = 0  # times the file was opened
-    open_s: float = 0.0
     write_s: float = 0.0  # writing and committing the batches
     close_s: float = 0.0  # closing, which checkpoints
-    wait_s: float = 0.0  # time the run spent blocked on a full queue
+    wait_s: float = 0.0  # time the run spent blocked on a full queue: the store was the bottleneck
 
 
 class BatchWriter:
@@ -103,13 +104,11 @@ class BatchWriter:
     def _session(self, item: object) -> object:
         """Open the store, commit ``item`` and whatever follows soon; return the next item to write."""
         stats = self.stats
-        t0 = time.perf_counter()
         with ExitStack() as stack:
             con = stack.enter_context(store.connect(self.db))
             store.for_batch_writes(con)
             stats.sessions += 1
             opened = time.perf_counter()
-            stats.open_s += opened - t0
             written = 0
             while True:
                 start = time.perf_counter()

@@ -222,7 +222,7 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     """The caption stage (one generation per distinct (image, prefix), batched by prefix) against
     generating for every (image, ablation) one by one, on the demo sweep with the shipped toy models."""
     from compute import store
-    from compute.captions import caption_stage, captioner_key, continue_prefix
+    from compute.captions import caption_stage, continue_prefix
     from compute.config import load_experiment
     from compute.dataset import open_image
     from compute.demo import EXPERIMENTS, SEED, SPLIT
@@ -237,6 +237,7 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     exp.dataset.images, exp.dataset.limit = tmp / "shapes" / SPLIT, images
     exp.dataset.annotations = tmp / "shapes" / "annotations" / exp.dataset.annotations.name
     exp.store.db, exp.model.device, captioner_ref = tmp / "c.duckdb", "cpu", exp.model.captioner
+    key = store.caption_key(json.loads(exp.to_json()))  # the captioner's, before the sweep leaves it out
     exp.model.captioner = "none"  # sweep first; the caption stage is timed on its own below
     clip = load_clip(exp.model.clip, "cpu")
     run_id = run(exp, progress=False, echo=lambda _: None, clip=clip).run_id
@@ -244,7 +245,7 @@ def bench_captions(tmp: Path, images: int = 100) -> dict[str, float]:
     with store.connect(exp.store.db, read_only=True) as con:
         pairs = store.selected_prompts(con, run_id)
     start = time.perf_counter()
-    stats = caption_stage(exp.store.db, run_id, clip, cap, exp.captions, captioner_key(captioner_ref, exp.captions),
+    stats = caption_stage(exp.store.db, run_id, clip, cap, exp.captions, key,
                           exp.store.embeddings, progress=False)
     stage_s = time.perf_counter() - start
     start = time.perf_counter()

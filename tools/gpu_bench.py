@@ -45,9 +45,10 @@ def engine_rate(clip, pixels, rounds: int) -> float:
     from compute.ablations import sweep
     from compute.engine import SweepEngine
     from compute.scoring import cosine_logits, logit_scale, text_embeddings
+    from compute.towers import n_layers_of
     from tools.synthetic import PROMPTS
 
-    ablations = sweep("paper", clip.n_layers)
+    ablations = sweep("paper", n_layers_of(clip.model))
     engine = SweepEngine(clip.model, ablations)
     text = text_embeddings(clip, [t for t, _ in PROMPTS])
     scale = logit_scale(clip)
@@ -74,10 +75,11 @@ def exactness(model: Path, device: str, pixels) -> tuple[float, bool]:
     from compute.engine import SweepEngine, plain_batch
     from compute.models import load_clip
     from compute.scoring import cosine_logits, logit_scale, text_embeddings
+    from compute.towers import n_layers_of
     from tools.synthetic import PROMPTS
 
     clip = load_clip(str(model), device, "float32")
-    ablations = sweep("paper", clip.n_layers)
+    ablations = sweep("paper", n_layers_of(clip.model))
     texts = [t for t, _ in PROMPTS]
     pixels = pixels.to(clip.device, torch.float32)
     emb = SweepEngine(clip.model, ablations).embeddings(pixels)

@@ -43,10 +43,11 @@ def check(model_dir: Path, device: str, n_images: int, seed: int = 0) -> dict[st
     from compute.engine import SweepEngine, attention_means, plain_batch
     from compute.models import load_clip
     from compute.scoring import cosine_logits, logit_scale, text_embeddings, text_tokens
+    from compute.towers import has_cls, n_heads_of, n_layers_of
     from tools.synthetic import PROMPTS
 
     clip = load_clip(str(model_dir), device, "float32")
-    heads = clip.n_heads
+    layers, heads, cls = n_layers_of(clip.model), n_heads_of(clip.model), has_cls(clip.model)
     size = int(clip.model.config.vision_config.image_size)
     torch.manual_seed(seed)
     pixels = torch.randn(n_images, 3, size, size, device=clip.device)  # (n, 3, size, size)
@@ -55,10 +56,9 @@ def check(model_dir: Path, device: str, n_images: int, seed: int = 0) -> dict[st
     tokens = text_tokens(clip, texts)
     scale = logit_scale(clip)
     out = {}
-    named = {"paper": [a.label for a in sweep("paper", clip.n_layers)],
-             **groups(clip.n_layers, heads, clip.has_cls)}
+    named = {"paper": [a.label for a in sweep("paper", layers)], **groups(layers, heads, cls)}
     for group, labels in named.items():
-        ablations = [parse_ablation(t, clip.n_layers, heads, clip.has_cls) for t in labels]
+        ablations = [parse_ablation(t, layers, heads, cls) for t in labels]
         means = attention_means(clip.model, [pixels], mean_needs(ablations))
         start = time.perf_counter()
         emb = SweepEngine(clip.model, ablations, means).embeddings(pixels)

@@ -148,9 +148,10 @@ def engine_seconds(model: str, images: int, batch_size: int) -> float:
     from compute.ablations import sweep
     from compute.engine import SweepEngine
     from compute.models import load_clip
+    from compute.towers import n_layers_of
 
     clip = load_clip(model, "cpu")
-    engine = SweepEngine(clip.model, sweep("paper", clip.n_layers))
+    engine = SweepEngine(clip.model, sweep("paper", n_layers_of(clip.model)))
     size = clip.model.config.vision_config.image_size
     pixels = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     engine.embeddings(pixels[:2])  # warm up

@@ -2,7 +2,8 @@
 toy CLIP and a toy captioner trained on it (``train_clip``, ``train_captioner``, with what they share in
 ``training``), and the ``demo`` verb that runs the demo experiments and opens the dashboard (``cli``).
 
-Nothing on the run path imports this package; it only makes inputs the run path reads like any other.
+The run path does not depend on it: the command line imports ``cli`` alone (cheap: no torch, no data) to
+list the demo verb and its options, and the demo only makes inputs the run path reads like any other.
 Where the demo's files live and which split it runs on is decided here, once.
 """
 

@@ -84,13 +84,17 @@ def test_a_clip_folder_is_not_a_captioner(tiny_clip):
 
 
 def test_generation_settings_change_the_cache_key():
-    from compute.captions import captioner_key
-    from compute.config import CaptionsConfig
+    from compute.store import caption_key
 
-    a = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=1, batch_size=2))
-    b = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=1, batch_size=64))
-    c = captioner_key("m", CaptionsConfig(max_new_tokens=5, num_beams=3, batch_size=2))
+    def key(model: str, max_new_tokens: int, num_beams: int, batch_size: int) -> str | None:
+        # a run's stored config, as compute.config.Experiment.to_json writes it
+        return caption_key({"model": {"captioner": model}, "captions": {
+            "max_new_tokens": max_new_tokens, "num_beams": num_beams, "batch_size": batch_size}})
+
+    a, b, c = key("m", 5, 1, 2), key("m", 5, 1, 64), key("m", 5, 3, 2)
     assert a == b != c
+    assert key("n", 5, 1, 2) != a and key("m", 6, 1, 2) != a
+    assert key("none", 5, 1, 2) is None
 
 
 def test_the_caption_starts_with_the_prompt_exactly_as_written(captioner):

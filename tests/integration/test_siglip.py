@@ -20,7 +20,16 @@ from compute.engine import SweepEngine, attention_means, build_tree, plain_batch
 from compute.errors import InputError
 from compute.models import load_clip, pixel_values, seen_image
 from compute.scoring import cosine_logits, logit_scale, text_embeddings, text_tokens
-from compute.towers import image_inputs, patchify, pool, tokens_in, unpatchify
+from compute.towers import (
+    has_cls,
+    image_inputs,
+    n_heads_of,
+    n_layers_of,
+    patchify,
+    pool,
+    tokens_in,
+    unpatchify,
+)
 
 TEXTS = ["a photo of a dog", "a photo of a cat", "a photo of a bird", "a red car on the floor"]
 # Every kind at layer grain, head-level forms and the knockout target a tower without CLS has.
@@ -45,7 +54,7 @@ def test_each_family_loads_with_its_own_classes_and_float32_scalars(loaded):
     model = loaded.model
     expected = {"siglip": "SiglipModel", "siglip2": "Siglip2Model", "clip": "CLIPModel"}[loaded.family]
     assert type(model).__name__ == expected
-    assert loaded.has_cls == (loaded.family == "clip")
+    assert has_cls(loaded.model) == (loaded.family == "clip")
     assert loaded.logit_scale == pytest.approx(float(model.logit_scale.exp()))
     if loaded.family == "clip":
         assert model.config.vision_config.hidden_act == "gelu"  # OpenCLIP-shaped: exact GELU, not quick_gelu
@@ -55,7 +64,7 @@ def test_each_family_loads_with_its_own_classes_and_float32_scalars(loaded):
 
 
 def test_engine_matches_the_plain_method_for_the_paper_sweep_extras_heads_and_knockout(loaded):
-    n, heads, cls = loaded.n_layers, loaded.n_heads, loaded.has_cls
+    n, heads, cls = n_layers_of(loaded.model), n_heads_of(loaded.model), has_cls(loaded.model)
     ablations = sweep("paper", n) + [parse_ablation(t, n, heads, cls) for t in EXTRAS + (CLS_EXTRAS if cls else [])]
     pixels = pixel_values(loaded, pictures(5)).to(loaded.device, loaded.dtype)  # 5 images
     batches = [pixels[:3], pixels[3:]]
@@ -128,7 +137,7 @@ def test_bfloat16_keeps_logit_scale_and_bias_in_float32(tiny_siglip):
 
 def test_a_tower_without_cls_refuses_cls_targets_and_keeps_every_token(tiny_siglip):
     clip = load_clip(str(tiny_siglip), "cpu")
-    n, heads = clip.n_layers, clip.n_heads
+    n, heads = n_layers_of(clip.model), n_heads_of(clip.model)
     for text in ("knockout:3/patches>cls", "knockout:2/cls>patches/h1"):
         with pytest.raises(InputError, match="needs a CLS token, and this vision tower has none"):
             parse_ablation(text, n, heads, cls=False)
@@ -184,8 +193,8 @@ def test_siglip_attention_maps_are_each_layers_mean_over_queries_then_the_poolin
     eager = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     pixels = pixel_values(clip, pictures(2))
     maps = attention_maps(clip.model, pixels)  # (images, layers + 1, heads, tokens)
-    n, t = clip.n_layers, 16
-    assert maps.shape == (2, n + 1, clip.n_heads, t)
+    n, t = n_layers_of(clip.model), 16
+    assert maps.shape == (2, n + 1, n_heads_of(clip.model), t)
     with torch.inference_mode():
         out = eager.vision_model(**image_inputs(eager, pixels), output_attentions=True)
     for layer, probs in enumerate(out.attentions):  # (images, heads, queries, keys)
@@ -195,7 +204,7 @@ def test_siglip_attention_maps_are_each_layers_mean_over_queries_then_the_poolin
     with torch.inference_mode():
         x = out.last_hidden_state  # post_layernorm'd, every token
         w, b = vision.head.attention.in_proj_weight, vision.head.attention.in_proj_bias
-        d, heads = x.shape[-1], clip.n_heads
+        d, heads = x.shape[-1], n_heads_of(clip.model)
         q = (vision.head.probe @ w[:d].T + b[:d]).view(1, heads, d // heads).transpose(0, 1)  # (heads, 1, hd)
         k = (x @ w[d : 2 * d].T + b[d : 2 * d]).view(2, t, heads, d // heads).transpose(1, 2)  # (2, heads, t, hd)
         probe = ((q.unsqueeze(0) @ k.transpose(-1, -2)) / (d // heads) ** 0.5).softmax(-1)[:, :, 0]
@@ -208,7 +217,7 @@ def test_siglip_attention_maps_are_each_layers_mean_over_queries_then_the_poolin
     knocked = attention_maps(clip.model, pixels, parse_ablation("knockout:3/patches>patches/h1", n, cls=False))
     np.testing.assert_allclose(knocked[:, 2, 1], 1.0 / t, atol=1e-6)
     np.testing.assert_allclose(knocked[:, 2, 0], maps[:, 2, 0], atol=1e-6)
-    assert patch_grid(maps, cls=False).shape == (2, n + 1, clip.n_heads, 4, 4)
+    assert patch_grid(maps, cls=False).shape == (2, n + 1, n_heads_of(clip.model), 4, 4)
     with pytest.raises(ValueError, match="no CLS token"):
         cls_attention(clip.model, pixels)
 

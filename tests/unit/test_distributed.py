@@ -27,10 +27,9 @@ def columns(ids: list[int], errors: list[str], a: int = 3, p: int = 2, e: int = 
             "embeddings": np.repeat(base[..., None], e, axis=2).astype(np.float16)}
 
 
-def test_a_result_batch_keeps_new_rows_and_pending_pairs_and_records_errors():
+def test_a_result_batch_keeps_new_rows_and_records_errors():
     written: set[int] = set()
-    done = {(2, 0)}  # pairs are pending all or none per image; the rule is the single-process run's anyway
-    result = to_result(columns([1, 2, 3], ["", "", "cannot decode 3.jpg"]), [0, 1, 2], done, written)
+    result = to_result(columns([1, 2, 3], ["", "", "cannot decode 3.jpg"]), [0, 1, 2], written)
     assert result.image_ids.tolist() == [1, 2] and result.ablation_ids.tolist() == [0, 1, 2]
     assert result.errors == [(3, "load", "cannot decode 3.jpg")] and result.attempted == [1, 2, 3]
     assert result.selection.logits.shape == (2, 3, 2) and result.embeddings.shape == (2, 3, 4)
@@ -38,21 +37,22 @@ def test_a_result_batch_keeps_new_rows_and_pending_pairs_and_records_errors():
     assert written == {1, 2, 3}
 
     # Ray retried a batch: its rows come again, alone or beside new ones; only the new ones are written.
-    assert to_result(columns([1, 2, 3], ["", "", "x"]), [0, 1, 2], set(), written) is None
-    again = to_result(columns([3, 4], ["x", ""]), [0, 1, 2], set(), written)
+    assert to_result(columns([1, 2, 3], ["", "", "x"]), [0, 1, 2], written) is None
+    again = to_result(columns([3, 4], ["x", ""]), [0, 1, 2], written)
     assert again.image_ids.tolist() == [4] and again.errors == [] and again.attempted == [4]
 
 
-def test_only_the_pending_ablations_of_a_batch_are_kept():
-    done = {(i, 0) for i in (5, 6)} | {(i, 2) for i in (5, 6)}
-    result = to_result(columns([5, 6], ["", ""]), [0, 1, 2], done, set())
+def test_a_result_batch_of_the_pending_ablations_is_written_under_their_ids():
+    # The actor scored ablation 1 alone (compute.scoring.score_batch with the sweep's keep): one column.
+    result = to_result(columns([5, 6], ["", ""], a=1), [1], set())
     assert result.ablation_ids.tolist() == [1]
-    assert result.selection.logits[:, 0, 0].tolist() == [501.0, 601.0]
-    assert result.selection.score_baseline.tolist() == [[503.0], [603.0]]
+    assert result.selection.logits[:, 0, 0].tolist() == [500.0, 600.0]
+    assert result.selection.score_baseline.tolist() == [[502.0], [602.0]]
+    assert result.embeddings.shape == (2, 1, 4)
 
 
 def test_a_batch_none_of_whose_images_decoded_records_its_errors():
-    result = to_result(columns([7], ["file not found: 7.jpg"]), [0, 1, 2], set(), set())
+    result = to_result(columns([7], ["file not found: 7.jpg"]), [0, 1, 2], set())
     assert result.selection is None and result.embeddings is None and len(result.image_ids) == 0
     assert result.errors == [(7, "load", "file not found: 7.jpg")] and result.attempted == [7]
 
