@@ -12,7 +12,6 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.heads import TARGET_ORDER
 from analysis.stats import ALPHA
 from analysis.tables import METRIC_TITLES, METRICS, has_captions
 
@@ -354,8 +353,11 @@ def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", family: str = "i
 def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
     """Per layer, the change of ``metric`` against baseline when one flow of information is knocked out in
     that layer alone, with its 95% paired interval; filled points hold after Holm's correction."""
+    # Imported here, not above: compute.ablations brings torch (1-2 s), which no other chart needs.
+    from compute.ablations import TARGETS
+
     data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}))
-    targets = [t for t in TARGET_ORDER if t in set(data["target"])]
+    targets = [t for t in TARGETS if t in set(data["target"])]
     base = alt.Chart(data).encode(
         x=alt.X("layer:O", title="layer knocked out", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("target:N", sort=targets),

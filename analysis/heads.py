@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-TARGET_ORDER = ("patches>cls", "cls>patches", "patches>patches")
 TARGET_TITLES = {
     "patches>cls": "patches → CLS (CLS cannot read the patches)",
     "cls>patches": "CLS → patches (patches cannot read CLS)",

@@ -1,14 +1,28 @@
-"""What an ablation is: its syntax, its canonical label, the sweeps, and the small functions that replace
-a vision layer's attention block, whole or head by head.
+"""What an ablation is: its syntax, its canonical label, the sweeps, and the registry of kinds (``KINDS``):
+everything about how a kind computes lives in its ``Kind`` entry here. The rest of the compute stage reads
+the entry and names no kind; only the views made for one kind by design (the flow sweep and the Flow page,
+over knockout's targets) name theirs.
 
-An attention replacement is a plain function ``fn(attn, x, rows) -> out``: ``attn`` is the layer's
-attention module (``CLIPAttention`` or ``SiglipAttention``, with the same q/k/v/out_proj), ``x`` the
-layer-normed input (batch, tokens, width), ``rows`` how many query positions to return (the first ones;
-None = every token) and ``out`` what the attention block hands to the residual add, (batch, rows, width). A layer-wide kind is one such function; a per-head kind is a function
-that gives the chosen heads' outputs before ``out_proj`` from their values (see ``head_attention``). A new
-kind is one function and one line in ``KINDS``. Two consumers apply them: ``patched()`` below (the plain
-method: swap the modules' forward, rerun the whole model) and ``compute.engine`` (the fast sweep). Tests
-hold the second to the first, and both to transformers' own eager attention with replaced probabilities.
+A kind says, in small plain functions:
+- ``heads``: the chosen heads' outputs before ``out_proj`` from their values, ``fn(v, rows) -> o`` with v
+  (batch, chosen heads, tokens, head_dim) and o (batch, chosen heads, rows, head_dim); or instead
+  ``blocked``: the query -> key edges it removes before the softmax, ``fn(target, rows, tokens, device, cls)
+  -> (rows, tokens) bool`` (knockout). ``head_attention`` runs either on the named heads of a layer;
+- ``layer``: the whole attention block when no heads are named, ``fn(attn, x, rows) -> out`` (None: the
+  head form on every head; it may differ from that: ``zero:L`` returns zeros, ``zero:L/h0-11`` out_proj's
+  bias). ``attn`` is the layer's attention module (``CLIPAttention`` or ``SiglipAttention``, with the same
+  q/k/v/out_proj), ``x`` the layer-normed input (batch, tokens, width), ``rows`` how many query positions
+  to return (the first ones; None = every token), ``out`` what the block hands to the residual add,
+  (batch, rows, width);
+- ``probabilities``: the attention probabilities it implies, for the maps (compute.attention_maps);
+- ``cls_local``: for a target, whether a whole layer of it lets the CLS token read its own input alone (the
+  engine then computes the CLS token only); ``targets`` (and ``cls_targets``, those needing a CLS token);
+  ``needs_mean``: it takes a dataset statistic of the unablated model.
+
+A new kind is those few functions and one entry in ``KINDS``; the parser, ``patched``/``replacement`` (the
+plain method: swap the modules' forward, rerun the whole model), ``compute.engine`` (the fast sweep) and
+the maps read the entry, and the tests run over every entry. Tests hold the engine to the plain method, and
+both to transformers' own eager attention with replaced probabilities.
 
 Long because it is the one definition of every kind at both grains, with their syntax and sweeps.
 """
@@ -86,6 +100,29 @@ def mean_heads(v: torch.Tensor, rows: int, *, mean: torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------------
+# The probabilities a kind implies, for the maps. scores: (batch, chosen heads, rows, tokens) float32, the
+# heads' unablated scaled dot products (softmax(scores) = their normal probabilities); target: the
+# ablation's target ("" for none); cls: token 0 is a CLS token. -> (batch, chosen heads, rows, tokens).
+
+
+def identity_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    rows, tokens = scores.shape[-2:]
+    return torch.eye(rows, tokens, device=scores.device).expand_as(scores)  # each query reads itself only
+
+
+def zero_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    return torch.zeros_like(scores)  # a zeroed head reads nothing
+
+
+def uniform_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    return torch.full_like(scores, 1.0 / scores.shape[-1])
+
+
+def no_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    return torch.full_like(scores, float("nan"))  # a dataset mean replaces the output: no probabilities
+
+
+# --------------------------------------------------------------------------------------------------
 # Attention knockout: query -> key edges removed before the softmax. On a tower with a CLS token (CLIP)
 # token 0 is CLS and the rest patches; on one without (SigLIP) every token is a patch, and only
 # patches>patches exists.
@@ -114,57 +151,119 @@ def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | N
     raise ValueError(f"unknown knockout target {target!r}")
 
 
-@dataclass(frozen=True)
+def knockout_probabilities(scores: torch.Tensor, target: str, cls: bool = True) -> torch.Tensor:
+    # Blocked edges are 0, the rest renormalised: the softmax over the edges left.
+    blocked = knockout_edges(target, *scores.shape[-2:], scores.device, cls)  # (rows, tokens)
+    return scores.masked_fill(blocked, float("-inf")).softmax(dim=-1)
+
+
+def knockout_cls_local(target: str) -> bool:
+    # Only patches>cls leaves the CLS query reading its own key alone; the others keep its row whole.
+    return target == "patches>cls"
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry.
+
+LayerFn = Callable[..., torch.Tensor]  # (attn, x, rows[, mean=]) -> (batch, rows, width)
+HeadFn = Callable[..., torch.Tensor]  # (v, rows[, mean=]) -> (batch, chosen heads, rows, head_dim)
+EdgeFn = Callable[..., torch.Tensor]  # (target, rows, tokens, device, cls) -> (rows, tokens) bool, True: blocked
+ProbabilityFn = Callable[[torch.Tensor, str, bool], torch.Tensor]  # (scores, target, cls) -> probabilities
+
+
+def everywhere(target: str) -> bool:
+    # A tokenwise kind: whatever the target, a token's output reads that token's input alone.
+    return True
+
+
+def nowhere(target: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Kind:
-    fn: Callable[..., torch.Tensor] | None  # the layer-wide replacement (None: built from head_attention)
-    head_fn: Callable[..., torch.Tensor] | None  # the per-head replacement (None for knockout)
-    # tokenwise: at layer grain, a token's output depends on that token alone, so the engine may compute
-    # only the tokens it still needs (the CLS token near the end of the tower).
-    tokenwise: bool
+    """Everything about one ablation kind (see the module docstring). At head grain exactly one of ``heads``
+    and ``blocked`` says what the named heads do; the heads not named run as in a normal layer, and out_proj
+    (with its bias) reads the concatenation of all heads."""
+
+    probabilities: ProbabilityFn  # the attention probabilities it implies, for the maps (NaN: none)
+    heads: HeadFn | None = None  # the named heads' outputs before out_proj, from their values
+    blocked: EdgeFn | None = None  # or the query -> key edges removed before their softmax
+    layer: LayerFn | None = None  # the whole block when no heads are named (None: ``heads``/``blocked`` on all)
+    # For a target ("" when it takes none), whether a whole layer of it lets the CLS token's output read the
+    # CLS token's input alone, so the engine may compute that layer on the CLS token only (exact).
+    cls_local: Callable[[str], bool] = nowhere
+    targets: tuple[str, ...] = ()  # the targets it takes; when any, one is required
+    cls_targets: tuple[str, ...] = ()  # those of its targets that need a CLS token
     needs_mean: bool = False  # takes mean=..., a dataset statistic of the unablated model
-    needs_target: bool = False  # knockout: which flow is blocked
+
+    def __post_init__(self) -> None:
+        if (self.heads is None) == (self.blocked is None):
+            raise ValueError("a kind gives its heads' outputs (heads=) or the edges it blocks (blocked=), one of them")
+        if not set(self.cls_targets) <= set(self.targets):
+            raise ValueError(f"cls_targets {self.cls_targets} are not among the kind's targets {self.targets}")
+
+    def takes(self, cls: bool = True) -> tuple[str, ...]:
+        """The targets it takes on a tower with a CLS token, or (``cls`` False) without one."""
+        return tuple(t for t in self.targets if cls or t not in self.cls_targets)
 
 
 KINDS: dict[str, Kind] = {
-    "identity": Kind(identity_attention, identity_heads, tokenwise=True),
-    "zero": Kind(zero_attention, zero_heads, tokenwise=True),
-    "mean": Kind(mean_attention, mean_heads, tokenwise=True, needs_mean=True),
-    "uniform": Kind(uniform_attention, uniform_heads, tokenwise=False),
-    "knockout": Kind(None, None, tokenwise=False, needs_target=True),
+    "identity": Kind(layer=identity_attention, heads=identity_heads, probabilities=identity_probabilities,
+                     cls_local=everywhere),
+    "zero": Kind(layer=zero_attention, heads=zero_heads, probabilities=zero_probabilities, cls_local=everywhere),
+    "mean": Kind(layer=mean_attention, heads=mean_heads, probabilities=no_probabilities, cls_local=everywhere,
+                 needs_mean=True),
+    "uniform": Kind(layer=uniform_attention, heads=uniform_heads, probabilities=uniform_probabilities),
+    "knockout": Kind(blocked=knockout_edges, probabilities=knockout_probabilities, cls_local=knockout_cls_local,
+                     targets=TARGETS, cls_targets=CLS_TARGETS),
 }
+
+
+def kind_targets(cls: bool = True) -> list[tuple[str, str]]:
+    """Every (kind, target) a tower with (or, ``cls`` False, without) a CLS token can run; target "" for a
+    kind that takes none. Registry order."""
+    return [(name, target) for name, kind in KINDS.items() for target in (kind.takes(cls) if kind.targets else ("",))]
 
 
 def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *, kind: str,
                    heads: tuple[int, ...], target: str = "", head_mean: torch.Tensor | None = None,
                    cls: bool = True) -> torch.Tensor:
-    """The attention block with ``heads`` (all when empty) changed by ``kind``; the other heads run as usual,
-    and out_proj (with its bias) is applied to the concatenation of all heads.
+    """The attention block with ``heads`` (all when empty) changed by ``kind``; the other heads run exactly as
+    in a normal layer, and out_proj (with its bias) is applied to the concatenation of all heads.
 
     x: (batch, tokens, width) -> (batch, rows, width). head_mean: (tokens, width), the heads' outputs before
-    out_proj averaged over the dataset (mean only). cls: token 0 is a CLS token (knockout only).
+    out_proj averaged over the dataset (kinds that need a mean). cls: token 0 is a CLS token (what targets mean).
     """
+    spec = KINDS[kind]
     b, t, d = x.shape
     r = rows or t
     n_heads, hd = attn.num_heads, attn.head_dim
     chosen = list(heads) if heads else list(range(n_heads))
+    every = len(chosen) == n_heads
+    pick = slice(None) if every else chosen
     v = attn.v_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
-    if kind == "knockout" or len(chosen) < n_heads:  # some head still computes its probabilities
+    if spec.blocked is not None or not every:  # some head still computes its probabilities
         q = attn.q_proj(x[:, :r]).view(b, r, n_heads, hd).transpose(1, 2)  # (batch, heads, rows, head_dim)
         k = attn.k_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
-        mask = None
-        if kind == "knockout":
-            blocked = torch.zeros(n_heads, r, t, dtype=torch.bool, device=x.device)
-            blocked[chosen] = knockout_edges(target, r, t, x.device, cls)
-            mask = ~blocked  # (heads, rows, tokens); SDPA's boolean mask: True takes part
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)  # (batch, heads, rows, hd)
+    if spec.blocked is not None:
+        allowed = ~spec.blocked(target, r, t, x.device, cls)  # (rows, tokens); SDPA's boolean mask: True takes part
+        changed = F.scaled_dot_product_attention(q[:, pick], k[:, pick], v[:, pick], attn_mask=allowed,
+                                                 scale=attn.scale)  # (batch, chosen heads, rows, head_dim)
     else:
-        o = v.new_empty(b, n_heads, r, hd)
-    if kind != "knockout":
-        fn = KINDS[kind].head_fn
-        if KINDS[kind].needs_mean:
+        fn = spec.heads
+        if spec.needs_mean:
             per_head = head_mean.view(-1, n_heads, hd).transpose(0, 1)  # (heads, tokens, head_dim)
-            fn = partial(fn, mean=per_head[chosen])
-        o[:, chosen] = fn(v[:, chosen], r)
+            fn = partial(fn, mean=per_head[pick])
+        changed = fn(v[:, pick], r)  # (batch, chosen heads, rows, head_dim)
+    if every:
+        o = changed
+    else:
+        # The heads left alone run as a normal layer runs them: unmasked SDPA over every head, the chosen ones
+        # overwritten after. A mask over every head takes another kernel (seen in bfloat16: logits 1.8e-2 off
+        # the unmasked computation); this way those heads equal the normal layer's bit for bit.
+        o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)  # (batch, heads, rows, head_dim)
+        o[:, chosen] = changed
     return attn.out_proj(o.transpose(1, 2).reshape(b, r, d))
 
 
@@ -192,9 +291,9 @@ class LayerMode:
     def cls_local(self) -> bool:
         """The CLS token's output reads the CLS token's input alone, so a layer whose other outputs are
         not needed may be computed on the CLS token only (exact)."""
-        if self.heads or self.kind == "normal":
+        if self.heads or self.kind == "normal":  # a head-level layer's other heads read every token
             return False
-        return KINDS[self.kind].tokenwise or (self.kind == "knockout" and self.target == "patches>cls")
+        return KINDS[self.kind].cls_local(self.target)
 
 
 NORMAL = LayerMode("normal")
@@ -276,7 +375,7 @@ def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None =
 
     Layer and head numbers are checked against the model when n_layers / n_heads are given, else against
     MAX_INDEX, before any range is expanded. ``cls``: the tower has a CLS token (False for SigLIP: the
-    knockout targets that name CLS are refused). Raises InputError naming the problem.
+    targets that need one are refused). Raises InputError naming the problem.
     """
     spec = text.strip()
     if spec == BASELINE:
@@ -299,15 +398,17 @@ def parse_ablation(text: str, n_layers: int | None = None, n_heads: int | None =
             target = part
         else:
             raise InputError(f"malformed ablation {text!r}: expected {SYNTAX}")
-    if target and not KINDS[kind].needs_target:
-        raise InputError(f"ablation {text!r}: {kind} takes no target (only knockout does)")
-    if KINDS[kind].needs_target and target not in TARGETS:
-        what = f"unknown knockout target {target!r}" if target else "knockout needs a target"
-        raise InputError(f"ablation {text!r}: {what}; use one of {', '.join(TARGETS)}")
-    if target in CLS_TARGETS and not cls:
-        raise InputError(f"ablation {text!r}: knockout target {target} needs a CLS token, and this vision tower "
-                         f"has none (SigLIP pools every patch with an attention head); use patches>patches "
-                         f"or another kind")
+    entry = KINDS[kind]
+    if target and not entry.targets:
+        takers = ", ".join(name for name, other in KINDS.items() if other.targets)
+        raise InputError(f"ablation {text!r}: {kind} takes no target (kinds that take one: {takers})")
+    if entry.targets and target not in entry.targets:
+        what = f"unknown {kind} target {target!r}" if target else f"{kind} needs a target"
+        raise InputError(f"ablation {text!r}: {what}; use one of {', '.join(entry.takes(cls))}")
+    if target in entry.cls_targets and not cls:
+        instead = " or ".join([*entry.takes(cls=False), "another kind"])
+        raise InputError(f"ablation {text!r}: {kind} target {target} needs a CLS token, and this vision tower "
+                         f"has none (SigLIP pools every patch with an attention head); use {instead}")
     if head_text and not _HEADS_RE.match(head_text):
         raise InputError(f"malformed heads {head_text!r} in ablation {text!r}: use hH, hA-B or a list such as h0,h3")
     layers = _indices(layer_text, text, "layer", 1, n_layers or MAX_INDEX, n_layers is not None)
@@ -357,8 +458,8 @@ def sweep(name: str, n_layers: int, n_heads: int | None = None, kind: str = "ide
             raise ValueError("the heads sweep needs the number of heads")
         out += [Ablation(kind, (layer,), (head,)) for layer in range(1, n_layers + 1) for head in range(n_heads)]
     if name == "flow":
-        targets = TARGETS if cls else tuple(t for t in TARGETS if t not in CLS_TARGETS)
-        out += [Ablation("knockout", (layer,), (), target) for layer in range(1, n_layers + 1) for target in targets]
+        out += [Ablation("knockout", (layer,), (), target) for layer in range(1, n_layers + 1)
+                for target in KINDS["knockout"].takes(cls)]
     return dedupe(out)
 
 
@@ -400,10 +501,10 @@ def replacement(mode: LayerMode, layer: int, means: Means | None, cls: bool = Tr
         mean = (means or {}).get(stat, {}).get(layer)
         if mean is None:
             raise ValueError(f"{mode.kind}:{layer} needs the dataset statistic {stat} of layer {layer}")
-    if mode.heads or spec.fn is None:
+    if mode.heads or spec.layer is None:
         return partial(head_attention, kind=mode.kind, heads=mode.heads, target=mode.target, head_mean=mean,
                        cls=cls)
-    return partial(spec.fn, mean=mean) if spec.needs_mean else spec.fn
+    return partial(spec.layer, mean=mean) if spec.needs_mean else spec.layer
 
 
 @contextmanager

@@ -3,18 +3,18 @@ unablated model or under an ablation.
 
 What a map is depends on the tower (compute.towers):
 - with a CLS token (CLIP), the attention probabilities the CLS token's query puts on each token: one map
-  per layer (``cls_attention``);
+  per layer;
 - without one (SigLIP, SigLIP 2) no single token makes the image embedding, so each layer's map is the
   attention every token receives, averaged over all query tokens (each query's probabilities sum to 1, so
   the map does too), and one more map follows the last layer: the pooling head's probe query over the
   final tokens, which is what reads them into the embedding (the head itself is never ablated).
 
 These are attention probabilities, not an attribution: they say where the tokens read from at that layer,
-not how much a patch matters to the output. Under an ablation a layer shows the probabilities its mode
-implies: identity heads attend only to themselves (the CLS row is [1, 0, ..., 0]; averaged over queries,
-1/tokens everywhere), uniform heads spread 1/tokens everywhere, knocked-out edges are 0 and the rest
-renormalised, zeroed heads read nothing (all 0), and mean heads have no probabilities at all (NaN).
-Earlier ablated layers change what later normal layers see, so their maps change too.
+not how much a patch matters to the output. Under an ablation a layer's changed heads show the probabilities
+their kind implies (``Kind.probabilities`` in compute.ablations: for instance identity heads attend only to
+themselves, so the CLS row is [1, 0, ..., 0]; a kind that replaces the output by a dataset mean has none,
+NaN); the other heads run normally. Earlier ablated layers change what later normal layers see, so their
+maps change too.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from compute.ablations import (
+    KINDS,
     NORMAL,
     Ablation,
     LayerMode,
     Means,
     check,
-    knockout_edges,
     replacement,
     vision_layers,
 )
@@ -47,7 +47,7 @@ def query_probabilities(attn: nn.Module, x: torch.Tensor, mode: LayerMode, rows:
     """The attention probabilities of the first ``rows`` queries in one layer under ``mode``.
 
     x: (batch, tokens, width) layer-normed input -> (batch, heads, rows, tokens), float32. ``cls``: token 0
-    is a CLS token (what knockout targets mean).
+    is a CLS token (what targets mean).
     """
     b, t, _ = x.shape
     n_heads, hd = attn.num_heads, attn.head_dim
@@ -58,28 +58,8 @@ def query_probabilities(attn: nn.Module, x: torch.Tensor, mode: LayerMode, rows:
     if mode == NORMAL:
         return probs
     chosen = list(mode.heads) if mode.heads else list(range(n_heads))
-    if mode.kind == "identity":
-        probs[:, chosen] = torch.eye(rows, t, device=x.device)  # each query reads itself only
-    elif mode.kind == "zero":
-        probs[:, chosen] = 0.0
-    elif mode.kind == "uniform":
-        probs[:, chosen] = 1.0 / t
-    elif mode.kind == "mean":
-        probs[:, chosen] = float("nan")  # a dataset mean replaces the output: no probabilities
-    elif mode.kind == "knockout":
-        blocked = knockout_edges(mode.target, rows, t, x.device, cls)  # (rows, tokens)
-        probs[:, chosen] = scores[:, chosen].masked_fill(blocked, float("-inf")).softmax(dim=-1)
-    else:  # pragma: no cover - a new kind needs its probabilities here
-        raise ValueError(f"no attention probabilities defined for kind {mode.kind!r}")
+    probs[:, chosen] = KINDS[mode.kind].probabilities(scores[:, chosen], mode.target, cls)
     return probs
-
-
-def cls_probabilities(attn: nn.Module, x: torch.Tensor, mode: LayerMode) -> torch.Tensor:
-    """The CLS query's attention probabilities in one layer under ``mode``.
-
-    x: (batch, tokens, width) layer-normed input -> (batch, heads, tokens), float32.
-    """
-    return query_probabilities(attn, x, mode, 1)[:, :, 0]
 
 
 @torch.inference_mode()
@@ -112,15 +92,6 @@ def attention_maps(model: nn.Module, pixel_values: torch.Tensor, ablation: Ablat
     if not cls:
         maps.append(pool_attention(model, h).float())
     return torch.stack(maps, dim=1).cpu().numpy()
-
-
-def cls_attention(model: nn.Module, pixel_values: torch.Tensor, ablation: Ablation | None = None,
-                  means: Means | None = None) -> np.ndarray:
-    """The CLS token's attention probabilities at every layer: (batch, layers, heads, tokens) float32.
-    For a tower with a CLS token (CLIP); see attention_maps for the others."""
-    if not has_cls(model):
-        raise ValueError("this vision tower has no CLS token: use attention_maps")
-    return attention_maps(model, pixel_values, ablation, means)
 
 
 def patch_grid(maps: np.ndarray, cls: bool = True) -> np.ndarray:

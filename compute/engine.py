@@ -13,11 +13,12 @@ Two more savings, both exact:
 - on CLIP only the CLS token reaches the output (pooled = post_layernorm(h[:, 0])), so a layer whose
   outputs below are needed for the CLS token only computes the CLS query alone (every token's key and value
   are still read), and once every layer left on all paths below a node reads the CLS token's input alone
-  (whole-layer identity, zero, mean, and knockout of patches>cls) the node computes the CLS token alone.
-  A head-level layer is never CLS-local: its other heads read every token. A tower without a CLS token
-  (SigLIP) pools every token of the last layer with an attention head, so there every node computes every
-  token: the shortcut is used only where it is exact;
-- identity layers skip the query/key projections and the softmax (see ablations.identity_attention).
+  (a whole layer whose kind is CLS-local for its target, ``Kind.cls_local``: identity, zero, mean, knockout
+  of patches>cls) the node computes the CLS token alone. A head-level layer is never CLS-local: its other
+  heads read every token. A tower without a CLS token (SigLIP) pools every token of the last layer with an
+  attention head, so there every node computes every token: the shortcut is used only where it is exact;
+- a kind's whole-layer form may skip what it does not need (identity: the query/key projections and the
+  softmax, see ablations.identity_attention).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS ablation_t (
     run_id      INTEGER NOT NULL,
     ablation_id SMALLINT NOT NULL,           -- order of the sweep; 0 is baseline
     ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, zero:5-8/h2-4, ...
-    kind        VARCHAR NOT NULL,            -- baseline | identity | zero | mean | uniform | knockout
+    kind        VARCHAR NOT NULL,            -- baseline or a key of compute.ablations.KINDS
     layers      INTEGER[] NOT NULL,          -- 1-based
     heads       INTEGER[] NOT NULL DEFAULT [],  -- 0-based; empty: whole layers
     target      VARCHAR,                     -- knockout's blocked flow (patches>cls, ...); NULL otherwise

@@ -3,8 +3,8 @@
 The CPU tests hold the engine to the plain method (patch the modules, rerun the model per ablation) on tiny
 models; on a GPU other kernels run (SDPA's fused kernels, masks, float16 matmuls), so this checks the same
 on the study's shapes there: a ViT-B/16-shaped random CLIP and a SigLIP-B/16-shaped random SigLIP, in
-float32, on a batch of random images, for the paper sweep, whole-layer kinds, every head of a few layers
-in every kind, every knockout target at a few layers, and mixed forms. Prints the largest |logit difference|
+float32, on a batch of random images, for the paper sweep and, for every registered kind with every target
+the tower takes, whole layers, every head of a few layers, and mixed forms. Prints the largest |logit difference|
 per family and group, and whether every selection agrees. ``--smoke``: tiny models, on whatever device.
 Needs neither the dashboard nor streamlit.
 """
@@ -22,17 +22,17 @@ TOLERANCE = 1e-4  # as the CPU tests
 
 
 def groups(n_layers: int, n_heads: int, cls: bool) -> dict[str, list[str]]:
-    """Ablation texts by group, for a tower of n_layers x n_heads (with or without a CLS token)."""
+    """Ablation texts by group, for a tower of n_layers x n_heads (with or without a CLS token): every
+    registered kind with every target the tower takes (compute.ablations.kind_targets)."""
+    from compute.ablations import kind_targets
+
     some = sorted({1, n_layers // 2, n_layers})
-    targets = ["patches>cls", "cls>patches", "patches>patches"] if cls else ["patches>patches"]
+    forms = [(kind, f"/{target}" if target else "") for kind, target in kind_targets(cls)]
+    mid = some[1]
     return {
-        "layers": [f"{k}:{layer}" for k in ("zero", "uniform", "mean") for layer in some] + ["identity:1,5,9"],
-        "heads": [f"{k}:{layer}/h{h}" for k in ("identity", "zero", "uniform", "mean") for layer in some
-                  for h in range(n_heads)],
-        "knockout": [f"knockout:{layer}/{t}" for layer in some for t in targets]
-                    + [f"knockout:{some[1]}/{t}/h0" for t in targets],
-        "mixed": ["identity:5-8/h0,h2", "mean:2/h1", "uniform:3-4/h1-2", "zero:1-12/h0"]
-                 + ([f"knockout:3-4/{targets[0]}/h1"] if cls else ["knockout:3-4/patches>patches/h1"]),
+        "layers": [f"{k}:{layer}{t}" for k, t in forms for layer in some] + [f"{k}:1,5,9{t}" for k, t in forms],
+        "heads": [f"{k}:{layer}{t}/h{h}" for k, t in forms for layer in some for h in range(n_heads)],
+        "mixed": [f"{k}:{mid - 1}-{mid + 2}{t}/h0,h2" for k, t in forms] + [f"{k}:1-{n_layers}{t}/h1" for k, t in forms],
     }
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
+from compute.ablations import TARGETS
 from dashboard import ui
 from dashboard.state import param_select
 
@@ -41,7 +42,7 @@ st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: 
            f"under the rule of every page ({md(stats.RULE)}).")
 ui.chart(charts.flow_chart, cells, metric)
 cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
-st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in heads.TARGET_ORDER
+st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in TARGETS
                         if target in set(cells["target"])))
 
 st.subheader("Every knockout")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from compute.ablations import Ablation, mean_needs, parse_ablation, patched, sweep, sweeps
-from compute.attention_maps import attention_maps, cls_attention, patch_grid
+from compute.ablations import Ablation, kind_targets, mean_needs, parse_ablation, patched, sweep, sweeps
+from compute.attention_maps import attention_maps, patch_grid
 from compute.engine import SweepEngine, attention_means, build_tree, plain_batch
 from compute.errors import InputError
 from compute.models import load_clip, pixel_values, seen_image
@@ -32,11 +32,13 @@ from compute.towers import (
 )
 
 TEXTS = ["a photo of a dog", "a photo of a cat", "a photo of a bird", "a red car on the floor"]
-# Every kind at layer grain, head-level forms and the knockout target a tower without CLS has.
-EXTRAS = ["zero:2-4", "zero:6", "uniform:3", "uniform:1,6", "mean:2,5", "mean:1-6", "identity:1,5",
-          "identity:6/h0,h3", "zero:3/h1-3", "mean:2/h1", "uniform:4/h2", "knockout:3/patches>patches",
-          "knockout:2-3/patches>patches/h1"]
-CLS_EXTRAS = ["knockout:4/patches>cls", "knockout:5/cls>patches/h0", "knockout:6/patches>cls/h2"]
+
+
+def extras(n: int, cls: bool) -> list[str]:
+    """Every registered kind with every target the tower takes, at layer and head grain, for n layers."""
+    shapes = [("2-4", ""), (f"1,{n}", ""), (f"1-{n}", ""), (f"{n - 1}-{n}", "h0,h3"), ("2", "h1")]
+    return ["/".join(filter(None, [f"{kind}:{layers}", target, heads]))
+            for kind, target in kind_targets(cls) for layers, heads in shapes]
 
 
 def pictures(n: int, size=(40, 30), seed: int = 0) -> list[Image.Image]:
@@ -65,7 +67,7 @@ def test_each_family_loads_with_its_own_classes_and_float32_scalars(loaded):
 
 def test_engine_matches_the_plain_method_for_the_paper_sweep_extras_heads_and_knockout(loaded):
     n, heads, cls = n_layers_of(loaded.model), n_heads_of(loaded.model), has_cls(loaded.model)
-    ablations = sweep("paper", n) + [parse_ablation(t, n, heads, cls) for t in EXTRAS + (CLS_EXTRAS if cls else [])]
+    ablations = sweep("paper", n) + [parse_ablation(t, n, heads, cls) for t in extras(n, cls)]
     pixels = pixel_values(loaded, pictures(5)).to(loaded.device, loaded.dtype)  # 5 images
     batches = [pixels[:3], pixels[3:]]
     means = attention_means(loaded.model, batches, mean_needs(ablations))
@@ -218,8 +220,6 @@ def test_siglip_attention_maps_are_each_layers_mean_over_queries_then_the_poolin
     np.testing.assert_allclose(knocked[:, 2, 1], 1.0 / t, atol=1e-6)
     np.testing.assert_allclose(knocked[:, 2, 0], maps[:, 2, 0], atol=1e-6)
     assert patch_grid(maps, cls=False).shape == (2, n + 1, n_heads_of(clip.model), 4, 4)
-    with pytest.raises(ValueError, match="no CLS token"):
-        cls_attention(clip.model, pixels)
 
 
 def test_siglip2_pixels_are_the_native_square_grid_the_picture_shows(tiny_siglip2):

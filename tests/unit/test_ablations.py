@@ -1,12 +1,33 @@
-"""Ablation syntax, canonical labels, sweeps, and the temporary patching of the plain method."""
+"""Ablation syntax, canonical labels, sweeps, the registry of kinds, and the temporary patching of the plain
+method; the registry-wide tests run over every kind in compute.ablations.KINDS."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compute.ablations import Ablation, parse_ablation, patched, sweep
+from compute.ablations import (
+    HEAD_MEAN_STAT,
+    KINDS,
+    MEAN_STAT,
+    Ablation,
+    Kind,
+    kind_targets,
+    knockout_edges,
+    mean_needs,
+    parse_ablation,
+    patched,
+    sweep,
+    zero_heads,
+    zero_probabilities,
+)
 from compute.errors import InputError
+
+FORMS = kind_targets()  # every (kind, target) of the registry, on a tower with a CLS token
+
+
+def form_id(kind: str, target: str) -> str:
+    return f"{kind}/{target}" if target else kind
 
 
 @pytest.mark.parametrize(
@@ -238,3 +259,92 @@ def test_a_tower_without_cls_knows_only_patches_to_patches():
             parse_ablation(text, 12, 12, cls=False)
         assert parse_ablation(text, 12, 12).target in text  # fine on CLIP
     assert parse_ablation("knockout:3/patches>patches/h1", 12, 12, cls=False).heads == (1,)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every registered kind.
+
+
+@pytest.mark.parametrize("kind, target", FORMS, ids=[form_id(*f) for f in FORMS])
+def test_every_kind_parses_to_its_canonical_label_at_layer_and_head_grain(kind, target):
+    t = f"/{target}" if target else ""
+    whole = parse_ablation(f"{kind}: 3,1,2{t}", 12, 12)
+    assert (whole.label, whole.kind, whole.layers, whole.heads, whole.target) == (f"{kind}:1-3{t}", kind, (1, 2, 3),
+                                                                                  (), target)
+    heads = parse_ablation(f"{kind}:9,5{t}/h4,h0-1", 12, 12)
+    assert (heads.label, heads.layers, heads.heads) == (f"{kind}:5,9{t}/h0,h1,h4", (5, 9), (0, 1, 4))
+    for a in (whole, heads):
+        assert parse_ablation(a.label, 12, 12) == a
+    with pytest.raises(InputError, match="layer 13 does not exist"):
+        parse_ablation(f"{kind}:13{t}", 12, 12)
+    with pytest.raises(InputError, match="head 12 does not exist"):
+        parse_ablation(f"{kind}:1{t}/h12", 12, 12)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_takes_a_target_exactly_when_it_says_so(kind):
+    spec = KINDS[kind]
+    if not spec.targets:
+        with pytest.raises(InputError, match=f"{kind} takes no target"):
+            parse_ablation(f"{kind}:3/patches>cls", 12, 4)
+        assert [t for k, t in kind_targets() + kind_targets(cls=False) if k == kind] == ["", ""]
+        return
+    with pytest.raises(InputError, match=f"{kind} needs a target"):
+        parse_ablation(f"{kind}:3", 12, 4)
+    with pytest.raises(InputError, match=f"unknown {kind} target 'nowhere'"):
+        parse_ablation(f"{kind}:3/nowhere/h1", 12, 4)
+    for target in spec.targets:
+        assert parse_ablation(f"{kind}:3/{target}/h1", 12, 4).target == target
+        if target in spec.cls_targets:
+            with pytest.raises(InputError, match="needs a CLS token, and this vision tower has none"):
+                parse_ablation(f"{kind}:3/{target}", 12, 4, cls=False)
+        else:
+            assert parse_ablation(f"{kind}:3/{target}", 12, 4, cls=False).target == target
+    assert [t for k, t in kind_targets(cls=False) if k == kind] == [t for t in spec.targets if t not in spec.cls_targets]
+
+
+@pytest.mark.parametrize("kind, target", FORMS, ids=[form_id(*f) for f in FORMS])
+def test_every_kind_asks_for_the_dataset_statistics_it_needs(kind, target):
+    t = f"/{target}" if target else ""
+    ablations = [parse_ablation(f"{kind}:2-3{t}", 12, 4), parse_ablation(f"{kind}:5{t}/h1", 12, 4)]
+    assert mean_needs(ablations) == ({MEAN_STAT: {2, 3}, HEAD_MEAN_STAT: {5}} if KINDS[kind].needs_mean else {})
+
+
+def test_a_kind_gives_its_heads_outputs_or_the_edges_it_blocks_and_only_targets_it_takes():
+    with pytest.raises(ValueError, match="one of them"):
+        Kind(probabilities=zero_probabilities)
+    with pytest.raises(ValueError, match="one of them"):
+        Kind(probabilities=zero_probabilities, heads=zero_heads, blocked=knockout_edges)
+    with pytest.raises(ValueError, match="cls_targets"):
+        Kind(probabilities=zero_probabilities, blocked=knockout_edges, targets=("a",), cls_targets=("b",))
+    kind = Kind(probabilities=zero_probabilities, blocked=knockout_edges, targets=("a", "b"), cls_targets=("b",))
+    assert kind.takes() == ("a", "b") and kind.takes(cls=False) == ("a",)
+
+
+@pytest.mark.parametrize("kind, target", FORMS, ids=[form_id(*f) for f in FORMS])
+def test_every_kinds_patch_changes_the_model_and_is_undone(tiny_clip_model, kind, target):
+    from compute.engine import attention_means
+
+    model = tiny_clip_model
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 32, 32)
+    before = _outputs(model, pixels)
+    t = f"/{target}" if target else ""
+    for text in (f"{kind}:2-5{t}", f"{kind}:2-5{t}/h1"):
+        ablation = parse_ablation(text, 12, 4)
+        means = attention_means(model, [pixels], mean_needs([ablation]))
+        with patched(model, ablation, means):
+            during = _outputs(model, pixels)
+            patched_layers = [i for i, layer in enumerate(model.vision_model.encoder.layers, start=1)
+                              if "forward" in layer.self_attn.__dict__]
+        assert patched_layers == [2, 3, 4, 5], text
+        assert (during - before).abs().max() > 1e-4, text  # the patch did change the model
+        assert all("forward" not in layer.self_attn.__dict__ for layer in model.vision_model.encoder.layers)
+        assert torch.equal(_outputs(model, pixels), before)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_model(tiny_clip):
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(tiny_clip).eval()
