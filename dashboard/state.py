@@ -9,8 +9,8 @@ to them, what the session remembers, and what lives for one script run only.
   switching pages keeps the context. A bound widget's key is ``widget_key(param)``.
 - ``changed`` remembers other values for the session (e.g. the Failures filters, to go back to page 1).
 - A script run (``script_run``) holds the run context every page draws from (``dashboard.context``) and
-  the reading state of ``dashboard.reading``. It is thread-local: Streamlit runs each session's script on its own
-  thread, and a connection must never outlive the run that opened it.
+  the reading state of ``dashboard.reading``. It is thread-local: Streamlit runs each session's script on
+  its own thread, and a connection must never outlive the run that opened it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class ScriptRun:
     """What lives for one run of the script, not the session."""
 
     db: Path
-    context: Any = None  # the run the page shows (dashboard.context.Context), set by app.py after the sidebar
+    context: Any = None  # the run the page shows (dashboard.context.Context), set by context.sidebar
     reader: Any = None  # dashboard.reading's connection, shared by this run's cache misses
     snapshot: tuple | None = None  # the store's change token this run reads (dashboard.reading)
     chart_rows: int = 0  # rows of chart columns drawn so far (their keys)
