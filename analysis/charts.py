@@ -312,9 +312,9 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
 HOLDS_NOTE = "outlined: holds after Holm's correction of McNemar's test"
 
 
-def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", family: str = "identity") -> alt.LayerChart:
+def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", group: str = "identity") -> alt.LayerChart:
     """Layer (rows, 1 at the top) x head (columns): the change of ``metric`` against baseline when that one
-    head is ablated; outlined cells hold after Holm's correction. A point selection named "cell" carries
+    head of ``group`` (heads.group_of) is ablated; outlined cells hold after Holm's correction. A point selection named "cell" carries
     the clicked cell's ablation (the Heads page opens the Failures page for it)."""
     data = cells.assign(head_label="h" + cells["head"].astype(str), holds_text=cells["holds"].map({True: "yes", False: "no"}))
     heads = [f"h{h}" for h in sorted(cells["head"].unique())]
@@ -345,7 +345,7 @@ def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", family: str = "i
             **enc, text=alt.Text("change:Q", format="+.2f"),
             color=alt.condition(f"abs(datum.change) > {extent * 0.6}", alt.value("white"), alt.value("black"))))
     return alt.layer(*layers).properties(
-        title={"text": f"{title}: {family} on one head at a time", "subtitle": f"{HOLDS_NOTE}; click a cell "
+        title={"text": f"{title}: {group} on one head at a time", "subtitle": f"{HOLDS_NOTE}; click a cell "
                "to open its failures"},
         width=alt.Step(44), height=alt.Step(22))
 

@@ -117,10 +117,10 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
             pack[f"blocks_{metric}"] = lambda m=metric: charts.block_bars(s, m)
     pack["label_accuracy"] = lambda: charts.label_heatmap(data.label_accuracy, ab)
     if data.tests is not None:
-        for family in heads.head_families(ab):
-            cells = heads.head_cells(s, data.tests, family, "accuracy")
+        for group in heads.head_groups(ab):
+            cells = heads.head_cells(s, data.tests, group, "accuracy")
             if len(cells):
-                pack[f"heads_{slug(family)}"] = lambda c=cells, f=family: charts.head_heatmap(c, "accuracy", f)
+                pack[f"heads_{slug(group)}"] = lambda c=cells, g=group: charts.head_heatmap(c, "accuracy", g)
         flow = heads.flow_cells(s, data.tests, "accuracy")
         if len(flow):
             pack["flow"] = lambda: charts.flow_chart(flow, "accuracy")

@@ -25,15 +25,15 @@ def target_title(target: str, cls: bool = True) -> str:
     return TARGET_TITLES[target]
 
 
-def family_of(kind: str, target: str) -> str:
-    """A family of cells: the kind, with the knockout target when there is one (knockout:patches>cls)."""
+def group_of(kind: str, target: str) -> str:
+    """A group of heatmap cells: the kind, with the knockout target when there is one (knockout:patches>cls)."""
     return f"{kind}:{target}" if target else kind
 
 
-def head_families(ablations: pd.DataFrame) -> list[str]:
-    """Families with single-head, single-layer ablations in the run, in sweep order."""
+def head_groups(ablations: pd.DataFrame) -> list[str]:
+    """Groups (``group_of``) with single-head, single-layer ablations in the run, in sweep order."""
     single = ablations[(ablations["n_layers"] == 1) & (ablations["n_heads"] == 1)]
-    return list(dict.fromkeys(family_of(k, t) for k, t in zip(single["kind"], single["target"], strict=True)))
+    return list(dict.fromkeys(group_of(k, t) for k, t in zip(single["kind"], single["target"], strict=True)))
 
 
 def _with_tests(cells: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -47,10 +47,10 @@ def _with_tests(cells: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd.Dat
     return out[out["images"] > 0].reset_index(drop=True)  # not computed yet
 
 
-def head_cells(summary: pd.DataFrame, tests: pd.DataFrame, family: str, metric: str) -> pd.DataFrame:
-    """One row per single-head ablation of ``family``: layer, head, ablation, images, change (of ``metric``
+def head_cells(summary: pd.DataFrame, tests: pd.DataFrame, group: str, metric: str) -> pd.DataFrame:
+    """One row per single-head ablation of ``group`` (``group_of``): layer, head, ablation, images, change (of ``metric``
     against baseline), lo, hi (95% paired bootstrap), p, p_holm and holds (the summary's rule)."""
-    kind, _, target = family.partition(":")
+    kind, _, target = group.partition(":")
     keep = ((summary["n_layers"] == 1) & (summary["n_heads"] == 1) & (summary["kind"] == kind)
             & (summary["target"] == target))
     cells = _with_tests(summary[keep], tests, metric)

@@ -152,25 +152,6 @@ def selection_matrix(con: Con, run_id: int, where: Slice = EVERYTHING) -> pd.Dat
     return con.execute(SELECTION_MATRIX.format(where=where.sql), [run_id, *where.params]).df()
 
 
-DISCORDANT = """
-SELECT s.ablation_id,
-       COUNT(*) AS pairs,
-       COUNT(*) FILTER (WHERE b.correct AND NOT s.correct) AS only_baseline,
-       COUNT(*) FILTER (WHERE s.correct AND NOT b.correct) AS only_ablation
-FROM selection_t s
-JOIN selection_t b ON b.run_id = s.run_id AND b.image_id = s.image_id AND b.ablation_id = ?
-JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
-WHERE s.run_id = ? AND ({where})
-GROUP BY s.ablation_id
-ORDER BY s.ablation_id
-"""
-
-
-def discordant(con: Con, run_id: int, baseline_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
-    """Per ablation, images computed under it and baseline, and those right under only one of them."""
-    return con.execute(DISCORDANT.format(where=where.sql), [baseline_id, run_id, *where.params]).df()
-
-
 LABEL_ACCURACY = """
 SELECT s.ablation_id, l.label, COUNT(*) AS images, AVG(s.correct::DOUBLE) AS accuracy
 FROM selection_t s

@@ -123,8 +123,8 @@ def bootstrap_p(mean: float, se: float) -> float:
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate).
-    NaN (a test that could not be made yet) stays NaN and is not counted in the family."""
+    """Holm's step-down adjustment of a set of p-values (controls the family-wise error rate over the set).
+    NaN (a test that could not be made yet) stays NaN and is not counted in the set."""
     p = np.asarray(pvalues, dtype=np.float64)
     adjusted = np.full(p.shape, np.nan)
     present = np.flatnonzero(~np.isnan(p))

@@ -257,12 +257,6 @@ def table1_cells(summary_frame: pd.DataFrame, digits: int = DIGITS) -> tuple[lis
     return header, rows
 
 
-def summary_display(summary_frame: pd.DataFrame, digits: int = DIGITS) -> pd.DataFrame:
-    """``table1_cells`` as a frame of text (for a static table; the Overview's sortable one is table1_style)."""
-    header, rows = table1_cells(summary_frame, digits)
-    return pd.DataFrame(rows, columns=header)
-
-
 def summary_markdown(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
     header, rows = table1_cells(summary_frame, digits)
     cell = md_cell  # an ablation label, escaped: a "|" in a label cannot split the table

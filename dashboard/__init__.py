@@ -1,13 +1,18 @@
 """CLIP Attention Lab dashboard: a Streamlit app over the DuckDB store (``streamlit run dashboard/app.py``).
 
-The Streamlit side: ``app`` (entry and navigation), ``state`` (the store path and the URL query params),
-``ui`` (cached reads, charts, thumbnails, the run picker), ``views/`` (one file per page; not ``pages/``,
-which Streamlit would run as a legacy multipage app, bypassing ``app``), ``lab`` (the Prompt lab's models
-and scoring).
+Pages, widgets and URL state only; everything that reads a store without drawing a widget is the read
+library ``analysis`` (queries, slices, stats, tables, charts, figures, prompt scores), which the export verb
+shares.
 
-The read side, free of Streamlit so the export verb and the tests use it as is: ``queries`` (all of the
-dashboard's SQL), ``slices`` (filters with captions), ``stats`` (bootstrap, McNemar, Holm: the one
-significance rule), ``tables`` (Table 1 and the tests, with their renderings), ``charts`` (pure Altair
-builders), ``figures`` (the figure pack written to files, sizes for a paper, Figure 5), ``projection``
-(PCA of stored embeddings) and ``text`` (data shown as text, never as Markdown or HTML).
+- ``app``: the entry: the menu, the sidebar, the page.
+- ``pages``: the page registry, as data (key, title, file under ``views/``, section); ``navigation``
+  turns it into Streamlit pages and the page objects links go through.
+- ``state``: every piece of state: the store path, query params and the widgets bound to them, what the
+  session remembers, what lives for one script run.
+- ``reading``: cached reads of the store, one snapshot and one connection per script run.
+- ``context``: the run a page shows (``Context``) and the sidebar that picks it.
+- ``widgets``: the shared select boxes; ``layout``: CSS, chart columns, cached charts; ``thumbnails``;
+  ``change_table`` (Heads and Flow); ``failure_slice`` (the Failures grid's slice, shared with Image);
+  ``attention_ui`` (the Image page's attention maps); ``lab`` (the Prompt lab's cached models and scores).
+- ``views/``: one file per page (not ``pages/``, which Streamlit would serve as a legacy multipage app).
 """

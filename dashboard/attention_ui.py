@@ -3,7 +3,8 @@ token's attention to the patches; SigLIP: the attention each patch receives, the
 and the chosen ablation side by side, computed on demand from the run's model.
 
 The model is loaded once per server (``st.cache_resource``, through compute.models.load_clip) and the maps
-of an (image, ablation) are cached; drawing is analysis.overlays, which the figure export shares.
+of an (image, ablation) are cached; drawing is analysis.overlays, which the figure export shares. The one
+read of the store (a mean ablation's statistics, ``stored_means``) is made with the page's other reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from compute.ablations import BASELINE, mean_needs, parse_ablation
 from compute.dataset import ImageLoadError
 from compute.errors import InputError
 from compute.models import LoadedClip, load_clip
-from dashboard import ui
+from dashboard import reading
+from dashboard.context import Context
 from dashboard.state import param_select
 
 
@@ -37,17 +39,22 @@ def _maps(ref: str, path: str, ablation: str, means_key: tuple, _means: dict | N
     return overlays.image_maps(clip_model(ref), path, ablation, means)
 
 
-def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
-    """Draw the section for image ``info`` (a row of queries.image) under ``ablation`` (a label)."""
+def stored_means(ctx: Context, ablation: str) -> dict | None:
+    """The dataset statistics a mean ablation replaces outputs with (queries.mean_stats); None for the others."""
+    needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
+    return reading.load(queries.mean_stats, ctx.name, sorted(needs)) if needs else None
+
+
+def attention_section(ctx: Context, info: dict, ablation: str, means: dict | None) -> None:
+    """Draw the section for image ``info`` (a row of queries.image) under ``ablation`` (a label), with the
+    statistics ``stored_means`` read for it."""
     st.subheader("Attention maps")
     family = str(ctx.run.get("family") or "clip")
     st.caption(f"At each layer, the {overlays.explainer(family == 'clip')}. Baseline above, {md(ablation)} below; "
                f"computed now from the run's model ({md(ctx.run['model'])}, {md(family)} vision tower).")
-    needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
-    stats = ui.load(queries.mean_stats, ctx.name, sorted(needs)) if needs else None
-    means_key = (ctx.name, ui.change_token(ctx.db)) if needs else ()  # the statistics are part of the maps
+    means_key = (ctx.name, reading.snapshot()) if means is not None else ()  # the statistics are part of the maps
     try:
-        maps = _maps(str(ctx.run["model"]), str(info["path"]), ablation, means_key, stats)
+        maps = _maps(str(ctx.run["model"]), str(info["path"]), ablation, means_key, means)
     except (InputError, ImageLoadError, OSError, ValueError) as e:
         st.warning(f"No attention maps: {md(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
         return
@@ -58,4 +65,4 @@ def attention_section(ctx: ui.Context, info: dict, ablation: str) -> None:
     st.image(png, caption="Brighter: more attention. " + ("CLS->CLS: what the CLS query keeps on itself." if maps.cls
                           else "No CLS token here: the last tile is the pooling head's probe query."))
     st.download_button("Attention maps (PNG)", png, f"{slug(ctx.name)}-image{info['image_id']}-attention-"
-                       f"{slug(ablation)}-{heads}.png", "image/png", icon=":material/download:", key="attention_png")
+                       f"{slug(ablation)}-{heads}.png", "image/png", key="attention_png")

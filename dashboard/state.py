@@ -1,16 +1,26 @@
-"""Where the app's selection lives: the store path (command line / environment) and the URL query params.
+"""Every piece of the app's state, in one place: the store path, the URL query params and the widgets bound
+to them, what the session remembers, and what lives for one script run only.
 
-Every choice that defines a view (run, ablation, filters, image, page of the grid) is a query param, so a
-copied URL reopens the same view. Widgets are bound to a param with ``param_select``: the URL wins when
-it changed from outside (a pasted or followed link), the widget wins when the user moved it, and the
-last value is remembered for the session so switching pages keeps the context.
+- The store comes from the command line or the environment (``db_path``), never from a URL.
+- Every choice that defines a view (run, ablation, filters, image, page of the grid, prompts) is a query
+  param, so a copied URL reopens the same view. Widgets are bound to a param (``param_select``,
+  ``param_multiselect``, ``param_text``): the URL wins when it changed from outside (a pasted or followed
+  link), the widget wins when the user moved it, and the last value is remembered for the session, so
+  switching pages keeps the context. A bound widget's key is ``widget_key(param)``.
+- ``changed`` remembers other values for the session (e.g. the Failures filters, to go back to page 1).
+- A script run (``script_run``) holds the run context every page draws from (``dashboard.context``) and
+  the reading state of ``dashboard.reading``. It is thread-local: Streamlit runs each session's script on
+  its own thread, and a connection must never outlive the run that opened it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +29,7 @@ import streamlit as st
 from compute.store import default_db
 
 _LAST = "_last_params"  # session_state key: param -> the value last shown
+_MEMORY = "_remembered"  # session_state key: name -> a value ``changed`` keeps
 
 T = TypeVar("T")
 
@@ -33,8 +44,72 @@ def db_path(argv: Sequence[str] | None = None) -> Path:
     return Path(known.db).expanduser().resolve() if known.db else default_db()
 
 
+# --------------------------------------------------------------------------------------------------
+# One script run.
+
+
+@dataclass
+class ScriptRun:
+    """What lives for one run of the script, not the session."""
+
+    db: Path
+    context: Any = None  # the run the page shows (dashboard.context.Context), set by context.sidebar
+    reader: Any = None  # dashboard.reading's connection, shared by this run's cache misses
+    snapshot: tuple | None = None  # the store's change token this run reads (dashboard.reading)
+    chart_rows: int = 0  # rows of chart columns drawn so far (their keys)
+
+
+_thread = threading.local()
+
+
+@contextmanager
+def script_run(db: Path) -> Iterator[ScriptRun]:
+    """The scope of one script run reading ``db``."""
+    run = _thread.run = ScriptRun(db)
+    try:
+        yield run
+    finally:
+        _thread.run = None
+
+
+def this_run() -> ScriptRun | None:
+    """The script run on this thread, or None outside one (a fragment's rerun, a button's callback)."""
+    return getattr(_thread, "run", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Query params and the widgets bound to them.
+
+
+def widget_key(param: str) -> str:
+    """The key of the widget bound to ``param`` (AppTest finds widgets by it)."""
+    return f"param:{param}"
+
+
 def _remembered() -> dict[str, Any]:
     return st.session_state.setdefault(_LAST, {})
+
+
+def _bound(param: str, decode: Callable[[str], T | None], valid: Callable[[Any], bool], fallback: T) -> T:
+    """The value a widget bound to ``param`` starts from, set as its state before it is drawn: the URL's
+    when it changed from outside, else the widget's as the user left it, else the URL's, else the value last
+    shown, else ``fallback``. ``decode`` reads URL text (None: not a value), ``valid`` checks widget state."""
+    last = _remembered()
+    key = widget_key(param)
+    url = st.query_params.get(param)
+    from_url = decode(url) if url is not None else None
+    if from_url is not None and url != last.get(param):
+        chosen = from_url  # the URL changed from outside: follow it
+    elif key in st.session_state and valid(st.session_state[key]):
+        chosen = st.session_state[key]  # the widget, as the user left it
+    elif from_url is not None:
+        chosen = from_url
+    else:
+        remembered = last.get(param)
+        decoded = decode(remembered) if remembered is not None else None
+        chosen = decoded if decoded is not None else fallback
+    st.session_state[key] = chosen  # the widget starts there; no default is passed to it
+    return chosen
 
 
 def param_select(
@@ -55,22 +130,43 @@ def param_select(
     if not options:
         raise ValueError(f"no options for {param!r}")
     by_text = {str(o): o for o in options}
-    fallback = default if default in options else options[0]
-    last = _remembered()
-    key = f"param:{param}"
-    url = st.query_params.get(param)
-    if url is not None and url != last.get(param) and url in by_text:
-        chosen = by_text[url]  # the URL changed from outside: follow it
-    elif st.session_state.get(key) in options:
-        chosen = st.session_state[key]  # the widget, as the user left it
-    elif url in by_text:
-        chosen = by_text[url]
-    else:
-        remembered = last.get(param)
-        chosen = by_text.get(remembered, fallback) if remembered is not None else fallback
-    st.session_state[key] = chosen  # set before the widget is created: it starts there, no default passed
+    _bound(param, by_text.get, lambda v: v in options, default if default in options else options[0])
     box = container if container is not None else st
-    value = box.selectbox(label, list(options), key=key, format_func=format_func, help=help)
+    value = box.selectbox(label, list(options), key=widget_key(param), format_func=format_func, help=help)
+    set_param(param, value)
+    return value
+
+
+def param_multiselect(
+    label: str,
+    options: Sequence[str],
+    param: str,
+    *,
+    sep: str,
+    default: Sequence[str] = (),
+    container: Any = None,
+    help: str | None = None,
+) -> list[str]:
+    """A multiselect of texts bound to ``param``, in the order chosen; the URL holds them joined by ``sep``
+    (a character no option holds). Unknown entries in the URL are dropped; none left falls back as in
+    ``param_select``, then to ``default``."""
+
+    def decode(text: str) -> list[str] | None:
+        return [o for o in text.split(sep) if o in options] or None
+
+    _bound(param, decode, lambda v: isinstance(v, list) and all(o in options for o in v),
+           [o for o in default if o in options])
+    box = container if container is not None else st
+    value = box.multiselect(label, list(options), key=widget_key(param), help=help)
+    set_param(param, sep.join(value))
+    return value
+
+
+def param_text(label: str, param: str, *, default: str = "", container: Any = None, **kwargs: Any) -> str:
+    """A text area bound to ``param`` (``kwargs`` go to ``st.text_area``: height, help)."""
+    _bound(param, lambda text: text, lambda v: isinstance(v, str), default)
+    box = container if container is not None else st
+    value = box.text_area(label, key=widget_key(param), **kwargs)
     set_param(param, value)
     return value
 
@@ -85,6 +181,11 @@ def get_param(param: str, default: str = "") -> str:
     return str(_remembered().get(param, default))
 
 
+def url_param(param: str, default: str = "") -> str:
+    """A param as the URL has it now, nothing remembered (what a followed link carries). Unchecked."""
+    return st.query_params.get(param, default)
+
+
 def set_param(param: str, value: Any) -> None:
     """Write ``param`` to the URL and remember it. Defaults are written too: a shared URL must not change
     meaning when the defaults do (a newer run, another sweep)."""
@@ -97,5 +198,18 @@ def set_param(param: str, value: Any) -> None:
 def reset_param(param: str, value: Any) -> None:
     """Move a bound widget to ``value`` before it is drawn (e.g. page 1 when the filters change); the URL
     follows, so ``param_select`` does not take the old URL value for a link followed from outside."""
-    st.session_state[f"param:{param}"] = value
+    st.session_state[widget_key(param)] = value
     set_param(param, value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Other values the session remembers.
+
+
+def changed(name: str, value: Any) -> bool:
+    """Remember ``value`` under ``name`` for the session; True when it differs from the value remembered
+    before (False the first time)."""
+    memory = st.session_state.setdefault(_MEMORY, {})
+    before = memory.get(name, value)
+    memory[name] = value
+    return before != value

@@ -82,14 +82,14 @@ def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: 
     return db
 
 
-# page -> (widget key changed, new value, what the change is)
+# page (a key of dashboard/pages.py) -> (query param whose widget is changed, new value, what the change is)
 FILTER_CHANGES = {
-    "overview": ("param:label", "label07", "true label"),
-    "layers": ("param:label", "label07", "true label"),
-    "image": ("param:image", 4321, "image"),
-    "failures": ("param:label", "label07", "true label"),
-    "compare": ("param:b", "identity:1-12", "ablation B"),
-    "export": ("param:sel_outcome", "flip", "outcome of the selections"),
+    "overview": ("label", "label07", "true label"),
+    "layers": ("label", "label07", "true label"),
+    "image": ("image", 4321, "image"),
+    "failures": ("label", "label07", "true label"),
+    "compare": ("b", "identity:1-12", "ablation B"),
+    "export": ("sel_outcome", "flip", "outcome of the selections"),
 }
 
 
@@ -127,6 +127,8 @@ def time_pages(db: Path) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from compute.store import DB_ENV
+    from dashboard.pages import DEFAULT, page_info
+    from dashboard.state import widget_key
 
     os.environ[DB_ENV] = str(db)
     # Imports and Altair's first use of each chart type are paid once per server process, not per page.
@@ -134,18 +136,18 @@ def time_pages(db: Path) -> dict[str, float]:
     warm.query_params["run"] = RUN
     _timed_run(warm)
     for page in FILTER_CHANGES:
-        warm.switch_page(f"views/{page}.py")
+        warm.switch_page(page_info(page).path)
         _timed_run(warm)
     results = {}
-    for page, (key, value, _) in FILTER_CHANGES.items():
+    for page, (param, value, _) in FILTER_CHANGES.items():
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.query_params["run"] = RUN
-        if page != "overview":
+        if page != DEFAULT:
             at.run()  # registers the pages, so switch_page can find them
-            at.switch_page(f"views/{page}.py")
+            at.switch_page(page_info(page).path)
         _clear_caches()
         results[f"{page}_first_s"] = _timed_run(at)
-        widget = next(w for w in at.selectbox if w.key == key)
+        widget = next(w for w in at.selectbox if w.key == widget_key(param))
         widget.set_value(value)
         results[f"{page}_filter_s"] = _timed_run(at)
     return results

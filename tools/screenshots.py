@@ -24,14 +24,14 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from compute.store import DEFAULT_DB_TEXT, default_db
+from dashboard.pages import DEFAULT, KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic"]
-PAGES = ("overview", "layers", "heads", "flow", "image", "failures", "compare", "embeddings", "prompt_lab", "export")
-DEFAULT_PAGE = "overview"  # st.navigation serves the default page at the root URL, not at /overview
+PAGES = KEYS  # every page of dashboard/pages.py, in menu order
 RUNNING = '[data-testid="stStatusWidgetRunningIcon"]'
 EXCEPTION = '[data-testid="stException"]'
 CONTENT = '[data-testid="stMainBlockContainer"]'
@@ -132,7 +132,7 @@ def overflow(tab) -> list[str]:
 
 
 def page_url(url: str, name: str, params: dict[str, str] | None = None) -> str:
-    path_part = "" if name == DEFAULT_PAGE else name
+    path_part = "" if name == DEFAULT else name  # st.navigation serves the default page at the root URL
     return f"{url}/{path_part}" + (f"?{urlencode(params)}" if params else "")
 
 

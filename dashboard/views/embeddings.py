@@ -8,39 +8,42 @@ import streamlit as st
 
 from analysis import charts, projection, queries
 from analysis.text import md
-from dashboard import ui
+from dashboard import layout, widgets
+from dashboard.context import context, no_results
+from dashboard.reading import load
 from dashboard.state import param_select
 
 SAMPLE = 1000  # images drawn (a fixed sample: the same for every ablation)
 SHIFT_SAMPLE = 300  # images behind the per-ablation movement bars (every ablation's embeddings are read)
 COLOURS = {"label": "true label", "selected": "label selected under the ablation", "correct": "right or wrong"}
 
-ctx = ui.context()
+ctx = context()
 st.title("Embeddings")
 st.caption("Each point is an image's CLIP image embedding (projected, unit length), drawn in the plane of the "
            "two main directions of the baseline embeddings (PCA): hollow under baseline, filled under the "
            "ablation, joined by a line. The plane is fitted on baseline alone, so every ablation is drawn in "
            "the same frame.")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
-if not ui.load(queries.has_embeddings, ctx.name):
+if not load(queries.has_embeddings, ctx.name):
     st.warning(f"Run {md(ctx.name)} kept no image embeddings (store.embeddings = 'none').")
     st.stop()
 
 left, right = st.columns(2)
-default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
-ablation = ui.ablation_select(ctx, "Ablation", "ablation", default=default, container=left)
+ablation = widgets.ablation_select(ctx, "Ablation", "ablation", default=ctx.default_ablation(), container=left)
 colour = param_select("Colour by", list(COLOURS), "colour", format_func=COLOURS.get, container=right)
 
 ids = [ctx.baseline_id, ctx.ablation_id(ablation)]
-image_ids, emb = ui.load(queries.embeddings, ctx.name, ids, SAMPLE)  # (n, 2, E)
+image_ids, emb = load(queries.embeddings, ctx.name, ids, SAMPLE)  # (n, 2, E)
 if not image_ids:
     st.info(f"No image has embeddings under both baseline and {md(ablation)} yet.")
     st.stop()
-images = ui.load(queries.images, ctx.run_id)
+images = load(queries.images, ctx.run_id)
 labels = dict(zip(images["image_id"].map(int), images["labels"], strict=True))
 moves, proj = projection.movement(image_ids, emb, labels)
-picked = ui.load(queries.picks, ctx.run_id, ids)
+picked = load(queries.picks, ctx.run_id, ids)
+all_ids = [int(a) for a in ctx.ablations["ablation_id"]]
+shift_ids, shift_emb = load(queries.embeddings, ctx.name, all_ids, SHIFT_SAMPLE)  # (n, A, E)
 under = picked[picked["ablation_id"] == ids[1]].set_index("image_id")
 moves["selected"] = moves["image_id"].map(under["selected_label"]).fillna("")
 moves["correct"] = moves["image_id"].map(under["correct"]).map({True: "right", False: "wrong"}).fillna("")
@@ -58,14 +61,12 @@ cols[2].metric("Nearest label centroid", "—" if np.isnan(abl_acc) else f"{abl_
                "well the labels stay apart in embedding space, whatever the prompts.")
 cols[3].metric("Variance shown", f"{proj.explained.sum():.0%}", help="Of the baseline embeddings, by the two axes.")
 
-ui.chart(charts.embedding_chart, moves, colour, COLOURS[colour], ablation, ctx.baseline_name)
+layout.chart(charts.embedding_chart, moves, colour, COLOURS[colour], ablation, ctx.baseline_name)
 
-all_ids = [int(a) for a in ctx.ablations["ablation_id"]]
-shift_ids, shift_emb = ui.load(queries.embeddings, ctx.name, all_ids, SHIFT_SAMPLE)  # (n, A, E)
 if shift_ids:
     unit = projection.unit(shift_emb)
     base = all_ids.index(ctx.baseline_id)
     cosine = (unit * unit[:, [base]]).sum(axis=-1).mean(axis=0)  # (A,)
     shift = pd.DataFrame({"ablation": ctx.ablation_names(), "cosine": cosine, "images": len(shift_ids)})
-    ui.chart(charts.movement_bars, shift)
+    layout.chart(charts.movement_bars, shift)
     st.caption(f"Over a fixed sample of {len(shift_ids):,} images with every ablation's embedding.")

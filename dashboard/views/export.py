@@ -11,35 +11,34 @@ import streamlit as st
 from analysis import figures, queries, slices, stats, tables
 from analysis.text import md, md_list
 from compute import store
-from dashboard import ui
-from dashboard.state import get_param, param_select, set_param
+from dashboard import widgets
+from dashboard.context import context, no_results
+from dashboard.reading import load, snapshot
+from dashboard.state import get_param, param_multiselect, param_select
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 SEP = "|"  # between ablation labels in the URL (labels hold commas, never a bar)
 
-ctx = ui.context()
+ctx = context()
 st.title("Export")
 st.caption("The same files from a shell: `python -m compute export --run RUN --out DIR` (see its --help for "
            "--ablations, --size and --image).")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
 
-true_labels = list(ui.load(queries.true_labels, ctx.run_id)["label"])
+true_labels = list(load(queries.true_labels, ctx.run_id)["label"])
 names = ctx.ablation_names()
 
 # --------------------------------------------------------------------------------------------------
 st.header("Figures and Table 1")
 st.caption("These choices shape the charts, Table 1 and the Figure 5 table; significance is decided over "
            f"every ablation of the run first, so choosing fewer changes no mark. {stats.RULE}")
-wanted = [a for a in st.query_params.get("figures", "").split(SEP) if a in names] or names
 row = st.columns([2, 1, 1])
-chosen = row[0].multiselect("Ablations, in this order", names, default=wanted, key="fig_ablations",
-                            help="Remove ablations, or remove and add them back to change their order.")
-chosen = chosen or names
-set_param("figures", SEP.join(chosen))
+chosen = param_multiselect("Ablations, in this order", names, "figures", sep=SEP, default=names, container=row[0],
+                           help="Remove ablations, or remove and add them back to change their order.") or names
 size = param_select("Size", list(figures.SIZES), "size", format_func=figures.SIZE_TITLES.get, container=row[1])
-label = ui.label_select(ctx, "Images with true label", "fig_label", true_labels, container=row[2])
+label = widgets.label_select("Images with true label", "fig_label", true_labels, container=row[2])
 image_slice = slices.true_label(label)
 image_param = get_param("image")  # the image and ablation of the Image page, from the URL or this session
 image_id = int(image_param) if image_param.isdigit() else None
@@ -47,7 +46,7 @@ image_ablation = get_param("ablation")
 image_ablation = image_ablation if image_ablation in names else ctx.baseline_name
 confusion = tuple(dict.fromkeys([ctx.baseline_name, image_ablation]))
 # Everything the charts are drawn from, cached; charts are drawn only for the preview and the downloads.
-data = ui.load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, image_ablation, tuple(chosen))
+data = load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, image_ablation, tuple(chosen))
 pack = figures.pack_charts(data)
 st.caption(f"{len(pack)} charts of {len(chosen)} ablations over {md(image_slice.caption)}; confusion under "
            f"{md_list(data.confusion)}"
@@ -63,7 +62,7 @@ def preview_png(db: str, token: tuple, key: tuple, name: str, size: str) -> byte
 shown = param_select("Preview", list(pack), "preview", container=st.columns([1, 2])[0])
 key = (ctx.run_id, image_slice, confusion, image_id, image_ablation, tuple(chosen))
 points = figures.SIZES[size]
-st.image(preview_png(str(ctx.db), ui.change_token(ctx.db), key, shown, size),
+st.image(preview_png(str(ctx.db), snapshot(), key, shown, size),
          width=round(points * 96 / 72) if points else "stretch",  # a paper size at its printed size
          caption=f"{md(shown)}: {md(figures.SIZE_TITLES[size])}")
 
@@ -91,7 +90,7 @@ def _zip() -> bytes:
 
 stem = figures.slug(ctx.name)
 st.download_button(f"All {len(pack)} charts as PNG, SVG and PDF (zip)", _zip, f"{stem}-figures-{size}.zip",
-                   "application/zip", icon=":material/folder_zip:", key="zip", type="primary")
+                   "application/zip", key="zip", type="primary")
 with st.expander("One chart at a time"):
     for name, build in pack.items():
         cols = st.columns([3, 1, 1, 1])
@@ -134,17 +133,17 @@ else:
 st.header("Selections")
 st.caption("One row per image × ablation. These filters apply to the CSV and Parquet files only.")
 row = st.columns(2) + st.columns(2)
-ablation = ui.ablation_select(ctx, "Ablation", "sel_ablation", container=row[0], with_all=True)
+ablation = widgets.ablation_select(ctx, "Ablation", "sel_ablation", container=row[0], with_all=True)
 outcome = param_select("Outcome", OUTCOMES, "sel_outcome", container=row[1],
                        format_func=lambda o: slices.OUTCOMES[o][1])
-sel_label = ui.label_select(ctx, "True label", "sel_label", true_labels, container=row[2])
-selected_labels = sorted(set(ui.load(queries.prompts, ctx.run_id)["label"]))
-selected = ui.label_select(ctx, "Selected label", "sel_selected", selected_labels, container=row[3])
+sel_label = widgets.label_select("True label", "sel_label", true_labels, container=row[2])
+selected_labels = sorted(set(load(queries.prompts, ctx.run_id)["label"]))
+selected = widgets.label_select("Selected label", "sel_selected", selected_labels, container=row[3])
 where = (slices.ablation(ctx.ablation_id(ablation) if ablation else None, ablation) & slices.outcome(outcome)
          & slices.true_label(sel_label) & slices.selected_label(selected))
-n_rows, n_images = ui.load(queries.slice_count, ctx.run_id, ctx.baseline_id, where)
+n_rows, n_images = load(queries.slice_count, ctx.run_id, ctx.baseline_id, where)
 st.caption(f"Current slice: {n_rows:,} selections of {n_images:,} images: {md(where.caption)}.")
-st.dataframe(ui.load(queries.slice_rows, ctx.run_id, ctx.baseline_id, where, "image", 20, 0), hide_index=True)
+st.dataframe(load(queries.slice_rows, ctx.run_id, ctx.baseline_id, where, "image", 20, 0), hide_index=True)
 st.caption("The first 20 rows.")
 
 
@@ -156,6 +155,6 @@ def _slice_frame():
 
 cols = st.columns(2)
 cols[0].download_button("CSV", lambda: _slice_frame().to_csv(index=False), f"{stem}-selections.csv", "text/csv",
-                        icon=":material/table:", key="slice_csv")
+                        key="slice_csv")
 cols[1].download_button("Parquet", lambda: figures.parquet_bytes(_slice_frame()), f"{stem}-selections.parquet",
-                        "application/vnd.apache.parquet", icon=":material/table:", key="slice_parquet")
+                        "application/vnd.apache.parquet", key="slice_parquet")

@@ -7,14 +7,17 @@ import streamlit as st
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
 from compute.ablations import TARGETS
-from dashboard import ui
+from dashboard import layout, widgets
+from dashboard.change_table import change_table
+from dashboard.context import context, no_results
+from dashboard.reading import load
 from dashboard.state import param_select
 
 METRICS = ["accuracy", "score_baseline"]
 
-ctx = ui.context()
+ctx = context()
 st.title("Flow")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
 knockouts = ctx.ablations[(ctx.ablations["kind"] == "knockout") & (ctx.ablations["n_layers"] == 1)
                           & (ctx.ablations["n_heads"] == 0)]
@@ -23,14 +26,14 @@ if knockouts.empty:
             "every layer) or extras such as `\"knockout:9/patches>cls\"`; `make demo` runs `demo-heads`.")
     st.stop()
 
-labels = ui.load(queries.true_labels, ctx.run_id)
+labels = load(queries.true_labels, ctx.run_id)
 left, right, _ = st.columns([1, 1, 2])
 metric = param_select("Change in", METRICS, "metric", container=left, format_func=tables.METRIC_TITLES.get)
-label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=right)
+label = widgets.label_select("True label", "label", list(labels["label"]), container=right)
 where = slices.true_label(label)
 
-summary = ui.load(tables.summary, ctx.run_id, where)
-tests = ui.load(tables.mcnemar, ctx.run_id, where)
+summary = load(tables.summary, ctx.run_id, where)
+tests = load(tables.mcnemar, ctx.run_id, where)
 cells = heads.flow_cells(summary, tests, metric)
 if cells.empty:
     st.info("No knockout has been computed yet.")
@@ -40,10 +43,10 @@ st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: 
            "knockout sets the scores of the blocked query → key edges to −inf before the softmax (the rest is "
            "renormalised) in every head of one layer; everything else runs normally. Filled points: significant "
            f"under the rule of every page ({md(stats.RULE)}).")
-ui.chart(charts.flow_chart, cells, metric)
+layout.chart(charts.flow_chart, cells, metric)
 cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
 st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in TARGETS
                         if target in set(cells["target"])))
 
 st.subheader("Every knockout")
-ui.change_table(cells.sort_values(["layer", "target"]), ["layer", "target"], metric, "the knockout")
+change_table(cells.sort_values(["layer", "target"]), ["layer", "target"], metric, "the knockout")

@@ -7,45 +7,48 @@ import streamlit as st
 
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import ui
+from dashboard import navigation, widgets
+from dashboard.change_table import change_table
+from dashboard.context import context, no_results
+from dashboard.reading import load, release
 from dashboard.state import param_select
 
 METRICS = ["accuracy", "score_baseline"]
 
-ctx = ui.context()
+ctx = context()
 st.title("Heads")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
-families = heads.head_families(ctx.ablations)
-if not families:
+groups = heads.head_groups(ctx.ablations)
+if not groups:
     st.info(f"Run {md(ctx.name)} has no single-head ablations. Add `sweep = \"heads\"` (every head of every layer, "
             "identity) or extras such as `\"zero:6/h3\"` to an experiment; `make demo` runs `demo-heads`.")
     st.stop()
 
-labels = ui.load(queries.true_labels, ctx.run_id)
+labels = load(queries.true_labels, ctx.run_id)
 left, mid, right, _ = st.columns([1, 1, 1, 1])
-family = param_select("Ablated one head at a time", families, "heads_kind", container=left)
+group = param_select("Ablated one head at a time", groups, "heads_kind", container=left)
 metric = param_select("Change in", METRICS, "metric", container=mid, format_func=tables.METRIC_TITLES.get)
-label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=right)
+label = widgets.label_select("True label", "label", list(labels["label"]), container=right)
 where = slices.true_label(label)
 
-summary = ui.load(tables.summary, ctx.run_id, where)
-tests = ui.load(tables.mcnemar, ctx.run_id, where)
-cells = heads.head_cells(summary, tests, family, metric)
-ui.release()  # all read
+summary = load(tables.summary, ctx.run_id, where)
+tests = load(tables.mcnemar, ctx.run_id, where)
+cells = heads.head_cells(summary, tests, group, metric)
+release()  # all read
 if cells.empty:
     st.info("No single-head ablation has been computed yet.")
     st.stop()
 
-st.caption(f"{len(cells)} heads ({family}, one at a time) over {int(cells['images'].max()):,} images: "
+st.caption(f"{len(cells)} heads ({group}, one at a time) over {int(cells['images'].max()):,} images: "
            f"{md(where.caption)}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, blue "
            f"higher). Outlined: significant under the rule of every page ({md(stats.RULE)}). Click a head to "
            f"see the images whose correctness it flips.")
-event = st.altair_chart(charts.head_heatmap(cells, metric, family), on_select="rerun", key="heads_map",
+event = st.altair_chart(charts.head_heatmap(cells, metric, group), on_select="rerun", key="heads_map",
                         selection_mode="cell")
 picked = heads.picked_ablation(event)
 if picked:
-    st.switch_page("views/failures.py", query_params={"run": ctx.name, "ablation": picked, "outcome": "flip"})
+    st.switch_page(navigation.page("failures"), query_params={"run": ctx.name, "ablation": picked, "outcome": "flip"})
 
 st.subheader("Every head")
-ui.change_table(cells.sort_values("change"), ["layer", "head"], metric, "the head ablated")
+change_table(cells.sort_values("change"), ["layer", "head"], metric, "the head ablated")

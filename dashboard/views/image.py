@@ -14,18 +14,19 @@ import streamlit as st
 
 from analysis import charts, queries, slices
 from analysis.text import md, md_list
-from dashboard import ui
-from dashboard.attention_ui import attention_section
-from dashboard.state import param_select, reset_param
+from dashboard import failure_slice, layout, navigation, widgets
+from dashboard.attention_ui import attention_section, stored_means
+from dashboard.context import context, no_results
+from dashboard.reading import load
+from dashboard.state import param_select, reset_param, url_param
+from dashboard.thumbnails import image_paths, thumbnail
 
-ctx = ui.context()
+ctx = context()
 st.title("Image")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
 
 PHOTO_PX = 280
-FAILURES_PAGE_SIZE = 24  # as views/failures.py: the grid page an image sits on
-SLICE_PARAMS = ("outcome", "label", "selected", "sort")  # the Failures filters a link from there carries
 
 
 @dataclass(frozen=True)
@@ -37,40 +38,45 @@ class Shown:
     info: dict
     scores: pd.DataFrame  # queries.image_scores
     picks: pd.DataFrame  # queries.image_selections
+    means: dict | None  # the statistics of a mean ablation's attention maps (attention_ui.stored_means)
 
 
-images = ui.load(queries.images, ctx.run_id)
+@dataclass(frozen=True)
+class FailuresSlice:
+    """The Failures slice this page was opened from (its filters travel in the URL)."""
+
+    where: slices.Slice
+    sort: str
+    filters: dict[str, str]  # failure_slice.FILTERS as the link carried them
+    order: list[int]  # the slice's images in the grid's order
+
+
+images = load(queries.images, ctx.run_id)
 labels_of = dict(zip(images["image_id"].map(int), images["labels"], strict=True))
 ids = list(labels_of)
 left, mid = st.columns([3, 2])  # the image's labels may be long
 image_id = param_select("Image", ids, "image", container=left, format_func=lambda i: f"{i} · {labels_of[i]}")
-default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
-ablation = ui.ablation_select(ctx, "Highlight (and compare with baseline)", "ablation", default=default,
-                              container=mid)
+ablation = widgets.ablation_select(ctx, "Highlight (and compare with baseline)", "ablation",
+                                   default=ctx.default_ablation(), container=mid)
 
 
-def failures_slice() -> tuple[slices.Slice, str, dict[str, str]] | None:
-    """The Failures slice this page was opened from (its filters travel in the URL), or None."""
-    if st.query_params.get("from") != "failures":
+def failures_slice() -> FailuresSlice | None:
+    """The Failures slice of the URL (a link from the grid), or None."""
+    if url_param("from") != failure_slice.FROM:
         return None
-    params = {k: st.query_params.get(k, "") for k in SLICE_PARAMS}
-    if params["outcome"] not in slices.OUTCOMES:
-        params["outcome"] = "wrong"
-    if params["sort"] not in queries.SORTS:
-        params["sort"] = "image"
-    where = (slices.ablation(ctx.ablation_id(ablation), ablation) & slices.outcome(params["outcome"])
-             & slices.true_label(params["label"]) & slices.selected_label(params["selected"]))
-    return where, params["sort"], params
+    filters = {k: url_param(k) for k in failure_slice.FILTERS}
+    if filters["outcome"] not in slices.OUTCOMES:
+        filters["outcome"] = "wrong"
+    if filters["sort"] not in queries.SORTS:
+        filters["sort"] = "image"
+    where = failure_slice.where(ctx, ablation, filters["outcome"], filters["label"], filters["selected"])
+    return FailuresSlice(where, filters["sort"], filters,
+                         load(queries.slice_images, ctx.run_id, ctx.baseline_id, where, filters["sort"]))
 
 
-def slice_navigation() -> None:
+def slice_navigation(found: FailuresSlice) -> None:
     """Previous / next within the Failures slice, and back to its grid page, all in this tab."""
-    found = failures_slice()
-    if found is None:
-        return
-    where, sort, params = found
-    order = ui.load(queries.slice_images, ctx.run_id, ctx.baseline_id, where, sort)
-    link = {"run": ctx.name, "ablation": ablation, "from": "failures", **{k: v for k, v in params.items() if v}}
+    order = found.order
     if image_id in order:
         k = order.index(image_id)
         where_text = f"image {k + 1:,} of {len(order):,}"
@@ -78,30 +84,36 @@ def slice_navigation() -> None:
         k = -1
         where_text = f"not one of its {len(order):,} images"
     prev_col, text_col, next_col, back_col = st.columns([1, 3, 1, 1])
-    text_col.caption(f"Failures slice: {md(where.caption)}; sorted by {md(queries.SORTS[sort][1])}: {where_text}.")
+    text_col.caption(f"Failures slice: {md(found.where.caption)}; sorted by {md(queries.SORTS[found.sort][1])}: "
+                     f"{where_text}.")
     # Buttons, not links to this page: a link to the page one is on reruns it without updating the
     # address bar, and the URL would no longer say which image is shown.
-    prev_col.button("Previous", icon=":material/arrow_back:", disabled=k <= 0, key="slice_previous",
+    prev_col.button("Previous", disabled=k <= 0, key="slice_previous",
                     on_click=reset_param, args=("image", order[k - 1] if k > 0 else image_id))
     nxt = order[k + 1] if 0 <= k + 1 < len(order) else (order[0] if order and k < 0 else None)
-    next_col.button("Next", icon=":material/arrow_forward:", disabled=nxt is None, key="slice_next",
+    next_col.button("Next", disabled=nxt is None, key="slice_next",
                     on_click=reset_param, args=("image", nxt if nxt is not None else image_id))
-    back = {kk: v for kk, v in link.items() if kk != "from"}
-    back["page"] = str(max(k, 0) // FAILURES_PAGE_SIZE + 1)
-    back_col.page_link("views/failures.py", label="Failures", icon=":material/grid_view:", query_params=back)
+    back = {"run": ctx.name, "ablation": ablation, **{kk: v for kk, v in found.filters.items() if v},
+            "page": str(failure_slice.grid_page(max(k, 0)))}
+    back_col.page_link(navigation.page("failures"), label="Failures", query_params=back)
 
 
-slice_navigation()
-info = ui.load(queries.image, ctx.run_id, image_id)
-shown = Shown(image_id, ablation, info, ui.load(queries.image_scores, ctx.run_id, image_id),
-              ui.load(queries.image_selections, ctx.run_id, image_id))
+# Every read first, then the drawing (dashboard.reading).
+found = failures_slice()
+info = load(queries.image, ctx.run_id, image_id)
+shown = Shown(image_id, ablation, info, load(queries.image_scores, ctx.run_id, image_id),
+              load(queries.image_selections, ctx.run_id, image_id), stored_means(ctx, ablation))
+image_paths(ctx.run_id)  # what the photo opens
+
+if found is not None:
+    slice_navigation(found)
 st.caption(f"Image {image_id} ({md(info['file_name'])}) of run {md(ctx.name)}: labels "
            f"{md_list(info['labels'])}; highlighted ablation {md(ablation)}.")
 
 
 def photo_and_baseline(s: Shown) -> None:
     photo, text = st.columns([1, 2])
-    photo.image(ui.thumbnail(ctx.run_id, s.image_id, PHOTO_PX), width=PHOTO_PX,
+    photo.image(thumbnail(ctx.run_id, s.image_id, PHOTO_PX), width=PHOTO_PX,
                 caption=f"{md(s.info['file_name'])} · {md_list(s.info['labels'])}")
     base = s.picks[s.picks["ablation_id"] == ctx.baseline_id]
     if s.picks.empty:
@@ -143,12 +155,12 @@ def selections_table(s: Shown) -> None:
 
 def logit_charts(s: Shown) -> None:
     st.subheader("Logits of every prompt")
-    ui.chart(charts.logit_heatmap, s.scores, s.picks, s.ablation)
-    ui.chart(charts.logit_bars, s.scores, list(dict.fromkeys([ctx.baseline_name, s.ablation])))
+    layout.chart(charts.logit_heatmap, s.scores, s.picks, s.ablation)
+    layout.chart(charts.logit_bars, s.scores, list(dict.fromkeys([ctx.baseline_name, s.ablation])))
 
 
 def attention_maps(s: Shown) -> None:
-    attention_section(ctx, s.info, s.ablation)
+    attention_section(ctx, s.info, s.ablation, s.means)
 
 
 SECTIONS = [photo_and_baseline, selections_table, logit_charts, attention_maps]

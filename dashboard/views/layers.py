@@ -5,38 +5,39 @@ import streamlit as st
 
 from analysis import charts, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import ui
+from dashboard import layout, widgets
+from dashboard.context import context, no_results
+from dashboard.reading import load
 from dashboard.state import param_select
 
-ctx = ui.context()
+ctx = context()
 st.title("Layers")
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
 
-labels = ui.load(queries.true_labels, ctx.run_id)
-summary_all = ui.load(tables.summary, ctx.run_id, slices.EVERYTHING)
+labels = load(queries.true_labels, ctx.run_id)
+summary_all = load(tables.summary, ctx.run_id, slices.EVERYTHING)
 metrics = tables.metrics_of(summary_all)
 left, mid, right = st.columns(3)
-label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=left)
+label = widgets.label_select("True label", "label", list(labels["label"]), container=left)
 metric = param_select("Metric", metrics, "metric", container=mid, format_func=tables.METRIC_TITLES.get)
-default = ctx.ablation_names()[1] if len(ctx.ablations) > 1 else None
-ablation = ui.ablation_select(ctx, "Confusion under", "ablation", default=default, container=right)
+ablation = widgets.ablation_select(ctx, "Confusion under", "ablation", default=ctx.default_ablation(), container=right)
 where = slices.true_label(label)
 
-# Every query first, then the drawing: the store is read in one go (see ui.release).
-summary = ui.load(tables.summary, ctx.run_id, where) if label else summary_all
-label_accuracy = ui.load(queries.label_accuracy, ctx.run_id)
-confusion = ui.load(queries.confusion, ctx.run_id, ctx.ablation_id(ablation))
+# Every query first, then the drawing: the store is read in one go (see dashboard.reading).
+summary = load(tables.summary, ctx.run_id, where) if label else summary_all
+label_accuracy = load(queries.label_accuracy, ctx.run_id)
+confusion = load(queries.confusion, ctx.run_id, ctx.ablation_id(ablation))
 tests = tables.mcnemar_of(summary)  # the very numbers behind every mark and count of the run
 
 st.caption(f"Curves and tests over {int(summary['images'].max()):,} images: {md(where.caption)}. {stats.RULE}")
-curve, blocks = ui.chart_columns(2)
-ui.chart(charts.layer_curve, summary, metric, container=curve)
-ui.chart(charts.block_bars, summary, metric, container=blocks)
+curve, blocks = layout.chart_columns(2)
+layout.chart(charts.layer_curve, summary, metric, container=curve)
+layout.chart(charts.block_bars, summary, metric, container=blocks)
 
 st.subheader("Accuracy per true label")
 st.caption("Every image counts under each of its labels; all images, whatever the label filter above.")
-ui.chart(charts.label_heatmap, label_accuracy, ctx.ablations)
+layout.chart(charts.label_heatmap, label_accuracy, ctx.ablations)
 
 st.subheader("Confusion")
 st.caption(f"True label x selected label under {md(ablation)}, all images. Each image counts once: a right pick "
@@ -44,7 +45,7 @@ st.caption(f"True label x selected label under {md(ablation)}, all images. Each 
 if confusion.empty:
     st.info(f"Nothing computed under {md(ablation)} yet.")
 else:
-    ui.chart(charts.confusion_chart, confusion, ablation)
+    layout.chart(charts.confusion_chart, confusion, ablation)
 
 st.subheader("Paired test against baseline (McNemar)")
 n_significant = int(tests["significant"].sum())

@@ -5,22 +5,24 @@ import streamlit as st
 
 from analysis import charts, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import ui
+from dashboard import layout, widgets
+from dashboard.context import context, no_results
+from dashboard.reading import load
 
-ctx = ui.context()
+ctx = context()
 st.title("Overview")
 st.caption("Per ablation: images computed, accuracy (the selected prompt's label is among the image's labels), "
            "the selected prompt's CLIP score against the unablated image embedding, the generated caption's "
            "score, and each one's change (Δ) against baseline. " + stats.RULE)
-if ui.no_results(ctx):
+if no_results(ctx):
     st.stop()
 
-labels = ui.load(queries.true_labels, ctx.run_id)
+labels = load(queries.true_labels, ctx.run_id)
 left, _ = st.columns([1, 3])
-label = ui.label_select(ctx, "True label", "label", list(labels["label"]), container=left)
+label = widgets.label_select("True label", "label", list(labels["label"]), container=left)
 where = slices.true_label(label)
-summary = ui.load(tables.summary, ctx.run_id, where)
-errors = ui.load(queries.errors, ctx.run_id)
+summary = load(tables.summary, ctx.run_id, where)
+errors = load(queries.errors, ctx.run_id)
 n_images = int(summary["images"].max()) if len(summary) else 0
 st.caption(f"Selecting {n_images:,} images: {md(where.caption)}.")
 
@@ -41,8 +43,8 @@ if len(others):
 st.dataframe(tables.table1_style(summary), hide_index=True)
 st.caption(f"{md(tables.MARK)} after a change: significant under the rule above. Columns sort by their numbers; "
            "baseline's own change is —.")
-ui.chart_panels(charts.table1_chart, summary, tables.metrics_of(summary))
-ui.chart_panels(charts.change_chart, summary, tables.metrics_of(summary))
+layout.chart_panels(charts.table1_chart, summary, tables.metrics_of(summary))
+layout.chart_panels(charts.change_chart, summary, tables.metrics_of(summary))
 
 if len(errors):
     with st.expander(f"{len(errors)} image(s) could not be processed"):

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlparse
 import pytest
 from conftest import ROOT, sql
 
+from dashboard.pages import PAGES as PAGE_INFO
+from dashboard.pages import SECTIONS, page_info
 from tools.screenshots import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -39,9 +41,6 @@ from tools.synthetic import make_coco
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
-TITLES = {"overview": "Overview", "layers": "Layers", "heads": "Heads", "flow": "Flow", "image": "Image",
-          "failures": "Failures", "compare": "Compare", "embeddings": "Embeddings", "prompt_lab": "Prompt lab",
-          "export": "Export"}
 WIDTHS = (1440, 1280, 800)
 # Long prompts that differ only at the end: cut to ~17 characters they could not be told apart.
 PROMPTS = ["a photo of a small black cat on the floor", "a photo of a small black dog on the floor",
@@ -176,11 +175,13 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
     ablation = max(["identity:1-12", "identity:1-3", "identity:5"], key=lambda a: len(wrong_under(db, a)))
     params = {"run": run_name, "image": "3", "ablation": ablation}
     tab = browser.new_page(viewport={"width": WIDTHS[0], "height": 1000})
+    hosts = set()  # every host the browser asked anything of (a material icon would come from fonts.gstatic.com)
+    tab.on("request", lambda r: hosts.add(urlparse(r.url).hostname) if not r.url.startswith("data:") else None)
     problems = []
     for page in PAGES:
         tab.set_viewport_size({"width": WIDTHS[0], "height": 1000})
         open_page(tab, server, page, params)
-        assert tab.locator("h1").first.inner_text() == TITLES[page]
+        assert tab.locator("h1").first.inner_text() == page_info(page).title
         assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
         for width in WIDTHS:
             if width != WIDTHS[0]:
@@ -190,9 +191,14 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
             if width in (WIDTHS[0], WIDTHS[-1]):
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 tab.screenshot(path=str(ARTIFACTS / f"{page}-{width}.png"), full_page=True)
+    menu = tab.locator('[data-testid="stSidebarNav"]').inner_text()
     tab.close()
     assert problems == []
     assert outside_requests(listener) == []  # every page shows the payloads in the data without fetching them
+    assert hosts == {"127.0.0.1"}
+    # The menu in its sections, in the registry's order.
+    assert [line for line in menu.splitlines() if line.strip()] == [
+        entry for section in SECTIONS for entry in (section, *(p.title for p in PAGE_INFO if p.section == section))]
 
 
 def test_the_image_page_shows_every_prompt_whole(server, browser, payload_store):
@@ -290,7 +296,7 @@ def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_i
         for page in ("heads", "flow", "image"):
             open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
             assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
-            assert tab.locator("h1").first.inner_text() == TITLES[page]
+            assert tab.locator("h1").first.inner_text() == page_info(page).title
             tab.screenshot(path=str(out / f"{page}.png"), full_page=True)
         open_page(tab, url, "heads", {"run": "tiny-heads"})
         # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).

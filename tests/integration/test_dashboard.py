@@ -23,6 +23,8 @@ from analysis import charts, queries, slices, stats, tables
 from analysis.text import md
 from compute import store
 from compute.store import DB_ENV
+from dashboard.pages import DEFAULT, page_info
+from dashboard.state import widget_key
 
 N_ABLATIONS = DASH_ABLATIONS
 
@@ -36,8 +38,8 @@ def app(dash_store, monkeypatch):
         at = AppTest.from_file(APP, default_timeout=60)
         at.query_params.update(params)
         at.run()
-        if page != "overview":
-            at.switch_page(f"views/{page}.py").run()
+        if page != DEFAULT:
+            at.switch_page(page_info(page).path).run()
         assert not at.exception, at.exception[0].value
         return at
 
@@ -59,7 +61,7 @@ def caption_text(at: AppTest) -> str:
 
 
 def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == f"param:{param}")
+    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,7 +445,7 @@ def test_compare_runs_offers_only_runs_asking_the_same_prompts(dash_store, tmp_p
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params.update({"run": "tiny", "mode": "runs", "a": "zero:5-8", "b": "identity:1-12"})
     at.run()
-    at.switch_page("views/compare.py").run()
+    at.switch_page(page_info("compare").path).run()
     assert not at.exception
     assert select(at, "run_b").options == ["tiny-singles"]  # "other" asks other prompts: no pairing with it
     assert "Not comparable with tiny (other prompts or labels): other." in caption_text(at)
@@ -477,9 +479,9 @@ def test_thumbnails_open_only_the_files_the_store_lists_for_the_run(dash_store):
     that run; the rows pages draw thumbnails from carry no path at all."""
     import inspect
 
-    from dashboard import ui
+    from dashboard import thumbnails
 
-    assert list(inspect.signature(ui.thumbnail).parameters) == ["run_id", "image_id", "size"]
+    assert list(inspect.signature(thumbnails.thumbnail).parameters) == ["run_id", "image_id", "size"]
     with store.connect(dash_store, read_only=True) as con:
         rows = queries.slice_rows(con, 1, 0, slices.EVERYTHING, limit=3)
         flips = queries.compare_flips(con, 1, 0, 2, 1)

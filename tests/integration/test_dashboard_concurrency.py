@@ -2,27 +2,56 @@
 
 A real compute process commits batch after batch (each an open -> write -> close transaction) while the
 dashboard renders pages and reads the run's progress through its own query functions: no lock error, no
-exception on a page, progress that only grows and is seen part way, and a run that still completes.
+exception on a page, progress that only grows and is seen part way, and a run that still completes. And,
+deterministically, what a writer committing in the middle of a render does: the render starts over, so a
+page never draws two states of the store at once.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import APP, ROOT
+from conftest import APP, DASH_ABLATIONS, ROOT
 from streamlit.testing.v1 import AppTest
 
 from analysis import queries
 from compute import store
 from compute.store import DB_ENV
-from dashboard import ui
+from dashboard.context import progress
+from dashboard.pages import page_info
 from tools.synthetic import make_coco, write_experiment
 
 N_LIVE = 48
+
+# A render that reads the runs, lets a writer in (as layout.chart does before drawing), then reads each run's
+# ablations. The first time, a run is deleted in between: read as they come, the two reads would disagree
+# (a listed run without ablations).
+MID_RENDER_WRITE = """
+from pathlib import Path
+
+import streamlit as st
+
+from analysis import queries
+from compute import store
+from dashboard import reading
+
+db = Path({db!r})
+st.session_state["renders"] = st.session_state.get("renders", 0) + 1
+with reading.render(db):
+    runs = reading.load(queries.runs)
+    reading.release()
+    if not st.session_state.get("written"):
+        st.session_state["written"] = True
+        with store.connect(db) as con:
+            store.delete_run(con, store.find_run(con, "tiny-singles").run_id)
+    counts = [len(reading.load(queries.ablations, int(i))) for i in runs["run_id"]]
+    st.text(repr((list(runs["run"]), counts)))
+"""
 
 
 def run_progress(db) -> tuple[str, int, int] | None:
@@ -32,7 +61,19 @@ def run_progress(db) -> tuple[str, int, int] | None:
     if runs.empty:
         return None
     run = runs.iloc[0].to_dict()
-    return (run["status"], *ui.progress(run))
+    return (run["status"], *progress(run))
+
+
+def test_a_commit_in_the_middle_of_a_render_starts_it_over_on_the_new_state(dash_store, tmp_path):
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(dash_store, db)
+    at = AppTest.from_string(MID_RENDER_WRITE.format(db=str(db)), default_timeout=60).run()
+    assert not at.exception, at.exception[0].value
+    assert at.session_state["renders"] == 2  # the first render found the store changed and started over
+    (shown,) = [t.value for t in at.text]
+    assert shown == repr((["tiny"], [DASH_ABLATIONS]))  # one state: the run deleted, the other whole
+    at.run()  # nothing changed since: one render, from the cache
+    assert at.session_state["renders"] == 3 and [t.value for t in at.text] == [shown]
 
 
 @pytest.mark.slow
@@ -46,7 +87,7 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monkeypatch.setenv(DB_ENV, str(db))
     seen, at = [], None
-    pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py"]
+    pages = [page_info(k).path for k in ("overview", "failures", "layers", "image")]
     try:
         deadline = time.monotonic() + 240
         while writer.poll() is None and time.monotonic() < deadline:
@@ -106,7 +147,7 @@ def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py", "views/compare.py"]
+    pages = [page_info(k).path for k in ("overview", "failures", "layers", "image", "compare")]
     renders = 0
     try:
         deadline = time.monotonic() + 240
@@ -125,5 +166,5 @@ def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path,
     with store.connect(db, read_only=True) as con:
         assert list(queries.runs(con)["run"]) == ["keep"]
     at.query_params["run"] = victims[0]  # a link to a deleted run opens the remaining one
-    at.switch_page("views/overview.py").run()
+    at.switch_page(page_info("overview").path).run()
     assert not at.exception and at.sidebar.selectbox[0].value == "keep"

@@ -15,6 +15,8 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from compute.store import DB_ENV
+from dashboard.pages import page_info
+from dashboard.state import widget_key
 
 RUN = "tiny-heads"
 
@@ -24,7 +26,7 @@ def open_page(db, monkeypatch, page: str, **params: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params.update(params)
     at.run()
-    at.switch_page(f"views/{page}.py").run()
+    at.switch_page(page_info(page).path).run()
     assert not at.exception, at.exception[0].value
     return at
 
@@ -35,7 +37,7 @@ def chart_rows(at: AppTest) -> list[list[dict]]:
 
 
 def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == f"param:{param}")
+    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 def changes_in_sql(db, metric: str) -> dict[str, float]:
@@ -67,7 +69,7 @@ def test_heads_page_draws_every_head_of_every_layer_with_its_change_against_base
     assert len(table) == 48 and set(table["ablation"]) == set(cells)
     assert any("48 heads (identity, one at a time)" in c.value for c in at.caption)
 
-    # The other single-head family of the run, and the score instead of accuracy.
+    # The other group of single-head ablations of the run, and the score instead of accuracy.
     assert select(at, "heads_kind").options == ["identity", "mean"]
     select(at, "metric").set_value("score_baseline").run()
     assert not at.exception and at.query_params["metric"] == "score_baseline"

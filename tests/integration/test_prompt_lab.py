@@ -9,6 +9,7 @@ from conftest import APP, DASH_ABLATIONS, sql
 
 from analysis.text import md
 from compute.store import DB_ENV
+from dashboard.pages import page_info
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_prompt_lab_scores_typed_prompts_and_saves_them_as_a_run(store_copy, mon
     at = AppTest.from_file(APP, default_timeout=90)
     at.query_params.update(run="tiny")
     at.run()
-    at.switch_page("views/prompt_lab.py").run()
+    at.switch_page(page_info("prompt_lab").path).run()
     assert not at.exception, at.exception[0].value
 
     # Opened on the run's own prompts, the lab reproduces the run's stored accuracy from its embeddings.
@@ -69,6 +70,6 @@ def test_prompt_lab_explains_bad_lines(store_copy, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=90)
     at.query_params.update(run="tiny", prompts="a photo of a cat")
     at.run()
-    at.switch_page("views/prompt_lab.py").run()
+    at.switch_page(page_info("prompt_lab").path).run()
     assert not at.exception
     assert any(md("write `text | label`") in e.value for e in at.error)  # shown as text

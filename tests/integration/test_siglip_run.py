@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from compute.__main__ import main
 from compute.dataset import open_image
 from compute.store import DB_ENV
+from dashboard.pages import DEFAULT, page_info
 from tools.synthetic import write_experiment
 
 N_LAYERS = 6  # the tiny SigLIP
@@ -117,8 +118,8 @@ def page(siglip_store, monkeypatch):
         at = AppTest.from_file(APP, default_timeout=120)
         at.query_params.update({"run": "sig", **params})
         at.run()
-        if name != "overview":
-            at.switch_page(f"views/{name}.py").run()
+        if name != DEFAULT:
+            at.switch_page(page_info(name).path).run()
         assert not at.exception, at.exception[0].value
         return at
 

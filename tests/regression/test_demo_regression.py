@@ -100,6 +100,7 @@ def test_overview_and_layers_count_the_same_reliably_worse_ablations(demo_store,
     from streamlit.testing.v1 import AppTest
 
     from compute.store import DB_ENV
+    from dashboard.pages import page_info
 
     monkeypatch.setenv(DB_ENV, str(demo_store))
     app = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -108,7 +109,7 @@ def test_overview_and_layers_count_the_same_reliably_worse_ablations(demo_store,
     at.run()
     assert not at.exception
     shown = {m.label: m.value for m in at.metric}["Ablations reliably worse"]
-    at.switch_page("views/layers.py").run()
+    at.switch_page(page_info("layers").path).run()
     assert not at.exception
     tests = at.dataframe[0].value  # the Layers page's McNemar table
     worse = tests[(tests["significant"] == "yes") & (tests["only_baseline"] > tests["only_ablation"])]

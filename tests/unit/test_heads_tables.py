@@ -41,14 +41,14 @@ def _tests() -> pd.DataFrame:
 
 def test_head_cells_keep_single_heads_of_single_layers_with_the_summarys_verdicts():
     summary = _summary(ROWS)
-    assert heads.head_families(summary) == ["identity", "zero", "knockout:patches>cls"]
+    assert heads.head_groups(summary) == ["identity", "zero", "knockout:patches>cls"]
     cells = heads.head_cells(summary, _tests(), "identity", "accuracy")
     assert list(cells["ablation"]) == ["identity:1/h0", "identity:1/h1", "identity:2/h0"]
     assert list(zip(cells["layer"], cells["head"], strict=True)) == [(1, 0), (1, 1), (2, 0)]
     assert list(cells["change"]) == pytest.approx([-0.01, -0.02, -0.03])
     # Holm over every ablation of the run, as the Overview counts them: the same marks on every page.
-    family = stats.holm(list(P.values()))  # ablations 1..9; baseline is not a test
-    assert list(cells["p_holm"]) == pytest.approx(list(family[0:3]))
+    adjusted = stats.holm(list(P.values()))  # ablations 1..9; baseline is not a test
+    assert list(cells["p_holm"]) == pytest.approx(list(adjusted[0:3]))
     assert list(cells["holds"]) == [True, False, False]  # 0.007 < 0.05; 0.09 and 0.2 do not
     knocked = heads.head_cells(summary, _tests(), "knockout:patches>cls", "accuracy")
     assert list(knocked["ablation"]) == ["knockout:2/patches>cls/h1"]
@@ -58,8 +58,8 @@ def test_flow_cells_keep_whole_single_layer_knockouts():
     cells = heads.flow_cells(_summary(ROWS), _tests(), "accuracy")
     assert list(cells["ablation"]) == ["knockout:1/patches>cls", "knockout:1/cls>patches"]
     assert list(cells["target"]) == ["patches>cls", "cls>patches"]
-    family = stats.holm(list(P.values()))
-    assert list(cells["p_holm"]) == pytest.approx([family[6], family[7]])
+    adjusted = stats.holm(list(P.values()))
+    assert list(cells["p_holm"]) == pytest.approx([adjusted[6], adjusted[7]])
 
 
 def test_the_heatmap_outlines_exactly_the_cells_that_hold_and_selects_by_ablation():

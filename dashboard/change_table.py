@@ -1,0 +1,30 @@
+"""The Heads and Flow pages' table of cells (rows of analysis.heads): each cell's change against baseline
+with its interval, McNemar's counts, p and the verdict of the one significance rule."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from analysis import stats, tables
+
+
+def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str) -> None:
+    """``keys`` name each cell (layer, head or target), then the change of ``metric`` against baseline, its
+    95% interval, McNemar's counts, p and the verdict; ``ablated`` says what differs from baseline ("the
+    head ablated")."""
+    shown = cells.assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))
+    st.dataframe(
+        shown[["ablation", *keys, "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p", "p_holm",
+               "holds"]],
+        hide_index=True,
+        column_config={
+            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
+            "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
+            "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
+            "only_baseline": st.column_config.NumberColumn("right only under baseline"),
+            "only_ablation": st.column_config.NumberColumn(f"right only with {ablated}"),
+            "p_holm": st.column_config.TextColumn("p (Holm)"),
+            "holds": st.column_config.CheckboxColumn("holds after Holm"),
+        },
+    )
