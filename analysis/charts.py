@@ -354,7 +354,7 @@ def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
     """Per layer, the change of ``metric`` against baseline when one flow of information is knocked out in
     that layer alone, with its 95% paired interval; filled points hold after Holm's correction."""
     # Imported here, not above: compute.ablations brings torch (1-2 s), which no other chart needs.
-    from compute.ablations import TARGETS
+    from compute.kinds import TARGETS
 
     data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}))
     targets = [t for t in TARGETS if t in set(data["target"])]

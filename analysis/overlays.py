@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from compute.ablations import BASELINE, Means, parse_ablation
+from compute.ablations import BASELINE, parse_ablation
 from compute.attention_maps import MEANING, attention_maps, patch_grid
 from compute.dataset import open_image
+from compute.kinds import Means
 from compute.models import LoadedClip, pixel_values, seen_image
 from compute.towers import has_cls, n_heads_of, n_layers_of
 

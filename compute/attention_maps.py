@@ -23,16 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compute.ablations import (
-    KINDS,
-    NORMAL,
-    Ablation,
-    LayerMode,
-    Means,
-    check,
-    replacement,
-    vision_layers,
-)
+from compute.ablations import Ablation, check, vision_layers
+from compute.kinds import KINDS, NORMAL, LayerMode, Means, replacement
 from compute.towers import has_cls, n_heads_of, pool_attention, tokens_in
 
 # What one map shows, by whether the tower has a CLS token (for captions).

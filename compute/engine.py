@@ -18,7 +18,7 @@ Two more savings, both exact:
   heads read every token. A tower without a CLS token (SigLIP) pools every token of the last layer with an
   attention head, so there every node computes every token: the shortcut is used only where it is exact;
 - a kind's whole-layer form may skip what it does not need (identity: the query/key projections and the
-  softmax, see ablations.identity_attention).
+  softmax, see kinds.identity_attention).
 """
 
 from __future__ import annotations
@@ -30,18 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compute.ablations import (
-    HEAD_MEAN_STAT,
-    MEAN_STAT,
-    NORMAL,
-    Ablation,
-    LayerMode,
-    Means,
-    check,
-    patched,
-    replacement,
-    vision_layers,
-)
+from compute.ablations import Ablation, check, patched, vision_layers
+from compute.kinds import HEAD_MEAN_STAT, MEAN_STAT, NORMAL, LayerMode, Means, replacement
 from compute.towers import has_cls, image_inputs, n_heads_of, pool, tokens_in
 
 

@@ -23,8 +23,8 @@ TOLERANCE = 1e-4  # as the CPU tests
 
 def groups(n_layers: int, n_heads: int, cls: bool) -> dict[str, list[str]]:
     """Ablation texts by group, for a tower of n_layers x n_heads (with or without a CLS token): every
-    registered kind with every target the tower takes (compute.ablations.kind_targets)."""
-    from compute.ablations import kind_targets
+    registered kind with every target the tower takes (compute.kinds.kind_targets)."""
+    from compute.kinds import kind_targets
 
     some = sorted({1, n_layers // 2, n_layers})
     forms = [(kind, f"/{target}" if target else "") for kind, target in kind_targets(cls)]

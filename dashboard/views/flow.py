@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
-from compute.ablations import TARGETS
+from compute.kinds import TARGETS
 from dashboard import layout, widgets
 from dashboard.change_table import change_table
 from dashboard.context import context, no_results

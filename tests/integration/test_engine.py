@@ -5,19 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compute.ablations import (
-    MEAN_STAT,
-    NORMAL,
-    LayerMode,
-    dedupe,
-    kind_targets,
-    mean_needs,
-    parse_ablation,
-    patched,
-    sweep,
-    vision_layers,
-)
+from compute.ablations import dedupe, mean_needs, parse_ablation, patched, sweep, vision_layers
 from compute.engine import SweepEngine, attention_means, build_tree, count_nodes, plain_batch
+from compute.kinds import MEAN_STAT, NORMAL, LayerMode, kind_targets
 
 # Whole layers of every registered kind with every target it takes: single layers, blocks, lists, every layer,
 # and the tail of the tower (where CLS-local kinds run on the CLS token alone).

@@ -1,4 +1,4 @@
-"""Heads and token flow: every registered kind (compute.ablations.KINDS), at layer and head grain and with
+"""Heads and token flow: every registered kind (compute.kinds.KINDS), at layer and head grain and with
 every target it takes, through the engine, held to the plain method (patch the modules, rerun the whole
 model); the built-in kinds also to an independent formulation (attention probabilities replaced inside
 transformers' own eager attention); every kind's probabilities to its outputs and to the attention maps;
@@ -14,23 +14,7 @@ import pytest
 import torch
 import transformers.models.clip.modeling_clip as modeling_clip
 
-from compute.ablations import (
-    HEAD_MEAN_STAT,
-    KINDS,
-    MEAN_STAT,
-    NORMAL,
-    Ablation,
-    Kind,
-    LayerMode,
-    head_attention,
-    kind_targets,
-    mean_needs,
-    parse_ablation,
-    replacement,
-    sweep,
-    sweeps,
-    vision_layers,
-)
+from compute.ablations import Ablation, mean_needs, parse_ablation, sweep, sweeps, vision_layers
 from compute.attention_maps import attention_maps, patch_grid, query_probabilities
 from compute.engine import (
     SweepEngine,
@@ -41,6 +25,17 @@ from compute.engine import (
     plain_batch,
 )
 from compute.errors import InputError
+from compute.kinds import (
+    HEAD_MEAN_STAT,
+    KINDS,
+    MEAN_STAT,
+    NORMAL,
+    Kind,
+    LayerMode,
+    head_attention,
+    kind_targets,
+    replacement,
+)
 
 N_LAYERS, N_HEADS = 12, 4  # the tiny_clip fixture: 12 layers, width 32, 4 heads, 17 tokens
 MIXED = ["identity:5-8/h0,h2", "knockout:3-4/patches>cls/h1", "mean:2/h1", "knockout:9-12/patches>cls",

@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from compute.ablations import Ablation, kind_targets, mean_needs, parse_ablation, patched, sweep, sweeps
+from compute.ablations import Ablation, mean_needs, parse_ablation, patched, sweep, sweeps
 from compute.attention_maps import attention_maps, patch_grid
 from compute.engine import SweepEngine, attention_means, build_tree, plain_batch
 from compute.errors import InputError
+from compute.kinds import kind_targets
 from compute.models import load_clip, pixel_values, seen_image
 from compute.scoring import cosine_logits, logit_scale, text_embeddings, text_tokens
 from compute.towers import (

@@ -1,27 +1,23 @@
 """Ablation syntax, canonical labels, sweeps, the registry of kinds, and the temporary patching of the plain
-method; the registry-wide tests run over every kind in compute.ablations.KINDS."""
+method; the registry-wide tests run over every kind in compute.kinds.KINDS."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compute.ablations import (
+from compute.ablations import Ablation, mean_needs, parse_ablation, patched, sweep
+from compute.errors import InputError
+from compute.kinds import (
     HEAD_MEAN_STAT,
     KINDS,
     MEAN_STAT,
-    Ablation,
     Kind,
     kind_targets,
     knockout_edges,
-    mean_needs,
-    parse_ablation,
-    patched,
-    sweep,
     zero_heads,
     zero_probabilities,
 )
-from compute.errors import InputError
 
 FORMS = kind_targets()  # every (kind, target) of the registry, on a tower with a CLS token
 
@@ -244,7 +240,8 @@ def test_a_list_of_sweeps_runs_in_order_with_duplicates_dropped():
 
 
 def test_a_tower_without_cls_knows_only_patches_to_patches():
-    from compute.ablations import knockout_edges, sweeps
+    from compute.ablations import sweeps
+    from compute.kinds import knockout_edges
 
     flow = sweep("flow", 12, 12, cls=False)
     assert len(flow) == 13 and {a.target for a in flow[1:]} == {"patches>patches"}
