@@ -25,7 +25,14 @@ from compute.errors import InputError
 from compute.models import LoadedClip, load_captioner, load_clip
 from compute.runlock import run_lock
 from compute.runner import RunResult, format_summary, label_warning
-from compute.scoring import batch_result, cosine_logits, logit_scale, text_embeddings, truth_matrix
+from compute.scoring import (
+    batch_result,
+    check_prompts,
+    cosine_logits,
+    logit_scale,
+    text_embeddings,
+    truth_matrix,
+)
 
 
 @dataclass
@@ -79,8 +86,10 @@ def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) 
 
 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
-            progress: bool = True, echo=print, clip: LoadedClip | None = None) -> RunResult:
-    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``."""
+            progress: bool = True, echo=print, clip: LoadedClip | None = None,
+            truncate_prompts: bool = False) -> RunResult:
+    """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts``. Prompts longer than
+    the text tower's positions are refused unless ``truncate_prompts`` (or the run ``name`` opted in)."""
     store.check_store(db, write=True)
     parent = open_run(db, name)
     exp = parent.exp
@@ -91,6 +100,8 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
     if (warning := label_warning(images, [p.label for p in prompts])) is not None:
         echo(warning)
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    exp.model.truncate_prompts = exp.model.truncate_prompts or truncate_prompts
+    check_prompts(clip, [p.text for p in prompts], exp.model.truncate_prompts, opt_in="--truncate-prompts")
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
