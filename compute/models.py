@@ -197,7 +197,7 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
     model_class, processor_class = _classes(family)
     try:
-        model = from_pretrained(model_class, name_or_path, "model", dtype=torch.float32)  # cast below, after the scalars
+        model = from_pretrained(model_class, name_or_path, "model", dtype=torch.float32)  # cast below
         processor = processor_class.from_pretrained(name_or_path)
     except ImportError as e:  # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece package
         hint = "; install it with: pip install sentencepiece" if "sentencepiece" in str(e).lower() else ""

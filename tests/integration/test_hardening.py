@@ -8,8 +8,10 @@ directory, an unwritable or unreadable file or folder, a file that is not a Duck
 application's DuckDB file, a newer schema), names and prompt texts (control characters, blank or
 zero-width-only text), prompts as the model's tokenizer reads them (too long for the text tower, two prompts
 the tokenizer makes the same), a model whose outputs are not finite, and a model whose config.json does not
-match its weights. Every error line is printable: user text in it is escaped, never printed raw. Most run in-process through ``compute.__main__.main`` (the same
-code as the command line, fast); a few run as real processes to show the whole stderr is that one line.
+match its weights. Every error line is printable: user text in it is escaped, never printed raw. Most run
+in-process through ``compute.__main__.main`` (the same code as the command line, fast); a few run as real
+processes to show the whole stderr is that one line. Non-finite results part way (exit 1, that batch
+unwritten) and a name stored before names were checked (``list`` escapes it) have tests of their own below.
 """
 
 from __future__ import annotations
