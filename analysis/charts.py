@@ -88,7 +88,7 @@ def table1_chart(summary: pd.DataFrame, metrics: list[str] | None = None, width:
 
 def change_chart(summary: pd.DataFrame, metrics: list[str] | None = None, width: int | str = 220):
     """Per ablation, each metric's change against baseline with its paired 95% interval, coloured by the
-    significance rule (Holm-adjusted McNemar for accuracy, paired bootstrap for the scores)."""
+    significance rule (Holm-adjusted McNemar for accuracy, the paired t-test for the scores)."""
     long = _summary_long(summary, prefix="d_", metrics=metrics).dropna(subset=["mean"])  # baseline: no change
     order = [a for a in summary["ablation"] if a in set(long["ablation"])]
     base = alt.Chart().encode(y=alt.Y("ablation:N", sort=order, title=None, axis=FULL_LABELS))

@@ -2,7 +2,7 @@
 
 Both start from Table 1 (``tables.summary``: each ablation's change against baseline with its paired 95%
 bootstrap interval, its p-value and its verdict under the one significance rule of every page: Holm-adjusted
-p < 0.05 over the run's ablations, McNemar's test for accuracy and the paired bootstrap for scores) and keep
+p < 0.05 over the run's ablations, McNemar's test for accuracy and the paired t-test for scores) and keep
 the cells a view shows, with McNemar's counts (``tables.mcnemar``) for the tooltip. A cell marked here is
 marked on the Overview and in the exports too.
 """

@@ -24,8 +24,8 @@ MINUS = "\u2212"  # typographic minus: "−0.017", not "-0.017"
 MARK = "*"  # after a change that is significant under the rule (stats.RULE)
 DIGITS = 3
 FOOTNOTE = ("Means over images with 95% bootstrap intervals; Δ: change against baseline, paired on images; "
-            f"{MARK} Holm-adjusted p < {stats.ALPHA} over the run's ablations (McNemar's test for accuracy, a "
-            "paired bootstrap for the scores).")
+            f"{MARK} Holm-adjusted p < {stats.ALPHA} over the run's ablations (McNemar's test for accuracy, the "
+            "paired t-test for the scores).")
 
 
 FAMILY_TEXT = {"clip": "CLIP vision tower (CLS token pooled)",
@@ -58,23 +58,24 @@ def metrics_of(summary_frame: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m != "caption_score" or has_captions(summary_frame)]
 
 
-def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
+def summary(con: queries.Con, run_id: int, where: Slice = EVERYTHING, seed: int = stats.SEED) -> pd.DataFrame:
     """The study's Table 1, generalised: one row per ablation of the run, with the significance rule applied.
 
     Columns: those of queries.ablations, images, and for each metric in METRICS its mean, ``_lo`` / ``_hi``
     (95% bootstrap interval over images), ``d_`` + the same for its change against baseline (paired: each
     resample draws the same images for the ablation and baseline), ``p_`` (the change's p-value: McNemar for
-    accuracy, the paired bootstrap for scores), ``p_holm_`` (Holm-adjusted over the run's other ablations)
+    accuracy, the paired t-test for scores), ``p_holm_`` (Holm-adjusted over the run's other ablations)
     and ``sig_`` (-1 significantly lower, 0 not significant, +1 higher; stats.verdict). McNemar's counts:
     ``pairs`` (images computed under the ablation and baseline), ``only_baseline``, ``only_ablation``,
     ``mcnemar_statistic``, ``mcnemar_method``. Baseline's own change columns are NaN (nothing to test).
+    ``seed`` draws the bootstrap's resamples: it moves the intervals a little and never a verdict.
     """
     ab = queries.ablations(con, run_id)
     m = queries.selection_matrix(con, run_id, where)
-    return summary_of(ab, m)
+    return summary_of(ab, m, seed)
 
 
-def summary_of(ab: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+def summary_of(ab: pd.DataFrame, m: pd.DataFrame, seed: int = stats.SEED) -> pd.DataFrame:
     """``summary`` from the frames it reads: queries.ablations and queries.selection_matrix."""
     out = ab.copy()
     n_abl = len(ab)
@@ -99,7 +100,7 @@ def summary_of(ab: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
     base = col_of[baseline_id(ab)]
     change = values - values[:, [base], :]  # paired: NaN unless both are present for the image
     flat = np.concatenate([values.reshape(len(image_ids), -1), change.reshape(len(image_ids), -1)], axis=1)
-    mean, low, high, se = (x.reshape(2, n_abl, len(METRICS)) for x in stats.bootstrap(flat))
+    mean, low, high = (x.reshape(2, n_abl, len(METRICS)) for x in stats.bootstrap(flat, seed=seed)[:3])
     out["images"] = (~np.isnan(values[:, :, 0])).sum(axis=0)
     others = np.arange(n_abl) != base
     for k, name in enumerate(METRICS):
@@ -110,8 +111,9 @@ def summary_of(ab: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
         out.loc[~others, ["d_" + name, "d_" + name + "_lo", "d_" + name + "_hi"]] = np.nan
     _mcnemar_columns(out, values[:, :, 0], base)
     for k, name in enumerate(METRICS[1:], start=1):
-        out["p_" + name] = [stats.bootstrap_p(mu, s) if j != base else np.nan
-                            for j, (mu, s) in enumerate(zip(mean[1, :, k], se[1, :, k], strict=True))]
+        p = stats.paired_t(change[:, :, k])  # (ablations,): deterministic, whatever the seed
+        p[base] = np.nan
+        out["p_" + name] = p
     for name in METRICS:
         out["p_holm_" + name] = stats.holm(out["p_" + name].to_numpy(dtype=np.float64))
         out["sig_" + name] = [stats.verdict(d, p) for d, p in zip(out["d_" + name], out["p_holm_" + name],

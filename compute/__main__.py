@@ -24,6 +24,8 @@ from compute.validation import (
     MAX_WORKERS,
     check_count,
     check_gpus,
+    check_run_name,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -129,11 +131,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         total = (r["n_images"] - r["n_failed"]) * r["n_ablations"]  # images that failed to load are not pending
-        table.append([
-            r["run"] if not r["parent_run"] else f"{r['run']} (from {r['parent_run']})", r["status"],
+        name = r["run"] if not r["parent_run"] else f"{r['run']} (from {r['parent_run']})"
+        table.append([  # names of stores made before names were checked may hold control characters
+            printable(name), r["status"],
             f"{r['n_images']:,}", f"{r['n_ablations']}", f"{r['n_prompts']}",
             f"{100 * r['n_done'] / total:.0f}%" if total else "-", f"{r['n_failed']:,}",
-            f"{r['created_at']:%Y-%m-%d %H:%M:%S}", str(r["model"]),
+            f"{r['created_at']:%Y-%m-%d %H:%M:%S}", printable(str(r["model"])),
         ])
     print(format_columns(["run", "status", "images", "abl.", "prompts", "done", "errors", "created", "model"],
                          table, right={2, 3, 4, 5, 6}))
@@ -166,10 +169,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from compute.rescore import rescore
 
     prompts = load_prompts(args.prompts)
-    if not args.new_name.strip() or "/" in args.new_name:
-        raise InputError(f"--as {args.new_name!r}: give a run name without '/'")
+    new_name = check_run_name(args.new_name, "--as")
     quiet_libraries()
-    rescore(chosen_db(args), args.run, prompts, args.new_name.strip(), progress=not args.no_progress)
+    rescore(chosen_db(args), args.run, prompts, new_name, progress=not args.no_progress,
+            truncate_prompts=args.truncate_prompts)
     return 0
 
 
@@ -245,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the stored run to rescore")
     p.add_argument("--prompts", required=True, help="TOML file of [[prompts]] entries (text, label)")
     p.add_argument("--as", dest="new_name", required=True, help="name of the new run")
+    p.add_argument("--truncate-prompts", action="store_true",
+                   help="cut prompts longer than the text tower's positions (77 tokens for CLIP) instead of "
+                   "refusing them (as [model] truncate_prompts = true in an experiment file)")
     add_db_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rescore)
@@ -277,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except InputError as e:  # user text in a message (a name, a prompt) is never printed raw
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return EXIT_INPUT
     except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return EXIT_RUN
     except KeyboardInterrupt:
         print("interrupted: what was committed is kept; run the same command again to resume", file=sys.stderr)

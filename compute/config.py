@@ -27,6 +27,9 @@ from compute.validation import (
     MAX_NEW_TOKENS,
     MAX_PROMPTS,
     check_count,
+    check_line,
+    check_run_name,
+    is_blank,
     read_text,
 )
 
@@ -43,6 +46,9 @@ class ModelConfig:
     device: str = "auto"
     dtype: str = "float32"  # float16 / bfloat16 halve memory and time on a GPU
     batch_size: int = 16
+    # A prompt longer than the text tower's positions (77 tokens for CLIP) is an error; true cuts it there
+    # instead. Not part of identity(): a run's results are the same either way once its prompts pass.
+    truncate_prompts: bool = False
 
 
 @dataclass
@@ -158,8 +164,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
         raise InputError(f"name must be a string such as name = \"coco-cats-dogs\", got {name!r:.80}")
     if not isinstance(name, str) or not name.strip():
         raise InputError("'name' is required: a run name such as name = \"coco-cats-dogs\"")
-    if "/" in name or len(name) > 100 or not name.isprintable():
-        raise InputError(f"name {name!r:.120} must be under 100 characters, printable, and contain no '/'")
+    name = check_run_name(name, "name")
 
     model = _section(ModelConfig, data.get("model"), "model", required={"clip"})
     model.clip = resolve_model_ref(model.clip, base)
@@ -201,7 +206,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     check_count(captions.max_new_tokens, "captions.max_new_tokens", MAX_NEW_TOKENS, "tokens per caption")
     check_count(captions.num_beams, "captions.num_beams", MAX_BEAMS, "beams per caption")
     check_count(captions.batch_size, "captions.batch_size", MAX_BATCH, "images per batch")
-    return Experiment(name.strip(), model, dataset, prompts, ablations, store, captions, source)
+    return Experiment(name, model, dataset, prompts, ablations, store, captions, source)
 
 
 def _sweep_names(value: str | list[str]) -> str | list[str]:
@@ -226,9 +231,11 @@ def parse_prompts(items: Any, where: str) -> list[Prompt]:
         if not isinstance(item, dict):
             raise InputError(f"{where} #{i} must be a table with text and label")
         prompt = _section(Prompt, item, f"{where} #{i}", required={"text", "label"})
-        prompt.text, prompt.label = prompt.text.strip(), prompt.label.strip()
-        if not prompt.text or not prompt.label:
-            raise InputError(f"{where} #{i}: text and label must not be empty")
+        if is_blank(prompt.text) or is_blank(prompt.label):
+            raise InputError(f"{where} #{i}: text and label must not be empty (nor only spaces or invisible "
+                             f"characters)")
+        prompt.text = check_line(prompt.text, f"{where} #{i}.text")
+        prompt.label = check_line(prompt.label, f"{where} #{i}.label")
         prompts.append(prompt)
     seen: set[str] = set()
     for prompt in prompts:
@@ -293,6 +300,8 @@ def _typed(value: Any, annotation: str, where: str) -> Any:
     base = annotation.replace(" | None", "")
     if base == "str":
         ok = isinstance(value, str)
+    elif base == "bool":
+        ok = isinstance(value, bool)
     elif base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base == "Path":

@@ -50,6 +50,7 @@ from compute.pixels import recipe
 from compute.ray_workers import SweepActor, SweepPlan, decode, input_rows
 from compute.runner import RunResult, SweepWork
 from compute.runner import run as run_here
+from compute.scoring import check_finite
 from compute.writer import BatchWriter
 
 LOCAL = "local"
@@ -129,6 +130,7 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
                 for columns in _stopped_as_run_error(batches):
                     result = to_result(columns, work.keep, written)
                     if result is not None:
+                        check_finite(result, prep.ablations, exp.model.clip)  # as runner._sweep, before writing
                         writer.put(result)
                         stats.first_batch_s = stats.first_batch_s or time.perf_counter() - start
             stats.writer = writer.stats

@@ -2,8 +2,8 @@
 
 ``InputError`` means the user's input is wrong: exit code 2, nothing written. ``RunError`` means a run
 stopped part way for a reason outside the input (a decode worker died, the store could not be written):
-exit code 1, what was committed is kept and the same command resumes. Anything else is a bug and keeps
-its traceback.
+exit code 1, what was committed is kept and the same command resumes (``ModelOutputError``, non-finite
+results part way, is one too). Anything else is a bug and keeps its traceback.
 """
 
 
@@ -24,3 +24,10 @@ class StoreIOError(RunError):
     """Reading or writing the store failed for a reason outside the input (disk full, a file system gone
     read-only, another process keeping it busy): exit code 1. What was committed stays valid; running the
     same command again once the cause is fixed resumes."""
+
+
+class ModelOutputError(RunError):
+    """The model gave NaN or infinite values part way through a run (its image embeddings under some
+    ablation), past the checks made before anything was written: exit code 1. That batch is not written;
+    what was committed before stays, and the run stays incomplete until the model, its dtype or the ablation
+    changes (rerunning stops at the same batch)."""

@@ -22,7 +22,7 @@ against --ablation) and its Figure 5 table (the prompt each ablation selects and
 continues it). The dashboard's Export page writes the same files.
 
 Significance (the marks, the colours, mcnemar.csv): Holm-adjusted p < 0.05 over the run's ablations,
-McNemar's paired test for accuracy, a paired bootstrap over images for the scores."""
+McNemar's paired test for accuracy, the paired t-test over images for the scores."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@ Model classes and the engine never see a path or a URL: they get a loaded model 
 families of compute.towers (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``), with its processor;
 ``LoadedClip.image_processor`` (what the loader's workers call) and ``pixel_values`` turn images into the
 model's pixels, (n, 3, size, size) for every family. Offline (HF_HUB_OFFLINE=1) a hub id that is not in
-the local cache fails with a clear InputError.
+the local cache fails with a clear InputError, and so does a checkpoint whose weights are not the ones its
+config.json describes (``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,41 @@ def _model_type(ref: str, what: str) -> str:
         raise InputError(f"cannot load {what} {ref!r}{hint}: {first}") from None
 
 
+SHOWN_KEYS = 3  # weight names an error line lists
+
+
+def from_pretrained(model_class: type, ref: str, what: str, **kwargs: object) -> nn.Module:
+    """``model_class.from_pretrained(ref, **kwargs)``, refused (InputError, one line) unless the checkpoint's
+    weights are exactly the ones its config.json describes.
+
+    transformers loads a config that declares 3 layers over 12-layer weights by dropping 9 layers with a
+    warning, fills weights the checkpoint lacks with random values, and (with ignore_mismatched_sizes)
+    re-initialises weights of another shape: each would run a different model with exit code 0. What it
+    ignores by design (buffers such as ``position_ids``, tied weights, the class's own ignore lists) is not
+    in its loading info, so it is not refused here.
+    """
+    model, info = model_class.from_pretrained(ref, output_loading_info=True, ignore_mismatched_sizes=True,
+                                              **kwargs)
+    problems = []
+    if unexpected := sorted(info.get("unexpected_keys") or ()):
+        problems.append(f"{len(unexpected)} weight(s) the config has no place for ({_keys(unexpected)})")
+    if missing := sorted(info.get("missing_keys") or ()):
+        problems.append(f"{len(missing)} weight(s) the config needs are not in the checkpoint ({_keys(missing)})")
+    if mismatched := sorted(info.get("mismatched_keys") or (), key=lambda m: m[0]):
+        key, stored, wanted = mismatched[0]
+        problems.append(f"{len(mismatched)} weight(s) of another shape ({key}: {tuple(stored)} in the checkpoint, "
+                        f"{tuple(wanted)} for the config)")
+    if problems:
+        where = Path(ref) / "config.json" if Path(ref).is_dir() else f"the config.json of {ref}"
+        raise InputError(f"{what} {ref}: {where} does not match its weights: {'; '.join(problems)}")
+    return model
+
+
+def _keys(keys: list[str]) -> str:
+    more = f", ... {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
+
+
 def _classes(family: str) -> tuple[type, type]:
     """(model class, processor class) of a family."""
     import transformers
@@ -150,7 +186,7 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
     model_class, processor_class = _classes(family)
     try:
-        model = model_class.from_pretrained(name_or_path, dtype=torch.float32)  # cast below, after the scalars
+        model = from_pretrained(model_class, name_or_path, "model", dtype=torch.float32)  # cast below
         processor = processor_class.from_pretrained(name_or_path)
     except ImportError as e:  # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece package
         hint = "; install it with: pip install sentencepiece" if "sentencepiece" in str(e).lower() else ""
@@ -244,11 +280,11 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
     torch_dtype = TORCH_DTYPES[dtype]
     try:
         if kind == "blip":
-            model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)
+            model = from_pretrained(BlipForConditionalGeneration, name_or_path, "captioner", dtype=torch_dtype)
             processor = BlipProcessor.from_pretrained(name_or_path)
             image_processor, tokenizer = processor.image_processor, processor.tokenizer
         else:
-            model = VisionEncoderDecoderModel.from_pretrained(name_or_path, dtype=torch_dtype)
+            model = from_pretrained(VisionEncoderDecoderModel, name_or_path, "captioner", dtype=torch_dtype)
             image_processor = AutoImageProcessor.from_pretrained(name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

@@ -26,6 +26,7 @@ from compute.runlock import run_lock
 from compute.runner import RunResult, label_warning
 from compute.scoring import (
     BatchScoring,
+    check_prompts,
     cosine_logits,
     logit_scale,
     score_batch,
@@ -85,9 +86,12 @@ def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) 
 
 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
-            progress: bool = True, echo=print, clip: LoadedClip | None = None) -> RunResult:
+            progress: bool = True, echo=print, clip: LoadedClip | None = None,
+            truncate_prompts: bool = False) -> RunResult:
     """Make run ``new_name`` from run ``name``'s stored embeddings and new ``prompts`` (or resume it). Raises
-    InputError, with nothing written, when run ``name`` cannot be rescored (not complete, no embeddings)."""
+    InputError, with nothing written, when run ``name`` cannot be rescored (not complete, no embeddings).
+    Prompts longer than the text tower's positions are refused unless ``truncate_prompts`` (or the run
+    ``name`` opted in)."""
     store.check_store(db, write=True)
     parent = open_run(db, name)
     if parent.row.status != "complete":  # its stored embeddings are not all there yet
@@ -102,6 +106,8 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
     if (warning := label_warning(images, [p.label for p in prompts])) is not None:
         echo(warning)
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    exp.model.truncate_prompts = exp.model.truncate_prompts or truncate_prompts
+    check_prompts(clip, [p.text for p in prompts], exp.model.truncate_prompts, opt_in="--truncate-prompts")
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)

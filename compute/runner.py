@@ -35,6 +35,9 @@ from compute.runlock import run_lock
 from compute.scoring import (
     BatchScoring,
     PendingBatch,
+    check_finite,
+    check_image_embedding,
+    check_prompts,
     logit_scale,
     score_batch,
     stacked,
@@ -61,6 +64,8 @@ def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
     """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    check_prompts(clip, [p.text for p in exp.prompts], exp.model.truncate_prompts)  # and the text embeddings
+    check_image_embedding(clip)
     ablations = resolve_ablations(exp, n_layers_of(clip.model), n_heads_of(clip.model), has_cls(clip.model))
     captioner = None
     if exp.model.captioner != "none":
@@ -252,7 +257,9 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
                            batch.attempted)
 
     def hand_over(item: PendingBatch | store.BatchResult) -> None:
-        writer.put(item.result() if isinstance(item, PendingBatch) else item)
+        result = item.result() if isinstance(item, PendingBatch) else item
+        check_finite(result, ablations, clip.name)  # on the host copy: no wait for the device
+        writer.put(result)
         if not stats.first_batch_s:
             stats.first_batch_s = time.perf_counter() - start
 

@@ -5,6 +5,12 @@ means the same wherever it was made. The selection (argmax prompt, its correctne
 margin to the runner-up, its judge score) is decided here once, vectorised on the model's device; the
 store only writes what it is given.
 
+Before a run or a rescore writes anything, ``check_prompts`` holds the prompts against the model's tokenizer
+(longer than the text tower's positions: refused unless ``[model] truncate_prompts``; two prompts the
+tokenizer makes the same: refused, they would always tie) and its text embeddings against NaN and
+infinity, and ``check_image_embedding`` the unablated image tower on a probe image. Per batch,
+``check_finite`` refuses results that are not finite (an ablation that overflows), before they are written.
+
 ``logit`` is the model's own logit for an (image, prompt) pair: CLIP's ``logit_scale.exp() * cosine``, and
 SigLIP's ``logit_scale.exp() * cosine + logit_bias`` (its sigmoid is the pair's own probability; ``prob``
 here stays the softmax over the run's prompts, which the bias does not change).
@@ -21,7 +27,9 @@ import torch
 from compute import store
 from compute.ablations import Ablation
 from compute.dataset import open_image
+from compute.errors import InputError, ModelOutputError
 from compute.models import LoadedClip, pixel_values
+from compute.pixels import probe_images
 from compute.store import Selection
 from compute.towers import image_inputs
 
@@ -29,21 +37,115 @@ from compute.towers import image_inputs
 # Embeddings.
 
 
+def text_positions(clip: LoadedClip) -> int:
+    """The most tokens the text tower reads (its position embeddings), end-of-text token included."""
+    return int(clip.model.config.text_config.max_position_embeddings)
+
+
 def text_tokens(clip: LoadedClip, texts: list[str]) -> dict[str, torch.Tensor]:
     """The tokenised prompts as the family's text tower expects them, on clip.device.
 
     CLIP pools at the end-of-text token: pad to the longest prompt and pass the attention mask. SigLIP pools
     at the LAST position, whatever token is there, and was trained on inputs padded to the full length: pad
-    to text_config.max_position_embeddings (truncating longer prompts), so a prompt's embedding does not
-    depend on the prompts beside it, and pass exactly what the tokenizer returns (SigLIP 1: input_ids only).
+    to text_config.max_position_embeddings, so a prompt's embedding does not depend on the prompts beside
+    it, and pass exactly what the tokenizer returns (SigLIP 1: input_ids only). A prompt longer than the
+    positions is cut to them; check_prompts refuses such prompts unless the experiment opts in.
     """
     tokenizer = clip.processor.tokenizer
+    length = text_positions(clip)
     if clip.family == "clip":
-        tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        tok = tokenizer(texts, padding=True, max_length=length, truncation=True, return_tensors="pt")
     else:
-        length = int(clip.model.config.text_config.max_position_embeddings)
         tok = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+
+
+TRUNCATE_HINT = "[model] truncate_prompts = true"  # the experiment file's opt-in (rescore: --truncate-prompts)
+
+
+def _quoted(text: str, width: int = 60) -> str:
+    """A prompt as an error line names it: quoted, escaped, shortened."""
+    return repr(text[:width] + ("..." if len(text) > width else ""))
+
+
+def check_prompts(clip: LoadedClip, texts: list[str], truncate: bool = False,
+                  opt_in: str = TRUNCATE_HINT) -> torch.Tensor:
+    """The prompts as the model reads them, checked before anything is written; -> their text embeddings
+    (P, E), normalised, float32 on clip.device.
+
+    Refused (InputError, naming the prompts): a prompt longer than the text tower's positions (it would be
+    cut silently and, differing only past the cut, tie with another), unless ``truncate`` (the documented
+    opt-in ``opt_in``); two prompts that are the same token ids to the model's tokenizer (CLIP's lower-cases:
+    "A photo" and "a photo"; "café" composed and decomposed), which would always tie, the first one winning;
+    a prompt whose text embedding is NaN or infinite (broken weights would otherwise score as accuracy).
+    """
+    tokenizer = clip.processor.tokenizer
+    limit = text_positions(clip)
+    ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]  # lists, special tokens included
+    cut = [len(row) > limit for row in ids]
+    if any(cut):
+        k = cut.index(True)
+        if not truncate:
+            raise InputError(f"prompt {_quoted(texts[k])} is {len(ids[k])} tokens long: the text tower of "
+                             f"{clip.name} reads at most {limit}; shorten it, or set {opt_in} to cut "
+                             f"longer prompts at {limit} tokens")
+        ids = tokenizer(texts, truncation=True, max_length=limit, verbose=False)["input_ids"]
+    first: dict[tuple[int, ...], int] = {}
+    for k, row in enumerate(ids):
+        j = first.setdefault(tuple(row), k)
+        if j != k:
+            how = f" once cut at {limit} tokens" if cut[j] or cut[k] else ""
+            raise InputError(f"prompts {_quoted(texts[j])} and {_quoted(texts[k])} are the same to the tokenizer "
+                             f"of {clip.name}{how} (the same {len(row)} token ids): they would always tie; keep one")
+    emb = text_embeddings(clip, texts)  # (P, E)
+    bad = ~torch.isfinite(emb).all(dim=-1)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise InputError(f"model {clip.name} gives a non-finite text embedding ({_non_finite(emb[k])}) for prompt "
+                         f"{_quoted(texts[k])}: its weights are broken (NaN or infinite); nothing was written")
+    return emb
+
+
+def _non_finite(x: torch.Tensor | np.ndarray) -> str:
+    """Which non-finite values ``x`` holds: "NaN", "infinity" or "NaN and infinity"."""
+    x = torch.as_tensor(x)
+    kinds = [name for name, hit in (("NaN", bool(torch.isnan(x).any())), ("infinity", bool(torch.isinf(x).any())))
+             if hit]
+    return " and ".join(kinds)
+
+
+@torch.inference_mode()
+def check_image_embedding(clip: LoadedClip) -> None:
+    """The unablated image tower on one probe image (compute.pixels), before anything is written: a model
+    whose image embedding is NaN or infinite is refused (InputError) instead of scoring as an accuracy."""
+    pixels = pixel_values(clip, probe_images()[:1]).to(clip.device, clip.dtype)  # (1, 3, size, size)
+    emb = clip.model.get_image_features(**image_inputs(clip.model, pixels)).pooler_output.float()
+    if not bool(torch.isfinite(emb).all()):
+        raise InputError(f"model {clip.name} gives a non-finite image embedding ({_non_finite(emb)}) on a probe "
+                         f"image, unablated: its weights are broken (NaN or infinite); nothing was written")
+
+
+def check_finite(result: store.BatchResult, ablations: list[Ablation], model: str) -> None:
+    """A batch's results before they are written: logits that are NaN or infinite (an image embedding an
+    ablation made non-finite: an overflow in float16, broken statistics) stop the run with ModelOutputError,
+    naming the model, the first such ablation and its images; the batch is not written (what was committed
+    before stays). ``ablations``: the run's, indexed by result.ablation_ids."""
+    if result.selection is None:  # no image of the batch decoded: errors only
+        return
+    logits = result.selection.logits  # (n, A kept, P)
+    bad = ~np.isfinite(logits).all(axis=2)  # (n, A kept)
+    if result.embeddings is not None:
+        bad |= ~np.isfinite(np.asarray(result.embeddings, np.float32)).all(axis=2)
+    if not bad.any():
+        return
+    column = int(np.flatnonzero(bad.any(axis=0))[0])
+    images = result.image_ids[bad[:, column]]
+    shown = ", ".join(str(int(i)) for i in images[:5]) + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+    emb = None if result.embeddings is None else np.asarray(result.embeddings[:, column], np.float32)
+    what = (_non_finite(emb) if emb is not None else "") or _non_finite(logits[:, column])
+    raise ModelOutputError(f"model {model} gives non-finite image embeddings ({what}) under ablation "
+                           f"{ablations[int(result.ablation_ids[column])].label!r} for image(s) {shown}: this batch "
+                           f"was not written; the run stays incomplete (run in float32, or leave out that ablation)")
 
 
 @torch.inference_mode()

@@ -4,12 +4,18 @@ Every check raises ``InputError`` for the first offender, in one line that names
 wrong with it: text that is not UTF-8, values of the wrong type, ids that repeat or do not fit the store's
 64-bit columns, file names that cannot be a file name. The sizes the experiment asks for are checked here
 too, against limits that keep a typo from allocating the machine away.
+
+Text a person gives and sees again (a run name, a prompt's text and label) passes ``check_line`` once,
+wherever it comes from (the experiment file, a prompts file, ``rescore --as``): no control character, and
+not blank. ``printable`` escapes whatever is not printable in a line shown on a terminal (the command
+line's error lines, ``list``), so text already stored cannot move the cursor or clear the screen.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,8 @@ MAX_WORKERS = 1_024  # decode processes
 MAX_ACTORS = 4_096  # Ray actors, each holding a model
 MAX_GPUS_PER_ACTOR = 64  # more than any node holds
 MAX_FILE_NAME = 4_096  # PATH_MAX
+MAX_RUN_NAME = 100
+LINE_BREAKS = ("Cc", "Zl", "Zp")  # C0, DEL and C1 controls; the line and paragraph separators
 
 
 def read_text(path: Path, what: str) -> str:
@@ -95,6 +103,46 @@ def check_text(value: Any, where: str, *, empty: bool = True) -> str:
     except UnicodeEncodeError:
         raise InputError(f"{where} is not valid Unicode (a lone surrogate escape): {value!r:.80}") from None
     return value
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a reader would see: only whitespace and invisible format characters (zero-width space and
+    joiners, word joiner, byte-order mark, soft hyphen, direction marks)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
+def check_line(value: Any, where: str) -> str:
+    """One line of text a person gives and will see again: a run name, a prompt's text or label.
+
+    Ordinary Unicode and spaces are fine; a control character (C0, DEL, C1: an escape sequence, a tab, a
+    newline) or a line or paragraph separator inside it is refused, and so is text that is empty or blank
+    (only whitespace and zero-width characters). -> the text without surrounding whitespace.
+    """
+    text = check_text(value, where).strip()
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in LINE_BREAKS:
+            raise InputError(f"{where} {text!r:.80} contains a control character (U+{ord(ch):04X} at position {i}): "
+                             f"use printable text")
+    if is_blank(text):
+        raise InputError(f"{where} {value!r:.80} is empty or blank (only spaces or invisible characters)")
+    return text
+
+
+def check_run_name(value: Any, where: str) -> str:
+    """A run's name (the experiment's ``name``, ``rescore --as``): a line (check_line) under 100 characters,
+    printable throughout (no zero-width or other invisible character that would make two names look the
+    same) and without '/'. -> the name, stripped."""
+    name = check_line(value, where)
+    if "/" in name or len(name) > MAX_RUN_NAME or not name.isprintable():
+        raise InputError(f"{where} {name!r:.120} must be under {MAX_RUN_NAME} characters, printable, and contain "
+                         f"no '/'")
+    return name
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped as Python writes it (``\\x1b``,
+    ``\\u200b``, ``\\n``), the plain space kept: safe to print on a terminal, and one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 def check_file_name(value: Any, where: str) -> str:

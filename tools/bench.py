@@ -177,8 +177,10 @@ def _count_cls_only(node) -> int:
     return sum((not child.full_out) + _count_cls_only(child) for child in node.children.values())
 
 
-NEW_PROMPTS = [("a photo of a puppy", "dog"), ("a photo of a kitten", "cat"), ("a photo of a parrot", "bird"),
-               ("a photo of a truck", "car")]
+# Words the random model's tokenizer knows: unknown ones ("puppy", "kitten") would all be the same prompt to it,
+# which rescore refuses (they would always tie).
+NEW_PROMPTS = [("a photo of a small dog", "dog"), ("a photo of a black cat", "cat"), ("a photo of a white bird", "bird"),
+               ("a photo of a red car", "car")]
 
 
 def bench_rescore(tmp: Path, images: int = 32) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Heads: a layer x head heatmap of the change against baseline when one head at a time is ablated
 (accuracy or the selected-prompt score), with the cells significant under the rule of every page outlined
-(Holm over the run's ablations; McNemar for accuracy, the paired bootstrap for the score); hovering shows the
+(Holm over the run's ablations; McNemar for accuracy, the paired t-test for the score); hovering shows the
 value and its 95% interval, a click opens the Failures page for that ablation."""
 
 import streamlit as st

@@ -3,10 +3,15 @@ traceback, and leaves every file it was given byte-identical (nothing written, n
 
 One case per class of bad input (``CASES``): the experiment file (encoding, TOML, types, sizes, ablation
 ranges, labels), the command line's sizes, the prompts file of ``rescore``, the COCO annotations and
-captions (encoding, types, id uniqueness and range, file names, references), and the store path (a
+captions (encoding, types, id uniqueness and range, file names, references), the store path (a
 directory, an unwritable or unreadable file or folder, a file that is not a DuckDB store, another
-application's DuckDB file, a newer schema). Most run in-process through ``compute.__main__.main`` (the same
-code as the command line, fast); a few run as real processes to show the whole stderr is that one line.
+application's DuckDB file, a newer schema), names and prompt texts (control characters, blank or
+zero-width-only text), prompts as the model's tokenizer reads them (too long for the text tower, two prompts
+the tokenizer makes the same), a model whose outputs are not finite, and a model whose config.json does not
+match its weights. Every error line is printable: user text in it is escaped, never printed raw. Most run
+in-process through ``compute.__main__.main`` (the same code as the command line, fast); a few run as real
+processes to show the whole stderr is that one line. Non-finite results part way (exit 1, that batch
+unwritten) and a name stored before names were checked (``list`` escapes it) have tests of their own below.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class Setup:
 
     def experiment(self, file: str = "e.toml", **kw) -> Path:
         kw.setdefault("sweep", "none")
-        return write_experiment(self.tmp / file, self.model, self.coco, kw.pop("db", self.db), **kw)
+        return write_experiment(self.tmp / file, kw.pop("model", self.model), self.coco, kw.pop("db", self.db), **kw)
 
     def annotations(self, doc, name: str = "instances.json") -> None:
         path = self.coco / "annotations" / name
@@ -200,6 +205,73 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
         "closest known labels: 'black cat'"),
     "experiment: a prompt text not a string": (lambda s: s.run(exp=_replace(s, 'text = "a photo of a dog"', "text = 1")),
                                                "prompts #1.text must be str"),
+    # --- names and prompt texts: no control characters, not blank ---
+    "experiment: prompt text with an escape sequence": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a \\u001b[2J dog", "dog"), ("a photo of a cat", "cat")])),
+        "prompts #1.text 'a photo of a \\x1b[2J dog' contains a control character (U+001B at position 13)"),
+    "experiment: prompt text with a tab inside": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a dog", "dog"), ("a photo\\tof a cat", "cat")])), "prompts #2.text 'a photo\\tof a cat' contains"),
+    "experiment: prompt text only zero-width": (lambda s: s.run(exp=s.experiment(
+        prompts=[("\\u200b\\u2060\\ufeff", "dog"), ("a photo of a cat", "cat")])),
+        "prompts #1: text and label must not be empty (nor only spaces or invisible characters)"),
+    "experiment: prompt label with a C1 control": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a dog", "d\\u0085og"), ("a photo of a cat", "cat")])),
+        "prompts #1.label 'd\\x85og' contains a control character (U+0085"),
+    "experiment: name with an escape sequence": (lambda s: _toml(s, 'name = "run\\u001b[2J"'),
+                                                 "name 'run\\x1b[2J' contains a control character"),
+    "experiment: name only zero-width": (lambda s: _toml(s, 'name = "\\u200b"'), "name '\\u200b' is empty or blank"),
+    "prompts file: text with a newline": (lambda s: _rescore(s, b'[[prompts]]\ntext = "a photo\\nof a cat"\nlabel = "cat"\n'),
+                                          "prompts #1.text 'a photo\\nof a cat' contains a control character (U+000A"),
+    "rescore: --as with an escape sequence": (lambda s: _rescore(s, GOOD_PROMPTS, new="new\x1b[2J\x07"),
+                                              "--as 'new\\x1b[2J\\x07' contains a control character"),
+    "rescore: --as only zero-width": (lambda s: _rescore(s, GOOD_PROMPTS, new="\u200b\u200d"), "--as '\\u200b\\u200d' is empty"),
+    "rescore: --as with a slash": (lambda s: _rescore(s, GOOD_PROMPTS, new="a/b"), "--as 'a/b' must be under 100 characters"),
+    # --- prompts as the model's tokenizer reads them (the tiny CLIP: 32 positions, lower-cased words) ---
+    "experiment: prompt longer than the text tower": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a dog", "dog"), (LONG + " cat", "cat")])),
+        "prompt 'a photo of the small cat on the floor with a photo of the sm...' is 43 tokens long: the text "
+        "tower of"),
+    "experiment: prompt longer than the text tower, opt-in named": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a dog", "dog"), (LONG + " cat", "cat")])),
+        "reads at most 32; shorten it, or set [model] truncate_prompts = true to cut longer prompts at 32 tokens"),
+    "experiment: prompts that differ only in case": (lambda s: s.run(exp=s.experiment(
+        prompts=[("a photo of a dog", "dog"), ("A Photo of a Dog", "dog"), ("a photo of a cat", "cat")])),
+        "prompts 'a photo of a dog' and 'A Photo of a Dog' are the same to the tokenizer of"),
+    "experiment: prompts that differ only past the cut": (lambda s: s.run(exp=_model_key(s.experiment(
+        prompts=[("a photo of a dog", "dog"), (LONG + " cat", "cat"), (LONG + " dog", "dog")]),
+        "truncate_prompts = true")), "once cut at 32 tokens (the same 32 token ids): they would always tie; keep one"),
+    "experiment: truncate_prompts not a boolean": (lambda s: s.run(exp=_model_key(s.experiment(), 'truncate_prompts = "yes"')),
+                                                   "model.truncate_prompts must be bool, got 'yes'"),
+    "prompts file: café composed and decomposed": (lambda s: _rescore(s, (
+        '[[prompts]]\ntext = "a photo of a caf\u00e9"\nlabel = "cat"\n'
+        '[[prompts]]\ntext = "a photo of a cafe\u0301"\nlabel = "cat"\n').encode()), "are the same to the tokenizer"),
+    "prompts file: prompt too long, rescore's opt-in named": (lambda s: _rescore(s, (
+        f'[[prompts]]\ntext = "{LONG}"\nlabel = "cat"\n[[prompts]]\ntext = "a photo of a dog"\nlabel = "dog"\n').encode()),
+        "set --truncate-prompts to cut longer prompts"),
+    # --- a model whose outputs are not finite: an error, not an accuracy ---
+    "model: NaN weights": (lambda s: s.run(exp=s.experiment(model=_edited_model(s, weights=_all_nan))),
+                           "gives a non-finite text embedding (NaN) for prompt 'a photo of a dog': its weights are broken"),
+    "model: NaN image tower only": (lambda s: s.run(exp=s.experiment(model=_edited_model(s, weights=_nan_vision))),
+                                    "gives a non-finite image embedding (NaN) on a probe image, unablated"),
+    "model: an infinite projection": (lambda s: s.run(exp=s.experiment(model=_edited_model(s, weights=_inf_projection))),
+                                      "gives a non-finite image embedding (infinity) on a probe image"),
+    # --- a model's config.json against its weights ---
+    "model: config of 3 layers over 12-layer weights": (lambda s: s.run(exp=s.experiment(
+        model=_edited_model(s, config=lambda c: c["vision_config"].update(num_hidden_layers=3)))),
+        "config.json does not match its weights: 144 weight(s) the config has no place for "
+        "(vision_model.encoder.layers.10.layer_norm1.bias"),
+    "model: config of 14 layers over 12-layer weights": (lambda s: s.run(exp=s.experiment(
+        model=_edited_model(s, config=lambda c: c["vision_config"].update(num_hidden_layers=14)))),
+        "32 weight(s) the config needs are not in the checkpoint (vision_model.encoder.layers.12."),
+    "model: config wider than its weights": (lambda s: s.run(exp=s.experiment(
+        model=_edited_model(s, config=lambda c: c.update(projection_dim=24)))),
+        "weight(s) of another shape (text_projection.weight: (16, 32) in the checkpoint, (24, 32) for the config)"),
+    "model: a weight renamed": (lambda s: s.run(exp=s.experiment(model=_edited_model(s, weights=_renamed))),
+                                "1 weight(s) the config has no place for (visual_projection.kernel); 1 weight(s) the "
+                                "config needs are not in the checkpoint (visual_projection.weight)"),
+    "captioner: config of 2 decoder layers over 3": (lambda s: s.run(exp=s.experiment(
+        captioner=_edited_model(s, DEMO_CAPTIONER, config=lambda c: c["decoder"].update(n_layer=2)))),
+        "config.json does not match its weights: 16 weight(s) the config has no place for (decoder.transformer.h.2."),
     # --- the command line ---
     "cli: --limit huge": (lambda s: s.run("--limit", "1" + "0" * 30), "--limit = 1000000000000000000000000000000 is too large"),
     "cli: --batch-size 0": (lambda s: s.run("--batch-size", "0"), "--batch-size must be a positive integer, got 0"),
@@ -274,6 +346,55 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
 }
 
 
+GOOD_PROMPTS = b'[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n[[prompts]]\ntext = "a photo of a dog"\nlabel = "dog"\n'
+LONG = " ".join(["a photo of the small cat on the floor with"] * 4)  # 40 words the tiny tokenizer knows
+DEMO_CAPTIONER = ROOT / "data" / "demo" / "models" / "captioner"
+
+
+def _model_key(exp: Path, line: str) -> Path:
+    text = exp.read_text()
+    exp.write_text(text.replace("[model]\n", f"[model]\n{line}\n", 1))
+    return exp
+
+
+def _edited_model(s: Setup, source: Path | None = None, *, weights=None, config=None) -> Path:
+    """A copy of ``source`` (the tiny CLIP) under the inputs, its safetensors or config.json edited."""
+    from safetensors.torch import load_file, save_file
+
+    source = source or s.model
+    out = s.tmp / f"{source.name}-edited"
+    shutil.copytree(source, out)
+    if weights is not None:
+        tensors = load_file(out / "model.safetensors")
+        weights(tensors)
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    if config is not None:
+        doc = json.loads((out / "config.json").read_text())
+        config(doc)
+        (out / "config.json").write_text(json.dumps(doc))
+    return out
+
+
+def _all_nan(tensors: dict) -> None:
+    for t in tensors.values():
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+
+
+def _nan_vision(tensors: dict) -> None:
+    for name, t in tensors.items():
+        if name.startswith("vision_model.encoder.layers.7.mlp"):
+            t.fill_(float("nan"))
+
+
+def _inf_projection(tensors: dict) -> None:
+    tensors["visual_projection.weight"][0, 0] = float("inf")
+
+
+def _renamed(tensors: dict) -> None:
+    tensors["visual_projection.kernel"] = tensors.pop("visual_projection.weight")
+
+
 def _replace(s: Setup, old: str, new: str) -> Path:
     exp = s.experiment()
     text = exp.read_text()
@@ -299,8 +420,8 @@ def _latin1_annotations(s: Setup) -> list[str]:
     return s.run()
 
 
-def _rescore(s: Setup, prompts: bytes) -> list[str]:
-    # A real stored run to rescore: the prompts file is checked before anything is written to it.
+def _rescore(s: Setup, prompts: bytes, new: str = "new") -> list[str]:
+    # A real stored run to rescore: the prompts file and the new name are checked before anything is written.
     db = s.tmp / "rescore.duckdb"
     from compute.config import load_experiment
     from compute.runner import run
@@ -308,7 +429,7 @@ def _rescore(s: Setup, prompts: bytes) -> list[str]:
     run(load_experiment(s.experiment("base.toml", db=db, name="base")), progress=False, echo=lambda _: None)
     path = s.tmp / "prompts.toml"
     path.write_bytes(prompts)
-    return ["rescore", "--run", "base", "--prompts", str(path), "--as", "new", "--db", str(db), "--no-progress"]
+    return ["rescore", "--run", "base", "--prompts", str(path), "--as", new, "--db", str(db), "--no-progress"]
 
 
 @pytest.fixture
@@ -330,6 +451,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(setup, case, capsys):
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], lines[0]
+    assert lines[0].isprintable(), f"a control character printed raw: {lines[0]!r}"
     assert snapshot(setup.tmp) == before, "a bad input changed or added a file"
     assert not setup.db.exists()
 
@@ -365,7 +487,9 @@ def test_a_huge_layer_range_is_refused_before_it_is_expanded(setup):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["experiment: not UTF-8 (Latin-1)", "annotations: image id a string",
-                                  "store: another application's DuckDB file"])
+                                  "store: another application's DuckDB file", "rescore: --as with an escape sequence",
+                                  "model: config of 3 layers over 12-layer weights", "model: config wider than its weights",
+                                  "experiment: prompt longer than the text tower"])
 def test_bad_input_as_a_real_process_prints_only_the_error_line(setup, case):
     argv = CASES[case][0](setup)
     before = snapshot(setup.tmp)
@@ -373,6 +497,7 @@ def test_bad_input_as_a_real_process_prints_only_the_error_line(setup, case):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert result.stderr.strip().isprintable(), repr(result.stderr)
     assert snapshot(setup.tmp) == before
 
 
@@ -517,3 +642,80 @@ def test_a_known_label_no_selected_image_carries_is_a_warning(tiny_clip, tiny_co
     assert out[0] == ("warning: no selected image carries the label(s) 'car', 'bird': their prompts can never be "
                       "correct (fine for distractors)")
     assert sql(tmp_path / "r.duckdb", "SELECT status FROM runs") == [("complete",)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Names and prompts shown back; prompts cut on purpose; non-finite results part way.
+
+
+def test_list_escapes_names_stored_before_names_were_checked(setup, capsys):
+    from compute.config import load_experiment
+    from compute.runner import run
+
+    run(load_experiment(setup.experiment()), progress=False, echo=lambda _: None)
+    with duckdb.connect(str(setup.db)) as con:  # a store made before names were checked (or by another tool)
+        con.execute("UPDATE run_t SET run = ?", ["t\x1b[2J\x1b[31mred\u202e"])
+    assert main(["list", "--db", str(setup.db)]) == 0
+    out = capsys.readouterr().out
+    assert "t\\x1b[2J\\x1b[31mred\\u202e" in out and "\x1b" not in out and "\u202e" not in out
+    assert main(["delete", "t\x1b[2J", "--db", str(setup.db)]) == 2  # an error line echoes the name escaped
+    err = capsys.readouterr().err
+    assert err.startswith("error: no run named 't\\x1b[2J'") and "\x1b" not in err
+
+
+def test_truncate_prompts_is_an_opt_in_that_runs_cut_prompts_and_is_stored(setup, capsys):
+    long_cat, long_dog = LONG + " cat", LONG + " cat dog"  # the same first 32 tokens would tie: one long prompt
+    exp = _model_key(setup.experiment(prompts=[("a photo of a dog", "dog"), (long_cat, "cat")]), "truncate_prompts = true")
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    config = json.loads(sql(setup.db, "SELECT config FROM runs")[0][0])
+    assert config["model"]["truncate_prompts"] is True
+    assert "truncate_prompts" not in config["identity"]  # the same results either way once prompts pass
+    prompts = setup.tmp / "p.toml"
+    prompts.write_text(f'[[prompts]]\ntext = "{long_dog}"\nlabel = "dog"\n[[prompts]]\ntext = "a photo of a cat"\n'
+                       f'label = "cat"\n')
+    capsys.readouterr()
+    # the parent opted in, so its rescore does too; a parent that did not needs --truncate-prompts
+    assert main(["rescore", "--run", "t", "--prompts", str(prompts), "--as", "r", "--db", str(setup.db),
+                 "--no-progress"]) == 0
+    plain = setup.experiment("plain.toml", name="plain")
+    assert main(["run", str(plain), "--no-progress"]) == 0
+    capsys.readouterr()
+    args = ["rescore", "--run", "plain", "--prompts", str(prompts), "--as", "r2", "--db", str(setup.db), "--no-progress"]
+    assert main(args) == 2
+    assert "set --truncate-prompts to cut longer prompts at 32 tokens" in capsys.readouterr().err
+    assert main([*args, "--truncate-prompts"]) == 0
+    assert json.loads(sql(setup.db, "SELECT config FROM runs WHERE run = 'r2'")[0][0])["model"]["truncate_prompts"]
+
+
+def test_non_finite_results_part_way_stop_the_run_before_that_batch_is_written(setup, monkeypatch, capsys):
+    import torch
+
+    from compute import engine
+
+    original = engine.SweepEngine.embeddings
+    calls = []
+
+    def overflowing(self, pixel_values):  # the second batch overflows under one ablation, as float16 can
+        out = original(self, pixel_values)
+        calls.append(len(pixel_values))
+        if len(calls) == 2:
+            victim = next(a for a in out if a.label == "identity:5")
+            out[victim] = torch.full_like(out[victim], float("inf"))
+        return out
+
+    monkeypatch.setattr(engine.SweepEngine, "embeddings", overflowing)
+    exp = setup.experiment(extra=("identity:5", "zero:2"))
+    capsys.readouterr()
+    assert main(["run", str(exp), "--no-progress", "--workers", "0"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: model {setup.model} gives non-finite image embeddings "
+                                                   "(infinity) under ablation 'identity:5' for image(s) "), lines
+    assert lines[0].endswith(": this batch was not written; the run stays incomplete (run in float32, or leave out "
+                             "that ablation)")
+    ids = [i for (i,) in sql(setup.db, "SELECT image_id FROM images ORDER BY image_id")]
+    first, second = ids[:4], ids[4:8]
+    assert f"for image(s) {', '.join(map(str, second))}:" in lines[0]
+    # the batch before it was committed whole; nothing of the failing batch (or after it) was written
+    assert sql(setup.db, "SELECT DISTINCT image_id FROM selections ORDER BY 1") == [(i,) for i in first]
+    assert sql(setup.db, "SELECT COUNT(*) FROM scores WHERE NOT isfinite(logit)") == [(0,)]
+    assert sql(setup.db, "SELECT status FROM runs") == [("running",)]
