@@ -80,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
     ablations = split_ablations(args.ablations) or None
     if args.ablation and args.image is None:
         raise InputError("--ablation goes with --image: the image whose attention maps it compares")
+    if args.image is not None:  # the attention maps load the run's model: no loading bars from transformers
+        from compute.models import quiet_transformers
+
+        quiet_transformers()
     written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations=ablations,
                                  size=args.size, image_id=args.image, image_ablation=args.ablation.strip())
     print(f"wrote {len(written)} files to {args.out}")

@@ -177,6 +177,10 @@ def fetch_coco(
     images = select_images(instances, captions, categories, caption_contains, limit)
     if not images:
         raise InputError(f"no {split} image matches {_describe_selection(categories, caption_contains)}")
+    for image in images:  # every name checked before the first download
+        if unsafe_name(image["file_name"]):  # never let an annotation file write outside OUT/split
+            raise InputError(f"image {image['id']} has an unsafe file_name {image['file_name']!r}: a file name "
+                             f"must be a plain name, not empty, '.', '..' or a path")
     if verbose:
         print(
             f"selected {len(images)} of {len(instances['images'])} {split} images "
@@ -328,10 +332,6 @@ def _fetch_images(
     result: FetchResult,
 ) -> dict[str, dict[str, Any]]:
     """Make every selected image present and checked; fills ``result``, returns the manifest entries."""
-    for image in images:  # every name checked before the first download
-        if unsafe_name(image["file_name"]):  # never let an annotation file write outside OUT/split
-            raise InputError(f"image {image['id']} has an unsafe file_name {image['file_name']!r}: a file name "
-                             f"must be a plain name, not empty, '.', '..' or a path")
     entries: dict[str, dict[str, Any]] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
     bar = tqdm(total=len(images), unit="img", desc=f"{split} images", disable=None if verbose else True)

@@ -171,10 +171,10 @@ def damage(db: Path, e: BaseException) -> str | None:
     if (short := _SHORT_READ.search(text)) is not None:
         end = int(short.group(1)) + int(short.group(2))
         try:
-            size = f"{os.stat(db).st_size:,} bytes"
+            size = f"it ends at byte {os.stat(db).st_size:,}"
         except OSError:
-            size = "fewer bytes"
-        return f"it is cut short: {size}, and its blocks reach byte {end:,}"
+            size = "it ends early"
+        return f"cut short: {size}, and its blocks go on to byte {end:,} or further"
     if "corrupt database file" in text.lower():
         where = re.search(r"at location (\d+)", text)
         return "a block's checksum does not match its bytes" + (f" at byte {int(where.group(1)):,}" if where else "")
