@@ -49,7 +49,6 @@ ARCHIVE_PATH = "annotations/annotations_trainval2017.zip"  # relative to the bas
 MANIFEST_NAME = "fetch_manifest.json"
 
 
-
 @dataclass
 class FetchResult:
     """What one fetch did; ``failed`` holds (relative path, reason) per image that could not be fetched."""
@@ -90,19 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep images with a caption containing TEXT as a whole phrase (case-insensitive); "
         "with --categories, images must match both",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("data/coco"),
-        metavar="DIR",
-        help="output folder (default: data/coco)",
-    )
-    parser.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        metavar="URL",
-        help=f"server holding the COCO tree (default: {DEFAULT_BASE_URL})",
-    )
+    parser.add_argument("--out", type=Path, default=Path("data/coco"), metavar="DIR",
+                        help="output folder (default: data/coco)")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
+                        help=f"server holding the COCO tree (default: {DEFAULT_BASE_URL})")
     parser.add_argument(
         "--workers", type=int, default=8, metavar="N", help="parallel image downloads (default: 8)"
     )

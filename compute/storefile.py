@@ -169,12 +169,8 @@ def damage(db: Path, e: BaseException) -> str | None:
     """What is damaged, when ``e`` is DuckDB finding that ``db``'s bytes are not what it wrote; else None."""
     text = str(e).splitlines()[0] if str(e) else ""
     if (short := _SHORT_READ.search(text)) is not None:
-        end = int(short.group(1)) + int(short.group(2))
-        try:
-            size = f"it ends at byte {os.stat(db).st_size:,}"
-        except OSError:
-            size = "it ends early"
-        return f"cut short: {size}, and its blocks go on to byte {end:,} or further"
+        size = f"it ends at byte {os.stat(db).st_size:,}" if db.is_file() else "it ends early"
+        return f"cut short: {size}, and its blocks go on to byte {int(short.group(1)) + int(short.group(2)):,} or further"
     if "corrupt database file" in text.lower():
         where = re.search(r"at location (\d+)", text)
         return "a block's checksum does not match its bytes" + (f" at byte {int(where.group(1)):,}" if where else "")
@@ -182,8 +178,7 @@ def damage(db: Path, e: BaseException) -> str | None:
 
 
 def damaged_text(db: Path, what: str) -> str:
-    return (f"the store {db} is damaged ({what}); it was left as it is: restore it from a backup, or choose "
-            f"another store path")
+    return f"the store {db} is damaged ({what}); it was left as it is: restore it from a backup, or choose another store path"
 
 
 def _io_error(db: Path, e: BaseException) -> StoreIOError:
