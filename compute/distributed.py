@@ -106,9 +106,10 @@ def run(exp: Experiment, options: RayOptions, **kwargs: object) -> RunResult:
     """``compute.runner.run`` with the sweep on Ray; the same keyword arguments (method must be engine)."""
     if kwargs.get("method", "engine") != "engine":
         raise InputError("--method plain runs in one process only: leave out --ray (or --method)")
-    if options.address != LOCAL:  # a cluster that is not there: one line now, before a store or a run exists
-        check_reachable(os.environ.get("RAY_ADDRESS", "") if options.address == AUTO else options.address)
-    return run_here(exp, sweeper=partial(ray_sweep, options=options), **kwargs)
+    reach = None
+    if options.address != LOCAL:  # a cluster that is not there: one line once the input is checked, no store
+        reach = partial(check_reachable, os.environ.get("RAY_ADDRESS", "") if options.address == AUTO else options.address)
+    return run_here(exp, sweeper=partial(ray_sweep, options=options), before_writing=reach, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
