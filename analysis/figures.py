@@ -263,18 +263,25 @@ def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, head
 
     from analysis import overlays
     from compute.ablations import BASELINE, mean_needs, parse_ablation
+    from compute.dataset import ImageLoadError
     from compute.models import load_clip
 
     run_id = find_run_id(con, run)
     info = queries.image(con, run_id, image_id)
     if info is None:
         raise InputError(f"no image {image_id} in run {run!r}")
+    if not info["path"]:
+        raise InputError(f"image {image_id} of run {run!r} was never read (its file lies outside the images "
+                         f"folder): it has no attention maps")
     model = str(queries.runs(con).set_index("run").loc[run, "model"])
     needs = mean_needs([parse_ablation(ablation)]) if ablation != BASELINE else {}
     clip = load_clip(model, device="cpu")
     stats = queries.mean_stats(con, run, sorted(needs)) if needs else {}
     means = {name: {layer: torch.from_numpy(m) for layer, m in layers.items()} for name, layers in stats.items()}
-    maps = overlays.image_maps(clip, str(info["path"]), ablation, means)
+    try:
+        maps = overlays.image_maps(clip, str(info["path"]), ablation, means)
+    except ImageLoadError as e:  # the file the store lists has gone, changed, or is not an image
+        raise InputError(f"image {image_id} of run {run!r} cannot be read: {e}") from None
     return overlays.png_bytes(overlays.attention_figure(maps, heads))
 
 

@@ -3,14 +3,20 @@
 Bad input (and an unusable store path) ends with one line ``error: ...`` on stderr and exit code 2;
 nothing is written. A run that stops part way for another reason (a decode worker died, the store could
 not be written: a full disk, a file system gone read-only) ends with one line ``error: ...`` naming the
-cause, and exit code 1; what was committed is kept and the same command resumes.
+cause, and exit code 1; what was committed is kept and the same command resumes. Ctrl-C and SIGTERM (a
+``kill``, a job scheduler's stop) end the same way: one line, exit code 130, the committed work kept and
+the decode workers stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +129,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     db = chosen_db(args)
     if not db.exists():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
+    store.check_store(db, write=False)  # a damaged store is one line, whichever block list would read
     with store.connect(db, read_only=True) as con:
         rows = store.list_runs(con)[::-1]  # oldest first, as they were made
     if not rows:
@@ -278,11 +285,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's way out: the same cleanup, message and exit code
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (elsewhere: unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_as_ctrl_c():
+            return args.func(args)
     except InputError as e:  # user text in a message (a name, a prompt) is never printed raw
         print(f"error: {printable(str(e))}", file=sys.stderr)
         return EXIT_INPUT

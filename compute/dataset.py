@@ -12,17 +12,30 @@ prompt label must be one some image of the whole file could carry (a category or
 with caption labels a phrase some caption says): a typo is an error naming the closest known labels. An
 image file must lie inside the images folder once links are followed; one that does not is not read and
 is recorded as a load error, like an unreadable file.
+
+Decoding (``decode``, ``open_image``) reads regular files only: a FIFO, a device or a socket would block
+or never end, so it is an error row ("not a regular file"), checked after links are resolved and again on
+the opened descriptor. An image of more than MAX_PIXELS pixels is refused before its pixels are decoded.
+``to_rgb`` is the one conversion to RGB everything uses (the run's workers, captions, the Image page): the
+image processor's own (transformers' ``convert_to_rgb``: transparency composited onto white), except that
+images of more than 8 bits per sample are scaled to 8 bits first (``eight_bit``) where the processor would
+clip them to white.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import io
+import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from compute.config import DatasetConfig
@@ -179,16 +192,117 @@ def inside_path(path: Path, root: Path) -> Path:
     return real
 
 
-def open_image(path: Path, root: Path | None = None) -> Image.Image:
-    """Decode an image as RGB. Raises ImageLoadError when it is missing, cannot be decoded, or (with
-    ``root``) lies outside the images folder ``root`` once links are followed."""
-    if root is not None:
-        path = inside_path(path, root)
+# At most 8192 x 8192 = 67 MP per image. Generous for photographs (a 61 MP full-frame camera makes 9504 x
+# 6336) and below PIL's own warning threshold (89.5 MP), so PIL never warns about an image we accept; a
+# worker holding one decoded image, its RGBA copy and its RGB result stays under about 700 MB. A "bomb" (a
+# small file declaring 12000 x 12000) is refused from its header, before its pixels are decoded.
+MAX_PIXELS = 8192 * 8192
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(name: str, mode: int) -> ImageLoadError:
+    kind = next((k for test, k in _KINDS if test(mode)), "not a file")
+    return ImageLoadError(f"{name} is not a regular file ({kind}): not read")
+
+
+def _open_regular(path: Path, name: str) -> int:
+    """A read descriptor of ``path`` when it is a regular file (links followed), else ImageLoadError. Opened
+    without blocking (a FIFO swapped in after the check cannot hang the open) and checked again once open."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageLoadError(f"file not found: {path}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"cannot decode {path.name}: {e}") from None
+    except OSError as e:  # a link loop, a name too long, a folder without permission
+        raise ImageLoadError(f"cannot read {name}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(name, st.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ImageLoadError(f"file not found: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket
+            raise ImageLoadError(f"{name} is not a regular file (a socket): not read") from None
+        raise ImageLoadError(f"cannot read {name}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(name, mode)
+    return fd
+
+
+def _too_many_pixels(name: str, pixels: int | None, size: tuple[int, int] | None = None) -> ImageLoadError:
+    shape = f"{size[0]:,} x {size[1]:,} = " if size else ""
+    count = f"{pixels:,} pixels" if pixels is not None else "more pixels than PIL allows"
+    return ImageLoadError(f"{name} is {shape}{count}, more than the {MAX_PIXELS:,} an image may have "
+                          f"(compute.dataset.MAX_PIXELS): not decoded")
+
+
+def decode(path: str | os.PathLike, root: Path | None = None, draft: int | None = None) -> Image.Image:
+    """The image at ``path``, decoded in its own mode. ImageLoadError when it is missing, not a regular
+    file, larger than MAX_PIXELS, cannot be decoded, or (with ``root``) lies outside the images folder
+    ``root`` once links are followed. ``draft``: a thumbnail's side; formats that can (JPEG) decode at a
+    reduced scale no smaller than it."""
+    path = Path(path)
+    real = inside_path(path, root) if root is not None else path
+    name = path.name or str(path)
+    fd = _open_regular(real, name)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            with warnings.catch_warnings():  # PIL's bomb warning is an error here, never printed
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(f)
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise _too_many_pixels(name, w * h, (w, h))
+            if draft is not None:
+                im.draft(None, (draft, draft))
+            im.load()  # the first frame's pixels, in memory: the image outlives its file
+            return im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_many_pixels(name, int(found.group(1)) if found else None) from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"cannot decode {name}: not an image format PIL reads") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for data it cannot decode
+        raise ImageLoadError(f"cannot decode {name}: {e}") from None
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8 bits per sample: 16-bit greyscale (``I;16``, ``I;16B``...) and 32-bit integer (``I``,
+    taken as 16-bit data, as older PIL decodes 16-bit files) become ``L`` with the high byte of each sample
+    (x >> 8, as PIL itself decodes 16-bit RGB files), values outside 0-65535 clipped first. A transparent
+    grey value becomes an alpha channel (``LA``). Other modes are returned as they are."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    wide = np.asarray(image).astype(np.int64)  # (h, w)
+    grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+    out = Image.fromarray(grey)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(wide == transparent, 0, 255).astype(np.uint8)
+        out = Image.merge("LA", (out, Image.fromarray(alpha)))
+    return out
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The RGB image the model is shown: transformers' ``convert_to_rgb`` (an alpha band or a transparent
+    colour composited onto white, everything else PIL's ``convert("RGB")``) after ``eight_bit``."""
+    image = eight_bit(image)
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike, root: Path | None = None) -> Image.Image:
+    """Decode an image as the model's RGB (``decode``, then ``to_rgb``). Raises ImageLoadError when it cannot
+    be used (see ``decode``)."""
+    image = decode(path, root)
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as e:  # a mode PIL cannot convert
+        raise ImageLoadError(f"cannot convert {Path(path).name} ({image.mode}) to RGB: {e}") from None

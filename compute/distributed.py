@@ -92,7 +92,12 @@ class Layout:
 
 def check_address(text: str) -> str:
     """The --ray value, or InputError in one line (before anything starts)."""
-    if text in (LOCAL, AUTO) or ADDRESS.match(text):
+    if text in (LOCAL, AUTO):
+        return text
+    if (found := ADDRESS.match(text)) is not None:
+        port = found.group(2)
+        if port is not None and not 1 <= int(port[1:]) <= 65535:
+            raise InputError(f"--ray {text!r}: port {int(port[1:])} is not a TCP port (1 to 65535)")
         return text
     raise InputError(f"--ray {text!r} is not a Ray address: give none (a local Ray on this machine), 'auto' "
                      f"(the cluster of RAY_ADDRESS or the one this node belongs to), HOST:PORT or ray://HOST:PORT")
@@ -102,7 +107,10 @@ def run(exp: Experiment, options: RayOptions, **kwargs: object) -> RunResult:
     """``compute.runner.run`` with the sweep on Ray; the same keyword arguments (method must be engine)."""
     if kwargs.get("method", "engine") != "engine":
         raise InputError("--method plain runs in one process only: leave out --ray (or --method)")
-    return run_here(exp, sweeper=partial(ray_sweep, options=options), **kwargs)
+    reach = None
+    if options.address != LOCAL:  # a cluster that is not there: one line once the input is checked, no store
+        reach = partial(check_reachable, os.environ.get("RAY_ADDRESS", "") if options.address == AUTO else options.address)
+    return run_here(exp, sweeper=partial(ray_sweep, options=options), before_writing=reach, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

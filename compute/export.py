@@ -10,7 +10,9 @@ import argparse
 from pathlib import Path
 
 from analysis import FORMATS, SIZES  # the package alone: light, so --help stays fast
+from compute import store
 from compute.errors import InputError
+from compute.files import check_out_folder
 from compute.store import DEFAULT_DB_TEXT, resolve_db
 
 DESCRIPTION = """\
@@ -72,10 +74,16 @@ def main(args: argparse.Namespace) -> int:
     db = resolve_db(args.db)
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
+    check_out_folder(args.out)  # before seconds of reading and drawing for a folder that cannot be written
+    store.check_store(db, write=False)  # a damaged store is one line, whichever block the pack would read
     confusion = split_ablations(args.confusion) or None
     ablations = split_ablations(args.ablations) or None
     if args.ablation and args.image is None:
         raise InputError("--ablation goes with --image: the image whose attention maps it compares")
+    if args.image is not None:  # the attention maps load the run's model: no loading bars from transformers
+        from compute.models import quiet_transformers
+
+        quiet_transformers()
     written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations=ablations,
                                  size=args.size, image_id=args.image, image_ablation=args.ablation.strip())
     print(f"wrote {len(written)} files to {args.out}")

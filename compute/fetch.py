@@ -41,13 +41,12 @@ from compute.download import (
     with_retries,
 )
 from compute.errors import InputError
-from compute.files import write_json_atomic
+from compute.files import check_out_folder, write_json_atomic
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 SPLITS = ("val2017", "train2017")
 ARCHIVE_PATH = "annotations/annotations_trainval2017.zip"  # relative to the base URL
 MANIFEST_NAME = "fetch_manifest.json"
-
 
 
 @dataclass
@@ -61,6 +60,7 @@ class FetchResult:
     present: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     fetched_bytes: int = 0
+    retry_helps: bool = False  # some failure was transient (a broken connection): running again may fetch it
 
     def summary(self) -> str:
         return (
@@ -89,19 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep images with a caption containing TEXT as a whole phrase (case-insensitive); "
         "with --categories, images must match both",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("data/coco"),
-        metavar="DIR",
-        help="output folder (default: data/coco)",
-    )
-    parser.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        metavar="URL",
-        help=f"server holding the COCO tree (default: {DEFAULT_BASE_URL})",
-    )
+    parser.add_argument("--out", type=Path, default=Path("data/coco"), metavar="DIR",
+                        help="output folder (default: data/coco)")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
+                        help=f"server holding the COCO tree (default: {DEFAULT_BASE_URL})")
     parser.add_argument(
         "--workers", type=int, default=8, metavar="N", help="parallel image downloads (default: 8)"
     )
@@ -135,7 +126,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"failed: ... and {len(result.failed) - 10} more", file=sys.stderr)
     print(result.summary())
     if result.failed:
-        print("run the same command again to retry the failed images", file=sys.stderr)
+        if result.retry_helps:
+            print("run the same command again to retry the failed images", file=sys.stderr)
+        else:  # a 404, a file that is not an image: the same request gives the same answer
+            print("the server answered every failed image for good: running again will not fetch them",
+                  file=sys.stderr)
         return 1
     return 0
 
@@ -164,6 +159,7 @@ def fetch_coco(
         raise InputError(f"--limit must be at least 1, got {limit}")
     if caption_contains is not None and not caption_contains.strip():
         raise InputError("--caption-contains is empty")
+    check_out_folder(out)  # before anything is downloaded
 
     instances_path, captions_path = _ensure_annotations(out, split, base, verbose)
     instances = _load_json(instances_path)
@@ -171,6 +167,10 @@ def fetch_coco(
     images = select_images(instances, captions, categories, caption_contains, limit)
     if not images:
         raise InputError(f"no {split} image matches {_describe_selection(categories, caption_contains)}")
+    for image in images:  # every name checked before the first download
+        if unsafe_name(image["file_name"]):  # never let an annotation file write outside OUT/split
+            raise InputError(f"image {image['id']} has an unsafe file_name {image['file_name']!r}: a file name "
+                             f"must be a plain name, not empty, '.', '..' or a path")
     if verbose:
         print(
             f"selected {len(images)} of {len(instances['images'])} {split} images "
@@ -329,8 +329,6 @@ def _fetch_images(
         futures = {}
         for image in images:
             name = image["file_name"]
-            if Path(name).name != name:  # never let an annotation file write outside OUT/split
-                raise InputError(f"image {image['id']} has an unsafe file_name {name!r}")
             rel = f"{split}/{name}"
             expected = (image["width"], image["height"]) if "width" in image and "height" in image else None
             job = (f"{base}/{rel}", out / rel, expected, known.get(rel))
@@ -344,6 +342,7 @@ def _fetch_images(
                     # No image came through in this run and the host cannot be reached: we are offline.
                     raise _offline_error(base, error) from error
                 result.failed.append((rel, str(error)))
+                result.retry_helps = result.retry_helps or error.retry
             else:
                 entries[rel] = entry
                 if fetched:
@@ -359,6 +358,13 @@ def _fetch_images(
         bar.close()
     result.failed.sort()
     return entries
+
+
+def unsafe_name(name: object) -> bool:
+    """True unless ``name`` is a plain file name: a string, not empty, not '.' or '..', no folder in it."""
+    if not isinstance(name, str) or name.strip() in ("", ".", ".."):
+        return True
+    return Path(name).name != name or "\x00" in name
 
 
 def _ensure_image(

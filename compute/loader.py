@@ -6,7 +6,10 @@ only which images decoded; a bad image becomes an ``errors`` row. Chunks are sma
 quickly, every worker keeps two queued so none waits, and two batches' worth of slots bound the memory.
 On a GPU the workers ship uint8 crops (a quarter of the bytes), the batch is copied from pinned memory
 without blocking and the value table is applied on the device; on the CPU the workers apply it. A worker
-that dies is an error (``WorkerDied``, one line naming the file it was decoding), never a wait.
+that dies is an error (``WorkerDied``, one line naming the file it was decoding), never a wait. A run that
+dies takes its workers with it (on Linux the kernel kills them when the thread that started them ends), so a
+killed run leaves no orphan, not even one blocked in a read; workers read regular files only
+(compute.dataset.decode).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compute.dataset import ImageLoadError, ImageRecord, open_image
+from compute.dataset import ImageLoadError, ImageRecord, decode
 from compute.errors import RunError
 from compute.pixels import Recipe, recipe
 
@@ -53,7 +56,7 @@ def default_workers() -> int:
 
 def load(recipe: Recipe, record: ImageRecord) -> np.ndarray:
     """Decode and prepare one image (what a worker ships). Raises ImageLoadError when it cannot be used."""
-    image = open_image(record.path, record.root)  # a file outside the images folder is not read
+    image = decode(record.path, record.root)  # only a regular file inside the images folder is read
     try:
         return recipe.pixels(image)
     except Exception as e:  # a processor that rejects this image: an error row, not a failed run
@@ -101,8 +104,23 @@ def _work(recipe: Recipe, shared: np.ndarray, tasks: Connection, results: Connec
         results.send((chunk, ok, errors))
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the process that forked it dies, even while it is blocked in
+    a read (its own check of the parent runs only between tasks)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _worker_main(recipe: Recipe, shared: np.ndarray, tasks: Connection, results: Connection, parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and SIGTERM are the main process's to handle
+        signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, EOFError, KeyboardInterrupt):  # the main process is gone
         _work(recipe, shared, tasks, results, parent)
 

@@ -167,6 +167,21 @@ def _classes(family: str) -> tuple[type, type]:
     return getattr(transformers, names[0]), getattr(transformers, names[1])
 
 
+def _damaged_weights(ref: str, e: Exception) -> InputError:
+    """A weights file that cannot be read (cut short, overwritten) as one line naming it: safetensors' own
+    error does not say which file of the model it was reading."""
+    from safetensors import SafetensorError, safe_open
+
+    name, why = "a weights file", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    for path in sorted(Path(ref).glob("*.safetensors")) if Path(ref).is_dir() else []:
+        try:
+            safe_open(str(path), framework="pt").keys()
+        except (SafetensorError, OSError) as bad:
+            name, why = str(path), str(bad).strip().splitlines()[0]
+            break
+    return InputError(f"cannot load {ref!r}: {name} is damaged ({why}); download or save the model again")
+
+
 def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedClip:
     """A CLIP, SigLIP or SigLIP 2 model and its processor from a hub id or a save_pretrained folder.
 
@@ -185,6 +200,8 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
     if dev.type == "cpu" and torch_dtype == torch.float16:
         raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
     model_class, processor_class = _classes(family)
+    from safetensors import SafetensorError
+
     try:
         model = from_pretrained(model_class, name_or_path, "model", dtype=torch.float32)  # cast below
         processor = processor_class.from_pretrained(name_or_path)
@@ -193,6 +210,8 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError(f"cannot load {family} {name_or_path!r}: {str(e).strip().splitlines()[0]}{hint}") from None
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load {family} {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    except SafetensorError as e:  # not an OSError: a weights file cut short or overwritten
+        raise _damaged_weights(name_or_path, e) from None
     if family != "clip" and not model.config.vision_config.vision_use_head:
         raise InputError(f"{name_or_path}: its vision tower has no pooling head (vision_use_head = false), so it "
                          f"makes no image embedding to score")
@@ -278,6 +297,8 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
         )
     dev = resolve_device(device)
     torch_dtype = TORCH_DTYPES[dtype]
+    from safetensors import SafetensorError
+
     try:
         if kind == "blip":
             model = from_pretrained(BlipForConditionalGeneration, name_or_path, "captioner", dtype=torch_dtype)
@@ -289,5 +310,7 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load captioner {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    except SafetensorError as e:  # not an OSError: a weights file cut short or overwritten
+        raise _damaged_weights(name_or_path, e) from None
     model.to(dev).eval()
     return LoadedCaptioner(model, image_processor, tokenizer, kind, dev, torch_dtype, name_or_path)

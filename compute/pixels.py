@@ -1,13 +1,19 @@
-"""The model's own pixels, made faster: how a decode worker turns an RGB image into exactly the values the
-model's image processor would give (used by compute.loader).
+"""The model's own pixels, made faster: how a decode worker turns a decoded image (any mode) into exactly the
+values the model's image processor would give (used by compute.loader).
+
+- The reference is the processor on the image after ``compute.dataset.eight_bit`` (16-bit images scaled to 8
+  bits, where the processor would clip them to white): its own conversion to RGB composites transparency
+  onto white. A processor that does not convert to RGB itself is given ``compute.dataset.to_rgb``'s image.
 
 - Rescaling and normalising are pointwise per channel on the uint8 values of the resized, centre-cropped
   image, so they are a table of 3 x 256 floats, read off the processor itself on a strip holding every value.
 - The crop is the processor's own (called with ``do_rescale=False, do_normalize=False``) or, for the CLIP
   kind of processor (shortest edge, centre crop), one PIL resize and a slice, which skips the processor's
   array round trips at full resolution (2-3x less work per image).
-- ``recipe()`` checks both against the whole processor on probe images of several shapes before a run
-  starts; whatever does not give the same bytes is not used (in the end the workers run the processor whole).
+- The fast paths convert with ``compute.dataset.to_rgb`` first. ``recipe()`` checks them against the whole
+  processor on probe images of several shapes and of every image mode (transparent, palette, 16-bit, CMYK,
+  float...) before a run starts; whatever does not give the same bytes is not used (in the end the workers
+  run the processor whole, on the reference image).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
+
+from compute.dataset import eight_bit, to_rgb
 
 PROBE_SIZES = ((640, 480), (480, 640), (500, 500), (333, 1001), (97, 71), (225, 224))  # (width, height)
 
@@ -41,8 +49,13 @@ class Recipe:
     def ship_dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.ship_uint8 else np.float32)
 
+    def reference(self, image: Image.Image) -> Image.Image:
+        """What the processor is given for a decoded image: ``eight_bit`` when it converts to RGB itself (its
+        own conversion is the reference), else ``to_rgb``."""
+        return eight_bit(image) if converts_to_rgb(self.processor) else to_rgb(image)
+
     def crop(self, image: Image.Image) -> np.ndarray:
-        """The resized, centre-cropped image. -> (3, height, width) uint8."""
+        """The resized, centre-cropped image of an RGB image. -> (3, height, width) uint8."""
         if self.direct is None:
             out = self.processor(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")
             return np.asarray(out["pixel_values"][0])
@@ -61,25 +74,76 @@ class Recipe:
         return replace(self, processor=None) if self.direct is not None and self.table is not None else self
 
     def pixels(self, image: Image.Image) -> np.ndarray:
-        """What a worker ships for one image: (3, height, width) uint8 crop, or float32 pixel values."""
+        """What a worker ships for one decoded image (any mode): (3, height, width) uint8 crop, or float32
+        pixel values."""
         if self.table is None:
-            out = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+            out = self.processor(images=[self.reference(image)], return_tensors="np")["pixel_values"][0]
             return np.asarray(out, np.float32)
-        crop = self.crop(image)
-        if self.ship_uint8:
-            return crop
-        return np.stack([self.table[c][crop[c]] for c in range(3)])  # the table, per channel: exact
+        crop = self.crop(to_rgb(image))
+        return crop if self.ship_uint8 else table_values(self.table, crop)
+
+
+def converts_to_rgb(processor: object) -> bool:
+    """Whether the processor converts images to RGB itself (transformers' ``do_convert_rgb``)."""
+    return bool(getattr(processor, "do_convert_rgb", False))
+
+
+def _smooth(rng: np.random.Generator, w: int, h: int, channels: int = 3) -> np.ndarray:
+    """A smooth random image with grain, (h, w, channels) uint8: photo-like, every value of a channel used."""
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    grain = rng.integers(-20, 21, (h, w, 3))
+    return np.clip(np.asarray(coarse, np.int16) + grain, 0, 255).astype(np.uint8)[..., :channels]
+
+
+def mode_probes(seed: int = 1, size: tuple[int, int] = (97, 71)) -> dict[str, Image.Image]:
+    """One probe image per image mode a decoder can give, each with the features its conversion to RGB
+    depends on: alpha from 0 to 255, a palette with a transparent index, a transparent colour, 16-bit and
+    32-bit integer samples over their whole range, floats, CMYK, YCbCr, bilevel."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    rgb = Image.fromarray(_smooth(rng, w, h))
+    alpha = Image.fromarray(_smooth(rng, w, h, 1)[..., 0])
+    grey = rgb.convert("L")
+    wide = _smooth(rng, w, h, 2).astype(np.int64)
+    sixteen = (wide[..., 0] << 8) | wide[..., 1]  # (h, w) over 0..65535
+    palette = rgb.quantize(64)
+    palette.info["transparency"] = int(np.asarray(palette)[h // 2, w // 2])
+    alphas = rgb.quantize(64)  # a PNG tRNS chunk: an alpha value per palette entry
+    alphas.info["transparency"] = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+    keyed = rgb.copy()
+    keyed.info["transparency"] = tuple(int(v) for v in np.asarray(rgb)[h // 3, w // 3])
+    grey_keyed = grey.copy()
+    grey_keyed.info["transparency"] = int(np.asarray(grey)[h // 3, w // 3])
+    deep_keyed = Image.fromarray(sixteen.astype(np.uint16))
+    deep_keyed.info["transparency"] = int(sixteen[h // 4, w // 4])
+    rgba = rgb.copy()
+    rgba.putalpha(alpha)
+    la = grey.copy()
+    la.putalpha(alpha)
+    pa = palette.convert("PA")
+    pa.putalpha(alpha)
+    return {
+        "RGB": rgb, "RGBA": rgba, "LA": la, "PA": pa, "P": rgb.quantize(200), "P+transparency": palette,
+        "P+alpha table": alphas,
+        "RGB+transparency": keyed, "L": grey, "L+transparency": grey_keyed, "1": grey.convert("1"),
+        "CMYK": rgb.convert("CMYK"), "YCbCr": rgb.convert("YCbCr"),
+        "I;16": Image.fromarray(sixteen.astype(np.uint16)), "I;16B": Image.fromarray(sixteen.astype(">u2")),
+        "I;16+transparency": deep_keyed, "I": Image.fromarray((sixteen * 3 - 30000).astype(np.int32)),
+        "F": Image.fromarray((wide[..., 0] * 1.2 - 20 + wide[..., 1] / 256).astype(np.float32)),
+    }
 
 
 def probe_images(seed: int = 0) -> list[Image.Image]:
-    """Smooth random RGB images of PROBE_SIZES: landscape, portrait, square, odd and tiny shapes."""
+    """Smooth random RGB images of PROBE_SIZES (landscape, portrait, square, odd and tiny shapes), then one
+    image of every mode (``mode_probes``)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for w, h in PROBE_SIZES:
-        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-        grain = rng.integers(-20, 21, (h, w, 3))
-        out.append(Image.fromarray(np.clip(np.asarray(coarse, np.int16) + grain, 0, 255).astype(np.uint8)))
-    return out
+    shapes = [Image.fromarray(_smooth(rng, w, h)) for w, h in PROBE_SIZES]
+    return shapes + list(mode_probes(seed + 1).values())
+
+
+def table_values(table: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """(3, 256) table, (3, h, w) uint8 crop -> (3, h, w) float32 pixel values: the table, per channel (exact)."""
+    return np.stack([table[c][crop[c]] for c in range(3)])
 
 
 def value_table(processor: object) -> np.ndarray:
@@ -105,11 +169,20 @@ def _direct_candidate(processor: object) -> tuple[int, int] | None:
 
 
 def recipe(processor: object, ship_uint8: bool) -> Recipe:
-    """The fastest recipe that gives the processor's own pixels on every probe image (checked here)."""
-    probes = probe_images()
-    want = [np.asarray(processor(images=[im], return_tensors="np")["pixel_values"][0]) for im in probes]
+    """The fastest recipe that gives the processor's own pixels (on ``Recipe.reference``) on every probe
+    image, of every shape and mode (checked here)."""
+    whole = Recipe(processor, (0, 0), None, None, False)
+    probes, want = [], []
+    for k, im in enumerate(probe_images()):
+        try:
+            want.append(np.asarray(processor(images=[whole.reference(im)], return_tensors="np")["pixel_values"][0]))
+        except Exception:
+            if k < len(PROBE_SIZES):  # an RGB image it cannot take: not a processor a run can use
+                raise
+            continue  # a mode the processor rejects: such an image becomes an error row, whatever the recipe
+        probes.append(im)
     size = (int(want[0].shape[1]), int(want[0].shape[2]))
-    whole = Recipe(processor, size, None, None, False)
+    whole = replace(whole, size=size)
     if any(w.dtype != np.float32 or w.shape != want[0].shape for w in want):
         return whole
     try:
@@ -117,13 +190,13 @@ def recipe(processor: object, ship_uint8: bool) -> Recipe:
     except Exception:  # a processor that cannot skip its resize: run it whole
         return whole
     tabled = Recipe(processor, size, table, None, False)
-    crops = [tabled.crop(im) for im in probes]
-    if any(c.dtype != np.uint8 or not np.array_equal(tabled.pixels(im), w) for c, im, w in zip(crops, probes, want,
+    crops = [tabled.crop(to_rgb(im)) for im in probes]  # what tabled.pixels maps through the table
+    if any(c.dtype != np.uint8 or not np.array_equal(table_values(table, c), w) for c, w in zip(crops, want,
                                                                                               strict=True)):
         return whole
     direct = _direct_candidate(processor)
     if direct is not None:
         fast = Recipe(processor, size, table, direct, False)
-        if not all(np.array_equal(fast.crop(im), c) for im, c in zip(probes, crops, strict=True)):
+        if not all(np.array_equal(fast.crop(to_rgb(im)), c) for im, c in zip(probes, crops, strict=True)):
             direct = None
     return Recipe(processor, size, table, direct, ship_uint8)

@@ -163,16 +163,21 @@ def run(
     clip: LoadedClip | None = None,
     workers: int | None = None,
     sweeper: Sweeper | None = None,
+    before_writing: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run or resume ``exp``. Raises InputError on bad input before writing anything.
 
     workers: decode processes (default: the cores this process may use; 0: one thread in this process).
     sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
     Ray sweep). Everything else (checks, the run's rows, the mean pass, captions, the summary) is the same.
+    before_writing: called once the input is checked, before the store is touched (compute.distributed
+    reaches its Ray cluster there: one that is not there leaves no store and no run behind).
     """
     start = time.perf_counter()
     store.check_store(exp.store.db, write=True)  # a store-path problem fails before a model is loaded
     prep = prepare(exp, clip)
+    if before_writing is not None:
+        before_writing()
     if (warning := label_warning(prep.images, [p.label for p in exp.prompts])) is not None:
         echo(warning)
     with run_lock(exp.store.db, exp.name, echo):  # a second process on the same run waits here

@@ -230,6 +230,16 @@ def test_missing_image_fails_at_once(tree: CocoTree, server: CocoServer, out: Pa
     assert image_ids(out) == CATS - {105}
 
 
+def test_a_failure_a_rerun_cannot_fix_is_not_told_to_rerun(
+    tree: CocoTree, server: CocoServer, out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tree.root / rel(105)).unlink()  # a 404: the same request gets the same answer
+    assert run_cli(["coco", "--categories", "cat", "--out", str(out), "--base-url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {rel(105)}: HTTP 404 Not Found" in err
+    assert "run the same command again" not in err and "running again will not fetch them" in err
+
+
 def test_corrupted_local_files_are_refetched(tree: CocoTree, server: CocoServer, out: Path) -> None:
     fetch_coco(out, categories=["cat"], base_url=server.url, verbose=False)
     (out / rel(101)).write_bytes(b"this is not a jpeg")

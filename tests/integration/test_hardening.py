@@ -7,11 +7,18 @@ captions (encoding, types, id uniqueness and range, file names, references), the
 directory, an unwritable or unreadable file or folder, a file that is not a DuckDB store, another
 application's DuckDB file, a newer schema), names and prompt texts (control characters, blank or
 zero-width-only text), prompts as the model's tokenizer reads them (too long for the text tower, two prompts
-the tokenizer makes the same), a model whose outputs are not finite, and a model whose config.json does not
-match its weights. Every error line is printable: user text in it is escaped, never printed raw. Most run
-in-process through ``compute.__main__.main`` (the same code as the command line, fast); a few run as real
-processes to show the whole stderr is that one line. Non-finite results part way (exit 1, that batch
-unwritten) and a name stored before names were checked (``list`` escapes it) have tests of their own below.
+the tokenizer makes the same), a model whose outputs are not finite, a model whose config.json does not
+match its weights, the model's weights file, output folders and the names a fetch would write, a Ray
+address. Every error line is printable: user text in it is escaped, never printed raw. Most run in-process
+through ``compute.__main__.main`` (the same code as the command line, fast); a few run as real processes to
+show the whole stderr is that one line. Non-finite results part way (exit 1, that batch unwritten) and a
+name stored before names were checked (``list`` escapes it) have tests of their own below.
+
+Then the I/O classes, each decided once where it is owned: the RGB the model is shown for every image mode
+(compute.dataset.to_rgb), image files that are not regular files or hold too many pixels (errors rows,
+never a hang or a raw warning), decode workers that never outlive their run, ``export --image`` of a file
+that cannot be read, damaged stores for every verb (compute.storefile), ``--out`` folders, the run's lock
+file (never followed), SIGTERM (ends like Ctrl-C) and an unreachable Ray cluster (before a store exists).
 """
 
 from __future__ import annotations
@@ -21,18 +28,27 @@ import json
 import os
 import resource
 import shutil
+import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
+import torch
 from conftest import ROOT, run_cli, sql
+from PIL import Image
 
 from compute.__main__ import main
+from compute.errors import StoreError
 from tools.synthetic import make_coco, write_experiment
 
 
@@ -45,6 +61,8 @@ def snapshot(root: Path) -> dict[str, str]:
             out[rel] = "link -> " + os.readlink(p)
         elif p.is_dir():
             out[rel] = "dir"
+        elif not p.is_file():  # a FIFO or a socket: reading it could block
+            out[rel] = f"special {stat.S_IFMT(p.stat().st_mode):o}"
         else:
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
@@ -343,6 +361,21 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
                                           "(schema version 99; this one knows up to 2); upgrade"),
     "store: list on another application's file": (lambda s: _store(s, _foreign, verb="list"), "another application"),
     "store: delete on an SQLite file": (lambda s: _store(s, _sqlite, verb="delete"), "is an SQLite database"),
+    # --- models on disk ---
+    "model: weights file cut in half": (lambda s: s.run(exp=_cut_weights(s)),
+                                        "model.safetensors is damaged (Error while deserializing header"),
+    # --- output folders and names written from a server's annotations ---
+    "fetch: --out an existing file": (lambda s: _fetch(s, s.experiment()), "e.toml is a file, not a folder"),
+    "fetch: --out under a file": (lambda s: _fetch(s, s.experiment() / "coco"), "e.toml is a file, not a folder"),
+    "fetch: --out in /proc": (lambda s: _fetch(s, Path("/proc/clip-lab-out")), "/proc/clip-lab-out is not writable"),
+    "fetch: a file_name '..'": (lambda s: _fetch_names(s, ".."), "unsafe file_name '..'"),
+    "fetch: an empty file_name": (lambda s: _fetch_names(s, ""), "unsafe file_name ''"),
+    "fetch: a file_name '.'": (lambda s: _fetch_names(s, "."), "unsafe file_name '.'"),
+    "fetch: a file_name with a folder": (lambda s: _fetch_names(s, "a/b.jpg"), "unsafe file_name 'a/b.jpg'"),
+    # --- a Ray address ---
+    "cli: --ray port beyond 65535": (lambda s: s.run("--ray", "127.0.0.1:99999"),
+                                     "--ray '127.0.0.1:99999': port 99999 is not a TCP port (1 to 65535)"),
+    "cli: --ray port 0": (lambda s: s.run("--ray", "ray://head:0"), "port 0 is not a TCP port"),
 }
 
 
@@ -395,6 +428,33 @@ def _renamed(tensors: dict) -> None:
     tensors["visual_projection.kernel"] = tensors.pop("visual_projection.weight")
 
 
+def _cut_weights(s: Setup) -> Path:
+    model = s.tmp / "model"
+    shutil.copytree(s.model, model)
+    weights = model / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return write_experiment(s.tmp / "cut.toml", model, s.coco, s.db, sweep="none")
+
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens; these cases stop before the network
+
+
+def _fetch(s: Setup, out: Path) -> list[str]:
+    return ["fetch", "coco", "--out", str(out), "--base-url", UNREACHABLE]
+
+
+def _fetch_names(s: Setup, name: str) -> list[str]:
+    # Annotations already fetched (so no network): an image whose file_name would leave OUT/val2017.
+    out = s.tmp / "fetched"
+    (out / "annotations").mkdir(parents=True)
+    doc = {"images": [{"id": 1, "file_name": "000000000001.jpg", "width": 4, "height": 4},
+                      {"id": 2, "file_name": name, "width": 4, "height": 4}],
+           "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
+    (out / "annotations" / "instances_val2017.json").write_text(json.dumps(doc))
+    (out / "annotations" / "captions_val2017.json").write_text(json.dumps({"annotations": []}))
+    return _fetch(s, out)
+
+
 def _replace(s: Setup, old: str, new: str) -> Path:
     exp = s.experiment()
     text = exp.read_text()
@@ -439,21 +499,27 @@ def setup(tiny_clip, tmp_path) -> Setup:
     return Setup(tmp, tiny_clip, make_coco(tmp / "coco", n=10), tmp / "out.duckdb")
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(setup, case, capsys):
-    build, fragment = CASES[case]
-    argv = build(setup)
+def refused(setup: Setup, argv: list[str], fragment: str, capsys, code: int = 2) -> str:
+    """Run the command line in-process on ``argv``: exit ``code``, one line ``error: ...`` holding ``fragment``,
+    every file under setup.tmp unchanged, no store made. Returns the line."""
     before = snapshot(setup.tmp)
     capsys.readouterr()
-    code = main(argv)
+    got = main(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert code == 2, err
+    assert got == code, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], lines[0]
     assert lines[0].isprintable(), f"a control character printed raw: {lines[0]!r}"
     assert snapshot(setup.tmp) == before, "a bad input changed or added a file"
     assert not setup.db.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(setup, case, capsys):
+    build, fragment = CASES[case]
+    refused(setup, build(setup), fragment, capsys)
 
 
 def _run_measured(cmd: list[str], env: dict, tmp: Path, limit_gb: int = 6) -> tuple[int, str, float]:
@@ -719,3 +785,391 @@ def test_non_finite_results_part_way_stop_the_run_before_that_batch_is_written(s
     assert sql(setup.db, "SELECT DISTINCT image_id FROM selections ORDER BY 1") == [(i,) for i in first]
     assert sql(setup.db, "SELECT COUNT(*) FROM scores WHERE NOT isfinite(logit)") == [(0,)]
     assert sql(setup.db, "SELECT status FROM runs") == [("running",)]
+
+
+# Image files: what the model is shown, what is read at all, and how large. One conversion to RGB (the image
+# processor's own: transparency onto white; 16-bit scaled to 8 bits), regular files only, at most
+# compute.dataset.MAX_PIXELS pixels. (The workers' pixels on every mode: test_pipeline.py.)
+
+
+def _reference(path: Path) -> Image.Image:
+    """The decoded file as the processor is to see it, built here without compute.dataset: 16-bit samples
+    scaled by their high byte, everything else left to the processor's own conversion."""
+    image = Image.open(path)
+    image.load()
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+    return image
+
+
+def _transparent_and_deep(images: Path) -> None:
+    """Images 1-4 of a make_coco folder become an RGBA, an LA, a palette-with-alpha and a 16-bit PNG (the name
+    keeps its .jpg: decoders go by content)."""
+    rng = np.random.default_rng(3)
+    for i, mode in enumerate(["RGBA", "LA", "P", "I;16"], start=1):
+        path = images / f"{i:012d}.jpg"
+        rgb = Image.open(path).convert("RGB")
+        w, h = rgb.size
+        alpha = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        if mode == "RGBA":
+            image = rgb.copy()
+            image.putalpha(alpha)
+        elif mode == "LA":
+            image = rgb.convert("L")
+            image.putalpha(alpha)
+        elif mode == "P":
+            image = rgb.quantize(16)
+            image.info["transparency"] = bytes(range(0, 256, 16))
+        else:
+            image = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+        image.save(path, "PNG", **({"transparency": image.info["transparency"]} if mode == "P" else {}))
+
+
+def test_transparent_and_16_bit_images_are_scored_and_drawn_on_the_processors_pixels(tiny_clip, tmp_path, capsys):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from analysis.overlays import image_maps
+    from compute.models import load_clip, seen_image
+
+    coco = make_coco(tmp_path / "coco", n=6)
+    _transparent_and_deep(coco / "images")
+    db = tmp_path / "r.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, sweep="none")
+    assert main(["run", str(exp), "--no-progress", "--workers", "2"]) == 0
+    rows = sql(db, """SELECT i.path, p.prompt, s.logit FROM score_t s
+                      JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+                      JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+                      ORDER BY s.image_id, s.prompt_id""")
+    paths = list(dict.fromkeys(r[0] for r in rows))
+    prompts = list(dict.fromkeys(r[1] for r in rows))
+    stored = torch.tensor([r[2] for r in rows]).view(len(paths), len(prompts))
+    assert len(paths) == 6 and not sql(db, "SELECT * FROM errors")
+
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip)
+
+    def own_logits(images: list[Image.Image]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(**processor(text=prompts, images=images, padding=True, return_tensors="pt")).logits_per_image
+
+    references = [_reference(Path(p)) for p in paths]
+    torch.testing.assert_close(stored, own_logits(references), atol=1e-4, rtol=1e-5)
+    # The old conversion (PIL's convert("RGB"): alpha dropped, 16 bits clipped) scores other pixels.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL: a palette's alpha table is dropped by convert("RGB")
+        old = own_logits([Image.open(p).convert("RGB") for p in paths])
+    assert (old[:4] - stored[:4]).abs().amax(dim=1).min() > 1e-3 and torch.allclose(old[4:], stored[4:], atol=1e-4)
+    # The Image page and export --image draw the very image the run scored.
+    clip = load_clip(str(tiny_clip), device="cpu")
+    for path, reference in zip(paths, references, strict=True):
+        seen = seen_image(clip, processor.image_processor(images=[reference], return_tensors="pt")["pixel_values"][0])
+        assert np.array_equal(image_maps(clip, path, "baseline").picture, seen), path
+
+
+@pytest.mark.slow
+def test_image_files_that_are_not_regular_files_are_error_rows_never_a_hang(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=9)
+    images = coco / "images"
+
+    def path(i: int) -> Path:
+        p = images / f"{i:012d}.jpg"
+        p.unlink()
+        return p
+
+    kinds = {2: "a FIFO", 3: "a socket", 4: "a folder", 6: "a FIFO"}
+    os.mkfifo(path(2))  # opening it for reading would wait for a writer forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path(3)))
+    path(4).mkdir()
+    os.mkfifo(images / "pipe")
+    path(6).symlink_to(images / "pipe")  # a link that stays inside the folder, to a FIFO
+    try:  # a device node (the one /dev/zero is): needs CAP_MKNOD
+        os.mknod(images / "zero", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+        os.replace(images / "zero", images / f"{5:012d}.jpg")
+        kinds[5] = "a character device"
+    except PermissionError:
+        pass
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, tmp_path / "r.duckdb", sweep="none")
+    try:
+        result = run_cli("run", str(exp), "--no-progress", "--workers", "2", timeout=240)  # a hang fails here
+    finally:
+        sock.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"{len(kinds)} image(s) could not be read" in result.stdout
+    errors = sql(tmp_path / "r.duckdb", "SELECT image_id, stage, message FROM errors ORDER BY image_id")
+    assert errors == [(i, "load", f"{i:012d}.jpg is not a regular file ({kind}): not read")
+                      for i, kind in sorted(kinds.items())]
+    scored = {i for (i,) in sql(tmp_path / "r.duckdb", "SELECT DISTINCT image_id FROM selections")}
+    assert scored == set(range(1, 10)) - set(kinds)
+
+
+def test_an_image_of_too_many_pixels_is_an_error_row_and_no_warning_is_printed(tiny_clip, tmp_path, capfd):
+    coco = make_coco(tmp_path / "coco", n=5)
+    images = coco / "images"
+    Image.new("L", (12000, 12000)).save(images / f"{2:012d}.jpg", "PNG")  # 144 MP in a small file
+    Image.new("L", (9000, 9000)).save(images / f"{3:012d}.jpg", "PNG")  # 81 MP: under PIL's own limit
+    assert (images / f"{2:012d}.jpg").stat().st_size < 300_000
+    db = tmp_path / "r.duckdb"
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, sweep="none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["run", str(exp), "--no-progress", "--workers", "2"]) == 0
+    out, err = capfd.readouterr()  # the workers' stderr too (they write to the same descriptor)
+    assert "DecompressionBomb" not in out + err and "Warning" not in err, err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    limit = "more than the 67,108,864 an image may have (compute.dataset.MAX_PIXELS): not decoded"
+    assert sql(db, "SELECT image_id, message FROM errors ORDER BY 1") == [
+        (2, f"{2:012d}.jpg is 144,000,000 pixels, {limit}"),
+        (3, f"{3:012d}.jpg is 9,000 x 9,000 = 81,000,000 pixels, {limit}")]
+    assert {i for (i,) in sql(db, "SELECT DISTINCT image_id FROM selections")} == {1, 4, 5}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_killed_run_leaves_no_decode_worker_behind_even_one_blocked_in_a_read(tiny_clip, tmp_path, monkeypatch):
+    """A worker made to block in a read (a FIFO opened behind the regular-file check's back) dies with the
+    process that started it, killed with SIGKILL: no orphan keeps waiting."""
+    import multiprocessing
+
+    from transformers import AutoImageProcessor
+
+    from compute import loader as loader_module
+    from compute.dataset import ImageRecord
+
+    fifo, pids = tmp_path / "pipe", tmp_path / "pids"
+    os.mkfifo(fifo)
+
+    def blocking_load(recipe, record):
+        with open(fifo, "rb") as f:  # no writer ever comes
+            return f.read()
+
+    monkeypatch.setattr(loader_module, "load", blocking_load)  # inherited by the forks below
+    processor = AutoImageProcessor.from_pretrained(tiny_clip)
+    records = [ImageRecord(1, "a.jpg", tmp_path / "a.jpg", ())]
+
+    def a_run() -> None:
+        with loader_module.Loader(processor, "cpu", torch.float32, 1, 1) as loader:
+            loader.start()
+            pids.write_text(" ".join(map(str, loader.pids)))
+            list(loader.batches(records))  # waits for the blocked worker
+
+    run = multiprocessing.get_context("fork").Process(target=a_run)
+    run.start()
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker = int(pids.read_text())
+        time.sleep(1.0)  # the worker has its task and sits in open(fifo)
+        assert _alive(worker)
+        os.kill(run.pid, signal.SIGKILL)
+        run.join(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker), "the decode worker outlived its run"
+    finally:
+        if run.is_alive():
+            run.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("listed", ["a FIFO", "/etc/passwd", "/dev/zero", "a missing file", "nothing"])
+def test_export_image_of_a_file_that_cannot_be_read_is_one_line(setup, real_store, listed, capsys):
+    db = setup.tmp / "store.duckdb"
+    shutil.copy(real_store, db)
+    path = {"a FIFO": str(setup.tmp / "gone.jpg"), "/etc/passwd": "/etc/passwd", "/dev/zero": "/dev/zero",
+            "a missing file": str(setup.tmp / "missing.jpg"), "nothing": ""}[listed]
+    if listed == "a FIFO":  # the image file was replaced after the run
+        os.mkfifo(path)
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE image_t SET path = ? WHERE image_id = 3", [path])
+    fragment = {"a FIFO": "gone.jpg is not a regular file (a FIFO)", "/etc/passwd": "cannot decode passwd: not an image",
+                "/dev/zero": "zero is not a regular file (a character device)", "a missing file": "file not found",
+                "nothing": "was never read (its file lies outside the images folder)"}[listed]
+    out = setup.tmp.parent / "pack"
+    line = refused(setup, ["export", "--run", "t", "--db", str(db), "--out", str(out), "--image", "3"], fragment, capsys)
+    assert line.startswith("error: image 3 of run 't' ")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The store file: damaged (bytes changed on disk, cut short) or not a store at all, for every verb that opens it.
+# One line, exit 2, the file byte-identical, no write-ahead log left beside it.
+
+
+@pytest.fixture(scope="module")
+def real_store(tiny_clip, tmp_path_factory) -> Path:
+    """A store of this tool with one complete run "t" (10 images, the paper sweep). Tests copy it."""
+    from compute.config import load_experiment
+    from compute.runner import run
+
+    tmp = tmp_path_factory.mktemp("real-store")
+    exp = write_experiment(tmp / "e.toml", tiny_clip, make_coco(tmp / "coco", n=10), tmp / "s.duckdb")
+    run(load_experiment(exp), progress=False, echo=lambda _: None)
+    return tmp / "s.duckdb"
+
+
+def _flip(db: Path, offset: int) -> None:
+    with open(db, "r+b") as f:
+        f.seek(offset)
+        data = f.read(4)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xA5 for b in data))
+
+
+def _data_block(db: Path) -> int:
+    """The byte offset of the middle of a block holding selection_t's values."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        block = con.execute("SELECT max(block_id) FROM pragma_storage_info('selection_t')").fetchone()[0]
+        size, total = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
+    headers = db.stat().st_size - total * size  # DuckDB's file headers come before the first block
+    return headers + block * size + size // 2
+
+
+DAMAGED = "is damaged (a block's checksum does not match its bytes at byte"
+STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a changed block of data": (lambda db: _flip(db, _data_block(db)), DAMAGED),
+    "a changed database header": (lambda db: _flip(db, 4096 + 40), f"{DAMAGED} 4,096)"),
+    "a changed main header": (lambda db: _flip(db, 100), f"{DAMAGED} 0)"),
+    "cut in half": (lambda db: os.truncate(db, db.stat().st_size // 2), "is damaged (cut short: it ends at byte"),
+    "cut after its headers": (lambda db: os.truncate(db, 12388), "is damaged (cut short: it ends at byte 12,388,"),
+    "random bytes after DuckDB's magic": (lambda db: db.write_bytes(
+        np.random.default_rng(0).bytes(8) + b"DUCK" + np.random.default_rng(1).bytes(300_000)), f"{DAMAGED} 0)"),
+    "an empty file": (lambda db: db.write_bytes(b""), "is not a DuckDB file (it is empty)"),
+    "random bytes": (lambda db: db.write_bytes(np.random.default_rng(2).bytes(300_000)),
+                     "is not a DuckDB file (unknown format)"),
+    "another application's DuckDB file": (lambda db: db.unlink() or _foreign(db), "a DuckDB file of another application"),
+}
+
+
+@pytest.mark.parametrize("verb", ["list", "delete", "export", "run"])
+@pytest.mark.parametrize("damage", list(STORE_DAMAGE))
+def test_a_damaged_store_is_one_line_for_every_verb_and_stays_byte_identical(setup, real_store, damage, verb, capsys):
+    db = setup.tmp / "store.duckdb"
+    shutil.copy(real_store, db)
+    make, fragment = STORE_DAMAGE[damage]
+    make(db)
+    out = setup.tmp.parent / "pack"
+    argv = {"list": ["list", "--db", str(db)], "delete": ["delete", "t", "--db", str(db)],
+            "export": ["export", "--run", "t", "--out", str(out), "--db", str(db)],
+            "run": setup.run("--db", str(db))}[verb]
+    line = refused(setup, argv, fragment, capsys)
+    if "damaged" in fragment:
+        assert line.startswith(f"error: the store {db} is damaged (") and "it was left as it is" in line
+    assert "the store is valid" not in line
+    assert not out.exists() and not Path(f"{db}.wal").exists()
+
+
+def test_the_store_check_reads_every_block_of_data(real_store, tmp_path):
+    """Every block a table's values live in is read by the check before a write (a count alone would not)."""
+    from compute import storefile
+
+    with duckdb.connect(str(real_store), read_only=True) as con:
+        tables = [t for (t,) in con.execute(storefile.STORE_BASE_TABLES).fetchall()]
+        blocks = {b for t in tables for (b,) in con.execute(
+            f"SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0").fetchall()}
+        size, total = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
+    headers = real_store.stat().st_size - total * size
+    assert len(blocks) >= 3
+    for block in sorted(blocks):
+        db = tmp_path / f"b{block}.duckdb"
+        shutil.copy(real_store, db)
+        _flip(db, headers + block * size + 1000)
+        storefile._verified.clear()
+        with pytest.raises(StoreError, match=f"is damaged .*at byte {headers + block * size:,}"):
+            storefile.check_store(db, write=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output folders, the run's lock file, signals, Ray.
+
+
+@pytest.mark.parametrize("case", ["an existing file", "a path under a file", "a folder in /proc"])
+def test_export_out_that_cannot_be_a_folder_is_one_line(setup, real_store, case, capsys):
+    db = setup.tmp / "store.duckdb"
+    shutil.copy(real_store, db)
+    out, fragment = {"an existing file": (db, "store.duckdb is a file, not a folder"),
+                     "a path under a file": (db / "pack", "store.duckdb is a file, not a folder"),
+                     "a folder in /proc": (Path("/proc/clip-lab-pack"), "/proc/clip-lab-pack is not writable")}[case]
+    refused(setup, ["export", "--run", "t", "--db", str(db), "--out", str(out)], fragment, capsys)
+
+
+@pytest.mark.parametrize("planted", ["a link to another file", "a link to nothing", "a FIFO", "a folder"])
+def test_the_run_lock_never_follows_a_link_nor_waits_on_a_fifo(setup, planted, capsys):
+    from compute.runlock import lock_path
+
+    victim = setup.tmp / "victim.txt"
+    victim.write_text("someone else's file\n")
+    lock = lock_path(setup.db, "t")
+    what = {"a link to another file": "a symbolic link", "a link to nothing": "a symbolic link",
+            "a FIFO": "a FIFO or a device", "a folder": "a folder"}[planted]
+    if planted == "a link to another file":
+        lock.symlink_to(victim)
+    elif planted == "a link to nothing":
+        lock.symlink_to(setup.tmp / "created-by-nobody")
+    elif planted == "a FIFO":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    refused(setup, setup.run(), f"the run's lock file {lock} is {what}, not a regular file", capsys)
+    assert victim.read_text() == "someone else's file\n"
+
+
+def _count(db: Path) -> int:
+    try:
+        return sql(db, "SELECT COUNT(*) FROM selection_t")[0][0]
+    except Exception:  # locked by the writer, or not created yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
+def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=80, size=(320, 240), photo=True)
+    db = tmp_path / "w.duckdb"
+    exp = write_experiment(tmp_path / "w.toml", tiny_clip, coco, db, batch_size=2, categories=())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "compute", "run", str(exp), "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(db) == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # a batch is committed: the workers are at work
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        workers = [int(c) for c in kids.read_text().split()] if kids.exists() else []
+        assert proc.poll() is None and len(workers) == 2, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted: what was committed is kept; run the same command again to "
+                                        "resume"], err
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "a decode worker outlived the run"
+    assert 0 < _count(db) < 80 * 21
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
+
+
+def test_an_unreachable_ray_cluster_is_one_line_before_any_store_or_run_exists(setup, capsys):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused(setup, setup.run("--ray", f"127.0.0.1:{port}"), f"cannot reach Ray at 127.0.0.1:{port}: Connection refused",
+            capsys, code=1)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,77 @@ def test_workers_give_exactly_the_image_processors_pixels(tiny_clip, jpegs, name
         errors = [e for b in batches for e in b.errors]
         assert [(e[0], e[1]) for e in errors] == [(4, "load"), (8, "load")]
         assert "cannot decode broken.jpg" in errors[0][2] and "not found" in errors[1][2]
+
+
+def mode_files(root: Path) -> dict[str, Path]:
+    """Files of every image mode whose conversion to RGB is not PIL's plain convert("RGB"), and plain ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    h, w = 260, 300  # a shape the processors resize and crop
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    rgb = Image.fromarray(np.clip(np.asarray(coarse, np.int16) + rng.integers(-25, 26, (h, w, 3)), 0, 255)
+                          .astype(np.uint8))
+    alpha = Image.fromarray(np.linspace(0, 255, w * h).reshape(h, w).astype(np.uint8))  # 0 to opaque
+    rgba, la = rgb.copy(), rgb.convert("L")
+    rgba.putalpha(alpha)
+    la.putalpha(alpha)
+    palette = rgb.quantize(32)
+    palette.info["transparency"] = int(np.asarray(palette)[h // 2, w // 2])
+    alphas = rgb.quantize(32)
+    alphas.info["transparency"] = bytes(range(0, 256, 8))  # an alpha per palette entry (PNG tRNS)
+    sixteen = np.asarray(rgb.convert("L"), np.uint16) * 257 + rng.integers(0, 257, (h, w)).astype(np.uint16)
+    files = {"RGBA": (rgba, "PNG"), "LA": (la, "PNG"), "P with a transparent index": (palette, "PNG"),
+             "P with an alpha table": (alphas, "PNG"), "I;16": (Image.fromarray(sixteen), "PNG"),
+             "CMYK": (rgb.convert("CMYK"), "JPEG"), "L": (rgb.convert("L"), "PNG"), "RGB": (rgb, "PNG"),
+             "1": (rgb.convert("1"), "PNG")}
+    out = {}
+    for k, (name, (image, fmt)) in enumerate(files.items()):
+        path = root / f"{k:02d}.img"  # the decoder goes by content, not by name
+        image.save(path, fmt, **({"transparency": image.info["transparency"]} if "transparency" in image.info else {}))
+        out[name] = path
+    return out
+
+
+def reference_image(path: Path) -> Image.Image:
+    """What the image processor is to be given, built here without compute.dataset: the decoded file, with
+    16-bit samples scaled to 8 bits by their high byte (the processor would clip them to white)."""
+    image = Image.open(path)
+    image.load()
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+    return image  # the processor converts it to RGB itself (transparency onto white)
+
+
+@pytest.mark.parametrize("name", ["openai-clip-224", "tiny-model", "squash-40"])
+def test_pixels_of_every_image_mode_are_the_image_processors(tiny_clip, tmp_path, name):
+    """Transparent, palette, 16-bit, CMYK, greyscale, bilevel and RGB files: the workers' pixels, made on the
+    host or as uint8 crops mapped through the table (the GPU path), equal the processor's own on the decoded
+    file (its conversion composites transparency onto white), 16-bit scaled to 8 bits first."""
+    processor = processors(tiny_clip)[name]
+    files = mode_files(tmp_path / "modes")
+    records = [ImageRecord(k, p.name, p, (), tmp_path / "modes") for k, p in enumerate(files.values(), start=1)]
+    want = processor(images=[reference_image(p) for p in files.values()], return_tensors="pt")["pixel_values"]
+    fast = recipe(processor, ship_uint8=True)
+    assert fast.table is not None and (fast.direct is not None) == (name != "squash-40")  # not the fallback
+    for workers, ship_uint8 in [(2, False), (2, True), (0, True)]:
+        with Loader(processor, "cpu", torch.float32, 4, workers, ship_uint8=ship_uint8) as loader:
+            assert loader.recipe.table is not None and loader.recipe.ship_uint8 == ship_uint8
+            batches = list(loader.batches(records))
+        assert not [e for b in batches for e in b.errors]
+        got = torch.cat([b.pixel_values for b in batches])
+        for k, mode in enumerate(files):
+            assert torch.equal(got[k], want[k]), (mode, workers, ship_uint8)
+    # The conversion matters: PIL's convert("RGB") (the old one) differs where the file is transparent, and
+    # the processor alone clips a 16-bit file to white.
+    with warnings.catch_warnings():  # PIL warns that convert("RGB") drops a palette's alpha table
+        warnings.simplefilter("ignore")
+        plain = [Image.open(p).convert("RGB") for p in files.values()]
+    plain = processor(images=plain, return_tensors="pt")["pixel_values"]
+    changed = {mode for k, mode in enumerate(files) if not torch.equal(plain[k], want[k])}
+    assert changed == {"RGBA", "LA", "P with an alpha table", "I;16"}, changed
+    clipped = processor(images=[Image.open(files["I;16"])], return_tensors="pt")["pixel_values"][0]  # (3, h, w)
+    assert torch.all(clipped == clipped[:, :1, :1])  # one value per channel: white
+    assert not torch.equal(clipped, want[list(files).index("I;16")])
 
 
 def test_a_processor_the_recipe_cannot_reproduce_runs_whole(jpegs):
