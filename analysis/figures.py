@@ -11,7 +11,8 @@ one format when a file is asked for. The ablations a figure shows, and their ord
 Sizes (analysis.SIZES): "screen" draws a chart as the page does; "one-column" (252 pt) and "two-column"
 (504 pt) lay it out for a paper (analysis.print_layout: print fonts, the column's exact width, legends
 below, parts when a figure is too tall or too wide for a page). Every file says where it came from
-(analysis.provenance) and the README lists every file with what it shows.
+(analysis.provenance); the tables are analysis.pack_tables, the README and what each file shows
+analysis.pack_text.
 
 File names say what a file is:
 - ``table1.md|.tex|.csv``: the study's Table 1 (every metric); ``table1_<metric>.tex``: one metric, for a
@@ -26,12 +27,11 @@ File names say what a file is:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,15 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from analysis import FORMATS, SIZES, charts, heads, latex, print_layout, queries, tables
+from analysis import FORMATS, SIZES, charts, heads, print_layout, queries, tables
+from analysis.pack_data import PackData, default_confusion, pack_data  # noqa: F401 (the pack's API)
+from analysis.pack_tables import selections_frame, table_files
+from analysis.pack_text import describe, pack_readme
 from analysis.provenance import Provenance, stamp
-from analysis.slices import EVERYTHING, Slice
-from analysis.text import md_cell
 from compute import store
 from compute.errors import InputError
 
 PNG_SCALE = 2.0  # print resolution
-SIZE_TITLES = {"screen": "as on screen", "one-column": "one column (3.5 in, 252 pt)",
-               "two-column": "two columns (7 in, 504 pt)"}
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "md": "text/markdown",
         "tex": "application/x-tex", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
@@ -67,69 +66,6 @@ def find_run_id(con: queries.Con, name: str) -> int:
         names = ", ".join(sorted(runs["run"])) or "none"
         raise InputError(f"no run named {name!r} in DB; runs: {names}")
     return int(match["run_id"].iloc[0])
-
-
-@dataclass
-class PackData:
-    """What the pack is drawn from, for one run and one image-level slice."""
-
-    ablations: pd.DataFrame
-    summary: pd.DataFrame
-    label_accuracy: pd.DataFrame
-    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)  # ablation -> counts
-    image_scores: pd.DataFrame | None = None
-    image_selections: pd.DataFrame | None = None
-    image_id: int | None = None
-    image_ablation: str = ""
-    chosen: list[str] | None = None  # the ablations the per-ablation figures show, in order (None: all)
-    baseline: str = "baseline"  # the run's unablated ablation, chosen or not
-    tests: pd.DataFrame | None = None  # McNemar over the same slice, the whole run (the Heads and Flow charts)
-    run: dict = field(default_factory=dict)  # queries.run_provenance: where the files came from
-    info: dict = field(default_factory=dict)  # the run's row of queries.runs (model, family, counts)
-    slice_caption: str = ""  # the image-level slice the per-ablation figures are drawn over
-
-
-def default_confusion(summary: pd.DataFrame, ablations: pd.DataFrame) -> list[str]:
-    """The confusion charts a pack draws unless told: baseline and the least accurate ablation."""
-    computed = summary.dropna(subset=["accuracy"])
-    names = [tables.baseline_name(ablations)]
-    if len(computed) > 1:
-        names.append(str(computed.loc[computed["accuracy"].idxmin(), "ablation"]))
-    return list(dict.fromkeys(names))
-
-
-def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusion: Sequence[str] | None = None,
-              image_id: int | None = None, image_ablation: str = "",
-              ablations: Sequence[str] | None = None) -> PackData:
-    """Read everything the pack draws. ``where``: an image-level slice (e.g. one true label) for the
-    per-ablation charts. ``confusion``: ablations to draw the confusion chart of (None: ``default_confusion``).
-    ``image_id``: also the Image page's charts of that image, baseline against ``image_ablation``, and its
-    Figure 5 table. ``ablations``: the ablations the per-ablation charts and Table 1 show, in that order
-    (None: every one, in sweep order)."""
-    ab = queries.ablations(con, run_id)
-    summary = tables.summary(con, run_id, where)  # significance over the whole run, before any choice
-    if confusion is None:
-        confusion = default_confusion(summary, ab)
-    ids = dict(zip(ab["ablation"], ab["ablation_id"], strict=True))
-    chosen = list(dict.fromkeys(ablations)) if ablations is not None else None
-    label_accuracy = queries.label_accuracy(con, run_id)
-    if chosen is not None:
-        label_accuracy = label_accuracy[label_accuracy["ablation_id"].isin([ids[a] for a in chosen])]
-    info = queries.runs(con)
-    info = info[info["run_id"] == run_id].iloc[0].to_dict()
-    data = PackData(tables.select_ablations(ab, chosen), tables.select_ablations(summary, chosen), label_accuracy,
-                    chosen=chosen, baseline=tables.baseline_name(ab), tests=tables.mcnemar_of(summary),
-                    run=queries.run_provenance(con, run_id), info=info,
-                    slice_caption=where.caption if where.sql != EVERYTHING.sql else "")
-    for name in dict.fromkeys(confusion):
-        counts = queries.confusion(con, run_id, int(ids[name]))
-        if len(counts):
-            data.confusion[name] = counts
-    if image_id is not None:
-        data.image_id, data.image_ablation = image_id, image_ablation or data.baseline
-        data.image_scores = queries.image_scores(con, run_id, image_id)
-        data.image_selections = queries.image_selections(con, run_id, image_id)
-    return data
 
 
 def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
@@ -163,36 +99,6 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
         pack[f"image{data.image_id}_logits_{slug(data.image_ablation)}"] = (
             lambda: charts.logit_bars(data.image_scores, shown))
     return pack
-
-
-def describe(name: str, data: PackData) -> str:
-    """What the pack's file ``name`` (no extension, no part suffix) shows, in one line."""
-    metric = name.split("_", 1)[1] if "_" in name else ""
-    title = tables.METRIC_TITLES.get(metric, metric)
-    image = f"image {data.image_id}"
-    rules = [
-        (r"means_", f"{title} per ablation: mean over images with its 95% bootstrap interval"),
-        (r"change_", f"change in {title} against baseline per ablation, paired 95% interval, coloured by "
-                     "significance (Holm-adjusted p < 0.05)"),
-        (r"layers_", f"{title} per ablated single layer, 95% band; filled points: significant change"),
-        (r"blocks_", f"{title} per ablated block of layers, 95% interval; *: significant change"),
-        (r"label_accuracy$", "accuracy per ablation and true label"),
-        (r"heads_", f"change in accuracy when one head at a time is ablated ({metric}), per layer and head"),
-        (r"flow$", "change in accuracy when one flow of information is knocked out in one layer"),
-        (r"confusion_", f"true x selected label under {metric.replace('_', ':', 1)}, each image counted once"),
-        (r"image\d+_logits$", f"{image}: the logit of every prompt under every ablation"),
-        (r"image\d+_logits_", f"{image}: the logits of its top prompts, baseline against {data.image_ablation}"),
-        (r"image\d+_attention_", f"{image}: CLS attention maps at every layer, baseline against "
-                                 f"{data.image_ablation} (attention probabilities, not an attribution)"),
-        (r"image\d+_figure5$", f"{image}: the study's Figure 5, the prompt each ablation selects and the "
-                               "caption that continues it"),
-        (r"table1$", "Table 1: per ablation, each metric's mean, 95% interval and change against baseline "
-                     "with its significance mark"),
-        (r"table1_", f"Table 1 for {title} alone (fits a column)"),
-        (r"mcnemar$", "McNemar's paired test of every ablation's correctness against baseline, Holm-adjusted"),
-        (r"selections$", "every selection of the run: one row per image x ablation"),
-    ]
-    return next((what for pattern, what in rules if re.match(pattern, name)), name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,10 +147,22 @@ def _vl_version() -> str:
     return "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # the Vega-Lite Altair writes, as vl-convert names it
 
 
+def _svg(spec: dict[str, Any]) -> str:
+    """The SVG of a spec, the same for the same spec: Vega numbers gradients (and clip paths) across a whole
+    process, so they are numbered again from 0 within each file."""
+    svg = vlc.vegalite_to_svg(spec, vl_version=_vl_version())
+    ids: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        return ids.setdefault(match.group(0), f"{match.group(1)}{len(ids)}")
+
+    return re.sub(r"\b(gradient_|clip|pattern_)(\d+)\b", renumber, svg)
+
+
 def render_all(figure: Figure, formats: Sequence[str], prov: Provenance | None = None) -> dict[str, bytes]:
     """A figure in each of ``formats``: PNG and PDF are made from the one SVG (what vl-convert does inside its
     own PNG and PDF paths), so the costly Vega render runs once per figure instead of once per format."""
-    svg = vlc.vegalite_to_svg(figure.spec, vl_version=_vl_version())
+    svg = _svg(figure.spec)
     makers = {"svg": lambda: svg.encode(), "png": lambda: vlc.svg_to_png(svg, scale=PNG_SCALE),
               "pdf": lambda: vlc.svg_to_pdf(svg)}
     out = {}
@@ -271,79 +189,6 @@ def svg_width(svg: str) -> float:
 
 def _bytes(content: bytes | str) -> bytes:
     return content.encode() if isinstance(content, str) else content
-
-
-# --------------------------------------------------------------------------------------------------
-# Tables.
-
-
-def selections_frame(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
-    """The slice's selections, one row per image x ablation, for CSV and Parquet (no local paths)."""
-    ab = queries.ablations(con, run_id)
-    rows = queries.slice_rows(con, run_id, tables.baseline_id(ab), where, sort="image")
-    return rows.assign(labels=rows["labels"].map("|".join))
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-def figure5_cells(selections: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The study's Figure 5 for one image, (header, rows): one row per ablation, in sweep order, never merged
-    (a merged "9-12" would read as single layers in one row and a block in another)."""
-    captions = selections["caption"].notna().any()
-    header = ["Ablation", "Selected prompt", "Right"] + (["Generated caption"] if captions else [])
-    rows = []
-    for r in selections.itertuples():
-        row = [str(r.ablation), str(r.selected_prompt), "✓" if r.correct else "✗"]
-        if captions:
-            row.append("" if pd.isna(r.caption) else str(r.caption))
-        rows.append(row)
-    return header, rows
-
-
-def figure5_markdown(selections: pd.DataFrame) -> str:
-    header, rows = figure5_cells(selections)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def figure5_latex(selections: pd.DataFrame, prov: Provenance | None = None) -> str:
-    """Figure 5 as LaTeX (analysis.latex: booktabs, tabularx; no amssymb: right or wrong as yes / no)."""
-    return latex.figure5(*figure5_cells(selections), prov.lines() if prov else None)
-
-
-def table_files(data: PackData, prov: Provenance | None = None,
-                selections: pd.DataFrame | None = None) -> dict[str, bytes]:
-    """The pack's tables by file name: Table 1 (Markdown, LaTeX whole and per metric, CSV), the McNemar
-    tests, the image's Figure 5, and ``selections`` (CSV, Parquet) when given; provenance written in."""
-    lines = prov.lines() if prov else None
-    files: dict[str, str | bytes] = {
-        "table1.md": tables.summary_markdown(data.summary),
-        "table1.tex": latex.table1(data.summary, provenance=lines),
-        "table1.csv": data.summary.to_csv(index=False),
-    }
-    for metric in tables.metrics_of(data.summary):
-        files[f"table1_{metric}.tex"] = latex.table1(data.summary, [metric], provenance=lines)
-    files["mcnemar.csv"] = tables.mcnemar_of(data.summary).to_csv(index=False)
-    if data.image_selections is not None and len(data.image_selections):
-        picks = tables.select_ablations(data.image_selections, data.chosen)
-        stem = f"image{data.image_id}_figure5"
-        files[f"{stem}.md"] = figure5_markdown(picks)
-        files[f"{stem}.tex"] = figure5_latex(picks, prov)
-        files[f"{stem}.csv"] = picks.to_csv(index=False)
-    if selections is not None:
-        files["selections.csv"] = selections.to_csv(index=False)
-        files["selections.parquet"] = parquet_bytes(selections)
-    out = {}
-    for name, content in files.items():
-        stem = name.rsplit(".", 1)[0]
-        stamped = stamp(name, content, prov, describe(stem, data)) if prov is not None else content
-        out[name] = _bytes(stamped)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -397,43 +242,6 @@ def pack_files(data: PackData, prov: Provenance, size: str = "screen", formats: 
         listed.append((name, describe(name.rsplit(".", 1)[0], data), content))
         yield name, content
     yield "README.md", pack_readme(data, prov, size, listed).encode()
-
-
-def pack_readme(data: PackData, prov: Provenance, size: str, files: list[tuple[str, str, bytes]]) -> str:
-    """The pack's README: where it came from, what the numbers mean, every file with what it shows and its
-    SHA-256 (the provenance of the files whose format has no room for it: CSV)."""
-    info = data.info
-    lines = [f"# Figure pack of run {prov.run}", ""]
-    lines += [f"- {line}" for line in prov.lines()]
-    lines += [
-        f"- Vision tower: {tables.family_text(info.get('family'))}",
-        f"- {info.get('n_images')} images x {info.get('n_ablations')} ablations x {info.get('n_prompts')} prompts",
-        f"- Figures: {SIZE_TITLES[size]}" + (f"; drawn over {data.slice_caption}" if data.slice_caption else ""),
-        f"- Ablations shown: {', '.join(data.chosen)}" if data.chosen is not None else "- Ablations shown: all",
-        "",
-        "logit is the model's own logit for an (image, prompt) pair (CLIP: logit_scale x cosine; SigLIP: "
-        "logit_scale x cosine + logit_bias); prob is the softmax over the run's prompts and the selected prompt "
-        "its argmax; score_baseline and caption_score are cosines with the unablated image embedding. "
-        "Significance (marks, colours, mcnemar.csv): Holm-adjusted p < 0.05 over the run's ablations, McNemar's "
-        "paired test for accuracy, a paired bootstrap over images for the scores; decided over every ablation "
-        "of the run, whichever are shown.",
-        "",
-        "Where each format keeps its provenance: PDF document information, SVG <metadata>, PNG text chunks, a "
-        "comment atop LaTeX and Markdown, Parquet schema metadata; CSV files have none inside (a comment line "
-        "would break CSV readers): this README is their record, matched by SHA-256.",
-        "",
-        r"LaTeX: \usepackage{" + ",".join(latex.PACKAGES) + r"}; \input a table1*.tex or *_figure5.tex inside "
-        r"a table (a column: table1_<metric>.tex fits one) or table* (the page's width); each fits \linewidth.",
-        "",
-        "A figure too tall for a page or too wide for the column is split into parts (_part<K>of<N>), all on the "
-        "same scales.",
-        "",
-        "| File | What it shows | SHA-256 |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {md_cell(name)} | {md_cell(what)} | {hashlib.sha256(content).hexdigest()[:16]} |"
-              for name, what, content in files]
-    return "\n".join(lines) + "\n"
 
 
 def pack_zip(files: Iterator[tuple[str, bytes]]) -> bytes:

@@ -81,7 +81,7 @@ def table1(summary: pd.DataFrame, metrics: list[str] | None = None, digits: int 
 
 
 def figure5(header_cells: list[str], rows: list[list[str]], provenance: list[str] | None = None) -> str:
-    """The study's Figure 5 for one image (analysis.figures.figure5_cells): the prompt and the caption
+    """The study's Figure 5 for one image (analysis.pack_tables.figure5_cells): the prompt and the caption
     columns wrap, the table is exactly as wide as the line."""
     wide = {"Selected prompt", "Generated caption"}
     spec = "".join(r">{\raggedright\arraybackslash}X" if h in wide else "l" for h in header_cells)

@@ -25,9 +25,10 @@ import math
 import re
 from typing import Any
 
+from analysis import vlspec
 from analysis.textwidth import text_width, wrap
 
-Spec = dict[str, Any]
+Spec = vlspec.Spec
 
 FONT = {"title": 9, "subtitle": 8, "axis_title": 8, "label": 7}
 MARK_SCALE = FONT["label"] / 10  # screen text is 10-11 px: numbers in cells shrink as the labels do
@@ -43,69 +44,7 @@ DEFAULT_HEIGHT = 170
 PADDING = 5  # Vega-Lite's default padding on each side
 # A screen hint is a clause that tells the reader to use a mouse; files have none.
 HINT = re.compile(r"(^|[;,.]\s*)(click|double-click|hover|drag|select|shift-click)\b[^;]*", re.IGNORECASE)
-DISCRETE = ("nominal", "ordinal")
 POSITION = {"x": ("x", "x2"), "y": ("y", "y2")}
-
-
-# --------------------------------------------------------------------------------------------------
-# Walking a spec.
-
-
-def _layers(spec: Spec) -> list[Spec]:
-    """The unit specs of a single or layered chart (a layer of layers too), in drawing order."""
-    if "layer" in spec:
-        return [unit for layer in spec["layer"] for unit in _layers(layer)]
-    return [spec] if "mark" in spec else []
-
-
-def _mark_type(unit: Spec) -> str:
-    mark = unit.get("mark")
-    return mark if isinstance(mark, str) else (mark or {}).get("type", "")
-
-
-def _rows(spec: Spec, unit: Spec) -> list[dict]:
-    """The inline rows a unit spec draws (its own data, or the nearest enclosing one's)."""
-    data = unit.get("data") or spec.get("data") or {}
-    if "values" in data:
-        return list(data["values"])
-    return list(spec.get("datasets", {}).get(data.get("name", ""), []))
-
-
-def _field(enc: Any) -> str | None:
-    return enc.get("field") if isinstance(enc, dict) else None
-
-
-def _discrete_values(spec: Spec, channel: str) -> list:
-    """The categories along a discrete ``channel`` in drawing order (its explicit domain, else its sort list,
-    else as first seen)."""
-    values: list = []
-    for unit in _layers(spec):
-        enc = unit.get("encoding", {}).get(channel)
-        field = _field(enc)
-        if field is None or enc.get("type") not in DISCRETE:
-            continue
-        if isinstance((enc.get("scale") or {}).get("domain"), list):
-            return list(enc["scale"]["domain"])
-        sort = enc.get("sort")
-        present = list(dict.fromkeys(r.get(field) for r in _rows(spec, unit)))
-        if isinstance(sort, list):
-            present = [v for v in sort if v in set(present)] + [v for v in present if v not in set(sort)]
-        values += [v for v in present if v not in values]
-    return values
-
-
-def _is_discrete(spec: Spec, channel: str) -> bool:
-    return any((unit.get("encoding", {}).get(channel) or {}).get("type") in DISCRETE
-               for unit in _layers(spec) if _field(unit.get("encoding", {}).get(channel)))
-
-
-def _title_of(enc: dict) -> str:
-    title = enc.get("title", enc.get("field", ""))
-    return "" if title is None else str(title)
-
-
-def _label_texts(values: list) -> list[str]:
-    return ["" if v is None else str(v) for v in values]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,13 +108,13 @@ def _add_subtitle(spec: Spec, line: str) -> None:
 
 def _axis_room(spec: Spec, channel: str) -> float:
     """Points the axis of ``channel`` takes across the plot (labels, ticks, title), estimated."""
-    enc = next((u["encoding"][channel] for u in _layers(spec) if _field(u.get("encoding", {}).get(channel))), None)
+    enc = next((u["encoding"][channel] for u in vlspec.units(spec) if vlspec.field_of(u.get("encoding", {}).get(channel))), None)
     if enc is None:
         return 0.0
     # a quantitative axis: a typical label
-    labels = _label_texts(_discrete_values(spec, channel)) if enc.get("type") in DISCRETE else ["−0.000"]
+    labels = vlspec.label_texts(vlspec.categories(spec, channel)) if enc.get("type") in vlspec.DISCRETE else ["−0.000"]
     widest = max((text_width(t, FONT["label"]) for t in labels), default=0.0)
-    title = _title_of(enc)
+    title = vlspec.title_of(enc)
     return widest + 8 + (FONT["axis_title"] + 6 if title else 0)
 
 
@@ -186,9 +125,9 @@ def plot_width(spec: Spec, width: float) -> float:
 
 def _x_categories(spec: Spec) -> int:
     """Bands across the plot: the x categories, times the offset categories inside each."""
-    n = len(_discrete_values(spec, "x")) if _is_discrete(spec, "x") else 0
-    if n and _is_discrete(spec, "xOffset"):
-        n *= max(1, len(_discrete_values(spec, "xOffset")))
+    n = len(vlspec.categories(spec, "x")) if vlspec.is_discrete(spec, "x") else 0
+    if n and vlspec.is_discrete(spec, "xOffset"):
+        n *= max(1, len(vlspec.categories(spec, "xOffset")))
     return n
 
 
@@ -203,20 +142,20 @@ def _domain(spec: Spec, channel: str) -> list[float] | None:
     """The whole figure's extent along a quantitative ``channel`` (and its x2/y2), zero included for bars,
     to keep every part on the same scale; None where a layer fixes its own domain."""
     lo, hi, bars = math.inf, -math.inf, False
-    for unit in _layers(spec):
+    for unit in vlspec.units(spec):
         enc = unit.get("encoding", {})
         for ch in POSITION.get(channel, (channel,)):
             e = enc.get(ch)
-            field = _field(e)
+            field = vlspec.field_of(e)
             if field is None:
                 continue
             if ch == channel and (e.get("type") != "quantitative" or "domain" in (e.get("scale") or {})):
                 return None
-            for r in _rows(spec, unit):
+            for r in vlspec.rows_of(spec, unit):
                 v = r.get(field)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     lo, hi = min(lo, v), max(hi, v)
-        bars |= _mark_type(unit) in ("bar", "area") and channel in POSITION
+        bars |= vlspec.mark_type(unit) in ("bar", "area") and channel in POSITION
     if lo > hi:
         return None
     if bars:
@@ -229,9 +168,9 @@ def _fix_domains(spec: Spec) -> None:
         domain = _domain(spec, channel)
         if domain is None:
             continue
-        for unit in _layers(spec):
+        for unit in vlspec.units(spec):
             enc = unit.get("encoding", {}).get(channel)
-            if _field(enc) and enc.get("type") == "quantitative":
+            if vlspec.field_of(enc) and enc.get("type") == "quantitative":
                 enc["scale"] = {**(enc.get("scale") or {}), "domain": domain}
 
 
@@ -239,16 +178,16 @@ def _only(spec: Spec, channel: str, keep: list) -> Spec:
     """The part of ``spec`` whose ``channel`` shows ``keep``; the other position channel keeps every category
     it had (a sparse grid's rows stay the same in every part)."""
     other = "y" if channel == "x" else "x"
-    across = _discrete_values(spec, other) if _is_discrete(spec, other) else []
+    across = vlspec.categories(spec, other) if vlspec.is_discrete(spec, other) else []
     part = copy.deepcopy(spec)
-    for unit in _layers(part):
+    for unit in vlspec.units(part):
         enc = unit.get("encoding", {})
-        field = _field(enc.get(channel))
+        field = vlspec.field_of(enc.get(channel))
         if field is not None:
             unit["transform"] = [{"filter": {"field": field, "oneOf": keep}}] + unit.get("transform", [])
-            if enc[channel].get("type") in DISCRETE:
+            if enc[channel].get("type") in vlspec.DISCRETE:
                 enc[channel]["scale"] = {**(enc[channel].get("scale") or {}), "domain": list(keep)}
-        if across and _field(enc.get(other)) and enc[other].get("type") in DISCRETE:
+        if across and vlspec.field_of(enc.get(other)) and enc[other].get("type") in vlspec.DISCRETE:
             enc[other]["scale"] = {**(enc[other].get("scale") or {}), "domain": across}
     return part
 
@@ -258,9 +197,9 @@ def parts(spec: Spec, width: float) -> list[Spec]:
     columns (more than fit at MIN_COLUMN points each); every part keeps the whole figure's scales and
     says in its subtitle which part it is."""
     spec = copy.deepcopy(spec)
-    rows = _discrete_values(spec, "y") if _is_discrete(spec, "y") else []
+    rows = vlspec.categories(spec, "y") if vlspec.is_discrete(spec, "y") else []
     row_parts = _balanced(len(rows), MAX_ROWS) if len(rows) > MAX_ROWS else []
-    columns = _discrete_values(spec, "x") if _is_discrete(spec, "x") else []
+    columns = vlspec.categories(spec, "x") if vlspec.is_discrete(spec, "x") else []
     offsets = max(1, _x_categories(spec) // max(1, len(columns))) if columns else 1
     fit = max(1, int(plot_width(spec, width) // max(MIN_COLUMN, MIN_OFFSET * offsets)))
     column_parts = _balanced(len(columns), fit) if len(columns) > fit else []
@@ -271,7 +210,7 @@ def parts(spec: Spec, width: float) -> list[Spec]:
     for channel, values, ranges in (("y", rows, row_parts), ("x", columns, column_parts)):
         if not ranges:
             continue
-        enc = next(u["encoding"][channel] for u in _layers(spec) if _field(u.get("encoding", {}).get(channel)))
+        enc = next(u["encoding"][channel] for u in vlspec.units(spec) if vlspec.field_of(u.get("encoding", {}).get(channel)))
         what = str(enc.get("field")).replace("_", " ")
         what = what if what.endswith("s") else what + "s"
         pieces = [(_only(piece, channel, values[a:b]), notes + [f"{what} {a + 1}-{b} of {len(values)}"])
@@ -291,7 +230,7 @@ def transpose(spec: Spec) -> Spec:
     """``spec`` with its x and y channels exchanged (a heatmap whose long list should run down the page)."""
     spec = copy.deepcopy(spec)
     pairs = (("x", "y"), ("x2", "y2"), ("xOffset", "yOffset"))
-    for unit in _layers(spec):
+    for unit in vlspec.units(spec):
         enc = unit.get("encoding", {})
         for a, b in pairs:
             ea, eb = enc.pop(a, None), enc.pop(b, None)
@@ -337,18 +276,18 @@ def _fit_legends(spec: Spec, width: float) -> None:
     """Symbol legends below the plot in as many columns as fit: a legend below starts at the plot's left edge,
     so it has the plot's width."""
     room = plot_width(spec, width)
-    for unit in _layers(spec):
+    for unit in vlspec.units(spec):
         for channel in ("color", "fill", "shape", "stroke", "strokeDash"):
             enc = unit.get("encoding", {}).get(channel)
-            if not _field(enc) or enc.get("legend", {}) is None:
+            if not vlspec.field_of(enc) or enc.get("legend", {}) is None:
                 continue
-            if enc.get("type") not in DISCRETE:  # a gradient: its end labels stand out half their width
+            if enc.get("type") not in vlspec.DISCRETE:  # a gradient: its end labels stand out half their width
                 enc["legend"] = {**(enc.get("legend") or {}), "orient": "bottom", "direction": "horizontal",
                                  "gradientLength": max(40, min(200, room - 20))}
                 continue
-            domain = (enc.get("scale") or {}).get("domain") or _discrete_values(spec, channel) or \
-                list(dict.fromkeys(r.get(enc["field"]) for r in _rows(spec, unit)))
-            widest = max((text_width(t, FONT["label"]) for t in _label_texts(domain)), default=0.0)
+            domain = (enc.get("scale") or {}).get("domain") or vlspec.categories(spec, channel) or \
+                list(dict.fromkeys(r.get(enc["field"]) for r in vlspec.rows_of(spec, unit)))
+            widest = max((text_width(t, FONT["label"]) for t in vlspec.label_texts(domain)), default=0.0)
             entry = 8 + 5 + widest + 8  # symbol, its gap, the label, the column padding
             legend = {k: v for k, v in (enc.get("legend") or {}).items() if k not in ("orient", "direction")}
             enc["legend"] = {**legend, "orient": "bottom", "direction": "horizontal",
@@ -359,13 +298,13 @@ def _cell_text_fits(spec: Spec, unit: Spec, width: float) -> bool:
     """Whether a text layer's numbers fit in the cells of a heatmap (both axes discrete) laid out at
     ``width``; True for text that is not in a grid."""
     enc = unit.get("encoding", {})
-    if not (_field(enc.get("x")) and _field(enc.get("y")) and _is_discrete(spec, "x") and _is_discrete(spec, "y")):
+    if not (vlspec.field_of(enc.get("x")) and vlspec.field_of(enc.get("y")) and vlspec.is_discrete(spec, "x") and vlspec.is_discrete(spec, "y")):
         return True
     text = enc.get("text") or {}
-    field, fmt = _field(text), str(text.get("format", "")).replace("~", "")
+    field, fmt = vlspec.field_of(text), str(text.get("format", "")).replace("~", "")
     size = (unit["mark"].get("fontSize") if isinstance(unit["mark"], dict) else None) or 10 * MARK_SCALE
     samples = []
-    for r in _rows(spec, unit):
+    for r in vlspec.rows_of(spec, unit):
         v = r.get(field)
         try:
             samples.append(format(v, fmt) if isinstance(v, (int, float)) and fmt else str(v))
@@ -378,14 +317,14 @@ def _cell_text_fits(spec: Spec, unit: Spec, width: float) -> bool:
 
 def _x_labels(spec: Spec, width: float) -> None:
     """Column labels upright when each fits its column, else vertical."""
-    if not _is_discrete(spec, "x"):
+    if not vlspec.is_discrete(spec, "x"):
         return
-    values = _label_texts(_discrete_values(spec, "x"))
+    values = vlspec.label_texts(vlspec.categories(spec, "x"))
     step = plot_width(spec, width) / max(1, len(values))
     upright = max((text_width(v, FONT["label"]) for v in values), default=0.0) + 2 <= step
-    for unit in _layers(spec):
+    for unit in vlspec.units(spec):
         enc = unit.get("encoding", {}).get("x")
-        if _field(enc) and enc.get("type") in DISCRETE and enc.get("axis", {}) is not None:
+        if vlspec.field_of(enc) and enc.get("type") in vlspec.DISCRETE and enc.get("axis", {}) is not None:
             axis = {k: v for k, v in (enc.get("axis") or {}).items() if k not in ("labelAngle", "labelAlign",
                                                                                   "labelBaseline")}
             enc["axis"] = {**axis, "labelAngle": 0 if upright else -90}
@@ -394,13 +333,13 @@ def _x_labels(spec: Spec, width: float) -> None:
 def _marks(spec: Spec, width: float) -> None:
     keep = []
     for layer in spec.get("layer", []):
-        units = _layers(layer)
-        if units and all(_mark_type(u) == "text" and not _cell_text_fits(spec, u, width) for u in units):
+        units = vlspec.units(layer)
+        if units and all(vlspec.mark_type(u) == "text" and not _cell_text_fits(spec, u, width) for u in units):
             continue  # numbers that cannot fit their cells: the colour says it
         keep.append(layer)
     if "layer" in spec:
         spec["layer"] = keep
-    for unit in _layers(spec):
+    for unit in vlspec.units(spec):
         mark = unit["mark"] if isinstance(unit["mark"], dict) else {"type": unit["mark"]}
         unit["mark"] = mark
         if mark["type"] == "text":
@@ -416,15 +355,15 @@ def _marks(spec: Spec, width: float) -> None:
 def _size(spec: Spec, width: float) -> None:
     spec["width"] = width
     spec["autosize"] = {"type": "fit-x", "contains": "padding"}
-    if _is_discrete(spec, "y"):
-        offsets = len(_discrete_values(spec, "yOffset")) if _is_discrete(spec, "yOffset") else 1
+    if vlspec.is_discrete(spec, "y"):
+        offsets = len(vlspec.categories(spec, "yOffset")) if vlspec.is_discrete(spec, "yOffset") else 1
         spec["height"] = {"step": ROW * max(1, offsets)}
         if offsets > 1:
             spec["height"]["for"] = "position"
     else:
         height = spec.get("height")
         spec["height"] = round(height * CONTINUOUS_HEIGHT) if isinstance(height, (int, float)) else DEFAULT_HEIGHT
-    for unit in _layers(spec):  # the top level sizes the figure; a layer's own size would fight it
+    for unit in vlspec.units(spec):  # the top level sizes the figure; a layer's own size would fight it
         if unit is not spec:
             unit.pop("width", None)
             unit.pop("height", None)
@@ -433,7 +372,7 @@ def _size(spec: Spec, width: float) -> None:
 def layout(spec: Spec, width: float) -> Spec:
     """One figure (a single or layered chart) laid out ``width`` points wide for print."""
     spec = without_hints(spec)
-    if not _layers(spec):  # a composition this module does not lay out: as drawn, with print fonts
+    if not vlspec.units(spec):  # a composition this module does not lay out: as drawn, with print fonts
         _config(spec, width)
         return spec
     _config(spec, width)

@@ -1,6 +1,6 @@
 """The derived tables pages and the export share: Table 1 with bootstrap intervals and the one significance
 rule (``analysis.stats``), McNemar's tests, and Table 1's renderings (a sortable frame for the page,
-Markdown, LaTeX with booktabs). Pure functions of an open connection (or of a DataFrame).
+Markdown; LaTeX is analysis.latex). Pure functions of an open connection (or of a DataFrame).
 """
 
 from __future__ import annotations
@@ -264,10 +264,3 @@ def summary_markdown(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
              "|" + "|".join("---" if c == "Ablation" else "---:" for c in header) + "|"]
     lines += ["| " + " | ".join(cell(v) if k == 0 else v for k, v in enumerate(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + FOOTNOTE + "\n"
-
-
-def summary_latex(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
-    """Table 1 as LaTeX (booktabs): analysis.latex.table1, which also writes the files of the figure pack."""
-    from analysis import latex  # imported here: latex renders this module's cells
-
-    return latex.table1(summary_frame, digits=digits)

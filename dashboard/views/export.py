@@ -6,8 +6,9 @@ download is one of those files under its name. Files are made when a button is p
 
 import streamlit as st
 
-from analysis import figures, queries, slices, stats, tables
-from analysis.latex import PACKAGES
+from analysis import figures, latex, queries, slices, stats, tables
+from analysis.pack_tables import figure5_markdown, parquet_bytes
+from analysis.pack_text import SIZE_TITLES, describe
 from analysis.provenance import Provenance, stamp
 from analysis.text import md, md_list
 from compute import store
@@ -36,7 +37,7 @@ st.caption("These choices shape the charts, Table 1 and the Figure 5 table; sign
 row = st.columns([2, 1, 1])
 chosen = param_multiselect("Ablations, in this order", names, "figures", sep=SEP, default=names, container=row[0],
                            help="Remove ablations, or remove and add them back to change their order.") or names
-size = param_select("Size", list(figures.SIZES), "size", format_func=figures.SIZE_TITLES.get, container=row[1])
+size = param_select("Size", list(figures.SIZES), "size", format_func=SIZE_TITLES.get, container=row[1])
 label = widgets.label_select("Images with true label", "fig_label", true_labels, container=row[2])
 image_slice = slices.true_label(label)
 shows = tuple(chosen) if chosen != names else None  # None: every ablation, as the command line says it
@@ -79,7 +80,7 @@ shown = param_select("Preview", list(figs), "preview", container=st.columns([1, 
 points = figures.SIZES[size]
 st.image(preview_png(str(ctx.db), snapshot(), key, shown, size),
          width=round(points * 96 / 72) if points else "stretch",  # a paper size at its printed size
-         caption=f"{md(shown)}: {md(figs[shown].what)}; {md(figures.SIZE_TITLES[size])}")
+         caption=f"{md(shown)}: {md(figs[shown].what)}; {md(SIZE_TITLES[size])}")
 
 
 def _attention() -> bytes:
@@ -113,8 +114,8 @@ with st.expander("One figure at a time"):
         attention = figures.attention_name(data)
         cols = st.columns([3, 1, 1, 1])
         cols[0].text(f"{attention} (attention probabilities, not an attribution)")
-        cols[1].download_button("PNG", lambda: stamp(attention, _attention(), prov, figures.describe(
-            attention.rsplit(".", 1)[0], data)), attention, "image/png", key="attention.png")
+        cols[1].download_button("PNG", lambda: stamp(attention, _attention(), prov, describe(
+            attention.rsplit(".", 1)[0], data)), attention, "image/png", key=attention)
 
 table_files = figures.table_files(data, prov)
 
@@ -125,9 +126,9 @@ def _download(name: str, label: str, col) -> None:
 
 st.subheader("Table 1")
 st.caption(f"Model {md(ctx.run['model'])}, {md(tables.family_text(ctx.run.get('family')))}. The LaTeX needs "
-           f"{md(', '.join(PACKAGES))} and fits the line it is put in: table1.tex every metric "
+           f"{md(', '.join(latex.PACKAGES))} and fits the line it is put in: table1.tex every metric "
            "(the page's width), one metric at a time for a column.")
-markdown, latex = tables.summary_markdown(data.summary), tables.summary_latex(data.summary)
+markdown, latex_text = tables.summary_markdown(data.summary), latex.table1(data.summary)
 per_metric = [f"table1_{m}.tex" for m in tables.metrics_of(data.summary)]
 cols = st.columns(3 + len(per_metric))
 _download("table1.md", "Markdown", cols[0])
@@ -138,7 +139,7 @@ _download("table1.csv", "CSV", cols[-1])
 st.dataframe(tables.table1_style(data.summary), hide_index=True)
 with st.expander("Markdown and LaTeX source"):
     st.code(markdown, language="markdown")
-    st.code(latex, language="latex")
+    st.code(latex_text, language="latex")
 
 if data.image_selections is not None and len(data.image_selections):
     st.subheader(f"Figure 5 of image {image_id}")
@@ -147,7 +148,7 @@ if data.image_selections is not None and len(data.image_selections):
     _download(f"{f5}.md", "Markdown", cols[0])
     _download(f"{f5}.tex", "LaTeX", cols[1])
     _download(f"{f5}.csv", "CSV", cols[2])
-    st.code(figures.figure5_markdown(tables.select_ablations(data.image_selections, chosen)), language="markdown")
+    st.code(figure5_markdown(tables.select_ablations(data.image_selections, chosen)), language="markdown")
 else:
     st.caption("Open an image on the Image page first (or put image=ID in the URL) for its Figure 5 table: the "
                "prompt each ablation selects and the caption that continues it.")
@@ -179,5 +180,5 @@ slice_what = f"selections of run {ctx.name}: {where.caption}"
 cols = st.columns(2)
 cols[0].download_button("CSV", lambda: _slice_frame().to_csv(index=False), f"{stem}-selections-slice.csv",
                         "text/csv", key="slice_csv")
-cols[1].download_button("Parquet", lambda: stamp("x.parquet", figures.parquet_bytes(_slice_frame()), prov, slice_what),
+cols[1].download_button("Parquet", lambda: stamp("x.parquet", parquet_bytes(_slice_frame()), prov, slice_what),
                         f"{stem}-selections-slice.parquet", figures.MIME["parquet"], key="slice_parquet")
