@@ -3,7 +3,9 @@
 queries (the SQL, one place) -> slices (filters that say what they do) -> stats (the one significance
 rule) -> tables (per-ablation summaries) -> charts (Altair builders) -> figures (files: the export pack).
 Beside them: heads (cells of the Heads and Flow grids), projection (2-D maps of embeddings), overlays
-(attention maps drawn on images), text (escaping for Markdown and LaTeX).
+(attention maps drawn on images), text (escaping for Markdown); for the pack's files: print_layout
+(charts laid out for a paper's column), textwidth (the figures' font metrics), latex (tables that compile
+and fit), provenance (where a file came from, written into it).
 
 Both the Streamlit dashboard (``dashboard/``: pages, widgets and URL state only) and ``python -m compute
 export`` stand on this package; it imports neither ``streamlit`` nor ``dashboard``. Importing the package

@@ -1,39 +1,55 @@
-"""The figure pack of a run: every chart of the Overview and Layers pages (and of one image), Table 1, the
-McNemar tests, the study's Figure 5 for one image and the run's selections, as files. Used by the Export
-page and ``python -m compute export``; the charts and tables are the very functions the pages draw, so a
-figure in a paper matches the screen.
+"""The figure pack of a run: every chart of the Overview, Layers, Heads and Flow pages (and of one image),
+Table 1, the McNemar tests, the study's Figure 5 for one image and the run's selections, as files, with a
+README. ``python -m compute export`` writes it into a folder and the dashboard's Export page into a zip:
+the same files, byte for byte, from ``pack_files``. The charts are the very builders the pages draw.
 
-Data and drawing are apart: ``pack_data`` reads the store once (cacheable, picklable frames) and
-``pack_charts`` turns it into chart builders that run only when a file is asked for. The ablations a
-figure shows, and their order, are a choice (``ablations``); significance is decided on the whole run
-before that choice. ``SIZES`` lays a chart out for a paper's column: its width in points (1 px of the
-SVG is 1 pt of the PDF), print font sizes.
+Data and drawing are apart: ``pack_data`` reads the store once (cacheable, picklable frames),
+``pack_figures`` turns it into the pack's figures as Vega-Lite specs (cheap), and ``render`` draws one in
+one format when a file is asked for. The ablations a figure shows, and their order, are a choice
+(``ablations``); significance is decided on the whole run before that choice.
+
+Sizes (analysis.SIZES): "screen" draws a chart as the page does; "one-column" (252 pt) and "two-column"
+(504 pt) lay it out for a paper (analysis.print_layout: print fonts, the column's exact width, legends
+below, parts when a figure is too tall or too wide for a page). Every file says where it came from
+(analysis.provenance); the tables are analysis.pack_tables, the README and what each file shows
+analysis.pack_text.
+
+File names say what a file is:
+- ``table1.md|.tex|.csv``: the study's Table 1 (every metric); ``table1_<metric>.tex``: one metric, for a
+  column; ``mcnemar.csv``; ``selections.csv|.parquet``: every selection of the run;
+- ``means_<metric>``, ``change_<metric>``: per ablation, the mean with its 95% interval, and the change
+  against baseline; ``layers_<metric>``, ``blocks_<metric>``: single layers and blocks; ``label_accuracy``;
+  ``heads_<group>``, ``flow``; ``confusion_<ablation>``;
+- ``image<ID>_logits``, ``image<ID>_logits_<ablation>``, ``image<ID>_attention_<ablation>.png``,
+  ``image<ID>_figure5.md|.tex|.csv``: one image;
+- a figure split into parts ends in ``_part<K>of<N>``.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from analysis import FORMATS, SIZES, charts, heads, queries, tables
-from analysis.slices import EVERYTHING, Slice
-from analysis.text import md_cell
+from analysis import FORMATS, SIZES, charts, heads, print_layout, queries, tables
+from analysis.pack_data import PackData, default_confusion, pack_data  # noqa: F401 (the pack's API)
+from analysis.pack_tables import selections_frame, table_files
+from analysis.pack_text import describe, pack_readme
+from analysis.provenance import Provenance, stamp
 from compute import store
 from compute.errors import InputError
 
 PNG_SCALE = 2.0  # print resolution
-# Figure widths in points (= SVG px = PDF pt); None: as drawn on screen.
-SIZE_TITLES = {"screen": "as on screen", "one-column": "one column (3.5 in, 252 pt)",
-               "two-column": "two columns (7 in, 504 pt)"}
-PRINT_FONT = {"label": 7, "title": 8, "chart_title": 9}  # points, for the paper sizes
-MIN_PANEL = 30  # px: the narrowest panel of a faceted chart laid out for a column
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "md": "text/markdown",
+        "tex": "application/x-tex", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 ChartBuilder = Callable[[], alt.TopLevelMixin]
 
@@ -52,63 +68,13 @@ def find_run_id(con: queries.Con, name: str) -> int:
     return int(match["run_id"].iloc[0])
 
 
-@dataclass
-class PackData:
-    """What the pack's charts are drawn from, for one run and one image-level slice."""
-
-    ablations: pd.DataFrame
-    summary: pd.DataFrame
-    label_accuracy: pd.DataFrame
-    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)  # ablation -> counts
-    image_scores: pd.DataFrame | None = None
-    image_selections: pd.DataFrame | None = None
-    image_id: int | None = None
-    image_ablation: str = ""
-    chosen: list[str] | None = None  # the ablations the per-ablation figures show, in order (None: all)
-    baseline: str = "baseline"  # the run's unablated ablation, chosen or not
-    tests: pd.DataFrame | None = None  # McNemar over the same slice, the whole run (the Heads and Flow charts)
-
-
-def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusion: Sequence[str] | None = None,
-              image_id: int | None = None, image_ablation: str = "",
-              ablations: Sequence[str] | None = None) -> PackData:
-    """Read everything the pack draws. ``where``: an image-level slice (e.g. one true label) for the
-    per-ablation charts. ``confusion``: ablations to draw the confusion chart of (None: baseline and the
-    least accurate one). ``image_id``: also the Image page's charts of that image, baseline against
-    ``image_ablation``, and its Figure 5 table. ``ablations``: the ablations the per-ablation charts and
-    Table 1 show, in that order (None: every one, in sweep order)."""
-    ab = queries.ablations(con, run_id)
-    summary = tables.summary(con, run_id, where)  # significance over the whole run, before any choice
-    if confusion is None:
-        computed = summary.dropna(subset=["accuracy"])
-        confusion = [tables.baseline_name(ab)]
-        if len(computed) > 1:
-            confusion.append(str(computed.loc[computed["accuracy"].idxmin(), "ablation"]))
-    ids = dict(zip(ab["ablation"], ab["ablation_id"], strict=True))
-    chosen = list(dict.fromkeys(ablations)) if ablations is not None else None
-    label_accuracy = queries.label_accuracy(con, run_id)
-    if chosen is not None:
-        label_accuracy = label_accuracy[label_accuracy["ablation_id"].isin([ids[a] for a in chosen])]
-    data = PackData(tables.select_ablations(ab, chosen), tables.select_ablations(summary, chosen), label_accuracy,
-                    chosen=chosen, baseline=tables.baseline_name(ab), tests=tables.mcnemar_of(summary))
-    for name in dict.fromkeys(confusion):
-        counts = queries.confusion(con, run_id, int(ids[name]))
-        if len(counts):
-            data.confusion[name] = counts
-    if image_id is not None:
-        data.image_id, data.image_ablation = image_id, image_ablation or data.baseline
-        data.image_scores = queries.image_scores(con, run_id, image_id)
-        data.image_selections = queries.image_selections(con, run_id, image_id)
-    return data
-
-
 def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
     """Every chart of the pack, by file name (no extension), as a builder called when it is needed."""
     s, ab = data.summary, data.ablations
-    pack: dict[str, ChartBuilder] = {
-        "table1": lambda: charts.table1_chart(s),
-        "change_vs_baseline": lambda: charts.change_chart(s),
-    }
+    pack: dict[str, ChartBuilder] = {}
+    for metric in tables.metrics_of(s):
+        pack[f"means_{metric}"] = lambda m=metric: charts.table1_chart(s, [m])
+        pack[f"change_{metric}"] = lambda m=metric: charts.change_chart(s, [m])
     whole_single = (ab["n_layers"] == 1) & (ab["n_heads"] == 0) & (ab["target"] == "")
     for metric in tables.metrics_of(s):
         if whole_single.any():
@@ -136,49 +102,83 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sizes for a paper.
+# Figures: specs by file name, rendered on demand.
 
 
-def sized(chart: alt.TopLevelMixin, size: str = "screen") -> alt.TopLevelMixin:
-    """``chart`` laid out ``SIZES[size]`` points wide with print font sizes (unchanged for "screen").
+@dataclass
+class Figure:
+    """One figure file of the pack, before it is drawn."""
 
-    A single or layered chart fits its whole width, axes and legend included (Vega-Lite's fit-x). A faceted
-    one cannot fit itself: its panel width is solved from two trial renders (the total width grows by
-    one pixel per pixel of panel width and panel). Other compositions keep their own widths.
-    """
+    spec: dict[str, Any]
+    what: str
+
+
+TRANSPOSED = ("label_accuracy",)  # laid out with its longer list down the page at a paper size
+
+
+def figure_specs(name: str, chart: alt.TopLevelMixin, size: str = "screen") -> dict[str, dict[str, Any]]:
+    """The figure files one chart makes at ``size``: {file name without extension: Vega-Lite spec}."""
     if size not in SIZES:
         raise InputError(f"unknown figure size {size!r}: choose from {', '.join(SIZES)}")
-    target = SIZES[size]
-    if target is None:
-        return chart
-    chart = chart.configure_axis(labelFontSize=PRINT_FONT["label"], titleFontSize=PRINT_FONT["title"]) \
-        .configure_legend(labelFontSize=PRINT_FONT["label"], titleFontSize=PRINT_FONT["title"]) \
-        .configure_header(labelFontSize=PRINT_FONT["title"], titleFontSize=PRINT_FONT["title"]) \
-        .configure_title(fontSize=PRINT_FONT["chart_title"])
-    if isinstance(chart, alt.FacetChart):
-        def total(panel: int) -> float:
-            trial = chart.copy(deep=True)
-            trial.spec.width = panel
-            return svg_width(_svg(trial))
+    spec = chart.to_dict(validate=False)
+    width = SIZES[size]
+    if width is None:
+        return {name: print_layout.without_hints(spec)}
+    if name in TRANSPOSED:  # the longer list down the page, unless that makes more parts
+        turned = print_layout.transpose(spec)
+        if len(print_layout.parts(turned, width)) <= len(print_layout.parts(spec, width)):
+            spec = turned
+    figures = print_layout.for_print(spec, width)
+    if len(figures) == 1:
+        return {name: figures[0]}
+    return {f"{name}_part{k}of{len(figures)}": f for k, f in enumerate(figures, start=1)}
 
-        # Secant steps on the panel width: axis ticks change with the width, so the total is only nearly
-        # linear in it; a few steps land within a few points.
-        w0, w1 = 120, 160
-        t0, t1 = total(w0), total(w1)
-        for _ in range(3):
-            per_pixel = max((t1 - t0) / (w1 - w0), 1e-6) if w1 != w0 else 1.0
-            w2 = max(MIN_PANEL, int(round(w1 + (target - t1) / per_pixel)))
-            if w2 == w1:
-                break
-            w0, t0, w1, t1 = w1, t1, w2, total(w2)
-            if abs(t1 - target) <= 2:
-                break
-        chart = chart.copy(deep=True)
-        chart.spec.width = w1
-        return chart
-    if isinstance(chart, (alt.Chart, alt.LayerChart)):
-        return chart.properties(width=target, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
-    return chart
+
+def pack_figures(data: PackData, size: str = "screen") -> dict[str, Figure]:
+    """Every figure file of the pack at ``size`` (parts included), by file name without extension."""
+    out = {}
+    for name, build in pack_charts(data).items():
+        for stem, spec in figure_specs(name, build(), size).items():
+            out[stem] = Figure(spec, describe(name, data))
+    return out
+
+
+def _vl_version() -> str:
+    return "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # the Vega-Lite Altair writes, as vl-convert names it
+
+
+def _svg(spec: dict[str, Any]) -> str:
+    """The SVG of a spec, the same for the same spec: Vega numbers gradients (and clip paths) across a whole
+    process, so they are numbered again from 0 within each file."""
+    svg = vlc.vegalite_to_svg(spec, vl_version=_vl_version())
+    ids: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        return ids.setdefault(match.group(0), f"{match.group(1)}{len(ids)}")
+
+    return re.sub(r"\b(gradient_|clip|pattern_)(\d+)\b", renumber, svg)
+
+
+def render_all(figure: Figure, formats: Sequence[str], prov: Provenance | None = None) -> dict[str, bytes]:
+    """A figure in each of ``formats``: PNG and PDF are made from the one SVG (what vl-convert does inside its
+    own PNG and PDF paths), so the costly Vega render runs once per figure instead of once per format."""
+    svg = _svg(figure.spec)
+    makers = {"svg": lambda: svg.encode(), "png": lambda: vlc.svg_to_png(svg, scale=PNG_SCALE),
+              "pdf": lambda: vlc.svg_to_pdf(svg)}
+    out = {}
+    for fmt in formats:
+        if fmt not in makers:
+            raise InputError(f"unknown figure format {fmt!r}: choose from {', '.join(FORMATS)}")
+        content = makers[fmt]()
+        out[fmt] = _bytes(stamp(f"x.{fmt}", content, prov, figure.what)) if prov is not None else content
+    return out
+
+
+def chart_files(chart: alt.TopLevelMixin, formats: Sequence[str] = FORMATS, size: str = "screen",
+                name: str = "chart") -> dict[str, bytes]:
+    """One chart's files at ``size``, by file name (``name`` and its parts, each in every format)."""
+    return {f"{stem}.{fmt}": content for stem, spec in figure_specs(name, chart, size).items()
+            for fmt, content in render_all(Figure(spec, name), formats).items()}
 
 
 def svg_width(svg: str) -> float:
@@ -187,73 +187,12 @@ def svg_width(svg: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _svg(chart: alt.TopLevelMixin) -> str:
-    svg_io = io.StringIO()
-    chart.save(svg_io, format="svg")
-    return svg_io.getvalue()
-
-
-def chart_files(chart: alt.TopLevelMixin, formats: Sequence[str] = FORMATS, size: str = "screen") -> dict[str, bytes]:
-    """The chart in each of ``formats`` (png, svg, pdf) at ``size`` (SIZES), rendered by vl-convert.
-
-    Altair's save renders the SVG; PNG and PDF are made from that SVG (what vl-convert does inside its own
-    PNG and PDF paths), so the costly Vega render runs once per chart instead of once per format.
-    """
-    svg = _svg(sized(chart, size))
-    makers = {
-        "svg": lambda: svg.encode(),
-        "png": lambda: vlc.svg_to_png(svg, scale=PNG_SCALE),
-        "pdf": lambda: vlc.svg_to_pdf(svg),
-    }
-    return {fmt: makers[fmt]() for fmt in formats}
-
-
-def selections_frame(con: queries.Con, run_id: int, where: Slice = EVERYTHING) -> pd.DataFrame:
-    """The slice's selections, one row per image x ablation, for CSV and Parquet (no local paths)."""
-    ab = queries.ablations(con, run_id)
-    rows = queries.slice_rows(con, run_id, tables.baseline_id(ab), where, sort="image")
-    return rows.assign(labels=rows["labels"].map("|".join))
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
+def _bytes(content: bytes | str) -> bytes:
+    return content.encode() if isinstance(content, str) else content
 
 
 # --------------------------------------------------------------------------------------------------
-# The study's Figure 5 for one image: the prompt each ablation selects and the caption that continues it.
-
-
-def figure5_cells(selections: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one row per ablation, in sweep order, never merged (a merged "9-12" would read as
-    single layers in one row and a block in another)."""
-    captions = selections["caption"].notna().any()
-    header = ["Ablation", "Selected prompt", "Right"] + (["Generated caption"] if captions else [])
-    rows = []
-    for r in selections.itertuples():
-        row = [str(r.ablation), str(r.selected_prompt), "✓" if r.correct else "✗"]
-        if captions:
-            row.append("" if pd.isna(r.caption) else str(r.caption))
-        rows.append(row)
-    return header, rows
-
-
-def figure5_markdown(selections: pd.DataFrame) -> str:
-    header, rows = figure5_cells(selections)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def figure5_latex(selections: pd.DataFrame) -> str:
-    header, rows = figure5_cells(selections)
-    marks = {"✓": r"\checkmark", "✗": r"$\times$"}  # \checkmark: amssymb
-    lines = [r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(header) + r" \\", r"\midrule"]
-    lines += [" & ".join(marks.get(v, tables.latex_escape(v)) for v in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+# The pack: the same files for the command line's folder and the page's zip.
 
 
 def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, heads: str = "mean") -> bytes:
@@ -285,26 +224,41 @@ def attention_png(con: queries.Con, run: str, image_id: int, ablation: str, head
     return overlays.png_bytes(overlays.attention_figure(maps, heads))
 
 
-PACK_TABLES = ["summary.md", "summary.tex", "summary.csv", "mcnemar.csv", "selections.csv", "selections.parquet"]
+def attention_name(data: PackData) -> str:
+    return f"image{data.image_id}_attention_{slug(data.image_ablation)}.png"
 
 
-def pack_readme(run: str, row: dict, files: list[str]) -> str:
-    """The pack's README: which run, model and vision tower family made it, what the numbers mean."""
-    return "\n".join([
-        f"# Figure pack of run {run}",
-        "",
-        f"- Model: {row['model']}",
-        f"- Vision tower: {tables.family_text(row.get('family'))}",
-        f"- {row['n_images']} images x {row['n_ablations']} ablations x {row['n_prompts']} prompts "
-        f"({row['status']})",
-        "",
-        "logit is the model's own logit for an (image, prompt) pair (CLIP: logit_scale x cosine; SigLIP: "
-        "logit_scale x cosine + logit_bias); prob is the softmax over the run's prompts and the selected prompt "
-        "its argmax; score_baseline and caption_score are cosines with the unablated image embedding.",
-        "",
-        "Files: " + ", ".join(files),
-        "",
-    ])
+def pack_files(data: PackData, prov: Provenance, size: str = "screen", formats: Sequence[str] = FORMATS,
+               selections: pd.DataFrame | None = None, attention: bytes | None = None) -> Iterator[tuple[str, bytes]]:
+    """Every file of the pack, in order, as (name, content), the README last: the figures at ``size`` in
+    ``formats``, the image's attention maps (``attention``, a PNG) when given, the tables, ``selections``."""
+    if size not in SIZES:
+        raise InputError(f"unknown figure size {size!r}: choose from {', '.join(SIZES)}")
+    listed: list[tuple[str, str, bytes]] = []
+    for stem, figure in pack_figures(data, size).items():
+        for fmt, content in render_all(figure, formats, prov).items():
+            listed.append((f"{stem}.{fmt}", figure.what, content))
+            yield listed[-1][0], content
+    if attention is not None:
+        name = attention_name(data)
+        what = describe(name.rsplit(".", 1)[0], data)
+        content = _bytes(stamp(name, attention, prov, what))
+        listed.append((name, what, content))
+        yield name, content
+    for name, content in table_files(data, prov, selections).items():
+        listed.append((name, describe(name.rsplit(".", 1)[0], data), content))
+        yield name, content
+    yield "README.md", pack_readme(data, prov, size, listed).encode()
+
+
+def pack_zip(files: Iterator[tuple[str, bytes]]) -> bytes:
+    """The pack as a zip (the Export page's download): the files ``pack_files`` yields, as they are."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, content in files:
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content,
+                       compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
 
 
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
@@ -332,38 +286,13 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             raise InputError(f"no image {image_id} in run {run!r}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation,
                          ablations=ablations)
-        run_row = queries.runs(con).set_index("run").loc[run].to_dict()
-        tests = tables.mcnemar_of(data.summary)  # the chosen ablations, Holm-adjusted over the whole run
         selections = selections_frame(con, run_id)
-        attention = None
-        if image_id is not None:
-            attention = attention_png(con, run, image_id, data.image_ablation)
+        attention = attention_png(con, run, image_id, data.image_ablation) if image_id is not None else None
+    prov = Provenance.of_run(data.run, db)
+    files = list(pack_files(data, prov, size, formats, selections, attention))  # drawn before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written = []
-
-    def write(name: str, content: bytes | str) -> None:
-        path = out / name
-        if isinstance(content, str):
-            path.write_text(content)
-        else:
-            path.write_bytes(content)
-        written.append(path)
-
-    for name, build in pack_charts(data).items():
-        for fmt, content in chart_files(build(), formats, size).items():
-            write(f"{name}.{fmt}", content)
-    if attention is not None:
-        write(f"image{image_id}_attention_{slug(data.image_ablation)}.png", attention)
-    if data.image_selections is not None and len(data.image_selections):
-        picks = tables.select_ablations(data.image_selections, data.chosen)
-        write(f"image{image_id}_figure5.md", figure5_markdown(picks))
-        write(f"image{image_id}_figure5.tex", figure5_latex(picks))
-        write(f"image{image_id}_figure5.csv", picks.to_csv(index=False))
-    write("README.md", pack_readme(run, run_row, [p.name for p in written] + PACK_TABLES))
-    write("summary.md", tables.summary_markdown(data.summary))
-    write("summary.tex", tables.summary_latex(data.summary))
-    write("summary.csv", data.summary.to_csv(index=False))
-    write("mcnemar.csv", tests.to_csv(index=False))
-    write("selections.csv", selections.to_csv(index=False))
-    write("selections.parquet", parquet_bytes(selections))
+    for name, content in files:
+        (out / name).write_bytes(content)
+        written.append(out / name)
     return written

@@ -30,6 +30,19 @@ def runs(con: Con) -> pd.DataFrame:
 
 RUN_CONFIG = "SELECT config FROM run_t WHERE run_id = ?"
 
+RUN_PROVENANCE = """
+SELECT run, model, created_at, status, config, config_hash, parent_run FROM run_t WHERE run_id = ?
+"""
+
+
+def run_provenance(con: Con, run_id: int) -> dict:
+    """What an exported file says about the run it came from (analysis.provenance): name, model, creation,
+    status, resolved config (as a dict) and the experiment's hash."""
+    cur = con.execute(RUN_PROVENANCE, [run_id])
+    row = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
+    row["config"] = json.loads(row["config"])
+    return row
+
 # The caption stage generates each distinct (image, selected prompt) once into the shared cache, then
 # fills the selections: progress is the share of the run's pending pairs already in the cache.
 CAPTION_PROGRESS = """

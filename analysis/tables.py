@@ -1,6 +1,6 @@
 """The derived tables pages and the export share: Table 1 with bootstrap intervals and the one significance
 rule (``analysis.stats``), McNemar's tests, and Table 1's renderings (a sortable frame for the page,
-Markdown, LaTeX with booktabs). Pure functions of an open connection (or of a DataFrame).
+Markdown; LaTeX is analysis.latex). Pure functions of an open connection (or of a DataFrame).
 """
 
 from __future__ import annotations
@@ -266,34 +266,3 @@ def summary_markdown(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
              "|" + "|".join("---" if c == "Ablation" else "---:" for c in header) + "|"]
     lines += ["| " + " | ".join(cell(v) if k == 0 else v for k, v in enumerate(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + FOOTNOTE + "\n"
-
-
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def _latex_cell(text: str) -> str:
-    """A text cell in LaTeX: escaped, typographic minus as math minus, the mark as a superscript."""
-    out = latex_escape(text).replace(MINUS, "$-$").replace("—", "---")
-    if out.endswith(MARK):
-        out = out[:-1] + r"\textsuperscript{" + MARK + "}"
-    return out
-
-
-def summary_latex(summary_frame: pd.DataFrame, digits: int = DIGITS) -> str:
-    """A booktabs table (\\usepackage{booktabs}): per metric a group of mean, 95% interval and change."""
-    header, rows = table1_cells(summary_frame, digits)
-    metrics = metrics_of(summary_frame)
-    spec = "lr" + " rcr" * len(metrics)
-    groups = " & ".join(r"\multicolumn{3}{c}{" + latex_escape(title(m)) + "}" for m in metrics)
-    rules = " ".join(rf"\cmidrule(lr){{{3 + 3 * k}-{5 + 3 * k}}}" for k in range(len(metrics)))
-    sub = " & ".join(["Ablation", "Images"] + ["Mean", r"95\% CI", r"$\Delta$"] * len(metrics))
-    lines = [f"% {FOOTNOTE}".replace("Δ", "Delta"), r"\begin{tabular}{" + spec + "}", r"\toprule",
-             "& & " + groups + r" \\", rules, sub + r" \\", r"\midrule"]
-    lines += [" & ".join(_latex_cell(v) for v in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"

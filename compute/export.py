@@ -17,11 +17,20 @@ from compute.store import DEFAULT_DB_TEXT, resolve_db
 
 DESCRIPTION = """\
 Write a run's figure pack, headless: every chart of the dashboard's Overview, Layers, Heads and Flow
-pages as PNG, SVG and PDF; Table 1 with 95% bootstrap intervals and significance marks as Markdown, LaTeX
-(booktabs) and CSV; the McNemar tests as CSV; every selection of the run (one row per image x ablation)
-as CSV and Parquet. With --image, also that image's logit charts, its CLS attention maps (PNG, baseline
-against --ablation) and its Figure 5 table (the prompt each ablation selects and the caption that
-continues it). The dashboard's Export page writes the same files.
+pages as PNG, SVG and PDF (means_<metric>, change_<metric>, layers_<metric>, blocks_<metric>,
+label_accuracy, heads_<group>, flow, confusion_<ablation>); Table 1 with 95% bootstrap intervals and
+significance marks as Markdown, LaTeX and CSV (table1.md/.tex/.csv, and table1_<metric>.tex, one metric
+for a column); the McNemar tests as CSV; every selection of the run (one row per image x ablation) as CSV
+and Parquet; a README listing every file. With --image, also that image's logit charts, its CLS
+attention maps (PNG, baseline against --ablation) and its Figure 5 table (the prompt each ablation
+selects and the caption that continues it). The dashboard's Export page writes the same files.
+
+--size one-column / two-column lays every figure out for a paper: exactly 252 / 504 pt wide, print fonts,
+legends below, a figure too tall for a page or too wide for the column split into parts (_part<K>of<N>).
+Every file says where it came from (run, model and revision, experiment hash, tool version, date) where
+its format has room (PDF, SVG and PNG metadata, LaTeX and Markdown comments, Parquet metadata); the
+README records the rest (CSV) by SHA-256. The LaTeX needs booktabs, graphicx and tabularx and fits the
+line it is put in.
 
 Significance (the marks, the colours, mcnemar.csv): Holm-adjusted p < 0.05 over the run's ablations,
 McNemar's paired test for accuracy, the paired t-test over images for the scores."""

@@ -1,14 +1,15 @@
-"""Export: the figure pack with a preview, the ablations it shows (chosen and ordered) and a size for a
-paper's column; Table 1 (Markdown, LaTeX with booktabs, CSV) with its preview; an image's Figure 5 table;
-the selections of a slice as CSV and Parquet, with filters of their own. Files are made when a button is
-pressed, not on every redraw."""
-
-import io
-import zipfile
+"""Export: the figure pack with a preview, the ablations it shows (chosen and ordered), its confusion charts
+and a size for a paper's column; Table 1 (Markdown, LaTeX, CSV) with its preview; an image's Figure 5 table;
+the selections of a slice as CSV and Parquet, with filters of their own. The zip holds exactly the files
+``python -m compute export`` writes with the same choices (analysis.figures.pack_files), and each single
+download is one of those files under its name. Files are made when a button is pressed, not on every redraw."""
 
 import streamlit as st
 
-from analysis import figures, queries, slices, stats, tables
+from analysis import figures, latex, queries, slices, stats, tables
+from analysis.pack_tables import figure5_markdown, parquet_bytes
+from analysis.pack_text import SIZE_TITLES, describe
+from analysis.provenance import Provenance, stamp
 from analysis.text import md, md_list
 from compute import store
 from dashboard import widgets
@@ -17,13 +18,12 @@ from dashboard.reading import load, snapshot
 from dashboard.state import get_param, param_multiselect, param_select
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
-MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 SEP = "|"  # between ablation labels in the URL (labels hold commas, never a bar)
 
 ctx = context()
 st.title("Export")
 st.caption("The same files from a shell: `python -m compute export --run RUN --out DIR` (see its --help for "
-           "--ablations, --size and --image).")
+           "--ablations, --confusion, --size and --image).")
 if no_results(ctx):
     st.stop()
 
@@ -37,37 +37,50 @@ st.caption("These choices shape the charts, Table 1 and the Figure 5 table; sign
 row = st.columns([2, 1, 1])
 chosen = param_multiselect("Ablations, in this order", names, "figures", sep=SEP, default=names, container=row[0],
                            help="Remove ablations, or remove and add them back to change their order.") or names
-size = param_select("Size", list(figures.SIZES), "size", format_func=figures.SIZE_TITLES.get, container=row[1])
+size = param_select("Size", list(figures.SIZES), "size", format_func=SIZE_TITLES.get, container=row[1])
 label = widgets.label_select("Images with true label", "fig_label", true_labels, container=row[2])
 image_slice = slices.true_label(label)
+shows = tuple(chosen) if chosen != names else None  # None: every ablation, as the command line says it
 image_param = get_param("image")  # the image and ablation of the Image page, from the URL or this session
 image_id = int(image_param) if image_param.isdigit() else None
 image_ablation = get_param("ablation")
 image_ablation = image_ablation if image_ablation in names else ctx.baseline_name
-confusion = tuple(dict.fromkeys([ctx.baseline_name, image_ablation]))
-# Everything the charts are drawn from, cached; charts are drawn only for the preview and the downloads.
-data = load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, image_ablation, tuple(chosen))
-pack = figures.pack_charts(data)
-st.caption(f"{len(pack)} charts of {len(chosen)} ablations over {md(image_slice.caption)}; confusion under "
+# Everything the charts are drawn from, cached; charts are drawn only for the preview and the downloads. The
+# confusion charts: the URL's, else the command line's default (baseline and the least accurate ablation).
+asked = tuple(c for c in get_param("confusion").split(SEP) if c in names) or None
+data = load(figures.pack_data, ctx.run_id, image_slice, asked, image_id, image_ablation, shows)
+confusion = tuple(param_multiselect("Confusion charts for", names, "confusion", sep=SEP, default=tuple(data.confusion),
+                                    help="The command line's --confusion; by default baseline and the ablation "
+                                    "with the lowest accuracy.")) or tuple(data.confusion)
+if confusion != tuple(data.confusion):
+    data = load(figures.pack_data, ctx.run_id, image_slice, confusion, image_id, image_ablation, shows)
+key = (ctx.run_id, image_slice, tuple(data.confusion), image_id, image_ablation, shows)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def pack_figures(db: str, token: tuple, key: tuple, size: str, _data: figures.PackData) -> dict:
+    """The pack's figures at ``size`` as specs (``key``: what the pack was read with, for the cache)."""
+    return figures.pack_figures(_data, size)
+
+
+figs = pack_figures(str(ctx.db), snapshot(), key, size, data)
+prov = Provenance.of_run(data.run, ctx.db)
+st.caption(f"{len(figs)} figures of {len(chosen)} ablations over {md(image_slice.caption)}; confusion under "
            f"{md_list(data.confusion)}"
            + (f"; the logits and attention maps of image {image_id}" if image_id is not None else "") + ".")
 
 
 @st.cache_data(show_spinner="Drawing the preview...", max_entries=32)
 def preview_png(db: str, token: tuple, key: tuple, name: str, size: str) -> bytes:
-    """The PNG of one chart of the pack (``key``: what the pack was read with, for the cache)."""
-    return figures.chart_files(pack[name](), ["png"], size)["png"]
+    """The PNG of one figure of the pack."""
+    return figures.render_all(figs[name], ["png"])["png"]
 
 
-shown = param_select("Preview", list(pack), "preview", container=st.columns([1, 2])[0])
-key = (ctx.run_id, image_slice, confusion, image_id, image_ablation, tuple(chosen))
+shown = param_select("Preview", list(figs), "preview", container=st.columns([1, 2])[0])
 points = figures.SIZES[size]
 st.image(preview_png(str(ctx.db), snapshot(), key, shown, size),
          width=round(points * 96 / 72) if points else "stretch",  # a paper size at its printed size
-         caption=f"{md(shown)}: {md(figures.SIZE_TITLES[size])}")
-
-
-attention = f"image{image_id}_attention_{figures.slug(image_ablation)}" if image_id is not None else ""
+         caption=f"{md(shown)}: {md(figs[shown].what)}; {md(SIZE_TITLES[size])}")
 
 
 def _attention() -> bytes:
@@ -76,55 +89,66 @@ def _attention() -> bytes:
         return figures.attention_png(con, ctx.name, image_id, image_ablation)
 
 
+def _selections():
+    # Download callbacks run when a button is pressed: they open the store themselves, without st.* calls.
+    with store.connect(ctx.db, read_only=True) as con:
+        return figures.selections_frame(con, ctx.run_id)
+
+
 def _zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, build in pack.items():
-            for fmt, content in figures.chart_files(build(), size=size).items():
-                z.writestr(f"{name}.{fmt}", content)
-        if attention:
-            z.writestr(f"{attention}.png", _attention())
-        z.writestr("README.md", figures.pack_readme(ctx.name, ctx.run, sorted(z.namelist())))
-    return buf.getvalue()
+    attention = _attention() if image_id is not None else None
+    return figures.pack_zip(figures.pack_files(data, prov, size, figures.FORMATS, _selections(), attention))
 
 
 stem = figures.slug(ctx.name)
-st.download_button(f"All {len(pack)} charts as PNG, SVG and PDF (zip)", _zip, f"{stem}-figures-{size}.zip",
-                   "application/zip", key="zip", type="primary")
-with st.expander("One chart at a time"):
-    for name, build in pack.items():
+st.download_button(f"The pack: {len(figs)} figures as PNG, SVG and PDF, the tables and a README (zip)", _zip,
+                   f"{stem}-figures-{size}.zip", "application/zip", key="zip", type="primary")
+with st.expander("One figure at a time"):
+    for name, figure in figs.items():
         cols = st.columns([3, 1, 1, 1])
         cols[0].text(name)
         for col, fmt in zip(cols[1:], figures.FORMATS, strict=True):
-            col.download_button(fmt.upper(), lambda build=build, fmt=fmt: figures.chart_files(build(), [fmt], size)[fmt],
-                                f"{name}.{fmt}", MIME[fmt], key=f"{name}.{fmt}")
-    if attention:
+            col.download_button(fmt.upper(), lambda figure=figure, fmt=fmt: figures.render_all(figure, [fmt], prov)[fmt],
+                                f"{name}.{fmt}", figures.MIME[fmt], key=f"{name}.{fmt}")
+    if image_id is not None:
+        attention = figures.attention_name(data)
         cols = st.columns([3, 1, 1, 1])
         cols[0].text(f"{attention} (attention probabilities, not an attribution)")
-        cols[1].download_button("PNG", _attention, f"{attention}.png", "image/png", key="attention.png")
+        cols[1].download_button("PNG", lambda: stamp(attention, _attention(), prov, describe(
+            attention.rsplit(".", 1)[0], data)), attention, "image/png", key=attention)
+
+table_files = figures.table_files(data, prov)
+
+
+def _download(name: str, label: str, col) -> None:
+    col.download_button(label, table_files[name], name, figures.MIME[name.rsplit(".", 1)[1]], key=name)
+
 
 st.subheader("Table 1")
-st.caption(f"Model {md(ctx.run['model'])}, {md(tables.family_text(ctx.run.get('family')))}.")
-markdown, latex = tables.summary_markdown(data.summary), tables.summary_latex(data.summary)
-cols = st.columns(3)
-cols[0].download_button("Markdown", markdown, f"{stem}-table1.md", "text/markdown", key="md")
-cols[1].download_button("LaTeX (booktabs)", latex, f"{stem}-table1.tex", "application/x-tex", key="tex")
-cols[2].download_button("CSV", data.summary.to_csv(index=False), f"{stem}-table1.csv", "text/csv", key="table_csv")
+st.caption(f"Model {md(ctx.run['model'])}, {md(tables.family_text(ctx.run.get('family')))}. The LaTeX needs "
+           f"{md(', '.join(latex.PACKAGES))} and fits the line it is put in: table1.tex every metric "
+           "(the page's width), one metric at a time for a column.")
+markdown, latex_text = tables.summary_markdown(data.summary), latex.table1(data.summary)
+per_metric = [f"table1_{m}.tex" for m in tables.metrics_of(data.summary)]
+cols = st.columns(3 + len(per_metric))
+_download("table1.md", "Markdown", cols[0])
+_download("table1.tex", "LaTeX", cols[1])
+for col, name in zip(cols[2:], per_metric, strict=False):
+    _download(name, f"LaTeX, {tables.METRIC_TITLES[name[7:-4]]}", col)
+_download("table1.csv", "CSV", cols[-1])
 st.dataframe(tables.table1_style(data.summary), hide_index=True)
 with st.expander("Markdown and LaTeX source"):
     st.code(markdown, language="markdown")
-    st.code(latex, language="latex")
+    st.code(latex_text, language="latex")
 
 if data.image_selections is not None and len(data.image_selections):
     st.subheader(f"Figure 5 of image {image_id}")
-    picks = tables.select_ablations(data.image_selections, chosen)
-    f5_md, f5_tex = figures.figure5_markdown(picks), figures.figure5_latex(picks)
+    f5 = f"image{image_id}_figure5"
     cols = st.columns(3)
-    cols[0].download_button("Markdown", f5_md, f"{stem}-image{image_id}-figure5.md", "text/markdown", key="f5_md")
-    cols[1].download_button("LaTeX", f5_tex, f"{stem}-image{image_id}-figure5.tex", "application/x-tex", key="f5_tex")
-    cols[2].download_button("CSV", picks.to_csv(index=False), f"{stem}-image{image_id}-figure5.csv", "text/csv",
-                            key="f5_csv")
-    st.code(f5_md, language="markdown")
+    _download(f"{f5}.md", "Markdown", cols[0])
+    _download(f"{f5}.tex", "LaTeX", cols[1])
+    _download(f"{f5}.csv", "CSV", cols[2])
+    st.code(figure5_markdown(tables.select_ablations(data.image_selections, chosen)), language="markdown")
 else:
     st.caption("Open an image on the Image page first (or put image=ID in the URL) for its Figure 5 table: the "
                "prompt each ablation selects and the caption that continues it.")
@@ -148,13 +172,13 @@ st.caption("The first 20 rows.")
 
 
 def _slice_frame():
-    # Download callbacks run when a button is pressed: they open the store themselves, without st.* calls.
     with store.connect(ctx.db, read_only=True) as con:
         return figures.selections_frame(con, ctx.run_id, where)
 
 
+slice_what = f"selections of run {ctx.name}: {where.caption}"
 cols = st.columns(2)
-cols[0].download_button("CSV", lambda: _slice_frame().to_csv(index=False), f"{stem}-selections.csv", "text/csv",
-                        key="slice_csv")
-cols[1].download_button("Parquet", lambda: figures.parquet_bytes(_slice_frame()), f"{stem}-selections.parquet",
-                        "application/vnd.apache.parquet", key="slice_parquet")
+cols[0].download_button("CSV", lambda: _slice_frame().to_csv(index=False), f"{stem}-selections-slice.csv",
+                        "text/csv", key="slice_csv")
+cols[1].download_button("Parquet", lambda: stamp("x.parquet", parquet_bytes(_slice_frame()), prov, slice_what),
+                        f"{stem}-selections-slice.parquet", figures.MIME["parquet"], key="slice_parquet")

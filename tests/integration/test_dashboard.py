@@ -20,6 +20,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from analysis import charts, queries, slices, stats, tables
+from analysis import latex as latex_tables
 from analysis.text import md
 from compute import store
 from compute.store import DB_ENV
@@ -274,10 +275,11 @@ def test_export_page_offers_every_chart_the_slice_and_table1(app, dash_store):
             "AND NOT correct")[0][0]
     assert f"Current slice: {n} selections of {n} images" in caption_text(at)
     buttons = at.get("download_button")
-    for name in ("table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "label_accuracy",
+    for name in ("means_accuracy", "change_accuracy", "layers_accuracy", "blocks_accuracy", "label_accuracy",
                  "confusion_baseline", "confusion_identity_1-12", "layers_caption_score", "image3_logits"):
         assert any(name in b.proto.id for b in buttons), name
-    assert any("f5_md" in b.proto.id for b in buttons)  # the image's Figure 5 table
+    for name in ("table1.md", "table1.tex", "table1_accuracy.tex", "table1.csv", "image3_figure5.md"):
+        assert any(b.proto.id.endswith(name) for b in buttons), name  # Table 1 and the image's Figure 5 table
     assert at.image  # the preview
     markdown = at.code[0].value
     with store.connect(dash_store, read_only=True) as con:
@@ -332,7 +334,7 @@ def test_queries_only_order_by_the_allow_list(dash_store):
 def test_latex_and_markdown_escape_and_align(dash_store):
     with store.connect(dash_store, read_only=True) as con:
         summary = tables.summary(con, 1)
-    latex = tables.summary_latex(summary)
+    latex = latex_tables.table1(summary)
     assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex  # booktabs
     assert r"\multicolumn{3}{c}{Selected-prompt score}" in latex and r"$\Delta$" in latex
     assert "score_baseline" not in latex and "score\\_baseline" not in latex  # human names only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import altair as alt
 import duckdb
 import pandas as pd
 import pytest
@@ -14,10 +15,16 @@ from compute import store
 from compute.__main__ import main
 from compute.export import split_ablations
 
-CHARTS = ["table1", "change_vs_baseline", "layers_accuracy", "blocks_accuracy", "layers_score_baseline",
-          "blocks_score_baseline", "layers_caption_score", "blocks_caption_score", "label_accuracy",
-          "confusion_baseline"]
+METRICS = ["accuracy", "score_baseline", "caption_score"]
+CHARTS = [f"{kind}_{m}" for kind in ("means", "change", "layers", "blocks") for m in METRICS] + \
+    ["label_accuracy", "confusion_baseline"]
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
+
+
+def body(markdown: str) -> str:
+    """A Markdown file of the pack without the provenance comment that opens it."""
+    assert markdown.startswith("<!--\n")
+    return markdown.split("\n-->\n\n", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +51,15 @@ def test_every_chart_in_png_svg_and_pdf_with_valid_headers(pack):
             data = (pack / f"{chart}.{fmt}").read_bytes()
             assert data.startswith(magic), (chart, fmt)
             assert len(data) > 1000
-    assert {"summary.md", "summary.tex", "summary.csv", "mcnemar.csv", "selections.csv",
-            "selections.parquet"} <= names
+    assert {"table1.md", "table1.tex", "table1.csv", "mcnemar.csv", "selections.csv", "selections.parquet",
+            "README.md"} | {f"table1_{m}.tex" for m in METRICS} <= names
+    assert not {"table1.png", "summary.md", "change_vs_baseline.svg"} & names  # a name says what a file is
 
 
 def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
     summary = summary_of(dash_store)
-    markdown = (pack / "summary.md").read_text()
-    latex = (pack / "summary.tex").read_text()
+    markdown = body((pack / "table1.md").read_text())
+    latex = (pack / "table1.tex").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "Ablation" not in line]
     assert len(rows) == DASH_ABLATIONS == latex.count(r"\\") - 2
     for line, r in zip(rows, summary.itertuples(), strict=True):
@@ -61,7 +69,7 @@ def test_table1_markdown_latex_and_csv_hold_the_summary(pack, dash_store):
         assert cells[-3:-1] == [tables.number(r.caption_score), tables.interval(r.caption_score_lo, r.caption_score_hi)]
         latex_row = next(x for x in latex.splitlines() if x.startswith(r.ablation + " &"))
         assert f"& {r.score_baseline:.3f} & [" in latex_row.replace("$-$", "-")
-    csv = pd.read_csv(pack / "summary.csv")
+    csv = pd.read_csv(pack / "table1.csv")
     with duckdb.connect(str(dash_store), read_only=True) as con:
         accuracy = con.execute("SELECT ablation, AVG(correct::DOUBLE) FROM selections WHERE run = 'tiny' "
                                "GROUP BY ablation").fetchall()
@@ -75,22 +83,23 @@ def test_chosen_ablations_sizes_and_an_images_figure5(dash_store, tmp_path):
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "svg,pdf",
                  "--ablations", ",".join(chosen), "--size", "one-column", "--image", "3",
                  "--ablation", "identity:5"]) == 0
-    markdown = (tmp_path / "summary.md").read_text()
+    markdown = body((tmp_path / "table1.md").read_text())
     assert [line.split(" | ")[0].strip("| ") for line in markdown.splitlines()[2:2 + len(chosen)]] == chosen
     full = summary_of(dash_store).set_index("ablation")
-    csv = pd.read_csv(tmp_path / "summary.csv").set_index("ablation")
+    csv = pd.read_csv(tmp_path / "table1.csv").set_index("ablation")
     assert list(csv.index) == chosen
     # significance decided over the whole run: the same Holm p-values as with every ablation
     assert list(csv["p_holm_accuracy"].dropna()) == pytest.approx(list(full.loc[chosen, "p_holm_accuracy"].dropna()))
-    for name in ("table1", "change_vs_baseline", "blocks_accuracy", "image3_logits"):
-        svg = (tmp_path / f"{name}.svg").read_text()
-        assert abs(figures.svg_width(svg) - figures.SIZES["one-column"]) <= 40, name  # 3.5 in, nearly
-        pdf = (tmp_path / f"{name}.pdf").read_bytes()
+    svgs = sorted(tmp_path.glob("*.svg"))
+    stems = {re.sub(r"_part\d+of\d+$", "", p.stem) for p in svgs}  # a figure too wide for a column is in parts
+    assert {"means_accuracy", "change_accuracy", "blocks_accuracy", "image3_logits"} <= stems
+    for path in svgs:  # every figure exactly 3.5 in wide
+        svg = path.read_text()
+        assert figures.svg_width(svg) == figures.SIZES["one-column"], path.name
+        pdf = path.with_suffix(".pdf").read_bytes()
         box = re.search(rb"MediaBox\s*\[\s*0 0 ([0-9.]+)", pdf)
         assert box and abs(float(box.group(1)) - figures.svg_width(svg)) < 1  # 1 px = 1 pt
-    for name in ("label_accuracy", "blocks_accuracy", "image3_logits"):  # single charts fit exactly
-        assert figures.svg_width((tmp_path / f"{name}.svg").read_text()) == figures.SIZES["one-column"]
-    f5 = (tmp_path / "image3_figure5.md").read_text().splitlines()
+    f5 = body((tmp_path / "image3_figure5.md").read_text()).splitlines()
     picks = dict(sql(dash_store, "SELECT ablation, prompt FROM selections WHERE run = 'tiny' AND image_id = 3"))
     assert [line.split(" | ")[0].strip("| ") for line in f5[2:]] == chosen  # one row per ablation, never merged
     assert [line.split(" | ")[1] for line in f5[2:]] == [picks[a] for a in chosen]
@@ -151,4 +160,8 @@ def test_every_chart_builder_makes_a_valid_vega_lite_spec(dash_store):
     assert {"image3_logits", "image3_logits_identity_5"} <= set(builders)
     for build in builders.values():
         build().to_dict(validate=True)
+    for size in ("one-column", "two-column"):  # and every figure as laid out for a paper
+        for name, figure in figures.pack_figures(data, size).items():
+            kind = alt.LayerChart if "layer" in figure.spec else alt.Chart
+            assert kind.from_dict(figure.spec, validate=True).to_dict(validate=True), (size, name)
     charts.compare_chart(compare, "baseline", "identity:5").to_dict(validate=True)
