@@ -3,7 +3,7 @@
 The read side of the dashboard keeps its queries in ``analysis/queries.py``; what ``compute`` reads or
 writes is here, in sections: runs, batches of results, stored embeddings, captions, statistics, summaries.
 Long because it is that one place. The file itself (location, checks, connection, schema versions) is
-``compute.storefile``, whose names this module re-exports: callers open a store with ``store.connect``.
+``compute.storefile`` (and its path checks in ``compute.storepath``), whose names this module re-exports: callers open a store with ``store.connect``.
 Values are always bound with ``?``; identifiers never come from users.
 """
 
@@ -20,22 +20,25 @@ import pyarrow as pa
 
 from compute.killpoints import kill_point
 from compute.storefile import (  # noqa: F401 - re-exported: the store's one name for callers
-    DB_ENV,
-    DEFAULT_DB_TEXT,
+    # noqa: F401 - re-exported: the store's one name for callers,
     LOCK_TIMEOUT_S,
     MARKER,
     MIGRATIONS,
     SCHEMA_VERSION,
     StoreKind,
-    check_path,
     check_store,
     connect,
-    default_db,
     ensure_schema,
     identify,
+    transaction,
+)
+from compute.storepath import (  # noqa: F401 - re-exported likewise
+    DB_ENV,
+    DEFAULT_DB_TEXT,
+    check_path,
+    default_db,
     io_cause,
     resolve_db,
-    transaction,
 )
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from analysis import FORMATS, SIZES, figures, print_layout, slices
 from analysis.provenance import Provenance, tool_version
 from compute import store
 from compute.__main__ import main
-from compute.storefile import DB_ENV
+from compute.storepath import DB_ENV
 from dashboard.pages import page_info
 from tools.figure_check import problems, read_svg
 
