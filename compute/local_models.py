@@ -3,7 +3,7 @@
 compute.models loads; this only looks. A page that shows something computed from a run's model (the Image
 page's attention maps) asks ``missing_locally`` first, so a store shared without its model costs nothing: a
 hub id is looked up in the local Hugging Face cache the way huggingface_hub's ``try_to_load_from_cache`` does
-(the revision ``main`` points to, else any snapshot), which the tests check against that function.
+(the snapshot ``main`` points to), which the tests check against that function.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ def hub_cache() -> Path:
 
 
 def cached_file(repo_id: str, filename: str, cache: Path | None = None) -> Path | None:
-    """``filename`` of the hub model ``repo_id`` in the local cache, at the revision ``main`` points to (any
-    snapshot when no ref is stored); None when it is not there."""
+    """``filename`` of the hub model ``repo_id`` in the local cache, at the revision ``main`` points to (what
+    loading it offline reads); None when it is not there."""
     folder = (cache or hub_cache()) / ("models--" + repo_id.replace("/", "--"))
     ref = folder / "refs" / "main"
-    if ref.is_file():
-        snapshots = [folder / "snapshots" / ref.read_text().strip()]
-    else:
-        snapshots = sorted((folder / "snapshots").glob("*")) if (folder / "snapshots").is_dir() else []
-    return next((s / filename for s in snapshots if (s / filename).is_file()), None)
+    if not ref.is_file():
+        return None
+    path = folder / "snapshots" / ref.read_text().strip() / filename
+    return path if path.is_file() else None
 
 
 def missing_locally(name_or_path: str, cache: Path | None = None) -> str | None:

@@ -31,17 +31,23 @@ def clickable(spec: dict, fields: Sequence[str] = FIELDS, marks: Sequence[str] =
     out = dict(spec)
     names: list[str] = []
 
+    def kind(view: dict) -> str | None:
+        mark = view.get("mark")
+        return mark.get("type") if isinstance(mark, dict) else mark
+
     def visit(view: dict) -> dict:
         view = dict(view)
         if "layer" in view:
-            view["layer"] = [visit(v) for v in view["layer"]]
+            # Rules (a baseline, zero) drawn first, under the marks: Vega gives a click to the topmost item, and a
+            # point lying on the baseline could not be clicked otherwise.
+            layers = sorted(view["layer"], key=lambda v: kind(v) != "rule")
+            view["layer"] = [visit(v) for v in layers]
             return view
         mark = view.get("mark")
-        kind = mark.get("type") if isinstance(mark, dict) else mark
-        if kind in marks:
+        if kind(view) in marks:
             view["name"] = f"{PICK}_view_{len(names)}"
             names.append(view["name"])
-            view["mark"] = {**(mark if isinstance(mark, dict) else {"type": kind}), "cursor": "pointer"}
+            view["mark"] = {**(mark if isinstance(mark, dict) else {"type": mark}), "cursor": "pointer"}
         return view
 
     out = visit(out)
