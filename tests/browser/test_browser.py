@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium, against a real server: every page at 1440, 1280 and 800 px
-without an exception or anything overflowing sideways; the Image page's prompts whole; Failures → Image →
-next / previous in one tab; and data that carries Markdown or HTML (a label, prompt, caption, file name
-and run name) shown as text, with no request leaving for the address it names.
+without an exception, anything overflowing sideways, a 404 or a "Deploy" button; the Image page's prompts
+whole; Failures → Image → next / previous in one tab, and the ← → Esc keys; a click on a Layers point opens
+Failures on its ablation; thumbnails of one width; a URL naming what is not there says so; the Image page
+without its model at once; an idle page lists a new run; and data that carries Markdown or HTML (a label,
+prompt, caption, file name and run name) shown as text, with no request leaving for the address it names.
 
 One server and one browser serve the whole module. The store is made by the real compute path (a tiny
 random CLIP and BLIP, COCO files via pycocotools) from a dataset whose category names, file names, prompts
@@ -479,4 +481,38 @@ def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_i
         finished(tab)
         tab.wait_for_timeout(1500)
         assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
+        tab.close()
+
+
+def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_path):
+    """Nobody touches the page while another process adds a run to the store: the run picker lists it within a
+    few seconds (the page's watcher), and the page stays on the run it shows."""
+    import shutil
+    import time
+
+    from compute.config import Prompt
+    from compute.rescore import rescore
+
+    db = tmp_path / "idle.duckdb"
+    shutil.copy(heads_store, db)
+    with serve(db, ARTIFACTS / "idle.log") as url:
+        tab = browser.new_page(viewport={"width": 1440, "height": 1000})
+        open_page(tab, url, "overview", {"run": "tiny-heads"})
+        picker = tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
+
+        def options() -> list[str]:
+            picker.click()
+            listed = tab.locator('[role="option"]').all_inner_texts()
+            tab.keyboard.press("Escape")
+            return listed
+
+        assert options() == ["tiny-heads (complete)"]
+        rescore(db, "tiny-heads", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], "newer",
+                progress=False, echo=lambda _: None)
+        deadline = time.monotonic() + 30
+        while "newer (complete)" not in options() and time.monotonic() < deadline:
+            tab.wait_for_timeout(1000)
+        assert options() == ["newer (complete)", "tiny-heads (complete)"]
+        assert dict(parse_qsl(urlparse(tab.url).query))["run"] == "tiny-heads"
+        assert not tab.locator(EXCEPTION).all_inner_texts()
         tab.close()
