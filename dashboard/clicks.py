@@ -2,8 +2,9 @@
 ablation, and the true and selected label where the mark is one), through Streamlit's selection events.
 
 The pure chart builders (analysis.charts) stay static, as the figure export saves them: ``clickable`` adds a
-point selection to the drawn spec only, on the layers whose marks stand for something (points, bars, cells),
-named ``PICK`` and carrying ``fields`` of the clicked datum. ``chart`` draws such a spec and ``table`` a
+point selection to the drawn spec only, on each layer whose marks stand for something (points, bars, cells),
+carrying ``fields`` of the clicked datum: one selection per layer (``PICK`` and a number; Vega refuses one
+selection over two layers of a chart). ``chart`` draws such a spec and ``table`` a
 dataframe with single-row selection; both return what was clicked, and ``open_failures`` goes there with
 every filter of the Failures page set (a filter left from another page would hide what was clicked).
 """
@@ -19,15 +20,15 @@ import streamlit as st
 from dashboard import navigation
 from dashboard.context import Context
 
-PICK = "pick"  # the selection parameter's name
+PICK = "pick"  # the selection parameters' names start so
 MARKS = ("point", "circle", "square", "bar", "rect")  # the marks that stand for a datum (not rules, bands, text)
 HINT = "Click a point, bar or cell to open its images on the Failures page."
 FIELDS = ("ablation",)
 
 
 def clickable(spec: dict, fields: Sequence[str] = FIELDS, marks: Sequence[str] = MARKS) -> dict:
-    """``spec`` (a Vega-Lite dict) with a click selection ``PICK`` over ``fields`` on every layer drawing one of
-    ``marks``, and a pointer cursor there. The spec is copied, not changed."""
+    """``spec`` (a Vega-Lite dict) with a click selection over ``fields`` on every layer drawing one of ``marks``
+    (named ``selections(spec)``), and a pointer cursor there. The spec is copied, not changed."""
     out = dict(spec)
     names: list[str] = []
 
@@ -51,27 +52,36 @@ def clickable(spec: dict, fields: Sequence[str] = FIELDS, marks: Sequence[str] =
         return view
 
     out = visit(out)
-    if names:
-        out["params"] = [*out.get("params", []), {
-            "name": PICK, "select": {"type": "point", "fields": list(fields), "on": "click", "clear": False},
-            "views": names}]
+    out["params"] = [*out.get("params", []), *({
+        "name": f"{PICK}_{k}", "select": {"type": "point", "fields": list(fields), "on": "click", "clear": False},
+        "views": [name]} for k, name in enumerate(names))]
     return out
 
 
-def picked(event: Any, param: str = PICK) -> dict | None:
+def selections(spec: dict) -> list[str]:
+    """The names of the click selections ``clickable`` added to ``spec``."""
+    return [p["name"] for p in spec.get("params", []) if str(p.get("name", "")).startswith(PICK + "_")]
+
+
+def picked(event: Any) -> dict | None:
     """The clicked datum's fields from Streamlit's selection event (None: nothing clicked)."""
     try:
-        points = event["selection"][param]
-    except (KeyError, TypeError):
+        chosen = event["selection"]
+        points = [p for name in sorted(chosen) if name.startswith(PICK) for p in chosen[name] or []]
+    except (KeyError, TypeError, AttributeError):
         return None
-    return next((dict(p) for p in points or [] if isinstance(p, dict) and p), None)
+    return next((dict(p) for p in points if isinstance(p, dict) and p), None)
 
 
 def chart(spec: dict, key: str, fields: Sequence[str] = FIELDS, container: Any = None) -> dict | None:
     """Draw ``spec`` with its marks clickable (``clickable``); returns the clicked datum's ``fields``, or None."""
     box = container if container is not None else st
-    event = box.vega_lite_chart(spec=clickable(spec, fields), width="stretch", on_select="rerun",
-                                selection_mode=PICK, key=key)
+    drawn = clickable(spec, fields)
+    if not selections(drawn):  # nothing to click (no such mark)
+        box.vega_lite_chart(spec=spec, width="stretch")
+        return None
+    event = box.vega_lite_chart(spec=drawn, width="stretch", on_select="rerun", selection_mode=selections(drawn),
+                                key=key)
     return picked(event)
 
 

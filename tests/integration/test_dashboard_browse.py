@@ -43,7 +43,7 @@ def select(at: AppTest, param: str):
 
 
 def click(at: AppTest, key: str, selection: dict) -> AppTest:
-    """What a click on the chart or table ``key`` sends (a chart: {"pick": [datum fields]}; a table: rows)."""
+    """What a click on the chart or table ``key`` sends (a chart: {"pick_0": [datum fields]}; a table: rows)."""
     at.session_state[key] = {"selection": selection}
     at.run()
     assert not at.exception, at.exception[0].value
@@ -54,6 +54,20 @@ def on_failures(at: AppTest) -> dict[str, str]:
     """The Failures page's filters as shown, after checking that page is the one shown."""
     assert at.title[0].value == "Failures"
     return {p: select(at, p).value for p in ("ablation", "outcome", "label", "selected")}
+
+
+def drawn(el) -> str:
+    """The SVG Vega draws for a chart element of the page (its Arrow datasets put back in the spec); raises
+    where Vega refuses the spec, as the browser would (silently: an empty chart)."""
+    import json
+
+    import vl_convert
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    spec = json.loads(el.proto.spec)
+    spec["datasets"] = {ds.name: json.loads(convert_arrow_bytes_to_pandas_df(ds.data.data).to_json(orient="records"))
+                        for ds in el.proto.datasets}
+    return vl_convert.vegalite_to_svg(spec)
 
 
 def worst(db) -> str:
@@ -69,24 +83,30 @@ def worst(db) -> str:
 
 
 def test_a_click_on_a_layers_mark_or_row_opens_failures_on_what_it_shows(app):
-    at = click(app("layers", run="tiny", label="cat"), "layers_curve", {"pick": [{"ablation": "identity:5"}]})
+    at = click(app("layers", run="tiny", label="cat"), "layers_curve", {"pick_0": [{"ablation": "identity:5"}]})
     assert on_failures(at) == {"ablation": "identity:5", "outcome": "flip", "label": "cat", "selected": ""}
     assert at.query_params["page"] == "1" and at.query_params["run"] == "tiny"
 
-    at = click(app("layers", run="tiny"), "layers_blocks", {"pick": [{"ablation": "identity:5-8"}]})
+    at = click(app("layers", run="tiny"), "layers_blocks", {"pick_0": [{"ablation": "identity:5-8"}]})
     assert on_failures(at) == {"ablation": "identity:5-8", "outcome": "flip", "label": "", "selected": ""}
 
     # A cell of the accuracy per label: that label's images the ablation gets wrong.
-    at = click(app("layers", run="tiny"), "layers_labels", {"pick": [{"ablation": "zero:5-8", "label": "dog"}]})
+    at = click(app("layers", run="tiny"), "layers_labels", {"pick_0": [{"ablation": "zero:5-8", "label": "dog"}]})
     assert on_failures(at) == {"ablation": "zero:5-8", "outcome": "wrong", "label": "dog", "selected": ""}
 
     # A cell of the confusion: its images, right or wrong, under the ablation the confusion shows.
     at = click(app("layers", run="tiny", ablation="identity:1-12"), "layers_confusion",
-               {"pick": [{"true_label": "cat", "selected_label": "dog"}]})
+               {"pick_0": [{"true_label": "cat", "selected_label": "dog"}]})
     assert on_failures(at) == {"ablation": "identity:1-12", "outcome": "all", "label": "cat", "selected": "dog"}
 
     at = click(app("layers", run="tiny"), "layers_tests", {"rows": [2], "columns": [], "cells": []})
     assert on_failures(at)["ablation"] == "identity:3"  # the third tested ablation (baseline is not tested)
+
+    # A filter left on the Failures page earlier does not hide what was clicked.
+    at = app("failures", run="tiny", selected="dog", outcome="fixed")
+    at.switch_page(page_info("layers").path).run()
+    at = click(at, "layers_blocks", {"pick_0": [{"ablation": "identity:1-12"}]})
+    assert on_failures(at) == {"ablation": "identity:1-12", "outcome": "flip", "label": "", "selected": ""}
 
 
 def test_a_click_on_an_overview_row_bar_or_point_opens_failures(app):
@@ -94,9 +114,9 @@ def test_a_click_on_an_overview_row_bar_or_point_opens_failures(app):
     assert on_failures(at) == {"ablation": "identity:4", "outcome": "flip", "label": "", "selected": ""}
     at = click(app("overview", run="tiny"), "overview_table", {"rows": [0], "columns": [], "cells": []})
     assert on_failures(at)["ablation"] == "baseline" and at.query_params["outcome"] == "wrong"  # its own errors
-    at = click(app("overview", run="tiny"), "overview_changes_accuracy", {"pick": [{"ablation": "zero:5-8"}]})
+    at = click(app("overview", run="tiny"), "overview_changes_accuracy", {"pick_0": [{"ablation": "zero:5-8"}]})
     assert on_failures(at)["ablation"] == "zero:5-8"
-    at = click(app("overview", run="tiny"), "overview_means_score_baseline", {"pick": [{"ablation": "identity:7"}]})
+    at = click(app("overview", run="tiny"), "overview_means_score_baseline", {"pick_0": [{"ablation": "identity:7"}]})
     assert on_failures(at)["ablation"] == "identity:7"
 
 
@@ -113,7 +133,9 @@ def test_a_click_on_heads_and_flow_rows_and_points_opens_failures(heads_store, m
     row = at.dataframe[0].value.iloc[5]  # the table's own order: by change
     at = click(at, "heads_table", {"rows": [5], "columns": [], "cells": []})
     assert on_failures(at)["ablation"] == row["ablation"]
-    at = click(page("flow"), "flow_points", {"pick": [{"ablation": "knockout:4/cls>patches"}]})
+    at = page("flow")
+    assert "knockout:4/cls&gt;patches" in drawn(at.get("vega_lite_chart")[0])  # Vega draws its points (two layers)
+    at = click(at, "flow_points", {"pick_1": [{"ablation": "knockout:4/cls>patches"}]})
     assert on_failures(at) == {"ablation": "knockout:4/cls>patches", "outcome": "flip", "label": "", "selected": ""}
     at = page("flow")
     row = at.dataframe[0].value.iloc[7]
@@ -122,10 +144,10 @@ def test_a_click_on_heads_and_flow_rows_and_points_opens_failures(heads_store, m
 
 
 def test_a_click_on_an_embedding_opens_its_image_and_a_bar_its_failures(app):
-    at = click(app("embeddings", run="tiny", ablation="identity:1-12"), "embeddings_points", {"pick": [{"image_id": 6}]})
+    at = click(app("embeddings", run="tiny", ablation="identity:1-12"), "embeddings_points", {"pick_0": [{"image_id": 6}]})
     assert at.title[0].value == "Image"
     assert (at.query_params["image"], at.query_params["ablation"]) == ("6", "identity:1-12")
-    at = click(app("embeddings", run="tiny"), "embeddings_bars", {"pick": [{"ablation": "identity:2"}]})
+    at = click(app("embeddings", run="tiny"), "embeddings_bars", {"pick_0": [{"ablation": "identity:2"}]})
     assert on_failures(at)["ablation"] == "identity:2"
 
 
@@ -135,8 +157,10 @@ def test_every_clickable_chart_carries_the_selection_it_is_read_by(app):
     for page, charts in (("layers", 4), ("overview", 6), ("embeddings", 2)):
         at = app(page, run="tiny", ablation="identity:1-12")
         specs = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
-        picks = [p for s in specs for p in s.get("params", []) if p["name"] == "pick"]
-        assert len(picks) == charts == len(specs), page
+        clickable = [s for s in specs if any(p["name"].startswith("pick_") for p in s.get("params", []))]
+        assert len(clickable) == charts == len(specs), page
+        for el in at.get("vega_lite_chart"):
+            assert 'aria-roledescription="' in drawn(el)  # Vega takes the spec and draws marks
 
 
 # --------------------------------------------------------------------------------------------------

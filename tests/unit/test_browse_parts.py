@@ -143,7 +143,7 @@ def test_clickable_adds_one_click_selection_on_the_marks_that_stand_for_somethin
     assert json.dumps(spec, sort_keys=True) == before  # the cached spec is not changed
     kinds = [v["mark"]["type"] if isinstance(v["mark"], dict) else v["mark"] for v in out["layer"]]
     assert kinds == ["rule", "area", "line", "point", "text"]  # the rule under the marks: it takes no click
-    (param,) = [p for p in out["params"] if p["name"] == PICK]
+    (param,) = [p for p in out["params"] if p["name"].startswith(PICK)]
     assert param["select"] == {"type": "point", "fields": ["ablation"], "on": "click", "clear": False}
     named = [v for v in out["layer"] if "name" in v]
     assert [v["mark"]["type"] for v in named] == ["point"] and param["views"] == [named[0]["name"]]
@@ -151,8 +151,24 @@ def test_clickable_adds_one_click_selection_on_the_marks_that_stand_for_somethin
     alt.Chart.from_dict(out)  # still a valid Vega-Lite spec
 
 
+def test_two_clickable_layers_get_a_selection_each_and_vega_draws_them():
+    import vl_convert
+
+    from dashboard.clicks import clickable, selections
+
+    data = pd.DataFrame({"ablation": ["a", "b", "c"], "x": [1, 2, 3], "y": [0.1, 0.2, 0.3], "held": [True, False, True]})
+    base = alt.Chart(data).encode(x="x:O", y="y:Q")
+    spec = alt.layer(base.transform_filter("datum.held").mark_point(filled=True),
+                     base.transform_filter("!datum.held").mark_point(), base.mark_bar(opacity=0.2)).to_dict()
+    out = clickable(spec)
+    assert selections(out) == ["pick_0", "pick_1", "pick_2"]
+    assert [p["views"] for p in out["params"]] == [[v["name"]] for v in out["layer"]]
+    svg = vl_convert.vegalite_to_svg(out)  # one selection over two layers would be "Duplicate signal name"
+    assert svg.count('aria-roledescription="point"') == 3
+
+
 def test_picked_reads_streamlits_selection_event():
     from dashboard.clicks import picked
 
-    assert picked({"selection": {"pick": [{"ablation": "identity:5"}]}}) == {"ablation": "identity:5"}
-    assert picked({"selection": {"pick": []}}) is None and picked({"selection": {}}) is None and picked(None) is None
+    assert picked({"selection": {"pick_1": [{"ablation": "identity:5"}], "pick_0": []}}) == {"ablation": "identity:5"}
+    assert picked({"selection": {"pick_0": []}}) is None and picked({"selection": {}}) is None and picked(None) is None
