@@ -15,6 +15,7 @@ installs it before ``make test``. Screenshots are kept in test-artifacts/screens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -161,6 +162,20 @@ def open_page(tab, url: str, page: str, params: dict[str, str]) -> None:
     finished(tab)
 
 
+UNDRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+    .filter(c => !c.querySelector('svg.marks, canvas')).length"""
+
+
+def undrawn_charts(tab) -> int:
+    """Charts on the page that Vega drew nothing into (a spec it refuses leaves an empty box, no error shown),
+    after giving a slow machine 15 s to draw them."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    with contextlib.suppress(Timeout):  # counted below
+        tab.wait_for_function(f"() => ({UNDRAWN})() === 0", timeout=15_000)
+    return tab.evaluate(UNDRAWN)
+
+
 def wrong_under(db: Path, ablation: str) -> list[int]:
     """Images the ablation gets wrong, in the Failures grid's confidence order."""
     return [i for (i,) in sql(db, """
@@ -196,6 +211,7 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
         open_page(tab, server, page, params)
         assert tab.locator("h1").first.inner_text() == page_info(page).title
         assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
+        assert undrawn_charts(tab) == 0, page
         for width in WIDTHS:
             if width != WIDTHS[0]:
                 tab.set_viewport_size({"width": width, "height": 1000})
@@ -463,6 +479,7 @@ def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_i
             open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
             assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
             assert tab.locator("h1").first.inner_text() == page_info(page).title
+            assert undrawn_charts(tab) == 0, page
             tab.screenshot(path=str(out / f"{page}.png"), full_page=True)
         open_page(tab, url, "heads", {"run": "tiny-heads"})
         # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
