@@ -131,8 +131,8 @@ def _maps_ui(ref: str, path: str, ablation: str, means_key: tuple, means: dict |
         chart = attention_charts.layer_chart(frame, layer, attention_charts.scale_top(frame, layer) if own else top,
                                              legend=own or layer == 1)
         _draw(cell, chart)
-    png = overlays.png_bytes(overlays.attention_figure(maps, heads))
     note = ("Each layer's colours run from 0 to its own largest value (in its title)" if scale == "layer"
             else f"Colours run from 0 to {top:.2f}, the largest value at any layer (each title gives the layer's)")
     st.caption(note + ("" if maps.cls else "; no CLS token here: the last map is the pooling head's probe query") + ".")
-    st.download_button("Attention maps (PNG)", png, f"{stem}-{heads}.png", "image/png", key="attention_png")
+    st.download_button("Attention maps (PNG)", lambda: overlays.png_bytes(overlays.attention_figure(maps, heads)),
+                       f"{stem}-{heads}.png", "image/png", key="attention_png")  # drawn when asked for

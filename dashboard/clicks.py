@@ -4,9 +4,9 @@ ablation, and the true and selected label where the mark is one), through Stream
 The pure chart builders (analysis.charts) stay static, as the figure export saves them: ``clickable`` adds a
 point selection to the drawn spec only, on each layer whose marks stand for something (points, bars, cells),
 carrying ``fields`` of the clicked datum: one selection per layer (``PICK`` and a number; Vega refuses one
-selection over two layers of a chart). ``chart`` draws such a spec and ``table`` a
-dataframe with single-row selection; both return what was clicked, and ``open_failures`` goes there with
-every filter of the Failures page set (a filter left from another page would hide what was clicked).
+selection over two layers of a chart). ``chart`` draws such a spec and ``table`` a dataframe with single-row
+selection; both return what was clicked, and ``open_failures`` goes there with every filter of the Failures
+page set (a filter left from another page would hide what was clicked).
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def clickable(spec: dict, fields: Sequence[str] = FIELDS, marks: Sequence[str] =
         return view
 
     out = visit(out)
-    out["params"] = [*out.get("params", []), *({
-        "name": f"{PICK}_{k}", "select": {"type": "point", "fields": list(fields), "on": "click", "clear": False},
-        "views": [name]} for k, name in enumerate(names))]
+    if names:
+        out["params"] = [*out.get("params", []), *({
+            "name": f"{PICK}_{k}", "select": {"type": "point", "fields": list(fields), "on": "click", "clear": False},
+            "views": [name]} for k, name in enumerate(names))]
     return out
 
 

@@ -116,7 +116,7 @@ def _bound(param: str, decode: Callable[[str], T | None], valid: Callable[[Any],
     shown, else ``fallback``. ``decode`` reads URL text (None: not a value), ``valid`` checks widget state.
     A URL value from outside that is not a value is said (``notice``), in ``missing(asked, shown)``'s words.
     ``own_default``: a value that is only another page's default (nobody chose it: not a link, not the user)
-    gives way to ``fallback``."""
+    gives way to ``fallback``, which is then kept as if chosen (a running run's next batch must not move it)."""
     last = _remembered()
     key = widget_key(param)
     url = st.query_params.get(param)
@@ -127,7 +127,8 @@ def _bound(param: str, decode: Callable[[str], T | None], valid: Callable[[Any],
         chosen = from_url  # the URL changed from outside (a link, a pasted address): follow it
         defaulted.discard(param)
     elif own_default and param in defaulted:
-        chosen = fallback
+        chosen = fallback  # this page's default, then kept: it must not move under the user as data lands
+        defaulted.discard(param)
     elif key in st.session_state and valid(st.session_state[key]):
         chosen = st.session_state[key]  # the widget, as the user left it
     elif from_url is not None:

@@ -172,3 +172,10 @@ def test_picked_reads_streamlits_selection_event():
 
     assert picked({"selection": {"pick_1": [{"ablation": "identity:5"}], "pick_0": []}}) == {"ablation": "identity:5"}
     assert picked({"selection": {"pick_0": []}}) is None and picked({"selection": {}}) is None and picked(None) is None
+
+
+def test_the_image_page_sizes_its_map_cells_by_the_charts_sides():
+    from analysis import attention_charts
+    from dashboard import attention_ui
+
+    assert (attention_ui.SMALL_PX, attention_ui.LARGE_PX) == (attention_charts.SMALL_PX, attention_charts.LARGE_PX)
