@@ -42,7 +42,8 @@ demo: install
 # The dashboard alone, on the default store ($CLIP_LAB_DB, else data/results.duckdb), or DB=path/to/store.duckdb.
 dashboard: install
 	$(BIN)/python -m streamlit run dashboard/app.py --server.headless true --server.address $(ADDRESS) \
-		--server.port $(or $(PORT),8501) --browser.gatherUsageStats false -- $(if $(DB),--db $(DB))
+		--server.port $(or $(PORT),8501) --browser.gatherUsageStats false --client.toolbarMode minimal \
+		-- $(if $(DB),--db $(DB))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

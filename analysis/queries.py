@@ -104,6 +104,17 @@ def mean_stats(con: Con, run: str, names: list[str]) -> dict[str, dict]:
     return {name: store.load_stats(con, row.embedding_run_id, name) for name in names}
 
 
+ABLATION_ACCURACY = """
+SELECT ablation_id, COUNT(*) AS images, AVG(correct::DOUBLE) AS accuracy
+FROM selection_t WHERE run_id = ? GROUP BY ablation_id ORDER BY ablation_id
+"""
+
+
+def ablation_accuracy(con: Con, run_id: int) -> pd.DataFrame:
+    """Per ablation computed so far: images and accuracy (no intervals: a cheap read for defaults)."""
+    return con.execute(ABLATION_ACCURACY, [run_id]).df()
+
+
 PROMPTS = "SELECT prompt_id, prompt, label FROM prompt_t WHERE run_id = ? ORDER BY prompt_id"
 
 

@@ -7,16 +7,18 @@ import pandas as pd
 import streamlit as st
 
 from analysis import stats, tables
+from dashboard import clicks
 
 
-def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str) -> None:
+def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str, key: str) -> dict | None:
     """``keys`` name each cell (layer, head or target), then the change of ``metric`` against baseline, its
     95% interval, McNemar's counts, p and the verdict; ``ablated`` says what differs from baseline ("the
-    head ablated")."""
+    head ablated"). Rows can be clicked (``key``: the table's): returns the clicked row, else None."""
     shown = cells.assign(p=cells["p"].map(stats.format_p), p_holm=cells["p_holm"].map(stats.format_p))
-    st.dataframe(
+    shown = shown.reset_index(drop=True)
+    return clicks.table(
         shown[["ablation", *keys, "images", "change", "lo", "hi", "only_baseline", "only_ablation", "p", "p_holm",
-               "holds"]],
+               "holds"]], key, shown,
         hide_index=True,
         column_config={
             "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),

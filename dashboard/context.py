@@ -14,6 +14,10 @@ from analysis.text import md
 from dashboard import reading, state
 
 REFRESH_S = 2.0  # how often a page showing a running run checks the store for new batches
+IDLE_REFRESH_S = 5.0  # how often any other page checks whether the run list changed (a new or finished run)
+DEFAULT_RUN_HELP = ("Without a run in the URL a session opens the newest complete run (by start time) and keeps "
+                    "it: a run that finishes later does not switch the page; pick it here.")
+_CHECKED = "_runs_checked"  # session_state: the change token the idle watcher last looked at
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ def progress(run: dict) -> tuple[int, int]:
 
 
 def default_run(runs: pd.DataFrame) -> str:
-    """The run a page opens without one in the URL: the newest complete run, else the newest."""
+    """The run a session opens without one in the URL: the newest complete run (by start time; ``runs`` is
+    newest first), else the newest. Chosen once per session: the run picker then remembers it (dashboard.state),
+    so a run finishing later does not switch the page under the user (DEFAULT_RUN_HELP)."""
     complete = runs[runs["status"] == "complete"]
     return str((complete if len(complete) else runs)["run"].iloc[0])
 
@@ -86,7 +92,8 @@ def sidebar(db: Path) -> Context:
     rows = {r["run"]: r for r in runs.to_dict("records")}
     with st.sidebar:
         name = state.param_select("Run", list(rows), "run", default=default_run(runs),
-                                  format_func=lambda r: f"{r} ({rows[r]['status']})")
+                                  format_func=lambda r: f"{r} ({rows[r]['status']})", noun="run",
+                                  scope="in this store", help=DEFAULT_RUN_HELP)
         run = rows[name]
         st.caption(f"{md(run['model'])} · {md(tables.family_text(run.get('family')))}  \n{run['n_images']:,} images × "
                    f"{run['n_ablations']} ablations × {run['n_prompts']} prompts  \n{run['n_failed']:,} unreadable "
@@ -94,6 +101,8 @@ def sidebar(db: Path) -> Context:
         if run["status"] == "running":
             run_progress(run)
             _watch(db, reading.snapshot())
+        else:
+            _watch_runs(db, reading.snapshot(), run_list(runs))
     ablations = reading.load(queries.ablations, int(run["run_id"]))
     if ablations.empty:
         st.warning(f"Run {md(name)} has no ablations.")
@@ -125,6 +134,30 @@ def _watch(db: Path, token: tuple) -> None:
     """While a run writes to the store, rerun the page whenever a new batch lands (``token``: the state the
     page was drawn from)."""
     if reading.change_token(db) != token:
+        st.rerun()
+
+
+def run_list(runs: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """What the idle watcher compares: each run and its status (not its progress, which changes every batch)."""
+    return tuple(zip(runs["run"].map(str), runs["status"].map(str), strict=True))
+
+
+@st.fragment(run_every=IDLE_REFRESH_S)
+def _watch_runs(db: Path, token: tuple, listed: tuple) -> None:
+    """On a page that shows a finished run, rerun the page when the store's run list changes (a run appears,
+    finishes or is deleted), so the run picker never lags. Cheap: a stat of the store every IDLE_REFRESH_S;
+    the run list is read (one small query) only after a commit, once per commit."""
+    if state.this_run() is not None:
+        return  # drawn with the page, at ``token``
+    now = reading.change_token(db)
+    if now in (token, st.session_state.get(_CHECKED)):
+        return
+    st.session_state[_CHECKED] = now
+    if not db.is_file():
+        st.rerun()
+    with reading.render(db):
+        changed = run_list(reading.load(queries.runs)) != listed
+    if changed:
         st.rerun()
 
 

@@ -3,14 +3,14 @@ charts drawn from cached Vega-Lite specs of the pure builders in analysis.charts
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import reading, state
+from dashboard import clicks, reading, state
 
 # Altair validates every schema object as it is built (its debug mode): a third of a chart's drawing time,
 # on every redraw. The tests validate every builder's output, so the running app skips it.
@@ -42,20 +42,39 @@ def _chart_spec(builder_name: str, args: tuple, _builder: Callable[..., Any]) ->
     return _builder(*args).to_dict(validate=False)
 
 
-def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> None:
+def chart(builder: Callable[..., Any], *args: Any, container: Any = None, click: str | None = None,
+          fields: Sequence[str] = clicks.FIELDS) -> dict | None:
     """Draw ``builder(*args)`` (a pure builder of analysis.charts); its Vega-Lite spec is cached on the
-    arguments, so a rerun that changes another part of the page does not rebuild it."""
-    reading.release()  # drawing takes longer than reading: let a waiting writer in meanwhile
+    arguments, so a rerun that changes another part of the page does not rebuild it. With ``click`` (the
+    chart's key) its points, bars and cells can be clicked: returns the clicked datum's ``fields``
+    (dashboard.clicks), else None."""
+    if state.this_run() is not None:  # not in a fragment's own rerun, which reads nothing
+        reading.release()  # drawing takes longer than reading: let a waiting writer in meanwhile
     spec = _chart_spec(_name(builder), args, builder)
+    if click is not None:
+        return clicks.chart(spec, click, fields, container)
     (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
+    return None
 
 
-def chart_panels(builder: Callable[..., Any], summary: pd.DataFrame, metrics: list[str]) -> None:
+def chart_panels(builder: Callable[..., Any], summary: pd.DataFrame, metrics: list[str],
+                 click: str | None = None) -> dict | None:
     """One chart per metric (``builder(summary, (metric,), "container")``) side by side in columns that
     wrap on a narrow screen: each fills its column, so none overflows the page (a faceted chart of
-    fixed-width panels would)."""
+    fixed-width panels would). With ``click`` (a key prefix), the datum clicked in any panel, as ``chart``."""
+    picked = None
     for col, metric in zip(chart_columns(len(metrics)), metrics, strict=True):
-        chart(builder, summary, (metric,), "container", container=col)
+        point = chart(builder, summary, (metric,), "container", container=col,
+                      click=None if click is None else f"{click}_{metric}")
+        picked = picked or point
+    return picked
+
+
+def grid_cells(n: int, width: int, key: str, container: Any = None) -> list:
+    """``n`` containers of one fixed ``width`` (pixels) in a row that wraps onto new lines: a grid whose cells
+    keep their size at any window width (wrapped columns would stretch to fill their line instead)."""
+    row = (container if container is not None else st).container(horizontal=True, key=key, gap="small")
+    return [row.container(width=width) for _ in range(n)]
 
 
 def chart_columns(spec: int | list[int]) -> list:

@@ -80,12 +80,12 @@ class _Reader:
 
 
 @contextmanager
-def render(db: Path) -> Iterator[None]:
+def render(db: Path) -> Iterator[state.ScriptRun]:
     """The scope of one script run reading ``db``: its reads share a snapshot and a connection, closed when
-    the run ends."""
+    the run ends. Yields the run (dashboard.state.ScriptRun)."""
     with state.script_run(db) as run:
         try:
-            yield
+            yield run
         finally:
             if run.reader is not None:
                 run.reader.close()

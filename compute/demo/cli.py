@@ -93,6 +93,6 @@ def start_dashboard(db: Path, port: int, address: str = DEFAULT_ADDRESS) -> int:
     print(f"\nstarting the dashboard on {db}: open http://{host}:{port}{exposed} (Ctrl-C to stop)", flush=True)
     argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
             "--server.address", address, "--server.port", str(port), "--browser.gatherUsageStats", "false",
-            "--", "--db", str(db)]
+            "--client.toolbarMode", "minimal", "--", "--db", str(db)]  # minimal: no "Deploy" button
     os.execv(sys.executable, argv)
     return 0  # not reached

@@ -9,7 +9,7 @@ from dashboard import layout, navigation, pages, widgets
 from dashboard.context import context, no_results
 from dashboard.reading import load
 from dashboard.state import param_select
-from dashboard.thumbnails import image_paths, thumbnail
+from dashboard.thumbnails import THUMB_PX, image_paths, thumbnail
 
 FLIP_ROWS = 500  # rows of the flip table; the counts above it cover every image
 FLIP_THUMBS = 12
@@ -89,10 +89,9 @@ st.subheader("Images that flip")
 st.caption(f"{counts['only_a'] + counts['only_b']:,} images right under exactly one of A and B "
            f"(first {min(len(flips), FLIP_ROWS)} listed, those A gets right first); open one on the Image page.")
 link_ablation = name_b if mode == "ablations" else name_a  # the Image page compares it with baseline
-thumbs = st.columns(FLIP_THUMBS // 2)
-for k, r in enumerate(flips.head(FLIP_THUMBS).itertuples()):
-    col = thumbs[k % len(thumbs)]
-    col.image(thumbnail(ctx.run_id, int(r.image_id)), width="stretch")
+shown_flips = flips.head(FLIP_THUMBS)
+for col, r in zip(layout.grid_cells(len(shown_flips), THUMB_PX, "compare_grid"), shown_flips.itertuples(), strict=True):
+    col.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
     col.caption(f"{r.image_id}: A {md(r.selected_a)} {'✓' if r.correct_a else '✗'} · B {md(r.selected_b)} "
                 f"{'✓' if r.correct_b else '✗'}")
     col.page_link(navigation.page("image"), label=f"image {r.image_id}",

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis import charts, projection, queries
 from analysis.text import md
-from dashboard import layout, widgets
+from dashboard import clicks, layout, navigation, widgets
 from dashboard.context import context, no_results
 from dashboard.reading import load
 from dashboard.state import param_select
@@ -22,7 +22,8 @@ st.title("Embeddings")
 st.caption("Each point is an image's CLIP image embedding (projected, unit length), drawn in the plane of the "
            "two main directions of the baseline embeddings (PCA): hollow under baseline, filled under the "
            "ablation, joined by a line. The plane is fitted on baseline alone, so every ablation is drawn in "
-           "the same frame.")
+           "the same frame. Click a point to open that image on the Image page, a bar to open that ablation's "
+           "images on the Failures page.")
 if no_results(ctx):
     st.stop()
 if not load(queries.has_embeddings, ctx.name):
@@ -61,12 +62,16 @@ cols[2].metric("Nearest label centroid", "—" if np.isnan(abl_acc) else f"{abl_
                "well the labels stay apart in embedding space, whatever the prompts.")
 cols[3].metric("Variance shown", f"{proj.explained.sum():.0%}", help="Of the baseline embeddings, by the two axes.")
 
-layout.chart(charts.embedding_chart, moves, colour, COLOURS[colour], ablation, ctx.baseline_name)
+point = layout.chart(charts.embedding_chart, moves, colour, COLOURS[colour], ablation, ctx.baseline_name,
+                     click="embeddings_points", fields=("image_id",))
+if point and point.get("image_id") is not None:  # a point is an image: open it under this ablation
+    st.switch_page(navigation.page("image"), query_params={"run": ctx.name, "image": str(int(point["image_id"])),
+                                                           "ablation": ablation})
 
 if shift_ids:
     unit = projection.unit(shift_emb)
     base = all_ids.index(ctx.baseline_id)
     cosine = (unit * unit[:, [base]]).sum(axis=-1).mean(axis=0)  # (A,)
     shift = pd.DataFrame({"ablation": ctx.ablation_names(), "cosine": cosine, "images": len(shift_ids)})
-    layout.chart(charts.movement_bars, shift)
+    clicks.follow(ctx, layout.chart(charts.movement_bars, shift, click="embeddings_bars"))
     st.caption(f"Over a fixed sample of {len(shift_ids):,} images with every ablation's embedding.")

@@ -1,6 +1,10 @@
 """Failures: a paginated grid of the images an ablation gets wrong, or that flip against baseline, with
 filters on the true and the selected label, sorted by margin or confidence. "Open" shows an image on the Image
-page in this tab, which then steps through the same slice (previous / next)."""
+page in this tab, which then steps through the same slice (previous / next).
+
+It opens on the ablation it was called with (a link, a click on a chart or table of another page, the user's
+choice on another page), else on the worst one (lowest accuracy), not on another page's default. Thumbnails
+keep one size at any window width (a grid of fixed cells that wraps)."""
 
 import math
 
@@ -9,14 +13,12 @@ import streamlit as st
 
 from analysis import queries, slices
 from analysis.text import md, md_list
-from dashboard import failure_slice, navigation, state, widgets
+from dashboard import failure_slice, layout, navigation, state, widgets
 from dashboard.context import context, no_results
 from dashboard.failure_slice import PAGE_SIZE
 from dashboard.reading import load, release
 from dashboard.state import param_select, reset_param
-from dashboard.thumbnails import image_paths, thumbnail
-
-GRID_COLUMNS = 6
+from dashboard.thumbnails import THUMB_PX, image_paths, thumbnail
 
 ctx = context()
 st.title("Failures")
@@ -26,7 +28,8 @@ if no_results(ctx):
 true_labels = list(load(queries.true_labels, ctx.run_id)["label"])
 selected_labels = sorted(set(load(queries.prompts, ctx.run_id)["label"]))
 row = st.columns(3) + st.columns(2)
-ablation = widgets.ablation_select(ctx, "Ablation", "ablation", default=ctx.default_ablation(), container=row[0])
+ablation = widgets.ablation_select(ctx, "Ablation", "ablation", default=failure_slice.worst(ctx), container=row[0],
+                                   own_default=True)
 outcome = param_select("Show", failure_slice.OUTCOMES, "outcome", container=row[1],
                        format_func=lambda o: slices.OUTCOMES[o][1])
 label = widgets.label_select("True label", "label", true_labels, container=row[2])
@@ -53,12 +56,10 @@ image_paths(ctx.run_id)  # what the thumbnails open, read with the rest
 release()  # all read: let a waiting writer in while the grid is drawn
 link = {"run": ctx.name, "ablation": ablation, "outcome": outcome, "sort": sort, "from": failure_slice.FROM,
         **({"label": label} if label else {}), **({"selected": selected} if selected else {})}
-for start in range(0, len(rows), GRID_COLUMNS):
-    for col, r in zip(st.columns(GRID_COLUMNS), rows.iloc[start:start + GRID_COLUMNS].itertuples(), strict=False):
-        col.image(thumbnail(ctx.run_id, int(r.image_id)), width="stretch")
-        margin = "—" if pd.isna(r.margin) else f"{r.margin:.2f}"  # none with a single prompt
-        baseline = "" if pd.isna(r.baseline_label) else f" (baseline: {md(r.baseline_label)})"  # not computed yet
-        col.caption(f"**{md_list(r.labels)}** → {md(r.selected_label)}{baseline}  \n"
-                    f"conf {r.confidence:.2f} · margin {margin}")
-        col.page_link(navigation.page("image"), label=f"image {r.image_id}",
-                      query_params={**link, "image": str(r.image_id)})
+for cell, r in zip(layout.grid_cells(len(rows), THUMB_PX, "failures_grid"), rows.itertuples(), strict=True):
+    cell.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
+    margin = "—" if pd.isna(r.margin) else f"{r.margin:.2f}"  # none with a single prompt
+    baseline = "" if pd.isna(r.baseline_label) else f" (baseline: {md(r.baseline_label)})"  # not computed yet
+    cell.caption(f"**{md_list(r.labels)}** → {md(r.selected_label)}{baseline}  \n"
+                 f"conf {r.confidence:.2f} · margin {margin}")
+    cell.page_link(navigation.page("image"), label=f"image {r.image_id}", query_params={**link, "image": str(r.image_id)})

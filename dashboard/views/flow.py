@@ -7,7 +7,7 @@ import streamlit as st
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
 from compute.kinds import TARGETS
-from dashboard import layout, widgets
+from dashboard import clicks, layout, widgets
 from dashboard.change_table import change_table
 from dashboard.context import context, no_results
 from dashboard.reading import load
@@ -43,10 +43,12 @@ st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: 
            "knockout sets the scores of the blocked query → key edges to −inf before the softmax (the rest is "
            "renormalised) in every head of one layer; everything else runs normally. Filled points: significant "
            f"under the rule of every page ({md(stats.RULE)}).")
-layout.chart(charts.flow_chart, cells, metric)
+clicks.follow(ctx, layout.chart(charts.flow_chart, cells, metric, click="flow_points"), label=label)
 cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
 st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in TARGETS
                         if target in set(cells["target"])))
 
 st.subheader("Every knockout")
-change_table(cells.sort_values(["layer", "target"]), ["layer", "target"], metric, "the knockout")
+st.caption(clicks.HINT.replace("a point, bar or cell", "a point above or a row"))
+clicks.follow(ctx, change_table(cells.sort_values(["layer", "target"]), ["layer", "target"], metric, "the knockout",
+                                "flow_table"), label=label)

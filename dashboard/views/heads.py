@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis import charts, heads, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import navigation, widgets
+from dashboard import clicks, widgets
 from dashboard.change_table import change_table
 from dashboard.context import context, no_results
 from dashboard.reading import load, release
@@ -48,7 +48,9 @@ event = st.altair_chart(charts.head_heatmap(cells, metric, group), on_select="re
                         selection_mode="cell")
 picked = heads.picked_ablation(event)
 if picked:
-    st.switch_page(navigation.page("failures"), query_params={"run": ctx.name, "ablation": picked, "outcome": "flip"})
+    clicks.open_failures(ctx, picked, label=label)
 
 st.subheader("Every head")
-change_table(cells.sort_values("change"), ["layer", "head"], metric, "the head ablated")
+st.caption("Click a row to open its images on the Failures page.")
+clicks.follow(ctx, change_table(cells.sort_values("change"), ["layer", "head"], metric, "the head ablated", "heads_table"),
+              label=label)

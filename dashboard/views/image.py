@@ -1,7 +1,7 @@
 """Image: one image with its labels; the prompt each ablation selects and the caption that continues it
 (the study's Figure 5), the logit of every prompt under every ablation (its Figures 3 and 4), the CLS
 token's attention maps at every layer; the chosen ablation highlighted everywhere. Opened from Failures,
-it steps through that slice (previous / next).
+it steps through that slice (previous / next, or the ← and → keys; Esc goes back to the grid).
 
 The page is a list of sections (``SECTIONS``), each a function of the image's data: another view of the
 image (attention maps, say) is one more function and one more entry.
@@ -14,7 +14,7 @@ import streamlit as st
 
 from analysis import charts, queries, slices
 from analysis.text import md, md_list
-from dashboard import failure_slice, layout, navigation, widgets
+from dashboard import failure_slice, keys, layout, navigation, widgets
 from dashboard.attention_ui import attention_section, stored_means
 from dashboard.context import context, no_results
 from dashboard.reading import load
@@ -55,7 +55,8 @@ images = load(queries.images, ctx.run_id)
 labels_of = dict(zip(images["image_id"].map(int), images["labels"], strict=True))
 ids = list(labels_of)
 left, mid = st.columns([3, 2])  # the image's labels may be long
-image_id = param_select("Image", ids, "image", container=left, format_func=lambda i: f"{i} · {labels_of[i]}")
+image_id = param_select("Image", ids, "image", container=left, format_func=lambda i: f"{i} · {labels_of[i]}",
+                        scope=f"in run {ctx.name}")
 ablation = widgets.ablation_select(ctx, "Highlight (and compare with baseline)", "ablation",
                                    default=ctx.default_ablation(), container=mid)
 
@@ -85,17 +86,18 @@ def slice_navigation(found: FailuresSlice) -> None:
         where_text = f"not one of its {len(order):,} images"
     prev_col, text_col, next_col, back_col = st.columns([1, 3, 1, 1])
     text_col.caption(f"Failures slice: {md(found.where.caption)}; sorted by {md(queries.SORTS[found.sort][1])}: "
-                     f"{where_text}.")
+                     f"{where_text}. Keys: ← previous, → next, Esc back to the grid.")
     # Buttons, not links to this page: a link to the page one is on reruns it without updating the
     # address bar, and the URL would no longer say which image is shown.
-    prev_col.button("Previous", disabled=k <= 0, key="slice_previous",
-                    on_click=reset_param, args=("image", order[k - 1] if k > 0 else image_id))
+    keys.bound("ArrowLeft", prev_col).button("Previous", disabled=k <= 0, key="slice_previous", on_click=reset_param,
+                                             args=("image", order[k - 1] if k > 0 else image_id))
     nxt = order[k + 1] if 0 <= k + 1 < len(order) else (order[0] if order and k < 0 else None)
-    next_col.button("Next", disabled=nxt is None, key="slice_next",
-                    on_click=reset_param, args=("image", nxt if nxt is not None else image_id))
+    keys.bound("ArrowRight", next_col).button("Next", disabled=nxt is None, key="slice_next", on_click=reset_param,
+                                              args=("image", nxt if nxt is not None else image_id))
     back = {"run": ctx.name, "ablation": ablation, **{kk: v for kk, v in found.filters.items() if v},
             "page": str(failure_slice.grid_page(max(k, 0)))}
-    back_col.page_link(navigation.page("failures"), label="Failures", query_params=back)
+    keys.bound("Escape", back_col).page_link(navigation.page("failures"), label="Failures", query_params=back)
+    keys.listen()
 
 
 # Every read first, then the drawing (dashboard.reading).

@@ -5,7 +5,7 @@ import streamlit as st
 
 from analysis import charts, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import layout, widgets
+from dashboard import clicks, layout, widgets
 from dashboard.context import context, no_results
 from dashboard.reading import load
 from dashboard.state import param_select
@@ -30,22 +30,31 @@ label_accuracy = load(queries.label_accuracy, ctx.run_id)
 confusion = load(queries.confusion, ctx.run_id, ctx.ablation_id(ablation))
 tests = tables.mcnemar_of(summary)  # the very numbers behind every mark and count of the run
 
-st.caption(f"Curves and tests over {int(summary['images'].max()):,} images: {md(where.caption)}. {stats.RULE}")
+st.caption(f"Curves and tests over {int(summary['images'].max()):,} images: {md(where.caption)}. {stats.RULE} "
+           f"{clicks.HINT}")
 curve, blocks = layout.chart_columns(2)
-layout.chart(charts.layer_curve, summary, metric, container=curve)
-layout.chart(charts.block_bars, summary, metric, container=blocks)
+clicks.follow(ctx, layout.chart(charts.layer_curve, summary, metric, container=curve, click="layers_curve"), label=label)
+clicks.follow(ctx, layout.chart(charts.block_bars, summary, metric, container=blocks, click="layers_blocks"), label=label)
 
 st.subheader("Accuracy per true label")
-st.caption("Every image counts under each of its labels; all images, whatever the label filter above.")
-layout.chart(charts.label_heatmap, label_accuracy, ctx.ablations)
+st.caption("Every image counts under each of its labels; all images, whatever the label filter above. A click on a "
+           "cell opens the images of that label the ablation gets wrong.")
+clicks.follow(ctx, layout.chart(charts.label_heatmap, label_accuracy, ctx.ablations, click="layers_labels",
+                                fields=("ablation", "label")),
+              outcome="wrong", labels=lambda p: (str(p.get("label") or ""), ""))
 
 st.subheader("Confusion")
 st.caption(f"True label x selected label under {md(ablation)}, all images. Each image counts once: a right pick "
-           "on the diagonal; a wrong pick of an image with several labels is split equally over their rows.")
+           "on the diagonal; a wrong pick of an image with several labels is split equally over their rows. A click "
+           "on a cell opens its images.")
 if confusion.empty:
     st.info(f"Nothing computed under {md(ablation)} yet.")
 else:
-    layout.chart(charts.confusion_chart, confusion, ablation)
+    cell = layout.chart(charts.confusion_chart, confusion, ablation, click="layers_confusion",
+                        fields=("true_label", "selected_label"))
+    clicks.follow(ctx, cell, ablation=ablation, outcome="all",  # the images of that cell, right or wrong
+                  labels=lambda p: tuple("" if p.get(f) == queries.NO_LABEL else str(p.get(f) or "")
+                                         for f in ("true_label", "selected_label")))
 
 st.subheader("Paired test against baseline (McNemar)")
 n_significant = int(tests["significant"].sum())
@@ -56,8 +65,8 @@ st.caption(f"Images right under only one of baseline and the ablation; exact bin
            f"baseline at p (Holm) < {stats.ALPHA}, {n_worse} of them worse. Over {md(where.caption)}.")
 shown = tests.assign(p=tests["p"].map(stats.format_p), p_holm=tests["p_holm"].map(stats.format_p),
                      significant=tests["significant"].map({True: "yes", False: ""}))
-st.dataframe(
-    shown.drop(columns=["ablation_id"]), hide_index=True,
+row = clicks.table(
+    shown.drop(columns=["ablation_id"]), "layers_tests", shown, hide_index=True,
     column_config={
         "pairs": st.column_config.NumberColumn("images", help="computed under both"),
         "only_baseline": st.column_config.NumberColumn("right only under baseline"),
@@ -67,3 +76,4 @@ st.dataframe(
         "significant": st.column_config.TextColumn(f"p (Holm) < {stats.ALPHA}"),
     },
 )
+clicks.follow(ctx, row, label=label)

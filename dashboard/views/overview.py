@@ -5,7 +5,7 @@ import streamlit as st
 
 from analysis import charts, queries, slices, stats, tables
 from analysis.text import md
-from dashboard import layout, widgets
+from dashboard import clicks, layout, widgets
 from dashboard.context import context, no_results
 from dashboard.reading import load
 
@@ -40,11 +40,14 @@ if len(others):
                    "ablations, the same test as the Layers page's table.")
     st.caption(f"Largest accuracy drop under {md(worst['ablation'])}.")
 
-st.dataframe(tables.table1_style(summary), hide_index=True)
+row = clicks.table(tables.table1_style(summary), "overview_table", summary.reset_index(drop=True), hide_index=True)
+clicks.follow(ctx, row, label=label)
 st.caption(f"{md(tables.MARK)} after a change: significant under the rule above. Columns sort by their numbers; "
-           "baseline's own change is —.")
-layout.chart_panels(charts.table1_chart, summary, tables.metrics_of(summary))
-layout.chart_panels(charts.change_chart, summary, tables.metrics_of(summary))
+           "baseline's own change is —. Click a row, bar or point to open its images on the Failures page.")
+clicks.follow(ctx, layout.chart_panels(charts.table1_chart, summary, tables.metrics_of(summary), click="overview_means"),
+              label=label)
+clicks.follow(ctx, layout.chart_panels(charts.change_chart, summary, tables.metrics_of(summary), click="overview_changes"),
+              label=label)
 
 if len(errors):
     with st.expander(f"{len(errors)} image(s) could not be processed"):

@@ -172,7 +172,8 @@ def test_image_shows_logits_under_every_ablation_and_the_selection_and_caption_o
     assert sorted(got) == sorted(expected)  # whole prompts and captions, not cut
     assert [a for a in picks["ablation"] if a.startswith("▶")] == ["▶ identity\\:5"]  # the highlighted row
     assert all(c for _, _, c in expected)  # a generated caption per ablation (the study's Figure 5)
-    heatmap, bars = charts_of(at)
+    heatmap, bars, *maps = charts_of(at)
+    assert len(maps) == 12  # then the attention maps, one chart per layer (test_dashboard_heads checks them)
     cells = [r for r in heatmap if "logit" in r]
     assert len({(r["ablation"], r["prompt"]) for r in cells}) == N_ABLATIONS * 4
     logits = dict(sql(dash_store, "SELECT ablation || '|' || prompt, logit FROM scores WHERE run = 'tiny' "

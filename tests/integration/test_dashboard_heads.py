@@ -104,16 +104,68 @@ def test_flow_page_draws_each_target_at_each_layer_with_intervals(heads_store, m
 
 
 def test_image_page_shows_attention_maps_of_baseline_and_the_ablation(heads_store, monkeypatch):
+    from analysis import overlays
+    from compute.models import load_clip
+
     at = open_page(heads_store, monkeypatch, "image", run=RUN, image="3", ablation="mean:2/h1")
     assert not at.warning, at.warning[0].value  # the mean statistic came from the store
     assert any(s.value == "Attention maps" for s in at.subheader)
     assert any("attention probabilities" in c.value and "not an attribution" in c.value for c in at.caption)
-    assert len(at.image) == 2  # the photo and the maps
+    assert len(at.image) == 1  # the photo; the maps are charts
     assert [b.proto.label for b in at.get("download_button")] == ["Attention maps (PNG)"]
     heads = select(at, "attn_heads")
     assert heads.options == ["mean over heads", "head 0", "head 1", "head 2", "head 3"]
+
+    # One chart per layer after the two logit charts: baseline and the ablation side by side, each patch's value
+    # as the model computes it (the baseline map, which needs no statistics, checked against the model here).
+    path, model = sql(heads_store, "SELECT i.path, r.model FROM image_t i JOIN run_t r USING (run_id) "
+                      "WHERE r.run = ? AND i.image_id = 3", [RUN])[0]
+    expected = overlays.select_heads(overlays.image_maps(load_clip(model, "cpu"), path, "baseline").baseline,
+                                     "h1")  # (layers, tokens): CLS first
     heads.set_value("h1").run()
     assert not at.exception and at.query_params["attn_heads"] == "h1"
+    maps = chart_rows(at)[2:]
+    assert len(maps) == 12
+    for layer, rows in enumerate(maps, start=1):
+        assert {r["map"] for r in rows} <= {"baseline", "mean:2/h1"} and {r["layer"] for r in rows} == {layer}
+        base = {(r["row"], r["col"]): r["probability"] for r in rows if r["map"] == "baseline"}
+        side = int(round(len(base) ** 0.5))
+        assert side * side == len(base) == expected.shape[1] - 1
+        assert all(base[(k // side, k % side)] == pytest.approx(float(expected[layer - 1, 1 + k]), abs=1e-6)
+                   for k in range(len(base)))
+        ablated = [r for r in rows if r["map"] == "mean:2/h1"]
+        assert (len(ablated) == 0) == (layer == 2)  # a mean-ablated head has no probabilities: no cells there
+    titles = [json.dumps(json.loads(el.proto.spec)) for el in at.get("vega_lite_chart")[2:]]
+    assert "mean:2/h1: no probabilities" in titles[1]
+
+    # One layer large, over the picture (a data: URL, nothing fetched), baseline and the ablation.
+    select(at, "attn_large").set_value(3).run()
+    assert not at.exception and at.query_params["attn_large"] == "3"
+    large = at.get("vega_lite_chart")[2:4]
+    assert [json.loads(el.proto.spec)["title"]["text"] for el in large] == ["baseline, layer 3", "mean:2/h1, layer 3"]
+    pictures = [[r["url"] for r in rows if isinstance(r.get("url"), str)] for rows in chart_rows(at)[2:4]]
+    assert all(len(p) == 1 and p[0].startswith("data:image/png;base64,") for p in pictures), pictures
+    assert len(chart_rows(at)) == 2 + 2 + 12
+
+
+def test_image_page_without_the_model_says_so_at_once(heads_store, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    import duckdb
+
+    db = tmp_path / "shared.duckdb"  # a store shared without its model: a hub id that is not in the cache
+    shutil.copy(heads_store, db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE run_t SET model = 'nobody/not-a-cached-model'")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    at = open_page(db, monkeypatch, "image", run=RUN, image="3", ablation="mean:2/h1")
+    assert time.monotonic() - start < 20  # no hub retries (they took 23 s per render)
+    (line,) = [i.value for i in at.info if "No attention maps" in i.value]
+    assert "nobody" in line and "not in the local Hugging Face cache" in line
+    assert len(at.get("vega_lite_chart")) == 2  # the logit charts, drawn; no maps
+    assert not at.warning  # the mean statistics are not even read
 
 
 def test_export_writes_the_heads_and_flow_charts_and_the_attention_map(heads_store, tmp_path):
