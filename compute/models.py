@@ -223,6 +223,8 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError(f"{name_or_path}: its vision tower has no pooling head (vision_use_head = false), so it "
                          f"makes no image embedding to score")
     model.to(dev).eval()
+    for name in ("logit_scale", "logit_bias") if family != "clip" else ("logit_scale",):
+        getattr(model, name).requires_grad_(False)  # read as plain numbers, as with_dtype leaves them
     bias = float(model.logit_bias.detach().float()) if family != "clip" else 0.0
     clip = LoadedClip(model, processor, dev, torch.float32, name_or_path, family,
                       float(model.logit_scale.detach().float().exp()), bias)
