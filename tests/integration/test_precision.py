@@ -91,6 +91,19 @@ def test_margin_verification_happens_and_changes_nothing_a_float32_run_would_not
     assert 0 < margin < 24 * 20  # some near ties, not every pair
 
 
+def test_the_plain_method_in_bfloat16_is_verified_too(tiny_clip, tmp_path):
+    """--method plain (the model's own logits, its text tower in bfloat16 too) selects float32's picks."""
+    coco = make_coco(tmp_path / "coco", n=6)
+    dbs = {}
+    for dtype in ("float32", "bfloat16"):
+        dbs[dtype] = tmp_path / f"{dtype}.duckdb"
+        exp = write_experiment(tmp_path / f"{dtype}.toml", tiny_clip, coco, dbs[dtype], dtype=dtype, prompts=PROMPTS,
+                               extra=("mean:3",), batch_size=3)
+        assert run(load_experiment(exp), method="plain", **QUIET).complete
+    assert sql(dbs["bfloat16"], PICKS) == sql(dbs["float32"], PICKS)
+    assert sql(dbs["bfloat16"], "SELECT COUNT(*) FROM selection_t WHERE verified = 'baseline'") == [(6,)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Constructed near ties.
 
