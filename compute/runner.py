@@ -166,7 +166,8 @@ def run(
     """Run or resume ``exp``. Raises InputError on bad input before writing anything.
 
     workers: decode processes (default: the cores this process may use; 0: one thread in this process).
-    sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
+    clip: a float32 model already loaded from exp.model.clip (else loaded here; one in another dtype is not
+    reused: the run needs float32's). sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
     Ray sweep). Everything else (checks, the run's rows, the mean pass, captions, the summary) is the same.
     """
     start = time.perf_counter()
