@@ -75,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp.model.batch_size = check_count(args.batch_size, "--batch-size", MAX_BATCH, "images per batch")
     if args.device:
         exp.model.device = args.device
+    if args.dtype:
+        exp.model.dtype = args.dtype
     if args.threads is not None:
         check_count(args.threads, "--threads", MAX_THREADS, "CPU threads")
     if args.workers is not None and args.workers < 0:
@@ -143,11 +145,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             printable(name), r["status"],
             f"{r['n_images']:,}", f"{r['n_ablations']}", f"{r['n_prompts']}",
             f"{100 * r['n_done'] / total:.0f}%" if total else "-", f"{r['n_failed']:,}",
-            f"{r['created_at']:%Y-%m-%d %H:%M:%S}", printable(str(r["model"])),
+            dtype_cell(r["dtype"], r["dtype_asked"]), f"{r['created_at']:%Y-%m-%d %H:%M:%S}", printable(str(r["model"])),
         ])
-    print(format_columns(["run", "status", "images", "abl.", "prompts", "done", "errors", "created", "model"],
-                         table, right={2, 3, 4, 5, 6}))
+    print(format_columns(["run", "status", "images", "abl.", "prompts", "done", "errors", "dtype", "created",
+                          "model"], table, right={2, 3, 4, 5, 6}))
     return 0
+
+
+def dtype_cell(used: str, asked: str | None) -> str:
+    """A run's dtype in `list`: what it computes in, "(auto)" when it was picked, "verified" below float32 (its
+    selections verified in float32, compute.precision)."""
+    return used + (" verified" if used != "float32" else "") + (" (auto)" if asked == "auto" else "")
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -217,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images (by id); part of the run's identity")
     p.add_argument("--batch-size", type=int, help="images per batch (default: [model] batch_size, 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override [model] device")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="override [model] dtype; part of the run's identity. float32: exact. bfloat16, float16: "
+                   "the sweep in low precision, every selection the rounding could change computed again in "
+                   "float32. auto: bfloat16 on a CPU with AMX-BF16 or AVX512-BF16 or a GPU that has it, float16 "
+                   "on other GPUs, else float32 (docs/precision.md)")
     p.add_argument("--method", choices=["engine", "plain"], default="engine",
                    help="engine: the shared-prefix sweep (default); plain: patch the modules and rerun the "
                    "whole model per ablation (the reference, and the bench's baseline)")

@@ -34,7 +34,8 @@ from compute.validation import (
 )
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names
+DTYPE_CHOICES = ("auto", *DTYPES)  # model.dtype and --dtype: "auto" is resolved by compute.models.resolve_dtype
 EMBEDDING_DTYPES = ("float32", "float16", "none")
 LABEL_SOURCES = ("categories", "captions")
 
@@ -44,7 +45,9 @@ class ModelConfig:
     clip: str = ""  # CLIP, SigLIP or SigLIP 2: hub id or local directory (save_pretrained layout); required
     captioner: str = "none"  # "none", or a hub id / local directory of a conditional captioner
     device: str = "auto"
-    dtype: str = "float32"  # float16 / bfloat16 halve memory and time on a GPU
+    # float32 (exact), or auto / bfloat16 / float16: the sweep in low precision, every selection checked in
+    # float32 (compute.precision; docs/precision.md)
+    dtype: str = "float32"
     batch_size: int = 16
     # A prompt longer than the text tower's positions (77 tokens for CLIP) is an error; true cuts it there
     # instead. Not part of identity(): a run's results are the same either way once its prompts pass.
@@ -171,7 +174,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     if model.captioner != "none":
         model.captioner = resolve_model_ref(model.captioner, base)
     _choice(model.device, DEVICES, "model.device")
-    _choice(model.dtype, DTYPES, "model.dtype")
+    _choice(model.dtype, DTYPE_CHOICES, "model.dtype")
     check_count(model.batch_size, "model.batch_size", MAX_BATCH, "images per batch")
 
     dataset_table = dict(data.get("dataset") or {})

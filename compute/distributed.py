@@ -166,7 +166,7 @@ def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]
     attempted = [ids[k] for k in fresh]
     if not ok:
         return store.BatchResult.failed(errors, attempted)
-    selection = store.Selection(**{name: columns[name][ok] for name in SELECTION_FIELDS})  # axis 1: keep
+    selection = store.Selection(**{name: columns[name][ok] for name in SELECTION_FIELDS if name in columns})  # axis 1: keep
     embeddings = columns["embeddings"][ok] if "embeddings" in columns else None
     return store.BatchResult(np.array([ids[k] for k in ok], np.int64), np.array(keep, np.int16), selection,
                              embeddings, errors, attempted)

@@ -21,7 +21,7 @@ from compute.captions import CaptionStats, caption_stage
 from compute.config import Experiment
 from compute.dataset import ImageRecord
 from compute.errors import InputError
-from compute.models import LoadedCaptioner, LoadedClip
+from compute.models import DtypeChoice, LoadedCaptioner, LoadedClip
 
 
 class ConfigMismatch(InputError):
@@ -29,15 +29,20 @@ class ConfigMismatch(InputError):
 
 
 def new_run(exp: Experiment, images: list[ImageRecord], ablations: list[Ablation], vision: dict | None,
-            n_layers: int, parent: store.RunRow | None = None) -> store.NewRun:
-    """Run ``exp.name`` as it would be created: its resolved config (with its identity and ``vision``, the
-    tower's summary, compute.models.model_summary), images, prompts and ablations. ``parent``: the run whose
-    stored embeddings a rescored run reads, and whose unreadable images it carries."""
+            n_layers: int, parent: store.RunRow | None = None, dtype: DtypeChoice | None = None) -> store.NewRun:
+    """Run ``exp.name`` as it would be created: its resolved config (with its identity, ``vision``, the
+    tower's summary, compute.models.model_summary, and ``dtype``, what it computes in and why), images, prompts
+    and ablations. ``parent``: the run whose stored embeddings a rescored run reads (its dtype record is
+    kept: those embeddings were computed so), and whose unreadable images it carries."""
     config = json.loads(exp.to_json())
     config["identity"] = exp.identity()
     config["vision"] = vision
+    if dtype is not None:
+        config["dtype"] = dtype.record()
     if parent is not None:
         config["rescored_from"] = parent.run
+        if "dtype" in parent.config:
+            config["dtype"] = parent.config["dtype"]
     return store.NewRun(
         name=exp.name, model=exp.model.clip, config_json=json.dumps(config), config_hash=exp.identity_hash(),
         n_layers=n_layers, embedding_dtype=exp.store.embeddings if parent is None else parent.embedding_dtype,
@@ -131,10 +136,32 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
             complete = complete and store.uncaptioned(con, run.run_id) == 0
         store.set_status(con, run.run_id, "complete" if complete else "running")
         rows = store.summary(con, run.run_id)
+        verified = store.verified_counts(con, run.run_id)
     if failed:
         echo(f"{len(failed)} image(s) could not be read and were skipped (see the errors view)")
+    if (line := precision_line(run.row.config, verified)) is not None:
+        echo(line)
     echo(format_summary(rows))
     return Ending(complete, captions)
+
+
+def precision_line(config: dict, verified: dict[str | None, int]) -> str | None:
+    """One line on a low-precision run: the dtype it computes in and why, and how many of its stored pairs
+    hold float32 values (store.verified_counts, by reason). None for a float32 run."""
+    record = config.get("dtype") or {}
+    used = record.get("used", config.get("model", {}).get("dtype", "float32"))
+    if used == "float32":
+        return None
+    total = sum(verified.values())
+    exact = total - verified.get(None, 0)
+    why = f" ({record['asked']}: {record['why']})" if record.get("asked") == "auto" else ""
+    if config.get("rescored_from"):
+        return (f"precision: the stored {used} embeddings of run {config['rescored_from']!r}{why}, scored against "
+                f"the new prompts without verification")
+    parts = ", ".join(f"{verified[r]:,} {r}" for r in store.VERIFIED[1:] if verified.get(r))
+    share = f" ({exact / total:.1%})" if total else ""
+    return (f"precision: {used}{why}, verified in float32: {exact:,} of {total:,} pairs{share} hold float32 "
+            f"values{f' ({parts})' if parts else ''}")
 
 
 def format_summary(rows: list[tuple]) -> str:

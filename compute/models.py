@@ -10,6 +10,8 @@ config.json describes (``from_pretrained``).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from compute.config import DTYPES
+from compute.config import DTYPE_CHOICES, DTYPES
 from compute.errors import InputError
 from compute.towers import FAMILIES, embedding_width, grid_side, has_cls, unpatchify
 
@@ -49,6 +51,67 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda", "mps"):
         raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
     return torch.device(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: which dtype a run computes in. Below float32 the sweep checks its selections in float32
+# (compute.precision), so "auto" may pick the fastest dtype the hardware runs well.
+
+CPU_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flags, in order
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """What a run asked for (model.dtype, --dtype), what it computes in, and why; stored with the run."""
+
+    asked: str  # one of config.DTYPE_CHOICES
+    used: str  # one of config.DTYPES
+    why: str
+
+    @property
+    def verified(self) -> bool:
+        """Below float32 every selection is checked in float32 (compute.precision)."""
+        return self.used != "float32"
+
+    def record(self) -> dict[str, object]:
+        return {"asked": self.asked, "used": self.used, "why": self.why, "verified": self.verified}
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where there is no /proc/cpuinfo). torch's own
+    get_cpu_capability() says only "AVX512", not whether bfloat16 instructions are there."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(asked: str, device: torch.device, flags: set[str] | None = None) -> DtypeChoice:
+    """The dtype a run on ``device`` computes in. "auto": bfloat16 on a CPU with AMX-BF16 or AVX512-BF16
+    (``flags``, default: cpu_flags()), bfloat16 on a CUDA GPU that supports it, else float16 there, float16
+    on Apple's MPS, float32 elsewhere. An explicit dtype is kept; float16 on a CPU is an InputError."""
+    if asked not in DTYPE_CHOICES:
+        raise InputError(f"dtype {asked!r} is not one of: {', '.join(DTYPE_CHOICES)}")
+    if asked != "auto":
+        if device.type == "cpu" and asked == "float16":
+            raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32, bfloat16 or auto")
+        return DtypeChoice(asked, asked, "asked for")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice(asked, "bfloat16", f"CUDA GPU with bfloat16 ({name})")
+        return DtypeChoice(asked, "float16", f"CUDA GPU without bfloat16 ({name})")
+    if device.type == "mps":
+        return DtypeChoice(asked, "float16", "Apple GPU (MPS)")
+    found = cpu_flags() if flags is None else flags
+    for flag, name in CPU_BF16_FLAGS.items():
+        if flag in found:
+            return DtypeChoice(asked, "bfloat16", f"CPU with {name}")
+    return DtypeChoice(asked, "float32", "CPU without AMX-BF16 or AVX512-BF16: bfloat16 would not be faster")
 
 
 @dataclass
@@ -187,7 +250,8 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
 
     The family comes from the config's model_type. ``logit_scale`` and ``logit_bias`` stay float32 whatever
     ``dtype`` the towers get (bfloat16 would round exp(logit_scale) by about 1.5%), both in the returned
-    fields and inside the model, so its own logits_per_image use them unrounded.
+    fields and inside the model, so its own logits_per_image use them unrounded. ``dtype``: float32,
+    bfloat16, float16, or auto (resolve_dtype).
     """
     _check_local(name_or_path, "model")
     family = _model_type(name_or_path, "model")
@@ -196,9 +260,7 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
         raise InputError(f"{name_or_path} is not a supported model (its config says model_type = {family!r}); "
                          f"supported families: {supported}")
     dev = resolve_device(device)
-    torch_dtype = TORCH_DTYPES[dtype]
-    if dev.type == "cpu" and torch_dtype == torch.float16:
-        raise InputError("dtype = 'float16' needs a GPU; on the CPU use float32 (or bfloat16)")
+    used = resolve_dtype(dtype, dev).used
     model_class, processor_class = _classes(family)
     from safetensors import SafetensorError
 
@@ -215,15 +277,38 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
     if family != "clip" and not model.config.vision_config.vision_use_head:
         raise InputError(f"{name_or_path}: its vision tower has no pooling head (vision_use_head = false), so it "
                          f"makes no image embedding to score")
-    scalars = {"logit_scale": model.logit_scale.detach().float().clone()}  # (1,) each
-    if family != "clip":
-        scalars["logit_bias"] = model.logit_bias.detach().float().clone()
-    model.to(dev, torch_dtype).eval()
-    for attr, value in scalars.items():  # float32 inside a half-precision model: logits come out float32
-        setattr(model, attr, nn.Parameter(value.to(dev), requires_grad=False))
-    bias = float(scalars["logit_bias"]) if "logit_bias" in scalars else 0.0
-    return LoadedClip(model, processor, dev, torch_dtype, name_or_path, family,
-                      float(scalars["logit_scale"].exp()), bias)
+    model.to(dev).eval()
+    for name in ("logit_scale", "logit_bias") if family != "clip" else ("logit_scale",):
+        getattr(model, name).requires_grad_(False)  # read as plain numbers, as with_dtype leaves them
+    bias = float(model.logit_bias.detach().float()) if family != "clip" else 0.0
+    clip = LoadedClip(model, processor, dev, torch.float32, name_or_path, family,
+                      float(model.logit_scale.detach().float().exp()), bias)
+    return clip if used == "float32" else with_dtype(clip, used, copy_model=False)
+
+
+def with_dtype(clip: LoadedClip, dtype: str, copy_model: bool = True) -> LoadedClip:
+    """A float32 ``clip`` in ``dtype`` (a copy of the model unless ``copy_model`` is False); logit_scale
+    and logit_bias stay float32 parameters inside it, so its own logits_per_image come out float32."""
+    if clip.dtype != torch.float32:
+        raise ValueError(f"with_dtype starts from a float32 model, not {clip.dtype}")
+    model = copy.deepcopy(clip.model) if copy_model else clip.model
+    names = [name for name in ("logit_scale", "logit_bias") if isinstance(getattr(model, name, None), nn.Parameter)]
+    scalars = {name: getattr(model, name).detach().float().clone() for name in names}  # (1,) each
+    model.to(TORCH_DTYPES[dtype])
+    for name, value in scalars.items():
+        setattr(model, name, nn.Parameter(value, requires_grad=False))
+    return dataclasses.replace(clip, model=model, dtype=TORCH_DTYPES[dtype])
+
+
+def load_pair(name_or_path: str, device: str, dtype: str, exact: LoadedClip | None = None,
+              ) -> tuple[LoadedClip, LoadedClip, DtypeChoice]:
+    """What a sweep computes with: (the float32 model, the model in the dtype the run computes in, the
+    choice). One model for float32 runs; below, a copy cast from the float32 one. ``exact``: a float32 model
+    already loaded from ``name_or_path`` (loaded here when None or not float32)."""
+    if exact is None or exact.dtype != torch.float32:
+        exact = load_clip(name_or_path, device, "float32")
+    choice = resolve_dtype(dtype, exact.device)
+    return exact, (exact if choice.used == "float32" else with_dtype(exact, choice.used)), choice
 
 
 def pixel_values(clip: LoadedClip, images: list[Image.Image]) -> torch.Tensor:
@@ -296,7 +381,7 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
             f"supported: BLIP conditional captioning, vision-encoder-decoder)"
         )
     dev = resolve_device(device)
-    torch_dtype = TORCH_DTYPES[dtype]
+    torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, dev).used]
     from safetensors import SafetensorError
 
     try:

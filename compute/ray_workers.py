@@ -4,8 +4,9 @@ actor that holds the model and the engine and scores each batch.
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
 ``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
-``compute.models.load_clip`` and runs ``compute.engine.SweepEngine`` and ``compute.scoring.score_batch`` as
-``runner._sweep`` does, so a batch's numbers are those of a single-process run. Neither imports ray.
+``compute.models.load_pair`` and runs ``compute.precision.VerifiedSweep`` (the engine, and below float32 its
+verification in float32) and ``compute.scoring.score_batch`` as ``runner._sweep`` does, so a batch's numbers
+are those of a single-process run. Neither imports ray.
 
 Batches travel between them as Ray Data's numpy batches, {column: array} with one row per image. An image
 that cannot be used keeps its row with its message in ``error`` (and zero pixels, whose results the driver
@@ -22,11 +23,11 @@ import torch
 
 from compute.ablations import Ablation
 from compute.dataset import ImageLoadError, ImageRecord
-from compute.engine import SweepEngine, means_on
 from compute.loader import device_table, load, table_values
-from compute.models import load_clip, quiet_transformers
+from compute.models import load_pair, quiet_transformers
 from compute.pixels import Recipe
-from compute.scoring import BatchScoring, logit_scale, score_batch, stacked, text_embeddings, truth_matrix
+from compute.precision import VerifiedSweep
+from compute.scoring import BatchScoring, logit_scale, score_batch, text_embeddings, truth_matrix
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class SweepPlan:
 
     model: str  # hub id or a path every node sees
     device: str  # auto | cpu | cuda | mps, resolved on the actor's node
-    dtype: str
+    dtype: str  # as the experiment asks (auto too): resolved on the actor's node, verified there below float32
     ablations: list[Ablation]  # the run's ablations in order
     keep: list[int]  # the ablation ids results come back for: those still pending (compute.runner.SweepWork.keep)
     means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
@@ -79,27 +80,31 @@ class SweepActor:
         torch.set_num_threads(max(1, plan.threads))
         quiet_transformers()
         self.plan = plan
-        self.clip = load_clip(plan.model, plan.device, plan.dtype)
+        self.clip, fast, _ = load_pair(plan.model, plan.device, plan.dtype)  # float32, and the sweep's dtype
         clip = self.clip
-        self.engine = SweepEngine(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype))
-        # (P, E) prompts, once per actor as once per run
+        # (P, E) prompts in float32, once per actor as once per run
         self.scoring = BatchScoring(text_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
+        # the actor verifies its own batches: its first images calibrate its bound
+        self.sweep = VerifiedSweep(clip, fast, plan.ablations, plan.means, plan.keep, self.scoring.text_norm,
+                                   self.scoring.scale)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of decoded rows -> the selection of every row under the plan's ``keep`` ablations (A' of
-        them): logits, probs (n, A', P); prompt_id, correct, confidence, margin, score_baseline (n, A');
-        embeddings (n, A', E) in the run's dtype unless it is "none". A row whose image failed is computed on
-        its zero pixels and dropped by the driver: rare, and it keeps every batch's columns the same."""
+        them): logits, probs (n, A', P); prompt_id, correct, confidence, margin, score_baseline (n, A'), and
+        verified (n, A') below float32; embeddings (n, A', E) in the run's dtype unless it is "none". A row
+        whose image failed is computed on its zero pixels and dropped by the driver: rare, and it keeps every
+        batch's columns the same."""
         clip = self.clip
         x = torch.tensor(batch["pixels"], device=clip.device)  # (n, 3, h, w), copied out of Ray's read-only block
         if self.table is not None:
             x = table_values(self.table, x)
-        embeddings = stacked(self.engine.embeddings(x.to(clip.dtype)), self.plan.ablations)  # (n, A, E)
+        swept = self.sweep(x.float())  # (n, A, E) embeddings, verified in float32 below float32
         truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
         ids = [int(i) for i in batch["image_id"]]
-        result = score_batch(self.scoring, ids, truth, embeddings).result()
-        out = {"image_id": batch["image_id"], "error": batch["error"], **vars(result.selection)}
+        result = score_batch(self.scoring, ids, truth, swept.embeddings, verified=swept.verified).result()
+        columns = {k: v for k, v in vars(result.selection).items() if v is not None}
+        out = {"image_id": batch["image_id"], "error": batch["error"], **columns}
         if result.embeddings is not None:
             out["embeddings"] = result.embeddings
         return out

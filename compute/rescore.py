@@ -105,7 +105,8 @@ def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_siz
     images = [r for r in images if r.image_id in parent.labels]
     if (warning := label_warning(images, [p.label for p in prompts])) is not None:
         echo(warning)
-    clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    # The prompts in float32 whatever the run computed in: the only model work here is the text tower.
+    clip = clip or load_clip(exp.model.clip, exp.model.device, "float32")
     exp.model.truncate_prompts = exp.model.truncate_prompts or truncate_prompts
     check_prompts(clip, [p.text for p in prompts], exp.model.truncate_prompts, opt_in="--truncate-prompts")
     captioner = None

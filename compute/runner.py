@@ -8,7 +8,9 @@ hand the batch to the store writer (a thread, compute.writer) while the next one
 stage, the completion check and the summary (compute.lifecycle again). A batch is committed whole or not at
 all, so a run killed at any moment loses at most the batches in flight and the next invocation resumes. Two
 processes running the same run of one store take turns (compute.runlock): the second waits, then finds
-the work done.
+the work done. Below float32 the sweep verifies its selections in float32 (compute.precision): the run holds a
+float32 model beside the one it computes in, and the mean pass, the prompts' embeddings, the judge and the
+caption stage use the float32 one.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, swee
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
-from compute.engine import SweepEngine, attention_means, means_on, plain_batch
+from compute.engine import attention_means
 from compute.killpoints import kill_point
 from compute.loader import Batch, Loader, default_workers
-from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip, model_summary
+from compute.models import DtypeChoice, LoadedCaptioner, LoadedClip, load_captioner, load_pair, model_summary
+from compute.precision import VerifiedSweep, VerifyStats
 from compute.runlock import run_lock
 from compute.scoring import (
     BatchScoring,
@@ -40,9 +43,7 @@ from compute.scoring import (
     check_prompts,
     logit_scale,
     score_batch,
-    stacked,
     text_embeddings,
-    text_tokens,
     truth_matrix,
 )
 from compute.towers import has_cls, n_heads_of, n_layers_of
@@ -55,22 +56,24 @@ class Prepared:
 
     exp: Experiment
     images: list[ImageRecord]
-    clip: LoadedClip
+    clip: LoadedClip  # float32: the mean pass, the prompts, the judge, captions, verification
     ablations: list[Ablation]
     captioner: LoadedCaptioner | None
+    fast: LoadedClip | None = None  # the model the sweep computes in (None: clip, a float32 run)
+    dtype: DtypeChoice | None = None  # what the run asked for and computes in (None: float32)
 
 
 def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
-    """Check the experiment; ``clip`` reuses a model already loaded from exp.model.clip."""
+    """Check the experiment; ``clip`` reuses a float32 model already loaded from exp.model.clip."""
     images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
-    clip = clip or load_clip(exp.model.clip, exp.model.device, exp.model.dtype)
+    clip, fast, choice = load_pair(exp.model.clip, exp.model.device, exp.model.dtype, clip)
     check_prompts(clip, [p.text for p in exp.prompts], exp.model.truncate_prompts)  # and the text embeddings
     check_image_embedding(clip)
     ablations = resolve_ablations(exp, n_layers_of(clip.model), n_heads_of(clip.model), has_cls(clip.model))
     captioner = None
     if exp.model.captioner != "none":
-        captioner = load_captioner(exp.model.captioner, exp.model.device, exp.model.dtype)
-    return Prepared(exp, images, clip, ablations, captioner)
+        captioner = load_captioner(exp.model.captioner, exp.model.device, choice.used)
+    return Prepared(exp, images, clip, ablations, captioner, fast, choice)
 
 
 def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None, cls: bool = True) -> list[Ablation]:
@@ -104,6 +107,7 @@ class SweepStats:
     workers: int = 0
     ray: str = ""  # where a --ray sweep ran (compute.distributed.Layout.describe); "" in this process
     writer: WriterStats = field(default_factory=WriterStats)
+    verify: VerifyStats | None = None  # a low-precision sweep in this process: what its verification did
 
     def describe(self) -> str:
         rate = self.images / self.sweep_s if self.sweep_s else 0.0
@@ -168,7 +172,8 @@ def run(
     """Run or resume ``exp``. Raises InputError on bad input before writing anything.
 
     workers: decode processes (default: the cores this process may use; 0: one thread in this process).
-    sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
+    clip: a float32 model already loaded from exp.model.clip (else loaded here; one in another dtype is not
+    reused: the run needs float32's). sweeper: where the pending pairs are computed (default: this process; compute.distributed passes its
     Ray sweep). Everything else (checks, the run's rows, the mean pass, captions, the summary) is the same.
     before_writing: called once the input is checked, before the store is touched (compute.distributed
     reaches its Ray cluster there: one that is not there leaves no store and no run behind).
@@ -191,7 +196,8 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
     stats = SweepStats(prepare_s=time.perf_counter() - start)
     stats.workers = default_workers() if workers is None else workers
     db = exp.store.db
-    new = lifecycle.new_run(exp, prep.images, prep.ablations, model_summary(clip), n_layers_of(clip.model))
+    new = lifecycle.new_run(exp, prep.images, prep.ablations, model_summary(clip), n_layers_of(clip.model),
+                            dtype=prep.dtype)
     opened = lifecycle.create_or_resume(db, new, echo)
     pending = opened.pending()
     needs = mean_needs(prep.ablations)  # {stat name: layers}
@@ -211,6 +217,8 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
             keep = opened.pending_ablations(pending)
             sweeper(SweepWork(prep, opened.run_id, pending, keep, means_np, method, progress, stats), loader)
             echo(stats.describe())
+            if stats.verify is not None:
+                echo(stats.verify.describe(prep.dtype.used))
 
     end = lifecycle.finish(exp, opened, clip, prep.captioner, progress, echo)
     return RunResult(opened.run_id, end.complete, end.captions, stats)
@@ -237,33 +245,27 @@ def _compute_means(clip: LoadedClip, loader: Loader, images: list[ImageRecord], 
 def _sweep(work: SweepWork, loader: Loader) -> None:
     """The sweep in this process: decode workers feed the engine on the model's device, a thread commits."""
     prep, run_id, pending, method, stats = work.prep, work.run_id, work.pending, work.method, work.stats
-    exp, clip, ablations = prep.exp, prep.clip, prep.ablations
-    means = means_on(work.means, clip.device, clip.dtype)
+    exp, clip = prep.exp, prep.clip
     texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
-    # once per run, not per ablation or batch
+    # once per run, not per ablation or batch; the prompts in float32 whatever the sweep's dtype
     scoring = BatchScoring(text_embeddings(clip, texts), logit_scale(clip), work.keep, exp.store.embeddings)
-    engine = SweepEngine(clip.model, ablations, means) if method == "engine" else None
-    tokens = None
-    if method == "plain":
-        tokens = text_tokens(clip, texts)
+    sweep = VerifiedSweep(clip, prep.fast or clip, prep.ablations, work.means, work.keep, scoring.text_norm,
+                          scoring.scale, method, texts)
+    stats.verify = sweep.stats if sweep.verifying else None
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""
         if batch.pixel_values is None:  # every image of the batch failed to load: record the errors only
             return store.BatchResult.failed(batch.errors, batch.attempted)
-        logits = None
-        if engine is not None:
-            embeddings = stacked(engine.embeddings(batch.pixel_values), ablations)  # (n, A, E)
-        else:
-            embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
+        swept = sweep(batch.pixel_values)  # (n, A, E) embeddings, verified in float32 below float32
         truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
-        return score_batch(scoring, [r.image_id for r in batch.records], truth, embeddings, logits, batch.errors,
-                           batch.attempted)
+        return score_batch(scoring, [r.image_id for r in batch.records], truth, swept.embeddings, swept.logits,
+                           batch.errors, batch.attempted, swept.verified)
 
     def hand_over(item: PendingBatch | store.BatchResult) -> None:
         result = item.result() if isinstance(item, PendingBatch) else item
-        check_finite(result, ablations, clip.name)  # on the host copy: no wait for the device
+        check_finite(result, prep.ablations, clip.name)  # on the host copy: no wait for the device
         writer.put(result)
         if not stats.first_batch_s:
             stats.first_batch_s = time.perf_counter() - start

@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS selection_t (
     score_baseline REAL NOT NULL,            -- cos(unablated image embedding, selected prompt embedding)
     caption        VARCHAR,                  -- NULL until the caption stage ran (or no captioner)
     caption_score  REAL,                     -- cos(unablated image embedding, caption embedding)
+    -- NULL: computed in the run's dtype (every pair of a float32 run); in a low-precision run, why the pair
+    -- was computed again in float32 and holds those values: baseline | sample | margin (compute.store.VERIFIED)
+    verified       VARCHAR,
     PRIMARY KEY (run_id, image_id, ablation_id)
 );
 

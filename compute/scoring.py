@@ -209,12 +209,13 @@ def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) 
 
 
 def select_tensors(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
-                   text_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+                   text_norm: torch.Tensor, verified: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The selection of every (image, ablation), computed once, on the logits' device: the fields of
     store.Selection, as tensors.
 
     logits: (n, A, P); truth: (n, P) bool (see truth_matrix); baseline_emb: (n, E) unablated image
-    embeddings, the fixed judge of score_baseline (as CLIP-Score is); text_norm: (P, E) normalised.
+    embeddings, the fixed judge of score_baseline (as CLIP-Score is); text_norm: (P, E) normalised;
+    verified: (n, A) int8 codes of store.VERIFIED (compute.precision), None for none.
     """
     logits = logits.float()
     n, a, p = logits.shape
@@ -231,8 +232,11 @@ def select_tensors(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torc
         margin = torch.full((n, a), float("nan"), device=logits.device)
     judge = normalise(baseline_emb) @ text_norm.T  # (n, P)
     score_baseline = judge.gather(1, selected)  # (n, A)
-    return {"logits": logits, "probs": probs, "prompt_id": selected.to(torch.int16), "correct": correct,
-            "confidence": confidence, "margin": margin, "score_baseline": score_baseline}
+    out = {"logits": logits, "probs": probs, "prompt_id": selected.to(torch.int16), "correct": correct,
+           "confidence": confidence, "margin": margin, "score_baseline": score_baseline}
+    if verified is not None:
+        out["verified"] = verified.to(torch.int8)
+    return out
 
 
 def select(logits: torch.Tensor, truth: torch.Tensor, baseline_emb: torch.Tensor,
@@ -269,8 +273,8 @@ class PendingBatch:
     def __init__(self, image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
                  baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
                  embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
-                 attempted: list[int] | None = None) -> None:
-        tensors = select_tensors(logits, truth, baseline_emb, text_norm)
+                 attempted: list[int] | None = None, verified: torch.Tensor | None = None) -> None:
+        tensors = select_tensors(logits, truth, baseline_emb, text_norm, verified)
         if embeddings is not None and embedding_dtype != "none":
             # Converted on the device: half the bytes to copy for float16, the same rounding as on the host.
             tensors["embeddings"] = embeddings.float().to(TORCH_EMBEDDING_DTYPES[embedding_dtype])
@@ -307,20 +311,23 @@ class BatchScoring:
 
 def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor, embeddings: torch.Tensor,
                 logits: torch.Tensor | None = None, errors: list[tuple[int, str, str]] | None = None,
-                attempted: list[int] | None = None) -> PendingBatch:
+                attempted: list[int] | None = None, verified: torch.Tensor | None = None) -> PendingBatch:
     """One batch of a run -> what the store commits (``.result()``, a store.BatchResult), its copy to the host
     queued, not awaited.
 
     embeddings: (n, A, E) the images' embeddings under every ablation of the run, in its order; ablation 0, the
-    baseline, is always there: its embedding judges score_baseline. truth: (n, P) bool (truth_matrix).
-    logits: (n, A, P) the model's own (the plain method); None: the cosine logits of ``embeddings``. Only the
-    ``scoring.keep`` ablations are scored and written."""
+    baseline, is always there: its embedding judges score_baseline (float32's in a low-precision run, see
+    compute.precision). truth: (n, P) bool (truth_matrix). logits: (n, A, P) the model's own (the plain
+    method); None: the cosine logits of ``embeddings``. verified: (n, A) int8, which pairs hold float32 values
+    (compute.precision.Swept.verified); None for none. Only the ``scoring.keep`` ablations are scored and
+    written."""
     keep = scoring.keep
     baseline = embeddings[:, 0]  # (n, E)
     if len(keep) < embeddings.shape[1]:
         embeddings = embeddings[:, keep]
         logits = None if logits is None else logits[:, keep]
+        verified = None if verified is None else verified[:, keep]
     if logits is None:
         logits = cosine_logits(embeddings, scoring.text_norm, scoring.scale)  # (n, A', P)
     return PendingBatch(image_ids, keep, logits, truth, baseline, scoring.text_norm, embeddings,
-                        scoring.embedding_dtype, errors, attempted)
+                        scoring.embedding_dtype, errors, attempted, verified)

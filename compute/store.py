@@ -213,6 +213,16 @@ class Selection:
     confidence: np.ndarray  # (n, A) float32: probability of the selected prompt
     margin: np.ndarray  # (n, A) float32: top logit minus the second; NaN (stored NULL) with one prompt
     score_baseline: np.ndarray  # (n, A) float32
+    # (n, A) int8, an index into VERIFIED: why a low-precision run's pair holds float32 values (0: it holds the
+    # run's dtype's); None: none does (a float32 run, rescore)
+    verified: np.ndarray | None = None
+
+
+# selection_t.verified, by the code compute.precision gives each pair: NULL, the pair was computed in the
+# run's dtype (every pair of a float32 run); else the pair was computed again in float32 and holds those
+# values: "baseline" (the unablated pass, the judge of score_baseline), "sample" (the images the rounding
+# error is measured on), "margin" (its top two prompts were within the bound of the rounding error).
+VERIFIED = (None, "baseline", "sample", "margin")
 
 
 @dataclass
@@ -279,13 +289,14 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndar
         "prob": sel.confidence.reshape(-1).astype(np.float32),
         "margin": pa.array(sel.margin.reshape(-1).astype(np.float32), from_pandas=True),  # NaN -> NULL
         "score_baseline": sel.score_baseline.reshape(-1).astype(np.float32),
+        "verified": verified_names(sel.verified, n * a),
     })
     con.register("batch_scores", scores)
     con.register("batch_selections", selections)
     con.execute("INSERT INTO score_t SELECT * FROM batch_scores")
     con.execute(
         "INSERT INTO selection_t (run_id, image_id, ablation_id, prompt_id, correct, prob, margin, "
-        "score_baseline) SELECT * FROM batch_selections"
+        "score_baseline, verified) SELECT * FROM batch_selections"
     )
     con.unregister("batch_scores")
     con.unregister("batch_selections")
@@ -299,6 +310,13 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndar
         con.register("batch_embeddings", emb)
         con.execute("INSERT INTO embedding_t SELECT * FROM batch_embeddings")
         con.unregister("batch_embeddings")
+
+
+def verified_names(codes: np.ndarray | None, rows: int) -> pa.Array:
+    """Selection.verified codes (any shape, ``rows`` in all) -> selection_t.verified strings (see VERIFIED)."""
+    if codes is None:
+        return pa.nulls(rows, pa.string())
+    return pa.array(np.array(VERIFIED, dtype=object)[np.asarray(codes).reshape(-1).astype(np.int64)], pa.string())
 
 
 def embedding_blobs(rows: np.ndarray) -> pa.Array:
@@ -482,11 +500,23 @@ def summary(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple]:
     return con.execute(SUMMARY, [run_id]).fetchall()
 
 
+VERIFIED_COUNTS = "SELECT verified, COUNT(*) FROM selection_t WHERE run_id = ? GROUP BY verified"
+
+
+def verified_counts(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[str | None, int]:
+    """The run's pairs by selection_t.verified ({None: computed in the run's dtype, "margin": ..., ...})."""
+    return {reason: int(n) for reason, n in con.execute(VERIFIED_COUNTS, [run_id]).fetchall()}
+
+
 # Every run with its progress counts: the `list` verb and the dashboard's run picker read this one query.
 RUNS = """
 SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers, r.parent_run,
        -- the vision tower's family (compute.towers); runs stored before SigLIP existed were all CLIP
        COALESCE(json_extract_string(r.config, '$.vision.family'), 'clip') AS family,
+       -- the dtype it computed in (compute.models.DtypeChoice); runs stored before "auto" name it in model.dtype
+       COALESCE(json_extract_string(r.config, '$.dtype.used'), json_extract_string(r.config, '$.model.dtype'),
+                'float32') AS dtype,
+       json_extract_string(r.config, '$.dtype.asked') AS dtype_asked,
        (SELECT COUNT(*) FROM ablation_t a WHERE a.run_id = r.run_id) AS n_ablations,
        (SELECT COUNT(*) FROM prompt_t p WHERE p.run_id = r.run_id) AS n_prompts,
        (SELECT COUNT(*) FROM selection_t s WHERE s.run_id = r.run_id) AS n_done,

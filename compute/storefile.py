@@ -42,7 +42,7 @@ LOCK_TIMEOUT_S = 120.0
 # The store knows itself: its marker table names the application and the schema version of its layout.
 # Version 1 (until the hardening issue) kept only meta_t(schema_version = 1), no application name.
 APPLICATION = "CLIP Attention Lab store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MARKER = "clip_attention_lab_t"  # the marker table's name: no other application uses it
 READABLE_FROM = 1  # read-only connections accept this version and later (their tables are what readers read)
 # DuckDB's on-disk format: a store is created readable by DuckDB 1.1.0 and later (DuckDB 2.0 otherwise writes
@@ -263,7 +263,14 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE meta_t")
 
 
-MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
+    # Version 3 records, per (image, ablation), whether a low-precision run computed it again in float32
+    # (compute.precision): selection_t.verified, NULL for every pair stored before (computed in the run's
+    # dtype, as it was).
+    con.execute("ALTER TABLE selection_t ADD COLUMN IF NOT EXISTS verified VARCHAR")
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 @contextmanager

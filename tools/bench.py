@@ -23,6 +23,11 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
            on a local Ray of this machine's cores against the single-process run (its default threads, and
            one thread: a CPU actor's share) on the same images; the whole process and the sweep (which on
            Ray includes starting the actor: Ray's own start is outside it).
+  precision float32 against bfloat16 with float32 verification (compute.precision), whole processes
+           (``run --dtype``), on the ViT-B/16-shaped CLIP: the paper sweep on 64 images (batch 32) and the heads
+           sweep on 16 (batch 8); the pairs verified in float32, and the selections compared pair by pair
+           (they must be identical: the section fails otherwise). ``--smoke``: 16 and 3 images, to check the
+           section itself.
   gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
 """
 
@@ -304,9 +309,57 @@ def bench_ray(tmp: Path, images: int = 24, batch_size: int = 8) -> dict[str, flo
     return results
 
 
+def bench_precision(tmp: Path, smoke: bool = False) -> dict[str, float]:
+    """float32 against bfloat16 + verification as whole processes, the same experiment and images, paper and
+    heads sweeps on the ViT-B/16-shaped CLIP; the selections of the two runs compared pair by pair."""
+    from compute import store
+
+    plan = [("paper", 16, 16), ("heads", 3, 3)] if smoke else [("paper", 64, 32), ("heads", 16, 8)]
+    print(f"\n== precision: float32 against bfloat16 with float32 verification, ViT-B/16-shaped random CLIP, "
+          f"4 prompts, whole processes (run --dtype){' (smoke)' if smoke else ''} ==", flush=True)
+    print(f"  load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
+    data = make_images(tmp / "data", max(n for _, n, _ in plan))
+    results: dict[str, float] = {}
+    for sweep_name, images, batch_size in plan:
+        picks = {}
+        for dtype in ("float32", "bfloat16"):
+            name = f"precision-{sweep_name}-{dtype}"
+            db = tmp / f"{name}.duckdb"
+            exp = write_experiment(tmp / f"{name}.toml", name, model, data, db, batch_size, sweep=sweep_name)
+            t = run_process(["run", str(exp), "--dtype", dtype, "--limit", str(images), "--no-progress"])
+            if t.returncode != 0:
+                raise SystemExit(f"bench run failed ({sweep_name}, {dtype}):\n{t.stderr[-2000:]}")
+            with store.connect(db, read_only=True) as con:
+                run_id = store.find_run(con, name).run_id
+                picks[dtype] = store.selected_prompts(con, run_id)  # (image, prompt) per (image, ablation)
+                counts = store.verified_counts(con, run_id)
+            results[f"{sweep_name}_{dtype}_s"] = t.seconds
+            results[f"{sweep_name}_{dtype}_rss_mb"] = t.peak_rss_mb
+            line = f"  {sweep_name:<6} {dtype:<9} {images:>3} images  {t.seconds:7.1f} s  peak RSS {t.peak_rss_mb:6.0f} MB"
+            if dtype != "float32":
+                pairs = sum(counts.values())
+                for reason in store.VERIFIED[1:]:
+                    results[f"{sweep_name}_verified_{reason}"] = counts.get(reason, 0)
+                verified = pairs - counts.get(None, 0)
+                results[f"{sweep_name}_pairs"], results[f"{sweep_name}_verified_fraction"] = pairs, verified / pairs
+                line += (f"  verified in float32: {verified:,} of {pairs:,} pairs ({verified / pairs:.1%}: "
+                         + ", ".join(f"{counts.get(r, 0):,} {r}" for r in store.VERIFIED[1:]) + ")")
+            print(line, flush=True)
+        differ = sum(a != b for a, b in zip(picks["float32"], picks["bfloat16"], strict=True))
+        ratio = results[f"{sweep_name}_float32_s"] / results[f"{sweep_name}_bfloat16_s"]
+        results[f"{sweep_name}_speedup"], results[f"{sweep_name}_selections_differing"] = ratio, differ
+        print(f"  {sweep_name}: bfloat16 + verification {ratio:.2f}x faster than float32; selections compared pair by "
+              f"pair: {len(picks['float32']) - differ:,} of {len(picks['float32']):,} identical", flush=True)
+        if differ:
+            raise SystemExit(f"precision: {differ} selection(s) of the bfloat16 run differ from float32's")
+    print(f"  load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    return results
+
+
 SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, "rescore": bench_rescore,
             "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
-            "ray": bench_ray, "gpu": bench_gpu}
+            "ray": bench_ray, "precision": bench_precision, "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 
 
@@ -315,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", nargs="?", choices=["gpu"], help="gpu: the GPU bench alone")
     parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of sections ({', '.join(SECTIONS)})")
-    parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device, to "
-                        "check the bench itself")
+    parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device; "
+                        "precision: 16 and 3 images; to check the bench itself")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     chosen = [args.section] if args.section else [s.strip() for s in args.only.split(",") if s.strip()]
@@ -331,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             section = Path(tmp) / name
             section.mkdir()
-            if name == "gpu":
-                figures[name] = bench_gpu(section, smoke=args.smoke)
+            if name in ("gpu", "precision"):
+                figures[name] = SECTIONS[name](section, smoke=args.smoke)
             else:
                 figures[name] = SECTIONS[name](section)
     if args.json:

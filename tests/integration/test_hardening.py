@@ -358,7 +358,7 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "store: another application's file with a pending log": (lambda s: _store(s, _foreign_with_pending_log),
                                                              "another application (tables: ledger"),
     "store: written by a newer version": (lambda s: _store(s, _newer), "written by a newer version of CLIP Attention Lab "
-                                          "(schema version 99; this one knows up to 2); upgrade"),
+                                          "(schema version 99; this one knows up to 3); upgrade"),
     "store: list on another application's file": (lambda s: _store(s, _foreign, verb="list"), "another application"),
     "store: delete on an SQLite file": (lambda s: _store(s, _sqlite, verb="delete"), "is an SQLite database"),
     # --- models on disk ---

@@ -188,6 +188,27 @@ def test_a_driver_killed_mid_run_leaves_a_store_a_rerun_completes(local_ray, ref
     assert_same_results(db, reference["db"])
 
 
+def test_a_bfloat16_ray_run_is_verified_by_its_actor(local_ray, reference, tiny_clip, tmp_path):
+    """dtype bfloat16 on Ray: the actor verifies its own batches in float32, so the picks are the float32
+    single-process run's, every unablated pass and the actor's first images hold float32 values, and the
+    mean statistics are the driver's float32 pass."""
+    from compute.distributed import RayOptions
+    from compute.distributed import run as run_on_ray
+
+    db = tmp_path / "bf16.duckdb"
+    exp = write_experiment(tmp_path / "bf16.toml", tiny_clip, reference["coco"], db, extra=EXTRAS, batch_size=3,
+                           dtype="bfloat16")
+    assert run_on_ray(load_experiment(exp), RayOptions(), **QUIET).complete
+    pick = "SELECT image_id, ablation_id, prompt_id, correct FROM selection_t ORDER BY ALL"
+    assert sql(db, pick) == sql(reference["db"], pick)
+    assert sql(db, SAME["stats"]) == sql(reference["db"], SAME["stats"])
+    counts = dict(sql(db, "SELECT verified, COUNT(*) FROM selection_t GROUP BY 1"))
+    assert counts["baseline"] == N_IMAGES - 1  # image 4 is unreadable
+    # the actor's first two images (one of them may be image 4, whose rows are dropped; an actor Ray restarts
+    # calibrates again)
+    assert counts["sample"] > 0 and counts["sample"] % (N_ABLATIONS - 1) == 0 and counts[None] > 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad input.
 
