@@ -35,7 +35,7 @@ from compute.validation import (
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")  # torch's names
-DTYPE_CHOICES = ("auto", *DTYPES)  # model.dtype and --dtype: "auto" is resolved by compute.models.resolve_dtype
+DTYPE_CHOICES = ("auto", *DTYPES)  # model.dtype and --dtype: "auto" is resolved by compute.devices.resolve_dtype
 EMBEDDING_DTYPES = ("float32", "float16", "none")
 LABEL_SOURCES = ("categories", "captions")
 

@@ -20,8 +20,9 @@ from compute.ablations import Ablation
 from compute.captions import CaptionStats, caption_stage
 from compute.config import Experiment
 from compute.dataset import ImageRecord
+from compute.devices import DtypeChoice
 from compute.errors import InputError
-from compute.models import DtypeChoice, LoadedCaptioner, LoadedClip
+from compute.models import LoadedCaptioner, LoadedClip
 
 
 class ConfigMismatch(InputError):

@@ -21,7 +21,7 @@ The float32 computations run the same code as a float32 run (compute.engine.Swee
 method) on a float32 copy of the model, over just the images and ablations that need them: the batch's
 baseline path, and the flagged images under the union of their flagged ablations. The selections then equal
 a float32 run's up to float32's own rounding (a float32 run at another batch size differs by as much).
-The choice of dtype ("auto") is compute.models.resolve_dtype; SAFETY and CALIBRATION_IMAGES were chosen
+The choice of dtype ("auto") is compute.devices.resolve_dtype; SAFETY and CALIBRATION_IMAGES were chosen
 from the measurements in docs/precision.md.
 """
 

@@ -29,10 +29,11 @@ from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, swee
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
+from compute.devices import DtypeChoice
 from compute.engine import attention_means
 from compute.killpoints import kill_point
 from compute.loader import Batch, Loader, default_workers
-from compute.models import DtypeChoice, LoadedCaptioner, LoadedClip, load_captioner, load_pair, model_summary
+from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_pair, model_summary
 from compute.precision import VerifiedSweep, VerifyStats
 from compute.runlock import run_lock
 from compute.scoring import (

@@ -513,7 +513,7 @@ RUNS = """
 SELECT r.run_id, r.run, r.model, r.status, r.created_at, r.updated_at, r.n_images, r.n_layers, r.parent_run,
        -- the vision tower's family (compute.towers); runs stored before SigLIP existed were all CLIP
        COALESCE(json_extract_string(r.config, '$.vision.family'), 'clip') AS family,
-       -- the dtype it computed in (compute.models.DtypeChoice); runs stored before "auto" name it in model.dtype
+       -- the dtype it computed in (compute.devices.DtypeChoice); runs stored before "auto" name it in model.dtype
        COALESCE(json_extract_string(r.config, '$.dtype.used'), json_extract_string(r.config, '$.model.dtype'),
                 'float32') AS dtype,
        json_extract_string(r.config, '$.dtype.asked') AS dtype_asked,

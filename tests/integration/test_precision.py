@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import sql
 
-from compute import models, precision
+from compute import devices, precision
 from compute.__main__ import main
 from compute.ablations import sweeps
 from compute.config import load_experiment
@@ -219,7 +219,7 @@ def test_dtype_auto_picks_bfloat16_where_the_cpu_flags_say_so_and_records_why(ti
     coco = make_coco(tmp_path / "coco", n=6)
     db = tmp_path / "auto.duckdb"
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=3)
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"fpu", "avx512f", "avx512_bf16"})
     assert main(["run", str(exp), "--dtype", "auto", "--no-progress", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "precision: bfloat16 (auto: CPU with AVX512-BF16), verified in float32: " in out
@@ -230,7 +230,7 @@ def test_dtype_auto_picks_bfloat16_where_the_cpu_flags_say_so_and_records_why(ti
     assert " bfloat16 verified (auto) " in capsys.readouterr().out
 
     # Without those flags auto is float32: exact, nothing verified (another run: auto resolves per invocation).
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"fpu", "avx2"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"fpu", "avx2"})
     exp2 = write_experiment(tmp_path / "e2.toml", tiny_clip, coco, db, name="t2", batch_size=3, dtype="auto")
     assert main(["run", str(exp2), "--no-progress", "--workers", "0"]) == 0
     config = json.loads(sql(db, "SELECT config FROM runs WHERE run = 't2'")[0][0])

@@ -1,4 +1,4 @@
-"""Which dtype a run computes in (compute.models.resolve_dtype, "auto" by faked CPU flags and GPUs), how a run
+"""Which dtype a run computes in (compute.devices.resolve_dtype, "auto" by faked CPU flags and GPUs), how a run
 says it (the summary line, `list`'s cell), and that the default leaves every existing run's identity alone."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from compute import models
+from compute import devices
 from compute.__main__ import dtype_cell
 from compute.config import DTYPE_CHOICES, parse_experiment
+from compute.devices import DtypeChoice, cpu_flags, resolve_dtype
 from compute.errors import InputError
 from compute.lifecycle import precision_line
-from compute.models import DtypeChoice, cpu_flags, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -30,9 +30,9 @@ def test_auto_on_a_cpu_follows_its_flags(flags, used, why):
 
 
 def test_auto_reads_the_flags_of_this_cpu_by_default(monkeypatch):
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"amx_bf16"})
     assert resolve_dtype("auto", CPU).used == "bfloat16"
-    monkeypatch.setattr(models, "cpu_flags", lambda: set())
+    monkeypatch.setattr(devices, "cpu_flags", lambda: set())
     assert resolve_dtype("auto", CPU).used == "float32"
 
 
