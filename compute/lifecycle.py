@@ -119,7 +119,8 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
         # The cache key as the dashboard reads it: from the run's stored config.
         key = store.caption_key(run.row.config)
         captions = caption_stage(db, run.run_id, clip, captioner, exp.captions, key, run.row.embedding_dtype,
-                                 run.row.embedding_run_id, progress)
+                                 run.row.embedding_run_id, progress,
+                                 prefixes={p.text: p.texts[0] for p in exp.prompts if p.ensemble})
         if captions.keys:
             echo(captions.describe())
     with store.connect(db) as con:

@@ -26,7 +26,7 @@ from compute.engine import SweepEngine, means_on
 from compute.loader import device_table, load, table_values
 from compute.models import load_clip, quiet_transformers
 from compute.pixels import Recipe
-from compute.scoring import BatchScoring, logit_scale, score_batch, stacked, text_embeddings, truth_matrix
+from compute.scoring import BatchScoring, logit_scale, prompt_embeddings, score_batch, stacked, truth_matrix
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SweepPlan:
     ablations: list[Ablation]  # the run's ablations in order
     keep: list[int]  # the ablation ids results come back for: those still pending (compute.runner.SweepWork.keep)
     means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
-    prompts: list[str]
+    prompts: list[list[str]]  # per prompt its texts (one, or an ensemble's: compute.config.Prompt.texts)
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
@@ -83,7 +83,7 @@ class SweepActor:
         clip = self.clip
         self.engine = SweepEngine(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype))
         # (P, E) prompts, once per actor as once per run
-        self.scoring = BatchScoring(text_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
+        self.scoring = BatchScoring(prompt_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

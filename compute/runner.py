@@ -36,9 +36,9 @@ from compute.scoring import (
     BatchScoring,
     PendingBatch,
     logit_scale,
+    prompt_embeddings,
     score_batch,
     stacked,
-    text_embeddings,
     text_tokens,
     truth_matrix,
 )
@@ -229,14 +229,17 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
     prep, run_id, pending, method, stats = work.prep, work.run_id, work.pending, work.method, work.stats
     exp, clip, ablations = prep.exp, prep.clip, prep.ablations
     means = means_on(work.means, clip.device, clip.dtype)
-    texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
     # once per run, not per ablation or batch
-    scoring = BatchScoring(text_embeddings(clip, texts), logit_scale(clip), work.keep, exp.store.embeddings)
+    scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in exp.prompts]), logit_scale(clip), work.keep,
+                           exp.store.embeddings)
     engine = SweepEngine(clip.model, ablations, means) if method == "engine" else None
     tokens = None
+    # The plain method's own logits are of one text per prompt: with an ensemble its check is of the image
+    # side, and the logits come from its embeddings as the engine's do.
+    own_logits = not any(p.ensemble for p in exp.prompts)
     if method == "plain":
-        tokens = text_tokens(clip, texts)
+        tokens = text_tokens(clip, [p.texts[0] for p in exp.prompts])
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""
@@ -247,6 +250,7 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
             embeddings = stacked(engine.embeddings(batch.pixel_values), ablations)  # (n, A, E)
         else:
             embeddings, logits = plain_batch(clip.model, ablations, batch.pixel_values, tokens, means)
+            logits = logits if own_logits else None
         truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
         return score_batch(scoring, [r.image_id for r in batch.records], truth, embeddings, logits, batch.errors,
                            batch.attempted)
