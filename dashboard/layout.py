@@ -42,12 +42,14 @@ def _chart_spec(builder_name: str, args: tuple, _builder: Callable[..., Any]) ->
     return _builder(*args).to_dict(validate=False)
 
 
-def chart(builder: Callable[..., Any], *args: Any, container: Any = None) -> None:
+def chart(builder: Callable[..., Any], *args: Any, container: Any = None, width: str = "stretch") -> None:
     """Draw ``builder(*args)`` (a pure builder of analysis.charts); its Vega-Lite spec is cached on the
-    arguments, so a rerun that changes another part of the page does not rebuild it."""
+    arguments, so a rerun that changes another part of the page does not rebuild it. ``width="content"``:
+    the chart's own size (a square scatter; a stretched chart is fitted to its height, legend included, and
+    a tall legend squeezes the plot)."""
     reading.release()  # drawing takes longer than reading: let a waiting writer in meanwhile
     spec = _chart_spec(_name(builder), args, builder)
-    (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
+    (container if container is not None else st).vega_lite_chart(spec=spec, width=width)
 
 
 def chart_panels(builder: Callable[..., Any], summary: pd.DataFrame, metrics: list[str]) -> None:
