@@ -430,7 +430,10 @@ def embedding_chart(moves: pd.DataFrame, colour: str, colour_title: str, ablatio
     shape) pair. Square, one unit as long across as up (distances read true), ``size`` px a side."""
     data = moves.assign(**{colour: embedding_categories(moves[colour].astype(str))})
     categories = sorted(set(data[colour]) - {OTHER}) + ([OTHER] if OTHER in set(data[colour]) else [])
-    legend = alt.Legend(orient="bottom", columns=3, labelLimit=240, symbolLimit=0, title=colour_title)
+    # As many legend columns as fit under the plot (about 6 px a character), so the legend is never wider.
+    entry = 28 + min(6 * max((len(c) for c in categories), default=1), size - 28)
+    legend = alt.Legend(orient="bottom", columns=max(1, min(4, size // entry)), labelLimit=size - 28, symbolLimit=0,
+                        title=colour_title)
     colour_enc = alt.Color(f"{colour}:N", scale=category_scale(categories), legend=legend)
     shape_enc = alt.Shape(f"{colour}:N", scale=shape_scale(categories), legend=legend)
     x_domain, y_domain = _equal_frame(data)

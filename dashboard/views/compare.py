@@ -68,13 +68,13 @@ if mode == "runs":
     family = {ctx.name, parent.get(ctx.name, "")} - {""}
     about = dict(sorted(about.items(), key=lambda kv: (not ({kv[0], parent.get(kv[0], "")} & family),
                                                        "another model" in kv[1])))
-    left, right = st.columns(2)
-    run_b = param_select("Run B", list(about), "run_b", container=right,
+    st.caption(f"A: run {md(ctx.name)} ({md(ctx.run['model'])}, {int(ctx.run['n_layers'])} layers)")
+    pick, axis_col = st.columns([2, 1])  # the runs' names with how they differ: the wider column
+    run_b = param_select("Run B", list(about), "run_b", container=pick,
                          format_func=lambda r: f"{r} ({about[r]})")
     row_b = shared[shared["run"] == run_b].iloc[0]
     run_id_b = int(row_b["run_id"])
-    left.caption(f"A: run {md(ctx.name)} ({md(ctx.run['model'])}, {int(ctx.run['n_layers'])} layers)")
-    axis = param_select("Accuracy axis", list(AXES), "axis", format_func=AXES.get, container=left)
+    axis = param_select("Accuracy axis", list(AXES), "axis", format_func=AXES.get, container=axis_col)
     full = axis == "full"
     pairs = load(tables.compare_runs, ctx.run_id, run_id_b)
     summary_a = load(tables.summary, ctx.run_id)
