@@ -128,16 +128,18 @@ def parse_lines(text: str, run_labels: list[str] | tuple[str, ...] = ()) -> Pars
     return Parsed(tuple(prompts), tuple(problems))
 
 
-def label_checks(emb: RunEmbeddings, prompts: tuple[LabPrompt, ...]) -> tuple[list[str], list[str], str]:
+def label_checks(emb: RunEmbeddings, prompts: tuple[LabPrompt, ...],
+                 vocabulary: tuple[set[str], dict[int, list[str]]] | None = None) -> tuple[list[str], list[str], str]:
     """The CLI's check of prompt labels (compute.dataset.prompt_label_problems, every label at once):
     -> (errors: labels no image of the dataset could carry, with the closest known ones; warnings: known labels
     none of the run's images carries, as ``run`` warns; a note when the dataset files could not be read and
-    the labels were checked against those the run's images carry)."""
+    the labels were checked against those the run's images carry). ``vocabulary``: the dataset's
+    (compute.dataset.label_vocabulary), when already read."""
     labels = list(dict.fromkeys(p.label for p in prompts))
     carried = {x for image in emb.labels for x in image}
     note = ""
     try:
-        errors = prompt_label_problems(emb.dataset, labels)
+        errors = prompt_label_problems(emb.dataset, labels, vocabulary)
     except InputError as e:  # a store opened where its dataset is not: check against what the store holds
         known = carried | {p.label for p in emb.prompts}
         errors = {}

@@ -170,10 +170,9 @@ def label_problems(cfg: DatasetConfig, prompt_labels: list[str], names: set[str]
     return problems
 
 
-def prompt_label_problems(cfg: DatasetConfig, prompt_labels: list[str]) -> dict[str, str]:
-    """What ``load_dataset`` checks of prompt labels, for prompts typed elsewhere (the Prompt lab): every label
-    no image of the dataset's files could carry, each with the closest known labels. Reads the annotations
-    (and with caption labels the captions) file; InputError when one cannot be read."""
+def label_vocabulary(cfg: DatasetConfig) -> tuple[set[str], dict[int, list[str]]]:
+    """What a prompt label is checked against: the category and supercategory names of the annotations file,
+    and with caption labels the captions of every image. Reads the files; InputError when one cannot be read."""
     data = load_json(cfg.annotations, "annotations")
     check_coco(data, cfg.annotations, "annotations")
     names = {c["name"] for c in data.get("categories", [])}
@@ -184,6 +183,15 @@ def prompt_label_problems(cfg: DatasetConfig, prompt_labels: list[str]) -> dict[
         check_coco(caps, cfg.captions, "captions")
         for ann in caps.get("annotations", []):
             captions_by_image.setdefault(ann["image_id"], []).append(str(ann.get("caption", "")))
+    return names, captions_by_image
+
+
+def prompt_label_problems(cfg: DatasetConfig, prompt_labels: list[str],
+                          vocabulary: tuple[set[str], dict[int, list[str]]] | None = None) -> dict[str, str]:
+    """What ``load_dataset`` checks of prompt labels, for prompts typed elsewhere (the Prompt lab): every label
+    no image of the dataset's files could carry, each with the closest known labels. ``vocabulary``:
+    ``label_vocabulary(cfg)`` if already read; else it is read (InputError when a file cannot be)."""
+    names, captions_by_image = vocabulary if vocabulary is not None else label_vocabulary(cfg)
     return label_problems(cfg, prompt_labels, names, captions_by_image)
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 
 from analysis import prompt_scores
 from analysis.prompt_scores import LabPrompt, PromptScores, RunEmbeddings
+from compute.dataset import label_vocabulary
 from compute.errors import InputError
 from compute.models import LoadedClip, load_clip
 from compute.rescore import rescore
@@ -33,10 +34,21 @@ def score(_clip: LoadedClip, _emb: RunEmbeddings, prompts: tuple[LabPrompt, ...]
     return prompt_scores.score(_clip, _emb, prompts)
 
 
+@st.cache_resource(show_spinner="Reading the run's labels...", max_entries=2)
+def _vocabulary(_emb: RunEmbeddings, key: tuple) -> tuple | None:
+    """The run's dataset labels (compute.dataset.label_vocabulary), read once per run; None when its files
+    cannot be read (prompt_scores.label_checks then says so)."""
+    try:
+        return label_vocabulary(_emb.dataset)
+    except InputError:
+        return None
+
+
 @st.cache_data(show_spinner="Checking the labels...", max_entries=32)
 def label_checks(_emb: RunEmbeddings, prompts: tuple[LabPrompt, ...], key: tuple = ()) -> tuple[list, list, str]:
-    """prompt_scores.label_checks, cached per (``key``, prompts): it reads the run's annotation files."""
-    return prompt_scores.label_checks(_emb, prompts)
+    """prompt_scores.label_checks, cached per (``key``: store, run and its state; prompts), against the run's
+    labels read once."""
+    return prompt_scores.label_checks(_emb, prompts, _vocabulary(_emb, key))
 
 
 def save(db: Path, run: str, prompts: tuple[LabPrompt, ...], name: str, clip: LoadedClip) -> int:
