@@ -4,6 +4,7 @@ one ablation, and McNemar's paired test of every ablation against baseline (the 
 import streamlit as st
 
 from analysis import charts, queries, slices, stats, tables
+from analysis.subsets import MAX_LABELS
 from analysis.text import md
 from dashboard import layout, widgets
 from dashboard.context import context, no_results
@@ -72,8 +73,7 @@ st.caption(f"Images right under only one of baseline and the ablation; exact bin
            f"{stats.EXACT_BELOW} such images (no statistic: the p-value is the binomial tail), otherwise chi-square "
            f"with continuity correction. Holm's adjustment accounts for testing every ablation: {n_significant} of "
            f"{len(tests)} differ from baseline at p (Holm) < {stats.ALPHA}, {n_worse} of them worse. Over "
-           f"{md(where.caption)}." + (f" {shown_caption}" if shown_caption else ""))
-tests = tables.select_ablations(tests, [a for a in shown if a in set(tests["ablation"])]) if shown_caption else tests
+           f"{md(where.caption)}.")
 verdicts = summary.set_index("ablation_id")["sig_accuracy"]
 chi_square = tests["method"].str.startswith("chi-square")
 shown_tests = tests.assign(
@@ -82,7 +82,9 @@ shown_tests = tests.assign(
     significant=[VERDICTS[int(verdicts.get(a, 0))] + (f" {tables.MARK}" if s else "")
                  for a, s in zip(tests["ablation_id"], tests["significant"], strict=True)])
 st.dataframe(
-    shown_tests.drop(columns=["ablation_id"]), hide_index=True, height="content",
+    # Every test of the run: whole up to a subset's length, past it scrolling inside the table.
+    shown_tests.drop(columns=["ablation_id"]), hide_index=True,
+    height="content" if len(shown_tests) <= MAX_LABELS else 36 * (MAX_LABELS + 1),
     column_config={
         "ablation": st.column_config.TextColumn("ablation", pinned=True),
         "pairs": st.column_config.NumberColumn("images", help="computed under both"),
