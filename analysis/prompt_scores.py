@@ -132,7 +132,7 @@ def label_checks(emb: RunEmbeddings, prompts: tuple[LabPrompt, ...],
                  vocabulary: tuple[set[str], dict[int, list[str]]] | None = None) -> tuple[list[str], list[str], str]:
     """The CLI's check of prompt labels (compute.dataset.prompt_label_problems, every label at once):
     -> (errors: labels no image of the dataset could carry, with the closest known ones; warnings: known labels
-    none of the run's images carries, as ``run`` warns; a note when the dataset files could not be read and
+    none of the run's images carries, as ``run`` warns, other than the run's own; a note when the dataset files could not be read and
     the labels were checked against those the run's images carry). ``vocabulary``: the dataset's
     (compute.dataset.label_vocabulary), when already read."""
     labels = list(dict.fromkeys(p.label for p in prompts))
@@ -149,7 +149,9 @@ def label_checks(emb: RunEmbeddings, prompts: tuple[LabPrompt, ...],
                 errors[label] = (f"prompt label {label!r} is carried by no image of the run"
                                  + (f"; closest known labels: {', '.join(repr(c) for c in close)}" if close else ""))
         note = f"The run's dataset files could not be read ({e}): labels were checked against those its images carry."
-    uncarried = [label for label in labels if label not in carried and label not in errors]
+    # As `run` warns; the run's own labels were warned about when it ran (a distractor such as "car" among cats).
+    own = {p.label for p in emb.prompts}
+    uncarried = [label for label in labels if label not in carried and label not in errors and label not in own]
     warnings = [f"no image of the run carries the label(s) {', '.join(repr(x) for x in uncarried)}: their prompts "
                 "can never be correct (fine for distractors)"] if uncarried else []
     return list(errors.values()), warnings, note

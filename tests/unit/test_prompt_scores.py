@@ -82,6 +82,9 @@ def test_labels_are_checked_as_the_command_line_checks_them(tmp_path):
     assert warnings == ["no image of the run carries the label(s) 'square': their prompts can never be correct "
                         "(fine for distractors)"]
     assert note == ""
+    # The run's own distractors were warned about when it ran: not again.
+    own = emb_of([("circle",)], ["baseline"], prompts=(lab("a square", "square"),), dataset=emb.dataset)
+    assert prompt_scores.label_checks(own, prompts[2:])[1] == []
     # Where the dataset files are not (a shared store), the labels the run's images carry are the reference.
     gone = emb_of([("circle",)], ["baseline"], dataset=DatasetConfig(images=tmp_path, annotations=tmp_path / "no.json"))
     errors, _, note = prompt_scores.label_checks(gone, (lab("a circel", "circel"), lab("a circle", "circle")))
