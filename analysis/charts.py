@@ -2,6 +2,14 @@
 
 Inputs are already aggregated in DuckDB (Altair's save refuses more than 5,000 rows, and a chart is no
 place for raw rows). Discrete axes keep the store's order (ablation_id, prompt_id), not alphabetical.
+
+One palette for the screen and the files (``PALETTE``, colour-blind safe): every colour a builder uses is
+written into its spec, so neither Streamlit's theme nor Vega's defaults choose one. Significance is told by
+colour, by the marker's shape (a triangle pointing the way of the change) and by its fill (filled: holds
+under the rule; hollow, white-filled: it does not), so it reads in grey print and for colour-blind readers.
+Accuracy axes zoom to the data unless asked for 0 to 1 (``full``).
+
+Long because it is every chart of every page in one place, where the palette and the marks are decided once.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import ALPHA
-from analysis.tables import METRIC_TITLES, METRICS, has_captions
+from analysis.subsets import MAX_LABELS
+from analysis.tables import METRIC_TITLES, METRICS, blocks, has_captions, single_layers
 
 # Charts get aggregates only (at most labels x labels cells). Altair's 5,000-row guard exists to stop raw
 # rows being embedded in a spec; here it would only refuse a confusion matrix of a large label set.
@@ -21,12 +30,71 @@ alt.data_transformers.disable_max_rows()
 
 TOOLTIP_FORMAT = ".4f"
 
+# Okabe & Ito's colour-blind-safe palette (Wong, Nature Methods 8:441, 2011), blue first: every categorical
+# colour on screen and in the exported files (analysis.figures) comes from here, in this order.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+GREY = "#8C8C8C"
+# Seven marker shapes: with eight colours, 56 (colour, shape) pairs before one repeats (7 and 8 are coprime).
+SHAPES = ["circle", "square", "triangle-up", "diamond", "cross", "triangle-down", "wedge"]
+HOLLOW = "white"  # the fill of a marker that does not hold: opaque, so a rule behind it cannot hide it
+
 SLANTED = alt.Axis(labelAngle=-60, labelOverlap=False, labelLimit=240)  # every ablation label, whole
+# Ablations across a heatmap: upright labels take the least width (a label's height, ~11 px a column), so up to
+# analysis.subsets.MAX_LABELS columns stay apart on an 800 px screen too.
+UPRIGHT = alt.Axis(labelAngle=-90, labelOverlap=False, labelLimit=240, labelFontSize=10)
+BOTTOM = alt.Legend(orient="bottom")  # a legend under a heatmap leaves its width to the cells
 FULL_LABELS = alt.Axis(labelOverlap=False, labelLimit=400)  # prompts and labels never cut to "a photo of a…"
 # The one significance rule (analysis.stats), as chart colours and legends.
 SIG_TITLE = f"Holm-adjusted p < {ALPHA}"
 SIG_NAMES = {-1: "significantly lower", 0: "not significant", 1: "significantly higher"}
-SIG_SCALE = alt.Scale(domain=list(SIG_NAMES.values()), range=["#d62728", "#7f7f7f", "#2ca02c"])
+SIG_COLOURS = [PALETTE[3], GREY, PALETTE[0]]  # lower: vermillion, not significant: grey, higher: blue
+SIG_SHAPES = ["triangle-down", "circle", "triangle-up"]
+SIG_SCALE = alt.Scale(domain=list(SIG_NAMES.values()), range=SIG_COLOURS)
+SIG_SHAPE_SCALE = alt.Scale(domain=list(SIG_NAMES.values()), range=SIG_SHAPES)
+SIG_NOTE = "filled ▼ lower, ▲ higher: p (Holm) < 0.05; hollow ○: not significant"
+
+
+def category_scale(domain: list | None = None) -> alt.Scale:
+    """The palette as a nominal scale (``domain``: the categories in the order their colours go)."""
+    return alt.Scale(range=PALETTE) if domain is None else alt.Scale(domain=list(domain), range=PALETTE)
+
+
+def shape_scale(domain: list | None = None) -> alt.Scale:
+    return alt.Scale(range=SHAPES) if domain is None else alt.Scale(domain=list(domain), range=SHAPES)
+
+
+def zoom(values, metric: str = "accuracy", full: bool = False) -> alt.Scale:
+    """An axis over ``values`` with a little room (accuracy kept inside 0-1), or with ``full`` an accuracy axis
+    from 0 to 1: a 0-1 axis squeezes 0.84-1.00 into its top sixth."""
+    if full and metric == "accuracy":
+        return alt.Scale(domain=[0, 1])
+    v = pd.to_numeric(pd.Series(list(values), dtype=float), errors="coerce").dropna()
+    if v.empty:
+        return alt.Scale(zero=False)
+    lo, hi = float(v.min()), float(v.max())
+    pad = max((hi - lo) * 0.08, 0.005)
+    lo, hi = lo - pad, hi + pad
+    if metric == "accuracy":
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    return alt.Scale(domain=[round(lo, 4), round(hi, 4)], zero=False, nice=False)
+
+
+def axis_note(metric: str, full: bool) -> str:
+    return "axis 0 to 1" if full and metric == "accuracy" else "axis zoomed to the data"
+
+
+def _significance(base: alt.Chart, field: str, colour: alt.Color | None = None, size: int = 60, **encoding):
+    """A point per row marked by the one rule: ``field`` holds SIG_NAMES; its shape says the direction, a
+    filled marker holds, a hollow (white-filled) one does not. Colour: ``colour`` (e.g. the kind), else the
+    verdict's own, with one legend for shape and colour. With another colour the chart's subtitle says what
+    the shapes mean (SIG_NOTE): a Vega legend of shapes alone would draw its symbols without colour or fill."""
+    legend = alt.Legend(orient="bottom", direction="vertical", title=SIG_TITLE) if colour is None else None
+    shape = alt.Shape(f"{field}:N", scale=SIG_SHAPE_SCALE, legend=legend)
+    stroke = colour if colour is not None else alt.Color(f"{field}:N", scale=SIG_SCALE, legend=legend)
+    same = {k: v for k, v in stroke.to_dict().items() if k in ("field", "type", "scale", "sort")}
+    fill = alt.condition(f"datum.{field} !== {_js(SIG_NAMES[0])}", alt.Fill(**same, legend=legend if colour is None else alt.Undefined), alt.value(HOLLOW))
+    return base.mark_point(size=size, strokeWidth=1.8, opacity=1).encode(shape=shape, color=stroke, fill=fill,
+                                                                         **encoding)
 
 
 def _summary_long(summary: pd.DataFrame, prefix: str = "", metrics: list[str] | None = None) -> pd.DataFrame:
@@ -77,29 +145,25 @@ def table1_chart(summary: pd.DataFrame, metrics: list[str] | None = None, width:
     long = _summary_long(summary, metrics=metrics)
     order = list(summary["ablation"])
     base = alt.Chart().encode(y=alt.Y("ablation:N", sort=order, title=None, axis=FULL_LABELS))
-    bars = base.mark_bar(opacity=0.8).encode(
+    bars = base.mark_bar(opacity=0.8, color=PALETTE[0]).encode(
         x=alt.X("mean:Q", title=None),
         tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"), ("hi", "Q")),
     )
-    whiskers = base.mark_errorbar(ticks=True).encode(x=alt.X("lo:Q", title=None), x2="hi:Q")
+    whiskers = base.mark_errorbar(ticks=True, color="black").encode(x=alt.X("lo:Q", title=None), x2="hi:Q")
     return _panels(alt.layer(bars, whiskers, data=long), summary, metrics, width,
                    "mean, 95% interval")
 
 
 def change_chart(summary: pd.DataFrame, metrics: list[str] | None = None, width: int | str = 220):
-    """Per ablation, each metric's change against baseline with its paired 95% interval, coloured by the
+    """Per ablation, each metric's change against baseline with its paired 95% interval, marked by the
     significance rule (Holm-adjusted McNemar for accuracy, the paired t-test for the scores)."""
     long = _summary_long(summary, prefix="d_", metrics=metrics).dropna(subset=["mean"])  # baseline: no change
     order = [a for a in summary["ablation"] if a in set(long["ablation"])]
     base = alt.Chart().encode(y=alt.Y("ablation:N", sort=order, title=None, axis=FULL_LABELS))
-    points = base.mark_point(filled=True, size=50).encode(
-        x=alt.X("mean:Q", title=None),
-        color=alt.Color("change:N", title=SIG_TITLE, scale=SIG_SCALE,
-                        legend=alt.Legend(orient="bottom", direction="vertical")),
-        tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"), ("hi", "Q"),
-                         ("p_holm", "Q"), ("change", "N")),
-    )
-    whiskers = base.mark_errorbar(ticks=True).encode(x=alt.X("lo:Q", title=None), x2="hi:Q")
+    points = _significance(base, "change", x=alt.X("mean:Q", title=None),
+                           tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"),
+                                            ("hi", "Q"), ("p_holm", "Q"), ("change", "N")))
+    whiskers = base.mark_errorbar(ticks=True, color=GREY).encode(x=alt.X("lo:Q", title=None), x2="hi:Q")
     zero = alt.Chart().mark_rule(strokeDash=[4, 3], color="#555").encode(x=alt.datum(0))
     return _panels(alt.layer(zero, whiskers, points, data=long), summary, metrics, width,
                    "change vs baseline, 95% interval")
@@ -114,80 +178,87 @@ def _one_metric(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     })
 
 
-def _baseline_rule(summary: pd.DataFrame, metric: str, axis: str = "y") -> alt.Chart:
+def _baseline_value(summary: pd.DataFrame, metric: str) -> list[float]:
     base = summary.loc[summary["kind"] == "baseline", metric]
-    values = [float(base.iloc[0])] if len(base) and pd.notna(base.iloc[0]) else []  # none before it is computed
-    rule = alt.Chart(pd.DataFrame({"baseline": values}, dtype=float)).mark_rule(strokeDash=[6, 4], color="#444")
+    return [float(base.iloc[0])] if len(base) and pd.notna(base.iloc[0]) else []  # none before it is computed
+
+
+def _baseline_rule(summary: pd.DataFrame, metric: str, axis: str = "y") -> alt.Chart:
+    rule = alt.Chart(pd.DataFrame({"baseline": _baseline_value(summary, metric)}, dtype=float)).mark_rule(
+        strokeDash=[6, 4], color="#444")
     return rule.encode(**{axis: alt.Y("baseline:Q") if axis == "y" else alt.X("baseline:Q")},
                        tooltip=_tooltip(("baseline", "Q")))
 
 
-def layer_curve(summary: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
-    """Single-layer ablations: ``metric`` against the layer (line, 95% band), one colour per kind; filled
-    points are significant changes against baseline (the rule), hollow ones are not; the dashed line is
-    baseline."""
-    data = _one_metric(summary, metric)
+def layer_curve(summary: pd.DataFrame, metric: str = "accuracy", full: bool = False) -> alt.LayerChart:
+    """Single-layer ablations: ``metric`` against the layer (line, 95% band), one colour per kind; each point
+    marked by the rule (shape and fill); the dashed line is baseline. ``full``: an accuracy axis from 0 to 1
+    instead of one zoomed to the data."""
+    data = _one_metric(summary[single_layers(summary)], metric).rename(columns={"first_layer": "layer"})
     # whole single layers only: one point per kind and layer (head-level and knockout ablations have their
     # own views, Heads and Flow)
-    whole = (summary["n_heads"] == 0) & (summary["target"] == "") if "n_heads" in summary else True
-    data = data[(data["n_layers"] == 1) & whole].rename(columns={"first_layer": "layer"})
-    data = data.assign(significant=data["change"] != SIG_NAMES[0])
-    base = alt.Chart(data).encode(
-        x=alt.X("layer:O", title="ablated layer"),
-        color=alt.Color("kind:N", title="kind"),
-    )
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=METRIC_TITLES[metric]), y2="hi:Q")
-    line = base.mark_line().encode(y=alt.Y("mean:Q"))
-    points = base.mark_point(size=45, strokeWidth=1.5).encode(
-        y=alt.Y("mean:Q"),
-        fill=alt.condition("datum.significant", alt.Fill("kind:N", legend=None), alt.value("white")),
-        tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"), ("hi", "Q"),
-                         ("change", "N")),
-    )
-    return alt.layer(band, line, points, _baseline_rule(summary, metric)).properties(
-        title=_title(f"{METRIC_TITLES[metric]} per ablated layer", "95% band; filled: p (Holm) < 0.05", "dashed: baseline"),
-        height=260)
+    kinds = list(dict.fromkeys(data["kind"]))
+    y_scale = zoom([*data["lo"], *data["hi"], *_baseline_value(summary, metric)], metric, full)
+    colour = alt.Color("kind:N", title="kind", scale=category_scale(kinds))
+    base = alt.Chart(data).encode(x=alt.X("layer:O", title="ablated layer", axis=alt.Axis(labelAngle=0)),
+                                  color=colour)
+    band = base.mark_area(opacity=0.18).encode(y=alt.Y("lo:Q", title=METRIC_TITLES[metric], scale=y_scale), y2="hi:Q")
+    line = base.mark_line().encode(y=alt.Y("mean:Q", scale=y_scale))
+    points = _significance(base, "change", colour, y=alt.Y("mean:Q", scale=y_scale),
+                           tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"),
+                                            ("hi", "Q"), ("change", "N")))
+    return alt.layer(band, line, _baseline_rule(summary, metric), points).properties(
+        title=_title(f"{METRIC_TITLES[metric]} per ablated layer", f"95% band; {SIG_NOTE}",
+                     f"dashed: baseline; {axis_note(metric, full)}"),
+        height=280)
 
 
-def block_bars(summary: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
-    """Ablations of several layers at once (blocks, all layers): ``metric`` with its 95% interval; a star
-    marks a significant change against baseline (the rule)."""
-    data = _one_metric(summary, metric)
-    data = data[data["n_layers"] > 1]
-    data = data.assign(mark=(data["change"] != SIG_NAMES[0]).map({True: "*", False: ""}))
+def block_bars(summary: pd.DataFrame, metric: str = "accuracy", full: bool = False) -> alt.LayerChart:
+    """Ablations of several layers at once (blocks, all layers): ``metric`` with its 95% interval, one row
+    per block (labels whole, however long), each point marked by the rule; dashed: baseline."""
+    data = _one_metric(summary[blocks(summary)], metric)
     order = list(data["ablation"])
-    base = alt.Chart(data).encode(x=alt.X("ablation:N", sort=order, title=None, axis=SLANTED))
-    bars = base.mark_bar(opacity=0.8).encode(
-        y=alt.Y("mean:Q", title=METRIC_TITLES[metric]),
-        color=alt.Color("kind:N", title="kind"),
-        tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"), ("hi", "Q"),
-                         ("change", "N")),
-    )
-    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=METRIC_TITLES[metric]), y2="hi:Q")
-    stars = base.mark_text(dy=-8, fontSize=14, fontWeight="bold").encode(y=alt.Y("hi:Q"), text="mark:N")
-    return alt.layer(bars, whiskers, stars, _baseline_rule(summary, metric)).properties(
-        title=_title(f"{METRIC_TITLES[metric]} per block", "95% interval; *: p (Holm) < 0.05", "dashed: baseline"),
-        height=340)
+    kinds = list(dict.fromkeys(data["kind"]))
+    x_scale = zoom([*data["lo"], *data["hi"], *_baseline_value(summary, metric)], metric, full)
+    base = alt.Chart(data).encode(y=alt.Y("ablation:N", sort=order, title=None, axis=FULL_LABELS))
+    whiskers = base.mark_errorbar(ticks=True, color=GREY).encode(
+        x=alt.X("lo:Q", title=METRIC_TITLES[metric], scale=x_scale), x2="hi:Q")
+    points = _significance(base, "change", alt.Color("kind:N", title="kind", scale=category_scale(kinds)),
+                           size=70, x=alt.X("mean:Q", scale=x_scale),
+                           tooltip=_tooltip(("ablation", "N"), ("images", "N"), ("mean", "Q"), ("lo", "Q"),
+                                            ("hi", "Q"), ("change", "N")))
+    return alt.layer(_baseline_rule(summary, metric, axis="x"), whiskers, points).properties(
+        title=_title(f"{METRIC_TITLES[metric]} per block", f"95% interval; {SIG_NOTE}",
+                     f"dashed: baseline; {axis_note(metric, full)}"),
+        height=alt.Step(24))
 
 
 def label_heatmap(label_accuracy: pd.DataFrame, ablations: pd.DataFrame) -> alt.LayerChart:
-    """Accuracy per ablation (columns, sweep order) x true label (rows)."""
+    """Accuracy per ablation (sweep order) x true label; the ablations run along the x axis, or down the y
+    axis when there are more than fit across (labels whole either way)."""
     data = label_accuracy.merge(ablations[["ablation_id", "ablation"]], on="ablation_id")
     order = list(ablations["ablation"])
-    base = alt.Chart(data).encode(
-        x=alt.X("ablation:N", sort=order, title=None, axis=SLANTED),
-        y=alt.Y("label:N", title="true label", axis=FULL_LABELS),
-    )
+    ablation_axis = alt.Axis(labelOverlap=False, labelLimit=400)
+    if len(order) > MAX_LABELS + 1:  # a subset and baseline fit across
+        enc = {"y": alt.Y("ablation:N", sort=order, title=None, axis=ablation_axis),
+               "x": alt.X("label:N", title="true label", axis=SLANTED)}
+        size = {"height": alt.Step(16)}
+    else:
+        enc = {"x": alt.X("ablation:N", sort=order, title=None, axis=UPRIGHT),
+               "y": alt.Y("label:N", title="true label", axis=FULL_LABELS)}
+        size = {}
+    base = alt.Chart(data).encode(**enc)
     cells = base.mark_rect().encode(
-        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy"),
+        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy",
+                        legend=BOTTOM),
         tooltip=_tooltip(("ablation", "N"), ("label", "N"), ("images", "N"), ("accuracy", "Q")),
     )
     layers = [cells]
-    if data["label"].nunique() <= 12:  # numbers stay legible only on small grids
-        layers.append(base.mark_text(fontSize=9).encode(
+    if data["label"].nunique() <= 12 and len(order) <= 30:  # numbers stay legible only on small grids
+        layers.append(base.mark_text(fontSize=10).encode(
             text=alt.Text("accuracy:Q", format=".2f"),
             color=alt.condition("datum.accuracy > 0.6", alt.value("black"), alt.value("white"))))
-    return alt.layer(*layers).properties(title=_title("accuracy per ablation x true label"))
+    return alt.layer(*layers).properties(title=_title("accuracy per ablation x true label"), **size)
 
 
 def confusion_chart(confusion: pd.DataFrame, ablation: str) -> alt.LayerChart:
@@ -198,7 +269,7 @@ def confusion_chart(confusion: pd.DataFrame, ablation: str) -> alt.LayerChart:
         y=alt.Y("true_label:N", title="true label", axis=FULL_LABELS),
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues"), title="images"),
+        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues"), title="images", legend=BOTTOM),
         tooltip=[alt.Tooltip("true_label:N"), alt.Tooltip("selected_label:N"), alt.Tooltip("images:Q", format=".3~f")],
     )
     layers = [cells]
@@ -214,7 +285,7 @@ def logit_heatmap(scores: pd.DataFrame, selections: pd.DataFrame, highlight: str
     prompts = list(dict.fromkeys(scores.sort_values("prompt_id")["prompt"]))
     picked = selections[["ablation", "selected_prompt"]].rename(columns={"selected_prompt": "prompt"})
     picked = picked.merge(scores, on=["ablation", "prompt"])
-    x_axis = alt.Axis(labelAngle=-60, labelOverlap=False, labelLimit=240,
+    x_axis = alt.Axis(labelAngle=-90, labelOverlap=False, labelLimit=240, labelFontSize=10,
                       labelFontWeight=alt.ExprRef(f"datum.value === {_js(highlight)} ? 'bold' : 'normal'")
                       if highlight else "normal")
     enc = {
@@ -223,10 +294,10 @@ def logit_heatmap(scores: pd.DataFrame, selections: pd.DataFrame, highlight: str
     }
     cells = alt.Chart(scores).mark_rect().encode(
         **enc,
-        color=alt.Color("logit:Q", scale=alt.Scale(scheme="viridis"), title="logit"),
+        color=alt.Color("logit:Q", scale=alt.Scale(scheme="viridis"), title="logit", legend=BOTTOM),
         tooltip=_tooltip(("ablation", "N"), ("prompt", "N"), ("label", "N"), ("logit", "Q"), ("prob", "Q")),
     )
-    outline = alt.Chart(picked).mark_rect(fillOpacity=0, stroke="#e45756", strokeWidth=2).encode(**enc)
+    outline = alt.Chart(picked).mark_rect(fillOpacity=0, stroke=PALETTE[3], strokeWidth=2).encode(**enc)
     layers = [cells, outline]
     notes = ["outlined: the selected prompt"]
     if highlight and highlight in order:
@@ -251,7 +322,8 @@ def logit_bars(scores: pd.DataFrame, ablations: list[str], top: int = 12) -> alt
     return alt.Chart(data).mark_bar().encode(
         y=alt.Y("prompt:N", sort=prompts, title=None, axis=FULL_LABELS),
         x=alt.X("logit:Q", title="logit"),
-        color=alt.Color("ablation:N", sort=ablations, title=None, legend=alt.Legend(orient="bottom")),
+        color=alt.Color("ablation:N", sort=ablations, title=None, legend=alt.Legend(orient="bottom"),
+                        scale=category_scale(ablations)),
         yOffset=alt.YOffset("ablation:N", sort=ablations),
         tooltip=_tooltip(("ablation", "N"), ("prompt", "N"), ("logit", "Q"), ("prob", "Q")),
     ).properties(title=_title(f"logits of the top {len(keep)} prompts", " vs ".join(ablations)))
@@ -263,46 +335,136 @@ def compare_chart(compare_labels: pd.DataFrame, name_a: str, name_b: str) -> alt
     return alt.Chart(data).mark_bar().encode(
         y=alt.Y("label:N", sort="x", title="true label", axis=FULL_LABELS),
         x=alt.X("difference:Q", title="accuracy of B minus A"),
-        color=alt.condition("datum.difference < 0", alt.value("#d62728"), alt.value("#2ca02c")),
+        color=alt.condition("datum.difference < 0", alt.value(SIG_COLOURS[0]), alt.value(SIG_COLOURS[2])),
         tooltip=_tooltip(("label", "N"), ("images", "N"), ("accuracy_a", "Q"), ("accuracy_b", "Q"),
                          ("difference", "Q")),
-    ).properties(title=_title("per-label accuracy, B minus A", f"A: {name_a}", f"B: {name_b}"))
+    ).properties(title=_title("per-label accuracy, B minus A", f"A: {name_a}", f"B: {name_b}",
+                              "vermillion: B lower; blue: B higher"))
 
 
-def lab_accuracy_chart(accuracy: pd.DataFrame) -> alt.Chart:
-    """Prompt lab: accuracy of the typed prompts under every ablation (bars, sweep order)."""
-    return alt.Chart(accuracy).mark_bar().encode(
-        x=alt.X("ablation:N", sort=list(accuracy["ablation"]), title=None, axis=SLANTED),
-        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
-        tooltip=_tooltip(("ablation", "N"), ("accuracy", "Q"), ("change", "Q")),
-    ).properties(title=_title("accuracy of these prompts per ablation"))
+def paired_accuracy_chart(rows: pd.DataFrame, name_a: str, name_b: str, full: bool = False) -> alt.LayerChart:
+    """Two sets of accuracies per ablation, side by side on one row each: A and B (a run and a rescored variant,
+    or the Prompt lab's prompts and the run's own), joined by a line. ``rows``: ablation, accuracy_a,
+    accuracy_b and ``change`` (SIG_NAMES: B against A under the rule; a hollow point where it does not hold)."""
+    order = list(rows["ablation"])
+    long = pd.concat([
+        rows.assign(which=name_a, accuracy=rows["accuracy_a"], change=SIG_NAMES[0]),
+        rows.assign(which=name_b, accuracy=rows["accuracy_b"]),
+    ], ignore_index=True)
+    x_scale = zoom([*rows["accuracy_a"], *rows["accuracy_b"]], "accuracy", full)
+    y = alt.Y("ablation:N", sort=order, title=None, axis=FULL_LABELS)
+    tooltip = [alt.Tooltip("ablation:N"), alt.Tooltip("which:N", title="prompts"),
+               alt.Tooltip("accuracy:Q", format=TOOLTIP_FORMAT), alt.Tooltip("change:N", title=f"B vs A, {SIG_TITLE}")]
+    lines = alt.Chart(rows).mark_rule(color=GREY).encode(y=y, x=alt.X("accuracy_a:Q", scale=x_scale), x2="accuracy_b:Q")
+    colour = alt.Color("which:N", title=None, scale=category_scale([name_a, name_b]),
+                       legend=alt.Legend(orient="bottom", labelLimit=400))
+    points = _significance(alt.Chart(long), "change", colour, size=70, y=y,
+                           x=alt.X("accuracy:Q", title="accuracy", scale=x_scale), tooltip=tooltip)
+    return alt.layer(lines, points).properties(
+        title=_title("accuracy per ablation", f"A: {name_a}", f"B: {name_b}",
+                     f"B {SIG_NOTE} (McNemar, Holm over the ablations); {axis_note('accuracy', full)}"),
+        height=alt.Step(20))
+
+
+def relative_depth_chart(curves: pd.DataFrame, full: bool = False) -> alt.LayerChart:
+    """Per-layer curves of runs with different depths on one axis: accuracy against the ablated layer's
+    relative depth (layer / the run's layers), one colour per run, 95% intervals, dashed: each run's
+    baseline. ``curves``: run, layer, n_layers, depth, accuracy, lo, hi, baseline, ablation."""
+    runs = list(dict.fromkeys(curves["run"]))
+    colour = alt.Color("run:N", title=None, scale=category_scale(runs), legend=alt.Legend(orient="bottom",
+                                                                                           labelLimit=400))
+    y_scale = zoom([*curves["lo"], *curves["hi"], *curves["baseline"]], "accuracy", full)
+    base = alt.Chart(curves).encode(x=alt.X("depth:Q", title="relative depth of the ablated layer (layer / layers)",
+                                            scale=alt.Scale(domain=[0, 1])), color=colour)
+    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("ablation:N"), alt.Tooltip("layer:Q"), alt.Tooltip("n_layers:Q"),
+               alt.Tooltip("accuracy:Q", format=TOOLTIP_FORMAT), alt.Tooltip("lo:Q", format=TOOLTIP_FORMAT),
+               alt.Tooltip("hi:Q", format=TOOLTIP_FORMAT)]
+    band = base.mark_errorbar(ticks=False, opacity=0.6).encode(y=alt.Y("lo:Q", title="accuracy", scale=y_scale),
+                                                              y2="hi:Q")
+    line = base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True)).encode(
+        y=alt.Y("accuracy:Q", scale=y_scale), shape=alt.Shape("run:N", scale=shape_scale(runs), legend=None),
+        tooltip=tooltip)
+    baselines = alt.Chart(curves.drop_duplicates("run")).mark_rule(strokeDash=[6, 4]).encode(
+        y=alt.Y("baseline:Q", scale=y_scale), color=colour)
+    return alt.layer(band, baselines, line).properties(
+        title=_title("accuracy per ablated layer, at its relative depth", "single whole-layer ablations; 95% intervals",
+                     f"dashed: each run's baseline; {axis_note('accuracy', full)}"),
+        height=320)
+
+
+def lab_accuracy_chart(accuracy: pd.DataFrame, full: bool = False) -> alt.LayerChart:
+    """Prompt lab: accuracy of the typed prompts under every ablation beside the run's own prompts
+    (``accuracy``: ablation, accuracy, run_accuracy, verdict), one row per ablation."""
+    rows = accuracy.rename(columns={"run_accuracy": "accuracy_a", "accuracy": "accuracy_b"})
+    rows = rows.assign(change=rows["verdict"].map(SIG_NAMES) if "verdict" in rows else SIG_NAMES[0])
+    return paired_accuracy_chart(rows, "the run's prompts", "these prompts", full)
+
+
+def _equal_frame(moves: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """x and y domains of the same length, holding every point: one unit is as long across as up."""
+    xs = pd.concat([moves["x0"], moves["x1"]])
+    ys = pd.concat([moves["y0"], moves["y1"]])
+    span = max(float(xs.max() - xs.min()), float(ys.max() - ys.min()), 1e-6) * 1.06
+    cx, cy = float(xs.max() + xs.min()) / 2, float(ys.max() + ys.min()) / 2
+    return [cx - span / 2, cx + span / 2], [cy - span / 2, cy + span / 2]
+
+
+MAX_CATEGORIES = len(PALETTE) * len(SHAPES) - 1  # distinct (colour, shape) pairs; the rest are "other"
+OTHER = "(other)"
+
+
+def embedding_categories(values: pd.Series) -> pd.Series:
+    """``values`` with the rarest categories past MAX_CATEGORIES lumped into OTHER: every category drawn then
+    has a (colour, shape) pair of its own."""
+    counts = values.value_counts()
+    if len(counts) <= MAX_CATEGORIES:
+        return values
+    keep = set(counts.index[:MAX_CATEGORIES])
+    return values.where(values.isin(keep), OTHER)
 
 
 def embedding_chart(moves: pd.DataFrame, colour: str, colour_title: str, ablation: str,
-                    baseline: str = "baseline") -> alt.LayerChart:
+                    baseline: str = "baseline", size: int = 400) -> alt.LayerChart:
     """Images in the 2-D frame of the baseline embeddings' PCA: a hollow point at baseline, a filled one
-    under ``ablation``, a line between them; coloured by the column ``colour``."""
-    colour_enc = alt.Color(f"{colour}:N", title=colour_title, legend=alt.Legend(orient="bottom", columns=4,
-                                                                                   labelLimit=240))
+    under ``ablation``, a line between them; each category of the column ``colour`` has its own (colour,
+    shape) pair. Square, one unit as long across as up (distances read true), ``size`` px a side."""
+    data = moves.assign(**{colour: embedding_categories(moves[colour].astype(str))})
+    categories = sorted(set(data[colour]) - {OTHER}) + ([OTHER] if OTHER in set(data[colour]) else [])
+    # As many legend columns as fit under the plot (about 6 px a character), so the legend is never wider.
+    entry = 28 + min(6 * max((len(c) for c in categories), default=1), size - 28)
+    legend = alt.Legend(orient="bottom", columns=max(1, min(4, size // entry)), labelLimit=size - 28, symbolLimit=0,
+                        title=colour_title)
+    colour_enc = alt.Color(f"{colour}:N", scale=category_scale(categories), legend=legend)
+    shape_enc = alt.Shape(f"{colour}:N", scale=shape_scale(categories), legend=legend)
+    x_domain, y_domain = _equal_frame(data)
+    x = alt.Scale(domain=x_domain, nice=False, zero=False)
+    y = alt.Scale(domain=y_domain, nice=False, zero=False)
     tooltip = [alt.Tooltip("image_id:N"), alt.Tooltip("label:N", title="true label"),
                alt.Tooltip(f"{colour}:N", title=colour_title), alt.Tooltip("cosine:Q", format=".3f")]
-    lines = alt.Chart(moves).mark_rule(opacity=0.35, strokeWidth=0.8, color="#888").encode(
-        x=alt.X("x0:Q", title="PC 1 (of baseline)"), y=alt.Y("y0:Q", title="PC 2 (of baseline)"), x2="x1:Q", y2="y1:Q")
-    before = alt.Chart(moves).mark_point(size=30, filled=False, opacity=0.7).encode(
-        x="x0:Q", y="y0:Q", color=colour_enc, tooltip=tooltip)
-    after = alt.Chart(moves).mark_point(size=30, filled=True, opacity=0.85).encode(
-        x="x1:Q", y="y1:Q", color=colour_enc, tooltip=tooltip)
+    lines = alt.Chart(data).mark_rule(opacity=0.35, strokeWidth=0.8, color=GREY).encode(
+        x=alt.X("x0:Q", title="PC 1 (of baseline)", scale=x), y=alt.Y("y0:Q", title="PC 2 (of baseline)", scale=y),
+        x2="x1:Q", y2="y1:Q")
+    before = alt.Chart(data).mark_point(size=36, filled=False, opacity=0.75, strokeWidth=1.2).encode(
+        x=alt.X("x0:Q", scale=x), y=alt.Y("y0:Q", scale=y), color=colour_enc, shape=shape_enc, tooltip=tooltip)
+    after = alt.Chart(data).mark_point(size=36, filled=True, opacity=0.85).encode(
+        x=alt.X("x1:Q", scale=x), y=alt.Y("y1:Q", scale=y), color=colour_enc, shape=shape_enc, tooltip=tooltip)
+    # "pad": the plot keeps its square, the legend below adds to the height (the default "fit" squeezes the plot
+    # into the height with the legend).
     return alt.layer(lines, before, after).properties(
-        height=460, title=_title("image embeddings, PCA of baseline", f"hollow: {baseline}; filled: {ablation}"))
+        width=size, height=size, autosize=alt.AutoSizeParams(type="pad", contains="padding"),
+        title=_title("image embeddings, PCA of baseline", f"hollow: {baseline}; filled: {ablation}",
+                     "equal axes: distances read true"))
 
 
 def movement_bars(shift: pd.DataFrame) -> alt.Chart:
-    """Per ablation (sweep order), the mean cosine of each image's embedding under it with its baseline one."""
-    return alt.Chart(shift).mark_bar().encode(
-        x=alt.X("ablation:N", sort=list(shift["ablation"]), title=None, axis=SLANTED),
-        y=alt.Y("cosine:Q", title="mean cosine with baseline", scale=alt.Scale(domain=[min(0.0, float(shift["cosine"].min())), 1])),
+    """Per ablation (sweep order, one row each), the mean cosine of each image's embedding under it with its
+    baseline one."""
+    return alt.Chart(shift).mark_bar(color=PALETTE[0]).encode(
+        y=alt.Y("ablation:N", sort=list(shift["ablation"]), title=None, axis=FULL_LABELS),
+        x=alt.X("cosine:Q", title="mean cosine with baseline",
+                scale=alt.Scale(domain=[min(0.0, float(shift["cosine"].min())), 1])),
         tooltip=_tooltip(("ablation", "N"), ("cosine", "Q"), ("images", "N")),
-    ).properties(title=_title("mean cosine with baseline", "1: the embeddings do not move"), height=360)
+    ).properties(title=_title("mean cosine with baseline", "1: the embeddings do not move"), height=alt.Step(16))
 
 
 
@@ -310,20 +472,32 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
 # Heads and token flow (data from analysis.heads).
 
 HOLDS_NOTE = "outlined: holds after Holm's correction of McNemar's test"
+MINUS = "\u2212"
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """A change as a cell shows it: one sign for zero ("0.00", never "−0.00" or "+0.00"), a typographic minus."""
+    if x is None or pd.isna(x):
+        return ""
+    value = round(float(x), digits) + 0.0  # + 0.0: no negative zero
+    if value == 0:
+        return f"{0:.{digits}f}"
+    return f"{value:+.{digits}f}".replace("-", MINUS)
 
 
 def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", group: str = "identity") -> alt.LayerChart:
     """Layer (rows, 1 at the top) x head (columns): the change of ``metric`` against baseline when that one
     head of ``group`` (heads.group_of) is ablated; outlined cells hold after Holm's correction. A point selection named "cell" carries
     the clicked cell's ablation (the Heads page opens the Failures page for it)."""
-    data = cells.assign(head_label="h" + cells["head"].astype(str), holds_text=cells["holds"].map({True: "yes", False: "no"}))
+    data = cells.assign(head_label="h" + cells["head"].astype(str), holds_text=cells["holds"].map({True: "yes", False: "no"}),
+                        change_text=cells["change"].map(signed))
     heads = [f"h{h}" for h in sorted(cells["head"].unique())]
     extent = float(np.nanmax(np.abs(data[["lo", "hi", "change"]].to_numpy()))) if len(data) else 0.0
     extent = extent if extent > 0 else 1e-3
     cell = alt.selection_point(name="cell", fields=["ablation"], on="click", clear=False)
     enc = {
-        "x": alt.X("head_label:O", sort=heads, title="head", axis=alt.Axis(labelAngle=0, orient="top")),
-        "y": alt.Y("layer:O", title="layer"),
+        "x": alt.X("head_label:O", sort=heads, title="head", axis=alt.Axis(labelAngle=0, orient="top", labelFontSize=12)),
+        "y": alt.Y("layer:O", title="layer", axis=alt.Axis(labelFontSize=12)),
     }
     title = f"Change in {METRIC_TITLES[metric]} against baseline"
     rects = alt.Chart(data).mark_rect(cursor="pointer").encode(
@@ -341,27 +515,31 @@ def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", group: str = "id
         fill=None, stroke="black", strokeWidth=2.5).encode(**enc)
     layers = [rects, holds]
     if len(heads) <= 16:  # numbers stay legible only on small grids
-        layers.append(alt.Chart(data).mark_text(fontSize=9).encode(
-            **enc, text=alt.Text("change:Q", format="+.2f"),
+        layers.append(alt.Chart(data).mark_text(fontSize=12).encode(
+            **enc, text=alt.Text("change_text:N"),
             color=alt.condition(f"abs(datum.change) > {extent * 0.6}", alt.value("white"), alt.value("black"))))
     return alt.layer(*layers).properties(
         title={"text": f"{title}: {group} on one head at a time", "subtitle": f"{HOLDS_NOTE}; click a cell "
                "to open its failures"},
-        width=alt.Step(44), height=alt.Step(22))
+        width=alt.Step(56), height=alt.Step(28))
 
 
 def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
     """Per layer, the change of ``metric`` against baseline when one flow of information is knocked out in
-    that layer alone, with its 95% paired interval; filled points hold after Holm's correction."""
+    that layer alone, with its 95% paired interval; each point marked by the rule (shape and fill: a hollow
+    point is white-filled, so the dashed zero line behind it cannot hide it)."""
     # Imported here, not above: compute.ablations brings torch (1-2 s), which no other chart needs.
     from compute.kinds import TARGETS
 
-    data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}))
+    verdict = np.where(~cells["holds"], 0, np.sign(cells["change"].fillna(0))).astype(int)
+    data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}),
+                        verdict=pd.Series(verdict, index=cells.index).map(SIG_NAMES))
     targets = [t for t in TARGETS if t in set(data["target"])]
+    colour = alt.Color("target:N", sort=targets, title="blocked flow (keys > queries)", scale=category_scale(targets))
     base = alt.Chart(data).encode(
         x=alt.X("layer:O", title="layer knocked out", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("target:N", sort=targets),
-        color=alt.Color("target:N", sort=targets, title="blocked flow (keys > queries)"),
+        color=colour,
     )
     whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=f"Δ {METRIC_TITLES[metric]}"), y2="hi:Q")
     tooltip = [alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
@@ -370,13 +548,9 @@ def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
                alt.Tooltip("hi:Q", format="+.4f", title="95% interval to"),
                alt.Tooltip("p_holm:Q", format=".3g", title="McNemar p (Holm)"),
                alt.Tooltip("holds_text:N", title="holds after Holm")]
-    # filled where the change holds after Holm, open elsewhere (two layers: one colour legend)
-    held = base.transform_filter("datum.holds").mark_point(filled=True, size=70, opacity=1).encode(
-        y=alt.Y("change:Q"), tooltip=tooltip)
-    open_ = base.transform_filter("!datum.holds").mark_point(size=70, strokeWidth=2).encode(
-        y=alt.Y("change:Q"), tooltip=tooltip)
+    points = _significance(base, "verdict", colour, size=80, y=alt.Y("change:Q"), tooltip=tooltip)
     zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="zero:Q")
-    return alt.layer(zero, whiskers, open_, held).properties(
+    return alt.layer(zero, whiskers, points).properties(
         title={"text": f"Change in {METRIC_TITLES[metric]} when one flow is knocked out in one layer",
-               "subtitle": "95% paired bootstrap intervals; filled: holds after Holm's correction of McNemar's test"},
+               "subtitle": f"95% paired bootstrap intervals; {SIG_NOTE} (Holm's correction of McNemar's test)"},
         height=300)

@@ -387,6 +387,49 @@ def compare_flips(con: Con, run_a: int, ablation_a: int, run_b: int, ablation_b:
     return con.execute(COMPARE_FLIPS, [run_b, ablation_b, run_a, ablation_a, limit]).df()
 
 
+# Two runs over the same images: which runs share images with a run (and label them alike), and per ablation
+# both runs have (matched by label), accuracy under each and McNemar's counts, paired on the images.
+SHARED_IMAGES = """
+WITH mine AS (SELECT image_id, file_name, labels FROM image_t WHERE run_id = ?)
+SELECT r.run_id, r.run, r.model, r.n_layers, COUNT(*) AS shared, COUNT(*) FILTER (WHERE i.labels = m.labels) AS same_labels
+FROM run_t r
+JOIN image_t i ON i.run_id = r.run_id
+JOIN mine m ON m.image_id = i.image_id AND m.file_name = i.file_name
+WHERE r.run_id <> ?
+GROUP BY r.run_id, r.run, r.model, r.n_layers
+ORDER BY r.run_id
+"""
+
+
+def shared_images(con: Con, run_id: int) -> pd.DataFrame:
+    """Every other run with images in common with ``run_id`` (same id and file name): run_id, run, model,
+    n_layers, shared (images), same_labels (of those, labelled alike in both)."""
+    return con.execute(SHARED_IMAGES, [run_id, run_id]).df()
+
+
+RUN_PAIRS = """
+SELECT ax.ablation_id, ax.ablation, COUNT(*) AS images,
+       AVG(x.correct::DOUBLE) AS accuracy_a, AVG(y.correct::DOUBLE) AS accuracy_b,
+       COUNT(*) FILTER (WHERE x.correct AND NOT y.correct) AS only_a,
+       COUNT(*) FILTER (WHERE y.correct AND NOT x.correct) AS only_b
+FROM selection_t x
+JOIN ablation_t ax ON ax.run_id = x.run_id AND ax.ablation_id = x.ablation_id
+JOIN ablation_t ay ON ay.run_id = ? AND ay.ablation = ax.ablation
+JOIN selection_t y ON y.run_id = ay.run_id AND y.ablation_id = ay.ablation_id AND y.image_id = x.image_id
+JOIN image_t i ON i.run_id = x.run_id AND i.image_id = x.image_id
+JOIN image_t iy ON iy.run_id = y.run_id AND iy.image_id = y.image_id AND iy.file_name = i.file_name
+WHERE x.run_id = ?
+GROUP BY ax.ablation_id, ax.ablation
+ORDER BY ax.ablation_id
+"""
+
+
+def run_pairs(con: Con, run_a: int, run_b: int) -> pd.DataFrame:
+    """Per ablation of run A that run B has too (the same label): images computed under it in both, accuracy
+    under each, and the images right only under A (only_a) and only under B (only_b); A's sweep order."""
+    return con.execute(RUN_PAIRS, [run_b, run_a]).df()
+
+
 # --------------------------------------------------------------------------------------------------
 # Stored image embeddings (the Embeddings page).
 

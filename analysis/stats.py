@@ -1,5 +1,7 @@
 """Statistics the pages report: paired bootstrap confidence intervals, McNemar's test, the paired t-test,
-Holm's adjustment. numpy only (scipy and statsmodels check it in the tests).
+Holm's adjustment. numpy only; McNemar's test, Holm's adjustment and the verdict live in
+compute.significance, so that the summary a run prints marks what the pages mark (scipy and statsmodels
+check them all in the tests).
 
 One significance rule for every page, chart, count and export (``RULE``): a change against baseline is
 significant when its Holm-adjusted p-value, over the run's ablations, is below ALPHA. The p-value of a
@@ -28,11 +30,13 @@ import warnings
 
 import numpy as np
 
+# McNemar's test, Holm's adjustment and the verdict live in the compute stage (its summary marks what the pages
+# mark); they are part of this module's interface.
+from compute.significance import ALPHA, EXACT_BELOW, mcnemar, verdict  # noqa: F401
+from compute.significance import holm as _holm
+
 N_BOOT = 1000
 SEED = 0
-ALPHA = 0.05  # family-wise error rate of the Holm-adjusted tests
-# Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
-EXACT_BELOW = 25
 
 
 @functools.lru_cache(maxsize=8)  # pages redraw the same slice often; the draws depend on n only
@@ -105,25 +109,6 @@ def _column_quantile(x: np.ndarray, q: float) -> np.ndarray:
     return np.where(count > 0, value, np.nan)
 
 
-def mcnemar(only_first: int, only_second: int) -> tuple[float, float, str]:
-    """McNemar's test of paired correctness. -> (statistic, two-sided p, method).
-
-    only_first: pairs right under the first condition only (b); only_second: right under the second only
-    (c). Exact binomial test below EXACT_BELOW discordant pairs (statistic = min(b, c)), otherwise the
-    chi-square statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on one degree of freedom.
-    """
-    b, c = int(only_first), int(only_second)
-    n = b + c
-    if n == 0:
-        return 0.0, 1.0, "none discordant"
-    if n < EXACT_BELOW:
-        k = min(b, c)
-        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-        return float(k), min(1.0, 2 * tail), "exact binomial"
-    chi2 = (abs(b - c) - 1) ** 2 / n
-    return chi2, math.erfc(math.sqrt(chi2 / 2)), "chi-square (continuity corrected)"
-
-
 def paired_t(differences: np.ndarray) -> np.ndarray:
     """Two-sided p-value of the paired t-test of each column's mean difference against zero.
 
@@ -190,38 +175,9 @@ def _beta_fraction(a: float, b: float, x: float, steps: int = 10_000, eps: float
     return h
 
 
-def bootstrap_p(mean: float, se: float) -> float:
-    """Two-sided p-value of a paired change ``mean`` with bootstrap standard error ``se`` (normal
-    approximation): how often a change this large would appear if the true change were zero.
-
-    Not the rule's test (``paired_t`` is): its standard error is a Monte-Carlo estimate, so a verdict near
-    ALPHA would change with the resampling seed. Kept to show that (tests/unit/test_stats.py)."""
-    if mean is None or se is None or math.isnan(mean) or math.isnan(se):
-        return math.nan
-    if se == 0:  # every resample gives the same change: exactly zero, or the same shift for every image
-        return 1.0 if mean == 0 else 0.0
-    return math.erfc(abs(mean / se) / math.sqrt(2))
-
-
 def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of a set of p-values (controls the family-wise error rate over the set).
-    NaN (a test that could not be made yet) stays NaN and is not counted in the set."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    adjusted = np.full(p.shape, np.nan)
-    present = np.flatnonzero(~np.isnan(p))
-    m = present.size
-    if m == 0:
-        return adjusted
-    order = present[np.argsort(p[present], kind="stable")]
-    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    return adjusted
-
-
-def verdict(change: float, p_holm: float, alpha: float = ALPHA) -> int:
-    """-1 significantly lower, +1 significantly higher, 0 not significant (or not tested)."""
-    if p_holm is None or math.isnan(p_holm) or p_holm >= alpha or change is None or math.isnan(change):
-        return 0
-    return -1 if change < 0 else (1 if change > 0 else 0)
+    """compute.significance.holm as an array: Holm-adjusted p-values, NaN where a test could not be made."""
+    return np.asarray(_holm(np.asarray(pvalues, dtype=np.float64).ravel()), dtype=np.float64).reshape(np.shape(pvalues))
 
 
 RULE = ("Significant: Holm-adjusted p < 0.05 over the run's ablations; McNemar's paired test for accuracy, "

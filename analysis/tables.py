@@ -156,6 +156,50 @@ def mcnemar_of(summary_frame: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
+def single_layers(frame: pd.DataFrame) -> pd.Series:
+    """Rows (of a summary or queries.ablations) that ablate one whole layer: no head, no knockout target. The
+    points of a curve per layer (head-level and knockout ablations have their own pages, Heads and Flow)."""
+    whole = (frame["n_heads"] == 0) & (frame["target"] == "") if "n_heads" in frame else True
+    return (frame["n_layers"] == 1) & whole & (frame["kind"] != "baseline")
+
+
+def blocks(frame: pd.DataFrame) -> pd.Series:
+    """Rows that ablate several layers at once (blocks, all layers)."""
+    return frame["n_layers"] > 1
+
+
+def depth_curve(summary_frame: pd.DataFrame, run: str, n_layers: int) -> pd.DataFrame:
+    """A run's accuracy per single ablated layer at the layer's relative depth (layer / n_layers), so runs of
+    models with 12 and 24 layers share an axis: run, ablation, kind, layer, n_layers, depth, accuracy, lo,
+    hi, baseline (the run's unablated accuracy)."""
+    rows = summary_frame[single_layers(summary_frame)]
+    base = summary_frame.loc[summary_frame["kind"] == "baseline", "accuracy"]
+    return pd.DataFrame({
+        "run": run, "ablation": rows["ablation"], "kind": rows["kind"], "layer": rows["first_layer"].astype(int),
+        "n_layers": int(n_layers), "depth": rows["first_layer"].astype(float) / float(n_layers),
+        "accuracy": rows["accuracy"], "lo": rows["accuracy_lo"], "hi": rows["accuracy_hi"],
+        "baseline": float(base.iloc[0]) if len(base) else np.nan,
+    }).reset_index(drop=True)
+
+
+def compare_runs(con: queries.Con, run_a: int, run_b: int) -> pd.DataFrame:
+    """Two runs over the same images (a rescored prompt variant, another model) ablation by ablation: per
+    ablation both have, accuracy under A and under B, B minus A, McNemar's paired test of B against A on the
+    images both computed, its p-value Holm-adjusted over these ablations and the verdict of the one rule
+    (``verdict``: -1 B significantly lower, +1 higher, 0 not)."""
+    return compare_runs_of(queries.run_pairs(con, run_a, run_b))
+
+
+def compare_runs_of(pairs: pd.DataFrame) -> pd.DataFrame:
+    """``compare_runs`` from queries.run_pairs' frame."""
+    tests = [stats.mcnemar(a, b) for a, b in zip(pairs["only_a"], pairs["only_b"], strict=True)]
+    out = pairs.assign(difference=pairs["accuracy_b"] - pairs["accuracy_a"],
+                       statistic=[t[0] for t in tests], method=[t[2] for t in tests], p=[t[1] for t in tests])
+    out["p_holm"] = stats.holm(out["p"].to_numpy(dtype=np.float64)) if len(out) else []
+    out["verdict"] = [stats.verdict(d, p) for d, p in zip(out["difference"], out["p_holm"], strict=True)]
+    return out.reset_index(drop=True)
+
+
 def reliably_worse(summary_frame: pd.DataFrame, metric: str = "accuracy") -> int:
     """Ablations whose ``metric`` is significantly lower than baseline's under the rule."""
     return int((summary_frame["sig_" + metric] < 0).sum())
@@ -177,11 +221,11 @@ def select_ablations(frame: pd.DataFrame, names: Sequence[str] | None) -> pd.Dat
 
 
 def number(x: float, digits: int = DIGITS, sign: bool = False) -> str:
-    """``x`` with ``digits`` decimals and a typographic minus; "−0.000" is "0.000"; NaN is "—"."""
+    """``x`` with ``digits`` decimals and a typographic minus; "−0.000" and "+0.000" are "0.000"; NaN is "—"."""
     if x is None or pd.isna(x):
         return "—"
     x = round(float(x), digits) + 0.0  # + 0.0: no negative zero
-    text = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    text = f"{x:+.{digits}f}" if sign and x != 0 else f"{x:.{digits}f}"  # zero has one form: "0.000"
     return text.replace("-", MINUS)
 
 

@@ -262,11 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rescore", help="score new prompts on a stored run, from its stored embeddings",
                        description="Make a new run with the same images, model and ablations as RUN and the prompts "
-                       "of PROMPTS.toml ([[prompts]] text/label entries), computed from RUN's stored image "
+                       "of PROMPTS.toml ([[prompts]] text/label entries, [[templates]]), computed from RUN's stored image "
                        "embeddings: one text pass, no vision tower. Captions are generated if RUN has a "
                        "captioner (reusing the caption cache). Running it again resumes.")
     p.add_argument("--run", required=True, help="the stored run to rescore")
-    p.add_argument("--prompts", required=True, help="TOML file of [[prompts]] entries (text, label)")
+    p.add_argument("--prompts", required=True, help="TOML file of [[prompts]] entries (text, label) and "
+                   "[[templates]] (text or ensemble holding {label}, labels)")
     p.add_argument("--as", dest="new_name", required=True, help="name of the new run")
     p.add_argument("--truncate-prompts", action="store_true",
                    help="cut prompts longer than the text tower's positions (77 tokens for CLIP) instead of "

@@ -76,15 +76,18 @@ class CaptionStats:
 
 def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner, cfg: CaptionsConfig,
                   key: str, embedding_dtype: str, embedding_run_id: int | None = None,
-                  progress: bool = True) -> CaptionStats:
+                  progress: bool = True, prefixes: dict[str, str] | None = None) -> CaptionStats:
     """Fill caption and caption_score for every selection of the run that has none.
 
     key: the captioner's cache key (store.caption_key); embedding_run_id: the run whose stored embeddings
-    serve this one (default: itself).
+    serve this one (default: itself); prefixes: the text to continue for a stored prompt text that is not
+    itself a prompt (an ensemble's name -> its first text; compute.config.Prompt).
     """
     stats = CaptionStats()
+    prefixes = prefixes or {}
     with store.connect(db) as con:
-        pending = store.pending_captions(con, run_id)  # (image_id, prompt_id, prefix, path)
+        pending = [(i, p, prefixes.get(prefix, prefix), path)  # (image_id, prompt_id, prefix, path)
+                   for i, p, prefix, path in store.pending_captions(con, run_id)]
         cached = store.cached_captions(con, key, sorted({row[3] for row in pending}))
     stats.keys = len(pending)
     if not pending:

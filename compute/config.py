@@ -4,6 +4,12 @@ Every key is declared below with its type and default; an unknown key at any lev
 Relative paths resolve against the experiment file's folder. ``identity()`` is the part of the config that
 defines a run's results (device, batch size and DB path do not): the store refuses to resume a run whose
 identity changed.
+
+Prompts come as ``[[prompts]]`` (a text and its label each) and ``[[templates]]`` (a text holding
+``{label}`` and the labels it is filled with, one prompt per label; or an ``ensemble`` of such texts, one
+prompt per label whose text embedding is the normalised mean of its texts' normalised embeddings, as
+CLIP's prompt ensembles). Templates are expanded here, once: the run stores, and its identity holds, the
+expanded prompts, so a template that expands to the prompts a file used to list is the same run.
 """
 
 from __future__ import annotations
@@ -67,8 +73,36 @@ class DatasetConfig:
 
 @dataclass
 class Prompt:
-    text: str
+    text: str  # what the store, the pages and the exports show; with an ensemble, a name for it
     label: str
+    # The texts whose normalised mean embedding is this prompt's (CLIP's prompt ensembles); [] = ``text`` alone.
+    ensemble: list[str] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts the text tower embeds for this prompt (compute.scoring.prompt_embeddings)."""
+        return list(self.ensemble) or [self.text]
+
+    def identity(self) -> list:
+        """The prompt in a run's identity: [text, label] as before ensembles existed (existing runs keep their
+        identity), with the ensemble's texts third when there are some."""
+        return [self.text, self.label, list(self.ensemble)] if self.ensemble else [self.text, self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "label": self.label, **({"ensemble": list(self.ensemble)} if self.ensemble else {})}
+
+
+LABEL = "{label}"  # where a template takes its label
+
+
+@dataclass
+class Template:
+    """``[[templates]]``: ``text`` (holding {label}) filled with each of ``labels``, one prompt per label; or
+    an ``ensemble`` of such texts, one prompt per label averaging them."""
+
+    labels: list[str]
+    text: str = ""
+    ensemble: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,7 +144,7 @@ class Experiment:
             "captioner": self.model.captioner,
             "dtype": self.model.dtype,
             "dataset": _jsonable(dataclasses.asdict(self.dataset)),
-            "prompts": [[p.text, p.label] for p in self.prompts],
+            "prompts": [p.identity() for p in self.prompts],
             "ablations": _jsonable(dataclasses.asdict(self.ablations)),
             "captions": _jsonable(dataclasses.asdict(self.captions)) if self.model.captioner != "none" else None,
             "embeddings": self.store.embeddings,
@@ -123,7 +157,7 @@ class Experiment:
     def to_json(self) -> str:
         """The resolved config, stored beside every run."""
         data = _jsonable(dataclasses.asdict(self))
-        data["prompts"] = [dataclasses.asdict(p) for p in self.prompts]
+        data["prompts"] = [p.to_dict() for p in self.prompts]  # expanded: templates are not kept
         return json.dumps(data, sort_keys=True)
 
 
@@ -160,7 +194,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
-    sections = {"name", "model", "dataset", "prompts", "ablations", "store", "captions"}
+    sections = {"name", "model", "dataset", "prompts", "templates", "ablations", "store", "captions"}
     _no_unknown(data, sections, "top level")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
@@ -195,7 +229,7 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     if dataset.limit is not None:
         check_count(dataset.limit, "dataset.limit", MAX_IMAGES, "images in one run")
 
-    prompts = parse_prompts(data.get("prompts"), "prompts")
+    prompts = parse_prompts(data.get("prompts"), "prompts", data.get("templates"))
     ablations = _section(AblationsConfig, data.get("ablations"), "ablations")
     ablations.sweep = _sweep_names(ablations.sweep)
     if len(ablations.extra) > MAX_ABLATIONS:
@@ -221,12 +255,17 @@ def _sweep_names(value: str | list[str]) -> str | list[str]:
     return names[0] if len(names) == 1 else names
 
 
-def parse_prompts(items: Any, where: str) -> list[Prompt]:
-    """A ``[[prompts]]`` array: text and label each, no duplicate texts, at least one."""
-    if not items:
-        raise InputError(f"no prompts: add [[prompts]] entries with text and label ({where})")
+def parse_prompts(items: Any, where: str, templates: Any = None) -> list[Prompt]:
+    """``[[prompts]]`` then ``[[templates]]`` expanded (in file order, labels in their order): text and label
+    each, no duplicate texts, at least one."""
+    items = items or []
     if not isinstance(items, list):
         raise InputError(f"'{where}' must be an array of tables: [[prompts]] text = ..., label = ...")
+    if templates is not None and not isinstance(templates, list):
+        raise InputError("'templates' must be an array of tables: [[templates]] text = \"a photo of a {label}\", "
+                         "labels = [...]")
+    if not items and not templates:
+        raise InputError(f"no prompts: add [[prompts]] entries with text and label, or [[templates]] ({where})")
     if len(items) > MAX_PROMPTS:
         raise InputError(f"{len(items):,} prompts: a run holds at most {MAX_PROMPTS:,}")
     prompts = []
@@ -239,7 +278,12 @@ def parse_prompts(items: Any, where: str) -> list[Prompt]:
                              f"characters)")
         prompt.text = check_line(prompt.text, f"{where} #{i}.text")
         prompt.label = check_line(prompt.label, f"{where} #{i}.label")
+        prompt.ensemble = [check_line(t, f"{where} #{i}.ensemble") for t in prompt.ensemble]
         prompts.append(prompt)
+    for i, item in enumerate(templates or [], start=1):
+        prompts += expand_template(item, f"templates #{i}")
+    if len(prompts) > MAX_PROMPTS:
+        raise InputError(f"{len(prompts):,} prompts: a run holds at most {MAX_PROMPTS:,}")
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.text in seen:
@@ -248,13 +292,45 @@ def parse_prompts(items: Any, where: str) -> list[Prompt]:
     return prompts
 
 
+def ensemble_text(texts: list[str]) -> str:
+    """The text an ensemble prompt is stored and shown as: its texts, joined."""
+    return f"mean of {len(texts)}: " + " / ".join(texts)
+
+
+def expand_template(item: Any, where: str) -> list[Prompt]:
+    """One ``[[templates]]`` table -> its prompts, one per label: ``text`` with {label} replaced, or an
+    ensemble of ``ensemble``'s texts (a single-text ensemble is that text)."""
+    if not isinstance(item, dict):
+        raise InputError(f"{where} must be a table with text (or ensemble) and labels")
+    template = _section(Template, item, where, required={"labels"})
+    if bool(template.text) == bool(template.ensemble):
+        raise InputError(f"[{where}] needs text = \"... {LABEL} ...\" or ensemble = [...] (one of the two)")
+    texts = [check_line(t, f"[{where}] ensemble") for t in template.ensemble] or [check_line(template.text, f"[{where}] text")]
+    for text in texts:
+        if LABEL not in text:
+            raise InputError(f"[{where}] template {text!r} does not hold {LABEL}")
+    if not template.labels:
+        raise InputError(f"[{where}] labels must list at least one non-empty label")
+    labels = [check_line(label, f"[{where}] label") for label in template.labels]
+    if len(labels) * len(texts) > MAX_PROMPTS:
+        raise InputError(f"[{where}] expands to {len(labels) * len(texts):,} texts: at most {MAX_PROMPTS:,}")
+    prompts = []
+    for label in labels:
+        filled = list(dict.fromkeys(text.replace(LABEL, label) for text in texts))
+        if len(filled) == 1:
+            prompts.append(Prompt(filled[0], label))
+        else:
+            prompts.append(Prompt(ensemble_text(filled), label, filled))
+    return prompts
+
+
 def load_prompts(path: str | Path) -> list[Prompt]:
-    """A prompts file: just ``[[prompts]]`` entries (for rescore)."""
+    """A prompts file: ``[[prompts]]`` and ``[[templates]]`` entries (for rescore)."""
     path = Path(path)
     data = read_toml(path, "prompts")
     try:
-        _no_unknown(data, {"prompts"}, "top level")
-        return parse_prompts(data.get("prompts"), "prompts")
+        _no_unknown(data, {"prompts", "templates"}, "top level")
+        return parse_prompts(data.get("prompts"), "prompts", data.get("templates"))
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
 

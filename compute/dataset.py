@@ -152,8 +152,18 @@ def check_labels(cfg: DatasetConfig, prompt_labels: list[str], names: set[str],
                  captions_by_image: dict[int, list[str]]) -> None:
     """InputError for the first prompt label no image of the whole dataset could carry, with the closest
     labels it knows. ``names``: the category and supercategory names of the annotations."""
+    problems = label_problems(cfg, prompt_labels, names, captions_by_image)
+    if problems:
+        raise InputError(next(iter(problems.values())))
+
+
+def label_problems(cfg: DatasetConfig, prompt_labels: list[str], names: set[str],
+                   captions_by_image: dict[int, list[str]]) -> dict[str, str]:
+    """Label -> its message, for every prompt label no image of the whole dataset could carry, naming the
+    closest labels it knows (``check_labels``' messages, every one of them)."""
     known = names if "categories" in cfg.labels else set()
     said = "\x00".join(c for caps in captions_by_image.values() for c in caps) if "captions" in cfg.labels else ""
+    problems = {}
     for label in dict.fromkeys(prompt_labels):
         if label in known or (said and phrase_pattern(label).search(said)):
             continue
@@ -165,11 +175,37 @@ def check_labels(cfg: DatasetConfig, prompt_labels: list[str], names: set[str],
         close = difflib.get_close_matches(label, sorted(candidates), n=3, cutoff=0.6)
         sources = [f"categories of {cfg.annotations}" if "categories" in cfg.labels else "",
                    f"captions of {cfg.captions}" if "captions" in cfg.labels else ""]
-        raise InputError(
+        problems[label] = (
             f"prompt label {label!r} is carried by no image: the {' or '.join(s for s in sources if s)} never "
             f"name it; " + (f"closest known labels: {', '.join(repr(c) for c in close)}" if close else
                             "no known label is close (a label is a category name, or a phrase of the captions "
                             "with dataset.labels = [\"captions\"])"))
+    return problems
+
+
+def label_vocabulary(cfg: DatasetConfig) -> tuple[set[str], dict[int, list[str]]]:
+    """What a prompt label is checked against: the category and supercategory names of the annotations file,
+    and with caption labels the captions of every image. Reads the files; InputError when one cannot be read."""
+    data = load_json(cfg.annotations, "annotations")
+    check_coco(data, cfg.annotations, "annotations")
+    names = {c["name"] for c in data.get("categories", [])}
+    names |= {c["supercategory"] for c in data.get("categories", []) if c.get("supercategory")}
+    captions_by_image: dict[int, list[str]] = {}
+    if "captions" in cfg.labels and cfg.captions is not None:
+        caps = load_json(cfg.captions, "captions")
+        check_coco(caps, cfg.captions, "captions")
+        for ann in caps.get("annotations", []):
+            captions_by_image.setdefault(ann["image_id"], []).append(str(ann.get("caption", "")))
+    return names, captions_by_image
+
+
+def prompt_label_problems(cfg: DatasetConfig, prompt_labels: list[str],
+                          vocabulary: tuple[set[str], dict[int, list[str]]] | None = None) -> dict[str, str]:
+    """What ``load_dataset`` checks of prompt labels, for prompts typed elsewhere (the Prompt lab): every label
+    no image of the dataset's files could carry, each with the closest known labels. ``vocabulary``:
+    ``label_vocabulary(cfg)`` if already read; else it is read (InputError when a file cannot be)."""
+    names, captions_by_image = vocabulary if vocabulary is not None else label_vocabulary(cfg)
+    return label_problems(cfg, prompt_labels, names, captions_by_image)
 
 
 def uncarried_labels(records: list[ImageRecord], prompt_labels: list[str]) -> list[str]:

@@ -123,7 +123,7 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
     prep, stats = work.prep, work.stats
     exp = prep.exp
     plan = SweepPlan(exp.model.clip, exp.model.device, exp.model.dtype, prep.ablations, work.keep, work.means,
-                     [p.text for p in exp.prompts], exp.store.embeddings,
+                     [p.texts for p in exp.prompts], exp.store.embeddings,
                      recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS))
     rows = input_rows(work.pending, [p.label for p in exp.prompts])
     bar = work.bar()

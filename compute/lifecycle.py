@@ -11,11 +11,12 @@ run is complete are decided here, once. Callers hold the run's lock (compute.run
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compute import store
+from compute import significance, store
 from compute.ablations import Ablation
 from compute.captions import CaptionStats, caption_stage
 from compute.config import Experiment
@@ -125,7 +126,8 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
         # The cache key as the dashboard reads it: from the run's stored config.
         key = store.caption_key(run.row.config)
         captions = caption_stage(db, run.run_id, clip, captioner, exp.captions, key, run.row.embedding_dtype,
-                                 run.row.embedding_run_id, progress)
+                                 run.row.embedding_run_id, progress,
+                                 prefixes={p.text: p.texts[0] for p in exp.prompts if p.ensemble})
         if captions.keys:
             echo(captions.describe())
     with store.connect(db) as con:
@@ -165,20 +167,42 @@ def precision_line(config: dict, verified: dict[str | None, int]) -> str | None:
             f"values{f' ({parts})' if parts else ''}")
 
 
+SIG_MARK = "*"  # after a change in accuracy that is significant (analysis.tables.MARK on the pages)
+
+
 def format_summary(rows: list[tuple]) -> str:
-    """The per-ablation table printed at the end of a run."""
+    """The per-ablation table printed at the end of a run (store.summary's rows): columns as wide as their
+    longest cell, the change in accuracy against baseline marked by the dashboard's rule (McNemar's test,
+    Holm-adjusted over the run's ablations, compute.significance)."""
     has_captions = any(r[4] is not None for r in rows)
-    head = f"{'ablation':<22} {'images':>6} {'accuracy':>9} {'score_baseline':>15}"
+    tests = [significance.mcnemar(r[5], r[6]) if not r[7] and r[1] else None for r in rows]
+    p_holm = significance.holm([t[1] if t else math.nan for t in tests])
+    base = next((r[2] for r in rows if r[7]), None)
+    head = ["ablation", "images", "accuracy", "change", "sig", "p (Holm)", "score_baseline"]
     if has_captions:
-        head += f" {'caption_score':>14}"
-    lines = [head, "-" * len(head)]
-    for ablation, n, acc, score, cap in rows:
-        line = f"{ablation:<22} {n:>6} {_fmt(acc):>9} {_fmt(score):>15}"
+        head.append("caption_score")
+    table = [head]
+    for r, test, p in zip(rows, tests, p_holm, strict=True):
+        ablation, n, acc, score, cap = r[:5]
+        change = None if test is None or acc is None or base is None else acc - base
+        mark = SIG_MARK if change is not None and significance.verdict(change, p) else ""
+        cells = [str(ablation), str(n), _fmt(acc), "" if change is None else f"{change:+.4f}", mark,
+                 "" if test is None else _p(p), _fmt(score)]
         if has_captions:
-            line += f" {_fmt(cap):>14}"
-        lines.append(line)
+            cells.append(_fmt(cap))
+        table.append(cells)
+    widths = [max(len(row[k]) for row in table) for k in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) if k != 4 else c.ljust(w)
+                       for k, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in table]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"{SIG_MARK} accuracy differs from baseline's: McNemar's paired test, Holm-adjusted p < "
+                 f"{significance.ALPHA} over the run's ablations (the dashboard's rule)")
     return "\n".join(lines)
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"

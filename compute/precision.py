@@ -85,13 +85,17 @@ class VerifiedSweep:
 
     def __init__(self, exact: LoadedClip, fast: LoadedClip, ablations: list[Ablation],
                  means: dict[str, dict[int, np.ndarray]], keep: list[int], text_norm: torch.Tensor,
-                 scale: LogitScale, method: str = "engine", texts: list[str] | None = None, verify: bool = True) -> None:
+                 scale: LogitScale, method: str = "engine", texts: list[str] | None = None, verify: bool = True,
+                 own_logits: bool = True) -> None:
         """exact: the float32 model; fast: the model the run computes in (``exact`` itself for float32); means:
         the run's statistics ({stat: {layer: (tokens, width) float32}}, from the float32 model); keep: the
         ablation ids the run still writes; text_norm (P, E) float32 and scale: the prompts, as score_batch
-        takes them; texts: the prompts (the plain method reruns the text tower). ``verify`` False: the low
-        precision as it comes (tests show what verification changes)."""
+        takes them; texts: the prompts, one text each (the plain method reruns the text tower). ``verify``
+        False: the low precision as it comes (tests show what verification changes). ``own_logits`` False: the
+        plain method's logits come from its embeddings as the engine's do (an ensemble prompt has no one text
+        whose logit the model computes)."""
         self.exact, self.fast, self.ablations, self.method = exact, fast, ablations, method
+        self.own_logits = own_logits
         self.verifying = verify and fast.dtype != torch.float32
         self.text_norm, self.scale = text_norm, scale
         self.keep = list(keep)
@@ -112,7 +116,8 @@ class VerifiedSweep:
         model's logits (n, a, P) float32 for the plain method, else None)."""
         x = pixels.to(clip.dtype)
         if self.method == "plain":
-            return plain_batch(clip.model, ablations, x, self.tokens, means)
+            emb, logits = plain_batch(clip.model, ablations, x, self.tokens, means)
+            return emb, logits if self.own_logits else None
         engine = self.engine if clip is self.fast else SweepEngine(clip.model, ablations, means)
         return stacked(engine.embeddings(x), ablations).float(), None
 

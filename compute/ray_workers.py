@@ -27,7 +27,7 @@ from compute.loader import device_table, load, table_values
 from compute.models import load_pair, quiet_transformers
 from compute.pixels import Recipe
 from compute.precision import VerifiedSweep
-from compute.scoring import BatchScoring, logit_scale, score_batch, text_embeddings, truth_matrix
+from compute.scoring import BatchScoring, logit_scale, prompt_embeddings, score_batch, truth_matrix
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SweepPlan:
     ablations: list[Ablation]  # the run's ablations in order
     keep: list[int]  # the ablation ids results come back for: those still pending (compute.runner.SweepWork.keep)
     means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
-    prompts: list[str]
+    prompts: list[list[str]]  # per prompt its texts (one, or an ensemble's: compute.config.Prompt.texts)
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
@@ -82,8 +82,9 @@ class SweepActor:
         self.plan = plan
         self.clip, fast, _ = load_pair(plan.model, plan.device, plan.dtype)  # float32, and the sweep's dtype
         clip = self.clip
-        # (P, E) prompts in float32, once per actor as once per run
-        self.scoring = BatchScoring(text_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
+        # (P, E) prompts in float32 (an ensemble: the normalised mean of its texts), once per actor as once per run
+        self.scoring = BatchScoring(prompt_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep,
+                                    plan.embeddings)
         # the actor verifies its own batches: its first images calibrate its bound
         self.sweep = VerifiedSweep(clip, fast, plan.ablations, plan.means, plan.keep, self.scoring.text_norm,
                                    self.scoring.scale)

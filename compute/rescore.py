@@ -29,8 +29,8 @@ from compute.scoring import (
     check_prompts,
     cosine_logits,
     logit_scale,
+    prompt_embeddings,
     score_batch,
-    text_embeddings,
     truth_matrix,
 )
 
@@ -80,9 +80,10 @@ def load_embeddings(db: Path, run: StoredRun, image_ids: list[int]) -> torch.Ten
     return torch.from_numpy(flat.reshape(n, a, -1))
 
 
-def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, texts: list[str]) -> torch.Tensor:
-    """Logits of stored embeddings (images, ablations, E) against new prompts -> (images, ablations, P)."""
-    return cosine_logits(embeddings, text_embeddings(clip, texts).cpu(), logit_scale(clip))
+def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, prompts: list[list[str]] | list[str]) -> torch.Tensor:
+    """Logits of stored embeddings (images, ablations, E) against new prompts (each a text, or an ensemble's
+    texts: compute.config.Prompt.texts) -> (images, ablations, P)."""
+    return cosine_logits(embeddings, prompt_embeddings(clip, prompts).cpu(), logit_scale(clip))
 
 
 def rescore(db: Path, name: str, prompts: list[Prompt], new_name: str, batch_size: int = 256,
@@ -129,7 +130,7 @@ def _rescore_into(parent: StoredRun, exp: Experiment, images: list[ImageRecord],
     stored = set(parent.image_ids)  # the parent's unreadable images have none: the run carries their errors
     pending = [r for r in opened.pending() if r.image_id in stored]
     # The only model work: one text pass. Stored embeddings are on the CPU, so the arithmetic is too.
-    scoring = BatchScoring(text_embeddings(clip, [p.text for p in exp.prompts]).cpu(), logit_scale(clip),
+    scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in exp.prompts]).cpu(), logit_scale(clip),
                            opened.pending_ablations(pending))
     prompt_labels = [p.label for p in exp.prompts]
     bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr)

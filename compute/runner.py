@@ -43,8 +43,8 @@ from compute.scoring import (
     check_image_embedding,
     check_prompts,
     logit_scale,
+    prompt_embeddings,
     score_batch,
-    text_embeddings,
     truth_matrix,
 )
 from compute.towers import has_cls, n_heads_of, n_layers_of
@@ -247,12 +247,16 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
     """The sweep in this process: decode workers feed the engine on the model's device, a thread commits."""
     prep, run_id, pending, method, stats = work.prep, work.run_id, work.pending, work.method, work.stats
     exp, clip = prep.exp, prep.clip
-    texts = [p.text for p in exp.prompts]
     prompt_labels = [p.label for p in exp.prompts]
-    # once per run, not per ablation or batch; the prompts in float32 whatever the sweep's dtype
-    scoring = BatchScoring(text_embeddings(clip, texts), logit_scale(clip), work.keep, exp.store.embeddings)
+    # once per run, not per ablation or batch; the prompts in float32 whatever the sweep's dtype (an ensemble:
+    # the normalised mean of its texts)
+    scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in exp.prompts]), logit_scale(clip), work.keep,
+                           exp.store.embeddings)
+    # The plain method's own logits are of one text per prompt: with an ensemble its check is of the image
+    # side, and the logits come from its embeddings as the engine's do.
     sweep = VerifiedSweep(clip, prep.fast or clip, prep.ablations, work.means, work.keep, scoring.text_norm,
-                          scoring.scale, method, texts)
+                          scoring.scale, method, [p.texts[0] for p in exp.prompts],
+                          own_logits=not any(p.ensemble for p in exp.prompts))
     stats.verify = sweep.stats if sweep.verifying else None
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:

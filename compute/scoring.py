@@ -158,6 +158,22 @@ def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -
     return torch.cat(out)
 
 
+def prompt_embeddings(clip: LoadedClip, prompts: list[list[str]] | list[str]) -> torch.Tensor:
+    """Each prompt's normalised text embedding. -> (prompts, E) float32 on clip.device.
+
+    ``prompts``: per prompt its text, or the texts of an ensemble (compute.config.Prompt.texts). An ensemble's
+    embedding is the normalised mean of its texts' normalised embeddings (CLIP's prompt ensembles); a prompt of
+    one text is that text's embedding as ``text_embeddings`` gives it, not renormalised, so runs without
+    ensembles keep their numbers bit for bit. Each distinct text is embedded once.
+    """
+    groups = [[p] if isinstance(p, str) else list(p) for p in prompts]
+    unique = list(dict.fromkeys(t for g in groups for t in g))
+    emb = text_embeddings(clip, unique)  # (texts, E), normalised
+    index = {t: i for i, t in enumerate(unique)}
+    rows = [emb[index[g[0]]] if len(g) == 1 else normalise(emb[[index[t] for t in g]].mean(dim=0)) for g in groups]
+    return torch.stack(rows) if rows else emb[:0]
+
+
 @torch.inference_mode()
 def image_embeddings_unablated(clip: LoadedClip, paths: list[Path], batch_size: int = 16) -> np.ndarray:
     """Image embeddings (before normalisation) of the unablated model. -> (images, E) float32."""

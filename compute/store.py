@@ -481,23 +481,35 @@ def load_stats(con: duckdb.DuckDBPyConnection, run_id: int, name: str) -> dict[i
 # --------------------------------------------------------------------------------------------------
 # Summaries.
 
+# McNemar's counts against baseline beside the means: images right under baseline only, and under the
+# ablation only (the pairs computed under both), so the printed summary marks what the dashboard marks.
 SUMMARY = """
+WITH base AS (
+    SELECT s.image_id, s.correct FROM selection_t s
+    WHERE s.run_id = ? AND s.ablation_id = (SELECT MIN(ablation_id) FROM ablation_t
+                                            WHERE run_id = s.run_id AND kind = 'baseline')
+)
 SELECT a.ablation,
        COUNT(s.image_id) AS images,
        AVG(s.correct::DOUBLE) AS accuracy,
        AVG(s.score_baseline) AS score_baseline,
-       AVG(s.caption_score) AS caption_score
+       AVG(s.caption_score) AS caption_score,
+       COUNT(*) FILTER (WHERE b.correct AND NOT s.correct) AS only_baseline,
+       COUNT(*) FILTER (WHERE s.correct AND NOT b.correct) AS only_ablation,
+       a.kind = 'baseline' AS is_baseline
 FROM ablation_t a
 LEFT JOIN selection_t s ON s.run_id = a.run_id AND s.ablation_id = a.ablation_id
+LEFT JOIN base b ON b.image_id = s.image_id
 WHERE a.run_id = ?
-GROUP BY a.ablation_id, a.ablation
+GROUP BY a.ablation_id, a.ablation, a.kind
 ORDER BY a.ablation_id
 """
 
 
 def summary(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple]:
-    """Per ablation: (ablation, images, accuracy, mean score_baseline, mean caption_score)."""
-    return con.execute(SUMMARY, [run_id]).fetchall()
+    """Per ablation: (ablation, images, accuracy, mean score_baseline, mean caption_score, only_baseline,
+    only_ablation, is_baseline); the last three: McNemar's counts against baseline."""
+    return con.execute(SUMMARY, [run_id, run_id]).fetchall()
 
 
 VERIFIED_COUNTS = "SELECT verified, COUNT(*) FROM selection_t WHERE run_id = ? GROUP BY verified"

@@ -74,14 +74,15 @@ def picked(event: Any) -> dict | None:
     return next((dict(p) for p in points if isinstance(p, dict) and p), None)
 
 
-def chart(spec: dict, key: str, fields: Sequence[str] = FIELDS, container: Any = None) -> dict | None:
+def chart(spec: dict, key: str, fields: Sequence[str] = FIELDS, container: Any = None,
+          width: str = "stretch") -> dict | None:
     """Draw ``spec`` with its marks clickable (``clickable``); returns the clicked datum's ``fields``, or None."""
     box = container if container is not None else st
     drawn = clickable(spec, fields)
     if not selections(drawn):  # nothing to click (no such mark)
-        box.vega_lite_chart(spec=spec, width="stretch")
+        box.vega_lite_chart(spec=spec, width=width)
         return None
-    event = box.vega_lite_chart(spec=drawn, width="stretch", on_select="rerun", selection_mode=selections(drawn),
+    event = box.vega_lite_chart(spec=drawn, width=width, on_select="rerun", selection_mode=selections(drawn),
                                 key=key)
     return picked(event)
 

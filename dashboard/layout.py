@@ -43,17 +43,18 @@ def _chart_spec(builder_name: str, args: tuple, _builder: Callable[..., Any]) ->
 
 
 def chart(builder: Callable[..., Any], *args: Any, container: Any = None, click: str | None = None,
-          fields: Sequence[str] = clicks.FIELDS) -> dict | None:
+          fields: Sequence[str] = clicks.FIELDS, width: str = "stretch") -> dict | None:
     """Draw ``builder(*args)`` (a pure builder of analysis.charts); its Vega-Lite spec is cached on the
     arguments, so a rerun that changes another part of the page does not rebuild it. With ``click`` (the
     chart's key) its points, bars and cells can be clicked: returns the clicked datum's ``fields``
-    (dashboard.clicks), else None."""
+    (dashboard.clicks), else None. ``width="content"``: the chart's own size (a square scatter; a stretched
+    chart is fitted to its height, legend included, and a tall legend squeezes the plot)."""
     if state.this_run() is not None:  # not in a fragment's own rerun, which reads nothing
         reading.release()  # drawing takes longer than reading: let a waiting writer in meanwhile
     spec = _chart_spec(_name(builder), args, builder)
     if click is not None:
-        return clicks.chart(spec, click, fields, container)
-    (container if container is not None else st).vega_lite_chart(spec=spec, width="stretch")
+        return clicks.chart(spec, click, fields, container, width=width)
+    (container if container is not None else st).vega_lite_chart(spec=spec, width=width)
     return None
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from compute.demo import DEMO_DATA, DEMO_MODELS, EXPERIMENTS, N_IMAGES, ROOT, SEED, SPLIT
@@ -70,16 +71,31 @@ def main(args: argparse.Namespace) -> int:
     if write_coco(DEMO_DATA, SPLIT, N_IMAGES, SEED, progress=not args.no_progress):
         print(f"generated the demo dataset: {N_IMAGES} images in {DEMO_DATA / SPLIT}")
     dbs = []
+    echo = once(print)
     for path in EXPERIMENTS:
         exp = load_experiment(path)
         print(f"\n== {exp.name} ({path.relative_to(ROOT)}) ==")
-        run(exp, progress=not args.no_progress)
+        run(exp, progress=not args.no_progress, echo=echo)
         dbs.append(exp.store.db)
     if args.no_dashboard:
         return 0
     if not _free(args.address, port):  # taken while the runs ran
         port = choose_port(args.address, None)
     return start_dashboard(dbs[-1], port, args.address)
+
+
+def once(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """``echo`` that prints each warning once: the demo's runs share prompts, so they share warnings."""
+    seen: set[str] = set()
+
+    def echo_once(line: str) -> None:
+        if line.startswith("warning:"):
+            if line in seen:
+                return
+            seen.add(line)
+        echo(line)
+
+    return echo_once
 
 
 def start_dashboard(db: Path, port: int, address: str = DEFAULT_ADDRESS) -> int:

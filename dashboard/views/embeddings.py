@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis import charts, projection, queries
+from analysis import charts, projection, queries, tables
 from analysis.text import md
 from dashboard import clicks, layout, navigation, widgets
 from dashboard.context import context, no_results
@@ -62,8 +62,13 @@ cols[2].metric("Nearest label centroid", "—" if np.isnan(abl_acc) else f"{abl_
                "well the labels stay apart in embedding space, whatever the prompts.")
 cols[3].metric("Variance shown", f"{proj.explained.sum():.0%}", help="Of the baseline embeddings, by the two axes.")
 
+n_categories = moves[colour].astype(str).nunique()
+if n_categories > charts.MAX_CATEGORIES:
+    st.caption(f"{n_categories} values of {COLOURS[colour]}: the {charts.MAX_CATEGORIES} most frequent have a colour "
+               f"and shape each, the rest are drawn as {md(charts.OTHER)}.")
+# Its own size, not stretched: a square frame with equal axes, whose legend below does not squeeze the plot.
 point = layout.chart(charts.embedding_chart, moves, colour, COLOURS[colour], ablation, ctx.baseline_name,
-                     click="embeddings_points", fields=("image_id",))
+                     width="content", click="embeddings_points", fields=("image_id",))
 if point and point.get("image_id") is not None:  # a point is an image: open it under this ablation
     st.switch_page(navigation.page("image"), query_params={"run": ctx.name, "image": str(int(point["image_id"])),
                                                            "ablation": ablation})
@@ -73,5 +78,7 @@ if shift_ids:
     base = all_ids.index(ctx.baseline_id)
     cosine = (unit * unit[:, [base]]).sum(axis=-1).mean(axis=0)  # (A,)
     shift = pd.DataFrame({"ablation": ctx.ablation_names(), "cosine": cosine, "images": len(shift_ids)})
-    clicks.follow(ctx, layout.chart(charts.movement_bars, shift, click="embeddings_bars"))
-    st.caption(f"Over a fixed sample of {len(shift_ids):,} images with every ablation's embedding.")
+    st.subheader("How far each ablation moves the embeddings")
+    shown, shown_caption = widgets.ablation_subset(ctx, near=ablation)
+    clicks.follow(ctx, layout.chart(charts.movement_bars, tables.select_ablations(shift, shown), click="embeddings_bars"))
+    st.caption(f"Over a fixed sample of {len(shift_ids):,} images with every ablation's embedding. {shown_caption}")

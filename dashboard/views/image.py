@@ -59,6 +59,9 @@ image_id = param_select("Image", ids, "image", container=left, format_func=lambd
                         scope=f"in run {ctx.name}")
 ablation = widgets.ablation_select(ctx, "Highlight (and compare with baseline)", "ablation",
                                    default=ctx.default_ablation(), container=mid)
+# A run with many ablations shows one set of them at a time in the table and the heatmap (analysis.subsets).
+shown_ablations, shown_caption = widgets.ablation_subset(ctx, near=ablation, with_every=False,
+                                                         container=st.columns([3, 2])[0])
 
 
 def failures_slice() -> FailuresSlice | None:
@@ -135,7 +138,9 @@ def photo_and_baseline(s: Shown) -> None:
 def selections_table(s: Shown) -> None:
     """The study's Figure 5: per ablation, the selected prompt (whole), right or wrong, the caption."""
     st.subheader("Selected prompt and caption per ablation")
-    p = s.picks
+    if shown_caption:
+        st.caption(shown_caption)
+    p = s.picks[s.picks["ablation"].isin(shown_ablations)].reset_index(drop=True)
     table = pd.DataFrame({
         "ablation": [("▶ " if a == s.ablation else "") + md(a) for a in p["ablation"]],
         "selected prompt": p["selected_prompt"].map(md),
@@ -157,7 +162,8 @@ def selections_table(s: Shown) -> None:
 
 def logit_charts(s: Shown) -> None:
     st.subheader("Logits of every prompt")
-    layout.chart(charts.logit_heatmap, s.scores, s.picks, s.ablation)
+    layout.chart(charts.logit_heatmap, s.scores[s.scores["ablation"].isin(shown_ablations)],
+                 s.picks[s.picks["ablation"].isin(shown_ablations)], s.ablation)
     layout.chart(charts.logit_bars, s.scores, list(dict.fromkeys([ctx.baseline_name, s.ablation])))
 
 

@@ -4,6 +4,7 @@ plain text, and ``logit_scale`` stays float32 whatever the model's dtype."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -15,9 +16,10 @@ from compute.store import DB_ENV, default_db
 VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
 
 
-def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
+def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch, capsys):
     """The demo verb itself (in this process), on a small slice of its data, then ``list`` as a real process
-    with no --db: both use the default store."""
+    with no --db: both use the default store. The demo prints each warning once (its runs share prompts) and
+    its summary tables aligned, with the significance mark's column."""
     from compute import runner
     from compute.config import load_experiment
     from compute.demo import EXPERIMENTS, SPLIT, cli
@@ -39,12 +41,43 @@ def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run", small_run)
     assert main(["demo", "--no-dashboard", "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    warnings = [line for line in out if line.startswith("warning:")]
+    assert warnings and len(warnings) == len(set(warnings))
+    heads = [k for k, line in enumerate(out) if line.startswith("ablation ")]
+    assert len(heads) == len(EXPERIMENTS)
+    for k in heads:  # every row of a table as wide as its header: the columns line up past long labels
+        rows = out[k + 2:out.index("", k) if "" in out[k:] else None]
+        rows = [r for r in rows if not r.startswith("*")]
+        assert out[k].split()[:5] == ["ablation", "images", "accuracy", "change", "sig"]
+        assert rows and all(re.match(r"\S+\s+\S+", r).end() == out[k].index("images") + len("images")
+                            for r in rows)
     result = run_cli("list", env={DB_ENV: str(db)})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "status", "images"]
     assert [line.split()[0] for line in lines[2:]] == [load_experiment(path).name for path in EXPERIMENTS]
     assert all(line.split()[1] == "complete" for line in lines[2:])
+
+
+def test_the_printed_summary_marks_what_the_dashboard_marks(dash_store):
+    from analysis import tables
+    from compute import store
+    from compute.lifecycle import SIG_MARK, format_summary
+
+    with store.connect(dash_store, read_only=True) as con:
+        text = format_summary(store.summary(con, 1))
+        summary = tables.summary(con, 1)
+    lines = text.splitlines()
+    header, body = lines[0], lines[2:2 + len(summary)]
+    sig = header.index("sig")
+    assert [line.split()[0] for line in body] == list(summary["ablation"])
+    assert [line[sig:sig + 3].strip() == SIG_MARK for line in body] == list(summary["sig_accuracy"] != 0)
+    p_holm = header.index("p (Holm)")
+    for line, row in zip(body[1:], summary.iloc[1:].itertuples(), strict=True):
+        shown = line[p_holm:p_holm + 8].strip()
+        assert shown == ("<0.001" if row.p_holm_accuracy < 0.001 else f"{row.p_holm_accuracy:.3f}")
+    assert len({len(line) for line in [header, *body] if line.split()[-1] != "-"}) <= 2  # aligned, right edges
 
 
 def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):

@@ -73,3 +73,55 @@ def test_prompt_lab_explains_bad_lines(store_copy, monkeypatch):
     at.switch_page(page_info("prompt_lab").path).run()
     assert not at.exception
     assert any(md("write `text | label`") in e.value for e in at.error)  # shown as text
+
+
+def open_lab(db, monkeypatch, **params):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(DB_ENV, str(db))
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.query_params.update(run="tiny", **params)
+    at.run()
+    at.switch_page(page_info("prompt_lab").path).run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def test_prompt_lab_checks_labels_as_the_command_line_does_and_lists_every_bad_line(dash_store, monkeypatch):
+    # An unknown label is refused with the closest known one, as `run` and `rescore` refuse it; nothing scored.
+    at = open_lab(dash_store, monkeypatch, prompts="a photo of a cat | cat\na photo of a dgo | dgo")
+    (error,) = at.error
+    assert md("prompt label 'dgo' is carried by no image") in error.value
+    assert md("closest known labels: 'dog'") in error.value
+    assert not at.dataframe and not at.get("vega_lite_chart")
+    # Every bad line at once, with the unknown labels of the good ones.
+    bad = "a cat | cat\na dog\na bird |\na cat | dog\na photo of a kat | kat\n | cat"
+    at = open_lab(dash_store, monkeypatch, prompts=bad)
+    (error,) = at.error
+    for line in ("line 2: write `text | label`", "line 3: an empty label", "line 4: duplicate prompt 'a cat'",
+                 "line 6: an empty text"):
+        assert md(line) in error.value, line
+    assert md("prompt label 'kat' is carried by no image") in error.value  # the good lines' labels are checked too
+    assert error.value.startswith("5 problem(s)")
+    at = open_lab(dash_store, monkeypatch, prompts="a cat | cat\na photo of a kat | kat\na photo of a dgo | dgo")
+    assert at.error[0].value.startswith("2 problem(s)")
+    assert md("'kat'") in at.error[0].value and md("'dgo'") in at.error[0].value
+
+
+def test_prompt_lab_against_the_runs_own_prompts_per_prompt_and_per_template(dash_store, monkeypatch):
+    text = "a drawing of a {label} | cat, dog, bird\na photo of a {label}; a picture of a {label} | cat, dog, bird"
+    at = open_lab(dash_store, monkeypatch, prompts=text)
+    assert not at.error
+    versus = at.dataframe[0].value
+    stored = dict(accuracy_by_ablation(dash_store, "tiny"))
+    assert list(versus["run_accuracy"]) == pytest.approx([stored[a] for a in versus["ablation"]])
+    assert list(versus["change_vs_run"]) == pytest.approx(list(versus["accuracy"] - versus["run_accuracy"]))
+    per_prompt = next(d.value for d in at.dataframe if "selected" in d.value)
+    assert list(per_prompt["prompt"]) == [
+        "a drawing of a cat", "a drawing of a dog", "a drawing of a bird",
+        *(f"mean of 2: a photo of a {x} / a picture of a {x}" for x in ("cat", "dog", "bird"))]
+    assert per_prompt["selected"].sum() == 9  # every readable image selects one prompt under baseline
+    per_template = next(d.value for d in at.dataframe if "a drawing of a {label}" in d.value)
+    assert list(per_template.columns) == ["ablation", "a drawing of a {label}",
+                                          "a photo of a {label}; a picture of a {label}"]
+    assert len(per_template) == DASH_ABLATIONS

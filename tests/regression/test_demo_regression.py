@@ -112,7 +112,10 @@ def test_overview_and_layers_count_the_same_reliably_worse_ablations(demo_store,
     at.switch_page(page_info("layers").path).run()
     assert not at.exception
     tests = at.dataframe[0].value  # the Layers page's McNemar table
-    worse = tests[(tests["significant"] == "yes") & (tests["only_baseline"] > tests["only_ablation"])]
+    marked = tests["significant"].str.endswith("*")  # the rule's mark (and the direction: ▼ lower, ▲ higher)
+    assert list(tests.loc[marked, "significant"].str.startswith("▼")) == list(
+        tests.loc[marked, "only_baseline"] > tests.loc[marked, "only_ablation"])
+    worse = tests[marked & (tests["only_baseline"] > tests["only_ablation"])]
     assert shown == f"{len(worse)} of {len(tests)}"
     assert 0 < len(worse) < len(tests)  # the demo has both: the count is not trivially all or none
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from compute.config import load_experiment, load_prompts
 from compute.errors import InputError
@@ -142,3 +145,99 @@ def test_prompt_files_for_rescore(tmp_path):
     path.write_text('name = "x"\n[[prompts]]\ntext = "a"\nlabel = "b"\n')
     with pytest.raises(InputError, match="unknown key 'name'"):
         load_prompts(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Templates and ensembles.
+
+PROMPTS_OF_GOOD = GOOD[GOOD.index("[[prompts]]"):GOOD.index("[ablations]")]
+
+
+def test_a_template_expands_to_one_prompt_per_label_after_the_listed_prompts(tmp_path):
+    text = GOOD.replace(PROMPTS_OF_GOOD, '[[prompts]]\ntext = "a dog"\nlabel = "dog"\n'
+                        '[[templates]]\ntext = "a photo of a {label} here"\nlabels = ["cat", "dog"]\n'
+                        '[[templates]]\ntext = "a {label}"\nlabels = ["bird"]\n')
+    exp = load_experiment(write(tmp_path, text))
+    assert [(p.text, p.label, p.ensemble) for p in exp.prompts] == [
+        ("a dog", "dog", []), ("a photo of a cat here", "cat", []), ("a photo of a dog here", "dog", []),
+        ("a bird", "bird", [])]
+    stored = json.loads(exp.to_json())["prompts"]  # the expanded prompts, as the run keeps them
+    assert stored == [{"text": p.text, "label": p.label} for p in exp.prompts]
+    assert "templates" not in json.loads(exp.to_json())
+
+
+def test_a_template_is_the_same_run_as_the_prompts_it_expands_to(tmp_path):
+    listed = load_experiment(write(tmp_path, GOOD))
+    templated = load_experiment(write(tmp_path, GOOD.replace(
+        PROMPTS_OF_GOOD, '[[templates]]\ntext = "a photo of a {label}"\nlabels = ["dog", "cat"]\n')))
+    assert [(p.text, p.label) for p in templated.prompts] == [(p.text, p.label) for p in listed.prompts]
+    assert templated.identity() == listed.identity() and templated.identity_hash() == listed.identity_hash()
+    assert templated.to_json() == listed.to_json()
+
+
+def test_an_ensemble_is_one_prompt_per_label_named_for_its_texts_and_part_of_the_identity(tmp_path):
+    text = GOOD.replace(PROMPTS_OF_GOOD, '[[templates]]\nensemble = ["a photo of a {label}", "a drawing of a {label}"]'
+                        '\nlabels = ["dog", "cat"]\n')
+    exp = load_experiment(write(tmp_path, text))
+    dog, cat = exp.prompts
+    assert (dog.label, dog.ensemble) == ("dog", ["a photo of a dog", "a drawing of a dog"])
+    assert dog.text == "mean of 2: a photo of a dog / a drawing of a dog" and dog.texts == dog.ensemble
+    assert exp.identity()["prompts"][0] == [dog.text, "dog", dog.ensemble]
+    # Stored as a [[prompts]] entry with its ensemble, which reads back as the same prompt (rescore rebuilds
+    # an experiment from its stored config).
+    back = json.loads(exp.to_json())["prompts"]
+    assert back[0] == {"text": dog.text, "label": "dog", "ensemble": dog.ensemble}
+    again = load_experiment(write(tmp_path, GOOD.replace(PROMPTS_OF_GOOD, "".join(
+        f"[[prompts]]\ntext = {json.dumps(p['text'])}\nlabel = {json.dumps(p['label'])}\n"
+        f"ensemble = {json.dumps(p['ensemble'])}\n" for p in back))))
+    assert again.identity_hash() == exp.identity_hash()
+    # Another ensemble is another run.
+    other = load_experiment(write(tmp_path, text.replace("a drawing of a {label}", "a sketch of a {label}")))
+    assert other.identity_hash() != exp.identity_hash()
+
+
+@pytest.mark.parametrize("table, message", [
+    ('text = "a photo"\nlabels = ["cat"]', r"template 'a photo' does not hold \{label\}"),
+    ('text = "a {label}"\nlabels = []', "labels must list at least one"),
+    ('text = "a {label}"', r"missing key 'labels' in \[templates #1\]"),
+    ('labels = ["cat"]', "needs text = .* or ensemble"),
+    ('text = "a {label}"\nensemble = ["b {label}"]\nlabels = ["cat"]', "one of the two"),
+    ('text = "a {label}"\nlabels = ["cat"]\nweight = 2', r"unknown key 'weight' in \[templates #1\]"),
+    ('text = "a photo of a {label}"\nlabels = ["dog"]', "duplicate prompt 'a photo of a dog'"),
+    ('ensemble = ["a {label}", "b"]\nlabels = ["cat"]', "template 'b' does not hold"),
+    ('text = "a {label}"\nlabels = "cat"', "templates #1.labels must be a list of strings"),
+])
+def test_bad_templates_get_one_clear_error(tmp_path, table, message):
+    with pytest.raises(InputError, match=message) as info:
+        load_experiment(write(tmp_path, GOOD.replace("[ablations]", f"[[templates]]\n{table}\n[ablations]")))
+    assert "\n" not in str(info.value)
+
+
+def test_prompt_files_take_templates(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[[templates]]\nensemble = ["a photo of a {label}", "a {label}"]\nlabels = ["dog"]\n'
+                    '[[templates]]\ntext = "a small {label}"\nlabels = ["cat"]\n')
+    assert [(p.text, p.ensemble) for p in load_prompts(path)] == [
+        ("mean of 2: a photo of a dog / a dog", ["a photo of a dog", "a dog"]), ("a small cat", [])]
+    shipped = load_prompts(ROOT / "experiments" / "prompts" / "shapes-ensemble.toml")
+    assert [p.label for p in shipped] == ["circle", "square", "triangle", "cross", "star"]
+    assert all(len(p.ensemble) == 3 for p in shipped)
+
+
+IDENTITIES = Path(__file__).parent / "reference" / "experiment_identities.json"
+
+
+def test_the_shipped_experiments_keep_the_identity_of_the_runs_they_made():
+    """The identity (and so the config hash a stored run is resumed by) of every shipped experiment, recorded
+    before templates existed (paths relative to the checkout): demo-heads and demo-attributes now write their
+    35 prompts as one template and must still resume the runs their 35 [[prompts]] made."""
+    reference = json.loads(IDENTITIES.read_text())
+    shipped = sorted(p.name for p in (ROOT / "experiments").glob("*.toml"))
+    assert shipped == sorted(reference)
+    assert "[[templates]]" in (ROOT / "experiments" / "demo-heads.toml").read_text()
+    for name in shipped:
+        exp = load_experiment(ROOT / "experiments" / name)
+        expected = json.loads(json.dumps(reference[name]).replace("<ROOT>", str(ROOT)))
+        assert exp.identity() == expected, name
+        digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:16]
+        assert exp.identity_hash() == digest, name  # the hash as it was computed when those runs were made
