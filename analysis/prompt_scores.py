@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from compute.config import LABEL, DatasetConfig, Prompt, ensemble_text
+from compute.config import DatasetConfig
 from compute.dataset import prompt_label_problems
 from compute.errors import InputError
 from compute.models import LoadedClip
+from compute.prompts import LABEL, Prompt, ensemble_text
 from compute.rescore import load_embeddings, open_run, score_prompts
 from compute.scoring import truth_matrix
 from compute.significance import holm, mcnemar, verdict

@@ -180,7 +180,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from compute.config import load_prompts
+    from compute.prompts import load_prompts
     from compute.rescore import rescore
 
     prompts = load_prompts(args.prompts)

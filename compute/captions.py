@@ -81,7 +81,7 @@ def caption_stage(db: Path, run_id: int, clip: LoadedClip, cap: LoadedCaptioner,
 
     key: the captioner's cache key (store.caption_key); embedding_run_id: the run whose stored embeddings
     serve this one (default: itself); prefixes: the text to continue for a stored prompt text that is not
-    itself a prompt (an ensemble's name -> its first text; compute.config.Prompt).
+    itself a prompt (an ensemble's name -> its first text; compute.prompts.Prompt).
     """
     stats = CaptionStats()
     prefixes = prefixes or {}

@@ -41,7 +41,7 @@ class SweepPlan:
     ablations: list[Ablation]  # the run's ablations in order
     keep: list[int]  # the ablation ids results come back for: those still pending (compute.runner.SweepWork.keep)
     means: dict[str, dict[int, np.ndarray]]  # {stat: {layer: (tokens, width) float32}}, from the driver's pass
-    prompts: list[list[str]]  # per prompt its texts (one, or an ensemble's: compute.config.Prompt.texts)
+    prompts: list[list[str]]  # per prompt its texts (one, or an ensemble's: compute.prompts.Prompt.texts)
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from compute import lifecycle, store
 from compute.ablations import parse_ablation
-from compute.config import Experiment, Prompt, parse_experiment
+from compute.config import Experiment, parse_experiment
 from compute.dataset import ImageRecord, load_dataset
 from compute.errors import InputError
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip
+from compute.prompts import Prompt
 from compute.runlock import run_lock
 from compute.runner import RunResult, label_warning
 from compute.scoring import (
@@ -82,7 +83,7 @@ def load_embeddings(db: Path, run: StoredRun, image_ids: list[int]) -> torch.Ten
 
 def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, prompts: list[list[str]] | list[str]) -> torch.Tensor:
     """Logits of stored embeddings (images, ablations, E) against new prompts (each a text, or an ensemble's
-    texts: compute.config.Prompt.texts) -> (images, ablations, P)."""
+    texts: compute.prompts.Prompt.texts) -> (images, ablations, P)."""
     return cosine_logits(embeddings, prompt_embeddings(clip, prompts).cpu(), logit_scale(clip))
 
 

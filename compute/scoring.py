@@ -161,7 +161,7 @@ def text_embeddings(clip: LoadedClip, texts: list[str], batch_size: int = 256) -
 def prompt_embeddings(clip: LoadedClip, prompts: list[list[str]] | list[str]) -> torch.Tensor:
     """Each prompt's normalised text embedding. -> (prompts, E) float32 on clip.device.
 
-    ``prompts``: per prompt its text, or the texts of an ensemble (compute.config.Prompt.texts). An ensemble's
+    ``prompts``: per prompt its text, or the texts of an ensemble (compute.prompts.Prompt.texts). An ensemble's
     embedding is the normalised mean of its texts' normalised embeddings (CLIP's prompt ensembles); a prompt of
     one text is that text's embedding as ``text_embeddings`` gives it, not renormalised, so runs without
     ensembles keep their numbers bit for bit. Each distinct text is embedded once.

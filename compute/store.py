@@ -94,7 +94,7 @@ class NewRun:
     n_layers: int
     embedding_dtype: str
     images: list  # compute.dataset.ImageRecord
-    prompts: list  # compute.config.Prompt
+    prompts: list  # compute.prompts.Prompt
     ablations: list  # compute.ablations.Ablation
     parent_run: str | None = None
     embedding_run_id: int | None = None  # None: the run keeps its own embeddings

@@ -13,8 +13,10 @@ line's error lines, ``list``), so text already stored cannot move the cursor or 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import tomllib
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -247,3 +249,69 @@ def check_gpus(value: float, where: str) -> float:
         raise InputError(f"{where} = {value:g}: above 1 it must be a whole number (Ray gives an actor a fraction "
                          f"of one GPU or whole GPUs)")
     return float(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# TOML tables into dataclasses: every key declared, typed, none unknown (experiment and prompts files).
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The tables of a TOML file; InputError when it is missing, not UTF-8 or not TOML."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return tomllib.loads(text)
+    except ValueError as e:  # TOMLDecodeError, and integers of more than 4,300 digits
+        raise InputError(f"{path}: not valid TOML ({str(e)[:200]})") from None
+
+
+def no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise InputError(f"unknown key {key!r} in {where} (known: {', '.join(sorted(known))})")
+
+
+def table_of(cls: type, table: Any, where: str, required: set[str] = frozenset()) -> Any:
+    """Build dataclass ``cls`` from a TOML table, checking keys and value types."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise InputError(f"[{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    no_unknown(table, set(fields), f"[{where}]")
+    for key in sorted(required):
+        if key not in table:
+            raise InputError(f"missing key {key!r} in [{where}]")
+    values = {}
+    for key, value in table.items():
+        values[key] = typed(value, fields[key].type, f"{where}.{key}")
+    return cls(**values)
+
+
+def typed(value: Any, annotation: str, where: str) -> Any:
+    # Annotations are strings (from __future__ import annotations); only a handful of types occur.
+    base = annotation.replace(" | None", "")
+    if base == "str":
+        ok = isinstance(value, str)
+    elif base == "bool":
+        ok = isinstance(value, bool)
+    elif base == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base == "Path":
+        ok = isinstance(value, str)
+        value = Path(value) if ok else value
+    elif base == "list[str]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif base == "str | list[str]":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise TypeError(f"unsupported config type {annotation} for {where}")
+    if not ok:
+        raise InputError(f"{where} must be {base.replace('list[str]', 'a list of strings').replace(' | ', ' or ')}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_choice(value: str, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise InputError(f"{where} = {value!r} is not one of: {', '.join(choices)}")

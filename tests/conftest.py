@@ -121,7 +121,8 @@ SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")
 def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
     """A store made on the tiny SigLIP: run "sig" (the paper and flow sweeps of its 6 layers plus SIGLIP_EXTRAS
     over 8 tiny COCO images, BLIP captions) and run "sig-new", its rescore with other prompts."""
-    from compute.config import Prompt, load_experiment
+    from compute.config import load_experiment
+    from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
     from tools.synthetic import experiment_text

@@ -190,8 +190,9 @@ NEW_PROMPTS = [("a photo of a small dog", "dog"), ("a photo of a black cat", "ca
 
 def bench_rescore(tmp: Path, images: int = 32) -> dict[str, float]:
     """rescore against the full run it replaces, on the ViT-B/16-shaped bench run."""
-    from compute.config import Prompt, load_experiment
+    from compute.config import load_experiment
     from compute.models import load_clip
+    from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from compute import scoring, store
 from compute.ablations import sweep
-from compute.config import Prompt
 from compute.dataset import ImageRecord
+from compute.prompts import Prompt
 
 RUN = "bench"
 N_IMAGES, N_PROMPTS, N_LAYERS, BATCH = 5000, 80, 12, 250

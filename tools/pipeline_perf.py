@@ -98,8 +98,8 @@ def bench_store(tmp: Path, batches: int = 20, batch: int = 256, ablations: int =
 
     from compute import store
     from compute.ablations import sweep
-    from compute.config import Prompt
     from compute.dataset import ImageRecord
+    from compute.prompts import Prompt
     from compute.writer import BatchWriter
 
     rng = np.random.default_rng(0)

@@ -507,7 +507,7 @@ def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_
     import shutil
     import time
 
-    from compute.config import Prompt
+    from compute.prompts import Prompt
     from compute.rescore import rescore
 
     db = tmp_path / "idle.duckdb"

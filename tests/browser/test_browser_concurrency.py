@@ -48,8 +48,9 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
         import playwright.sync_api  # noqa: F401
     except ImportError:
         _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
-    from compute.config import Prompt, load_experiment
+    from compute.config import load_experiment
     from compute.models import load_clip
+    from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
 

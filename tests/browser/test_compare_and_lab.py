@@ -43,7 +43,8 @@ def browser():
 def variant_store(tiny_clip, tmp_path_factory) -> Path:
     """Run "shapes" (the single layers of the tiny CLIP over 12 images) and "shapes-drawn", its rescore with
     other prompts of the same labels."""
-    from compute.config import Prompt, load_experiment
+    from compute.config import load_experiment
+    from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
 

@@ -81,7 +81,7 @@ def test_the_printed_summary_marks_what_the_dashboard_marks(dash_store):
 
 
 def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):
-    from compute.config import Prompt
+    from compute.prompts import Prompt
     from compute.rescore import rescore
 
     db = tmp_path / "copy.duckdb"

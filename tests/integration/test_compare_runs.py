@@ -45,7 +45,7 @@ def select(at: AppTest, param: str):
 @pytest.fixture
 def variant_store(dash_store, tmp_path) -> Path:
     """A copy of the dashboard store with "tiny-singles" rescored with other prompts into "singles-drawn"."""
-    from compute.config import Prompt
+    from compute.prompts import Prompt
     from compute.rescore import rescore
 
     db = tmp_path / "variant.duckdb"

@@ -369,8 +369,8 @@ def _store_with(tmp_path, images: list[tuple[int, tuple[str, ...]]], picks: dict
     """A store written through compute.store's own functions: one run, ``images`` (id, labels), a prompt per
     label, and per ablation the prompt each image picks. Logits put 0.9 of the mass on the pick."""
     from compute.ablations import parse_ablation
-    from compute.config import Prompt
     from compute.dataset import ImageRecord
+    from compute.prompts import Prompt
 
     db = tmp_path / "fixture.duckdb"
     ablations = [parse_ablation(a, 12) for a in picks]

@@ -219,7 +219,7 @@ def test_a_url_naming_a_missing_run_image_or_ablation_says_what_is_shown_instead
 
 
 def test_the_root_url_keeps_its_run_for_the_session(dash_store, tmp_path, monkeypatch):
-    from compute.config import Prompt
+    from compute.prompts import Prompt
     from compute.rescore import rescore
 
     db = tmp_path / "copy.duckdb"

@@ -127,8 +127,9 @@ for name in names:
 
 @pytest.mark.slow
 def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path, monkeypatch):
-    from compute.config import Prompt, load_experiment
+    from compute.config import load_experiment
     from compute.models import load_clip
+    from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
 

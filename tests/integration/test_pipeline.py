@@ -228,7 +228,7 @@ def batch(image_ids: list[int], ablations: int, prompts: int, dim: int, seed: in
 
 def test_the_writer_commits_every_batch_in_few_sessions_and_embeddings_round_trip(tmp_path):
     from compute.ablations import sweep
-    from compute.config import Prompt
+    from compute.prompts import Prompt
 
     db = tmp_path / "s.duckdb"
     ablations = sweep("singles", 3)

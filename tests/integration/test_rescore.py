@@ -103,7 +103,7 @@ def test_a_run_without_embeddings_cannot_be_rescored(tiny_clip, tmp_path):
 def test_rescore_of_a_captioned_float16_run_reuses_the_caption_cache(tiny_clip, tiny_ved, tmp_path):
     """float16 embeddings rescore close to a full run; the rescored run gets captions, from the cache
     where the new prompts' selections match ones already captioned."""
-    from compute.config import Prompt
+    from compute.prompts import Prompt
     from compute.rescore import rescore
 
     coco = make_coco(tmp_path / "coco", n=5)

@@ -10,8 +10,8 @@ from conftest import sql
 
 from compute import store
 from compute.__main__ import main
-from compute.config import Prompt
 from compute.models import load_clip
+from compute.prompts import Prompt
 from compute.rescore import rescore
 from compute.scoring import prompt_embeddings, text_embeddings
 from tools.synthetic import make_coco, write_experiment

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from compute.config import load_experiment, load_prompts
+from compute.config import load_experiment
 from compute.errors import InputError
+from compute.prompts import load_prompts
 
 GOOD = """
 name = "coco-cats-dogs"

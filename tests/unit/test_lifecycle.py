@@ -12,9 +12,9 @@ from conftest import sql
 
 from compute import store
 from compute.ablations import Ablation
-from compute.config import Prompt
 from compute.dataset import ImageRecord
 from compute.lifecycle import ConfigMismatch, OpenRun, create_or_resume
+from compute.prompts import Prompt
 
 ABLATIONS = [Ablation("baseline"), Ablation("identity", (1,)), Ablation("zero", (2,))]
 

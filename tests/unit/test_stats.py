@@ -191,8 +191,8 @@ def _store_with_scores(tmp_path):
     picks flipped, for McNemar's accuracy test). -> (db, run_id, scores (n, A))."""
     from compute import store
     from compute.ablations import parse_ablation
-    from compute.config import Prompt
     from compute.dataset import ImageRecord
+    from compute.prompts import Prompt
 
     rng = np.random.default_rng(7)
     labels = ["identity:1", "identity:2", "identity:3", "identity:4", "identity:5"]
