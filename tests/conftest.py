@@ -1,9 +1,10 @@
-"""Fixtures every tier shares: a tiny random CLIP saved to disk, tiny COCO-format datasets, experiment
-files, the command line as a real process, read-only SQL on a store, and the dashboard's test store.
+"""Fixtures every tier shares: a tiny random CLIP saved to disk, tiny COCO-format datasets, the stores the
+dashboard, SigLIP and Heads tests read; and CI's rule that a browser, Ray or root-only test never skips.
+Plain helpers (paths, SQL, the command line) are in helpers.py.
 
 Tiers (``make test`` runs them all; ``make test-fast`` only the first):
     unit/         pure functions and tiny in-memory inputs, seconds in all
-    integration/  tiny random models built and saved here, real DuckDB files, real processes, AppTest
+    integration/  tiny random models built and saved here, real DuckDB files, the command line, AppTest
     regression/   the shipped demo models against stored reference numbers
     browser/      a real Streamlit server driven by a real headless Chromium
 """
@@ -11,21 +12,35 @@ Tiers (``make test`` runs them all; ``make test-fast`` only the first):
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from helpers import HEADS_EXTRAS, SIGLIP_EXTRAS  # noqa: E402
+
 from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "dashboard" / "app.py")
-DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layers (21) + zero:5-8
+CI_ENV = "CLIP_LAB_CI"  # set by .ci/run
+MUST_RUN = ("browser", "ray", "root")  # markers whose tests CI must run, never skip
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI, a skipped browser, Ray or root-only test is a failure: a missing Chromium, playwright, Ray or
+    root must not turn the tier green by not running it."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(CI_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    marks = [m for m in MUST_RUN if item.get_closest_marker(m) is not None]
+    if marks:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"a {'/'.join(marks)} test was skipped in CI ({CI_ENV}=1), where it must run: "
+                           f"{reason}")
 
 
 @pytest.fixture(scope="session")
@@ -83,19 +98,6 @@ def tiny_coco(tmp_path) -> Path:
     return make_coco(tmp_path / "coco")
 
 
-def sql(db: Path, query: str, params=()) -> list[tuple]:
-    """Rows of ``query`` on a read-only connection to ``db``."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(query, params).fetchall()
-
-
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m compute ARGS`` as a real process, from the repo root, offline."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "compute", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
 @pytest.fixture(scope="session")
 def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     """The dashboard tests' store: 10 tiny COCO images (one unreadable), run "tiny" (the paper sweep plus
@@ -112,9 +114,6 @@ def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     for exp in (tiny, singles):
         run(load_experiment(exp), progress=False, echo=lambda _: None)
     return db
-
-
-SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")
 
 
 @pytest.fixture(scope="session")
@@ -135,9 +134,6 @@ def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
     prompts = [Prompt("a photo of the dog", "dog"), Prompt("a small cat", "cat")]
     rescore(db, "sig", prompts, "sig-new", progress=False, echo=lambda _: None)
     return db
-
-
-HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")
 
 
 @pytest.fixture(scope="session")

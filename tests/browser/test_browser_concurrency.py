@@ -11,8 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_browser import ARTIFACTS, _skip_loudly
+from helpers import ARTIFACTS, ROOT, skip_loudly
 
 from compute import store
 from tools.screenshots import CHROMIUM, serve, shoot
@@ -43,11 +42,11 @@ def done_pairs(db, name: str) -> int:
 @pytest.mark.slow
 def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(tiny_clip, tmp_path):
     if not CHROMIUM.is_file():
-        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
+        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
     from compute.config import Prompt, load_experiment
     from compute.models import load_clip
     from compute.rescore import rescore

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import run_cli
+from helpers import cli_process
 
 from compute.__main__ import main
 from compute.store import DB_ENV, default_db
@@ -39,7 +39,7 @@ def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run", small_run)
     assert main(["demo", "--no-dashboard", "--no-progress"]) == 0
-    result = run_cli("list", env={DB_ENV: str(db)})
+    result = cli_process("list", env={DB_ENV: str(db)})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "status", "images"]
@@ -55,7 +55,7 @@ def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):
     shutil.copy(dash_store, db)
     rescore(db, "tiny-singles", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")],
             "a-rather-long-rescored-name", progress=False, echo=lambda _: None)  # no captioner: one text pass
-    result = run_cli("list", "--db", str(db))
+    result = cli_process("list", "--db", str(db))
     assert result.returncode == 0, result.stderr
     head, rule, *rows = result.stdout.splitlines()
     assert any("a-rather-long-rescored-name (from tiny-singles)" in row for row in rows)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, sql
+from helpers import ROOT, cli_process, sql
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -89,7 +89,7 @@ def past_startup(proc: subprocess.Popen, db: Path) -> bool:
 
 def kill_at(point: str, *args: str) -> subprocess.CompletedProcess:
     quiet = ("--no-progress",) if args[0] in ("run", "rescore") else ()
-    result = run_cli(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
+    result = cli_process(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
     assert result.returncode == KILLED, f"{point} was never reached: {result.returncode}\n{result.stderr[-2000:]}"
     return result
 
@@ -111,7 +111,7 @@ def reference(tiny_clip, tiny_blip, tmp_path_factory):
     complete = tmp / "complete.duckdb"
     shutil.copy(db, complete)  # the run alone, before the rescored run is added to `db`
     (tmp / "prompts.toml").write_text(PROMPTS_FILE)
-    rescored = run_cli("rescore", "--run", "t", "--prompts", str(tmp / "prompts.toml"), "--as", "r", "--db", str(db),
+    rescored = cli_process("rescore", "--run", "t", "--prompts", str(tmp / "prompts.toml"), "--as", "r", "--db", str(db),
                        "--no-progress")
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     return {"tmp": tmp, "coco": coco, "db": db, "complete": complete, "phase": phase}
@@ -147,7 +147,7 @@ def test_kills_in_the_mean_pass_the_sweep_and_the_caption_stage_then_resume(refe
     assert sql(db, "SELECT COUNT(*) FROM selection_t WHERE caption IS NOT NULL") == [(0,)]
     assert counts(db)["caption_cache_t"] == counts(reference["complete"])["caption_cache_t"]
 
-    final = run_cli("run", exp, "--no-progress")
+    final = cli_process("run", exp, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])
 
@@ -161,7 +161,7 @@ def test_kills_inside_rescore_then_resume(reference, tmp_path):
     assert sql(db, "SELECT COUNT(*) FROM selection_t JOIN run_t USING (run_id) WHERE run = 'r'") == [(0,)]
     kill_at("caption:1", *args)  # the rescored run's own captions (new prompts, new prefixes)
     assert sql(db, "SELECT COUNT(*) FROM selections WHERE run = 'r'") == [((N_IMAGES - len(BROKEN)) * N_ABLATIONS,)]
-    final = run_cli(*args, "--no-progress")
+    final = cli_process(*args, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["db"])
 
@@ -173,7 +173,7 @@ def test_a_kill_inside_delete_leaves_the_run_whole_and_a_rerun_removes_it_whole(
     before = {name: sql(db, query) for name, query in TABLES.items()}
     kill_at("delete:5", "delete", "r", "--db", str(db))  # after 5 of delete's 9 statements, before COMMIT
     assert {name: sql(db, query) for name, query in TABLES.items()} == before
-    done = run_cli("delete", "r", "--db", str(db))
+    done = cli_process("delete", "r", "--db", str(db))
     assert done.returncode == 0, done.stderr[-2000:]
     for table in ("run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",
                   "stat_t"):
@@ -204,6 +204,6 @@ def test_kills_at_random_moments_of_a_captioned_run_then_resume(reference, tiny_
         proc.wait()
         landed += 1
     assert landed >= 1, "every run finished before its kill; the test proved nothing"
-    final = run_cli("run", str(exp), "--no-progress")
+    final = cli_process("run", str(exp), "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import APP, ROOT
+from helpers import APP, ROOT
 from streamlit.testing.v1 import AppTest
 
 from analysis import queries

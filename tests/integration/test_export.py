@@ -7,7 +7,7 @@ import re
 import duckdb
 import pandas as pd
 import pytest
-from conftest import DASH_ABLATIONS, run_cli, sql
+from helpers import DASH_ABLATIONS, cli_process, sql
 
 from analysis import figures, queries, slices, tables
 from compute import store
@@ -24,7 +24,7 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
 def pack(dash_store, tmp_path_factory):
     """The CLI run once, as a real process: the folder it wrote."""
     out = tmp_path_factory.mktemp("pack")
-    result = run_cli("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
+    result = cli_process("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
     assert result.returncode == 0, result.stderr
     assert f"to {out}" in result.stdout
     return out

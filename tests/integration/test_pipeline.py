@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, sql
+from helpers import ROOT, sql
 from PIL import Image
 
 from compute import store

@@ -11,7 +11,7 @@ import time
 
 import duckdb
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from tools.synthetic import make_coco, write_experiment
 

@@ -1,0 +1,135 @@
+"""Helpers every test tier shares (fixtures are in conftest.py): the repo's paths, read-only SQL on a store,
+the command line in this process or as a real process, and the browser tests' loud skip.
+
+Test modules import these (``from helpers import cli, sql``), never each other or conftest.py. Nothing
+outside ``tests/`` imports this module (tests/unit/test_layout.py checks it).
+
+``cli`` runs ``python -m compute ARGS`` in this process: the same ``compute.__main__.main``, without the
+4-5 s of imports a new interpreter pays. Use it wherever the process boundary is not what a test is about.
+``cli_process`` starts a real process: for tests that kill it, signal it, run two at once, read its whole
+stderr (nothing but the one error line, no warning a library prints at import), hold the run lock from
+this process, or need a fresh interpreter (imports, capabilities, memory limits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"  # the browser tests' screenshots and server logs
+DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layers (21) + zero:5-8
+SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")  # the siglip_store fixture's
+HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")  # the heads_store fixture's
+KILL_ENV = "CLIP_LAB_KILL_AT"  # compute.killpoints: read once at import, so only a new process obeys it
+
+
+def sql(db: Path, query: str, params=()) -> list[tuple]:
+    """Rows of ``query`` on a read-only connection to ``db``."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(query, params).fetchall()
+
+
+def cli_process(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m compute ARGS`` as a real process, from the repo root, offline."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "compute", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+class CliTimeout(Exception):
+    """An in-process command ran past its timeout (what ``subprocess.run``'s timeout is to a process)."""
+
+
+def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m compute ARGS`` in this process: ``compute.__main__.main(ARGS)`` from the repo root, offline,
+    with ``env`` added to the environment. Its stdout and stderr are captured (output of the decode worker
+    processes is not); the exit code is ``main``'s return value or argparse's ``SystemExit``; an uncaught
+    exception propagates (a process would print its traceback and exit 1), failing the test where it happened.
+
+    The global state a command may change is put back afterwards: the environment, the working directory,
+    torch's thread count, every Python signal handler, the root logger, transformers' verbosity and progress
+    bars, the warning filters. ``timeout`` (main thread only) raises CliTimeout in the command, so a command
+    that blocks fails the test instead of hanging the suite.
+    """
+    if env and KILL_ENV in env:
+        raise ValueError(f"{KILL_ENV} is read when compute.killpoints is imported: use cli_process")
+    import torch
+    import transformers.utils.logging as hf_logging
+
+    from compute.__main__ import main
+
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    handlers = {s: h for s in signal.valid_signals() if (h := _handler(s)) is not None}
+    root = logging.getLogger()
+    saved_root = (root.level, root.handlers[:], root.disabled)
+    hf_state = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    out, err = io.StringIO(), io.StringIO()
+    alarm = timeout is not None and threading.current_thread() is threading.main_thread()
+    try:
+        os.environ.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+        os.chdir(ROOT)
+        if alarm:
+            signal.signal(signal.SIGALRM, _timed_out(args, timeout))
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, h in handlers.items():
+            if _handler(s) != h:  # only what changed: a C-level handler (faulthandler's) stays
+                signal.signal(s, h)
+        os.chdir(saved_cwd)
+        for key in set(os.environ) - set(saved_env):
+            del os.environ[key]
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+        root.setLevel(saved_root[0])
+        root.handlers[:], root.disabled = saved_root[1], saved_root[2]
+        hf_logging.set_verbosity(hf_state[0])
+        (hf_logging.enable_progress_bar if hf_state[1] else hf_logging.disable_progress_bar)()
+    return subprocess.CompletedProcess(["python", "-m", "compute", *args], code, out.getvalue(), err.getvalue())
+
+
+def _handler(sig: signal.Signals):
+    """The Python-level handler of ``sig`` (None where Python cannot read or set one)."""
+    if sig in (signal.SIGKILL, signal.SIGSTOP):
+        return None
+    try:
+        return signal.getsignal(sig)
+    except (OSError, ValueError):
+        return None
+
+
+def _timed_out(args: tuple[str, ...], timeout: float):
+    def raise_timeout(signum, frame):
+        raise CliTimeout(f"python -m compute {' '.join(args)} did not finish in {timeout} s")
+
+    return raise_timeout
+
+
+def skip_loudly(reason: str) -> None:
+    """Skip with a banner on stderr: a browser test that did not run must not pass unnoticed (in CI, with
+    CLIP_LAB_CI=1, conftest.py turns the skip of a browser, Ray or root test into a failure)."""
+    import pytest
+
+    banner = "!" * 78
+    print(f"\n{banner}\n{reason}\n{banner}", file=sys.stderr)
+    pytest.skip(reason)

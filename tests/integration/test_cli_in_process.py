@@ -1,0 +1,85 @@
+"""helpers.cli, the command line run in the test's own process, against the real process it stands in for
+(helpers.cli_process): the same exit code, stdout and stderr; the global state a command changes put back;
+a command that blocks fails instead of hanging; a kill point refused (only a new process reads it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pytest
+import torch
+import transformers.utils.logging as hf_logging
+from helpers import CliTimeout, cli, cli_process
+
+from tools.synthetic import make_coco, write_experiment
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_clip, tmp_path_factory):
+    """(experiment file, its store after one complete run of 3 images, no sweep)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    coco = make_coco(tmp / "coco", n=3)
+    db = tmp / "r.duckdb"
+    exp = write_experiment(tmp / "e.toml", tiny_clip, coco, db, sweep="none")
+    assert cli("run", str(exp), "--no-progress").returncode == 0
+    return exp, db
+
+
+def test_in_process_and_real_process_give_the_same_code_stdout_and_stderr(small_run, tmp_path):
+    exp, db = small_run
+    bad = tmp_path / "bad.toml"
+    bad.write_text(exp.read_text().replace('name = "t"', "name = 5", 1))
+    cases = [
+        ("list", "--db", str(db)),  # a table on stdout, exit 0
+        ("run", str(bad), "--no-progress"),  # bad input: one line on stderr, exit 2
+        ("delete", "nothing", "--db", str(db)),  # an InputError raised after the store is opened
+        ("run", "--help"),  # argparse's SystemExit(0)
+        ("run", str(exp), "--limit", "x"),  # argparse's usage error, SystemExit(2)
+    ]
+    for args in cases:
+        inside, outside = cli(*args), cli_process(*args)
+        assert (inside.returncode, inside.stdout, inside.stderr) == \
+            (outside.returncode, outside.stdout, outside.stderr), args
+    assert [cli(*args).returncode for args in cases] == [0, 2, 2, 0, 2]
+
+
+def test_a_command_leaves_the_global_state_as_it_found_it(small_run, monkeypatch):
+    exp, _ = small_run
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # the command sets it when unset
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    root = logging.getLogger()
+    level, root_handlers = root.level, root.handlers[:]
+    hf_logging.set_verbosity_info()  # not the command's choice (error), so a leak would show
+    try:
+        result = cli("run", str(exp), "--no-progress", "--threads", str(threads + 1), env={"CLIP_LAB_X": "1"})
+        assert result.returncode == 0, result.stderr
+        assert "resuming run 't'" in result.stdout
+        assert hf_logging.get_verbosity() == logging.INFO and hf_logging.is_progress_bar_enabled() == bars
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    assert torch.get_num_threads() == threads
+    assert os.getcwd() == cwd
+    assert "CLIP_LAB_X" not in os.environ and "TOKENIZERS_PARALLELISM" not in os.environ
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert (root.level, root.handlers) == (level, root_handlers)
+
+
+def test_a_command_that_blocks_fails_at_its_timeout(monkeypatch):
+    from compute import __main__ as entry
+
+    monkeypatch.setattr(entry, "cmd_list", lambda args: time.sleep(30) or 0)
+    t0 = time.monotonic()
+    with pytest.raises(CliTimeout, match="did not finish in 0.5 s"):
+        cli("list", "--db", "x.duckdb", timeout=0.5)
+    assert time.monotonic() - t0 < 10
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_kill_point_needs_a_real_process():
+    with pytest.raises(ValueError, match="use cli_process"):
+        cli("list", env={"CLIP_LAB_KILL_AT": "sweep:1"})
