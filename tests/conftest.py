@@ -12,9 +12,16 @@ Tiers (``make test`` runs them all; ``make test-fast`` only the first):
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# OpenMP reads its wait policy once, when torch loads: compute sets it (compute/__init__.py), so compute comes
+# first. Without it torch's threads spin between ops and an in-process run is 4-8x slower beside its own
+# decode workers.
+assert "torch" not in sys.modules, "torch was imported before conftest.py could set OpenMP's wait policy"
+import compute  # noqa: E402, F401, I001
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
