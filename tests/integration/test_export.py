@@ -7,7 +7,7 @@ import re
 import duckdb
 import pandas as pd
 import pytest
-from helpers import DASH_ABLATIONS, cli_process, sql
+from helpers import DASH_ABLATIONS, cli, sql
 
 from analysis import figures, queries, slices, tables
 from compute import store
@@ -22,9 +22,9 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<svg", "pdf": b"%PDF-"}
 
 @pytest.fixture(scope="module")
 def pack(dash_store, tmp_path_factory):
-    """The CLI run once, as a real process: the folder it wrote."""
+    """The command line run once (in this process): the folder it wrote."""
     out = tmp_path_factory.mktemp("pack")
-    result = cli_process("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
+    result = cli("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
     assert result.returncode == 0, result.stderr
     assert f"to {out}" in result.stdout
     return out
