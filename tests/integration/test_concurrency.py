@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, cli_process, sql
+from helpers import ROOT, cli, sql
 
 from compute import store
 from compute.__main__ import main
@@ -183,7 +183,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "no space left on device", N_LIVE * 21)
     filler.unlink()  # space freed
-    again = cli_process("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming run 't'" in again.stdout
     assert_same_results(db, ref_db)
@@ -203,6 +203,6 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "read-only file system", N_LIVE * 21)
     subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
-    again = cli_process("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_results(db, ref_db)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, sql
+from helpers import ROOT, cli, sql
 from PIL import Image
 
 from compute import store
@@ -129,7 +129,7 @@ def test_a_killed_worker_ends_the_run_with_one_line_then_a_rerun_completes(tiny_
     assert "resume" in lines[0]
     partial = sql_count(db)
     assert 0 < partial < 80 * 21
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = cli(*cmd[3:])  # the rerun in this process: only the killed run's process is under test
     assert again.returncode == 0, again.stderr
     assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
     assert sql(db, "SELECT status FROM runs") == [("complete",)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import cli_process, sql
+from helpers import cli, cli_process, sql
 
 from compute import store
 from compute.__main__ import main
@@ -117,7 +117,7 @@ def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
     found = kind(v1)
     assert (found.kind, found.version) == ("ours", 1) and store.MARKER not in found.tables
     assert sql(v1, RESULTS) == rows
-    again = cli_process("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert kind(v1).version == 2
     assert sql(v1, RESULTS) == sql(ref_db, RESULTS)
