@@ -58,6 +58,23 @@ def tiny_clip(tmp_path_factory) -> Path:
     return save_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip", layers=12, width=32, heads=4)
 
 
+@pytest.fixture
+def clip_in_memory():
+    """tiny_clip's vision tower (12 layers, width 32, 4 heads, 32 px, patch 8: 17 tokens) with random weights, built
+    in memory and never saved: the unit tier's model."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=64, max_position_embeddings=32),
+        projection_dim=16)
+    return CLIPModel(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_siglip(tmp_path_factory) -> Path:
     """A 6-layer random SiglipModel (width 32, 4 heads, 32 px, patch 8: 16 tokens, no CLS; perturbed so the
