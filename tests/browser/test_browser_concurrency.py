@@ -19,11 +19,12 @@ from tools.synthetic import make_coco, write_experiment
 
 PAGES = ("overview", "failures", "image")
 DELETER = """
-import sys, time
+import sys
 from compute.__main__ import main
 db, names = sys.argv[1], sys.argv[2:]
+print("ready", flush=True)  # imports done: a delete now takes a moment
 for name in names:
-    time.sleep(1.5)
+    sys.stdin.readline()  # the test's word that pages are loading now (at the end of its input: go on)
     assert main(["delete", name, "--db", db]) == 0
 """
 
@@ -93,12 +94,15 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
 
         # 2. While runs the pages show are deleted.
         deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
+            assert deleter.stdout.readline() == "ready\n", deleter.communicate()[1][-2000:]
             loads_while_deleting = 0
             k = 0
             while deleter.poll() is None and not loads_while_deleting:
                 before = len(run_names(db))
+                deleter.stdin.write("go\n")  # the next delete starts as these pages load
+                deleter.stdin.flush()
                 shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"})
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"

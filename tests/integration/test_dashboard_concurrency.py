@@ -7,6 +7,7 @@ exception on a page, progress that only grows and is seen part way, and a run th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -75,11 +76,11 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
 
 
 DELETER = """
-import sys, time
+import sys
 from compute.__main__ import main
 db, names = sys.argv[1], sys.argv[2:]
 for name in names:
-    time.sleep(0.3)
+    sys.stdin.readline()  # the test's word that a page renders now (at the end of its input: go on)
     assert main(["delete", name, "--db", db]) == 0
 """
 
@@ -105,13 +106,16 @@ def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path,
     assert not at.exception, at.exception[0].value
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py", "views/compare.py"]
     renders = 0
     try:
         deadline = time.monotonic() + 240
         while deleter.poll() is None and time.monotonic() < deadline:
             # The page asks for a run that is being deleted, or is already gone: it must still render.
+            with contextlib.suppress(BrokenPipeError):  # the last delete may have ended the deleter
+                deleter.stdin.write("go\n")  # the next delete starts as this page renders
+                deleter.stdin.flush()
             at.query_params["run"] = victims[renders % len(victims)]
             at.switch_page(pages[renders % len(pages)]).run()
             assert not at.exception, at.exception[0].value
