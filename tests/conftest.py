@@ -1,6 +1,7 @@
-"""Fixtures every tier shares: a tiny random CLIP saved to disk, tiny COCO-format datasets, the stores the
-dashboard, SigLIP and Heads tests read; and CI's rule that a browser, Ray or root-only test never skips.
-Plain helpers (paths, SQL, the command line) are in helpers.py.
+"""Fixtures every tier shares: a tiny random CLIP saved to disk (and one built in memory for the unit tier),
+tiny COCO-format datasets, the stores the dashboard, SigLIP and Heads tests read; and CI's rule that a
+browser, Ray or root-only test never skips (its hooks are in helpers.py, with the plain helpers: paths, SQL,
+the command line).
 
 Tiers (``make test`` runs them all; ``make test-fast`` only the first):
     unit/         pure functions and tiny in-memory inputs, seconds in all
@@ -26,28 +27,16 @@ import compute  # noqa: E402, F401, I001
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import HEADS_EXTRAS, SIGLIP_EXTRAS  # noqa: E402
+# CI's rule (a skipped browser, Ray or root test fails): hooks kept in helpers.py, so that a probe can load
+# them alone (tests/integration/test_ci_rule.py), registered here by name.
+from helpers import (  # noqa: E402, F401
+    HEADS_EXTRAS,
+    SIGLIP_EXTRAS,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 from tools.synthetic import make_coco, write_experiment  # noqa: E402
-
-CI_ENV = "CLIP_LAB_CI"  # set by .ci/run
-MUST_RUN = ("browser", "ray", "root")  # markers whose tests CI must run, never skip
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI, a skipped browser, Ray or root-only test is a failure: a missing Chromium, playwright, Ray or
-    root must not turn the tier green by not running it."""
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get(CI_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
-        return
-    marks = [m for m in MUST_RUN if item.get_closest_marker(m) is not None]
-    if marks:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = (f"a {'/'.join(marks)} test was skipped in CI ({CI_ENV}=1), where it must run: "
-                           f"{reason}")
 
 
 @pytest.fixture(scope="session")

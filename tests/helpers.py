@@ -1,5 +1,7 @@
 """Helpers every test tier shares (fixtures are in conftest.py): the repo's paths, read-only SQL on a store,
-the command line in this process or as a real process, and the browser tests' loud skip.
+the command line in this process or as a real process, the browser tests' loud skip, and CI's rule (the
+hooks conftest.py registers: with CLIP_LAB_CI=1, as .ci/run sets it, a skipped browser, Ray or root-only
+test fails, and so does a test module skipped at import).
 
 Test modules import these (``from helpers import cli, sql``), never each other or conftest.py. Nothing
 outside ``tests/`` imports this module (tests/unit/test_layout.py checks it).
@@ -25,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import duckdb
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -33,6 +36,8 @@ DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layer
 SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")  # the siglip_store fixture's
 HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")  # the heads_store fixture's
 KILL_ENV = "CLIP_LAB_KILL_AT"  # compute.killpoints: read once at import, so only a new process obeys it
+CI_ENV = "CLIP_LAB_CI"  # set by .ci/run
+MUST_RUN = ("browser", "ray", "root")  # markers whose tests CI must run, never skip
 
 
 def sql(db: Path, query: str, params=()) -> list[tuple]:
@@ -128,8 +133,38 @@ def _timed_out(args: tuple[str, ...], timeout: float):
 def skip_loudly(reason: str) -> None:
     """Skip with a banner on stderr: a browser test that did not run must not pass unnoticed (in CI, with
     CLIP_LAB_CI=1, conftest.py turns the skip of a browser, Ray or root test into a failure)."""
-    import pytest
-
     banner = "!" * 78
     print(f"\n{banner}\n{reason}\n{banner}", file=sys.stderr)
     pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# CI's rule: conftest.py registers these hooks.
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI, a skipped browser, Ray or root-only test is a failure: a missing Chromium, playwright, Ray or
+    root must not turn the tier green by not running it."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(CI_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    marks = [m for m in MUST_RUN if item.get_closest_marker(m) is not None]
+    if marks:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"a {'/'.join(marks)} test was skipped in CI ({CI_ENV}=1), where it must run: "
+                           f"{reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """In CI, a whole test module skipped at import (``pytest.importorskip`` at the top, a module-level skip)
+    is a failure too: its markers are never seen, so no module may skip that way there."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(CI_ENV) == "1" and report.skipped and isinstance(collector, pytest.Module):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"a test module was skipped in CI ({CI_ENV}=1), where every module must run: {reason}"

@@ -174,6 +174,7 @@ def fill(folder: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_on_tmpfs):
     exp, ref_db = live_on_tmpfs
     db = exp.parent / "store" / "s.duckdb"
@@ -190,6 +191,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(live_on_tmpfs):
     exp, ref_db = live_on_tmpfs
     mnt = exp.parent / "store"

@@ -441,6 +441,7 @@ def test_store_paths_of_another_owner_are_one_line_and_untouched(setup, case, mo
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_store_on_a_read_only_file_system(setup, tmp_path, capsys):
     if os.geteuid() != 0:
         pytest.skip("mounting a read-only file system needs root")
