@@ -38,6 +38,18 @@ from helpers import (  # noqa: E402, F401
 
 from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
+# Modules whose module-scoped fixtures are dear (a local Ray, a browser with its server and store, a reference
+# run killed against, the demo's store): under `make test` (--dist loadgroup) each runs on one worker, which
+# makes them once; every other test goes to whichever worker is free.
+ONE_WORKER = ("test_browser.py", "test_ray.py", "test_crashes.py", "test_export.py", "test_demo_regression.py",
+              "test_demo_captioner.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
