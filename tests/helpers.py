@@ -16,6 +16,7 @@ this process, or need a fresh interpreter (imports, capabilities, memory limits)
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -23,7 +24,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -51,6 +55,158 @@ def cli_process(*args: str, timeout: float = 300, env: dict | None = None) -> su
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "compute", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+class Forked:
+    """A process forked from this one that runs ``target()`` and exits with what it returns: a real process
+    (its own pid and memory, killed alone by a signal, its own file locks, an exit status) without the 4-5 s
+    of imports a new interpreter pays. The interface is subprocess.Popen's, text mode: ``pid``, ``args``,
+    ``returncode``, ``stdout`` / ``stderr`` (and ``stdin`` when asked for), ``poll``, ``wait``,
+    ``communicate``, ``send_signal``, ``kill``.
+
+    The child runs torch on one thread: OpenMP's thread pool does not survive a fork (a child that uses the
+    parent's pool hangs). It never returns into pytest: it leaves with os._exit, as ``python -m compute``
+    does. Not for what needs a fresh interpreter (what imports print, import costs, memory limits) or a
+    process beside a running Ray (its threads do not survive a fork).
+    """
+
+    def __init__(self, target: Callable[[], int | None], args: list[str], stdin: bool = False) -> None:
+        self.args, self.returncode = args, None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), None)
+        pid = os.fork()
+        if pid == 0:
+            _child(target, in_r, out_w, err_w)  # never returns
+        self.pid = pid
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+        self.stdout = open(out_r, encoding="utf-8", errors="replace")  # noqa: SIM115 (closed by communicate)
+        self.stderr = open(err_r, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.stdin = open(in_w, "w", encoding="utf-8") if in_w is not None else None  # noqa: SIM115
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """The rest of what the child writes to stdout and stderr until it ends (read together: a full pipe
+        would stall it; what an earlier readline buffered included), then its exit status."""
+        if self.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got: dict[str, str] = {}
+        readers = [threading.Thread(target=lambda k=k, f=f: got.__setitem__(k, f.read()), daemon=True)
+                   for k, f in (("out", self.stdout), ("err", self.stderr))]
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if r.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.stdout.close()
+        self.stderr.close()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return got["out"], got["err"]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _child(target: Callable[[], int | None], stdin: int, stdout: int, stderr: int) -> None:
+    code = 1
+    try:
+        os.dup2(stdin, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115 (line-buffered)
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115
+        _drop_inherited_flocks()
+        import torch
+
+        torch.set_num_threads(1)
+        code = target()
+        code = 0 if code is None else code
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _drop_inherited_flocks() -> None:
+    """Close the child's copies of files the parent holds an flock on (a run lock, compute.runlock): flock
+    belongs to the open file, which fork shares, so the child would hold the parent's lock too and wait on
+    itself."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                held = " FLOCK " in f.read()
+        except OSError:  # the listing's own fd, gone
+            continue
+        if fd > 2 and held:
+            os.close(fd)
+
+
+def start_cli(*args: str, env: dict | None = None, stdin: bool = False) -> Forked:
+    """``python -m compute ARGS`` started in a process forked from this one (see Forked), from the repo root,
+    offline, with ``env`` added to its environment (a kill point in it is obeyed: compute.killpoints is read
+    again in the child)."""
+    def target() -> int:
+        os.environ.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+        os.chdir(ROOT)
+        import compute.killpoints
+        from compute.__main__ import main
+
+        importlib.reload(compute.killpoints)  # its callers read its globals, now from this environment
+        return main(list(args))
+
+    return Forked(target, ["python", "-m", "compute", *args], stdin=stdin)
+
+
+def start_python(code: str, *argv: str, stdin: bool = False) -> Forked:
+    """``python -c CODE ARGV`` started in a process forked from this one (see Forked), from the repo root."""
+    def target() -> None:
+        os.chdir(ROOT)
+        sys.argv = ["-c", *argv]
+        exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+
+    return Forked(target, ["python", "-c", code, *argv], stdin=stdin)
+
+
+def cli_forked(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """start_cli(ARGS) run to its end: its exit status (negative: the signal that ended it), stdout, stderr."""
+    proc = start_cli(*args, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 class CliTimeout(Exception):

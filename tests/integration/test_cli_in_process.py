@@ -1,18 +1,21 @@
 """helpers.cli, the command line run in the test's own process, against the real process it stands in for
 (helpers.cli_process): the same exit code, stdout and stderr; the global state a command changes put back;
-a command that blocks fails instead of hanging; a kill point refused (only a new process reads it)."""
+a command that blocks fails instead of hanging; a kill point refused (only a new process reads it). And
+helpers.cli_forked, a process forked from the test's: the same output, a kill point obeyed in the child
+only. (test_concurrency.py's two-runs test shows a forked child does not hold the test's run lock.)"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 
 import pytest
 import torch
 import transformers.utils.logging as hf_logging
-from helpers import CliTimeout, cli, cli_process
+from helpers import CliTimeout, cli, cli_forked, cli_process, sql
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -84,3 +87,18 @@ def test_a_command_that_blocks_fails_at_its_timeout(monkeypatch):
 def test_a_kill_point_needs_a_real_process():
     with pytest.raises(ValueError, match="use cli_process"):
         cli("list", env={"CLIP_LAB_KILL_AT": "sweep:1"})
+
+
+def test_a_forked_command_gives_the_same_output_and_obeys_a_kill_point_alone(small_run, tmp_path):
+    from compute import killpoints
+
+    exp, db = small_run
+    for args in (("list", "--db", str(db)), ("run", str(exp), "--limit", "x")):
+        forked, inside = cli_forked(*args), cli(*args)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (inside.returncode, inside.stdout, inside.stderr)
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(db, copy)
+    killed = cli_forked("delete", "t", "--db", str(copy), env={"CLIP_LAB_KILL_AT": "delete:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sql(copy, "SELECT run FROM runs") == [("t",)]  # killed inside delete's transaction: nothing gone
+    assert killpoints._STAGE == "" and "CLIP_LAB_KILL_AT" not in os.environ  # this process's are untouched
