@@ -2,22 +2,20 @@
 sweep batch's transaction, inside the caption stage's transactions, inside rescore and inside delete's
 transaction, at named points (``CLIP_LAB_KILL_AT``, compute.killpoints) and at random moments. After a
 rerun: every row once, the values of an uninterrupted run; after a killed delete: the run whole, then gone
-whole. The killed commands are real processes; the uninterrupted runs and the reruns run in this process
-(helpers.cli), the same code without a new interpreter's imports."""
+whole. The killed commands are real processes, forked from the test's (helpers.start_cli: no new interpreter's
+imports); the uninterrupted runs and the reruns run in this process (helpers.cli)."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, cli, cli_process, sql
+from helpers import Forked, cli, cli_forked, sql, start_cli
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -71,13 +69,11 @@ def counts(db: Path) -> dict[str, int]:
     return {t: sql(db, f"SELECT COUNT(*) FROM {t}")[0][0] for t in names}
 
 
-def start(exp: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(exp: Path) -> Forked:
+    return start_cli("run", str(exp), "--no-progress")
 
 
-def past_startup(proc: subprocess.Popen, db: Path) -> bool:
+def past_startup(proc: Forked, db: Path) -> bool:
     """Wait until ``proc`` holds the run's lock (models loaded, its pid in the lock file); False if it ended."""
     from compute.runlock import lock_path
 
@@ -91,7 +87,7 @@ def past_startup(proc: subprocess.Popen, db: Path) -> bool:
 
 def kill_at(point: str, *args: str) -> subprocess.CompletedProcess:
     quiet = ("--no-progress",) if args[0] in ("run", "rescore") else ()
-    result = cli_process(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
+    result = cli_forked(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
     assert result.returncode == KILLED, f"{point} was never reached: {result.returncode}\n{result.stderr[-2000:]}"
     return result
 
