@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, cli, sql
+from helpers import Forked, cli, sql, start_cli
 
 from compute import store
 from compute.__main__ import main
@@ -24,7 +23,6 @@ N_PAPER = 8  # images of the `paper` fixture's experiment: four batches of two
 N_LIVE = 12  # images of the runs that must still be going when the test acts: batches of one
 RESULTS = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
 SELECTED = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY ALL"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def assert_same_results(got: Path, want: Path) -> None:
@@ -43,13 +41,11 @@ def done_so_far(db: Path) -> int:
         return con.execute("SELECT COUNT(*) FROM selection_t").fetchone()[0]
 
 
-def start(exp: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                            env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def start(exp: Path) -> Forked:
+    return start_cli("run", str(exp), "--no-progress")  # a real process, forked: no new interpreter's imports
 
 
-def line_with(proc: subprocess.Popen, text: str) -> str:
+def line_with(proc: Forked, text: str) -> str:
     """The first line of ``proc``'s output holding ``text`` (lines before it, such as warnings, are skipped);
     "" if the output ends first."""
     while line := proc.stdout.readline():
@@ -150,7 +146,7 @@ def live_on_tmpfs(tiny_clip, tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def started(exp: Path, db: Path) -> subprocess.Popen:
+def started(exp: Path, db: Path) -> Forked:
     """A run as a real process, returned once its first batch is committed."""
     writer = start(exp)
     deadline = time.monotonic() + 240
