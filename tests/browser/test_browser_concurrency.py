@@ -5,13 +5,10 @@ shows an exception; the writer and the deleter end as they would alone.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from helpers import ARTIFACTS, ROOT, skip_loudly
+from helpers import ARTIFACTS, skip_loudly, start_cli, start_python
 
 from compute import store
 from tools.screenshots import CHROMIUM, serve, shoot
@@ -64,13 +61,11 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
                 progress=False, echo=lambda _: None, clip=clip)
     live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=120), db, name="live",
                             batch_size=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = ARTIFACTS / "concurrency"
 
     with serve(db, ARTIFACTS / "streamlit-concurrency.log") as url:
         # 1. While a compute run writes the store.
-        writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(live), "--no-progress"], cwd=ROOT,
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = start_cli("run", str(live), "--no-progress")  # a real process (forked: no new interpreter's imports)
         try:
             deadline = time.monotonic() + 240
             while "live" not in run_names(db):
@@ -93,8 +88,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
         assert loads_while_writing >= 1, "no page load overlapped the run's writes"
 
         # 2. While runs the pages show are deleted.
-        deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deleter = start_python(DELETER, str(db), *victims, stdin=True)  # a real process, forked
         try:
             assert deleter.stdout.readline() == "ready\n", deleter.communicate()[1][-2000:]
             loads_while_deleting = 0

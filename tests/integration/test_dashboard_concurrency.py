@@ -8,13 +8,10 @@ exception on a page, progress that only grows and is seen part way, and a run th
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from helpers import APP, ROOT
+from helpers import APP, start_cli, start_python
 from streamlit.testing.v1 import AppTest
 
 from analysis import queries
@@ -42,9 +39,7 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
     coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "live.duckdb"
     exp = write_experiment(tmp_path / "live.toml", tiny_clip, coco, db, name="live", batch_size=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = start_cli("run", str(exp), "--no-progress")  # a real process (forked: no new interpreter's imports)
     monkeypatch.setenv(DB_ENV, str(db))
     seen, at = [], None
     pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py"]
@@ -104,9 +99,7 @@ def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path,
     monkeypatch.setenv(DB_ENV, str(db))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception[0].value
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deleter = start_python(DELETER, str(db), *victims, stdin=True)  # a real process, forked
     pages = ["views/overview.py", "views/failures.py", "views/layers.py", "views/image.py", "views/compare.py"]
     renders = 0
     try:
