@@ -5,6 +5,7 @@ one clear line, never a traceback; the store stays valid; the result is the unin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -94,17 +95,15 @@ def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip,
     coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "s.duckdb"
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
-    writer = start(exp)
+    writer = held_between_sessions(exp)  # part way through, whatever the machine's load
     try:
-        deadline = time.monotonic() + 240
-        while done_so_far(db) == 0:
-            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
-            time.sleep(0.05)
+        assert 0 < done_so_far(db) < N_LIVE * 21
         capsys.readouterr()
         assert main(["delete", "t", "--db", str(db)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"error: run 't' is being written by process {writer.pid} on {db}; wait for it to finish "
                        "(or stop it), then try again")
+        writer.send_signal(signal.SIGCONT)
         out, err = writer.communicate(timeout=600)
     finally:
         if writer.poll() is None:
@@ -146,13 +145,34 @@ def live_on_tmpfs(tiny_clip, tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def started(exp: Path, db: Path) -> Forked:
-    """A run as a real process, returned once its first batch is committed."""
-    writer = start(exp)
+def held_between_sessions(exp: Path) -> Forked:
+    """A run as a real process (forked), returned stopped (SIGSTOP) where its store writer is about to open the
+    store a second time: a session's batches committed (at most 4 of N_LIVE: BatchWriter.per_open), no file
+    open for writing. The test acts on it (a delete, a full disk, a read-only mount), then lets it go on
+    (SIGCONT): the act lands part way whatever the machine's load."""
+    def target() -> int:
+        import threading
+
+        from compute import store
+        from compute.__main__ import main
+
+        opens, connect = [], store.connect
+
+        def held_connect(db, read_only=False, *args, **kwargs):
+            if not read_only and threading.current_thread() is not threading.main_thread():  # the writer's
+                opens.append(db)
+                if len(opens) == 2:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            return connect(db, read_only, *args, **kwargs)
+
+        store.connect = held_connect
+        return main(["run", str(exp), "--no-progress"])
+
+    writer = Forked(target, ["python", "-m", "compute", "run", str(exp), "--no-progress"])
     deadline = time.monotonic() + 240
-    while done_so_far(db) == 0:
+    while Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
         assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
-        time.sleep(0.05)
+        time.sleep(0.01)
     return writer
 
 
@@ -174,8 +194,9 @@ def fill(folder: Path) -> Path:
 def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_on_tmpfs):
     exp, ref_db = live_on_tmpfs
     db = exp.parent / "store" / "s.duckdb"
-    writer = started(exp, db)
+    writer = held_between_sessions(exp)
     filler = fill(db.parent)  # the disk fills up mid-run
+    writer.send_signal(signal.SIGCONT)
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "no space left on device", N_LIVE * 21)
@@ -192,11 +213,10 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
     exp, ref_db = live_on_tmpfs
     mnt = exp.parent / "store"
     db = mnt / "s.duckdb"
-    writer = started(exp, db)
+    writer = held_between_sessions(exp)
     # The disk goes read-only mid-run (possible only while no file is open for writing: between sessions).
-    while subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
-        assert writer.poll() is None, "the run ended before the file system could go read-only"
-        time.sleep(0.01)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    writer.send_signal(signal.SIGCONT)
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "read-only file system", N_LIVE * 21)
