@@ -16,6 +16,7 @@ this process, or need a fresh interpreter (imports, capabilities, memory limits)
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import importlib
 import io
 import logging
@@ -77,7 +78,7 @@ class Forked:
         in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), None)
         pid = os.fork()
         if pid == 0:
-            _child(target, in_r, out_w, err_w)  # never returns
+            _child(target, in_r, out_w, err_w, [out_r, err_r, in_w])  # never returns
         self.pid = pid
         for fd in (out_w, err_w, in_r):
             os.close(fd)
@@ -114,8 +115,17 @@ class Forked:
             r.start()
         for r in readers:
             r.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if r.is_alive():
-                raise subprocess.TimeoutExpired(self.args, timeout)
+            if r.is_alive():  # where it hangs: the child's threads' stacks, from faulthandler, in the error
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGUSR1)
+                time.sleep(1)
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+                for r in readers:
+                    r.join(5)
+                print(f"process {self.pid} timed out; its stderr ends (stacks last):\n{got.get('err', '')[-6000:]}",
+                      file=sys.stderr)
+                raise subprocess.TimeoutExpired(self.args, timeout, stderr=got.get("err", ""))
         self.stdout.close()
         self.stderr.close()
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -129,16 +139,19 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
-def _child(target: Callable[[], int | None], stdin: int, stdout: int, stderr: int) -> None:
+def _child(target: Callable[[], int | None], stdin: int, stdout: int, stderr: int, parents: list[int | None]) -> None:
     code = 1
     try:
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
+        for fd in {stdin, stdout, stderr, *parents} - {None, 0, 1, 2}:  # the parent's ends: its stdin's write
+            os.close(fd)  # end kept open here, the child would never read the end of its input
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115 (line-buffered)
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115
         _drop_inherited_flocks()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # its stacks, when a test times out on it
         import torch
 
         torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 import transformers.utils.logging as hf_logging
-from helpers import CliTimeout, cli, cli_forked, cli_process, sql
+from helpers import CliTimeout, cli, cli_forked, cli_process, sql, start_python
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -102,3 +102,13 @@ def test_a_forked_command_gives_the_same_output_and_obeys_a_kill_point_alone(sma
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert sql(copy, "SELECT run FROM runs") == [("t",)]  # killed inside delete's transaction: nothing gone
     assert killpoints._STAGE == "" and "CLIP_LAB_KILL_AT" not in os.environ  # this process's are untouched
+
+
+def test_a_forked_script_reads_its_input_to_the_end_and_exits_with_its_status():
+    echo = start_python("import sys\nprint(sys.argv[1:], len(sys.stdin.read()))\nsys.exit(3)", "a", "b", stdin=True)
+    echo.stdin.write("four")
+    out, err = echo.communicate(timeout=60)  # closes its input: the child sees the end of it
+    assert (echo.returncode, out, err) == (3, "['a', 'b'] 4\n", "")
+    failing = start_python("raise ValueError('boom')")
+    out, err = failing.communicate(timeout=60)
+    assert failing.returncode == 1 and err.strip().endswith("ValueError: boom") and out == ""
