@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # them alone (tests/integration/test_ci_rule.py), registered here by name.
 from helpers import (  # noqa: E402, F401
     HEADS_EXTRAS,
+    ONE_WORKER,
     SIGLIP_EXTRAS,
     pytest_make_collect_report,
     pytest_runtest_makereport,
@@ -38,17 +39,23 @@ from helpers import (  # noqa: E402, F401
 
 from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
-# Modules whose module-scoped fixtures are dear (a local Ray, a browser with its server and store, a reference
-# run killed against, the demo's store): under `make test` (--dist loadgroup) each runs on one worker, which
-# makes them once; every other test goes to whichever worker is free.
-ONE_WORKER = ("test_browser.py", "test_ray.py", "test_crashes.py", "test_export.py", "test_demo_regression.py",
-              "test_demo_captioner.py")
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s --dist loadgroup: a test of helpers.ONE_WORKER's modules (dear module fixtures) travels
+    with its module, so one worker makes them once; any other test goes alone to whichever worker is free.
+    (pytest-xdist's own ``xdist_group`` marks group nothing under pytest 9: they rename node ids the way
+    pytest 8 stored them.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in ONE_WORKER:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    class ModuleOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in ONE_WORKER else nodeid
+
+    return ModuleOrTest(config, log)
 
 
 @pytest.fixture(scope="session")

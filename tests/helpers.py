@@ -41,6 +41,10 @@ DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layer
 SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")  # the siglip_store fixture's
 HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")  # the heads_store fixture's
 KILL_ENV = "CLIP_LAB_KILL_AT"  # compute.killpoints: read once at import, so only a new process obeys it
+# Modules whose module-scoped fixtures are dear (a local Ray, a browser with its server and store, a reference
+# run killed against, the demo's store): `make test` keeps each on one worker (conftest.py's scheduler).
+ONE_WORKER = ("test_browser.py", "test_ray.py", "test_crashes.py", "test_export.py", "test_demo_regression.py",
+              "test_demo_captioner.py")
 CI_ENV = "CLIP_LAB_CI"  # set by .ci/run
 MUST_RUN = ("browser", "ray", "root")  # markers whose tests CI must run, never skip
 

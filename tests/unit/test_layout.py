@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ONE_WORKER, ROOT
 
 PACKAGES = ("compute", "analysis", "dashboard", "tools")
 LONG = 400  # lines; a longer module says why in its docstring ("Long because ...")
@@ -119,6 +119,11 @@ def test_test_modules_never_import_each_other_or_conftest():
     strays = sorted(f"{p.relative_to(ROOT)}: {', '.join(sorted(third_party(p) & names))}"
                     for p in tests.rglob("*.py") if third_party(p) & names)
     assert strays == []
+
+
+def test_the_modules_kept_on_one_worker_exist():
+    tests = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+    assert set(ONE_WORKER) <= tests  # a renamed module would silently lose its grouping
 
 
 def test_the_dashboard_and_compute_never_import_tools(graph):
