@@ -1,16 +1,19 @@
 """Helpers every test tier shares (fixtures are in conftest.py): the repo's paths, read-only SQL on a store,
-the command line in this process or as a real process, the browser tests' loud skip, and CI's rule (the
-hooks conftest.py registers: with CLIP_LAB_CI=1, as .ci/run sets it, a skipped browser, Ray or root-only
-test fails, and so does a test module skipped at import).
+the command line three ways, the browser tests' loud skip, the modules kept on one worker, and CI's rule
+(the hooks conftest.py registers: with CLIP_LAB_CI=1, as .ci/run sets it, a skipped browser, Ray or
+root-only test fails, and so does a test module skipped at import).
 
 Test modules import these (``from helpers import cli, sql``), never each other or conftest.py. Nothing
-outside ``tests/`` imports this module (tests/unit/test_layout.py checks it).
+outside ``tests/`` imports this module (tests/unit/test_layout.py checks both).
 
-``cli`` runs ``python -m compute ARGS`` in this process: the same ``compute.__main__.main``, without the
-4-5 s of imports a new interpreter pays. Use it wherever the process boundary is not what a test is about.
-``cli_process`` starts a real process: for tests that kill it, signal it, run two at once, read its whole
-stderr (nothing but the one error line, no warning a library prints at import), hold the run lock from
-this process, or need a fresh interpreter (imports, capabilities, memory limits).
+The command line, ``python -m compute ARGS``:
+    cli           in this process (the same ``compute.__main__.main``), without the 4-5 s of imports a new
+                  interpreter pays: wherever the process boundary is not what a test is about.
+    start_cli     a real process forked from this one (Forked, Popen's interface; cli_forked: run to its
+    cli_forked    end), still without those imports: runs that are killed, stopped, run two at once or
+                  beside the test's own run lock.
+    cli_process   a new interpreter: only where that is the subject (the whole stderr of a refused command,
+                  with nothing a library prints at import; import costs; memory limits; capabilities).
 """
 
 from __future__ import annotations
