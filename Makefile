@@ -17,10 +17,12 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Every tier: unit, integration, regression, browser (the README's command, and CI's). Two workers, each
-# taking whole test files (module fixtures such as the Ray tests' local cluster are made once).
+# Every tier: unit, integration, regression, browser (the README's command, and CI's). Two workers (the
+# machine's cores), each taking the next test as it finishes one; the modules whose module fixtures are dear
+# (a local Ray, a browser and its server, a reference run) stay on one worker each (conftest.ONE_WORKER).
+# TESTS=tests/browser (any pytest arguments) for a part.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(TESTS)
 
 # The unit tier alone: seconds, for the edit-run loop.
 test-fast: install

@@ -1,9 +1,11 @@
-"""Fixtures every tier shares: a tiny random CLIP saved to disk, tiny COCO-format datasets, experiment
-files, the command line as a real process, read-only SQL on a store, and the dashboard's test store.
+"""Fixtures every tier shares: a tiny random CLIP saved to disk (and one built in memory for the unit tier),
+tiny COCO-format datasets, the stores the dashboard, SigLIP and Heads tests read; and CI's rule that a
+browser, Ray or root-only test never skips (its hooks are in helpers.py, with the plain helpers: paths, SQL,
+the command line).
 
 Tiers (``make test`` runs them all; ``make test-fast`` only the first):
     unit/         pure functions and tiny in-memory inputs, seconds in all
-    integration/  tiny random models built and saved here, real DuckDB files, real processes, AppTest
+    integration/  tiny random models built and saved here, real DuckDB files, the command line, AppTest
     regression/   the shipped demo models against stored reference numbers
     browser/      a real Streamlit server driven by a real headless Chromium
 """
@@ -11,21 +13,49 @@ Tiers (``make test`` runs them all; ``make test-fast`` only the first):
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
+
+# OpenMP reads its wait policy once, when torch loads: compute sets it (compute/__init__.py), so compute comes
+# first. Without it torch's threads spin between ops and an in-process run is 4-8x slower beside its own
+# decode workers.
+assert "torch" not in sys.modules, "torch was imported before conftest.py could set OpenMP's wait policy"
+import compute  # noqa: E402, F401, I001
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# CI's rule (a skipped browser, Ray or root test fails): hooks kept in helpers.py, so that a probe can load
+# them alone (tests/integration/test_ci_rule.py), registered here by name.
+from helpers import (  # noqa: E402, F401
+    HEADS_EXTRAS,
+    ONE_WORKER,
+    SIGLIP_EXTRAS,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
+
 from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "dashboard" / "app.py")
-DASH_ABLATIONS = 22  # the dashboard store's run "tiny": paper sweep of 12 layers (21) + zero:5-8
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s --dist loadgroup: a test of helpers.ONE_WORKER's modules (dear module fixtures) travels
+    with its module, so one worker makes them once; any other test goes alone to whichever worker is free.
+    (pytest-xdist's own ``xdist_group`` marks group nothing under pytest 9: they rename node ids the way
+    pytest 8 stored them.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in ONE_WORKER else nodeid
+
+    return ModuleOrTest(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +64,23 @@ def tiny_clip(tmp_path_factory) -> Path:
     from tools.synthetic import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip", layers=12, width=32, heads=4)
+
+
+@pytest.fixture
+def clip_in_memory():
+    """tiny_clip's vision tower (12 layers, width 32, 4 heads, 32 px, patch 8: 17 tokens) with random weights, built
+    in memory and never saved: the unit tier's model."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=64, max_position_embeddings=32),
+        projection_dim=16)
+    return CLIPModel(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -83,19 +130,6 @@ def tiny_coco(tmp_path) -> Path:
     return make_coco(tmp_path / "coco")
 
 
-def sql(db: Path, query: str, params=()) -> list[tuple]:
-    """Rows of ``query`` on a read-only connection to ``db``."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(query, params).fetchall()
-
-
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m compute ARGS`` as a real process, from the repo root, offline."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "compute", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
 @pytest.fixture(scope="session")
 def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     """The dashboard tests' store: 10 tiny COCO images (one unreadable), run "tiny" (the paper sweep plus
@@ -112,9 +146,6 @@ def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     for exp in (tiny, singles):
         run(load_experiment(exp), progress=False, echo=lambda _: None)
     return db
-
-
-SIGLIP_EXTRAS = ("zero:2-3", "mean:4/h1", "knockout:5/patches>patches/h0,h2")
 
 
 @pytest.fixture(scope="session")
@@ -136,9 +167,6 @@ def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
     prompts = [Prompt("a photo of the dog", "dog"), Prompt("a small cat", "cat")]
     rescore(db, "sig", prompts, "sig-new", progress=False, echo=lambda _: None)
     return db
-
-
-HEADS_EXTRAS = ("mean:2/h1", "knockout:3-4/patches>cls/h1", "zero:6/h0,h3")
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
-from conftest import ROOT, sql
+from helpers import ARTIFACTS, skip_loudly, sql
 
 from dashboard.pages import PAGES as PAGE_INFO
 from dashboard.pages import SECTIONS, page_info
@@ -45,17 +44,10 @@ from tools.synthetic import make_coco
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 WIDTHS = (1440, 1280, 800)
 # Long prompts that differ only at the end: cut to ~17 characters they could not be told apart.
 PROMPTS = ["a photo of a small black cat on the floor", "a photo of a small black dog on the floor",
            "a photo of a big white bird in the background", "a photo of a big white car in the background"]
-
-
-def _skip_loudly(reason: str) -> None:
-    banner = "!" * 78
-    print(f"\n{banner}\n{reason}\n{banner}", file=sys.stderr)
-    pytest.skip(reason)
 
 
 class Listener:
@@ -99,12 +91,12 @@ def listener():
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run "
-                     "(apt-get install chromium; .ci/run does)")
+        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run "
+                    "(apt-get install chromium; .ci/run does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium

@@ -5,14 +5,10 @@ shows an exception; the writer and the deleter end as they would alone.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_browser import ARTIFACTS, _skip_loudly
+from helpers import ARTIFACTS, skip_loudly, start_cli, start_python
 
 from compute import store
 from tools.screenshots import CHROMIUM, serve, shoot
@@ -20,11 +16,12 @@ from tools.synthetic import make_coco, write_experiment
 
 PAGES = ("overview", "failures", "image")
 DELETER = """
-import sys, time
+import sys
 from compute.__main__ import main
 db, names = sys.argv[1], sys.argv[2:]
+print("ready", flush=True)  # imports done: a delete now takes a moment
 for name in names:
-    time.sleep(1.5)
+    sys.stdin.readline()  # the test's word that pages are loading now (at the end of its input: go on)
     assert main(["delete", name, "--db", db]) == 0
 """
 
@@ -43,11 +40,11 @@ def done_pairs(db, name: str) -> int:
 @pytest.mark.slow
 def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(tiny_clip, tmp_path):
     if not CHROMIUM.is_file():
-        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
+        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
     from compute.config import load_experiment
     from compute.models import load_clip
     from compute.prompts import Prompt
@@ -65,13 +62,11 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
                 progress=False, echo=lambda _: None, clip=clip)
     live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=120), db, name="live",
                             batch_size=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = ARTIFACTS / "concurrency"
 
     with serve(db, ARTIFACTS / "streamlit-concurrency.log") as url:
         # 1. While a compute run writes the store.
-        writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(live), "--no-progress"], cwd=ROOT,
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = start_cli("run", str(live), "--no-progress")  # a real process (forked: no new interpreter's imports)
         try:
             deadline = time.monotonic() + 240
             while "live" not in run_names(db):
@@ -94,13 +89,15 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
         assert loads_while_writing >= 1, "no page load overlapped the run's writes"
 
         # 2. While runs the pages show are deleted.
-        deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deleter = start_python(DELETER, str(db), *victims, stdin=True)  # a real process, forked
         try:
+            assert deleter.stdout.readline() == "ready\n", deleter.communicate()[1][-2000:]
             loads_while_deleting = 0
             k = 0
             while deleter.poll() is None and not loads_while_deleting:
                 before = len(run_names(db))
+                deleter.stdin.write("go\n")  # the next delete starts as these pages load
+                deleter.stdin.flush()
                 shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"})
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"

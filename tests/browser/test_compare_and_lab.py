@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, sql
+from helpers import ROOT, sql
 
 from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, CONTENT, EXCEPTION, finished, overflow, page_url, serve
 from tools.synthetic import make_coco, write_experiment

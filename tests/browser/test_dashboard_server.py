@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import APP, ROOT
+from helpers import APP, ROOT
 
 from tools.screenshots import free_port
 

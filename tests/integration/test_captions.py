@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sql
+from helpers import sql
 from PIL import Image
 
 from compute.captions import continue_prefix

@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from conftest import run_cli
+from helpers import cli
 
 from compute.__main__ import main
 from compute.store import DB_ENV, default_db
@@ -17,20 +17,21 @@ VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
 
 
 def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch, capsys):
-    """The demo verb itself (in this process), on a small slice of its data, then ``list`` as a real process
-    with no --db: both use the default store. The demo prints each warning once (its runs share prompts) and
-    its summary tables aligned, with the significance mark's column."""
+    """The demo verb itself, on a small slice of its data, then ``list`` with no --db (both in this process,
+    $CLIP_LAB_DB read at each call): both use the default store. The demo prints each warning once (its runs
+    share prompts) and its summary tables aligned, with the significance mark's column."""
     from compute import runner
     from compute.config import load_experiment
-    from compute.demo import EXPERIMENTS, SPLIT, cli
+    from compute.demo import EXPERIMENTS, SPLIT
+    from compute.demo import cli as demo
 
     db = tmp_path / "results.duckdb"
     monkeypatch.setenv(DB_ENV, str(db))
     for path in EXPERIMENTS:  # no store in the demo's files: the default one
         assert load_experiment(path).store.db == default_db() == db
     data = tmp_path / "shapes"
-    monkeypatch.setattr(cli, "DEMO_DATA", data)
-    monkeypatch.setattr(cli, "N_IMAGES", 12)
+    monkeypatch.setattr(demo, "DEMO_DATA", data)
+    monkeypatch.setattr(demo, "N_IMAGES", 12)
     full_run = runner.run
 
     def small_run(exp, **kwargs):  # the demo's experiments (captions included) on 3 of its images
@@ -52,7 +53,7 @@ def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch, ca
         assert out[k].split()[:5] == ["ablation", "images", "accuracy", "change", "sig"]
         assert rows and all(re.match(r"\S+\s+\S+", r).end() == out[k].index("images") + len("images")
                             for r in rows)
-    result = run_cli("list", env={DB_ENV: str(db)})
+    result = cli("list", env={DB_ENV: str(db)})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "status", "images"]
@@ -88,7 +89,7 @@ def test_list_columns_stay_aligned_with_a_rescored_run(dash_store, tmp_path):
     shutil.copy(dash_store, db)
     rescore(db, "tiny-singles", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")],
             "a-rather-long-rescored-name", progress=False, echo=lambda _: None)  # no captioner: one text pass
-    result = run_cli("list", "--db", str(db))
+    result = cli("list", "--db", str(db))
     assert result.returncode == 0, result.stderr
     head, rule, *rows = result.stdout.splitlines()
     assert any("a-rather-long-rescored-name (from tiny-singles)" in row for row in rows)

@@ -5,13 +5,13 @@ one clear line, never a traceback; the store stays valid; the result is the unin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, sql
+from helpers import Forked, cli, sql, start_cli
 
 from compute import store
 from compute.__main__ import main
@@ -24,7 +24,6 @@ N_PAPER = 8  # images of the `paper` fixture's experiment: four batches of two
 N_LIVE = 12  # images of the runs that must still be going when the test acts: batches of one
 RESULTS = "SELECT image_id, ablation, prompt, logit, prob FROM scores ORDER BY image_id, ablation, prompt"
 SELECTED = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY ALL"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def assert_same_results(got: Path, want: Path) -> None:
@@ -43,13 +42,11 @@ def done_so_far(db: Path) -> int:
         return con.execute("SELECT COUNT(*) FROM selection_t").fetchone()[0]
 
 
-def start(exp: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                            env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def start(exp: Path) -> Forked:
+    return start_cli("run", str(exp), "--no-progress")  # a real process, forked: no new interpreter's imports
 
 
-def line_with(proc: subprocess.Popen, text: str) -> str:
+def line_with(proc: Forked, text: str) -> str:
     """The first line of ``proc``'s output holding ``text`` (lines before it, such as warnings, are skipped);
     "" if the output ends first."""
     while line := proc.stdout.readline():
@@ -98,17 +95,15 @@ def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip,
     coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "s.duckdb"
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, db, batch_size=1)
-    writer = start(exp)
+    writer = held_between_sessions(exp)  # part way through, whatever the machine's load
     try:
-        deadline = time.monotonic() + 240
-        while done_so_far(db) == 0:
-            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
-            time.sleep(0.05)
+        assert 0 < done_so_far(db) < N_LIVE * 21
         capsys.readouterr()
         assert main(["delete", "t", "--db", str(db)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"error: run 't' is being written by process {writer.pid} on {db}; wait for it to finish "
                        "(or stop it), then try again")
+        writer.send_signal(signal.SIGCONT)
         out, err = writer.communicate(timeout=600)
     finally:
         if writer.poll() is None:
@@ -150,13 +145,34 @@ def live_on_tmpfs(tiny_clip, tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def started(exp: Path, db: Path) -> subprocess.Popen:
-    """A run as a real process, returned once its first batch is committed."""
-    writer = start(exp)
+def held_between_sessions(exp: Path) -> Forked:
+    """A run as a real process (forked), returned stopped (SIGSTOP) where its store writer is about to open the
+    store a second time: a session's batches committed (at most 4 of N_LIVE: BatchWriter.per_open), no file
+    open for writing. The test acts on it (a delete, a full disk, a read-only mount), then lets it go on
+    (SIGCONT): the act lands part way whatever the machine's load."""
+    def target() -> int:
+        import threading
+
+        from compute import store
+        from compute.__main__ import main
+
+        opens, connect = [], store.connect
+
+        def held_connect(db, read_only=False, *args, **kwargs):
+            if not read_only and threading.current_thread() is not threading.main_thread():  # the writer's
+                opens.append(db)
+                if len(opens) == 2:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            return connect(db, read_only, *args, **kwargs)
+
+        store.connect = held_connect
+        return main(["run", str(exp), "--no-progress"])
+
+    writer = Forked(target, ["python", "-m", "compute", "run", str(exp), "--no-progress"])
     deadline = time.monotonic() + 240
-    while done_so_far(db) == 0:
+    while Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
         assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
-        time.sleep(0.05)
+        time.sleep(0.01)
     return writer
 
 
@@ -174,35 +190,37 @@ def fill(folder: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_on_tmpfs):
     exp, ref_db = live_on_tmpfs
     db = exp.parent / "store" / "s.duckdb"
-    writer = started(exp, db)
+    writer = held_between_sessions(exp)
     filler = fill(db.parent)  # the disk fills up mid-run
+    writer.send_signal(signal.SIGCONT)
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "no space left on device", N_LIVE * 21)
     filler.unlink()  # space freed
-    again = run_cli("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming run 't'" in again.stdout
     assert_same_results(db, ref_db)
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_completes(live_on_tmpfs):
     exp, ref_db = live_on_tmpfs
     mnt = exp.parent / "store"
     db = mnt / "s.duckdb"
-    writer = started(exp, db)
+    writer = held_between_sessions(exp)
     # The disk goes read-only mid-run (possible only while no file is open for writing: between sessions).
-    while subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
-        assert writer.poll() is None, "the run ended before the file system could go read-only"
-        time.sleep(0.01)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    writer.send_signal(signal.SIGCONT)
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "read-only file system", N_LIVE * 21)
     subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
-    again = run_cli("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_results(db, ref_db)

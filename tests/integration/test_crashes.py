@@ -1,21 +1,21 @@
-"""Crashes that land in each stage: SIGKILL in the dataset-mean pass, inside a sweep batch's transaction,
-inside the caption stage's transactions, inside rescore and inside delete's transaction, at named points
-(``CLIP_LAB_KILL_AT``, compute.killpoints) and at random moments. After a rerun: every row once, the
-values of an uninterrupted run; after a killed delete: the run whole, then gone whole."""
+"""Crashes that land in each stage: SIGKILL inside the run's creation, in the dataset-mean pass, inside a
+sweep batch's transaction, inside the caption stage's transactions, inside rescore and inside delete's
+transaction, at named points (``CLIP_LAB_KILL_AT``, compute.killpoints) and at random moments. After a
+rerun: every row once, the values of an uninterrupted run; after a killed delete: the run whole, then gone
+whole. The killed commands are real processes, forked from the test's (helpers.start_cli: no new interpreter's
+imports); the uninterrupted runs and the reruns run in this process (helpers.cli)."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, sql
+from helpers import Forked, cli, cli_forked, sql, start_cli
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -69,13 +69,11 @@ def counts(db: Path) -> dict[str, int]:
     return {t: sql(db, f"SELECT COUNT(*) FROM {t}")[0][0] for t in names}
 
 
-def start(exp: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(exp: Path) -> Forked:
+    return start_cli("run", str(exp), "--no-progress")
 
 
-def past_startup(proc: subprocess.Popen, db: Path) -> bool:
+def past_startup(proc: Forked, db: Path) -> bool:
     """Wait until ``proc`` holds the run's lock (models loaded, its pid in the lock file); False if it ended."""
     from compute.runlock import lock_path
 
@@ -89,29 +87,27 @@ def past_startup(proc: subprocess.Popen, db: Path) -> bool:
 
 def kill_at(point: str, *args: str) -> subprocess.CompletedProcess:
     quiet = ("--no-progress",) if args[0] in ("run", "rescore") else ()
-    result = run_cli(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
+    result = cli_forked(*args, *quiet, env={"CLIP_LAB_KILL_AT": point})
     assert result.returncode == KILLED, f"{point} was never reached: {result.returncode}\n{result.stderr[-2000:]}"
     return result
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_clip, tiny_blip, tmp_path_factory):
-    """An uninterrupted run (a real process, timed) with a captioner and a mean: ablation, rescored too."""
+    """An uninterrupted run (timed) with a captioner and a mean: ablation, rescored too."""
     tmp = tmp_path_factory.mktemp("crash-reference")
     coco = make_coco(tmp / "coco", n=N_IMAGES, broken=BROKEN)
     db = tmp / "ref.duckdb"
     exp = write_experiment(tmp / "ref.toml", tiny_clip, coco, db, extra=("mean:3,11",), batch_size=2,
                            captioner=tiny_blip, more=CAPTIONS)
-    proc = start(exp)
-    assert past_startup(proc, db), proc.communicate()[1][-2000:]
     t0 = time.monotonic()
-    _, err = proc.communicate(timeout=600)
-    phase = time.monotonic() - t0  # from the run's lock (models loaded) to the end: the store phase
-    assert proc.returncode == 0, err[-2000:]
+    done = cli("run", str(exp), "--no-progress")
+    phase = time.monotonic() - t0  # the tiny models load in a moment here: about a process's store phase
+    assert done.returncode == 0, done.stderr[-2000:]
     complete = tmp / "complete.duckdb"
     shutil.copy(db, complete)  # the run alone, before the rescored run is added to `db`
     (tmp / "prompts.toml").write_text(PROMPTS_FILE)
-    rescored = run_cli("rescore", "--run", "t", "--prompts", str(tmp / "prompts.toml"), "--as", "r", "--db", str(db),
+    rescored = cli("rescore", "--run", "t", "--prompts", str(tmp / "prompts.toml"), "--as", "r", "--db", str(db),
                        "--no-progress")
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     return {"tmp": tmp, "coco": coco, "db": db, "complete": complete, "phase": phase}
@@ -123,9 +119,12 @@ def experiment(reference: dict, tiny_clip: Path, tiny_blip: Path, db: Path) -> P
 
 
 @pytest.mark.slow
-def test_kills_in_the_mean_pass_the_sweep_and_the_caption_stage_then_resume(reference, tiny_clip, tiny_blip, tmp_path):
+def test_kills_in_creation_the_mean_pass_the_sweep_and_the_caption_stage_then_resume(reference, tiny_clip, tiny_blip, tmp_path):
     db = tmp_path / "killed.duckdb"
     exp = str(experiment(reference, tiny_clip, tiny_blip, db))
+
+    kill_at("create", "run", exp)  # inside the transaction that creates the run (the store itself exists)
+    assert counts(db)["run_t"] == 0 and counts(db)["image_t"] == 0
 
     kill_at("mean:2", "run", exp)  # the dataset-mean pass, at its second batch
     state = counts(db)
@@ -147,7 +146,7 @@ def test_kills_in_the_mean_pass_the_sweep_and_the_caption_stage_then_resume(refe
     assert sql(db, "SELECT COUNT(*) FROM selection_t WHERE caption IS NOT NULL") == [(0,)]
     assert counts(db)["caption_cache_t"] == counts(reference["complete"])["caption_cache_t"]
 
-    final = run_cli("run", exp, "--no-progress")
+    final = cli("run", exp, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])
 
@@ -161,7 +160,7 @@ def test_kills_inside_rescore_then_resume(reference, tmp_path):
     assert sql(db, "SELECT COUNT(*) FROM selection_t JOIN run_t USING (run_id) WHERE run = 'r'") == [(0,)]
     kill_at("caption:1", *args)  # the rescored run's own captions (new prompts, new prefixes)
     assert sql(db, "SELECT COUNT(*) FROM selections WHERE run = 'r'") == [((N_IMAGES - len(BROKEN)) * N_ABLATIONS,)]
-    final = run_cli(*args, "--no-progress")
+    final = cli(*args, "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["db"])
 
@@ -173,7 +172,7 @@ def test_a_kill_inside_delete_leaves_the_run_whole_and_a_rerun_removes_it_whole(
     before = {name: sql(db, query) for name, query in TABLES.items()}
     kill_at("delete:5", "delete", "r", "--db", str(db))  # after 5 of delete's 9 statements, before COMMIT
     assert {name: sql(db, query) for name, query in TABLES.items()} == before
-    done = run_cli("delete", "r", "--db", str(db))
+    done = cli("delete", "r", "--db", str(db))
     assert done.returncode == 0, done.stderr[-2000:]
     for table in ("run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",
                   "stat_t"):
@@ -204,6 +203,6 @@ def test_kills_at_random_moments_of_a_captioned_run_then_resume(reference, tiny_
         proc.wait()
         landed += 1
     assert landed >= 1, "every run finished before its kill; the test proved nothing"
-    final = run_cli("run", str(exp), "--no-progress")
+    final = cli("run", str(exp), "--no-progress")
     assert final.returncode == 0, final.stderr[-2000:]
     assert_same_store(db, reference["complete"])

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import duckdb
 import numpy as np
 import pytest
-from conftest import APP, DASH_ABLATIONS, sql
+from helpers import APP, DASH_ABLATIONS, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 

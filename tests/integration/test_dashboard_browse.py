@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import APP, sql
+from helpers import APP, sql
 from streamlit.testing.v1 import AppTest
 
 from compute.store import DB_ENV

@@ -9,14 +9,12 @@ page never draws two states of the store at once.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import APP, DASH_ABLATIONS, ROOT
+from helpers import APP, DASH_ABLATIONS, start_cli, start_python
 from streamlit.testing.v1 import AppTest
 
 from analysis import queries
@@ -82,9 +80,7 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
     coco = make_coco(tmp_path / "coco", n=N_LIVE)
     db = tmp_path / "live.duckdb"
     exp = write_experiment(tmp_path / "live.toml", tiny_clip, coco, db, name="live", batch_size=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    writer = subprocess.Popen([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = start_cli("run", str(exp), "--no-progress")  # a real process (forked: no new interpreter's imports)
     monkeypatch.setenv(DB_ENV, str(db))
     seen, at = [], None
     pages = [page_info(k).path for k in ("overview", "failures", "layers", "image")]
@@ -116,11 +112,11 @@ def test_pages_render_while_a_compute_run_writes_the_store(tiny_clip, tmp_path, 
 
 
 DELETER = """
-import sys, time
+import sys
 from compute.__main__ import main
 db, names = sys.argv[1], sys.argv[2:]
 for name in names:
-    time.sleep(0.3)
+    sys.stdin.readline()  # the test's word that a page renders now (at the end of its input: go on)
     assert main(["delete", name, "--db", db]) == 0
 """
 
@@ -145,15 +141,16 @@ def test_pages_render_while_runs_are_deleted_from_the_store(tiny_clip, tmp_path,
     monkeypatch.setenv(DB_ENV, str(db))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception[0].value
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    deleter = subprocess.Popen([sys.executable, "-c", DELETER, str(db), *victims], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deleter = start_python(DELETER, str(db), *victims, stdin=True)  # a real process, forked
     pages = [page_info(k).path for k in ("overview", "failures", "layers", "image", "compare")]
     renders = 0
     try:
         deadline = time.monotonic() + 240
         while deleter.poll() is None and time.monotonic() < deadline:
             # The page asks for a run that is being deleted, or is already gone: it must still render.
+            with contextlib.suppress(BrokenPipeError):  # the last delete may have ended the deleter
+                deleter.stdin.write("go\n")  # the next delete starts as this page renders
+                deleter.stdin.flush()
             at.query_params["run"] = victims[renders % len(victims)]
             at.switch_page(pages[renders % len(pages)]).run()
             assert not at.exception, at.exception[0].value

@@ -8,7 +8,7 @@ import altair as alt
 import duckdb
 import pandas as pd
 import pytest
-from conftest import DASH_ABLATIONS, run_cli, sql
+from helpers import DASH_ABLATIONS, cli, sql
 
 from analysis import figures, queries, slices, tables
 from compute import store
@@ -29,9 +29,9 @@ def body(markdown: str) -> str:
 
 @pytest.fixture(scope="module")
 def pack(dash_store, tmp_path_factory):
-    """The CLI run once, as a real process: the folder it wrote."""
+    """The command line run once (in this process): the folder it wrote."""
     out = tmp_path_factory.mktemp("pack")
-    result = run_cli("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
+    result = cli("export", "--run", "tiny", "--out", str(out), "--db", str(dash_store))
     assert result.returncode == 0, result.stderr
     assert f"to {out}" in result.stdout
     return out

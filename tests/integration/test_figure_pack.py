@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import APP, sql
+from helpers import APP, sql
 from PIL import Image
 
 from analysis import FORMATS, SIZES, figures, print_layout, slices

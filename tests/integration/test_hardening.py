@@ -44,7 +44,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli, sql
+from helpers import ROOT, cli, cli_process, sql
 from PIL import Image
 
 from compute.__main__ import main
@@ -559,7 +559,7 @@ def test_a_huge_layer_range_is_refused_before_it_is_expanded(setup):
 def test_bad_input_as_a_real_process_prints_only_the_error_line(setup, case):
     argv = CASES[case][0](setup)
     before = snapshot(setup.tmp)
-    result = run_cli(*argv)
+    result = cli_process(*argv)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
@@ -631,6 +631,7 @@ def test_store_paths_of_another_owner_are_one_line_and_untouched(setup, case, mo
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_a_store_on_a_read_only_file_system(setup, tmp_path, capsys):
     if os.geteuid() != 0:
         pytest.skip("mounting a read-only file system needs root")
@@ -682,7 +683,7 @@ def test_images_outside_the_folder_go_to_the_errors_view_unread(tiny_clip, tmp_p
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, tmp_path / "r.duckdb", sweep="none")
     exp.write_text(exp.read_text().replace(f'images = "{images}"', f'images = "{linked}"'))
 
-    result = run_cli("run", str(exp), "--no-progress", timeout=240)
+    result = cli("run", str(exp), "--no-progress", timeout=240)  # a read of the FIFO fails here
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 image(s) could not be read" in result.stdout
     errors = sql(tmp_path / "r.duckdb", "SELECT image_id, stage, message FROM errors ORDER BY image_id")
@@ -891,7 +892,7 @@ def test_image_files_that_are_not_regular_files_are_error_rows_never_a_hang(tiny
         pass
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, tmp_path / "r.duckdb", sweep="none")
     try:
-        result = run_cli("run", str(exp), "--no-progress", "--workers", "2", timeout=240)  # a hang fails here
+        result = cli("run", str(exp), "--no-progress", "--workers", "2", timeout=240)  # a hang fails here
     finally:
         sock.close()
     assert result.returncode == 0, result.stderr[-2000:]
@@ -1173,3 +1174,70 @@ def test_an_unreachable_ray_cluster_is_one_line_before_any_store_or_run_exists(s
         port = sock.getsockname()[1]
     refused(setup, setup.run("--ray", f"127.0.0.1:{port}"), f"cannot reach Ray at 127.0.0.1:{port}: Connection refused",
             capsys, code=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input under --ray (moved here from test_ray.py: it never starts Ray, and it reads CASES).
+
+SAME_ERRORS = ["experiment: not TOML", "experiment: batch_size 0", "experiment: ablation beyond the model",
+               "experiment: head beyond the model", "experiment: prompt label nobody carries", "cli: --workers huge",
+               "annotations: image id a string", "annotations: duplicate image ids", "store: a directory",
+               "store: an SQLite file"]
+RAY_OPTIONS = {
+    ("--ray", "--ray-actors", "0"): "error: --ray-actors must be a positive integer, got 0",
+    ("--ray", "--ray-actors", "5000"): "error: --ray-actors = 5000 is too large: at most 4,096",
+    ("--ray", "--ray-gpus-per-actor", "-1"): "error: --ray-gpus-per-actor must be a number of GPUs from 0 to 64",
+    ("--ray", "--ray-gpus-per-actor", "1.5"): "error: --ray-gpus-per-actor = 1.5: above 1 it must be a whole number",
+    ("--ray", "--ray-gpus-per-actor", "nan"): "error: --ray-gpus-per-actor must be a number of GPUs",
+    ("--ray", "not an address"): "error: --ray 'not an address' is not a Ray address",
+    ("--ray", "ray://"): "error: --ray 'ray://' is not a Ray address",
+    ("--ray-actors", "2"): "error: --ray-actors needs --ray",
+    ("--ray", "--method", "plain"): "error: --method plain runs in one process only",
+}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_bad_input_under_ray_gets_the_same_one_line_errors_before_ray_is_imported(tiny_clip, tmp_path):
+    """Every case runs without and with --ray in one process, which must never import ray: each error is
+    the single-process run's line, exit code 2, and nothing is written."""
+    script = ["import json, sys, io, contextlib", "from compute.__main__ import main", "out = []",
+              "for argv in json.loads(sys.argv[1]):",
+              "    err = io.StringIO()",
+              "    with contextlib.redirect_stderr(err):",
+              "        code = main(argv)",
+              "    out.append([code, err.getvalue()])",
+              "print(json.dumps({'results': out, 'ray imported': 'ray' in sys.modules}))"]
+    argvs, expected = [], []
+    setups = []
+    for k, case in enumerate(SAME_ERRORS):
+        setup = Setup(tmp_path / f"case{k}", tiny_clip, None, tmp_path / f"case{k}" / "out.duckdb")
+        setup.tmp.mkdir()
+        setup.coco = make_coco(setup.tmp / "coco", n=10)
+        build, fragment = CASES[case]
+        argv = build(setup)
+        assert argv[0] == "run"
+        argvs += [argv, [*argv, "--ray"], [*argv, "--ray", "ray://head.example:10001", "--ray-actors", "8"]]
+        expected.append(fragment)
+        setups.append((setup, snapshot(setup.tmp)))
+    exp = write_experiment(tmp_path / "good.toml", tiny_clip, setups[0][0].coco, tmp_path / "good.duckdb")  # bad options
+    argvs += [["run", str(exp), "--no-progress", *options] for options in RAY_OPTIONS]
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", "\n".join(script), json.dumps(argvs)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = report["results"]
+    for k, fragment in enumerate(expected):
+        plain, local, remote = results[3 * k : 3 * k + 3]
+        assert plain[0] == 2 and len(plain[1].strip().splitlines()) == 1, (SAME_ERRORS[k], plain)
+        assert fragment in plain[1], (SAME_ERRORS[k], plain)
+        assert local == plain and remote == plain, SAME_ERRORS[k]
+    for (code, err), want in zip(results[3 * len(expected):], RAY_OPTIONS.values(), strict=True):
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(want), (want, err)
+    assert not report["ray imported"], "ray was imported: Ray work could have started before the checks"
+    for setup, before in setups:
+        assert snapshot(setup.tmp) == before, "a bad input changed or added a file"
+    assert not (tmp_path / "good.duckdb").exists()
+    print(f"{len(argvs)} refused runs in {time.monotonic() - t0:.1f} s, ray never imported")

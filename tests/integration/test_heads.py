@@ -604,7 +604,7 @@ def _experiment(path, model, coco, db, sweep_list, extra=RUN_EXTRAS):
 
 
 def test_a_heads_and_flow_run_records_every_part_and_matches_the_plain_method(tiny_clip, tmp_path):
-    from conftest import sql
+    from helpers import sql
 
     from compute.__main__ import main
     from tools.synthetic import make_coco

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, sql
+from helpers import cli, sql, start_cli
 from PIL import Image
 
 from compute import store
@@ -181,9 +179,8 @@ def test_a_killed_worker_ends_the_run_with_one_line_then_a_rerun_completes(tiny_
     coco = make_coco(tmp_path / "coco", n=80, size=(320, 240), photo=True)
     db = tmp_path / "w.duckdb"
     exp = write_experiment(tmp_path / "w.toml", tiny_clip, coco, db, batch_size=2, categories=())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "compute", "run", str(exp), "--no-progress", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = ["run", str(exp), "--no-progress", "--workers", "2"]
+    proc = start_cli(*cmd)  # a real process, forked: its decode workers are its children
     try:
         deadline = time.monotonic() + 120
         while not (db.exists() and sql_count(db) > 0) and time.monotonic() < deadline and proc.poll() is None:
@@ -201,7 +198,7 @@ def test_a_killed_worker_ends_the_run_with_one_line_then_a_rerun_completes(tiny_
     assert "resume" in lines[0]
     partial = sql_count(db)
     assert 0 < partial < 80 * 21
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = cli(*cmd)  # the rerun in this process: only the killed run's process is under test
     assert again.returncode == 0, again.stderr
     assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
     assert sql(db, "SELECT status FROM runs") == [("complete",)]

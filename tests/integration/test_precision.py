@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import sql
+from helpers import sql
 
 from compute import devices, precision
 from compute.__main__ import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import APP, DASH_ABLATIONS, sql
+from helpers import APP, DASH_ABLATIONS, sql
 
 from analysis.text import md
 from compute.store import DB_ENV

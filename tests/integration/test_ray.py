@@ -1,6 +1,7 @@
 """``run --ray`` on a real local Ray (2 CPUs, one per module): the same store as a single-process run, a Ray
-worker and actor killed mid-run (by PID) retried to the same result, a killed driver completed by a rerun,
-and bad input refused with the single-process run's one-line errors before Ray is even imported.
+worker and actor killed mid-run (by PID) retried to the same result, a killed driver completed by a rerun.
+(Bad input under ``--ray``, refused with the single-process run's one-line errors before Ray is even imported,
+is tested with the other bad inputs in test_hardening.py.)
 
 Select with ``pytest -m ray``. A local Ray takes 5-20 s to start here and each run starts a new actor (a
 process that imports torch and loads the model), so the module shares one Ray and makes two tiny runs on
@@ -8,20 +9,16 @@ it: the clean comparison is the faulted run's (exact under faults is exact)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, sql
-from test_hardening import CASES, Setup, snapshot
+from helpers import cli_process, sql
 
 from compute.config import load_experiment
 from compute.runner import run
@@ -178,7 +175,7 @@ def test_a_driver_killed_mid_run_leaves_a_store_a_rerun_completes(local_ray, ref
     db = tmp_path / "killed.duckdb"
     exp = experiment(reference, tiny_clip, tiny_blip, db)
     # A second driver joins the module's Ray and is SIGKILLed inside its second batch's transaction.
-    killed = run_cli("run", str(exp), "--ray", local_ray, "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:2"})
+    killed = cli_process("run", str(exp), "--ray", local_ray, "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert sql(db, "SELECT COUNT(*) FROM selection_t") == [(3 * N_ABLATIONS,)]  # the first batch of 3 images
     assert sql(db, "SELECT status FROM runs") == [("running",)]
@@ -207,68 +204,3 @@ def test_a_bfloat16_ray_run_is_verified_by_its_actor(local_ray, reference, tiny_
     # the actor's first two images (one of them may be image 4, whose rows are dropped; an actor Ray restarts
     # calibrates again)
     assert counts["sample"] > 0 and counts["sample"] % (N_ABLATIONS - 1) == 0 and counts[None] > 0
-
-
-# --------------------------------------------------------------------------------------------------
-# Bad input.
-
-SAME_ERRORS = ["experiment: not TOML", "experiment: batch_size 0", "experiment: ablation beyond the model",
-               "experiment: head beyond the model", "experiment: prompt label nobody carries", "cli: --workers huge",
-               "annotations: image id a string", "annotations: duplicate image ids", "store: a directory",
-               "store: an SQLite file"]
-RAY_OPTIONS = {
-    ("--ray", "--ray-actors", "0"): "error: --ray-actors must be a positive integer, got 0",
-    ("--ray", "--ray-actors", "5000"): "error: --ray-actors = 5000 is too large: at most 4,096",
-    ("--ray", "--ray-gpus-per-actor", "-1"): "error: --ray-gpus-per-actor must be a number of GPUs from 0 to 64",
-    ("--ray", "--ray-gpus-per-actor", "1.5"): "error: --ray-gpus-per-actor = 1.5: above 1 it must be a whole number",
-    ("--ray", "--ray-gpus-per-actor", "nan"): "error: --ray-gpus-per-actor must be a number of GPUs",
-    ("--ray", "not an address"): "error: --ray 'not an address' is not a Ray address",
-    ("--ray", "ray://"): "error: --ray 'ray://' is not a Ray address",
-    ("--ray-actors", "2"): "error: --ray-actors needs --ray",
-    ("--ray", "--method", "plain"): "error: --method plain runs in one process only",
-}
-
-
-def test_bad_input_under_ray_gets_the_same_one_line_errors_before_ray_is_imported(tiny_clip, tmp_path):
-    """Every case runs without and with --ray in one process, which must never import ray: each error is
-    the single-process run's line, exit code 2, and nothing is written."""
-    script = ["import json, sys, io, contextlib", "from compute.__main__ import main", "out = []",
-              "for argv in json.loads(sys.argv[1]):",
-              "    err = io.StringIO()",
-              "    with contextlib.redirect_stderr(err):",
-              "        code = main(argv)",
-              "    out.append([code, err.getvalue()])",
-              "print(json.dumps({'results': out, 'ray imported': 'ray' in sys.modules}))"]
-    argvs, expected = [], []
-    setups = []
-    for k, case in enumerate(SAME_ERRORS):
-        setup = Setup(tmp_path / f"case{k}", tiny_clip, None, tmp_path / f"case{k}" / "out.duckdb")
-        setup.tmp.mkdir()
-        setup.coco = make_coco(setup.tmp / "coco", n=10)
-        build, fragment = CASES[case]
-        argv = build(setup)
-        assert argv[0] == "run"
-        argvs += [argv, [*argv, "--ray"], [*argv, "--ray", "ray://head.example:10001", "--ray-actors", "8"]]
-        expected.append(fragment)
-        setups.append((setup, snapshot(setup.tmp)))
-    exp = write_experiment(tmp_path / "good.toml", tiny_clip, setups[0][0].coco, tmp_path / "good.duckdb")  # bad options
-    argvs += [["run", str(exp), "--no-progress", *options] for options in RAY_OPTIONS]
-
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", "\n".join(script), json.dumps(argvs)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    results = report["results"]
-    for k, fragment in enumerate(expected):
-        plain, local, remote = results[3 * k : 3 * k + 3]
-        assert plain[0] == 2 and len(plain[1].strip().splitlines()) == 1, (SAME_ERRORS[k], plain)
-        assert fragment in plain[1], (SAME_ERRORS[k], plain)
-        assert local == plain and remote == plain, SAME_ERRORS[k]
-    for (code, err), want in zip(results[3 * len(expected):], RAY_OPTIONS.values(), strict=True):
-        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(want), (want, err)
-    assert not report["ray imported"], "ray was imported: Ray work could have started before the checks"
-    for setup, before in setups:
-        assert snapshot(setup.tmp) == before, "a bad input changed or added a file"
-    assert not (tmp_path / "good.duckdb").exists()
-    print(f"{len(argvs)} refused runs in {time.monotonic() - t0:.1f} s, ray never imported")

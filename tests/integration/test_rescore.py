@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-from conftest import run_cli, sql
+from helpers import cli, sql
 
 from compute.__main__ import main
 from tools.synthetic import make_coco, write_experiment
@@ -96,7 +96,7 @@ def test_a_run_without_embeddings_cannot_be_rescored(tiny_clip, tmp_path):
     assert sql(db, "SELECT COUNT(*) FROM embedding_t") == [(0,)]
     prompts = tmp_path / "p.toml"
     prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
-    result = run_cli("rescore", "--run", "lean", "--prompts", str(prompts), "--as", "x", "--db", str(db))
+    result = cli("rescore", "--run", "lean", "--prompts", str(prompts), "--as", "x", "--db", str(db))
     assert result.returncode == 2 and "kept no image embeddings" in result.stderr
 
 

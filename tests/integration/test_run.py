@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli, sql
+from helpers import cli, cli_process, sql
 
 from compute.__main__ import main
 from tools.synthetic import make_coco, write_experiment
@@ -34,7 +34,7 @@ def coco_with_bad_files(tmp_path):
 def test_run_stores_every_pair_once_in_the_public_views(tiny_clip, coco_with_bad_files, tmp_path):
     db = tmp_path / "r.duckdb"
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco_with_bad_files, db, extra=EXTRAS)
-    result = run_cli("run", str(exp), "--no-progress")
+    result = cli("run", str(exp), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "identity:1-12" in result.stdout and "accuracy" in result.stdout  # the summary table
 
@@ -73,11 +73,11 @@ def test_run_stores_every_pair_once_in_the_public_views(tiny_clip, coco_with_bad
 
     # Running it again resumes: nothing recomputed, nothing duplicated, the same values.
     before = sql(db, "SELECT * FROM scores ORDER BY ALL")
-    again = run_cli("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0 and "resuming" in again.stdout
     assert sql(db, "SELECT * FROM scores ORDER BY ALL") == before
 
-    listing = run_cli("list", "--db", str(db))
+    listing = cli("list", "--db", str(db))
     assert listing.returncode == 0 and "complete" in listing.stdout and "100%" in listing.stdout
 
 
@@ -179,7 +179,7 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(tiny_clip, tiny_coco,
 
 def test_bad_input_as_a_real_process_has_no_traceback(tiny_clip, tiny_coco, tmp_path):
     path = _bad(tmp_path, tiny_clip, tiny_coco, "out-of-range ablation")
-    result = run_cli("run", str(path))
+    result = cli_process("run", str(path))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ablation 'identity:10-13' is out of range")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import APP, SIGLIP_EXTRAS, sql
+from helpers import APP, SIGLIP_EXTRAS, sql
 from streamlit.testing.v1 import AppTest
 
 from compute.__main__ import main

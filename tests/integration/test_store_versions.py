@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli, sql
+from helpers import cli, cli_forked, sql
 
 from compute import store
 from compute.__main__ import main
@@ -114,12 +114,12 @@ def test_a_version_1_store_is_read_as_is_and_migrated_when_written(v1_store, cap
 def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
     exp, ref_db, v1 = v1_store
     rows = sql(v1, RESULTS)
-    killed = run_cli("run", str(exp), "--no-progress", env={"CLIP_LAB_KILL_AT": "migrate"})
+    killed = cli_forked("run", str(exp), "--no-progress", env={"CLIP_LAB_KILL_AT": "migrate"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     found = kind(v1)
     assert (found.kind, found.version) == ("ours", 1) and store.MARKER not in found.tables
     assert sql(v1, RESULTS) == rows
-    again = run_cli("run", str(exp), "--no-progress")
+    again = cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert kind(v1).version == 3
     assert sql(v1, RESULTS) == sql(ref_db, RESULTS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import sql
+from helpers import sql
 
 from compute import store
 from compute.__main__ import main

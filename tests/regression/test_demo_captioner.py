@@ -12,7 +12,7 @@ from PIL import Image
 
 from compute.captions import continue_prefix
 from compute.demo import data as demo_data
-from compute.demo.train_captioner import Example, build_tokenizer, encode, parse_continuation
+from compute.demo.train_captioner import parse_continuation
 from compute.models import LoadedCaptioner, load_captioner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,22 +91,3 @@ def test_wrong_prefix_is_still_continued(
     # The study feeds the captioner whatever CLIP picked; a wrong pick must still read as a caption.
     results = _caption_all(captioner, [(image, "a photo of a green star") for image, _, _ in val[:16]])
     assert sum(parse_continuation(t, p) is not None for p, t in results) >= 14, results
-
-
-def test_encode_masks_a_wrong_prefix() -> None:
-    tok = build_tokenizer()
-    inputs, targets = encode(tok, [Example("a photo of a star", "on a gray background", False)])
-    words = tok("a photo of a star on a gray background", add_special_tokens=False)["input_ids"]
-    assert inputs[0].tolist() == [tok.bos_token_id, *words]
-    assert targets[0].tolist() == [-100] * 5 + words[5:] + [tok.eos_token_id]
-
-
-def test_parse_continuation() -> None:
-    p = "a photo of a red circle"
-    assert parse_continuation(f"{p} on a blue background", p) == {"background": "blue", "distractor": None}
-    assert parse_continuation(f"{p} on a blue background with a small green square", p) == {
-        "background": "blue",
-        "distractor": "green square",
-    }
-    assert parse_continuation(f"{p} on a blue background with", p) is None
-    assert parse_continuation("a photo of a circle on a blue background", p) is None

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import sql
+from helpers import sql
 
 from compute.config import load_experiment
 from compute.demo import DEMO_MODELS, EXPERIMENTS, N_IMAGES, SEED, SPLIT

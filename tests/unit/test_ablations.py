@@ -103,10 +103,8 @@ def _outputs(model, pixels):
         return model.get_image_features(pixel_values=pixels).pooler_output.clone()
 
 
-def test_patching_is_temporary_and_the_model_pristine_afterwards(tiny_clip):
-    from transformers import CLIPModel
-
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
+def test_patching_is_temporary_and_the_model_pristine_afterwards(clip_in_memory):
+    model = clip_in_memory
     pixels = torch.randn(2, 3, 32, 32)
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     before = _outputs(model, pixels)
@@ -125,11 +123,9 @@ def test_patching_is_temporary_and_the_model_pristine_afterwards(tiny_clip):
     assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
 
 
-def test_identity_patch_matches_the_definition(tiny_clip):
+def test_identity_patch_matches_the_definition(clip_in_memory):
     """identity:L returns out_proj(v_proj(x)) for the layer-normed input x, nothing else changes."""
-    from transformers import CLIPModel
-
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    model = clip_in_memory
     layer = model.vision_model.encoder.layers[0]
     x = torch.randn(2, 17, 32)
     with torch.inference_mode(), patched(model, Ablation("identity", (1,))):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from compute.config import DatasetConfig, load_experiment
 from compute.dataset import caption_phrases, load_dataset, open_image, says_any

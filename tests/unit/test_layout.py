@@ -1,6 +1,7 @@
 """The house rules, checked on the source: no import cycle among the project's modules (imports inside
 functions count); the layers point one way (``dashboard`` -> ``analysis`` -> ``compute``; neither of the
-last two imports ``streamlit`` or ``dashboard``); nothing outside ``tests`` imports the test helpers; SQL only
+last two imports ``streamlit`` or ``dashboard``); nothing outside ``tests`` imports the test helpers, and test
+modules import helpers.py, never each other or conftest.py; SQL only
 in the store and the read library's queries; and a long module says why it is long."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ONE_WORKER, ROOT
 
 PACKAGES = ("compute", "analysis", "dashboard", "tools")
 LONG = 400  # lines; a longer module says why in its docstring ("Long because ...")
@@ -107,6 +108,22 @@ def test_compute_never_imports_the_read_library_but_for_the_export_verb(graph):
 def test_nothing_outside_the_tests_imports_test_helpers():
     strays = sorted(m for m, path in modules().items() if {"tests", "conftest", "helpers"} & third_party(path))
     assert strays == []
+
+
+def test_test_modules_never_import_each_other_or_conftest():
+    """Shared test code lives in tests/helpers.py (fixtures in conftest.py): importing a test module runs its
+    import-time code and ties two files' contents together."""
+    tests = ROOT / "tests"
+    names = {p.stem for p in tests.rglob("test_*.py")} | {"conftest"}
+    assert len(names) > 30
+    strays = sorted(f"{p.relative_to(ROOT)}: {', '.join(sorted(third_party(p) & names))}"
+                    for p in tests.rglob("*.py") if third_party(p) & names)
+    assert strays == []
+
+
+def test_the_modules_kept_on_one_worker_exist():
+    tests = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+    assert set(ONE_WORKER) <= tests  # a renamed module would silently lose its grouping
 
 
 def test_the_dashboard_and_compute_never_import_tools(graph):

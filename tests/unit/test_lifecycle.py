@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import sql
+from helpers import sql
 
 from compute import store
 from compute.ablations import Ablation
