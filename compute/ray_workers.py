@@ -1,6 +1,6 @@
 """What ``run --ray`` runs on the cluster's workers (compute.distributed builds the pipeline around them):
 ``decode``, the CPU task that turns a batch of image files into the model's pixels, and ``SweepActor``, the
-actor that holds the model and the engine and scores each batch.
+actor that holds the model and the engine and scores (and, with decomposition, decomposes) each batch.
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
 ``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
@@ -22,11 +22,20 @@ import torch
 
 from compute.ablations import Ablation
 from compute.dataset import ImageLoadError, ImageRecord
+from compute.decomposition import Decomposer
 from compute.engine import SweepEngine, means_on
 from compute.loader import device_table, load, table_values
 from compute.models import load_clip, quiet_transformers
 from compute.pixels import Recipe
-from compute.scoring import BatchScoring, logit_scale, score_batch, stacked, text_embeddings, truth_matrix
+from compute.scoring import (
+    DECOMPOSED,
+    BatchScoring,
+    logit_scale,
+    score_batch,
+    stacked,
+    text_embeddings,
+    truth_matrix,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class SweepPlan:
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
+    decomposition: str = ""  # "" without; else the vectors' dtype kept (compute.config.DecompositionConfig)
 
 
 def input_rows(records: list[ImageRecord], prompt_labels: list[str]) -> list[dict[str, object]]:
@@ -85,6 +95,10 @@ class SweepActor:
         # (P, E) prompts, once per actor as once per run
         self.scoring = BatchScoring(text_embeddings(clip, plan.prompts), logit_scale(clip), plan.keep, plan.embeddings)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
+        self.decomposer = None
+        if plan.decomposition:
+            self.decomposer = Decomposer(clip.model, plan.ablations, self.engine.means, self.scoring.text_norm,
+                                         self.scoring.scale, plan.decomposition)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of decoded rows -> the selection of every row under the plan's ``keep`` ablations (A' of
@@ -95,11 +109,21 @@ class SweepActor:
         x = torch.tensor(batch["pixels"], device=clip.device)  # (n, 3, h, w), copied out of Ray's read-only block
         if self.table is not None:
             x = table_values(self.table, x)
-        embeddings = stacked(self.engine.embeddings(x.to(clip.dtype)), self.plan.ablations)  # (n, A, E)
+        tap = self.decomposer.tap() if self.decomposer is not None else None
+        embeddings = stacked(self.engine.embeddings(x.to(clip.dtype), tap), self.plan.ablations)  # (n, A, E)
         truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
         ids = [int(i) for i in batch["image_id"]]
-        result = score_batch(self.scoring, ids, truth, embeddings).result()
+        decomposed = None if tap is None else self.decomposer.decomposed(tap.result)
+        result = score_batch(self.scoring, ids, truth, embeddings, decomposition=decomposed).result()
         out = {"image_id": batch["image_id"], "error": batch["error"], **vars(result.selection)}
         if result.embeddings is not None:
             out["embeddings"] = result.embeddings
+        if result.decomposition is not None:  # its per-image arrays, as columns (DECOMPOSITION_COLUMNS)
+            d = result.decomposition
+            out.update({DECOMPOSED + name: getattr(d, name) for name in DECOMPOSITION_COLUMNS
+                        if getattr(d, name) is not None})
         return out
+
+
+# The per-image arrays of store.DecompositionRows an actor returns as columns "decomposition.NAME".
+DECOMPOSITION_COLUMNS = ("norm", "shares", "direct", "vectors", "direct_vectors")

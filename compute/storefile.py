@@ -39,7 +39,7 @@ LOCK_TIMEOUT_S = 120.0
 # The store knows itself: its marker table names the application and the schema version of its layout.
 # Version 1 (until the hardening issue) kept only meta_t(schema_version = 1), no application name.
 APPLICATION = "CLIP Attention Lab store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MARKER = "clip_attention_lab_t"  # the marker table's name: no other application uses it
 READABLE_FROM = 1  # read-only connections accept this version and later (their tables are what readers read)
 
@@ -326,7 +326,14 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE meta_t")
 
 
-MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
+    # Version 3 adds the decomposition's tables (component_t, decomposed_t, contribution_t, direct_t, the
+    # vector tables, head_description_t) and views (contributions, effects, head_descriptions): schema.sql
+    # creates them. Nothing already stored changes; runs stored before have no decomposition rows.
+    pass
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The store knows itself: a marker with the application and schema version; a version-1 store, as main
 wrote it before the marker, is read as is and migrated in one transaction when written; a crash inside
-the migration leaves version 1 intact."""
+the migration leaves version 1 intact; a version-2 store (before the decomposition) migrates to version 3 and
+its run resumes, decomposing the images it had done."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from compute import store
 from compute.__main__ import main
 from compute.config import load_experiment
 from compute.runner import run
+from compute.storefile import STORE_TABLES
 from tools.synthetic import make_coco, write_experiment
 
 V1_SQL = (Path(__file__).parent / "reference" / "store_v1.sql").read_text()
@@ -77,8 +79,8 @@ def test_a_new_store_carries_the_marker(tiny_clip, tiny_coco, tmp_path):
         pass
     marks = dict(sql(db, f"SELECT key, value FROM {store.MARKER}"))
     assert marks["application"] == "CLIP Attention Lab store"
-    assert marks["schema_version"] == str(store.SCHEMA_VERSION) == "2"
-    assert kind(db) == store.StoreKind("ours", 2, kind(db).tables)
+    assert marks["schema_version"] == str(store.SCHEMA_VERSION) == "3"
+    assert kind(db) == store.StoreKind("ours", 3, kind(db).tables)
     assert "meta_t" not in kind(db).tables
 
 
@@ -96,9 +98,9 @@ def test_a_version_1_store_is_read_as_is_and_migrated_when_written(v1_store, cap
     assert main(["run", str(exp), "--no-progress"]) == 0
     assert "resuming run 't'" in capsys.readouterr().out
     found = kind(v1)
-    assert (found.kind, found.version) == ("ours", 2) and "meta_t" not in found.tables
+    assert (found.kind, found.version) == ("ours", 3) and "meta_t" not in found.tables
     marks = dict(sql(v1, f"SELECT key, value FROM {store.MARKER}"))
-    assert marks["migrated_from_schema_version"] == "1" and marks["schema_version"] == "2"
+    assert marks["migrated_from_schema_version"] == "1" and marks["schema_version"] == "3"
     assert sql(v1, RESULTS) == sql(ref_db, RESULTS)  # every row once, the same values
     assert sql(v1, SELECTED) == sql(ref_db, SELECTED)
     assert sql(v1, "SELECT status FROM runs") == [("complete",)]
@@ -119,5 +121,63 @@ def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
     assert sql(v1, RESULTS) == rows
     again = run_cli("run", str(exp), "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert kind(v1).version == 2
+    assert kind(v1).version == 3
     assert sql(v1, RESULTS) == sql(ref_db, RESULTS)
+
+
+V2_SQL = (Path(__file__).parent / "reference" / "store_v2.sql").read_text()
+V2_TABLES = V1_TABLES  # version 2 changed ablation_t's columns and the marker, not the list of tables
+DECOMPOSE = "[decomposition]\nenabled = true\n"
+CONTRIBUTIONS = "SELECT image_id, component, layer, head, prompt, logit FROM contributions ORDER BY ALL"
+EFFECTS = "SELECT image_id, ablation, prompt, total, direct, indirect FROM effects ORDER BY ALL"
+
+
+def build_v2_store(v2: Path, rows_from: Path, up_to_image: int) -> None:
+    """A version-2 store as issue-20 created it (its DDL, then the marker), holding the rows of the run in
+    ``rows_from`` (written by this version) of the version-2 tables, results only for images up to
+    ``up_to_image``."""
+    with duckdb.connect(str(v2)) as con:
+        con.execute(V2_SQL)
+        con.execute(f"CREATE TABLE {store.MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+        con.execute(f"INSERT INTO {store.MARKER} VALUES ('application', 'CLIP Attention Lab store'), "
+                    "('schema_version', '2')")
+        con.execute(f"ATTACH '{rows_from}' AS cur (READ_ONLY)")
+        for table in V2_TABLES:
+            cols = ", ".join(r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE main.{table})").fetchall())
+            where = f" WHERE image_id <= {up_to_image}" if table in PARTIAL else ""
+            con.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}{where}")
+        con.execute("DETACH cur")
+        con.execute("UPDATE run_t SET status = 'running'")
+
+
+def test_a_version_2_store_migrates_and_its_run_resumes_with_decomposition(tiny_clip, tmp_path, capsys):
+    coco = make_coco(tmp_path / "coco", n=10)
+    ref_db, plain_db, v2 = tmp_path / "ref.duckdb", tmp_path / "plain.duckdb", tmp_path / "v2.duckdb"
+    ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, extra=("mean:3", "zero:11/h1"),
+                           batch_size=4, more=DECOMPOSE)
+    run(load_experiment(ref), progress=False, echo=lambda _: None)  # decomposed from the start
+    plain = write_experiment(tmp_path / "plain.toml", tiny_clip, coco, plain_db, extra=("mean:3", "zero:11/h1"),
+                             batch_size=4)
+    run(load_experiment(plain), progress=False, echo=lambda _: None)  # what version 2 wrote: no decomposition
+    build_v2_store(v2, plain_db, up_to_image=4)
+    assert kind(v2).version == 2
+    with duckdb.connect(str(v2), read_only=True) as con:  # the views a version-2 store lacks
+        assert not {"contributions", "effects", "head_descriptions"} & {r[0] for r in con.execute(STORE_TABLES).fetchall()}
+
+    # The run resumes with decomposition newly enabled: the 4 images done before are decomposed on their
+    # unablated pass, the 6 left in the sweep.
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, v2, extra=("mean:3", "zero:11/h1"), batch_size=4,
+                           more=DECOMPOSE)
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming run 't'" in out and "decomposing 4 image(s) swept before decomposition was enabled" in out
+    assert kind(v2).version == 3
+    assert sql(v2, RESULTS) == sql(ref_db, RESULTS)
+    for query, values in ((CONTRIBUTIONS, 1), (EFFECTS, 3)):  # the last columns are the numbers
+        got, want = sql(v2, query), sql(ref_db, query)
+        assert got and [r[:-values] for r in got] == [r[:-values] for r in want]
+        assert max(abs(a - b) for x, y in zip(got, want, strict=True)
+                   for a, b in zip(x[-values:], y[-values:], strict=True)) < 1e-5
+    assert sql(v2, "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL") == \
+        sql(ref_db, "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL")
+    assert sql(v2, "SELECT status FROM runs") == [("complete",)]

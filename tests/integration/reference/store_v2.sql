@@ -1,0 +1,146 @@
+-- The store's schema version 2, exactly as issue-20 wrote it before the decomposition (commit b906875):
+-- compute.storefile.ensure_schema ran this file, then made the marker table clip_attention_lab_t with
+-- application = 'CLIP Attention Lab store' and schema_version = 2. Kept frozen for the migration test
+-- (tests/integration/test_store_versions.py); never edit it.
+
+-- The store's schema: tables (free to change) and the public views (stable names and columns,
+-- see DESIGN.md). Every statement is idempotent; compute.storefile runs this file when it creates a store
+-- or migrates an older one (inside that transaction), then writes the marker table
+-- clip_attention_lab_t (application, schema_version = compute.storefile.SCHEMA_VERSION). A change to a
+-- table here needs a migration in compute.storefile.MIGRATIONS and a new SCHEMA_VERSION.
+-- Rows are keyed by small integer ids; the views turn them back into names.
+
+CREATE TABLE IF NOT EXISTS run_t (
+    run_id      INTEGER PRIMARY KEY,
+    run         VARCHAR NOT NULL UNIQUE,
+    model       VARCHAR NOT NULL,            -- hub id or local folder of the CLIP model
+    created_at  TIMESTAMP NOT NULL,
+    updated_at  TIMESTAMP NOT NULL,
+    status      VARCHAR NOT NULL,            -- running | complete
+    config      JSON NOT NULL,               -- the resolved experiment, as run
+    config_hash VARCHAR NOT NULL,            -- Experiment.identity_hash(): resume only on a match
+    n_layers    INTEGER NOT NULL,
+    n_images    INTEGER NOT NULL,
+    embedding_dtype VARCHAR NOT NULL,        -- float32 | float16 | none
+    parent_run  VARCHAR,                     -- set for runs made by `rescore`
+    embedding_run_id INTEGER NOT NULL        -- the run whose embedding_t rows this run reads (itself,
+                                             -- or for a rescore the run it was computed from)
+);
+
+CREATE TABLE IF NOT EXISTS image_t (
+    run_id    INTEGER NOT NULL,
+    image_id  BIGINT NOT NULL,
+    file_name VARCHAR NOT NULL,
+    path      VARCHAR NOT NULL,              -- absolute path, for the dashboard's thumbnails
+    labels    VARCHAR[] NOT NULL,
+    PRIMARY KEY (run_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS prompt_t (
+    run_id    INTEGER NOT NULL,
+    prompt_id SMALLINT NOT NULL,             -- order of [[prompts]] in the experiment
+    prompt    VARCHAR NOT NULL,
+    label     VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, prompt_id)
+);
+
+CREATE TABLE IF NOT EXISTS ablation_t (
+    run_id      INTEGER NOT NULL,
+    ablation_id SMALLINT NOT NULL,           -- order of the sweep; 0 is baseline
+    ablation    VARCHAR NOT NULL,            -- canonical label: baseline, identity:3, zero:5-8/h2-4, ...
+    kind        VARCHAR NOT NULL,            -- baseline or a key of compute.ablations.KINDS
+    layers      INTEGER[] NOT NULL,          -- 1-based
+    heads       INTEGER[] NOT NULL DEFAULT [],  -- 0-based; empty: whole layers
+    target      VARCHAR,                     -- knockout's blocked flow (patches>cls, ...); NULL otherwise
+    PRIMARY KEY (run_id, ablation_id)
+);
+
+-- One row per run x image x ablation x prompt. No index: rows are only ever written in the same
+-- transaction as their selection_t row, whose primary key forbids a second copy.
+CREATE TABLE IF NOT EXISTS score_t (
+    run_id      INTEGER NOT NULL,
+    image_id    BIGINT NOT NULL,
+    ablation_id SMALLINT NOT NULL,
+    prompt_id   SMALLINT NOT NULL,
+    logit       REAL NOT NULL,
+    prob        REAL NOT NULL
+);
+
+-- One row per run x image x ablation: the (image, ablation) pair is done when its row exists.
+CREATE TABLE IF NOT EXISTS selection_t (
+    run_id         INTEGER NOT NULL,
+    image_id       BIGINT NOT NULL,
+    ablation_id    SMALLINT NOT NULL,
+    prompt_id      SMALLINT NOT NULL,        -- the argmax prompt
+    correct        BOOLEAN NOT NULL,
+    prob           REAL NOT NULL,            -- softmax probability of the selected prompt (confidence)
+    margin         REAL,                     -- top logit minus the second (NULL with one prompt)
+    score_baseline REAL NOT NULL,            -- cos(unablated image embedding, selected prompt embedding)
+    caption        VARCHAR,                  -- NULL until the caption stage ran (or no captioner)
+    caption_score  REAL,                     -- cos(unablated image embedding, caption embedding)
+    PRIMARY KEY (run_id, image_id, ablation_id)
+);
+
+-- The projected image embedding (before normalisation) per run x image x ablation, for rescore.
+CREATE TABLE IF NOT EXISTS embedding_t (
+    run_id      INTEGER NOT NULL,
+    image_id    BIGINT NOT NULL,
+    ablation_id SMALLINT NOT NULL,
+    -- raw little-endian floats of run_t.embedding_dtype. Uncompressed: floats do not compress, and trying
+    -- at every checkpoint cost the store writer half its time (README, Performance).
+    embedding   BLOB USING COMPRESSION uncompressed NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS error_t (
+    run_id   INTEGER NOT NULL,
+    image_id BIGINT NOT NULL,
+    stage    VARCHAR NOT NULL,               -- load | caption
+    message  VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, image_id, stage)
+);
+
+-- Dataset statistics a run depends on, per layer (for mean ablations: attention_mean, the attention
+-- block's output per position; attention_head_mean, the heads' outputs before out_proj per position).
+CREATE TABLE IF NOT EXISTS stat_t (
+    run_id INTEGER NOT NULL,
+    name   VARCHAR NOT NULL,
+    layer  INTEGER NOT NULL,
+    shape  INTEGER[] NOT NULL,
+    data   BLOB NOT NULL,                    -- float32
+    PRIMARY KEY (run_id, name, layer)
+);
+
+-- Generated captions, shared across ablations and runs: the captioner is never ablated, so a caption
+-- depends only on (captioner, settings, image file, prefix).
+CREATE TABLE IF NOT EXISTS caption_cache_t (
+    captioner VARCHAR NOT NULL,              -- model reference + generation settings
+    image     VARCHAR NOT NULL,              -- absolute image path
+    prefix    VARCHAR NOT NULL,
+    caption   VARCHAR NOT NULL,
+    PRIMARY KEY (captioner, image, prefix)
+);
+
+CREATE OR REPLACE VIEW runs AS
+SELECT run, model, created_at, status, config FROM run_t;
+
+CREATE OR REPLACE VIEW images AS
+SELECT r.run, i.image_id, i.file_name, i.labels
+FROM image_t i JOIN run_t r USING (run_id);
+
+CREATE OR REPLACE VIEW scores AS
+SELECT r.run, s.image_id, a.ablation, p.prompt, p.label, s.logit, s.prob
+FROM score_t s
+JOIN run_t r USING (run_id)
+JOIN ablation_t a ON a.run_id = s.run_id AND a.ablation_id = s.ablation_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id;
+
+CREATE OR REPLACE VIEW selections AS
+SELECT r.run, s.image_id, a.ablation, p.prompt, p.label, s.correct, s.score_baseline, s.caption, s.caption_score
+FROM selection_t s
+JOIN run_t r USING (run_id)
+JOIN ablation_t a ON a.run_id = s.run_id AND a.ablation_id = s.ablation_id
+JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id;
+
+CREATE OR REPLACE VIEW errors AS
+SELECT r.run, e.image_id, e.stage, e.message
+FROM error_t e JOIN run_t r USING (run_id);
