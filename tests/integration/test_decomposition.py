@@ -1,8 +1,8 @@
 """The decomposition's views held to an independent formulation written here from DESIGN.md's definitions:
 hooks on the transformers model (not the engine's code) give every component at the output tokens, the final
 layer norm's inputs and SigLIP's pooling probabilities; the readout, each kind's changed attention and the
-mean-ablation lab are written out plainly below. On tiny random CLIP and SigLIP models (perturbed, so biases
-and norms take part), saved and reloaded, swept with [decomposition] enabled."""
+mean-ablation lab are written out plainly below. On tiny random CLIP, SigLIP and SigLIP 2 (NaFlex) models
+(perturbed, so biases and norms take part), saved and reloaded, swept with [decomposition] enabled."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from compute.runner import run
 from compute.scoring import text_embeddings
 from compute.towers import image_inputs
 from tools.synthetic import PROMPTS, make_coco, save_random_clip, write_experiment
-from tools.synthetic_siglip import save_random_siglip
+from tools.synthetic_siglip import save_random_siglip, save_random_siglip2
 
 QUIET = {"progress": False, "echo": lambda _: None}
 DECOMPOSE = "[decomposition]\nenabled = true\ntextspan_layers = 2\ntextspan_texts = 3\n"
@@ -41,15 +41,17 @@ def extras(cls: bool) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module", params=["clip", "siglip"])
+@pytest.fixture(scope="module", params=["clip", "siglip", "siglip2"])
 def decomposed_run(request, tmp_path_factory):
     """(family, model path, store) of a run with decomposition: 8 images, every kind at every grain."""
     family = request.param
     tmp = tmp_path_factory.mktemp(f"decomp-{family}")
     if family == "clip":
         model = save_random_clip(tmp / "model", layers=N_LAYERS, width=32, heads=4, perturb=0.1)
-    else:
+    elif family == "siglip":
         model = save_random_siglip(tmp / "model", layers=N_LAYERS, width=32, heads=4)
+    else:
+        model = save_random_siglip2(tmp / "model", layers=N_LAYERS, width=32, heads=4)
     coco = make_coco(tmp / "coco", n=8)
     db = tmp / "d.duckdb"
     exp = write_experiment(tmp / "d.toml", model, coco, db, sweep="none", extra=tuple(extras(family == "clip")),
@@ -269,6 +271,13 @@ def test_every_component_kind_equals_the_hooked_formulation(decomposed_run, inpu
     for cid, component, layer, head in comps:
         ref = (terms[(component, layer, head)] / e).numpy()
         assert np.abs(vectors[:, cid] - ref).max() < 1e-5, (component, layer, head)
+    # and they add up to the embedding before normalisation (over |e|): stored vectors x stored |e|
+    with store.connect(db, read_only=True) as con:
+        norms = store.decomposed(con, run_id, inputs["ids"])
+    embedding = vectors.sum(axis=1) * np.array([norms[i][0] for i in inputs["ids"]])[:, None]
+    stored = sql(db, "SELECT embedding FROM embedding_t WHERE ablation_id = 0 ORDER BY image_id")
+    stored_e = np.stack([np.frombuffer(blob, np.float32) for (blob,) in stored])
+    assert (np.linalg.norm(embedding - stored_e, axis=1) / np.linalg.norm(stored_e, axis=1)).max() < 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
