@@ -19,6 +19,9 @@ Two more savings, both exact:
   attention head, so there every node computes every token: the shortcut is used only where it is exact;
 - a kind's whole-layer form may skip what it does not need (identity: the query/key projections and the
   softmax, see ablations.identity_attention).
+
+``embeddings(pixels, tap)`` shows the all-NORMAL path (the unablated pass, visited first) to a ``Tap``: what
+compute.decomposition needs of it, per layer, as the pass computes it (no second pass over the batch).
 """
 
 from __future__ import annotations

@@ -117,34 +117,41 @@ def described_heads(n_layers: int, n_heads: int, layers: int) -> list[tuple[int,
 def textspan_stage(db: Path, row: store.RunRow, clip: LoadedClip, prompts: list[str], captions_file: Path | None,
                    layers: int, texts: int, echo: Callable[[str], None] = print) -> bool:
     """Describe the heads of the last ``layers`` layers of run ``row`` from its stored vectors (those of its
-    embedding run); skipped when every such head already has ``texts`` descriptions. Returns whether the
-    run's descriptions are all there (False: no vectors stored, or not every image decomposed)."""
+    embedding run), one layer's vectors in memory at a time; skipped when every such head already has ``texts``
+    descriptions (a head whose vectors span fewer directions gets fewer, and is described again next time:
+    cheap, and the same). Returns whether the stage is done: True also when the run keeps no vectors (there is
+    nothing to describe them from)."""
     with store.connect(db, read_only=True) as con:
         components = store.run_components(con, row.run_id)
         heads = {(layer, head): cid for cid, kind, layer, head in components if kind == "head"}
         n_layers = max((layer for layer, _ in heads), default=0)
         n_heads = max((head for _, head in heads), default=-1) + 1
         wanted = described_heads(n_layers, n_heads, layers) if layers and texts else []
-        stored = store.head_descriptions(con, row.run_id)
         counts: dict[tuple[int, int], int] = {}
-        for layer, head, *_ in stored:
+        for layer, head, *_ in store.head_descriptions(con, row.run_id):
             counts[(layer, head)] = counts.get((layer, head), 0) + 1
         if set(counts) == set(wanted) and all(counts[h] == texts for h in wanted):
             return True
         image_ids = sorted(store.decomposed_images(con, row.run_id))
-        vectors = store.component_vectors(con, row.embedding_run_id, image_ids, [heads[h] for h in wanted]) \
-            if wanted and image_ids else None
-    if wanted and vectors is None:
-        echo("TextSpan: the run keeps no component vectors (decomposition.vectors = 'none'): heads not described")
-        return False
+        kept = store.decomposed(con, row.embedding_run_id, image_ids)
+    if wanted and (not image_ids or len(kept) < len(image_ids) or any(d == "none" for _, d in kept.values())):
+        echo("TextSpan: not every image of the run kept its component vectors (decomposition.vectors = 'none'): "
+             "heads not described")
+        return True
     rows = []
     if wanted:
         pool = text_pool(prompts, image_captions(captions_file, set(image_ids)))
         candidates = text_embeddings(clip, pool).cpu().numpy()  # (T, E) normalised
-        for k, (layer, head) in enumerate(wanted):
-            span = textspan(vectors[:, k], candidates, pool, texts)
-            rows += [(layer, head, rank, text, variance)
-                     for rank, (text, variance) in enumerate(zip(span.texts, span.variances, strict=True), start=1)]
+        for layer in sorted({layer for layer, _ in wanted}):
+            chosen = [h for h in wanted if h[0] == layer]
+            with store.connect(db, read_only=True) as con:
+                vectors = store.component_vectors(con, row.embedding_run_id, image_ids, [heads[h] for h in chosen])
+            if vectors is None:
+                raise RuntimeError(f"run {row.run!r}: component vectors of layer {layer} are missing")
+            for k, (_, head) in enumerate(chosen):
+                span = textspan(vectors[:, k], candidates, pool, texts)  # (images, E) of this head
+                rows += [(layer, head, rank, text, variance) for rank, (text, variance)
+                         in enumerate(zip(span.texts, span.variances, strict=True), start=1)]
         echo(f"TextSpan: {len(wanted)} heads described by {texts} texts each, from a pool of {len(pool)} texts")
     with store.connect(db) as con:
         store.save_head_descriptions(con, row.run_id, rows)

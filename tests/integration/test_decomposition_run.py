@@ -141,3 +141,23 @@ def test_the_experiment_files_decomposition_table(tiny_clip, tmp_path):
         path = write_experiment(tmp_path / "bad.toml", tiny_clip, coco, tmp_path / "x.duckdb", more=text)
         with pytest.raises(InputError, match=re.escape(message)):
             load_experiment(path)
+
+
+def test_a_run_that_keeps_no_vectors_is_complete_without_descriptions_and_rescores_without_shares(tiny_clip, tmp_path):
+    coco = make_coco(tmp_path / "coco", n=3)
+    db = tmp_path / "n.duckdb"
+    exp = write_experiment(tmp_path / "n.toml", tiny_clip, coco, db, name="parent", sweep="none", extra=("zero:12",),
+                           more=DECOMPOSE + 'vectors = "none"\n')
+    said = []
+    assert run(load_experiment(exp), progress=False, echo=said.append).complete
+    assert any("heads not described" in line for line in said)
+    assert sql(db, "SELECT COUNT(*) FROM contributions") == [(3 * (1 + 12 * 6 + 1) * 4,)]
+    assert sql(db, "SELECT COUNT(*) FROM effects") == [(3 * 4,)]
+    for table in ("component_vector_t", "direct_vector_t", "head_description_t"):
+        assert sql(db, f"SELECT COUNT(*) FROM {table}") == [(0,)], table
+    from compute.config import Prompt
+    from compute.rescore import rescore
+
+    assert rescore(db, "parent", [Prompt(t, label) for t, label in NEW], "child", progress=False,
+                   echo=lambda _: None).complete
+    assert sql(db, "SELECT COUNT(*) FROM contributions WHERE run = 'child'") == [(0,)]
