@@ -7,7 +7,7 @@ SQL is a fragment from ``analysis.slices`` or an ORDER BY from the ``SORTS`` all
 happens in DuckDB: ``score_t`` may hold millions of rows and is only ever read for one image.
 
 Long because it is the one place the dashboard's SQL lives; it reads in sections (runs and their parts,
-per-ablation aggregates, one image, slices, pairs of selections, stored embeddings).
+per-ablation aggregates, one image, slices, pairs of selections, stored embeddings, the decomposition).
 """
 
 from __future__ import annotations
