@@ -7,7 +7,7 @@ SQL is a fragment from ``analysis.slices`` or an ORDER BY from the ``SORTS`` all
 happens in DuckDB: ``score_t`` may hold millions of rows and is only ever read for one image.
 
 Long because it is the one place the dashboard's SQL lives; it reads in sections (runs and their parts,
-per-ablation aggregates, one image, slices, pairs of selections, stored embeddings).
+per-ablation aggregates, one image, slices, pairs of selections, stored embeddings, the decomposition).
 """
 
 from __future__ import annotations
@@ -472,3 +472,57 @@ WHERE s.run_id = ? AND list_contains(?, s.ablation_id)
 def picks(con: Con, run_id: int, ablation_ids: list[int]) -> pd.DataFrame:
     """The selected label and its correctness of every image under ``ablation_ids``."""
     return con.execute(PICKS, [run_id, list(ablation_ids)]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# The decomposition (compute.decomposition): its components, and the mean-ablation lab from stored shares.
+
+COMPONENTS = "SELECT component_id, component, layer, head FROM component_t WHERE run_id = ? ORDER BY component_id"
+
+
+def components(con: Con, run_id: int) -> pd.DataFrame:
+    """The run's components in order (empty when it was not decomposed): component_id, component, layer, head."""
+    return con.execute(COMPONENTS, [run_id]).df()
+
+
+# Direct-effect mean ablation of the components in a set S (DESIGN.md): each image's embedding with T(c), c in
+# S, replaced by its mean over the run's images, against every prompt; the argmax is the pick. In logit units
+# times |e| / logit_scale (a share times the image's |e| is scale * <T(c), t_p>, and the argmax of
+# <e', t_p> needs no normalisation; logit_scale and the logit bias are the same for every prompt).
+MEAN_ABLATION = """
+WITH u AS (
+    SELECT c.image_id, c.component_id, c.prompt_id, c.logit::DOUBLE * d.norm::DOUBLE AS u
+    FROM contribution_t c JOIN decomposed_t d ON d.run_id = c.run_id AND d.image_id = c.image_id
+    WHERE c.run_id = ? AND c.ablation_id = 0
+), means AS (
+    SELECT component_id, prompt_id, AVG(u) AS mu FROM u WHERE list_contains(?, component_id) GROUP BY ALL
+), scored AS (
+    SELECT u.image_id, u.prompt_id, SUM(COALESCE(means.mu, u.u)) AS score
+    FROM u LEFT JOIN means USING (component_id, prompt_id)
+    GROUP BY ALL
+), picked AS (
+    SELECT image_id, arg_max(prompt_id, score) AS prompt_id FROM scored GROUP BY image_id
+)
+SELECT k.image_id, k.prompt_id, p.label, list_contains(i.labels, p.label) AS correct
+FROM picked k
+JOIN prompt_t p ON p.run_id = ? AND p.prompt_id = k.prompt_id
+JOIN image_t i ON i.run_id = ? AND i.image_id = k.image_id
+ORDER BY k.image_id
+"""
+
+
+def mean_ablation(con: Con, run_id: int, component_ids: list[int]) -> pd.DataFrame:
+    """Every decomposed image's pick when the direct contributions of ``component_ids`` are replaced by their
+    means over the run's images, from the stored shares alone (no model): image_id, prompt_id, label, correct.
+    Its ``correct.mean()`` is the lab's accuracy; with no component, the baseline's picks."""
+    return con.execute(MEAN_ABLATION, [run_id, [int(c) for c in component_ids], run_id, run_id]).df()
+
+
+HEAD_DESCRIPTIONS = """
+SELECT layer, head, rank, text, variance FROM head_description_t WHERE run_id = ? ORDER BY layer, head, rank
+"""
+
+
+def head_descriptions(con: Con, run_id: int) -> pd.DataFrame:
+    """The run's TextSpan descriptions: layer, head, rank, text, variance (empty without)."""
+    return con.execute(HEAD_DESCRIPTIONS, [run_id]).df()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.ablations import SWEEPS, parse_ablation
+from compute.ablations import MAX_INDEX, SWEEPS, parse_ablation
 from compute.errors import InputError
 from compute.prompts import Prompt, parse_prompts
 from compute.store import default_db
@@ -91,6 +91,18 @@ class CaptionsConfig:
 
 
 @dataclass
+class DecompositionConfig:
+    # Split every image's embedding into the direct contributions of its components and store their shares
+    # of every logit and every ablation's direct effect (compute.decomposition), during the sweep.
+    enabled: bool = False
+    # The components' vectors in the joint space (for rescore's shares of new prompts and TextSpan):
+    # float32 | float16 | none
+    vectors: str = "float32"
+    textspan_layers: int = 4  # TextSpan describes every head of the last N layers (0: none)
+    textspan_texts: int = 5  # texts chosen per head
+
+
+@dataclass
 class Experiment:
     name: str
     model: ModelConfig
@@ -99,10 +111,13 @@ class Experiment:
     ablations: AblationsConfig
     store: StoreConfig
     captions: CaptionsConfig
+    decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
     source: Path | None = None  # the TOML file it came from
 
     def identity(self) -> dict[str, Any]:
-        """What the stored results depend on; compared when a run is resumed."""
+        """What the stored results depend on; compared when a run is resumed. Decomposition is not part of it:
+        it adds rows beside the results without changing them, and a run resumed with it newly enabled
+        decomposes the images it had already done (compute.runner)."""
         return {
             "clip": self.model.clip,
             "captioner": self.model.captioner,
@@ -148,7 +163,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
-    sections = {"name", "model", "dataset", "prompts", "templates", "ablations", "store", "captions"}
+    sections = {"name", "model", "dataset", "prompts", "templates", "ablations", "store", "captions", "decomposition"}
     no_unknown(data, sections, "top level")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
@@ -197,7 +212,12 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     check_count(captions.max_new_tokens, "captions.max_new_tokens", MAX_NEW_TOKENS, "tokens per caption")
     check_count(captions.num_beams, "captions.num_beams", MAX_BEAMS, "beams per caption")
     check_count(captions.batch_size, "captions.batch_size", MAX_BATCH, "images per batch")
-    return Experiment(name, model, dataset, prompts, ablations, store, captions, source)
+    decomposition = table_of(DecompositionConfig, data.get("decomposition"), "decomposition")
+    check_choice(decomposition.vectors, EMBEDDING_DTYPES, "decomposition.vectors")
+    for key in ("textspan_layers", "textspan_texts"):
+        if getattr(decomposition, key) < 0 or getattr(decomposition, key) > MAX_INDEX:
+            raise InputError(f"decomposition.{key} must be between 0 and {MAX_INDEX}, got {getattr(decomposition, key)}")
+    return Experiment(name, model, dataset, prompts, ablations, store, captions, decomposition, source)
 
 
 def _sweep_names(value: str | list[str]) -> str | list[str]:

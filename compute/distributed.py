@@ -44,13 +44,14 @@ import numpy as np
 
 from compute import store
 from compute.config import Experiment
+from compute.decomposition import direct_ids
 from compute.errors import InputError, RunError
 from compute.loader import Loader, default_workers
 from compute.pixels import recipe
-from compute.ray_workers import SweepActor, SweepPlan, decode, input_rows
+from compute.ray_workers import DECOMPOSITION_COLUMNS, SweepActor, SweepPlan, decode, input_rows
 from compute.runner import RunResult, SweepWork
 from compute.runner import run as run_here
-from compute.scoring import check_finite
+from compute.scoring import DECOMPOSED, check_finite
 from compute.writer import BatchWriter
 
 LOCAL = "local"
@@ -124,7 +125,8 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
     exp = prep.exp
     plan = SweepPlan(exp.model.clip, exp.model.device, exp.model.dtype, prep.ablations, work.keep, work.means,
                      [p.texts for p in exp.prompts], exp.store.embeddings,
-                     recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS))
+                     recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS),
+                     decomposition=exp.decomposition.vectors if exp.decomposition.enabled else "")
     rows = input_rows(work.pending, [p.label for p in exp.prompts])
     bar = work.bar()
     try:
@@ -136,7 +138,7 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
             written: set[int] = set()
             with BatchWriter(exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
                 for columns in _stopped_as_run_error(batches):
-                    result = to_result(columns, work.keep, written)
+                    result = to_result(columns, work.keep, written, plan)
                     if result is not None:
                         check_finite(result, prep.ablations, exp.model.clip)  # as runner._sweep, before writing
                         writer.put(result)
@@ -151,10 +153,12 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
 SELECTION_FIELDS = [f.name for f in fields(store.Selection)]
 
 
-def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]) -> store.BatchResult | None:
+def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int],
+              plan: SweepPlan | None = None) -> store.BatchResult | None:
     """One result batch of the pipeline (scored by the actor's compute.scoring.score_batch, for the ablation
     ids ``keep``) -> what the writer commits: the rows not written yet (a batch Ray retried can arrive twice),
-    the images that failed as errors rows. None when every row was written already. ``written`` is updated."""
+    the images that failed as errors rows, and (``plan`` with decomposition) the images' decomposition. None
+    when every row was written already. ``written`` is updated."""
     ids = [int(i) for i in columns["image_id"]]
     fresh = [k for k, i in enumerate(ids) if i not in written]
     if not fresh:
@@ -168,8 +172,13 @@ def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]
         return store.BatchResult.failed(errors, attempted)
     selection = store.Selection(**{name: columns[name][ok] for name in SELECTION_FIELDS if name in columns})  # axis 1: keep
     embeddings = columns["embeddings"][ok] if "embeddings" in columns else None
+    decomposition = None
+    if plan is not None and plan.decomposition:
+        arrays = {name: columns[DECOMPOSED + name][ok] for name in DECOMPOSITION_COLUMNS if DECOMPOSED + name in columns}
+        decomposition = store.DecompositionRows(direct_ablation_ids=np.array(direct_ids(plan.ablations), np.int16),
+                                                vector_dtype=plan.decomposition, **arrays)
     return store.BatchResult(np.array([ids[k] for k in ok], np.int64), np.array(keep, np.int16), selection,
-                             embeddings, errors, attempted)
+                             embeddings, errors, attempted, decomposition)
 
 
 def _stopped_as_run_error(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:

@@ -19,12 +19,16 @@ Two more savings, both exact:
   attention head, so there every node computes every token: the shortcut is used only where it is exact;
 - a kind's whole-layer form may skip what it does not need (identity: the query/key projections and the
   softmax, see kinds.identity_attention).
+
+``embeddings(pixels, tap)`` shows the all-NORMAL path (the unablated pass, visited first) to a ``Tap``: what
+compute.decomposition needs of it, per layer, as the pass computes it (no second pass over the batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +86,20 @@ def cls_query_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(out.transpose(1, 2).reshape(b, 1, d))
 
 
+class Tap(Protocol):
+    """What a tap is shown of the unablated pass (compute.decomposition's BatchTap is one): ``begin`` the
+    residual stream entering layer 1, (batch, tokens, width); ``layer`` per layer L, in order: the layer-normed
+    input x (batch, tokens, width), the heads' outputs before out_proj, concatenated, and the MLP's output,
+    each (batch, rows, width) for the rows this pass computes (on CLIP near the end the CLS token alone, first
+    row everywhere); ``end`` the last layer's output and the embedding it pools to."""
+
+    def begin(self, h: torch.Tensor) -> None: ...
+
+    def layer(self, depth: int, x: torch.Tensor, heads: torch.Tensor, mlp: torch.Tensor) -> None: ...
+
+    def end(self, h: torch.Tensor, embedding: torch.Tensor) -> None: ...
+
+
 class SweepEngine:
     """Image embeddings of a batch under every ablation, sharing work along the prefix tree."""
 
@@ -96,25 +114,31 @@ class SweepEngine:
         self.layer_evaluations = count_nodes(self.root)  # per batch
 
     @torch.inference_mode()
-    def embeddings(self, pixel_values: torch.Tensor) -> dict[Ablation, torch.Tensor]:
+    def embeddings(self, pixel_values: torch.Tensor, tap: Tap | None = None) -> dict[Ablation, torch.Tensor]:
         """pixel_values: (batch, 3, size, size) -> {ablation: (batch, E)}, the embeddings before
-        normalisation (towers.pool)."""
+        normalisation (towers.pool). ``tap``: shown the unablated pass as it goes (see Tap)."""
         h = tokens_in(self.model, pixel_values)  # (batch, tokens, width)
+        if tap is not None:
+            tap.begin(h)
         out: dict[Ablation, torch.Tensor] = {}
-        self._visit(self.root, h, out)
+        self._visit(self.root, h, out, tap)
         return out
 
-    def _visit(self, node: Node, h: torch.Tensor, out: dict[Ablation, torch.Tensor]) -> None:
-        # Depth-first: at most one state per depth is alive, so memory is bounded by batch x depth.
+    def _visit(self, node: Node, h: torch.Tensor, out: dict[Ablation, torch.Tensor], tap: Tap | None) -> None:
+        # Depth-first: at most one state per depth is alive, so memory is bounded by batch x depth. The tap
+        # follows the all-NORMAL path only, which is visited first (baseline is every tree's first ablation).
         for child in node.children.values():
-            h_child = self._layer(child, h)
+            on_path = tap if child.mode == NORMAL else None
+            h_child = self._layer(child, h, on_path)
             if child.ablations:
                 emb = self._project(h_child)
                 for ablation in child.ablations:
                     out[ablation] = emb
-            self._visit(child, h_child, out)
+                if on_path is not None:
+                    on_path.end(h_child, emb)
+            self._visit(child, h_child, out, on_path)
 
-    def _layer(self, node: Node, h: torch.Tensor) -> torch.Tensor:
+    def _layer(self, node: Node, h: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
         """One encoder layer in node's mode. h: (batch, tokens_in, width) -> (batch, tokens_out, width)."""
         layer = self.layers[node.depth - 1]
         attn = layer.self_attn
@@ -123,13 +147,24 @@ class SweepEngine:
             h = h[:, :1]  # and the CLS token's output reads its own input alone
         x = layer.layer_norm1(h)
         rows = 1 if cls_only else None
-        if node.mode == NORMAL:
-            a = cls_query_attention(attn, x) if cls_only else attn(hidden_states=x)[0]
-        else:
-            a = replacement(node.mode, node.depth, self.means, self.cls)(attn, x, rows)  # (batch, rows, width)
+        heads: list[torch.Tensor] = []
+        hook = None
+        if tap is not None:  # out_proj's input: the heads' outputs, concatenated, as this pass computes them
+            hook = attn.out_proj.register_forward_pre_hook(lambda _m, args: heads.append(args[0]))
+        try:
+            if node.mode == NORMAL:
+                a = cls_query_attention(attn, x) if cls_only else attn(hidden_states=x)[0]
+            else:
+                a = replacement(node.mode, node.depth, self.means, self.cls)(attn, x, rows)  # (batch, rows, width)
+        finally:
+            if hook is not None:
+                hook.remove()
         h = h[:, :1] if cls_only else h
         h = h + a
-        return h + layer.mlp(layer.layer_norm2(h))
+        m = layer.mlp(layer.layer_norm2(h))  # (batch, rows, width)
+        if tap is not None:
+            tap.layer(node.depth, x, heads[0], m)
+        return h + m
 
     def _project(self, h: torch.Tensor) -> torch.Tensor:
         return pool(self.model, h)  # (batch, E): CLIP reads the CLS token, SigLIP's head every token

@@ -2,7 +2,9 @@
 reaches the named point ``STAGE`` (N defaults to 1), so a test can land a crash in a chosen stage.
 
 Points (see the callers): ``mean`` (a batch of the dataset-mean pass, before its statistics are saved),
-``sweep`` (inside a batch's transaction, before COMMIT), ``caption`` (inside a caption chunk's cache
+``sweep`` (inside a batch's transaction, before COMMIT; also a batch that only decomposes images done
+before decomposition was enabled), ``components`` (recording a run's decomposition components), ``textspan``
+(inside the transaction that writes the TextSpan descriptions), ``caption`` (inside a caption chunk's cache
 transaction), ``caption-fill`` (inside the transaction that fills the selections' captions), ``rescore``
 (inside a rescore batch's transaction), ``delete`` (after each statement of delete's transaction),
 ``migrate`` (inside a store migration's transaction), ``create`` (inside the run-creation transaction).

@@ -1,6 +1,7 @@
 """A run's life in the store, the same for ``run`` and ``rescore``: create the run or resume it, say which
 (image, ablation) pairs are still pending, and once the verb has computed them, the caption stage, the
-completion check, the run's status and its summary table.
+completion check (with decomposition: every image decomposed, then the TextSpan stage, compute.textspan),
+the run's status and its summary table.
 
 Only the middle differs: ``run`` sweeps the vision tower over the pending images (compute.runner), ``rescore``
 scores stored embeddings against new prompts (compute.rescore). So when a stored run may be resumed (its
@@ -24,6 +25,7 @@ from compute.dataset import ImageRecord
 from compute.devices import DtypeChoice
 from compute.errors import InputError
 from compute.models import LoadedCaptioner, LoadedClip
+from compute.textspan import textspan_stage
 
 
 class ConfigMismatch(InputError):
@@ -130,6 +132,7 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
                                  prefixes={p.text: p.texts[0] for p in exp.prompts if p.ensemble})
         if captions.keys:
             echo(captions.describe())
+    decomposed = _decomposition_stage(exp, run, clip, echo)
     with store.connect(db) as con:
         done = store.done_pairs(con, run.run_id)
         failed = store.failed_images(con, run.run_id)
@@ -137,6 +140,7 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
                        for a in range(len(run.ablations)))
         if captioner is not None:
             complete = complete and store.uncaptioned(con, run.run_id) == 0
+        complete = complete and decomposed
         store.set_status(con, run.run_id, "complete" if complete else "running")
         rows = store.summary(con, run.run_id)
         verified = store.verified_counts(con, run.run_id)
@@ -168,6 +172,21 @@ def precision_line(config: dict, verified: dict[str | None, int]) -> str | None:
 
 
 SIG_MARK = "*"  # after a change in accuracy that is significant (analysis.tables.MARK on the pages)
+
+
+def _decomposition_stage(exp: Experiment, run: OpenRun, clip: LoadedClip, echo: Callable[[str], None]) -> bool:
+    """With decomposition enabled: once every readable image is decomposed, the TextSpan stage. Returns
+    whether the run's decomposition is all there (True without decomposition)."""
+    cfg = exp.decomposition
+    if not cfg.enabled:
+        return True
+    with store.connect(exp.store.db, read_only=True) as con:
+        missing = {r.image_id for r in run.images} - store.decomposed_images(con, run.run_id) - \
+            store.failed_images(con, run.run_id)
+    if missing:
+        return False
+    return textspan_stage(exp.store.db, run.row, clip, [p.text for p in exp.prompts], exp.dataset.captions,
+                          cfg.textspan_layers, cfg.textspan_texts, echo)
 
 
 def format_summary(rows: list[tuple]) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from compute.ablations import Ablation
-from compute.engine import SweepEngine, means_on, plain_batch
+from compute.engine import SweepEngine, Tap, means_on, plain_batch
 from compute.models import LoadedClip
 from compute.scoring import LogitScale, cosine_logits, stacked, text_tokens
 from compute.store import VERIFIED
@@ -111,22 +111,26 @@ class VerifiedSweep:
     # --- the computations
 
     def _run(self, clip: LoadedClip, pixels: torch.Tensor, ablations: list[Ablation],
-             means: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+             means: dict, tap: Tap | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """pixels (n, 3, h, w) under ``ablations`` in clip's dtype -> (embeddings (n, a, E) float32, the
-        model's logits (n, a, P) float32 for the plain method, else None)."""
+        model's logits (n, a, P) float32 for the plain method, else None). ``tap``: shown the engine's
+        unablated pass (compute.engine.Tap)."""
         x = pixels.to(clip.dtype)
         if self.method == "plain":
             emb, logits = plain_batch(clip.model, ablations, x, self.tokens, means)
             return emb, logits if self.own_logits else None
         engine = self.engine if clip is self.fast else SweepEngine(clip.model, ablations, means)
-        return stacked(engine.embeddings(x), ablations).float(), None
+        return stacked(engine.embeddings(x, tap), ablations).float(), None
 
     def _logits(self, emb: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
         return logits if logits is not None else cosine_logits(emb, self.text_norm, self.scale)
 
-    def __call__(self, pixels: torch.Tensor) -> Swept:
-        """pixels: (n, 3, h, w) float32 on the model's device -> Swept."""
-        emb, logits = self._run(self.fast, pixels, self.ablations, self.means_fast)
+    def __call__(self, pixels: torch.Tensor, tap: Tap | None = None) -> Swept:
+        """pixels: (n, 3, h, w) float32 on the model's device -> Swept. ``tap`` (the engine in float32 only:
+        its unablated pass is then float32's) is shown the unablated pass, for compute.decomposition."""
+        if tap is not None and (self.verifying or self.method != "engine"):
+            raise ValueError("a tap reads the float32 engine's unablated pass: none here")
+        emb, logits = self._run(self.fast, pixels, self.ablations, self.means_fast, tap)
         if not self.verifying:
             return Swept(emb, logits, None)
         n, a = emb.shape[:2]

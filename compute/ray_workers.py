@@ -1,6 +1,6 @@
 """What ``run --ray`` runs on the cluster's workers (compute.distributed builds the pipeline around them):
 ``decode``, the CPU task that turns a batch of image files into the model's pixels, and ``SweepActor``, the
-actor that holds the model and the engine and scores each batch.
+actor that holds the model and the engine and scores (and, with decomposition, decomposes) each batch.
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
 ``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
@@ -23,11 +23,20 @@ import torch
 
 from compute.ablations import Ablation
 from compute.dataset import ImageLoadError, ImageRecord
+from compute.decomposition import Decomposer
+from compute.engine import means_on
 from compute.loader import device_table, load, table_values
 from compute.models import load_pair, quiet_transformers
 from compute.pixels import Recipe
 from compute.precision import VerifiedSweep
-from compute.scoring import BatchScoring, logit_scale, prompt_embeddings, score_batch, truth_matrix
+from compute.scoring import (
+    DECOMPOSED,
+    BatchScoring,
+    logit_scale,
+    prompt_embeddings,
+    score_batch,
+    truth_matrix,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class SweepPlan:
     embeddings: str  # the run's embedding dtype: float32 | float16 | none
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
+    decomposition: str = ""  # "" without; else the vectors' dtype kept (compute.config.DecompositionConfig)
 
 
 def input_rows(records: list[ImageRecord], prompt_labels: list[str]) -> list[dict[str, object]]:
@@ -89,6 +99,10 @@ class SweepActor:
         self.sweep = VerifiedSweep(clip, fast, plan.ablations, plan.means, plan.keep, self.scoring.text_norm,
                                    self.scoring.scale)
         self.table = device_table(plan.recipe, clip.device) if plan.recipe.ship_uint8 else None
+        self.decomposer = None
+        if plan.decomposition:
+            self.decomposer = Decomposer(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype),
+                                         self.scoring.text_norm, self.scoring.scale, plan.decomposition)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of decoded rows -> the selection of every row under the plan's ``keep`` ablations (A' of
@@ -100,12 +114,26 @@ class SweepActor:
         x = torch.tensor(batch["pixels"], device=clip.device)  # (n, 3, h, w), copied out of Ray's read-only block
         if self.table is not None:
             x = table_values(self.table, x)
-        swept = self.sweep(x.float())  # (n, A, E) embeddings, verified in float32 below float32
+        # the decomposition taps the sweep's unablated pass where that is float32's, else runs its own in float32
+        tap = self.decomposer.tap() if self.decomposer is not None and not self.sweep.verifying else None
+        swept = self.sweep(x.float(), tap)  # (n, A, E) embeddings, verified in float32 below float32
         truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
         ids = [int(i) for i in batch["image_id"]]
-        result = score_batch(self.scoring, ids, truth, swept.embeddings, verified=swept.verified).result()
+        decomposed = None
+        if self.decomposer is not None:
+            decomposed = self.decomposer.decomposed(tap.result if tap is not None else self.decomposer.batch(x.float()))
+        result = score_batch(self.scoring, ids, truth, swept.embeddings, verified=swept.verified,
+                             decomposition=decomposed).result()
         columns = {k: v for k, v in vars(result.selection).items() if v is not None}
         out = {"image_id": batch["image_id"], "error": batch["error"], **columns}
         if result.embeddings is not None:
             out["embeddings"] = result.embeddings
+        if result.decomposition is not None:  # its per-image arrays, as columns (DECOMPOSITION_COLUMNS)
+            d = result.decomposition
+            out.update({DECOMPOSED + name: getattr(d, name) for name in DECOMPOSITION_COLUMNS
+                        if getattr(d, name) is not None})
         return out
+
+
+# The per-image arrays of store.DecompositionRows an actor returns as columns "decomposition.NAME".
+DECOMPOSITION_COLUMNS = ("norm", "shares", "direct", "vectors", "direct_vectors")

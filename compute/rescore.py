@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -20,6 +21,7 @@ from compute import lifecycle, store
 from compute.ablations import parse_ablation
 from compute.config import Experiment, parse_experiment
 from compute.dataset import ImageRecord, load_dataset
+from compute.decomposition import Component, direct_ids, shares_of
 from compute.errors import InputError
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_clip
 from compute.prompts import Prompt
@@ -27,6 +29,7 @@ from compute.runlock import run_lock
 from compute.runner import RunResult, label_warning
 from compute.scoring import (
     BatchScoring,
+    Decomposed,
     check_prompts,
     cosine_logits,
     logit_scale,
@@ -66,7 +69,7 @@ def open_run(db: Path, name: str) -> StoredRun:
 def experiment_from_config(config: dict) -> Experiment:
     """Rebuild the Experiment a run was made from (its stored, resolved config)."""
     data = {k: v for k, v in config.items() if k in ("name", "model", "dataset", "prompts", "ablations", "store",
-                                                      "captions")}
+                                                      "captions", "decomposition")}
     data["dataset"] = {k: v for k, v in data["dataset"].items() if v is not None}
     return parse_experiment(data, Path("/"))
 
@@ -79,6 +82,40 @@ def load_embeddings(db: Path, run: StoredRun, image_ids: list[int]) -> torch.Ten
     if len(keys) != n * a:
         raise InputError(f"run {run.row.run!r} is missing stored embeddings for some images (run it to completion)")
     return torch.from_numpy(flat.reshape(n, a, -1))
+
+
+def _decomposition_from(db: Path, parent: StoredRun, run_id: int) -> bool:
+    """Whether the rescored run gets contributions and direct effects: when its parent has the vectors of every
+    image it decomposed (records the run's components then)."""
+    with store.connect(db, read_only=True) as con:
+        components = store.run_components(con, parent.row.run_id)
+        kept = store.decomposed(con, parent.row.embedding_run_id, parent.image_ids)
+    dtypes = {dtype for _, dtype in kept.values()}
+    if not components or len(kept) < len(parent.image_ids) or "none" in dtypes:
+        return False
+    with store.connect(db) as con:
+        store.ensure_components(con, run_id, [Component(kind, layer, head) for _, kind, layer, head in components])
+    return True
+
+
+def decomposition_of(db: Path, parent: StoredRun, image_ids: list[int], scoring: BatchScoring) -> Decomposed:
+    """The new prompts' shares of every component and direct effects of every ablation, for ``image_ids``, from
+    the parent's stored vectors (no vision tower)."""
+    ablations = [parse_ablation(a) for a in parent.ablations]
+    ids = direct_ids(ablations)
+    with store.connect(db, read_only=True) as con:
+        n_components = len(store.run_components(con, parent.row.run_id))
+        norms = store.decomposed(con, parent.row.run_id, image_ids)
+        vectors = store.component_vectors(con, parent.row.embedding_run_id, image_ids, list(range(n_components)))
+        direct = store.direct_vectors(con, parent.row.embedding_run_id, image_ids, ids) if ids else \
+            np.zeros((len(image_ids), 0, 1), np.float32)
+    if vectors is None or direct is None or len(norms) != len(image_ids):
+        raise InputError(f"run {parent.row.run!r} is missing stored decomposition vectors for some images")
+    vectors, direct = torch.from_numpy(vectors), torch.from_numpy(direct)
+    tensors = {"norm": torch.tensor([norms[i][0] for i in image_ids], dtype=torch.float32),
+               "shares": shares_of(vectors, scoring.text_norm, scoring.scale),
+               "direct": shares_of(direct, scoring.text_norm, scoring.scale)}
+    return Decomposed(tensors, ids, "none")  # its vectors stay the parent's (embedding_run_id)
 
 
 def score_prompts(clip: LoadedClip, embeddings: torch.Tensor, prompts: list[list[str]] | list[str]) -> torch.Tensor:
@@ -133,6 +170,7 @@ def _rescore_into(parent: StoredRun, exp: Experiment, images: list[ImageRecord],
     # The only model work: one text pass. Stored embeddings are on the CPU, so the arithmetic is too.
     scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in exp.prompts]).cpu(), logit_scale(clip),
                            opened.pending_ablations(pending))
+    exp.decomposition.enabled = _decomposition_from(db, parent, opened.run_id)
     prompt_labels = [p.label for p in exp.prompts]
     bar = tqdm(total=len(pending), unit="img", desc=exp.name, disable=not progress, file=sys.stderr)
     try:
@@ -140,7 +178,10 @@ def _rescore_into(parent: StoredRun, exp: Experiment, images: list[ImageRecord],
             chunk = pending[i : i + batch_size]
             emb = load_embeddings(db, parent, [r.image_id for r in chunk])  # (n, A, E)
             truth = truth_matrix([r.labels for r in chunk], prompt_labels)
-            result = score_batch(scoring, [r.image_id for r in chunk], truth, emb).result()
+            decomposed = None
+            if exp.decomposition.enabled:
+                decomposed = decomposition_of(db, parent, [r.image_id for r in chunk], scoring)
+            result = score_batch(scoring, [r.image_id for r in chunk], truth, emb, decomposition=decomposed).result()
             with store.connect(db) as con:
                 store.write_batch(con, opened.run_id, result, point="rescore")
             bar.update(len(chunk))

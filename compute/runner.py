@@ -25,12 +25,13 @@ import torch
 from tqdm import tqdm
 
 from compute import lifecycle, store
-from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
+from compute.ablations import Ablation, Means, dedupe, mean_needs, parse_ablation, sweeps
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
+from compute.decomposition import Decomposer, model_components
 from compute.devices import DtypeChoice
-from compute.engine import attention_means
+from compute.engine import attention_means, means_on
 from compute.killpoints import kill_point
 from compute.loader import Batch, Loader, default_workers
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_pair, model_summary
@@ -207,13 +208,17 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
         with store.connect(db) as con:
             means_np = {name: store.load_stats(con, opened.run_id, name) for name in needs}
 
+    undecomposed = _undecomposed(prep, opened, pending)
     with Loader(clip.image_processor, clip.device, clip.dtype, exp.model.batch_size,
                 stats.workers) as loader:
-        if pending and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
+        if (pending or undecomposed) and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
             means_np = _compute_means(clip, loader, prep.images, needs, progress)
             with store.connect(db) as con:
                 for name, per_layer in means_np.items():
                     store.save_stats(con, opened.run_id, name, per_layer)
+        if undecomposed:  # the images done before decomposition was enabled: their unablated pass alone
+            echo(f"decomposing {len(undecomposed)} image(s) swept before decomposition was enabled")
+            _decompose(SweepWork(prep, opened.run_id, undecomposed, [], means_np, method, progress, stats), loader)
         if pending:
             keep = opened.pending_ablations(pending)
             sweeper(SweepWork(prep, opened.run_id, pending, keep, means_np, method, progress, stats), loader)
@@ -223,6 +228,49 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
 
     end = lifecycle.finish(exp, opened, clip, prep.captioner, progress, echo)
     return RunResult(opened.run_id, end.complete, end.captions, stats)
+
+
+def _undecomposed(prep: Prepared, opened: lifecycle.OpenRun, pending: list[ImageRecord]) -> list[ImageRecord]:
+    """With decomposition enabled: the images whose pairs are all done but which have no decomposition (a run
+    resumed with it newly enabled); the pending ones get theirs in the sweep. Records the run's components."""
+    if not prep.exp.decomposition.enabled:
+        return []
+    with store.connect(prep.exp.store.db) as con:
+        store.ensure_components(con, opened.run_id, model_components(prep.clip.model))
+        done = store.decomposed_images(con, opened.run_id) | store.failed_images(con, opened.run_id)
+    waiting = {r.image_id for r in pending}
+    return [r for r in opened.images if r.image_id not in done and r.image_id not in waiting]
+
+
+def _decomposer(work: SweepWork, scoring: BatchScoring, means: Means) -> Decomposer | None:
+    exp, clip = work.prep.exp, work.prep.clip
+    if not exp.decomposition.enabled:
+        return None
+    return Decomposer(clip.model, work.prep.ablations, means, scoring.text_norm, scoring.scale,
+                      exp.decomposition.vectors)
+
+
+def _decompose(work: SweepWork, loader: Loader) -> None:
+    """The decomposition of ``work.pending`` on their unablated pass alone, committed per batch."""
+    prep = work.prep
+    clip = prep.clip
+    scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in prep.exp.prompts]), logit_scale(clip), [])
+    decomposer = _decomposer(work, scoring, means_on(work.means, clip.device, clip.dtype))
+    bar = work.bar()
+    loader.start()
+    try:
+        with BatchWriter(prep.exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
+            for batch in loader.batches(work.pending):
+                if batch.pixel_values is None:
+                    writer.put(store.BatchResult.failed(batch.errors, batch.attempted))
+                    continue
+                decomposed = decomposer.decomposed(decomposer.batch(batch.pixel_values))
+                ids = [r.image_id for r in batch.records]
+                arrays = {k: t.cpu().numpy() for k, t in decomposed.tensors.items()}
+                writer.put(store.BatchResult(np.array(ids, np.int64), np.zeros(0, np.int16), None, None, batch.errors,
+                                             batch.attempted, decomposed.rows(arrays)))
+    finally:
+        bar.close()
 
 
 def _compute_means(clip: LoadedClip, loader: Loader, images: list[ImageRecord], needs: dict[str, set[int]],
@@ -258,15 +306,24 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
                           scoring.scale, method, [p.texts[0] for p in exp.prompts],
                           own_logits=not any(p.ensemble for p in exp.prompts))
     stats.verify = sweep.stats if sweep.verifying else None
+    decomposer = _decomposer(work, scoring, means_on(work.means, clip.device, clip.dtype))
+    # The decomposition taps the sweep's own unablated pass where that pass is float32's (a float32 run of the
+    # engine); otherwise (the plain method, a low-precision run) it runs a float32 unablated pass of its own,
+    # exact as the judge is.
+    taps = decomposer is not None and method == "engine" and not sweep.verifying
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""
         if batch.pixel_values is None:  # every image of the batch failed to load: record the errors only
             return store.BatchResult.failed(batch.errors, batch.attempted)
-        swept = sweep(batch.pixel_values)  # (n, A, E) embeddings, verified in float32 below float32
+        tap = decomposer.tap() if taps else None  # shown the unablated pass
+        swept = sweep(batch.pixel_values, tap)  # (n, A, E) embeddings, verified in float32 below float32
+        decomposed = None
+        if decomposer is not None:
+            decomposed = decomposer.decomposed(tap.result if tap is not None else decomposer.batch(batch.pixel_values))
         truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
         return score_batch(scoring, [r.image_id for r in batch.records], truth, swept.embeddings, swept.logits,
-                           batch.errors, batch.attempted, swept.verified)
+                           batch.errors, batch.attempted, swept.verified, decomposed)
 
     def hand_over(item: PendingBatch | store.BatchResult) -> None:
         result = item.result() if isinstance(item, PendingBatch) else item

@@ -118,6 +118,79 @@ CREATE TABLE IF NOT EXISTS caption_cache_t (
     PRIMARY KEY (captioner, image, prefix)
 );
 
+-- The decomposition (compute.decomposition; DESIGN.md "Decomposition"), for runs with [decomposition]
+-- enabled. An image is decomposed when its decomposed_t row exists; all its rows below are written in one
+-- transaction (with its batch's selections during the sweep).
+
+-- The components of a run's image embeddings, in compute.decomposition.components_of's order.
+CREATE TABLE IF NOT EXISTS component_t (
+    run_id       INTEGER NOT NULL,
+    component_id SMALLINT NOT NULL,
+    component    VARCHAR NOT NULL,           -- embeddings | head | attention_bias | mlp | final_ln_bias | pooling_mlp
+    layer        INTEGER,                    -- 0 for embeddings, 1-based; NULL for final_ln_bias, pooling_mlp
+    head         INTEGER,                    -- 0-based, head only
+    PRIMARY KEY (run_id, component_id)
+);
+
+-- One row per run x decomposed image.
+CREATE TABLE IF NOT EXISTS decomposed_t (
+    run_id       INTEGER NOT NULL,
+    image_id     BIGINT NOT NULL,
+    norm         REAL NOT NULL,              -- |e|, the unablated embedding's norm the shares are divided by
+    vector_dtype VARCHAR NOT NULL,           -- float32 | float16 | none: the dtype of its vector rows
+    PRIMARY KEY (run_id, image_id)
+);
+
+-- Each component's share of each prompt's logit (shares + the logit bias = the logit). Baseline only for
+-- now (ablation_id 0).
+CREATE TABLE IF NOT EXISTS contribution_t (
+    run_id       INTEGER NOT NULL,
+    image_id     BIGINT NOT NULL,
+    ablation_id  SMALLINT NOT NULL,
+    component_id SMALLINT NOT NULL,
+    prompt_id    SMALLINT NOT NULL,
+    logit        REAL NOT NULL
+);
+
+-- The direct effect of every non-baseline ablation on each prompt's logit (total and indirect: the view).
+CREATE TABLE IF NOT EXISTS direct_t (
+    run_id      INTEGER NOT NULL,
+    image_id    BIGINT NOT NULL,
+    ablation_id SMALLINT NOT NULL,
+    prompt_id   SMALLINT NOT NULL,
+    direct      REAL NOT NULL
+);
+
+-- In the joint space, divided by |e| (so a prompt's share is logit_scale * <vector, prompt embedding>):
+-- T(c) per component and the direct change of the embedding per ablation, for rescore (new prompts),
+-- TextSpan and the dashboard. Raw little-endian floats of decomposed_t.vector_dtype. A rescored run reads
+-- those of the run it was computed from (run_t.embedding_run_id).
+CREATE TABLE IF NOT EXISTS component_vector_t (
+    run_id       INTEGER NOT NULL,
+    image_id     BIGINT NOT NULL,
+    component_id SMALLINT NOT NULL,
+    vector       BLOB USING COMPRESSION uncompressed NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS direct_vector_t (
+    run_id      INTEGER NOT NULL,
+    image_id    BIGINT NOT NULL,
+    ablation_id SMALLINT NOT NULL,
+    vector      BLOB USING COMPRESSION uncompressed NOT NULL
+);
+
+-- TextSpan (compute.textspan): per head, the texts chosen in order (rank 1 first) and the share of the
+-- head's variance across the run's images each one's direction explains.
+CREATE TABLE IF NOT EXISTS head_description_t (
+    run_id   INTEGER NOT NULL,
+    layer    INTEGER NOT NULL,
+    head     INTEGER NOT NULL,
+    rank     INTEGER NOT NULL,               -- 1-based
+    text     VARCHAR NOT NULL,
+    variance REAL NOT NULL,
+    PRIMARY KEY (run_id, layer, head, rank)
+);
+
 CREATE OR REPLACE VIEW runs AS
 SELECT run, model, created_at, status, config FROM run_t;
 
@@ -142,3 +215,27 @@ JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id;
 CREATE OR REPLACE VIEW errors AS
 SELECT r.run, e.image_id, e.stage, e.message
 FROM error_t e JOIN run_t r USING (run_id);
+
+CREATE OR REPLACE VIEW contributions AS
+SELECT r.run, c.image_id, a.ablation, k.component, k.layer, k.head, p.prompt, p.label, c.logit
+FROM contribution_t c
+JOIN run_t r USING (run_id)
+JOIN ablation_t a ON a.run_id = c.run_id AND a.ablation_id = c.ablation_id
+JOIN component_t k ON k.run_id = c.run_id AND k.component_id = c.component_id
+JOIN prompt_t p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id;
+
+-- total = the ablation's logit minus the baseline's (score_t); indirect = total - direct.
+CREATE OR REPLACE VIEW effects AS
+SELECT r.run, d.image_id, a.ablation, p.prompt, p.label,
+       s.logit - b.logit AS total, d.direct, (s.logit - b.logit) - d.direct AS indirect
+FROM direct_t d
+JOIN run_t r USING (run_id)
+JOIN ablation_t a ON a.run_id = d.run_id AND a.ablation_id = d.ablation_id
+JOIN prompt_t p ON p.run_id = d.run_id AND p.prompt_id = d.prompt_id
+JOIN score_t s ON s.run_id = d.run_id AND s.image_id = d.image_id AND s.ablation_id = d.ablation_id
+              AND s.prompt_id = d.prompt_id
+JOIN score_t b ON b.run_id = d.run_id AND b.image_id = d.image_id AND b.ablation_id = 0 AND b.prompt_id = d.prompt_id;
+
+CREATE OR REPLACE VIEW head_descriptions AS
+SELECT r.run, h.layer, h.head, h.rank, h.text, h.variance
+FROM head_description_t h JOIN run_t r USING (run_id);

@@ -289,20 +289,45 @@ class PendingBatch:
     def __init__(self, image_ids: list[int], ablation_ids: list[int], logits: torch.Tensor, truth: torch.Tensor,
                  baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
                  embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
-                 attempted: list[int] | None = None, verified: torch.Tensor | None = None) -> None:
+                 attempted: list[int] | None = None, verified: torch.Tensor | None = None,
+                 decomposition: Decomposed | None = None) -> None:
         tensors = select_tensors(logits, truth, baseline_emb, text_norm, verified)
         if embeddings is not None and embedding_dtype != "none":
             # Converted on the device: half the bytes to copy for float16, the same rounding as on the host.
             tensors["embeddings"] = embeddings.float().to(TORCH_EMBEDDING_DTYPES[embedding_dtype])
+        if decomposition is not None:
+            tensors.update({DECOMPOSED + k: t for k, t in decomposition.tensors.items()})
         self.copy = ToHost(tensors)
         self.image_ids, self.ablation_ids = image_ids, ablation_ids
         self.errors, self.attempted = errors or [], attempted or []
+        self.decomposition = decomposition
 
     def result(self) -> store.BatchResult:
         arrays = self.copy.arrays()
         emb = arrays.pop("embeddings", None)
+        rows = None
+        if self.decomposition is not None:
+            found = {k[len(DECOMPOSED):]: arrays.pop(k) for k in list(arrays) if k.startswith(DECOMPOSED)}
+            rows = self.decomposition.rows(found)
         return store.BatchResult(np.array(self.image_ids, np.int64), np.array(self.ablation_ids, np.int16),
-                                 Selection(**arrays), emb, self.errors, self.attempted)
+                                 Selection(**arrays), emb, self.errors, self.attempted, rows)
+
+
+DECOMPOSED = "decomposition."  # the prefix of a batch's decomposition tensors among those copied to the host
+
+
+@dataclass(frozen=True)
+class Decomposed:
+    """A batch's decomposition on the device (compute.decomposition.Decomposer's tensors, keyed as the fields of
+    store.DecompositionRows), with what turns it into those rows on the host."""
+
+    tensors: dict[str, torch.Tensor]
+    direct_ablation_ids: list[int]
+    vector_dtype: str
+
+    def rows(self, arrays: dict[str, np.ndarray]) -> store.DecompositionRows:
+        return store.DecompositionRows(direct_ablation_ids=np.array(self.direct_ablation_ids, np.int16),
+                                       vector_dtype=self.vector_dtype, **arrays)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +352,8 @@ class BatchScoring:
 
 def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor, embeddings: torch.Tensor,
                 logits: torch.Tensor | None = None, errors: list[tuple[int, str, str]] | None = None,
-                attempted: list[int] | None = None, verified: torch.Tensor | None = None) -> PendingBatch:
+                attempted: list[int] | None = None, verified: torch.Tensor | None = None,
+                decomposition: Decomposed | None = None) -> PendingBatch:
     """One batch of a run -> what the store commits (``.result()``, a store.BatchResult), its copy to the host
     queued, not awaited.
 
@@ -336,7 +362,7 @@ def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor
     compute.precision). truth: (n, P) bool (truth_matrix). logits: (n, A, P) the model's own (the plain
     method); None: the cosine logits of ``embeddings``. verified: (n, A) int8, which pairs hold float32 values
     (compute.precision.Swept.verified); None for none. Only the ``scoring.keep`` ablations are scored and
-    written."""
+    written. decomposition: the images' decomposition, written with them (compute.decomposition)."""
     keep = scoring.keep
     baseline = embeddings[:, 0]  # (n, E)
     if len(keep) < embeddings.shape[1]:
@@ -346,4 +372,4 @@ def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor
     if logits is None:
         logits = cosine_logits(embeddings, scoring.text_norm, scoring.scale)  # (n, A', P)
     return PendingBatch(image_ids, keep, logits, truth, baseline, scoring.text_norm, embeddings,
-                        scoring.embedding_dtype, errors, attempted, verified)
+                        scoring.embedding_dtype, errors, attempted, verified, decomposition)

@@ -146,6 +146,13 @@ def set_status(con: duckdb.DuckDBPyConnection, run_id: int, status: str) -> None
 
 
 DELETE_RUN = [
+    "DELETE FROM contribution_t WHERE run_id = ?",
+    "DELETE FROM direct_t WHERE run_id = ?",
+    "DELETE FROM component_vector_t WHERE run_id = ?",
+    "DELETE FROM direct_vector_t WHERE run_id = ?",
+    "DELETE FROM decomposed_t WHERE run_id = ?",
+    "DELETE FROM component_t WHERE run_id = ?",
+    "DELETE FROM head_description_t WHERE run_id = ?",
     "DELETE FROM score_t WHERE run_id = ?",
     "DELETE FROM selection_t WHERE run_id = ?",
     "DELETE FROM embedding_t WHERE run_id = ?",
@@ -226,15 +233,32 @@ VERIFIED = (None, "baseline", "sample", "margin")
 
 
 @dataclass
+class DecompositionRows:
+    """The decomposition of a batch's images (compute.decomposition), n images, C components, A' non-baseline
+    ablations, P prompts, E the joint space's width."""
+
+    norm: np.ndarray  # (n,) float32: |e|, the unablated embedding's norm
+    shares: np.ndarray  # (n, C, P) float32: each component's share of each prompt's logit (baseline)
+    direct: np.ndarray  # (n, A', P) float32: the direct effect of each ablation on each prompt's logit
+    direct_ablation_ids: np.ndarray  # (A',) int16
+    vectors: np.ndarray | None = None  # (n, C, E) T(c) / |e| in vector_dtype; None: not kept
+    direct_vectors: np.ndarray | None = None  # (n, A', E) the direct change of the embedding / |e|
+    vector_dtype: str = "none"  # float32 | float16 | none
+
+
+@dataclass
 class BatchResult:
     """Everything one batch produced, ready to write."""
 
     image_ids: np.ndarray  # (n,) int64: the images that decoded
     ablation_ids: np.ndarray  # (A,) int16
-    selection: Selection | None  # None when no image of the batch decoded
+    selection: Selection | None  # None when no image of the batch decoded (or only decomposed, see below)
     embeddings: np.ndarray | None  # (n, A, E) in the run's embedding dtype, or None
     errors: list[tuple[int, str, str]]  # (image_id, stage, message) for images that failed
     attempted: list[int]  # every image id the batch tried, so earlier errors of retried images clear
+    # The images' decomposition, committed with them; alone (selection None) for images decomposed after
+    # their pairs were (a run whose decomposition was enabled on resume).
+    decomposition: DecompositionRows | None = None
 
     @classmethod
     def failed(cls, errors: list[tuple[int, str, str]], attempted: list[int]) -> BatchResult:
@@ -259,6 +283,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult, poi
             )
         if b.selection is not None and len(b.image_ids):
             _insert_rows(con, run_id, b.image_ids, b.ablation_ids, b.selection, b.embeddings)
+        if b.decomposition is not None and len(b.image_ids):
+            _insert_decomposition(con, run_id, b.image_ids, b.decomposition)
         if b.errors:
             con.executemany(
                 "INSERT OR REPLACE INTO error_t VALUES (?, ?, ?, ?)",
@@ -317,6 +343,50 @@ def verified_names(codes: np.ndarray | None, rows: int) -> pa.Array:
     if codes is None:
         return pa.nulls(rows, pa.string())
     return pa.array(np.array(VERIFIED, dtype=object)[np.asarray(codes).reshape(-1).astype(np.int64)], pa.string())
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, object]) -> None:
+    # ``table`` is one of this module's table names, never user text.
+    con.register("batch_rows", pa.table(columns))
+    con.execute(f"INSERT INTO {table} SELECT * FROM batch_rows")
+    con.unregister("batch_rows")
+
+
+def _insert_decomposition(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndarray,
+                          d: DecompositionRows) -> None:
+    n, c, p = d.shares.shape
+    a = len(d.direct_ablation_ids)
+    ids = image_ids.astype(np.int64)
+    abl = d.direct_ablation_ids.astype(np.int16)
+    _insert(con, "decomposed_t", {"run_id": np.full(n, run_id, np.int32), "image_id": ids,
+                                  "norm": d.norm.astype(np.float32), "vector_dtype": [d.vector_dtype] * n})
+    _insert(con, "contribution_t", {
+        "run_id": np.full(n * c * p, run_id, np.int32),
+        "image_id": np.repeat(ids, c * p),
+        "ablation_id": np.zeros(n * c * p, np.int16),
+        "component_id": np.tile(np.repeat(np.arange(c, dtype=np.int16), p), n),
+        "prompt_id": np.tile(np.arange(p, dtype=np.int16), n * c),
+        "logit": d.shares.reshape(-1).astype(np.float32),
+    })
+    if a:
+        _insert(con, "direct_t", {
+            "run_id": np.full(n * a * p, run_id, np.int32),
+            "image_id": np.repeat(ids, a * p),
+            "ablation_id": np.tile(np.repeat(abl, p), n),
+            "prompt_id": np.tile(np.arange(p, dtype=np.int16), n * a),
+            "direct": d.direct.reshape(-1).astype(np.float32),
+        })
+    if d.vectors is not None:
+        _insert(con, "component_vector_t", {
+            "run_id": np.full(n * c, run_id, np.int32), "image_id": np.repeat(ids, c),
+            "component_id": np.tile(np.arange(c, dtype=np.int16), n),
+            "vector": embedding_blobs(d.vectors.reshape(n * c, -1)),
+        })
+    if d.direct_vectors is not None and a:
+        _insert(con, "direct_vector_t", {
+            "run_id": np.full(n * a, run_id, np.int32), "image_id": np.repeat(ids, a),
+            "ablation_id": np.tile(abl, n), "vector": embedding_blobs(d.direct_vectors.reshape(n * a, -1)),
+        })
 
 
 def embedding_blobs(rows: np.ndarray) -> pa.Array:
@@ -476,6 +546,97 @@ def save_stats(con: duckdb.DuckDBPyConnection, run_id: int, name: str, stats: di
 def load_stats(con: duckdb.DuckDBPyConnection, run_id: int, name: str) -> dict[int, np.ndarray]:
     rows = con.execute("SELECT layer, shape, data FROM stat_t WHERE run_id = ? AND name = ?", [run_id, name])
     return {int(layer): np.frombuffer(data, np.float32).reshape(shape).copy() for layer, shape, data in rows.fetchall()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The decomposition: components, which images are decomposed, stored vectors, TextSpan descriptions.
+
+
+def ensure_components(con: duckdb.DuckDBPyConnection, run_id: int, components: list) -> None:
+    """Record the run's components (compute.decomposition.Component, in order) unless they are already."""
+    with transaction(con, "components"):
+        con.executemany("INSERT OR IGNORE INTO component_t VALUES (?, ?, ?, ?, ?)",
+                        [[run_id, i, c.component, c.layer, c.head] for i, c in enumerate(components)])
+
+
+COMPONENTS = "SELECT component_id, component, layer, head FROM component_t WHERE run_id = ? ORDER BY component_id"
+
+
+def run_components(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, str, int | None, int | None]]:
+    """(component_id, component, layer, head) of the run's components, in order; [] when it has none."""
+    return con.execute(COMPONENTS, [run_id]).fetchall()
+
+
+def decomposed_images(con: duckdb.DuckDBPyConnection, run_id: int) -> set[int]:
+    return {int(r[0]) for r in con.execute("SELECT image_id FROM decomposed_t WHERE run_id = ?", [run_id]).fetchall()}
+
+
+DECOMPOSED = """
+SELECT image_id, norm, vector_dtype FROM decomposed_t WHERE run_id = ? AND list_contains(?, image_id)
+ORDER BY image_id
+"""
+
+
+def decomposed(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int]) -> dict[int, tuple[float, str]]:
+    """{image_id: (|e|, vector dtype)} of those ``image_ids`` that are decomposed."""
+    return {int(i): (float(norm), dtype) for i, norm, dtype in con.execute(DECOMPOSED, [run_id, image_ids]).fetchall()}
+
+
+COMPONENT_VECTORS = """
+SELECT v.image_id, v.component_id, v.vector, d.vector_dtype FROM component_vector_t v
+JOIN decomposed_t d ON d.run_id = v.run_id AND d.image_id = v.image_id
+WHERE v.run_id = ? AND list_contains(?, v.image_id) AND list_contains(?, v.component_id)
+ORDER BY v.image_id, v.component_id
+"""
+
+DIRECT_VECTORS = """
+SELECT v.image_id, v.ablation_id, v.vector, d.vector_dtype FROM direct_vector_t v
+JOIN decomposed_t d ON d.run_id = v.run_id AND d.image_id = v.image_id
+WHERE v.run_id = ? AND list_contains(?, v.image_id) AND list_contains(?, v.ablation_id)
+ORDER BY v.image_id, v.ablation_id
+"""
+
+
+def _vector_grid(rows: list[tuple], image_ids: list[int], keys: list[int]) -> np.ndarray | None:
+    """Rows (image_id, key, blob, dtype) -> (images, keys, E) float32 in the order asked; None when any is missing."""
+    if len(rows) != len(image_ids) * len(keys) or not rows:
+        return None
+    flat = np.stack([np.frombuffer(blob, EMBEDDING_DTYPES[dtype]) for _, _, blob, dtype in rows]).astype(np.float32)
+    grid = flat.reshape(len(image_ids), len(keys), -1)
+    order_i = np.argsort(np.argsort(image_ids))  # rows come sorted by id; the caller's order may differ
+    order_k = np.argsort(np.argsort(keys))
+    return grid[order_i][:, order_k]
+
+
+def component_vectors(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int],
+                      component_ids: list[int]) -> np.ndarray | None:
+    """T(c) / |e| of ``component_ids`` for ``image_ids`` (run ``run_id``'s own rows: for a rescored run its
+    embedding_run_id) -> (images, components, E) float32 in the order given; None when some are not stored."""
+    return _vector_grid(con.execute(COMPONENT_VECTORS, [run_id, image_ids, component_ids]).fetchall(), image_ids,
+                        component_ids)
+
+
+def direct_vectors(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int],
+                   ablation_ids: list[int]) -> np.ndarray | None:
+    """The direct change of the embedding / |e| per (image, ablation), as component_vectors."""
+    return _vector_grid(con.execute(DIRECT_VECTORS, [run_id, image_ids, ablation_ids]).fetchall(), image_ids,
+                        ablation_ids)
+
+
+HEAD_DESCRIPTIONS = "SELECT layer, head, rank, text, variance FROM head_description_t WHERE run_id = ? ORDER BY ALL"
+
+
+def head_descriptions(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[int, int, int, str, float]]:
+    return con.execute(HEAD_DESCRIPTIONS, [run_id]).fetchall()
+
+
+def save_head_descriptions(con: duckdb.DuckDBPyConnection, run_id: int,
+                           rows: list[tuple[int, int, int, str, float]]) -> None:
+    """Replace the run's TextSpan descriptions by ``rows`` (layer, head, rank, text, variance), in one transaction."""
+    with transaction(con, "textspan"):
+        con.execute("DELETE FROM head_description_t WHERE run_id = ?", [run_id])
+        con.executemany("INSERT INTO head_description_t VALUES (?, ?, ?, ?, ?, ?)",
+                        [[run_id, *row] for row in rows])
 
 
 # --------------------------------------------------------------------------------------------------

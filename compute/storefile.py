@@ -266,7 +266,9 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
 def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
     # Version 3 records, per (image, ablation), whether a low-precision run computed it again in float32
     # (compute.precision): selection_t.verified, NULL for every pair stored before (computed in the run's
-    # dtype, as it was).
+    # dtype, as it was). It also adds the decomposition's tables (component_t, decomposed_t, contribution_t,
+    # direct_t, the vector tables, head_description_t) and views (contributions, effects, head_descriptions),
+    # which schema.sql creates; runs stored before have no decomposition rows.
     con.execute("ALTER TABLE selection_t ADD COLUMN IF NOT EXISTS verified VARCHAR")
 
 

@@ -307,8 +307,8 @@ def typed(value: Any, annotation: str, where: str) -> Any:
     else:  # pragma: no cover - a new field type needs a branch here
         raise TypeError(f"unsupported config type {annotation} for {where}")
     if not ok:
-        raise InputError(f"{where} must be {base.replace('list[str]', 'a list of strings').replace(' | ', ' or ')}, "
-                         f"got {value!r}")
+        wanted = base.replace("list[str]", "a list of strings").replace(" | ", " or ").replace("bool", "true or false")
+        raise InputError(f"{where} must be {wanted}, got {value!r}")
     return value
 
 

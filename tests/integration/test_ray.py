@@ -27,7 +27,7 @@ from tools.synthetic import make_coco, write_experiment
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 EXTRAS = ("mean:3,11", "zero:5-8", "identity:6/h0,h3", "knockout:9/patches>cls")
-CAPTIONS = "[captions]\nmax_new_tokens = 4\nnum_beams = 1\nbatch_size = 4\n"
+CAPTIONS = "[captions]\nmax_new_tokens = 4\nnum_beams = 1\nbatch_size = 4\n[decomposition]\nenabled = true\n"
 N_IMAGES, N_ABLATIONS = 30, 21 + len(EXTRAS)
 QUIET = {"progress": False, "echo": lambda _: None, "workers": 0}  # the mean pass on a thread: no fork beside Ray
 
@@ -51,7 +51,7 @@ def local_ray():
 def reference(tiny_clip, tiny_blip, tmp_path_factory):
     """A single-process run of the fixture experiment: 30 photo-like images of 320 x 240 (image 4 unreadable),
     the paper sweep plus mean, zero, head and knockout ablations, batches of 3, float32 embeddings, BLIP
-    captions."""
+    captions, decomposition."""
     tmp = tmp_path_factory.mktemp("ray-reference")
     coco = make_coco(tmp / "coco", n=N_IMAGES, broken=(4,), size=(320, 240), photo=True)
     db = tmp / "ref.duckdb"
@@ -75,11 +75,18 @@ SAME = {
 }
 EMBEDDINGS = "SELECT image_id, ablation_id, embedding FROM embedding_t ORDER BY ALL"
 DUPLICATES = "SELECT COUNT(*) FROM (SELECT image_id, ablation, prompt FROM scores GROUP BY ALL HAVING COUNT(*) > 1)"
+DECOMPOSITION = {  # query: how many of its last columns are numbers
+    "SELECT image_id, component, layer, head, prompt, logit FROM contributions ORDER BY ALL": 1,
+    "SELECT image_id, ablation, prompt, total, direct, indirect FROM effects ORDER BY ALL": 3,
+    "SELECT image_id, norm FROM decomposed_t ORDER BY ALL": 1,
+}
+DESCRIBED = "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL"
 
 
 def assert_same_results(got: Path, want: Path) -> None:
     """The same rows, every one once; logits and probabilities within 1e-5; the same selections (prompt,
-    correctness), captions, errors, images, means and status; embeddings within 1e-5."""
+    correctness), captions, errors, images, means and status; embeddings within 1e-5; the decomposition's
+    shares, effects and norms within 1e-5 and the same TextSpan texts."""
     a, b = sql(got, SCORES), sql(want, SCORES)
     assert [r[:3] for r in a] == [r[:3] for r in b]
     assert max(abs(x[3] - y[3]) for x, y in zip(a, b, strict=True)) < 1e-5
@@ -98,6 +105,12 @@ def assert_same_results(got: Path, want: Path) -> None:
                for x, y in zip(a, b, strict=True))
     assert sql(got, DUPLICATES) == [(0,)]
     assert sql(got, "SELECT status FROM runs") == [("complete",)]
+    for query, values in DECOMPOSITION.items():  # the actors' decomposition, every row once
+        a, b = sql(got, query), sql(want, query)
+        assert a and [r[:-values] for r in a] == [r[:-values] for r in b], query
+        assert max(abs(x - y) for r, t in zip(a, b, strict=True) for x, y in zip(r[-values:], t[-values:], strict=True)) \
+            < 1e-5, query
+    assert sql(got, DESCRIBED) == sql(want, DESCRIBED)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The store knows itself: a marker with the application and schema version; a version-1 store, as main
 wrote it before the marker, is read as is and migrated in one transaction when written; a crash inside
-the migration leaves version 1 intact; a version-2 store (before selection_t.verified) gains the column,
-NULL for what it held, and resumes."""
+the migration leaves version 1 intact; a version-2 store (before selection_t.verified and the
+decomposition) migrates to version 3: its rows gain the column, NULL for what it held, and its run resumes,
+decomposing the images it had done when decomposition is newly enabled."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from compute import store
 from compute.__main__ import main
 from compute.config import load_experiment
 from compute.runner import run
+from compute.storefile import STORE_TABLES
 from tools.synthetic import make_coco, write_experiment
 
 V1_SQL = (Path(__file__).parent / "reference" / "store_v1.sql").read_text()
@@ -125,6 +127,30 @@ def test_a_crash_inside_the_migration_leaves_version_1(v1_store):
     assert sql(v1, RESULTS) == sql(ref_db, RESULTS)
 
 
+V2_TABLES = V1_TABLES  # version 2 changed ablation_t's columns and the marker, not the list of tables
+DECOMPOSE = "[decomposition]\nenabled = true\n"
+CONTRIBUTIONS = "SELECT image_id, component, layer, head, prompt, logit FROM contributions ORDER BY ALL"
+EFFECTS = "SELECT image_id, ablation, prompt, total, direct, indirect FROM effects ORDER BY ALL"
+
+
+def build_v2_store(v2: Path, rows_from: Path, up_to_image: int) -> None:
+    """A version-2 store as this project created it (its DDL, then the marker), holding the rows of the run in
+    ``rows_from`` (written by this version) of the version-2 tables, results only for images up to
+    ``up_to_image``."""
+    with duckdb.connect(str(v2)) as con:
+        con.execute(V2_SQL)
+        con.execute(f"CREATE TABLE {store.MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+        con.execute(f"INSERT INTO {store.MARKER} VALUES ('application', 'CLIP Attention Lab store'), "
+                    "('schema_version', '2')")
+        con.execute(f"ATTACH '{rows_from}' AS cur (READ_ONLY)")
+        for table in V2_TABLES:
+            cols = ", ".join(r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE main.{table})").fetchall())
+            where = f" WHERE image_id <= {up_to_image}" if table in PARTIAL else ""
+            con.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}{where}")
+        con.execute("DETACH cur")
+        con.execute("UPDATE run_t SET status = 'running'")
+
+
 def test_a_version_2_store_gains_the_verified_column_and_resumes(tiny_clip, tmp_path):
     """A version-2 store, as this project wrote it before selection_t.verified, holding a bfloat16 run cut
     after 4 images: writing migrates it (the column, NULL for the rows it held: computed in the run's dtype,
@@ -133,18 +159,7 @@ def test_a_version_2_store_gains_the_verified_column_and_resumes(tiny_clip, tmp_
     ref_db, v2 = tmp_path / "ref.duckdb", tmp_path / "v2.duckdb"
     ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, batch_size=4, dtype="bfloat16")
     run(load_experiment(ref), progress=False, echo=lambda _: None)
-    with duckdb.connect(str(v2)) as con:
-        con.execute(V2_SQL)
-        con.execute(f"CREATE TABLE {store.MARKER} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-        con.execute(f"INSERT INTO {store.MARKER} VALUES ('application', 'CLIP Attention Lab store'), "
-                    f"('schema_version', '2')")
-        con.execute(f"ATTACH '{ref_db}' AS cur (READ_ONLY)")
-        for table in V1_TABLES:
-            cols = ", ".join(r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE main.{table})").fetchall())
-            where = " WHERE image_id <= 4" if table in PARTIAL else ""
-            con.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}{where}")
-        con.execute("DETACH cur")
-        con.execute("UPDATE run_t SET status = 'running'")
+    build_v2_store(v2, ref_db, up_to_image=4)
     assert kind(v2).version == 2
     exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, v2, batch_size=4, dtype="bfloat16")
     assert run(load_experiment(exp), progress=False, echo=lambda _: None).complete
@@ -157,3 +172,36 @@ def test_a_version_2_store_gains_the_verified_column_and_resumes(tiny_clip, tmp_
     verified = "SELECT image_id > 4, COUNT(verified) FROM selection_t GROUP BY 1 ORDER BY 1"
     assert sql(v2, verified)[0] == (False, 0)  # what version 2 held: unverified, as it was computed
     assert sql(v2, verified)[1][1] >= 6  # the resumed images: each one's unablated pass at least
+
+
+def test_a_version_2_store_migrates_and_its_run_resumes_with_decomposition(tiny_clip, tmp_path, capsys):
+    coco = make_coco(tmp_path / "coco", n=10)
+    ref_db, plain_db, v2 = tmp_path / "ref.duckdb", tmp_path / "plain.duckdb", tmp_path / "v2.duckdb"
+    ref = write_experiment(tmp_path / "ref.toml", tiny_clip, coco, ref_db, extra=("mean:3", "zero:11/h1"),
+                           batch_size=4, more=DECOMPOSE)
+    run(load_experiment(ref), progress=False, echo=lambda _: None)  # decomposed from the start
+    plain = write_experiment(tmp_path / "plain.toml", tiny_clip, coco, plain_db, extra=("mean:3", "zero:11/h1"),
+                             batch_size=4)
+    run(load_experiment(plain), progress=False, echo=lambda _: None)  # what version 2 wrote: no decomposition
+    build_v2_store(v2, plain_db, up_to_image=4)
+    assert kind(v2).version == 2
+    with duckdb.connect(str(v2), read_only=True) as con:  # the views a version-2 store lacks
+        assert not {"contributions", "effects", "head_descriptions"} & {r[0] for r in con.execute(STORE_TABLES).fetchall()}
+
+    # The run resumes with decomposition newly enabled: the 4 images done before are decomposed on their
+    # unablated pass, the 6 left in the sweep.
+    exp = write_experiment(tmp_path / "e.toml", tiny_clip, coco, v2, extra=("mean:3", "zero:11/h1"), batch_size=4,
+                           more=DECOMPOSE)
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming run 't'" in out and "decomposing 4 image(s) swept before decomposition was enabled" in out
+    assert kind(v2).version == 3
+    assert sql(v2, RESULTS) == sql(ref_db, RESULTS)
+    for query, values in ((CONTRIBUTIONS, 1), (EFFECTS, 3)):  # the last columns are the numbers
+        got, want = sql(v2, query), sql(ref_db, query)
+        assert got and [r[:-values] for r in got] == [r[:-values] for r in want]
+        assert max(abs(a - b) for x, y in zip(got, want, strict=True)
+                   for a, b in zip(x[-values:], y[-values:], strict=True)) < 1e-5
+    assert sql(v2, "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL") == \
+        sql(ref_db, "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL")
+    assert sql(v2, "SELECT status FROM runs") == [("complete",)]
