@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import sql
+from helpers import sql
 
 from analysis import queries
 from analysis.decomposition import PRESETS, preset

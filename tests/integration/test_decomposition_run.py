@@ -10,7 +10,7 @@ import signal
 
 import pytest
 import torch
-from conftest import run_cli, sql
+from helpers import cli_forked, sql
 
 from compute.__main__ import main
 from compute.ablations import mean_needs, parse_ablation, sweep
@@ -111,7 +111,7 @@ def test_a_run_killed_inside_a_batch_resumes_to_the_uninterrupted_decomposition(
     db = tmp_path / "killed.duckdb"
     exp = write_experiment(tmp_path / "k.toml", tiny_clip, coco, db, name="parent", extra=EXTRAS, more=DECOMPOSE,
                            batch_size=2)
-    killed = run_cli("run", str(exp), "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:3"})
+    killed = cli_forked("run", str(exp), "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     # two whole batches (images 1-4, 3 unreadable), no part of the third
     assert sql(db, "SELECT image_id FROM decomposed_t ORDER BY 1") == [(1,), (2,), (4,)]
