@@ -22,7 +22,7 @@ embedding's norm); the shares plus the model's logit bias (SigLIP; 0 for CLIP) s
 
 The direct effect of an ablation (``direct``): each ablated layer's attention output at the tokens that
 reach the output (CLIP's CLS token; every token on SigLIP) recomputed from the layer's *unablated* input
-under the ablation's kind, with the kind's own replacement (``compute.ablations.replacement``: every
+under the ablation's kind, with the kind's own replacement (``compute.kinds.replacement``: every
 registered kind gets its direct effect from its registry entry), and the change read out through the
 frozen readout (sigma, the pooling probabilities, ``pooling_mlp`` and |e| of the unablated image): the
 change of each prompt's logit. The total effect is the stored ablated logit minus the baseline's; indirect =
@@ -63,8 +63,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compute.ablations import BASELINE, NORMAL, Ablation, LayerMode, Means, replacement, vision_layers
+from compute.ablations import BASELINE, Ablation, vision_layers
 from compute.engine import SweepEngine
+from compute.kinds import NORMAL, LayerMode, Means, replacement
 from compute.scoring import Decomposed, LogitScale
 from compute.towers import has_cls, n_heads_of, n_layers_of, tokens_in
 

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from compute import lifecycle, store
-from compute.ablations import Ablation, Means, dedupe, mean_needs, parse_ablation, sweeps
+from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
@@ -33,6 +33,7 @@ from compute.decomposition import Decomposer, model_components
 from compute.devices import DtypeChoice
 from compute.engine import attention_means, means_on
 from compute.killpoints import kill_point
+from compute.kinds import Means
 from compute.loader import Batch, Loader, default_workers
 from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_pair, model_summary
 from compute.precision import VerifiedSweep, VerifyStats

@@ -16,10 +16,10 @@ from helpers import sql
 from analysis import queries
 from analysis.decomposition import PRESETS, preset
 from compute import store
-from compute.ablations import kind_targets
 from compute.config import load_experiment
 from compute.dataset import open_image
 from compute.decomposition import token_shares
+from compute.kinds import kind_targets
 from compute.models import load_clip, pixel_values
 from compute.runner import run
 from compute.scoring import text_embeddings
