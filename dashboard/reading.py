@@ -11,7 +11,12 @@ read of that run is keyed by it: cache hits all come from that state. A read tha
 opens a connection and checks, once it holds the file, that the file is still in that state (while a reader
 holds it no writer can commit: DuckDB lets one process write or several read). If a writer committed in
 between, the script run starts over on the new state (``st.rerun``): what it drew so far is replaced, and
-no page ever draws two states at once. Any other error shows as the error it is.
+no page ever draws two states at once.
+
+A file that is not a store this version reads (empty, another application's DuckDB file, random bytes, a newer
+schema) or that is damaged (a block whose checksum fails, a file cut short; found when a read meets it, so
+also when it was damaged while the app runs) stops the page with one error: compute.storefile's line, the one
+the command line prints after ``error:`` (``unusable``). Any other error shows as the error it is.
 
 The connection is opened on the first cache miss and shared by the misses of one script run until the page
 starts drawing (``release``, called by ``layout.chart``) or the run ends, so it is held for the queries of
@@ -26,12 +31,14 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import duckdb
 import streamlit as st
 
-from compute import store
+from analysis.text import md
+from compute import store, storefile
+from compute.errors import StoreError, StoreIOError
 from dashboard import state
 
 T = TypeVar("T")
@@ -65,8 +72,9 @@ class _Reader:
 
     def get(self) -> duckdb.DuckDBPyConnection:
         if self.con is None:
-            self._opened = store.connect(self.db, read_only=True)
-            self.con = self._opened.__enter__()
+            opened = store.connect(self.db, read_only=True)
+            self.con = opened.__enter__()  # StoreError: not a store this version reads, or damaged
+            self._opened = opened
             # Holding the file now, nothing can commit until close: check the state it is in.
             if change_token(self.db) != self.token:
                 self.close()
@@ -141,3 +149,15 @@ def load(fn: Callable[..., T], *args: Any) -> T:
         return _cached_call(_name(fn), str(run.db), token, args, fn, run.reader)
     except _SnapshotMoved:
         st.rerun()  # start the page over on the state the writer left
+    except (StoreError, StoreIOError) as e:  # StoreIOError: busy past the lock timeout, an I/O failure
+        unusable(e)
+    except duckdb.Error as e:  # a query met a damaged block (the connection checks only what it opens)
+        if (what := storefile.damage(run.db, e)) is None:
+            raise
+        unusable(StoreError(storefile.damaged_text(run.db, what)))
+
+
+def unusable(e: StoreError | StoreIOError) -> NoReturn:
+    """Stop the page with what is wrong with the store, in the command line's words (its ``error:`` line)."""
+    st.error(md(str(e)))
+    st.stop()

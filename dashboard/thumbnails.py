@@ -1,6 +1,10 @@
-"""Thumbnails of a run's images, decoded at reduced scale and cached; a grey placeholder when a file is
-missing or unreadable. A thumbnail is asked for by (run, image) only: the file is the one the store lists
-for that image of that run, never a path from a URL or another run."""
+"""Thumbnails of a run's images, decoded at reduced scale and cached; a grey placeholder saying why when a
+file is missing or cannot be used. A thumbnail is asked for by (run, image) only: the file is the one the store
+lists for that image of that run, never a path from a URL or another run.
+
+Decoding is compute.dataset's, the one path every image takes (``decode`` + ``to_rgb``): only a regular file is
+read (a FIFO at a listed path would block the page forever), an image of more than MAX_PIXELS is refused from
+its header, and transparency is composited onto white as the model is shown it."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from analysis import queries
+from compute.dataset import ImageLoadError, decode, to_rgb
 from dashboard import reading
 
 THUMB_PX = 160
@@ -28,15 +33,24 @@ def thumbnail(run_id: int, image_id: int, size: int = THUMB_PX) -> bytes:
     return _thumbnail(path, size) if path is not None else _placeholder_jpeg(size, "image not listed")
 
 
+# A few words for the placeholder, from compute.dataset's message (shown whole on the Image page's maps).
+_REASONS = (("file not found", "image not found"), ("not a regular file", "not a regular file"),
+            ("MAX_PIXELS", "too many pixels"))
+
+
+def _reason(e: ImageLoadError) -> str:
+    return next((words for key, words in _REASONS if key in str(e)), "unreadable image")
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _thumbnail(path: str, size: int) -> bytes:
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for big photos
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        im = _placeholder(size, "image not found")
+        im = to_rgb(decode(path, draft=size))  # JPEG: decoded at reduced scale, much faster for big photos
+        im.thumbnail((size, size))
+    except ImageLoadError as e:
+        im = _placeholder(size, _reason(e))
+    except (OSError, ValueError):  # a mode PIL cannot convert
+        im = _placeholder(size, "unreadable image")
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     return buf.getvalue()

@@ -58,6 +58,24 @@ def sql(db: Path, query: str, params=()) -> list[tuple]:
         return con.execute(query, params).fetchall()
 
 
+def flip(db: Path, offset: int) -> None:
+    """Change 4 bytes of ``db`` at ``offset`` in place (each XOR 0xA5): a damaged block or header."""
+    with open(db, "r+b") as f:
+        f.seek(offset)
+        data = f.read(4)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xA5 for b in data))
+
+
+def data_block(db: Path) -> int:
+    """The byte offset of the middle of a block holding selection_t's values."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        block = con.execute("SELECT max(block_id) FROM pragma_storage_info('selection_t')").fetchone()[0]
+        size, total = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
+    headers = db.stat().st_size - total * size  # DuckDB's file headers come before the first block
+    return headers + block * size + size // 2
+
+
 def cli_process(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m compute ARGS`` as a real process, from the repo root, offline."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}

@@ -45,6 +45,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, cli, cli_process, sql
+from helpers import data_block as _data_block
+from helpers import flip as _flip
 from PIL import Image
 
 from compute.__main__ import main
@@ -1019,23 +1021,6 @@ def real_store(tiny_clip, tmp_path_factory) -> Path:
     exp = write_experiment(tmp / "e.toml", tiny_clip, make_coco(tmp / "coco", n=10), tmp / "s.duckdb")
     run(load_experiment(exp), progress=False, echo=lambda _: None)
     return tmp / "s.duckdb"
-
-
-def _flip(db: Path, offset: int) -> None:
-    with open(db, "r+b") as f:
-        f.seek(offset)
-        data = f.read(4)
-        f.seek(offset)
-        f.write(bytes(b ^ 0xA5 for b in data))
-
-
-def _data_block(db: Path) -> int:
-    """The byte offset of the middle of a block holding selection_t's values."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        block = con.execute("SELECT max(block_id) FROM pragma_storage_info('selection_t')").fetchone()[0]
-        size, total = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
-    headers = db.stat().st_size - total * size  # DuckDB's file headers come before the first block
-    return headers + block * size + size // 2
 
 
 DAMAGED = "is damaged (a block's checksum does not match its bytes at byte"
