@@ -9,8 +9,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import data_block, flip
-from test_browser import ARTIFACTS, _skip_loudly
+from helpers import ARTIFACTS, data_block, flip, skip_loudly
 
 from compute import store
 from compute.errors import StoreError
@@ -23,11 +22,11 @@ ERROR = '[data-testid="stAlertContentError"]'
 
 def test_a_damaged_store_shows_its_one_line_in_chromium_and_no_exception(dash_store, tmp_path):
     if not CHROMIUM.is_file():
-        _skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
+        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
     db = tmp_path / "store.duckdb"
     shutil.copy(dash_store, db)
     flip(db, data_block(db))  # found by a query, not when the file is opened
