@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,3 +363,38 @@ def pytest_make_collect_report(collector):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"a test module was skipped in CI ({CI_ENV}=1), where every module must run: {reason}"
+
+
+def foreign_duckdb(db: Path, tables: tuple[str, ...] = ("customers",)) -> None:
+    """Another application's DuckDB file at ``db``: tables of its own, one row each."""
+    with duckdb.connect(str(db)) as con:
+        for t in tables:
+            con.execute(f"CREATE TABLE {t} (id INTEGER, name VARCHAR)")
+            con.execute(f"INSERT INTO {t} VALUES (1, 'x')")
+
+
+def newer_schema(db: Path) -> None:
+    """Mark the store ``db`` as written by a newer version of this tool (schema version 99)."""
+    from compute import store
+
+    with store.connect(db) as con:
+        con.execute(f"UPDATE {store.MARKER} SET value = '99' WHERE key = 'schema_version'")
+
+
+# Every way a store's file can be damaged or not be a store, with what its one line says: the command line's
+# hardening tests (tests/integration/test_hardening.py) and the dashboard's (test_dashboard_hardening.py) share
+# them.
+DAMAGED = "is damaged (a block's checksum does not match its bytes at byte"
+STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a changed block of data": (lambda db: flip(db, data_block(db)), DAMAGED),
+    "a changed database header": (lambda db: flip(db, 4096 + 40), f"{DAMAGED} 4,096)"),
+    "a changed main header": (lambda db: flip(db, 100), f"{DAMAGED} 0)"),
+    "cut in half": (lambda db: os.truncate(db, db.stat().st_size // 2), "is damaged (cut short: it ends at byte"),
+    "cut after its headers": (lambda db: os.truncate(db, 12388), "is damaged (cut short: it ends at byte 12,388,"),
+    "random bytes after DuckDB's magic": (lambda db: db.write_bytes(
+        np.random.default_rng(0).bytes(8) + b"DUCK" + np.random.default_rng(1).bytes(300_000)), f"{DAMAGED} 0)"),
+    "an empty file": (lambda db: db.write_bytes(b""), "is not a DuckDB file (it is empty)"),
+    "random bytes": (lambda db: db.write_bytes(np.random.default_rng(2).bytes(300_000)),
+                     "is not a DuckDB file (unknown format)"),
+    "another application's DuckDB file": (lambda db: db.unlink() or foreign_duckdb(db), "a DuckDB file of another application"),
+}

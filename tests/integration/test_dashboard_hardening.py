@@ -25,10 +25,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from helpers import APP, sql
+from helpers import APP, STORE_DAMAGE, newer_schema, sql
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_hardening import STORE_DAMAGE, _newer
 
 from analysis.text import md
 from compute.__main__ import main
@@ -39,7 +38,7 @@ from dashboard.pages import DEFAULT, page_info
 
 def _newer_in_place(db: Path) -> None:
     db.unlink()  # the copy of the dashboard store goes: a fresh store marked with a newer schema
-    _newer(db)
+    newer_schema(db)
 
 
 BAD_STORES: dict[str, tuple[Callable[[Path], None], str]] = {

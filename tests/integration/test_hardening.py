@@ -44,9 +44,16 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, cli, cli_process, sql
-from helpers import data_block as _data_block
-from helpers import flip as _flip
+from helpers import (
+    ROOT,
+    STORE_DAMAGE,
+    cli,
+    cli_process,
+    flip,
+    foreign_duckdb,
+    newer_schema,
+    sql,
+)
 from PIL import Image
 
 from compute.__main__ import main
@@ -136,13 +143,6 @@ def _store(s: Setup, make: Callable[[Path], None], verb: str = "run") -> list[st
     return [verb, *(["t"] if verb == "delete" else []), "--db", str(db)]
 
 
-def _foreign(db: Path, tables: tuple[str, ...] = ("customers",)) -> None:
-    with duckdb.connect(str(db)) as con:
-        for t in tables:
-            con.execute(f"CREATE TABLE {t} (id INTEGER, name VARCHAR)")
-            con.execute(f"INSERT INTO {t} VALUES (1, 'x')")
-
-
 def _foreign_lookalike(db: Path) -> None:
     # Another application's meta_t with a schema_version of 1: not this tool's version-1 layout.
     with duckdb.connect(str(db)) as con:
@@ -159,13 +159,6 @@ def _foreign_with_pending_log(db: Path) -> None:
             "os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(db)], check=True)
     assert Path(f"{db}.wal").exists()
-
-
-def _newer(db: Path) -> None:
-    from compute import store
-
-    with store.connect(db) as con:
-        con.execute(f"UPDATE {store.MARKER} SET value = '99' WHERE key = 'schema_version'")
 
 
 def _sqlite(db: Path) -> None:
@@ -353,15 +346,15 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "store: a text file": (lambda s: _store(s, lambda db: db.write_text("name,value\n1,2\n")), "is not a DuckDB file (unknown format)"),
     "store: an empty file": (lambda s: _store(s, lambda db: db.write_bytes(b"")), "is not a DuckDB file (it is empty)"),
     "store: an SQLite file": (lambda s: _store(s, _sqlite), "is an SQLite database, not a DuckDB store"),
-    "store: another application's DuckDB file": (lambda s: _store(s, _foreign), "a DuckDB file of another application (tables: customers"),
-    "store: another application's file with a run_t": (lambda s: _store(s, lambda db: _foreign(db, ("run_t", "invoices"))),
+    "store: another application's DuckDB file": (lambda s: _store(s, foreign_duckdb), "a DuckDB file of another application (tables: customers"),
+    "store: another application's file with a run_t": (lambda s: _store(s, lambda db: foreign_duckdb(db, ("run_t", "invoices"))),
                                                        "another application (tables: invoices, run_t"),
     "store: a look-alike meta_t": (lambda s: _store(s, _foreign_lookalike), "another application (tables: meta_t, orders"),
     "store: another application's file with a pending log": (lambda s: _store(s, _foreign_with_pending_log),
                                                              "another application (tables: ledger"),
-    "store: written by a newer version": (lambda s: _store(s, _newer), "written by a newer version of CLIP Attention Lab "
+    "store: written by a newer version": (lambda s: _store(s, newer_schema), "written by a newer version of CLIP Attention Lab "
                                           "(schema version 99; this one knows up to 3); upgrade"),
-    "store: list on another application's file": (lambda s: _store(s, _foreign, verb="list"), "another application"),
+    "store: list on another application's file": (lambda s: _store(s, foreign_duckdb, verb="list"), "another application"),
     "store: delete on an SQLite file": (lambda s: _store(s, _sqlite, verb="delete"), "is an SQLite database"),
     # --- models on disk ---
     "model: weights file cut in half": (lambda s: s.run(exp=_cut_weights(s)),
@@ -652,7 +645,7 @@ def test_a_store_on_a_read_only_file_system(setup, tmp_path, capsys):
 
 def test_a_foreign_duckdb_file_keeps_its_checksum_and_rows(setup, capsys):
     db = setup.tmp / "theirs.duckdb"
-    _foreign(db, ("accounts", "run_t"))
+    foreign_duckdb(db, ("accounts", "run_t"))
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     for argv in (setup.run("--db", str(db)), ["list", "--db", str(db)], ["delete", "t", "--db", str(db)]):
         assert main(argv) == 2
@@ -1023,20 +1016,6 @@ def real_store(tiny_clip, tmp_path_factory) -> Path:
     return tmp / "s.duckdb"
 
 
-DAMAGED = "is damaged (a block's checksum does not match its bytes at byte"
-STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "a changed block of data": (lambda db: _flip(db, _data_block(db)), DAMAGED),
-    "a changed database header": (lambda db: _flip(db, 4096 + 40), f"{DAMAGED} 4,096)"),
-    "a changed main header": (lambda db: _flip(db, 100), f"{DAMAGED} 0)"),
-    "cut in half": (lambda db: os.truncate(db, db.stat().st_size // 2), "is damaged (cut short: it ends at byte"),
-    "cut after its headers": (lambda db: os.truncate(db, 12388), "is damaged (cut short: it ends at byte 12,388,"),
-    "random bytes after DuckDB's magic": (lambda db: db.write_bytes(
-        np.random.default_rng(0).bytes(8) + b"DUCK" + np.random.default_rng(1).bytes(300_000)), f"{DAMAGED} 0)"),
-    "an empty file": (lambda db: db.write_bytes(b""), "is not a DuckDB file (it is empty)"),
-    "random bytes": (lambda db: db.write_bytes(np.random.default_rng(2).bytes(300_000)),
-                     "is not a DuckDB file (unknown format)"),
-    "another application's DuckDB file": (lambda db: db.unlink() or _foreign(db), "a DuckDB file of another application"),
-}
 
 
 @pytest.mark.parametrize("verb", ["list", "delete", "export", "run"])
@@ -1071,7 +1050,7 @@ def test_the_store_check_reads_every_block_of_data(real_store, tmp_path):
     for block in sorted(blocks):
         db = tmp_path / f"b{block}.duckdb"
         shutil.copy(real_store, db)
-        _flip(db, headers + block * size + 1000)
+        flip(db, headers + block * size + 1000)
         storefile._verified.clear()
         with pytest.raises(StoreError, match=f"is damaged .*at byte {headers + block * size:,}"):
             storefile.check_store(db, write=True)
