@@ -254,7 +254,7 @@ CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
         prompts=[("a photo of a dog", "dog"), (LONG + " cat", "cat"), (LONG + " dog", "dog")]),
         "truncate_prompts = true")), "once cut at 32 tokens (the same 32 token ids): they would always tie; keep one"),
     "experiment: truncate_prompts not a boolean": (lambda s: s.run(exp=_model_key(s.experiment(), 'truncate_prompts = "yes"')),
-                                                   "model.truncate_prompts must be bool, got 'yes'"),
+                                                   "model.truncate_prompts must be true or false, got 'yes'"),
     "prompts file: café composed and decomposed": (lambda s: _rescore(s, (
         '[[prompts]]\ntext = "a photo of a caf\u00e9"\nlabel = "cat"\n'
         '[[prompts]]\ntext = "a photo of a cafe\u0301"\nlabel = "cat"\n').encode()), "are the same to the tokenizer"),
@@ -757,8 +757,8 @@ def test_non_finite_results_part_way_stop_the_run_before_that_batch_is_written(s
     original = engine.SweepEngine.embeddings
     calls = []
 
-    def overflowing(self, pixel_values):  # the second batch overflows under one ablation, as float16 can
-        out = original(self, pixel_values)
+    def overflowing(self, pixel_values, tap=None):  # the second batch overflows under one ablation, as float16 can
+        out = original(self, pixel_values, tap)
         calls.append(len(pixel_values))
         if len(calls) == 2:
             victim = next(a for a in out if a.label == "identity:5")
