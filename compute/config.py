@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.ablations import MAX_INDEX, SWEEPS, parse_ablation
+from compute.attribution import parse_spec
 from compute.errors import InputError
 from compute.prompts import Prompt, parse_prompts
 from compute.store import default_db
@@ -103,6 +104,14 @@ class DecompositionConfig:
 
 
 @dataclass
+class AttributionConfig:
+    # Estimate every head's ablation of these kinds from one forward and one backward pass per image
+    # (compute.attribution): a kind ("identity", "zero", "mean", "uniform") or kind:target for a kind that takes
+    # one ("knockout:patches>cls"), each on every head of every layer. [] (the default): none.
+    kinds: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Experiment:
     name: str
     model: ModelConfig
@@ -112,12 +121,14 @@ class Experiment:
     store: StoreConfig
     captions: CaptionsConfig
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     source: Path | None = None  # the TOML file it came from
 
     def identity(self) -> dict[str, Any]:
-        """What the stored results depend on; compared when a run is resumed. Decomposition is not part of it:
-        it adds rows beside the results without changing them, and a run resumed with it newly enabled
-        decomposes the images it had already done (compute.runner)."""
+        """What the stored results depend on; compared when a run is resumed. Decomposition and attribution are
+        not part of it: they add rows beside the results without changing them, and a run resumed with either
+        newly enabled (or with an attribution kind added) catches up the images it had already done
+        (compute.runner)."""
         return {
             "clip": self.model.clip,
             "captioner": self.model.captioner,
@@ -163,7 +174,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = None) -> Experiment:
-    sections = {"name", "model", "dataset", "prompts", "templates", "ablations", "store", "captions", "decomposition"}
+    sections = {"name", "model", "dataset", "prompts", "templates", "ablations", "store", "captions", "decomposition",
+                "attribution"}
     no_unknown(data, sections, "top level")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
@@ -217,7 +229,11 @@ def parse_experiment(data: dict[str, Any], base: Path, source: Path | None = Non
     for key in ("textspan_layers", "textspan_texts"):
         if getattr(decomposition, key) < 0 or getattr(decomposition, key) > MAX_INDEX:
             raise InputError(f"decomposition.{key} must be between 0 and {MAX_INDEX}, got {getattr(decomposition, key)}")
-    return Experiment(name, model, dataset, prompts, ablations, store, captions, decomposition, source)
+    attribution = table_of(AttributionConfig, data.get("attribution"), "attribution")
+    # each entry checked and canonical now (a target the tower cannot take: once the model is loaded)
+    attribution.kinds = list(dict.fromkeys(parse_spec(text).label for text in attribution.kinds))
+    return Experiment(name, model, dataset, prompts, ablations, store, captions, decomposition, source=source,
+                      attribution=attribution)
 
 
 def _sweep_names(value: str | list[str]) -> str | list[str]:

@@ -51,7 +51,7 @@ from compute.pixels import recipe
 from compute.ray_workers import DECOMPOSITION_COLUMNS, SweepActor, SweepPlan, decode, input_rows
 from compute.runner import RunResult, SweepWork
 from compute.runner import run as run_here
-from compute.scoring import DECOMPOSED, check_finite
+from compute.scoring import ATTRIBUTED, ATTRIBUTION_FIELDS, DECOMPOSED, check_finite
 from compute.writer import BatchWriter
 
 LOCAL = "local"
@@ -126,7 +126,8 @@ def ray_sweep(work: SweepWork, loader: Loader, options: RayOptions) -> None:
     plan = SweepPlan(exp.model.clip, exp.model.device, exp.model.dtype, prep.ablations, work.keep, work.means,
                      [p.texts for p in exp.prompts], exp.store.embeddings,
                      recipe(prep.clip.image_processor, ship_uint8=True), threads=int(ACTOR_CPUS),
-                     decomposition=exp.decomposition.vectors if exp.decomposition.enabled else "")
+                     decomposition=exp.decomposition.vectors if exp.decomposition.enabled else "",
+                     attribution=tuple(s.label for s in work.specs), estimate_ids=tuple(work.estimate_ids))
     rows = input_rows(work.pending, [p.label for p in exp.prompts])
     bar = work.bar()
     try:
@@ -157,7 +158,8 @@ def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]
               plan: SweepPlan | None = None) -> store.BatchResult | None:
     """One result batch of the pipeline (scored by the actor's compute.scoring.score_batch, for the ablation
     ids ``keep``) -> what the writer commits: the rows not written yet (a batch Ray retried can arrive twice),
-    the images that failed as errors rows, and (``plan`` with decomposition) the images' decomposition. None
+    the images that failed as errors rows, and (``plan`` with decomposition, attribution) the images'
+    decomposition and attribution. None
     when every row was written already. ``written`` is updated."""
     ids = [int(i) for i in columns["image_id"]]
     fresh = [k for k, i in enumerate(ids) if i not in written]
@@ -177,8 +179,13 @@ def to_result(columns: dict[str, np.ndarray], keep: list[int], written: set[int]
         arrays = {name: columns[DECOMPOSED + name][ok] for name in DECOMPOSITION_COLUMNS if DECOMPOSED + name in columns}
         decomposition = store.DecompositionRows(direct_ablation_ids=np.array(direct_ids(plan.ablations), np.int16),
                                                 vector_dtype=plan.decomposition, **arrays)
+    attribution = None
+    if plan is not None and plan.attribution:
+        a = {name: columns[ATTRIBUTED + name][ok] for name in ATTRIBUTION_FIELDS}
+        attribution = store.AttributionRows(np.array(plan.estimate_ids, np.int16), list(plan.attribution),
+                                            a["estimate"], a["metric"], a["pairs"])
     return store.BatchResult(np.array([ids[k] for k in ok], np.int64), np.array(keep, np.int16), selection,
-                             embeddings, errors, attempted, decomposition)
+                             embeddings, errors, attempted, decomposition, attribution)
 
 
 def _stopped_as_run_error(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:

@@ -19,8 +19,9 @@ A kind says, in small plain functions:
   ``needs_mean``: it takes a dataset statistic of the unablated model.
 
 A new kind is those few functions and one entry in ``KINDS``; the parser (compute.ablations),
-``replacement`` (what the plain method patches in and the engine runs), the maps and the decomposition's
-direct effects read the entry, and the tests run over every entry. ``LayerMode`` is what one layer runs: a
+``replacement`` (what the plain method patches in and the engine runs), the maps, the decomposition's
+direct effects and the attribution's estimates (``kind_heads``, compute.attribution) read the entry, and the
+tests run over every entry. ``LayerMode`` is what one layer runs: a
 kind on some heads with its target, or ``NORMAL``.
 """
 
@@ -217,6 +218,28 @@ def kind_targets(cls: bool = True) -> list[tuple[str, str]]:
     return [(name, target) for name, kind in KINDS.items() for target in (kind.takes(cls) if kind.targets else ("",))]
 
 
+def kind_heads(attn: nn.Module, q: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor, rows: int, *,
+               kind: str, pick: list[int] | slice, target: str = "", head_mean: torch.Tensor | None = None,
+               cls: bool = True) -> torch.Tensor:
+    """The outputs before out_proj of the heads ``pick`` (a list of head indices, or every head) under ``kind``,
+    from the layer's queries, keys and values: the one computation of a changed head, which ``head_attention``
+    (the engine, the plain method) and compute.attribution both run.
+
+    q: (batch, heads, rows, head_dim) (None for a kind that needs none: it gives its outputs from the values),
+    k, v: (batch, heads, tokens, head_dim) -> (batch, chosen heads, rows, head_dim). head_mean: (tokens, width),
+    the heads' outputs before out_proj averaged over the dataset (kinds that need a mean)."""
+    spec = KINDS[kind]
+    t = v.shape[2]
+    if spec.blocked is not None:
+        allowed = ~spec.blocked(target, rows, t, v.device, cls)  # (rows, tokens); SDPA's boolean mask: True takes part
+        return F.scaled_dot_product_attention(q[:, pick], k[:, pick], v[:, pick], attn_mask=allowed, scale=attn.scale)
+    fn = spec.heads
+    if spec.needs_mean:
+        per_head = head_mean.view(-1, attn.num_heads, attn.head_dim).transpose(0, 1)  # (heads, tokens, head_dim)
+        fn = partial(fn, mean=per_head[pick])
+    return fn(v[:, pick], rows)
+
+
 def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *, kind: str,
                    heads: tuple[int, ...], target: str = "", head_mean: torch.Tensor | None = None,
                    cls: bool = True) -> torch.Tensor:
@@ -234,19 +257,12 @@ def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *,
     every = len(chosen) == n_heads
     pick = slice(None) if every else chosen
     v = attn.v_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
+    q = k = None
     if spec.blocked is not None or not every:  # some head still computes its probabilities
         q = attn.q_proj(x[:, :r]).view(b, r, n_heads, hd).transpose(1, 2)  # (batch, heads, rows, head_dim)
         k = attn.k_proj(x).view(b, t, n_heads, hd).transpose(1, 2)  # (batch, heads, tokens, head_dim)
-    if spec.blocked is not None:
-        allowed = ~spec.blocked(target, r, t, x.device, cls)  # (rows, tokens); SDPA's boolean mask: True takes part
-        changed = F.scaled_dot_product_attention(q[:, pick], k[:, pick], v[:, pick], attn_mask=allowed,
-                                                 scale=attn.scale)  # (batch, chosen heads, rows, head_dim)
-    else:
-        fn = spec.heads
-        if spec.needs_mean:
-            per_head = head_mean.view(-1, n_heads, hd).transpose(0, 1)  # (heads, tokens, head_dim)
-            fn = partial(fn, mean=per_head[pick])
-        changed = fn(v[:, pick], r)  # (batch, chosen heads, rows, head_dim)
+    changed = kind_heads(attn, q, k, v, r, kind=kind, pick=pick, target=target, head_mean=head_mean,
+                         cls=cls)  # (batch, chosen heads, rows, head_dim)
     if every:
         o = changed
     else:

@@ -1,7 +1,8 @@
 """A run's life in the store, the same for ``run`` and ``rescore``: create the run or resume it, say which
 (image, ablation) pairs are still pending, and once the verb has computed them, the caption stage, the
 completion check (with decomposition: every image decomposed, then the TextSpan stage, compute.textspan),
-the run's status and its summary table.
+the run's status and its summary table (with attribution, the estimates' quality against the exact effects
+where the run holds them, compute.attribution_quality).
 
 Only the middle differs: ``run`` sweeps the vision tower over the pending images (compute.runner), ``rescore``
 scores stored embeddings against new prompts (compute.rescore). So when a stored run may be resumed (its
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compute import significance, store
+from compute import attribution_quality, significance, store
 from compute.ablations import Ablation
 from compute.captions import CaptionStats, caption_stage
 from compute.config import Experiment
@@ -134,13 +135,16 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
             echo(captions.describe())
     decomposed = _decomposition_stage(exp, run, clip, echo)
     with store.connect(db) as con:
+        attributed = _attribution_done(con, exp, run)
+        counts = store.attributed_counts(con, run.run_id)
+        estimated = store.estimated_and_exact(con, run.run_id) if counts else {}
         done = store.done_pairs(con, run.run_id)
         failed = store.failed_images(con, run.run_id)
         complete = all((r.image_id, a) in done for r in run.images if r.image_id not in failed
                        for a in range(len(run.ablations)))
         if captioner is not None:
             complete = complete and store.uncaptioned(con, run.run_id) == 0
-        complete = complete and decomposed
+        complete = complete and decomposed and attributed
         store.set_status(con, run.run_id, "complete" if complete else "running")
         rows = store.summary(con, run.run_id)
         verified = store.verified_counts(con, run.run_id)
@@ -149,7 +153,20 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
     if (line := precision_line(run.row.config, verified)) is not None:
         echo(line)
     echo(format_summary(rows))
+    for line in attribution_quality.summary_lines(estimated, counts):
+        echo(line)
     return Ending(complete, captions)
+
+
+def _attribution_done(con: object, exp: Experiment, run: OpenRun) -> bool:
+    """Whether every readable image has the estimates of every spec asked for (True without attribution, and
+    with one prompt: then M is undefined and nothing is estimated)."""
+    kinds = exp.attribution.kinds
+    if not kinds or len(exp.prompts) < 2:
+        return True
+    have = store.attributed(con, run.run_id)
+    failed = store.failed_images(con, run.run_id)
+    return all(set(kinds) <= have.get(r.image_id, set()) for r in run.images if r.image_id not in failed)
 
 
 def precision_line(config: dict, verified: dict[str | None, int]) -> str | None:

@@ -1,6 +1,7 @@
 """What ``run --ray`` runs on the cluster's workers (compute.distributed builds the pipeline around them):
 ``decode``, the CPU task that turns a batch of image files into the model's pixels, and ``SweepActor``, the
-actor that holds the model and the engine and scores (and, with decomposition, decomposes) each batch.
+actor that holds the model and the engine and scores (and, with decomposition, decomposes; with attribution,
+attributes) each batch.
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
 ``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from compute.ablations import Ablation
+from compute.attribution import Attributor, parse_spec, sweep_pairs
 from compute.dataset import ImageLoadError, ImageRecord
 from compute.decomposition import Decomposer
 from compute.engine import means_on
@@ -30,7 +32,10 @@ from compute.models import load_pair, quiet_transformers
 from compute.pixels import Recipe
 from compute.precision import VerifiedSweep
 from compute.scoring import (
+    ATTRIBUTED,
+    ATTRIBUTION_FIELDS,
     DECOMPOSED,
+    Attributed,
     BatchScoring,
     logit_scale,
     prompt_embeddings,
@@ -55,6 +60,8 @@ class SweepPlan:
     recipe: Recipe  # checked on the driver against the model's image processor
     threads: int = 1  # torch CPU threads per actor (its share of the node's CPUs)
     decomposition: str = ""  # "" without; else the vectors' dtype kept (compute.config.DecompositionConfig)
+    attribution: tuple[str, ...] = ()  # the specs attributed (compute.attribution), () without
+    estimate_ids: tuple[int, ...] = ()  # the estimate_t ids of their columns
 
 
 def input_rows(records: list[ImageRecord], prompt_labels: list[str]) -> list[dict[str, object]]:
@@ -103,6 +110,11 @@ class SweepActor:
         if plan.decomposition:
             self.decomposer = Decomposer(clip.model, plan.ablations, means_on(plan.means, clip.device, clip.dtype),
                                          self.scoring.text_norm, self.scoring.scale, plan.decomposition)
+        self.attributor = None
+        if plan.attribution:  # on the float32 model, as in a single-process run
+            self.attributor = Attributor(clip.model, [parse_spec(s) for s in plan.attribution],
+                                         means_on(plan.means, clip.device, clip.dtype), self.scoring.text_norm,
+                                         self.scoring.scale)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of decoded rows -> the selection of every row under the plan's ``keep`` ablations (A' of
@@ -122,8 +134,13 @@ class SweepActor:
         decomposed = None
         if self.decomposer is not None:
             decomposed = self.decomposer.decomposed(tap.result if tap is not None else self.decomposer.batch(x.float()))
+        attributed = None
+        if self.attributor is not None:
+            pairs = sweep_pairs(swept.embeddings, None, self.scoring.text_norm, self.scoring.scale)
+            attributed = Attributed(self.attributor.batch(x.float(), pairs), list(self.plan.estimate_ids),
+                                    list(self.plan.attribution))
         result = score_batch(self.scoring, ids, truth, swept.embeddings, verified=swept.verified,
-                             decomposition=decomposed).result()
+                             decomposition=decomposed, attribution=attributed).result()
         columns = {k: v for k, v in vars(result.selection).items() if v is not None}
         out = {"image_id": batch["image_id"], "error": batch["error"], **columns}
         if result.embeddings is not None:
@@ -132,6 +149,9 @@ class SweepActor:
             d = result.decomposition
             out.update({DECOMPOSED + name: getattr(d, name) for name in DECOMPOSITION_COLUMNS
                         if getattr(d, name) is not None})
+        if result.attribution is not None:  # likewise, "attribution.NAME" (scoring.ATTRIBUTION_FIELDS)
+            a = result.attribution
+            out.update({ATTRIBUTED + name: getattr(a, name) for name in ATTRIBUTION_FIELDS})
         return out
 
 

@@ -26,6 +26,16 @@ from tqdm import tqdm
 
 from compute import lifecycle, store
 from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
+from compute.attribution import (
+    METRIC,
+    Attributor,
+    Spec,
+    attribution_needs,
+    estimated_ablations,
+    parse_spec,
+    prompt_pairs,
+    sweep_pairs,
+)
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels
@@ -39,6 +49,7 @@ from compute.models import LoadedCaptioner, LoadedClip, load_captioner, load_pai
 from compute.precision import VerifiedSweep, VerifyStats
 from compute.runlock import run_lock
 from compute.scoring import (
+    Attributed,
     BatchScoring,
     PendingBatch,
     check_finite,
@@ -64,6 +75,7 @@ class Prepared:
     captioner: LoadedCaptioner | None
     fast: LoadedClip | None = None  # the model the sweep computes in (None: clip, a float32 run)
     dtype: DtypeChoice | None = None  # what the run asked for and computes in (None: float32)
+    specs: list[Spec] = field(default_factory=list)  # [attribution] kinds, checked against the tower
 
 
 def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
@@ -76,7 +88,8 @@ def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
     captioner = None
     if exp.model.captioner != "none":
         captioner = load_captioner(exp.model.captioner, exp.model.device, choice.used)
-    return Prepared(exp, images, clip, ablations, captioner, fast, choice)
+    specs = [parse_spec(text, has_cls(clip.model)) for text in exp.attribution.kinds]  # knockout:patches>cls on SigLIP
+    return Prepared(exp, images, clip, ablations, captioner, fast, choice, specs)
 
 
 def resolve_ablations(exp: Experiment, n_layers: int, n_heads: int | None = None, cls: bool = True) -> list[Ablation]:
@@ -144,6 +157,8 @@ class SweepWork:
     method: str
     progress: bool
     stats: SweepStats
+    specs: list[Spec] = field(default_factory=list)  # what the sweep attributes ([] : nothing)
+    estimate_ids: list[int] = field(default_factory=list)  # estimate_t ids of their columns
 
     def bar(self) -> tqdm:
         """The sweep's progress bar (images), the same wherever the sweep runs."""
@@ -203,16 +218,21 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
                             dtype=prep.dtype)
     opened = lifecycle.create_or_resume(db, new, echo)
     pending = opened.pending()
+    specs, estimate_ids = _estimates(prep, opened, echo)
     needs = mean_needs(prep.ablations)  # {stat name: layers}
+    for name, layers in attribution_needs(specs, n_layers_of(clip.model)).items():
+        needs[name] = needs.get(name, set()) | layers
     means_np = {}
     if needs:
         with store.connect(db) as con:
             means_np = {name: store.load_stats(con, opened.run_id, name) for name in needs}
 
     undecomposed = _undecomposed(prep, opened, pending)
+    unattributed = _unattributed(prep, opened, pending, specs)
     with Loader(clip.image_processor, clip.device, clip.dtype, exp.model.batch_size,
                 stats.workers) as loader:
-        if (pending or undecomposed) and any(not layers <= set(means_np[name]) for name, layers in needs.items()):
+        if (pending or undecomposed or unattributed) and any(not layers <= set(means_np[name])
+                                                             for name, layers in needs.items()):
             means_np = _compute_means(clip, loader, prep.images, needs, progress)
             with store.connect(db) as con:
                 for name, per_layer in means_np.items():
@@ -220,9 +240,16 @@ def _run(prep: Prepared, method: str, progress: bool, echo: Callable[[str], None
         if undecomposed:  # the images done before decomposition was enabled: their unablated pass alone
             echo(f"decomposing {len(undecomposed)} image(s) swept before decomposition was enabled")
             _decompose(SweepWork(prep, opened.run_id, undecomposed, [], means_np, method, progress, stats), loader)
+        for group, records in unattributed.items():  # likewise for attribution, per set of specs missing
+            echo(f"attributing {len(records)} image(s) swept before attribution of {', '.join(s.label for s in group)} "
+                 f"was asked for")
+            ids = [estimate_ids[k] for k, a in enumerate(_columns(specs, clip)) if a[0] in group]
+            _attribute(SweepWork(prep, opened.run_id, records, [], means_np, method, progress, stats, list(group),
+                                 ids), loader)
         if pending:
             keep = opened.pending_ablations(pending)
-            sweeper(SweepWork(prep, opened.run_id, pending, keep, means_np, method, progress, stats), loader)
+            sweeper(SweepWork(prep, opened.run_id, pending, keep, means_np, method, progress, stats, specs,
+                              estimate_ids), loader)
             echo(stats.describe())
             if stats.verify is not None:
                 echo(stats.verify.describe(prep.dtype.used))
@@ -241,6 +268,89 @@ def _undecomposed(prep: Prepared, opened: lifecycle.OpenRun, pending: list[Image
         done = store.decomposed_images(con, opened.run_id) | store.failed_images(con, opened.run_id)
     waiting = {r.image_id for r in pending}
     return [r for r in opened.images if r.image_id not in done and r.image_id not in waiting]
+
+
+def _columns(specs: list[Spec], clip: LoadedClip) -> list[tuple[Spec, Ablation]]:
+    """Every estimate column of ``specs``: (its spec, the head-level ablation it stands for), in the order
+    compute.attribution.Attributor computes them."""
+    ablations = estimated_ablations(specs, n_layers_of(clip.model), n_heads_of(clip.model))
+    per_spec = len(ablations) // max(1, len(specs))
+    return [(specs[k // per_spec], a) for k, a in enumerate(ablations)]
+
+
+def _estimates(prep: Prepared, opened: lifecycle.OpenRun, echo: Callable[[str], None]) -> tuple[list[Spec], list[int]]:
+    """The specs this invocation attributes and the estimate ids of their columns (recorded in the store, with
+    the attribution and its metric in the run's config). None with one prompt: M is undefined (said once)."""
+    specs = prep.specs
+    if not specs:
+        return [], []
+    if len(prep.exp.prompts) < 2:
+        echo("attribution: the margin M (selected prompt's logit minus the second's) needs two prompts at least; "
+             "this run has one, so no estimates are stored")
+        return [], []
+    with store.connect(prep.exp.store.db) as con:
+        ids = store.ensure_estimates(con, opened.run_id, [(s.label, a) for s, a in _columns(specs, prep.clip)])
+        store.record_config(con, opened.run_id, "attribution", {"kinds": [s.label for s in specs], "metric": METRIC})
+    return specs, ids
+
+
+def _unattributed(prep: Prepared, opened: lifecycle.OpenRun, pending: list[ImageRecord],
+                  specs: list[Spec]) -> dict[tuple[Spec, ...], list[ImageRecord]]:
+    """With attribution asked for: the images whose pairs are all done but which lack the estimates of some
+    spec (a run resumed with attribution newly enabled, or a kind added), grouped by the specs they lack; the
+    pending ones get theirs in the sweep."""
+    if not specs:
+        return {}
+    with store.connect(prep.exp.store.db) as con:
+        have = store.attributed(con, opened.run_id)
+        failed = store.failed_images(con, opened.run_id)
+    waiting = {r.image_id for r in pending}
+    groups: dict[tuple[Spec, ...], list[ImageRecord]] = {}
+    for r in opened.images:
+        if r.image_id in waiting or r.image_id in failed:
+            continue
+        lacking = tuple(s for s in specs if s.label not in have.get(r.image_id, set()))
+        if lacking:
+            groups.setdefault(lacking, []).append(r)
+    return groups
+
+
+def _attributor(work: SweepWork, scoring: BatchScoring, means: Means) -> Attributor | None:
+    if not work.specs:
+        return None
+    # The float32 model, whatever the sweep computes in (compute.precision keeps it): the gradient and every
+    # head's change are float32's.
+    return Attributor(work.prep.clip.model, work.specs, means, scoring.text_norm, scoring.scale)
+
+
+def _attribute(work: SweepWork, loader: Loader) -> None:
+    """The attribution of ``work.pending`` (swept already) for ``work.specs``, committed per batch; the prompts
+    M compares come from their stored baseline logits."""
+    prep = work.prep
+    clip = prep.clip
+    scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in prep.exp.prompts]), logit_scale(clip), [])
+    attributor = _attributor(work, scoring, means_on(work.means, clip.device, clip.dtype))
+    ids = [r.image_id for r in work.pending]
+    with store.connect(prep.exp.store.db) as con:
+        stored = store.baseline_logits(con, work.run_id, ids, len(prep.exp.prompts))  # (images, P)
+    row = {image_id: k for k, image_id in enumerate(ids)}
+    labels = [s.label for s in work.specs]
+    bar = work.bar()
+    loader.start()
+    try:
+        with BatchWriter(prep.exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
+            for batch in loader.batches(work.pending):
+                if batch.pixel_values is None:
+                    writer.put(store.BatchResult.failed(batch.errors, batch.attempted))
+                    continue
+                image_ids = [r.image_id for r in batch.records]
+                pairs = prompt_pairs(torch.from_numpy(stored[[row[i] for i in image_ids]]))  # (n, 2)
+                out = attributor.batch(batch.pixel_values, pairs.to(clip.device))
+                rows = Attributed(out, work.estimate_ids, labels).rows({k: t.cpu().numpy() for k, t in out.items()})
+                writer.put(store.BatchResult(np.array(image_ids, np.int64), np.zeros(0, np.int16), None, None,
+                                             batch.errors, batch.attempted, attribution=rows))
+    finally:
+        bar.close()
 
 
 def _decomposer(work: SweepWork, scoring: BatchScoring, means: Means) -> Decomposer | None:
@@ -307,7 +417,10 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
                           scoring.scale, method, [p.texts[0] for p in exp.prompts],
                           own_logits=not any(p.ensemble for p in exp.prompts))
     stats.verify = sweep.stats if sweep.verifying else None
-    decomposer = _decomposer(work, scoring, means_on(work.means, clip.device, clip.dtype))
+    means = means_on(work.means, clip.device, clip.dtype)
+    decomposer = _decomposer(work, scoring, means)
+    attributor = _attributor(work, scoring, means)
+    labels = [s.label for s in work.specs]
     # The decomposition taps the sweep's own unablated pass where that pass is float32's (a float32 run of the
     # engine); otherwise (the plain method, a low-precision run) it runs a float32 unablated pass of its own,
     # exact as the judge is.
@@ -322,9 +435,13 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
         decomposed = None
         if decomposer is not None:
             decomposed = decomposer.decomposed(tap.result if tap is not None else decomposer.batch(batch.pixel_values))
+        attributed = None
+        if attributor is not None:  # its own float32 pass with gradients; M's prompts from the sweep's baseline
+            pairs = sweep_pairs(swept.embeddings, swept.logits, scoring.text_norm, scoring.scale)
+            attributed = Attributed(attributor.batch(batch.pixel_values, pairs), work.estimate_ids, labels)
         truth = truth_matrix([r.labels for r in batch.records], prompt_labels)
         return score_batch(scoring, [r.image_id for r in batch.records], truth, swept.embeddings, swept.logits,
-                           batch.errors, batch.attempted, swept.verified, decomposed)
+                           batch.errors, batch.attempted, swept.verified, decomposed, attributed)
 
     def hand_over(item: PendingBatch | store.BatchResult) -> None:
         result = item.result() if isinstance(item, PendingBatch) else item

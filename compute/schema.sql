@@ -191,6 +191,45 @@ CREATE TABLE IF NOT EXISTS head_description_t (
     PRIMARY KEY (run_id, layer, head, rank)
 );
 
+-- Attribution patching (compute.attribution; docs/attribution.md), for runs with [attribution] kinds: per image
+-- and head-level ablation, the estimate of its effect on the margin M from one forward and one backward pass.
+
+-- The head-level ablations a run's estimates stand for, in the order estimates were first asked for: per
+-- spec (a kind, or kind:target) every layer and head. Labels as ablation_t's (identity:5/h3), so an estimate
+-- meets the exact effect of the same ablation by name when the run also sweeps it.
+CREATE TABLE IF NOT EXISTS estimate_t (
+    run_id      INTEGER NOT NULL,
+    estimate_id SMALLINT NOT NULL,
+    spec        VARCHAR NOT NULL,            -- what [attribution] kinds named: identity, knockout:patches>cls
+    ablation    VARCHAR NOT NULL,            -- canonical head-level label: identity:5/h3, knockout:9/patches>cls/h2
+    kind        VARCHAR NOT NULL,
+    layer       INTEGER NOT NULL,            -- 1-based
+    head        INTEGER NOT NULL,            -- 0-based
+    target      VARCHAR,                     -- knockout's blocked flow; NULL otherwise
+    PRIMARY KEY (run_id, estimate_id)
+);
+
+-- One row per run x image x spec: the image's estimates of that spec are stored (written in one transaction
+-- with them), with the two prompts its margin M compares and M itself on the unablated pass.
+CREATE TABLE IF NOT EXISTS attributed_t (
+    run_id          INTEGER NOT NULL,
+    image_id        BIGINT NOT NULL,
+    spec            VARCHAR NOT NULL,
+    prompt_id       SMALLINT NOT NULL,       -- the baseline's selected prompt
+    other_prompt_id SMALLINT NOT NULL,       -- the baseline's second prompt
+    metric          REAL NOT NULL,           -- M = logit(prompt_id) - logit(other_prompt_id), unablated
+    PRIMARY KEY (run_id, image_id, spec)
+);
+
+-- The estimates: est(A) = <dM/dz, z_A - z>, in logit units, per image and head-level ablation. No index: rows
+-- are written only with their attributed_t row, whose primary key forbids a second copy.
+CREATE TABLE IF NOT EXISTS attribution_t (
+    run_id      INTEGER NOT NULL,
+    image_id    BIGINT NOT NULL,
+    estimate_id SMALLINT NOT NULL,
+    estimate    REAL NOT NULL
+);
+
 CREATE OR REPLACE VIEW runs AS
 SELECT run, model, created_at, status, config FROM run_t;
 
@@ -239,3 +278,9 @@ JOIN score_t b ON b.run_id = d.run_id AND b.image_id = d.image_id AND b.ablation
 CREATE OR REPLACE VIEW head_descriptions AS
 SELECT r.run, h.layer, h.head, h.rank, h.text, h.variance
 FROM head_description_t h JOIN run_t r USING (run_id);
+
+CREATE OR REPLACE VIEW attributions AS
+SELECT r.run, a.image_id, e.ablation, a.estimate
+FROM attribution_t a
+JOIN run_t r USING (run_id)
+JOIN estimate_t e ON e.run_id = a.run_id AND e.estimate_id = a.estimate_id;

@@ -290,17 +290,20 @@ class PendingBatch:
                  baseline_emb: torch.Tensor, text_norm: torch.Tensor, embeddings: torch.Tensor | None = None,
                  embedding_dtype: str = "none", errors: list[tuple[int, str, str]] | None = None,
                  attempted: list[int] | None = None, verified: torch.Tensor | None = None,
-                 decomposition: Decomposed | None = None) -> None:
+                 decomposition: Decomposed | None = None, attribution: Attributed | None = None) -> None:
         tensors = select_tensors(logits, truth, baseline_emb, text_norm, verified)
         if embeddings is not None and embedding_dtype != "none":
             # Converted on the device: half the bytes to copy for float16, the same rounding as on the host.
             tensors["embeddings"] = embeddings.float().to(TORCH_EMBEDDING_DTYPES[embedding_dtype])
         if decomposition is not None:
             tensors.update({DECOMPOSED + k: t for k, t in decomposition.tensors.items()})
+        if attribution is not None:
+            tensors.update({ATTRIBUTED + k: t for k, t in attribution.tensors.items()})
         self.copy = ToHost(tensors)
         self.image_ids, self.ablation_ids = image_ids, ablation_ids
         self.errors, self.attempted = errors or [], attempted or []
         self.decomposition = decomposition
+        self.attribution = attribution
 
     def result(self) -> store.BatchResult:
         arrays = self.copy.arrays()
@@ -309,8 +312,12 @@ class PendingBatch:
         if self.decomposition is not None:
             found = {k[len(DECOMPOSED):]: arrays.pop(k) for k in list(arrays) if k.startswith(DECOMPOSED)}
             rows = self.decomposition.rows(found)
+        attributed = None
+        if self.attribution is not None:
+            found = {k[len(ATTRIBUTED):]: arrays.pop(k) for k in list(arrays) if k.startswith(ATTRIBUTED)}
+            attributed = self.attribution.rows(found)
         return store.BatchResult(np.array(self.image_ids, np.int64), np.array(self.ablation_ids, np.int16),
-                                 Selection(**arrays), emb, self.errors, self.attempted, rows)
+                                 Selection(**arrays), emb, self.errors, self.attempted, rows, attributed)
 
 
 DECOMPOSED = "decomposition."  # the prefix of a batch's decomposition tensors among those copied to the host
@@ -328,6 +335,24 @@ class Decomposed:
     def rows(self, arrays: dict[str, np.ndarray]) -> store.DecompositionRows:
         return store.DecompositionRows(direct_ablation_ids=np.array(self.direct_ablation_ids, np.int16),
                                        vector_dtype=self.vector_dtype, **arrays)
+
+
+ATTRIBUTED = "attribution."  # the prefix of a batch's attribution tensors among those copied to the host
+ATTRIBUTION_FIELDS = ("estimate", "metric", "pairs")  # compute.attribution.Attributor.batch's tensors
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """A batch's attribution on the device (compute.attribution.Attributor.batch's tensors), with what turns it
+    into store.AttributionRows on the host: the estimate ids of its columns and the specs they cover."""
+
+    tensors: dict[str, torch.Tensor]
+    estimate_ids: list[int]
+    specs: list[str]
+
+    def rows(self, arrays: dict[str, np.ndarray]) -> store.AttributionRows:
+        return store.AttributionRows(np.array(self.estimate_ids, np.int16), list(self.specs), arrays["estimate"],
+                                     arrays["metric"], arrays["pairs"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +378,7 @@ class BatchScoring:
 def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor, embeddings: torch.Tensor,
                 logits: torch.Tensor | None = None, errors: list[tuple[int, str, str]] | None = None,
                 attempted: list[int] | None = None, verified: torch.Tensor | None = None,
-                decomposition: Decomposed | None = None) -> PendingBatch:
+                decomposition: Decomposed | None = None, attribution: Attributed | None = None) -> PendingBatch:
     """One batch of a run -> what the store commits (``.result()``, a store.BatchResult), its copy to the host
     queued, not awaited.
 
@@ -362,7 +387,8 @@ def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor
     compute.precision). truth: (n, P) bool (truth_matrix). logits: (n, A, P) the model's own (the plain
     method); None: the cosine logits of ``embeddings``. verified: (n, A) int8, which pairs hold float32 values
     (compute.precision.Swept.verified); None for none. Only the ``scoring.keep`` ablations are scored and
-    written. decomposition: the images' decomposition, written with them (compute.decomposition)."""
+    written. decomposition: the images' decomposition, written with them (compute.decomposition); attribution
+    likewise (compute.attribution)."""
     keep = scoring.keep
     baseline = embeddings[:, 0]  # (n, E)
     if len(keep) < embeddings.shape[1]:
@@ -372,4 +398,4 @@ def score_batch(scoring: BatchScoring, image_ids: list[int], truth: torch.Tensor
     if logits is None:
         logits = cosine_logits(embeddings, scoring.text_norm, scoring.scale)  # (n, A', P)
     return PendingBatch(image_ids, keep, logits, truth, baseline, scoring.text_norm, embeddings,
-                        scoring.embedding_dtype, errors, attempted, verified, decomposition)
+                        scoring.embedding_dtype, errors, attempted, verified, decomposition, attribution)

@@ -146,6 +146,9 @@ def set_status(con: duckdb.DuckDBPyConnection, run_id: int, status: str) -> None
 
 
 DELETE_RUN = [
+    "DELETE FROM attribution_t WHERE run_id = ?",
+    "DELETE FROM attributed_t WHERE run_id = ?",
+    "DELETE FROM estimate_t WHERE run_id = ?",
     "DELETE FROM contribution_t WHERE run_id = ?",
     "DELETE FROM direct_t WHERE run_id = ?",
     "DELETE FROM component_vector_t WHERE run_id = ?",
@@ -247,6 +250,17 @@ class DecompositionRows:
 
 
 @dataclass
+class AttributionRows:
+    """The attribution of a batch's images (compute.attribution), n images, K estimates."""
+
+    estimate_ids: np.ndarray  # (K,) int16: estimate_t ids of the columns
+    specs: list[str]  # the specs the columns cover: each image gets an attributed_t row per spec
+    estimate: np.ndarray  # (n, K) float32
+    metric: np.ndarray  # (n,) float32: M on the unablated pass
+    pairs: np.ndarray  # (n, 2) int16: the prompts M compares (selected, second)
+
+
+@dataclass
 class BatchResult:
     """Everything one batch produced, ready to write."""
 
@@ -259,6 +273,9 @@ class BatchResult:
     # The images' decomposition, committed with them; alone (selection None) for images decomposed after
     # their pairs were (a run whose decomposition was enabled on resume).
     decomposition: DecompositionRows | None = None
+    # The images' attribution, committed with them; alone likewise (attribution enabled, or a kind added, on
+    # resume).
+    attribution: AttributionRows | None = None
 
     @classmethod
     def failed(cls, errors: list[tuple[int, str, str]], attempted: list[int]) -> BatchResult:
@@ -285,6 +302,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, b: BatchResult, poi
             _insert_rows(con, run_id, b.image_ids, b.ablation_ids, b.selection, b.embeddings)
         if b.decomposition is not None and len(b.image_ids):
             _insert_decomposition(con, run_id, b.image_ids, b.decomposition)
+        if b.attribution is not None and len(b.image_ids):
+            _insert_attribution(con, run_id, b.image_ids, b.attribution)
         if b.errors:
             con.executemany(
                 "INSERT OR REPLACE INTO error_t VALUES (?, ?, ?, ?)",
@@ -387,6 +406,25 @@ def _insert_decomposition(con: duckdb.DuckDBPyConnection, run_id: int, image_ids
             "run_id": np.full(n * a, run_id, np.int32), "image_id": np.repeat(ids, a),
             "ablation_id": np.tile(abl, n), "vector": embedding_blobs(d.direct_vectors.reshape(n * a, -1)),
         })
+
+
+def _insert_attribution(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: np.ndarray,
+                        a: AttributionRows) -> None:
+    n, k = a.estimate.shape
+    ids = image_ids.astype(np.int64)
+    s = len(a.specs)
+    _insert(con, "attributed_t", {
+        "run_id": np.full(n * s, run_id, np.int32), "image_id": np.repeat(ids, s),
+        "spec": np.tile(np.array(a.specs, dtype=object), n),
+        "prompt_id": np.repeat(a.pairs[:, 0].astype(np.int16), s),
+        "other_prompt_id": np.repeat(a.pairs[:, 1].astype(np.int16), s),
+        "metric": np.repeat(a.metric.astype(np.float32), s),
+    })
+    _insert(con, "attribution_t", {
+        "run_id": np.full(n * k, run_id, np.int32), "image_id": np.repeat(ids, k),
+        "estimate_id": np.tile(a.estimate_ids.astype(np.int16), n),
+        "estimate": a.estimate.reshape(-1).astype(np.float32),
+    })
 
 
 def embedding_blobs(rows: np.ndarray) -> pa.Array:
@@ -637,6 +675,119 @@ def save_head_descriptions(con: duckdb.DuckDBPyConnection, run_id: int,
         con.execute("DELETE FROM head_description_t WHERE run_id = ?", [run_id])
         con.executemany("INSERT INTO head_description_t VALUES (?, ?, ?, ?, ?, ?)",
                         [[run_id, *row] for row in rows])
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribution: the estimates' ablations, which images are attributed, the baseline's logits they start from,
+# estimates beside the exact effects (the summary, analysis.attribution), the run's config record.
+
+ESTIMATES = "SELECT estimate_id, spec, ablation FROM estimate_t WHERE run_id = ? ORDER BY estimate_id"
+
+
+def ensure_estimates(con: duckdb.DuckDBPyConnection, run_id: int, estimates: list[tuple[str, object]]) -> list[int]:
+    """Record the head-level ablations of ``estimates`` ([(spec, compute.ablations.Ablation)], in column order)
+    that the run has not recorded yet, with the next ids; -> the estimate id of each, in the order given."""
+    with transaction(con, "estimates"):
+        known = {label: int(i) for i, _, label in con.execute(ESTIMATES, [run_id]).fetchall()}
+        new = [(spec, a) for spec, a in estimates if a.label not in known]
+        start = max(known.values(), default=-1) + 1
+        con.executemany("INSERT INTO estimate_t VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[run_id, start + k, spec, a.label, a.kind, a.layers[0], a.heads[0], a.target or None]
+                         for k, (spec, a) in enumerate(new)])
+        known.update({a.label: start + k for k, (_, a) in enumerate(new)})
+    return [known[a.label] for _, a in estimates]
+
+
+ATTRIBUTED = "SELECT image_id, spec FROM attributed_t WHERE run_id = ?"
+
+
+def attributed(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[int, set[str]]:
+    """{image_id: the specs whose estimates it has}."""
+    out: dict[int, set[str]] = {}
+    for image_id, spec in con.execute(ATTRIBUTED, [run_id]).fetchall():
+        out.setdefault(int(image_id), set()).add(spec)
+    return out
+
+
+ATTRIBUTED_COUNTS = "SELECT spec, COUNT(*) FROM attributed_t WHERE run_id = ? GROUP BY spec ORDER BY MIN(image_id), spec"
+
+
+def attributed_counts(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[str, int]:
+    """{spec: images attributed}; empty when the run has no attribution."""
+    specs = [row[1] for row in con.execute(ESTIMATES, [run_id]).fetchall()]
+    counts = dict(con.execute(ATTRIBUTED_COUNTS, [run_id]).fetchall())
+    return {spec: int(counts[spec]) for spec in dict.fromkeys(specs) if spec in counts}
+
+
+BASELINE_LOGITS = """
+SELECT image_id, prompt_id, logit FROM score_t
+WHERE run_id = ? AND ablation_id = 0 AND list_contains(?, image_id)
+ORDER BY image_id, prompt_id
+"""
+
+
+def baseline_logits(con: duckdb.DuckDBPyConnection, run_id: int, image_ids: list[int], n_prompts: int) -> np.ndarray:
+    """The stored baseline logits of ``image_ids`` (every one must be scored) -> (images, P) float32, in the
+    order given."""
+    rows = con.execute(BASELINE_LOGITS, [run_id, [int(i) for i in image_ids]]).fetchall()
+    grid = {}
+    for image_id, prompt_id, logit in rows:
+        grid.setdefault(int(image_id), np.zeros(n_prompts, np.float32))[int(prompt_id)] = logit
+    return np.stack([grid[int(i)] for i in image_ids]) if len(image_ids) else np.zeros((0, n_prompts), np.float32)
+
+
+# Every estimate beside its exact effect: M under the ablation (from score_t, the same two prompts) minus M
+# under baseline (ablation 0), where the run holds the ablation it stands for.
+ESTIMATED_AND_EXACT = """
+SELECT e.spec, e.ablation, e.layer, e.head, t.image_id, t.estimate,
+       (sa.logit - so.logit) - (ba.logit - bo.logit) AS exact
+FROM attribution_t t
+JOIN estimate_t e ON e.run_id = t.run_id AND e.estimate_id = t.estimate_id
+JOIN attributed_t d ON d.run_id = t.run_id AND d.image_id = t.image_id AND d.spec = e.spec
+JOIN ablation_t a ON a.run_id = t.run_id AND a.ablation = e.ablation
+JOIN score_t sa ON sa.run_id = t.run_id AND sa.image_id = t.image_id AND sa.ablation_id = a.ablation_id
+               AND sa.prompt_id = d.prompt_id
+JOIN score_t so ON so.run_id = t.run_id AND so.image_id = t.image_id AND so.ablation_id = a.ablation_id
+               AND so.prompt_id = d.other_prompt_id
+JOIN score_t ba ON ba.run_id = t.run_id AND ba.image_id = t.image_id AND ba.ablation_id = 0
+               AND ba.prompt_id = d.prompt_id
+JOIN score_t bo ON bo.run_id = t.run_id AND bo.image_id = t.image_id AND bo.ablation_id = 0
+               AND bo.prompt_id = d.other_prompt_id
+WHERE t.run_id = ?
+ORDER BY e.estimate_id, t.image_id
+"""
+
+
+def estimated_and_exact(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[str, np.ndarray]:
+    """Every (image, head-level ablation) with both an estimate and an exact effect, as columns: spec,
+    ablation, layer, head, image_id, estimate, exact (numpy arrays, ordered by estimate then image)."""
+    return {name: np.asarray(values) for name, values in con.execute(ESTIMATED_AND_EXACT, [run_id]).fetchnumpy().items()}
+
+
+# Per head-level ablation: its mean estimate over the images attributed, for screening (compute.screen).
+MEAN_ESTIMATES = """
+SELECT e.spec, e.ablation, e.layer, e.head, AVG(t.estimate::DOUBLE) AS mean, COUNT(*) AS images
+FROM attribution_t t JOIN estimate_t e ON e.run_id = t.run_id AND e.estimate_id = t.estimate_id
+WHERE t.run_id = ?
+GROUP BY ALL
+ORDER BY e.spec, mean, e.layer, e.head
+"""
+
+
+def mean_estimates(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str, int, int, float, int]]:
+    """(spec, ablation, layer, head, mean estimate, images) of every head-level ablation the run estimated, per
+    spec the most harmful (lowest mean) first."""
+    return con.execute(MEAN_ESTIMATES, [run_id]).fetchall()
+
+
+def record_config(con: duckdb.DuckDBPyConnection, run_id: int, key: str, value: object) -> None:
+    """Set ``key`` of the run's stored config to ``value`` (a part outside its identity, such as the attribution
+    asked for on a resume)."""
+    (text,) = con.execute("SELECT config FROM run_t WHERE run_id = ?", [run_id]).fetchone()
+    config = json.loads(text)
+    if config.get(key) != value:
+        config[key] = value
+        con.execute("UPDATE run_t SET config = ? WHERE run_id = ?", [json.dumps(config), run_id])
 
 
 # --------------------------------------------------------------------------------------------------

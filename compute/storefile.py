@@ -23,6 +23,7 @@ rest of the project opens a store through one name.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -37,6 +38,7 @@ from compute.killpoints import kill_point
 from compute.storepath import check_path, damage, damaged_text, io_cause
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+SCHEMA_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA_FILE.read_text()))
 LOCK_TIMEOUT_S = 120.0
 
 # The store knows itself: its marker table names the application and the schema version of its layout.
@@ -231,6 +233,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, db: Path | str = "store") -> N
     schema (nothing is written)."""
     found = identify(con)
     if found.kind == "ours" and found.version == SCHEMA_VERSION:
+        if not set(SCHEMA_TABLES) <= set(found.tables):
+            # A store of this version written before its last tables were added (version 3 grew while it was
+            # unreleased): schema.sql is idempotent and adds only what is missing.
+            with transaction(con, "migrate"):
+                con.execute(SCHEMA_FILE.read_text())
         return
     check_kind(Path(db), found, write=True)
     with transaction(con, "migrate" if found.kind == "ours" else "create-store"):
@@ -268,7 +275,8 @@ def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
     # (compute.precision): selection_t.verified, NULL for every pair stored before (computed in the run's
     # dtype, as it was). It also adds the decomposition's tables (component_t, decomposed_t, contribution_t,
     # direct_t, the vector tables, head_description_t) and views (contributions, effects, head_descriptions),
-    # which schema.sql creates; runs stored before have no decomposition rows.
+    # and attribution's tables (estimate_t, attributed_t, attribution_t) and view (attributions), which
+    # schema.sql creates; runs stored before have no decomposition or attribution rows.
     con.execute("ALTER TABLE selection_t ADD COLUMN IF NOT EXISTS verified VARCHAR")
 
 
