@@ -290,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_arguments(p)
     p.set_defaults(func=cmd_fetch)
 
+    from compute import screen
+
+    p = sub.add_parser("screen", help="the heads a run's attribution estimates most harmful, as an experiment's extras",
+                       description=screen.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    screen.add_arguments(p)
+    p.set_defaults(func=screen.main)
+
     from compute import export
 
     p = sub.add_parser("export", help="write a run's figures (PNG, SVG, PDF) and tables (Markdown, LaTeX, CSV, Parquet)",

@@ -171,9 +171,16 @@ def summary_lines(rows: dict[str, np.ndarray], attributed: dict[str, int]) -> li
     lines = []
     for spec, images in attributed.items():
         q = found.get(spec)
+        if q is not None and q.heads < 2:
+            lines.append(f"attribution of {spec}: every head estimated on {images:,} image(s); the run holds the exact "
+                         f"effect of {q.heads} of those heads ({', '.join(q.labels)}), too few to rank")
+            continue
         if q is None:
+            kind, _, target = spec.partition(":")
+            example = f"{kind}:1{'/' + target if target else ''}/h0"
             lines.append(f"attribution of {spec}: every head estimated on {images:,} image(s); the run holds no exact "
-                         f"effect of those heads to measure the estimates against (add sweep = \"heads\" or extras)")
+                         f"effect of those heads to measure the estimates against (the heads sweep is identity's; "
+                         f"extras such as \"{example}\" add others)")
             continue
         lines.append(f"attribution of {spec} against the exact effects on the margin M ({q.heads} heads, {q.images:,} "
                      f"images): per head (mean over images) {_figures_text(q.per_head)}; per image (mean of each "

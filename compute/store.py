@@ -691,9 +691,10 @@ def ensure_estimates(con: duckdb.DuckDBPyConnection, run_id: int, estimates: lis
         known = {label: int(i) for i, _, label in con.execute(ESTIMATES, [run_id]).fetchall()}
         new = [(spec, a) for spec, a in estimates if a.label not in known]
         start = max(known.values(), default=-1) + 1
-        con.executemany("INSERT INTO estimate_t VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [[run_id, start + k, spec, a.label, a.kind, a.layers[0], a.heads[0], a.target or None]
-                         for k, (spec, a) in enumerate(new)])
+        if new:
+            con.executemany("INSERT INTO estimate_t VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [[run_id, start + k, spec, a.label, a.kind, a.layers[0], a.heads[0], a.target or None]
+                             for k, (spec, a) in enumerate(new)])
         known.update({a.label: start + k for k, (_, a) in enumerate(new)})
     return [known[a.label] for _, a in estimates]
 
