@@ -27,7 +27,8 @@ from tools.synthetic import make_coco, write_experiment
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 EXTRAS = ("mean:3,11", "zero:5-8", "identity:6/h0,h3", "knockout:9/patches>cls")
-CAPTIONS = "[captions]\nmax_new_tokens = 4\nnum_beams = 1\nbatch_size = 4\n[decomposition]\nenabled = true\n"
+ATTRIBUTION = "[attribution]\nkinds = [\"identity\", \"mean\", \"knockout:patches>cls\"]\n"
+CAPTIONS = "[captions]\nmax_new_tokens = 4\nnum_beams = 1\nbatch_size = 4\n[decomposition]\nenabled = true\n" + ATTRIBUTION
 N_IMAGES, N_ABLATIONS = 30, 21 + len(EXTRAS)
 QUIET = {"progress": False, "echo": lambda _: None, "workers": 0}  # the mean pass on a thread: no fork beside Ray
 
@@ -51,7 +52,7 @@ def local_ray():
 def reference(tiny_clip, tiny_blip, tmp_path_factory):
     """A single-process run of the fixture experiment: 30 photo-like images of 320 x 240 (image 4 unreadable),
     the paper sweep plus mean, zero, head and knockout ablations, batches of 3, float32 embeddings, BLIP
-    captions, decomposition."""
+    captions, decomposition, attribution of three kinds."""
     tmp = tmp_path_factory.mktemp("ray-reference")
     coco = make_coco(tmp / "coco", n=N_IMAGES, broken=(4,), size=(320, 240), photo=True)
     db = tmp / "ref.duckdb"
@@ -79,6 +80,9 @@ DECOMPOSITION = {  # query: how many of its last columns are numbers
     "SELECT image_id, component, layer, head, prompt, logit FROM contributions ORDER BY ALL": 1,
     "SELECT image_id, ablation, prompt, total, direct, indirect FROM effects ORDER BY ALL": 3,
     "SELECT image_id, norm FROM decomposed_t ORDER BY ALL": 1,
+    # the actors' attribution likewise: every estimate once, the prompts M compares and M
+    "SELECT image_id, ablation, estimate FROM attributions ORDER BY ALL": 1,
+    "SELECT image_id, spec, prompt_id, other_prompt_id, metric FROM attributed_t ORDER BY ALL": 1,
 }
 DESCRIBED = "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL"
 
@@ -86,7 +90,8 @@ DESCRIBED = "SELECT layer, head, rank, text FROM head_descriptions ORDER BY ALL"
 def assert_same_results(got: Path, want: Path) -> None:
     """The same rows, every one once; logits and probabilities within 1e-5; the same selections (prompt,
     correctness), captions, errors, images, means and status; embeddings within 1e-5; the decomposition's
-    shares, effects and norms within 1e-5 and the same TextSpan texts."""
+    shares, effects and norms within 1e-5 and the same TextSpan texts; the attribution's estimates and margins
+    within 1e-5."""
     a, b = sql(got, SCORES), sql(want, SCORES)
     assert [r[:3] for r in a] == [r[:3] for r in b]
     assert max(abs(x[3] - y[3]) for x, y in zip(a, b, strict=True)) < 1e-5
@@ -207,11 +212,15 @@ def test_a_bfloat16_ray_run_is_verified_by_its_actor(local_ray, reference, tiny_
 
     db = tmp_path / "bf16.duckdb"
     exp = write_experiment(tmp_path / "bf16.toml", tiny_clip, reference["coco"], db, extra=EXTRAS, batch_size=3,
-                           dtype="bfloat16")
+                           dtype="bfloat16", more=ATTRIBUTION)
     assert run_on_ray(load_experiment(exp), RayOptions(), **QUIET).complete
     pick = "SELECT image_id, ablation_id, prompt_id, correct FROM selection_t ORDER BY ALL"
     assert sql(db, pick) == sql(reference["db"], pick)
     assert sql(db, SAME["stats"]) == sql(reference["db"], SAME["stats"])
+    estimates = "SELECT image_id, ablation, estimate FROM attributions ORDER BY ALL"  # on the actor's float32 model
+    a, b = sql(db, estimates), sql(reference["db"], estimates)
+    assert a and [r[:2] for r in a] == [r[:2] for r in b]
+    assert max(abs(x[2] - y[2]) for x, y in zip(a, b, strict=True)) < 1e-5
     counts = dict(sql(db, "SELECT verified, COUNT(*) FROM selection_t GROUP BY 1"))
     assert counts["baseline"] == N_IMAGES - 1  # image 4 is unreadable
     # the actor's first two images (one of them may be image 4, whose rows are dropped; an actor Ray restarts
