@@ -554,3 +554,87 @@ def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
         title={"text": f"Change in {METRIC_TITLES[metric]} when one flow is knocked out in one layer",
                "subtitle": f"95% paired bootstrap intervals; {SIG_NOTE} (Holm's correction of McNemar's test)"},
         height=300)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribution (analysis.attribution): each head's estimated effect, and the estimate against the exact effect.
+
+MARGIN_TITLE = "Δ margin M (logits)"  # M: the baseline's selected prompt's logit minus its runner-up's
+
+
+def estimate_heatmap(cells: pd.DataFrame, group: str = "identity") -> alt.LayerChart:
+    """Layer (rows, 1 at the top) x head (columns): each head's mean estimated change of the margin M when it
+    alone is ablated by ``group`` (attribution: one forward and one backward pass, no ablated pass), red where M
+    falls. The tooltip adds the exact mean change where the run holds it. A point selection named "cell"
+    carries the clicked cell's ablation, as head_heatmap's."""
+    data = cells.assign(head_label="h" + cells["head"].astype(str), estimate_text=cells["estimate"].map(signed))
+    heads = [f"h{h}" for h in sorted(cells["head"].unique())]
+    extent = float(np.nanmax(np.abs(data["estimate"].to_numpy()))) if len(data) else 0.0
+    extent = extent if extent > 0 else 1e-3
+    cell = alt.selection_point(name="cell", fields=["ablation"], on="click", clear=False)
+    enc = {
+        "x": alt.X("head_label:O", sort=heads, title="head", axis=alt.Axis(labelAngle=0, orient="top", labelFontSize=12)),
+        "y": alt.Y("layer:O", title="layer", axis=alt.Axis(labelFontSize=12)),
+    }
+    tooltip = [alt.Tooltip("ablation:N"), alt.Tooltip("images:Q"),
+               alt.Tooltip("estimate:Q", format="+.4f", title="estimated Δ M (mean)")]
+    if cells["exact"].notna().any():
+        tooltip.append(alt.Tooltip("exact:Q", format="+.4f", title="exact Δ M (mean)"))
+    rects = alt.Chart(data).mark_rect(cursor="pointer").encode(
+        **enc, tooltip=tooltip,
+        color=alt.Color("estimate:Q", title=f"estimated {MARGIN_TITLE}",
+                        scale=alt.Scale(scheme="redblue", domain=[-extent, extent], domainMid=0)),
+    ).add_params(cell)
+    layers = [rects]
+    if len(heads) <= 16:
+        layers.append(alt.Chart(data).mark_text(fontSize=12).encode(
+            **enc, text=alt.Text("estimate_text:N"),
+            color=alt.condition(f"abs(datum.estimate) > {extent * 0.6}", alt.value("white"), alt.value("black"))))
+    return alt.layer(*layers).properties(
+        title={"text": f"Estimated change in the margin M: {group} on one head at a time",
+               "subtitle": "attribution patching (one forward and one backward pass per image); mean over images"},
+        width=alt.Step(56), height=alt.Step(28))
+
+
+def _diagonal(lo: float, hi: float) -> alt.Chart:
+    """The line estimate = exact over [lo, hi] (dashed): where a perfect estimate lies."""
+    line = pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})
+    return alt.Chart(line).mark_line(strokeDash=[4, 3], color="#555").encode(x="x:Q", y="y:Q")
+
+
+def attribution_scatter(points: pd.DataFrame, group: str, subtitle: str = "") -> alt.LayerChart:
+    """Per head, its mean estimated change of M (y) against its mean exact change (x), with the diagonal of
+    perfect estimates; the most harmful heads sit bottom left. ``subtitle``: the figures
+    (analysis.attribution.figures_text)."""
+    values = points[["estimate", "exact"]].to_numpy(dtype=float)
+    lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if len(points) else (0.0, 1.0)
+    pad = max((hi - lo) * 0.05, 1e-3)
+    scale = alt.Scale(domain=[lo - pad, hi + pad], nice=False, zero=False)
+    dots = alt.Chart(points).mark_circle(size=60, color=PALETTE[0], opacity=0.8).encode(
+        x=alt.X("exact:Q", title=f"exact {MARGIN_TITLE}, mean over images", scale=scale),
+        y=alt.Y("estimate:Q", title=f"estimated {MARGIN_TITLE}", scale=scale),
+        tooltip=[alt.Tooltip("ablation:N"), alt.Tooltip("exact:Q", format="+.4f", title="exact Δ M"),
+                 alt.Tooltip("estimate:Q", format="+.4f", title="estimated Δ M")])
+    return alt.layer(_diagonal(lo - pad, hi + pad), dots).properties(
+        title={"text": f"Estimate against exact: {group}, per head", "subtitle": subtitle or "dashed: estimate = exact"},
+        width=360, height=360)
+
+
+def attribution_density(bins: pd.DataFrame, group: str, subtitle: str = "") -> alt.LayerChart:
+    """Every (image, head) pair: estimated change of M (y) against exact (x), counted in a grid
+    (analysis.attribution.pair_bins; darker: more pairs), with the diagonal of perfect estimates."""
+    lo = float(min(bins["x0"].min(), bins["y0"].min())) if len(bins) else 0.0
+    hi = float(max(bins["x1"].max(), bins["y1"].max())) if len(bins) else 1.0
+    scale = alt.Scale(domain=[lo, hi], nice=False, zero=False)
+    rects = alt.Chart(bins).mark_rect().encode(
+        x=alt.X("x0:Q", title=f"exact {MARGIN_TITLE}", scale=scale), x2="x1:Q",
+        y=alt.Y("y0:Q", title=f"estimated {MARGIN_TITLE}", scale=scale), y2="y1:Q",
+        color=alt.Color("pairs:Q", title="(image, head) pairs", scale=alt.Scale(type="log", scheme="greys")),
+        tooltip=[alt.Tooltip("pairs:Q"), alt.Tooltip("x0:Q", format="+.3f", title="exact from"),
+                 alt.Tooltip("x1:Q", format="+.3f", title="exact to"),
+                 alt.Tooltip("y0:Q", format="+.3f", title="estimate from"),
+                 alt.Tooltip("y1:Q", format="+.3f", title="estimate to")])
+    return alt.layer(rects, _diagonal(lo, hi)).properties(
+        title={"text": f"Estimate against exact: {group}, every (image, head) pair",
+               "subtitle": subtitle or "dashed: estimate = exact"},
+        width=360, height=360)

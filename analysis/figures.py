@@ -20,6 +20,9 @@ File names say what a file is:
 - ``means_<metric>``, ``change_<metric>``: per ablation, the mean with its 95% interval, and the change
   against baseline; ``layers_<metric>``, ``blocks_<metric>``: single layers and blocks; ``label_accuracy``;
   ``heads_<group>``, ``flow``; ``confusion_<ablation>``;
+- with attribution: ``estimates_<kind>`` (each head's estimated change of M), and where the run holds the exact
+  effects ``attribution_<kind>`` (estimate against exact per head) and ``attribution_<kind>_pairs`` (every
+  (image, head) pair, binned); ``attribution.md|.tex|.csv``: rho, top-k recall and sign agreement per kind;
 - ``image<ID>_logits``, ``image<ID>_logits_<ablation>``, ``image<ID>_attention_<ablation>.png``,
   ``image<ID>_figure5.md|.tex|.csv``: one image;
 - a figure split into parts ends in ``_part<K>of<N>``.
@@ -39,7 +42,7 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from analysis import FORMATS, SIZES, charts, heads, print_layout, queries, tables
+from analysis import FORMATS, SIZES, attribution, charts, heads, print_layout, queries, tables
 from analysis.pack_data import PackData, default_confusion, pack_data  # noqa: F401 (the pack's API)
 from analysis.pack_tables import selections_frame, table_files
 from analysis.pack_text import describe, pack_readme
@@ -90,6 +93,15 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
         flow = heads.flow_cells(s, data.tests, "accuracy")
         if len(flow):
             pack["flow"] = lambda: charts.flow_chart(flow, "accuracy")
+    found = data.attribution
+    for spec, cells in data.estimate_cells.items():
+        if len(cells):
+            pack[f"estimates_{slug(spec)}"] = lambda c=cells, g=spec: charts.estimate_heatmap(c, g)
+    for spec in found.measured if found is not None else []:
+        text = attribution.figures_text(found, spec)
+        points, bins = attribution.head_points(found, spec), attribution.pair_bins(found, spec)
+        pack[f"attribution_{slug(spec)}"] = lambda p=points, g=spec, t=text: charts.attribution_scatter(p, g, t)
+        pack[f"attribution_{slug(spec)}_pairs"] = lambda b=bins, g=spec, t=text: charts.attribution_density(b, g, t)
     for name, counts in data.confusion.items():
         pack[f"confusion_{slug(name)}"] = lambda c=counts, n=name: charts.confusion_chart(c, n)
     if data.image_scores is not None and len(data.image_scores):

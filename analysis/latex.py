@@ -93,3 +93,22 @@ def figure5(header_cells: list[str], rows: list[list[str]], provenance: list[str
                    provenance)
     lines += [r"\begingroup\footnotesize\setlength{\tabcolsep}{4pt}%", *body, r"\endgroup"]
     return "\n".join(lines) + "\n"
+
+
+def attribution(quality: pd.DataFrame, digits: int = 3, provenance: list[str] | None = None) -> str:
+    """Attribution's quality (analysis.attribution.quality_table): per kind and level, rho, the top-k recalls,
+    sign agreement and the pooled rho."""
+    heads = ["Kind", "Level", "Heads", "Images", r"$\rho$"]
+    recalls = [c for c in quality.columns if c.endswith("recall")]
+    heads += [f"Top-{c.split('-')[1].split()[0]} recall" for c in recalls] + ["Sign", r"Pooled $\rho$"]
+    body = [r"\begin{tabular}{llrr" + "r" * (len(heads) - 4) + "}", r"\toprule",
+            " & ".join(h if "$" in h else escape(h) for h in heads) + r" \\", r"\midrule"]
+    for row in quality.itertuples(index=False):
+        values = list(row)
+        cells = [escape(str(values[0])), escape(str(values[1])), str(values[2]), str(values[3])]
+        cells += ["" if pd.isna(v) else f"{v:.{digits}f}" for v in values[4:]]
+        body.append(" & ".join(cells) + r" \\")
+    body += [r"\bottomrule", r"\end{tabular}"]
+    lines = header("Attribution patching against the exact effects on the margin M (rho: Spearman's; top-k recall of "
+                   "the most harmful heads; sign agreement)", provenance) + fitted(body)
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis import queries, tables
+from analysis import attribution, queries, tables
 from analysis.slices import EVERYTHING, Slice
 
 
@@ -31,6 +31,10 @@ class PackData:
     run: dict = field(default_factory=dict)  # queries.run_provenance: where the files came from
     info: dict = field(default_factory=dict)  # the run's row of queries.runs (model, family, counts)
     slice_caption: str = ""  # the image-level slice the per-ablation figures are drawn over
+    # attribution (analysis.attribution): the run's estimates and their quality (None: the run has none), and
+    # per spec each head's mean estimate (the estimated heatmap)
+    attribution: attribution.AttributionData | None = None
+    estimate_cells: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def default_confusion(summary: pd.DataFrame, ablations: pd.DataFrame) -> list[str]:
@@ -69,6 +73,10 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
         counts = queries.confusion(con, run_id, int(ids[name]))
         if len(counts):
             data.confusion[name] = counts
+    found = attribution.attribution_data(con, run_id)
+    if found.specs:
+        data.attribution = found
+        data.estimate_cells = {spec: attribution.estimate_cells(con, run_id, spec) for spec in found.specs}
     if image_id is not None:
         data.image_id, data.image_ablation = image_id, image_ablation or data.baseline
         data.image_scores = queries.image_scores(con, run_id, image_id)

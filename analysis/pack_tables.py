@@ -9,7 +9,7 @@ import io
 
 import pandas as pd
 
-from analysis import latex, queries, tables
+from analysis import attribution, latex, queries, tables
 from analysis.pack_data import PackData
 from analysis.pack_text import describe
 from analysis.provenance import Provenance, stamp
@@ -56,6 +56,17 @@ def figure5_latex(selections: pd.DataFrame, prov: Provenance | None = None) -> s
     return latex.figure5(*figure5_cells(selections), prov.lines() if prov else None)
 
 
+def attribution_markdown(quality: pd.DataFrame, digits: int = 3) -> str:
+    """The attribution quality table (analysis.attribution.quality_table) as Markdown, with what it means."""
+    head = list(quality.columns)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if c in ("kind", "level") else "---:" for c in head) + "|"]
+    for row in quality.itertuples(index=False):
+        cells = [md_cell(str(v)) if k < 2 else (str(v) if k < 4 else ("" if pd.isna(v) else f"{v:.{digits}f}"))
+                 for k, v in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + attribution.FOOTNOTE + "\n"
+
+
 def table_files(data: PackData, prov: Provenance | None = None,
                 selections: pd.DataFrame | None = None) -> dict[str, bytes]:
     """The pack's tables by file name: Table 1 (Markdown, LaTeX whole and per metric, CSV), the McNemar
@@ -75,6 +86,11 @@ def table_files(data: PackData, prov: Provenance | None = None,
         files[f"{stem}.md"] = figure5_markdown(picks)
         files[f"{stem}.tex"] = figure5_latex(picks, prov)
         files[f"{stem}.csv"] = picks.to_csv(index=False)
+    if data.attribution is not None and data.attribution.measured:
+        quality = attribution.quality_table(data.attribution)
+        files["attribution.csv"] = quality.to_csv(index=False)
+        files["attribution.md"] = attribution_markdown(quality)
+        files["attribution.tex"] = latex.attribution(quality, provenance=lines)
     if selections is not None:
         files["selections.csv"] = selections.to_csv(index=False)
         files["selections.parquet"] = parquet_bytes(selections)

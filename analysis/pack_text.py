@@ -31,6 +31,13 @@ def describe(name: str, data: PackData) -> str:
         (r"heads_", f"change in accuracy when one head at a time is ablated ({metric}), per layer and head"),
         (r"flow$", "change in accuracy when one flow of information is knocked out in one layer"),
         (r"confusion_", f"true x selected label under {metric.replace('_', ':', 1)}, each image counted once"),
+        (r"estimates_", f"each head's estimated change of the margin M when it alone is ablated ({metric}): "
+                        "attribution patching, mean over images"),
+        (r"attribution_.*_pairs$", f"estimate against exact change of the margin M, every (image, head) pair, "
+                                   f"binned ({metric.removesuffix('_pairs')})"),
+        (r"attribution_", f"estimate against exact change of the margin M per head, mean over images ({metric})"),
+        (r"attribution$", "attribution patching's estimates against the exact effects: Spearman's rho, top-5 and "
+                          "top-10 recall of the most harmful heads, sign agreement, per head and per image"),
         (r"image\d+_logits$", f"{image}: the logit of every prompt under every ablation"),
         (r"image\d+_logits_", f"{image}: the logits of its top prompts, baseline against {data.image_ablation}"),
         (r"image\d+_attention_", f"{image}: CLS attention maps at every layer, baseline against "

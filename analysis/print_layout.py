@@ -270,6 +270,14 @@ def _config(spec: Spec, width: float) -> None:
                      "labelLimit": width - 40, "titleLimit": width - 2 * PADDING})
     merge("header", {"labelFontSize": FONT["axis_title"], "titleFontSize": FONT["axis_title"]})
     merge("text", {"fontSize": round(10 * MARK_SCALE, 1)})
+    # An axis's own font sizes (a screen heatmap's 12 px labels) would win over the print hierarchy and overprint
+    # the 10 pt rows: on paper every axis takes the config's.
+    for unit in vlspec.units(spec):
+        for enc in unit.get("encoding", {}).values():
+            axis = enc.get("axis") if isinstance(enc, dict) else None
+            if isinstance(axis, dict):
+                for key in ("labelFontSize", "titleFontSize"):
+                    axis.pop(key, None)
 
 
 def _fit_legends(spec: Spec, width: float) -> None:

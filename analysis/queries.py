@@ -526,3 +526,39 @@ SELECT layer, head, rank, text, variance FROM head_description_t WHERE run_id = 
 def head_descriptions(con: Con, run_id: int) -> pd.DataFrame:
     """The run's TextSpan descriptions: layer, head, rank, text, variance (empty without)."""
     return con.execute(HEAD_DESCRIPTIONS, [run_id]).df()
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribution (compute.attribution): the kinds a run estimated, each head's mean estimate, and every estimate
+# beside its exact effect (the SQL the run's summary reads too: compute.store.ESTIMATED_AND_EXACT).
+
+ATTRIBUTION_SPECS = "SELECT spec FROM estimate_t WHERE run_id = ? GROUP BY spec ORDER BY MIN(estimate_id)"
+
+
+def attribution_specs(con: Con, run_id: int) -> list[str]:
+    """The specs (identity, knockout:patches>cls, ...) the run estimated, in the order first asked for; [] when
+    none (or the store predates attribution's tables)."""
+    try:
+        return [r[0] for r in con.execute(ATTRIBUTION_SPECS, [run_id]).fetchall()]
+    except duckdb.CatalogException:  # a version-3 store written before attribution (read-only: not added)
+        return []
+
+
+MEAN_ESTIMATES = """
+SELECT e.ablation, e.layer, e.head, AVG(t.estimate::DOUBLE) AS estimate, COUNT(*) AS images
+FROM attribution_t t JOIN estimate_t e ON e.run_id = t.run_id AND e.estimate_id = t.estimate_id
+WHERE t.run_id = ? AND e.spec = ?
+GROUP BY ALL
+ORDER BY e.layer, e.head
+"""
+
+
+def mean_estimates(con: Con, run_id: int, spec: str) -> pd.DataFrame:
+    """Per head of ``spec``: ablation, layer, head, its mean estimate over the images attributed, images."""
+    return con.execute(MEAN_ESTIMATES, [run_id, spec]).df()
+
+
+def estimated_and_exact(con: Con, run_id: int) -> dict[str, np.ndarray]:
+    """Every (image, head-level ablation) with an estimate and an exact effect (compute.store.estimated_and_exact:
+    spec, ablation, layer, head, image_id, estimate, exact)."""
+    return store.estimated_and_exact(con, run_id)
