@@ -135,6 +135,7 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
             echo(captions.describe())
     decomposed = _decomposition_stage(exp, run, clip, echo)
     with store.connect(db) as con:
+        store.for_batch_writes(con)  # no progress bar of DuckDB's across the summary
         attributed = _attribution_done(con, exp, run)
         counts = store.attributed_counts(con, run.run_id)
         estimated = store.estimated_and_exact(con, run.run_id) if counts else {}
@@ -153,8 +154,9 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
     if (line := precision_line(run.row.config, verified)) is not None:
         echo(line)
     echo(format_summary(rows))
-    for line in attribution_quality.summary_lines(estimated, counts):
-        echo(line)
+    lines = attribution_quality.summary_lines(estimated, counts)
+    if lines:
+        echo("\n" + "\n".join(lines))  # apart from the table: its rows end at the first blank line
     return Ending(complete, captions)
 
 

@@ -28,6 +28,10 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
            sweep on 16 (batch 8); the pairs verified in float32, and the selections compared pair by pair
            (they must be identical: the section fails otherwise). ``--smoke``: 16 and 3 images, to check the
            section itself.
+  attribution the attribution pass ([attribution] kinds = ["identity"] beside the baseline: one forward and one
+           backward pass per image, every head of every layer estimated) against the exact heads sweep (145
+           ablations, the engine) on the same ViT-B/16-shaped CLIP and the same 16 images, batch 8, whole
+           processes; target: at least 10x faster. ``--smoke``: 2 images, to check the section itself.
   gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
 """
 
@@ -358,9 +362,37 @@ def bench_precision(tmp: Path, smoke: bool = False) -> dict[str, float]:
     return results
 
 
+def bench_attribution(tmp: Path, smoke: bool = False) -> dict[str, float]:
+    """The attribution pass against the exact heads sweep, as whole processes on the same images."""
+    images = 2 if smoke else 16
+    print(f"\n== attribution: every head estimated (identity; one forward and one backward pass per image) against "
+          f"the exact heads sweep (145 ablations), ViT-B/16-shaped random CLIP, {images} images, 4 prompts, batch 8, "
+          f"whole processes{' (smoke)' if smoke else ''} ==", flush=True)
+    print(f"  load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    model = save_vit_b16_shaped_clip(tmp / "vit-b16")
+    data = make_images(tmp / "data", images)
+    runs = {"attribution": ("none", '[attribution]\nkinds = ["identity"]\n'), "exact": ("heads", "")}
+    results: dict[str, float] = {"images": images}
+    for name, (sweep_name, more) in runs.items():
+        exp = testing.write_experiment(tmp / f"{name}.toml", model, data, tmp / f"{name}.duckdb", name=f"bench-{name}",
+                                       batch_size=8, categories=(), sweep=sweep_name, more=more)
+        t = run_process(["run", str(exp), "--limit", str(images), "--no-progress"])
+        if t.returncode != 0:
+            raise SystemExit(f"bench run failed ({name}):\n{t.stderr[-2000:]}")
+        results[f"{name}_s"], results[f"{name}_rss_mb"] = t.seconds, t.peak_rss_mb
+        what = "baseline + every head estimated" if name == "attribution" else "heads sweep, every head exactly"
+        print(f"  {name:<12} {images:>3} images  {t.seconds:7.1f} s  peak RSS {t.peak_rss_mb:6.0f} MB  ({what})",
+              flush=True)
+    results["speedup"] = results["exact_s"] / results["attribution_s"]
+    print(f"  attribution {results['speedup']:.1f}x faster than the exact heads sweep as whole processes (target: "
+          f"at least 10x; imports and loading the model are in both)")
+    print(f"  load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    return results
+
+
 SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, "rescore": bench_rescore,
             "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
-            "ray": bench_ray, "precision": bench_precision, "gpu": bench_gpu}
+            "ray": bench_ray, "precision": bench_precision, "attribution": bench_attribution, "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 
 
@@ -370,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("section", nargs="?", choices=["gpu"], help="gpu: the GPU bench alone")
     parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of sections ({', '.join(SECTIONS)})")
     parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device; "
-                        "precision: 16 and 3 images; to check the bench itself")
+                        "precision: 16 and 3 images; attribution: 2 images; to check the bench itself")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     chosen = [args.section] if args.section else [s.strip() for s in args.only.split(",") if s.strip()]
@@ -385,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             section = Path(tmp) / name
             section.mkdir()
-            if name in ("gpu", "precision"):
+            if name in ("gpu", "precision", "attribution"):
                 figures[name] = SECTIONS[name](section, smoke=args.smoke)
             else:
                 figures[name] = SECTIONS[name](section)
