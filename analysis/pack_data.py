@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis import queries, tables
+from analysis import decomposition, queries, tables
 from analysis.slices import EVERYTHING, Slice
 
 
@@ -31,6 +31,9 @@ class PackData:
     run: dict = field(default_factory=dict)  # queries.run_provenance: where the files came from
     info: dict = field(default_factory=dict)  # the run's row of queries.runs (model, family, counts)
     slice_caption: str = ""  # the image-level slice the per-ablation figures are drawn over
+    decomposition: decomposition.Decomposition | None = None  # the run's, when it has one (the whole run)
+    effects: pd.DataFrame | None = None  # decomposition.effect_table of the whole run
+    lab: pd.DataFrame | None = None  # decomposition.lab_presets
 
 
 def default_confusion(summary: pd.DataFrame, ablations: pd.DataFrame) -> list[str]:
@@ -49,7 +52,7 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
     per-ablation charts. ``confusion``: ablations to draw the confusion chart of (None: ``default_confusion``).
     ``image_id``: also the Image page's charts of that image, baseline against ``image_ablation``, and its
     Figure 5 table. ``ablations``: the ablations the per-ablation charts and Table 1 show, in that order
-    (None: every one, in sweep order)."""
+    (None: every one, in sweep order). A run with a decomposition: its figures and tables too (the whole run)."""
     ab = queries.ablations(con, run_id)
     summary = tables.summary(con, run_id, where)  # significance over the whole run, before any choice
     if confusion is None:
@@ -69,6 +72,10 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
         counts = queries.confusion(con, run_id, int(ids[name]))
         if len(counts):
             data.confusion[name] = counts
+    data.decomposition = decomposition.read(con, run_id)
+    if data.decomposition is not None:  # over every decomposed image: a slice of images does not apply
+        data.effects = decomposition.effect_table(data.decomposition, ab)
+        data.lab = decomposition.lab_presets(con, run_id, data.decomposition)
     if image_id is not None:
         data.image_id, data.image_ablation = image_id, image_ablation or data.baseline
         data.image_scores = queries.image_scores(con, run_id, image_id)
