@@ -35,6 +35,7 @@ MEASURES = {"share": "share of the correct prompt's logit",
 QUANTITIES = ("total", "direct", "indirect")
 PARTS = ("embeddings", "attention", "MLP")  # per layer: layer 0 holds the embeddings, layers 1-L the other two
 PART_OF = {"embeddings": "embeddings", "head": "attention", "attention_bias": "attention", "mlp": "MLP"}
+OTHER_NAMES = {"final_ln_bias": "the final layer norm's bias", "pooling_mlp": "the pooling head's MLP"}
 ENABLE = ("add `[decomposition] enabled = true` to its experiment file and run it again (a rerun decomposes "
           "the images already done)")
 

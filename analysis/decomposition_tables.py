@@ -14,6 +14,7 @@ import pandas as pd
 
 from analysis import latex
 from analysis.decomposition import (
+    OTHER_NAMES,
     QUANTITIES,
     Decomposition,
     described_heads,
@@ -58,7 +59,7 @@ def layer_cells(d: Decomposition) -> tuple[list[str], list[list[str]]]:
             cells.append(_value(r["mean"], r["lo"], r["hi"]))
         rows.append(["0 (embeddings)", cells[0], "—"] if layer == 0 else [str(layer), *cells])
     for r in other_parts(d).itertuples():
-        rows.append([str(r.component).replace("_", " "), _value(r.mean, r.lo, r.hi), "—"])
+        rows.append([OTHER_NAMES.get(r.component, r.component), _value(r.mean, r.lo, r.hi), "—"])
     return ["Layer", "Attention", "MLP"], rows
 
 

@@ -4,9 +4,10 @@ one layer's) direct share of one prompt's logit for this image, split over the t
 as a map over the patches. Summed over the tokens it is the head's direct share, the number the Decomposition
 page and the store's ``contributions`` view hold.
 
-Computed on demand from the run's model, as the attention maps are (dashboard.attention_ui): without the model
-on this machine it says so at once and loads nothing; with it, a parallel fragment computes the split (cached
-per image, component and prompt) while the rest of the page is usable, and its widgets rerun it alone. It reads
+Computed on demand from the run's model, as the attention maps are (dashboard.attention_ui), once a component is
+chosen (none by default; the Decomposition page's head cards link here with theirs): without the model on this
+machine it says so at once and loads nothing; with it, a parallel fragment computes the split (cached per image,
+component and prompt) while the rest of the page is usable, and its widgets rerun it alone. It reads
 nothing from the store: the page reads the prompts with its other reads.
 """
 
@@ -24,6 +25,7 @@ from dashboard.layout import grid_cells
 from dashboard.state import param_select
 
 HEADS = " heads"  # "L12 heads": every head of layer 12 (out_proj's bias left out: it reads no token)
+NONE = "none"  # the section computes nothing until a component is chosen
 PICTURE_PX = 220
 CELL_PX = PICTURE_PX + 60
 
@@ -106,9 +108,13 @@ def _tokens_ui(ref: str, path: str, n_layers: int, names: list[str], texts: tupl
         st.warning(f"No per-patch contributions: {md(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
         return
     row = st.columns([1, 2])
-    options = components(n_layers, n_heads)
-    component = param_select("Component", options, "tok_component", default=f"L{n_layers}{HEADS}", container=row[0],
-                             help="One head, or every head of a layer together.")
+    options = [NONE, *components(n_layers, n_heads)]
+    component = param_select("Component", options, "tok_component", container=row[0],
+                             help="One head, or every head of a layer together; the Decomposition page's head cards "
+                                  "link here with their head chosen.")
+    if component == NONE:
+        st.caption("Choose a head, or every head of a layer, to see its direct share split over the patches.")
+        return
     prompt = param_select("Prompt", list(range(len(names))), "tok_prompt", default=default, container=row[1],
                           format_func=lambda k: names[k], noun="prompt")
     layer, head = parse(component)

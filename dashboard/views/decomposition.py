@@ -21,6 +21,7 @@ import streamlit as st
 from analysis import decomposition as dec
 from analysis import decomposition_charts as dec_charts
 from analysis import decomposition_tables, queries
+from analysis.tables import number
 from analysis.text import md, md_list
 from dashboard import clicks, layout, navigation, state
 from dashboard.context import context, no_results
@@ -109,7 +110,8 @@ release()  # all read: let a waiting writer in while the page is drawn
 # --------------------------------------------------------------------------------------------------
 with shares_box:
     st.header("Direct shares")
-    extra = "; ".join(f"{md(r.component.replace('_', ' '))} {r.mean:+.3f}" for r in rest.itertuples())
+    extra = "; ".join(f"{dec.OTHER_NAMES.get(r.component, md(r.component))} {number(r.mean, 3, sign=True)}"
+                      for r in rest.itertuples())
     st.caption(f"What each layer and head writes directly into the embedding: its {md(dec.MEASURES[measure])}, mean "
                f"over images with its 95% bootstrap interval. Layer 0 is the "
                f"embeddings; attention is the layer's heads and out_proj's bias." + (f" Beside them: {extra}." if extra

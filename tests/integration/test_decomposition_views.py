@@ -8,12 +8,14 @@ figures and tables (every SVG holds at every size, every .tex compiles in a one-
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from urllib.parse import parse_qsl
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import APP, compile_tex, overfull, pdflatex, sql
 from scipy import stats as scipy_stats
@@ -347,8 +349,6 @@ def test_the_export_writes_the_decomposition_figures_and_tables(packs, dec_store
         assert all(n.replace("_", "\\_") in readme for n in names if n.startswith("decomposition"))
     assert not [p for p in packs["plain"].iterdir() if p.name.startswith("decomposition")]
     # The effects table's numbers are the views'.
-    import pandas as pd
-
     table = pd.read_csv(packs["screen"] / "decomposition_effects.csv").set_index("ablation")
     effects = sql(dec_store, EFFECTS, {"run": RUN})
     for name in ("identity:5", "identity:12/h3", "mean:2/h1"):
@@ -411,3 +411,35 @@ def test_a_click_on_a_heads_cell_adds_it_to_the_lab_and_a_second_takes_it_out(de
         assert next(w for w in at.multiselect if w.key == widget_key("lab_add")).value == want
         assert at.metric[1].value == f"{len(want)} of 74"
         assert at.query_params["lab_add"] == ",".join(want)
+
+
+def test_every_chart_builder_validates_and_keeps_to_the_palette(dec_store):
+    from analysis import decomposition_charts as charts
+    from analysis.charts import GREY, HOLLOW, PALETTE, SIG_COLOURS
+
+    allowed = set(PALETTE) | set(SIG_COLOURS) | {"black", "white", "#555", "#444", GREY, HOLLOW}
+    with store.connect(dec_store, read_only=True) as con:
+        d = dec.read(con, run_id(dec_store))
+        table = dec.effect_table(d, queries.ablations(con, run_id(dec_store)))
+    frame = pd.DataFrame({"row": [0, 0, 1, 1], "col": [0, 1, 0, 1], "share": [0.1, -0.2, 0.0, 0.3]})
+    built = [charts.layer_share_chart(dec.layer_parts(d)), charts.head_share_heatmap(dec.head_cells(d, "relative")),
+             charts.effects_chart(dec.single_layer_rows(table)), charts.curve_chart(dec.curve(d), 1.0),
+             charts.token_chart(frame, "L1.h0", "sum")]
+    built += [charts.effects_heatmap(dec.head_rows(table), q, "identity") for q in dec.QUANTITIES]
+    for chart in built:
+        spec = chart.to_dict(validate=True)  # the app skips Altair's validation: it is done here
+        text = json.dumps(spec)
+        found = re.findall(r'"(?:color|fill|stroke)": "(#[0-9A-Fa-f]+|[a-z]+)"', text)
+        ranges = re.findall(r'"range": \[([^\]]*)\]', text)
+        colours = set(found) | {c.strip(' "') for r in ranges for c in r.split(",") if c.strip().startswith('"#')}
+        assert colours <= allowed, colours - allowed
+
+
+def test_the_image_pages_split_waits_for_a_component(dec_store, monkeypatch):
+    at = open_page(dec_store, monkeypatch, "image", run=RUN, image="2")
+    assert any(s.value == "Direct contribution per patch" for s in at.subheader)
+    assert select(at, "tok_component").value == "none"
+    assert not [rows for rows in datasets(at) if rows and "share" in rows[0]]  # nothing computed yet
+    select(at, "tok_component").set_value("L12.h0").run()
+    assert not at.exception and at.query_params["tok_component"] == "L12.h0"
+    assert len(chart_with(at, "row", "col", "share")) == 16
