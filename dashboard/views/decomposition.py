@@ -25,7 +25,7 @@ from analysis.tables import number
 from analysis.text import md, md_list
 from dashboard import clicks, layout, navigation, state
 from dashboard.context import context, no_results
-from dashboard.reading import load, release
+from dashboard.reading import load, release, snapshot
 from dashboard.state import param_multiselect, param_select, reset_param
 from dashboard.thumbnails import THUMB_PX, image_paths, thumbnail
 
@@ -57,10 +57,17 @@ st.caption(f"Over {d.images:,} decomposed images of run {md(ctx.name)}, each jud
 # Every read first, then the drawing (dashboard.reading).
 labels = list(d.components["label"])
 by_label = dict(zip(d.components["label"], d.components["component_id"].astype(int), strict=True))
-parts = dec.layer_parts(d, measure)
-rest = dec.other_parts(d, measure)
-cells = dec.head_cells(d, measure)
-table = dec.effect_table(d, ctx.ablations, measure)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def frames(db: str, token: tuple, run_id: int, measure: str, _d: dec.Decomposition, _ablations: pd.DataFrame) -> tuple:
+    """The page's statistics in ``measure`` (bootstrap intervals, tests), cached with the store's state
+    (``token``): a rerun that changes the lab or a card redraws without recomputing them."""
+    return (dec.layer_parts(_d, measure), dec.other_parts(_d, measure), dec.head_cells(_d, measure),
+            dec.effect_table(_d, _ablations, measure), dec.curve(_d))
+
+
+parts, rest, cells, table, curve = frames(str(ctx.db), snapshot(), ctx.run_id, measure, d, ctx.ablations)
 layer_rows, head_rows = dec.single_layer_rows(table), dec.head_rows(table)
 
 # A click on a head's cell (the heatmap below) adds the head to the lab's components, or takes it out; the chart
@@ -92,7 +99,6 @@ with lab_box:
     added = param_multiselect("And these components", labels, "lab_add", sep=SEP, container=row[2])
 ids = sorted(set(dec.preset(d.components, preset, n) if preset != NONE else []) | {by_label[c] for c in added})
 lab = dec.lab_result(load(queries.mean_ablation, ctx.run_id, tuple(ids)), load(queries.mean_ablation, ctx.run_id, ()))
-curve = dec.curve(d)
 
 with cards_box:
     st.header("Heads in words (TextSpan)")
