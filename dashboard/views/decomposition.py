@@ -78,8 +78,8 @@ if picked and picked.get("label") in by_label:
     widget = state.widget_key("lab_add")
     now = st.session_state.get(widget)
     now = now if isinstance(now, list) else [c for c in state.get_param("lab_add").split(SEP) if c in by_label]
-    head = str(picked["label"])
-    now = [c for c in now if c != head] if head in now else [*now, head]
+    cell = str(picked["label"])
+    now = [c for c in now if c != cell] if cell in now else [*now, cell]
     st.session_state[widget] = now  # before the multiselect is drawn: it starts there
     state.set_param("lab_add", SEP.join(now))
     clicked = st.session_state[CLICKS] = clicked + 1
@@ -89,9 +89,8 @@ shares_box, effects_box, lab_box, cards_box = st.container(), st.container(), st
 with lab_box:
     st.header("Mean-ablation lab")
     st.caption("Replace the direct contributions of the chosen components by their means over the run's images "
-               "(DESIGN.md's direct-effect mean ablation) and see accuracy at once, from the stored shares: no model "
-               "runs. A preset and any components added here (or by a click on a head's cell above) are ablated "
-               "together.")
+               "(direct-effect mean ablation) and see accuracy at once, from the stored shares: no model runs. A "
+               "preset and any components added here (or by a click on a head's cell above) are ablated together.")
     row = st.columns([2, 1, 3])
     preset = param_select("Preset", [NONE, *dec.PRESETS], "lab_preset", default=dec.PRESETS[0], container=row[0])
     n = param_select("N", list(range(d.n_layers + 2)), "lab_n", default=min(4, d.n_layers), container=row[1],

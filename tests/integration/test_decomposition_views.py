@@ -443,3 +443,29 @@ def test_the_image_pages_split_waits_for_a_component(dec_store, monkeypatch):
     select(at, "tok_component").set_value("L12.h0").run()
     assert not at.exception and at.query_params["tok_component"] == "L12.h0"
     assert len(chart_with(at, "row", "col", "share")) == 16
+
+
+def test_a_siglip_run_draws_too(tiny_siglip, tmp_path, monkeypatch):
+    """SigLIP: no CLS token, the pooling head's MLP a component without a layer; the page draws every section and
+    the Image page's split (over the patches it reads, every token a patch) sums to the stored share."""
+    from compute.config import load_experiment
+    from compute.runner import run
+
+    coco = make_coco(tmp_path / "coco", n=5)
+    db = tmp_path / "sig.duckdb"
+    (tmp_path / "sig.toml").write_text(experiment_text(tiny_siglip, coco, db, name="sig", sweep="singles",
+                                                       extra=("mean:4/h1",), more=DECOMPOSE))
+    assert run(load_experiment(tmp_path / "sig.toml"), progress=False, echo=lambda _: None).complete
+    at = open_page(db, monkeypatch, "decomposition", run="sig")
+    assert len(at.header) == 4
+    assert any("the pooling head's MLP" in c.value for c in at.caption)
+    assert len(chart_with(at, "part", "mean")) == 1 + 6 * 2
+    image, prompt = sql(db, "SELECT image_id, prompt FROM selections WHERE ablation = 'baseline' ORDER BY image_id "
+                            "LIMIT 1")[0]
+    at = open_page(db, monkeypatch, "image", run="sig", image=str(image), tok_component="L6.h2")
+    caption = next(c.value for c in at.caption if "over all tokens" in c.value)
+    assert "CLS" not in caption
+    stored = sql(db, "SELECT logit FROM contributions WHERE image_id = ? AND ablation = 'baseline' AND component = "
+                     "'head' AND layer = 6 AND head = 2 AND prompt = ?", [image, prompt])[0][0]
+    patches = chart_with(at, "row", "col", "share")
+    assert len(patches) == 16 and sum(r["share"] for r in patches) == pytest.approx(stored, abs=2e-4)
