@@ -25,6 +25,10 @@ File names say what a file is:
   (image, head) pair, binned); ``attribution.md|.tex|.csv``: rho, top-k recall and sign agreement per kind;
 - ``image<ID>_logits``, ``image<ID>_logits_<ablation>``, ``image<ID>_attention_<ablation>.png``,
   ``image<ID>_figure5.md|.tex|.csv``: one image;
+- a run with a decomposition (analysis.decomposition): ``decomposition_layers`` and ``decomposition_heads``
+  (direct shares), ``decomposition_effects`` (total, direct, indirect per single layer),
+  ``decomposition_effects_<group>_<quantity>`` (per head), ``decomposition_mean_ablation`` (the lab's curve);
+  tables ``decomposition_layers|effects|mean_ablation|texts.md|.tex|.csv``;
 - a figure split into parts ends in ``_part<K>of<N>``.
 """
 
@@ -43,6 +47,8 @@ import pandas as pd
 import vl_convert as vlc
 
 from analysis import FORMATS, SIZES, attribution, charts, heads, print_layout, queries, tables
+from analysis import decomposition as dec
+from analysis import decomposition_charts as dec_charts
 from analysis.pack_data import PackData, default_confusion, pack_data  # noqa: F401 (the pack's API)
 from analysis.pack_tables import selections_frame, table_files
 from analysis.pack_text import describe, pack_readme
@@ -104,12 +110,37 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
         pack[f"attribution_{slug(spec)}_pairs"] = lambda b=bins, g=spec, t=text: charts.attribution_density(b, g, t)
     for name, counts in data.confusion.items():
         pack[f"confusion_{slug(name)}"] = lambda c=counts, n=name: charts.confusion_chart(c, n)
+    pack.update(decomposition_charts(data))
     if data.image_scores is not None and len(data.image_scores):
         shown = list(dict.fromkeys([data.baseline, data.image_ablation]))
         pack[f"image{data.image_id}_logits"] = (
             lambda: charts.logit_heatmap(data.image_scores, data.image_selections, data.image_ablation))
         pack[f"image{data.image_id}_logits_{slug(data.image_ablation)}"] = (
             lambda: charts.logit_bars(data.image_scores, shown))
+    return pack
+
+
+def decomposition_charts(data: PackData) -> dict[str, ChartBuilder]:
+    """The Decomposition page's charts (none for a run without a decomposition), on the correct prompt's
+    logit: the direct shares per layer and per head, the total, direct and indirect effects of the single-layer
+    ablations and (per group and quantity) of the single-head ones, the mean-ablation lab's curve."""
+    d, table = data.decomposition, data.effects
+    if d is None or table is None:
+        return {}
+    pack: dict[str, ChartBuilder] = {
+        "decomposition_layers": lambda: dec_charts.layer_share_chart(dec.layer_parts(d)),
+        "decomposition_heads": lambda: dec_charts.head_share_heatmap(dec.head_cells(d)),
+    }
+    layers = dec.single_layer_rows(table)
+    if len(layers):
+        pack["decomposition_effects"] = lambda: dec_charts.effects_chart(layers)
+    head_rows = dec.head_rows(table)
+    for group in dict.fromkeys(head_rows["group"]):
+        for q in dec.QUANTITIES:
+            pack[f"decomposition_effects_{slug(group)}_{q}"] = (
+                lambda g=group, q=q: dec_charts.effects_heatmap(head_rows, q, g))
+    base = data.lab["baseline"].iloc[0] if data.lab is not None and len(data.lab) else None
+    pack["decomposition_mean_ablation"] = lambda: dec_charts.curve_chart(dec.curve(d), base)
     return pack
 
 

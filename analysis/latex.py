@@ -112,3 +112,24 @@ def attribution(quality: pd.DataFrame, digits: int = 3, provenance: list[str] | 
     lines = header("Attribution patching against the exact effects on the margin M (rho: Spearman's; top-k recall of "
                    "the most harmful heads; sign agreement)", provenance) + fitted(body)
     return "\n".join(lines) + "\n"
+
+
+def table(header_cells: list[str], rows: list[list[str]], what: str, provenance: list[str] | None = None,
+          wide: tuple[str, ...] = ()) -> str:
+    """Any table of text cells (the decomposition's): booktabs rules, the first column left and the others
+    right-aligned; columns named in ``wide`` wrap (tabularx, the table as wide as the line), otherwise the
+    table is shrunk to the line only when it is wider."""
+    if wide:
+        spec = "".join(r">{\raggedright\arraybackslash}X" if h in wide else "l" for h in header_cells)
+        begin, end = r"\begin{tabularx}{\linewidth}{@{}" + spec + "@{}}", r"\end{tabularx}"
+    else:
+        begin, end = r"\begin{tabular}{l" + "r" * (len(header_cells) - 1) + "}", r"\end{tabular}"
+    body = [begin, r"\toprule", " & ".join(escape(h) for h in header_cells) + r" \\", r"\midrule"]
+    body += [" & ".join(cell(v) for v in row) + r" \\" for row in rows]
+    body += [r"\bottomrule", end]
+    lines = header(what, provenance)
+    if wide:
+        lines += [r"\begingroup\footnotesize\setlength{\tabcolsep}{4pt}%", *body, r"\endgroup"]
+    else:
+        lines += fitted(body)
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis import attribution, queries, tables
+from analysis import attribution, decomposition, queries, tables
 from analysis.slices import EVERYTHING, Slice
 
 
@@ -35,6 +35,9 @@ class PackData:
     # per spec each head's mean estimate (the estimated heatmap)
     attribution: attribution.AttributionData | None = None
     estimate_cells: dict[str, pd.DataFrame] = field(default_factory=dict)
+    decomposition: decomposition.Decomposition | None = None  # the run's, when it has one (the whole run)
+    effects: pd.DataFrame | None = None  # decomposition.effect_table of the whole run
+    lab: pd.DataFrame | None = None  # decomposition.lab_presets
 
 
 def default_confusion(summary: pd.DataFrame, ablations: pd.DataFrame) -> list[str]:
@@ -53,7 +56,7 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
     per-ablation charts. ``confusion``: ablations to draw the confusion chart of (None: ``default_confusion``).
     ``image_id``: also the Image page's charts of that image, baseline against ``image_ablation``, and its
     Figure 5 table. ``ablations``: the ablations the per-ablation charts and Table 1 show, in that order
-    (None: every one, in sweep order)."""
+    (None: every one, in sweep order). A run with a decomposition: its figures and tables too (the whole run)."""
     ab = queries.ablations(con, run_id)
     summary = tables.summary(con, run_id, where)  # significance over the whole run, before any choice
     if confusion is None:
@@ -77,6 +80,10 @@ def pack_data(con: queries.Con, run_id: int, where: Slice = EVERYTHING, confusio
     if found.specs:
         data.attribution = found
         data.estimate_cells = {spec: attribution.estimate_cells(con, run_id, spec) for spec in found.specs}
+    data.decomposition = decomposition.read(con, run_id)
+    if data.decomposition is not None:  # over every decomposed image: a slice of images does not apply
+        data.effects = decomposition.effect_table(data.decomposition, ab)
+        data.lab = decomposition.lab_presets(con, run_id, data.decomposition)
     if image_id is not None:
         data.image_id, data.image_ablation = image_id, image_ablation or data.baseline
         data.image_scores = queries.image_scores(con, run_id, image_id)

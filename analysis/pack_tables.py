@@ -9,7 +9,7 @@ import io
 
 import pandas as pd
 
-from analysis import attribution, latex, queries, tables
+from analysis import attribution, decomposition_tables, latex, queries, tables
 from analysis.pack_data import PackData
 from analysis.pack_text import describe
 from analysis.provenance import Provenance, stamp
@@ -70,7 +70,8 @@ def attribution_markdown(quality: pd.DataFrame, digits: int = 3) -> str:
 def table_files(data: PackData, prov: Provenance | None = None,
                 selections: pd.DataFrame | None = None) -> dict[str, bytes]:
     """The pack's tables by file name: Table 1 (Markdown, LaTeX whole and per metric, CSV), the McNemar
-    tests, the image's Figure 5, and ``selections`` (CSV, Parquet) when given; provenance written in."""
+    tests, the image's Figure 5, the decomposition's tables (analysis.decomposition_tables) when the run has
+    one, and ``selections`` (CSV, Parquet) when given; provenance written in."""
     lines = prov.lines() if prov else None
     files: dict[str, str | bytes] = {
         "table1.md": tables.summary_markdown(data.summary),
@@ -91,6 +92,8 @@ def table_files(data: PackData, prov: Provenance | None = None,
         files["attribution.csv"] = quality.to_csv(index=False)
         files["attribution.md"] = attribution_markdown(quality)
         files["attribution.tex"] = latex.attribution(quality, provenance=lines)
+    if data.decomposition is not None and data.effects is not None:
+        files.update(decomposition_tables.files(data.decomposition, data.effects, data.lab, lines))
     if selections is not None:
         files["selections.csv"] = selections.to_csv(index=False)
         files["selections.parquet"] = parquet_bytes(selections)

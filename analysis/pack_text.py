@@ -21,6 +21,7 @@ def describe(name: str, data: PackData) -> str:
     metric = name.split("_", 1)[1] if "_" in name else ""
     title = tables.METRIC_TITLES.get(metric, metric)
     image = f"image {data.image_id}"
+    group, _, quantity = name.removeprefix("decomposition_effects_").rpartition("_")  # decomposition_effects_<g>_<q>
     rules = [
         (r"means_", f"{title} per ablation: mean over images with its 95% bootstrap interval"),
         (r"change_", f"change in {title} against baseline per ablation, paired 95% interval, coloured by "
@@ -44,6 +45,16 @@ def describe(name: str, data: PackData) -> str:
                                  f"{data.image_ablation} (attention probabilities, not an attribution)"),
         (r"image\d+_figure5$", f"{image}: the study's Figure 5, the prompt each ablation selects and the "
                                "caption that continues it"),
+        (r"decomposition_layers$", "direct share of each layer's attention and MLP in the correct prompt's logit, "
+                                   "mean over the decomposed images with its 95% interval"),
+        (r"decomposition_heads$", "direct share of each head in the correct prompt's logit, per layer and head"),
+        (r"decomposition_effects$", "total, direct and indirect effect of each single-layer (and single-head) "
+                                    "ablation on the correct prompt's logit, 95% intervals, paired t-test, Holm"),
+        (r"decomposition_effects_", f"{quantity} effect on the correct prompt's logit when one head at a time "
+                                    f"is ablated ({group}), per layer and head"),
+        (r"decomposition_mean_ablation$", "the mean-ablation lab: accuracy with the direct contributions of all "
+                                          "but the last N layers (and other presets) replaced by their means"),
+        (r"decomposition_texts$", "TextSpan: the texts that describe each head's direct contributions"),
         (r"table1$", "Table 1: per ablation, each metric's mean, 95% interval and change against baseline "
                      "with its significance mark"),
         (r"table1_", f"Table 1 for {title} alone (fits a column)"),

@@ -5,7 +5,9 @@ are and every builder is laid out alike. At a paper size a figure is exactly the
 the SVG is 1 pt of the PDF) and holds:
 
 - print fonts in one hierarchy (``FONT``): title 9 pt bold, subtitle and axis titles 8, labels 7, numbers
-  in cells 6.3 (mark text is scaled as the labels are, from the screen's 10 to 7);
+  in cells 6-7 (mark text is scaled as the labels are, from the screen's 10 to 7, and never larger than the
+  labels); the font sizes a builder sets for the screen on an axis, a legend, a header or a title (12 px
+  head labels, say) give way to these;
 - titles and subtitles wrapped to the width; no screen hints ("click a cell ...") in a file, at any size;
 - legends below the plot, in as many columns as fit, so the plot keeps the column's width;
 - ``ROW`` points per row of a discrete axis and at least ``MIN_COLUMN`` per column; column labels upright
@@ -33,6 +35,8 @@ Spec = vlspec.Spec
 FONT = {"title": 9, "subtitle": 8, "axis_title": 8, "label": 7}
 MARK_SCALE = FONT["label"] / 10  # screen text is 10-11 px: numbers in cells shrink as the labels do
 MIN_MARK_FONT = 6.0
+# Font sizes a builder may set on one axis, legend, header or title for the screen; print sets its own (config).
+SCREEN_FONTS = ("fontSize", "labelFontSize", "titleFontSize", "subtitleFontSize")
 POINT_SCALE = 0.5  # point areas: a 50 px^2 screen point is 5 pt across on paper
 ROW = 10  # points per row of a discrete axis
 MIN_COLUMN = 10  # points per column of a discrete x axis, at least
@@ -270,14 +274,30 @@ def _config(spec: Spec, width: float) -> None:
                      "labelLimit": width - 40, "titleLimit": width - 2 * PADDING})
     merge("header", {"labelFontSize": FONT["axis_title"], "titleFontSize": FONT["axis_title"]})
     merge("text", {"fontSize": round(10 * MARK_SCALE, 1)})
-    # An axis's own font sizes (a screen heatmap's 12 px labels) would win over the print hierarchy and overprint
-    # the 10 pt rows: on paper every axis takes the config's.
-    for unit in vlspec.units(spec):
-        for enc in unit.get("encoding", {}).values():
-            axis = enc.get("axis") if isinstance(enc, dict) else None
-            if isinstance(axis, dict):
-                for key in ("labelFontSize", "titleFontSize"):
-                    axis.pop(key, None)
+
+
+def _without_screen_fonts(node: Any) -> None:
+    """Drop the font sizes set on single axes, legends, headers and titles anywhere in a spec: they outrank the
+    config, and print's hierarchy is the config's (a 12 px label in a 10-point row overprints its neighbours)."""
+    if isinstance(node, list):
+        for item in node:
+            _without_screen_fonts(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("data", "datasets", "config"):  # rows, not chart properties; print's own config
+            continue
+        if key in ("axis", "legend", "header", "title") and isinstance(value, dict):
+            for font in SCREEN_FONTS:
+                value.pop(font, None)
+        _without_screen_fonts(value)
+
+
+def mark_font(screen: float | None) -> float:
+    """The print size of a text mark drawn at ``screen`` px on screen (None: Vega's default, 10 px): scaled as
+    the labels are, at least MIN_MARK_FONT, never larger than the labels."""
+    return min(FONT["label"], max(MIN_MARK_FONT, round((screen or 10) * MARK_SCALE, 1)))
 
 
 def _fit_legends(spec: Spec, width: float) -> None:
@@ -310,7 +330,7 @@ def _cell_text_fits(spec: Spec, unit: Spec, width: float) -> bool:
         return True
     text = enc.get("text") or {}
     field, fmt = vlspec.field_of(text), str(text.get("format", "")).replace("~", "")
-    size = (unit["mark"].get("fontSize") if isinstance(unit["mark"], dict) else None) or 10 * MARK_SCALE
+    size = mark_font(unit["mark"].get("fontSize") if isinstance(unit["mark"], dict) else None)  # as it is drawn
     samples = []
     for r in vlspec.rows_of(spec, unit):
         v = r.get(field)
@@ -352,7 +372,7 @@ def _marks(spec: Spec, width: float) -> None:
         unit["mark"] = mark
         if mark["type"] == "text":
             if "fontSize" in mark:
-                mark["fontSize"] = max(MIN_MARK_FONT, round(mark["fontSize"] * MARK_SCALE, 1))
+                mark["fontSize"] = mark_font(mark["fontSize"])
             for key in ("dx", "dy"):
                 if key in mark:
                     mark[key] = round(mark[key] * MARK_SCALE, 1)
@@ -380,6 +400,7 @@ def _size(spec: Spec, width: float) -> None:
 def layout(spec: Spec, width: float) -> Spec:
     """One figure (a single or layered chart) laid out ``width`` points wide for print."""
     spec = without_hints(spec)
+    _without_screen_fonts(spec)
     if not vlspec.units(spec):  # a composition this module does not lay out: as drawn, with print fonts
         _config(spec, width)
         return spec

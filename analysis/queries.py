@@ -562,3 +562,150 @@ def estimated_and_exact(con: Con, run_id: int) -> dict[str, np.ndarray]:
     """Every (image, head-level ablation) with an estimate and an exact effect (compute.store.estimated_and_exact:
     spec, ablation, layer, head, image_id, estimate, exact)."""
     return store.estimated_and_exact(con, run_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# The decomposition page and the export (analysis.decomposition): which prompt an image is judged on, each
+# component's share of it, every ablation's effects on it, and the mean-ablation lab's curve.
+
+DECOMPOSITION_TABLES = """
+SELECT COUNT(*) FROM information_schema.tables
+WHERE table_catalog = current_database() AND table_name IN ('component_t', 'decomposed_t', 'contribution_t',
+                                                           'direct_t', 'head_description_t')
+"""
+
+DECOMPOSITION_STATE = """
+SELECT (SELECT COUNT(*) FROM component_t WHERE run_id = ?) AS components,
+       (SELECT COUNT(*) FROM decomposed_t WHERE run_id = ?) AS images,
+       (SELECT COUNT(*) FROM head_description_t WHERE run_id = ?) AS descriptions
+"""
+
+
+def decomposition_state(con: Con, run_id: int) -> dict[str, int | bool]:
+    """What the store holds of ``run_id``'s decomposition: ``tables`` (False for a store from before
+    decomposition, version 2, opened read-only: it lacks the tables and views), ``components``, ``images``
+    decomposed and TextSpan ``descriptions`` (rows)."""
+    if con.execute(DECOMPOSITION_TABLES).fetchone()[0] < 5:
+        return {"tables": False, "components": 0, "images": 0, "descriptions": 0}
+    components, n_images, descriptions = con.execute(DECOMPOSITION_STATE, [run_id] * 3).fetchone()
+    return {"tables": True, "components": int(components), "images": int(n_images),
+            "descriptions": int(descriptions)}
+
+
+# The prompt a decomposed image is judged on: of the prompts whose label is one of the image's labels, the one
+# with the highest baseline logit (the right answer the model rates best; an image with one right prompt,
+# as in the demo, is judged on that one). Images without a right prompt are left out.
+CORRECT_PROMPT = """
+correct AS (
+    SELECT s.image_id, arg_max(s.prompt_id, s.logit) AS prompt_id
+    FROM score_t s
+    JOIN image_t i ON i.run_id = s.run_id AND i.image_id = s.image_id
+    JOIN prompt_t p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id
+    JOIN decomposed_t d ON d.run_id = s.run_id AND d.image_id = s.image_id
+    WHERE s.run_id = ? AND s.ablation_id = 0 AND list_contains(i.labels, p.label)
+    GROUP BY s.image_id
+)"""
+
+# share: the component's share of the correct prompt's logit; relative: the same minus its mean share over
+# the run's prompts (what moves the pick: a term every prompt gets alike changes no argmax).
+COMPONENT_SHARES = "WITH " + CORRECT_PROMPT + """
+SELECT c.image_id, c.component_id,
+       MAX(c.logit) FILTER (WHERE c.prompt_id = k.prompt_id) AS share,
+       MAX(c.logit) FILTER (WHERE c.prompt_id = k.prompt_id) - AVG(c.logit) AS relative
+FROM contribution_t c JOIN correct k ON k.image_id = c.image_id
+WHERE c.run_id = ? AND c.ablation_id = 0
+GROUP BY c.image_id, c.component_id
+ORDER BY c.image_id, c.component_id
+"""
+
+
+def component_shares(con: Con, run_id: int) -> pd.DataFrame:
+    """Per decomposed image with a right prompt and per component: image_id, component_id, share (of the
+    correct prompt's baseline logit, CORRECT_PROMPT) and relative (share minus its mean over the prompts)."""
+    return con.execute(COMPONENT_SHARES, [run_id, run_id]).df()
+
+
+# Per image and non-baseline ablation, on the correct prompt: total (the ablated logit minus the baseline's),
+# direct (direct_t), and both minus their mean over the prompts; indirect = total - direct.
+EFFECT_VALUES = "WITH " + CORRECT_PROMPT + """
+, e AS (
+    SELECT d.image_id, d.ablation_id, d.prompt_id, s.logit - b.logit AS total, d.direct
+    FROM direct_t d
+    JOIN score_t s ON s.run_id = d.run_id AND s.image_id = d.image_id AND s.ablation_id = d.ablation_id
+                  AND s.prompt_id = d.prompt_id
+    JOIN score_t b ON b.run_id = d.run_id AND b.image_id = d.image_id AND b.ablation_id = 0
+                  AND b.prompt_id = d.prompt_id
+    WHERE d.run_id = ?
+)
+SELECT e.image_id, e.ablation_id,
+       MAX(e.total) FILTER (WHERE e.prompt_id = k.prompt_id) AS total,
+       MAX(e.direct) FILTER (WHERE e.prompt_id = k.prompt_id) AS direct,
+       MAX(e.total) FILTER (WHERE e.prompt_id = k.prompt_id) - AVG(e.total) AS total_relative,
+       MAX(e.direct) FILTER (WHERE e.prompt_id = k.prompt_id) - AVG(e.direct) AS direct_relative
+FROM e JOIN correct k ON k.image_id = e.image_id
+GROUP BY e.image_id, e.ablation_id
+ORDER BY e.image_id, e.ablation_id
+"""
+
+
+def effect_values(con: Con, run_id: int) -> pd.DataFrame:
+    """Per decomposed image with a right prompt and per non-baseline ablation computed for it: image_id,
+    ablation_id, total, direct (effects on the correct prompt's logit, CORRECT_PROMPT), total_relative and
+    direct_relative (each minus its mean over the prompts)."""
+    return con.execute(EFFECT_VALUES, [run_id, run_id]).df()
+
+
+# The lab's "all but the last N layers" for every N at once: mean-ablating the components of layers 0 to L - N
+# changes image i's score of prompt p by the sum, over those layers, of (mean - own) of their components, so a
+# running sum over the layers gives every N in one pass (MEAN_ABLATION is the plain method, per N; a test holds
+# the two equal). n_kept = N; the components without a layer (final_ln_bias, pooling_mlp) are never ablated.
+LAYER_MEAN_ABLATION = """
+WITH u AS (
+    SELECT c.image_id, c.component_id, c.prompt_id, k.layer, c.logit::DOUBLE * d.norm::DOUBLE AS u
+    FROM contribution_t c
+    JOIN decomposed_t d ON d.run_id = c.run_id AND d.image_id = c.image_id
+    JOIN component_t k ON k.run_id = c.run_id AND k.component_id = c.component_id
+    WHERE c.run_id = ? AND c.ablation_id = 0
+), means AS (
+    SELECT component_id, prompt_id, AVG(u) AS mu FROM u GROUP BY ALL
+), totals AS (
+    SELECT image_id, prompt_id, SUM(u) AS total FROM u GROUP BY ALL
+), per_layer AS (
+    SELECT u.image_id, u.prompt_id, u.layer, SUM(m.mu - u.u) AS shift
+    FROM u JOIN means m USING (component_id, prompt_id)
+    WHERE u.layer IS NOT NULL
+    GROUP BY ALL
+), top AS (
+    SELECT MAX(layer) AS last FROM component_t WHERE run_id = ?
+), running AS (
+    SELECT image_id, prompt_id, layer,
+           SUM(shift) OVER (PARTITION BY image_id, prompt_id ORDER BY layer) AS shift
+    FROM per_layer
+), scored AS (
+    SELECT t.last - r.layer AS n_kept, r.image_id, r.prompt_id, o.total + r.shift AS score
+    FROM running r JOIN totals o USING (image_id, prompt_id), top t
+    UNION ALL  -- N = L + 1 and beyond: nothing ablated, the baseline's own scores
+    SELECT t.last + 1 AS n_kept, o.image_id, o.prompt_id, o.total AS score FROM totals o, top t
+), picked AS (
+    SELECT n_kept, image_id, arg_max(prompt_id, score) AS prompt_id FROM scored GROUP BY n_kept, image_id
+)
+SELECT k.n_kept, k.image_id, k.prompt_id, list_contains(i.labels, p.label) AS correct
+FROM picked k
+JOIN prompt_t p ON p.run_id = ? AND p.prompt_id = k.prompt_id
+JOIN image_t i ON i.run_id = ? AND i.image_id = k.image_id
+ORDER BY k.n_kept, k.image_id
+"""
+
+
+def layer_mean_ablation(con: Con, run_id: int) -> pd.DataFrame:
+    """``mean_ablation`` of "all but the last N layers" (analysis.decomposition.preset) for every N from 0 to
+    L + 1 in one query: n_kept (N), image_id, prompt_id, correct. N = 0 ablates every layer (0, the
+    embeddings, to L); N = L + 1 none."""
+    return con.execute(LAYER_MEAN_ABLATION, [run_id, run_id, run_id, run_id]).df()
+
+
+def prompt_texts(con: Con, run_id: int) -> list[list[str]]:
+    """The texts the text tower embeds for each of the run's prompts, in prompt_id order (an ensemble's
+    several; compute.prompts.Prompt.texts), from its stored config."""
+    config = json.loads(con.execute(RUN_CONFIG, [run_id]).fetchone()[0])
+    return [list(p.get("ensemble") or [p["text"]]) for p in config["prompts"]]

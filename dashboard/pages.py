@@ -32,6 +32,7 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("layers", "Layers", "layers.py", "Results"),
     PageInfo("heads", "Heads", "heads.py", "Results"),
     PageInfo("flow", "Flow", "flow.py", "Results"),
+    PageInfo("decomposition", "Decomposition", "decomposition.py", "Results"),
     PageInfo("image", "Image", "image.py", "Images"),
     PageInfo("failures", "Failures", "failures.py", "Images"),
     PageInfo("compare", "Compare", "compare.py", "Images"),

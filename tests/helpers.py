@@ -24,6 +24,8 @@ import importlib
 import io
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +50,7 @@ KILL_ENV = "CLIP_LAB_KILL_AT"  # compute.killpoints: read once at import, so onl
 # Modules whose module-scoped fixtures are dear (a local Ray, a browser with its server and store, a reference
 # run killed against, the demo's store): `make test` keeps each on one worker (conftest.py's scheduler).
 ONE_WORKER = ("test_browser.py", "test_ray.py", "test_crashes.py", "test_export.py", "test_demo_regression.py",
-              "test_demo_captioner.py", "test_figure_pack.py", "test_compare_and_lab.py")
+              "test_demo_captioner.py", "test_figure_pack.py", "test_compare_and_lab.py", "test_decomposition_views.py")
 CI_ENV = "CLIP_LAB_CI"  # set by .ci/run
 MUST_RUN = ("browser", "ray", "root")  # markers whose tests CI must run, never skip
 
@@ -398,3 +400,35 @@ STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
                      "is not a DuckDB file (unknown format)"),
     "another application's DuckDB file": (lambda db: db.unlink() or foreign_duckdb(db), "a DuckDB file of another application"),
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# LaTeX: the exported tables compile (the figure pack's tests and the decomposition's).
+
+
+def pdflatex() -> str:
+    """The pdflatex to compile with; skips loudly without one, except in CI (``CI_ENV`` set), where it fails."""
+    found = shutil.which("pdflatex")
+    if found is None:
+        reason = "pdflatex not found (apt-get install texlive-latex-base texlive-latex-recommended)"
+        if os.environ.get(CI_ENV):
+            pytest.fail(f"PDFLATEX MISSING in CI: {reason}")
+        print(f"\nPDFLATEX MISSING: {reason}; the LaTeX checks did not run", file=sys.stderr)
+        pytest.skip(reason)
+    return found
+
+
+def compile_tex(pdflatex: str, folder: Path, name: str, preamble: str, body: str) -> str:
+    """Compile a minimal document; its log."""
+    (folder / f"{name}.tex").write_text("\\documentclass" + preamble + "\n\\begin{document}\n" + body +
+                                        "\n\\end{document}\n")
+    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", f"{name}.tex"],
+                          cwd=folder, capture_output=True, text=True, timeout=120)
+    log = (folder / f"{name}.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-3000:]
+    return log
+
+
+def overfull(log: str) -> list[float]:
+    """How far each overfull box of a LaTeX log runs past its line, in points."""
+    return [float(x) for x in re.findall(r"Overfull \\hbox \(([0-9.]+)pt too wide\)", log)]

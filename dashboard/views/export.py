@@ -19,6 +19,7 @@ from dashboard.state import get_param, param_multiselect, param_select
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
 SEP = "|"  # between ablation labels in the URL (labels hold commas, never a bar)
+FORMAT_NAMES = {"md": "Markdown", "tex": "LaTeX", "csv": "CSV"}
 
 ctx = context()
 st.title("Export")
@@ -140,6 +141,20 @@ st.dataframe(tables.table1_style(data.summary), hide_index=True)
 with st.expander("Markdown and LaTeX source"):
     st.code(markdown, language="markdown")
     st.code(latex_text, language="latex")
+
+decomposition_files = [n for n in table_files if n.startswith("decomposition_")]
+if decomposition_files:
+    st.subheader("Decomposition tables")
+    st.caption("The Decomposition page's tables over the run's decomposed images (whatever the label above): direct "
+               "shares per layer, total, direct and indirect effects, the mean-ablation lab's presets, TextSpan's "
+               "texts; a long LaTeX table comes in parts that each fit a page.")
+    for stem in dict.fromkeys(n.rsplit(".", 1)[0].split("_part")[0] for n in decomposition_files):
+        mine = [n for n in decomposition_files if n.rsplit(".", 1)[0].split("_part")[0] == stem]
+        cols = st.columns([2] + [1] * len(mine))
+        cols[0].text(stem)
+        for col, name in zip(cols[1:], mine, strict=True):
+            part = name.rsplit(".", 1)[0].removeprefix(stem).removeprefix("_part").replace("of", " of ")
+            _download(name, FORMAT_NAMES[name.rsplit(".", 1)[1]] + (f", part {part}" if part else ""), col)
 
 if data.image_selections is not None and len(data.image_selections):
     st.subheader(f"Figure 5 of image {image_id}")

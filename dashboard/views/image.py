@@ -1,6 +1,7 @@
 """Image: one image with its labels; the prompt each ablation selects and the caption that continues it
 (the study's Figure 5), the logit of every prompt under every ablation (its Figures 3 and 4), the CLS
-token's attention maps at every layer; the chosen ablation highlighted everywhere. Opened from Failures,
+token's attention maps at every layer and, beside them, a head's direct contribution per patch
+(dashboard.decomposition_ui); the chosen ablation highlighted everywhere. Opened from Failures,
 it steps through that slice (previous / next, or the ← and → keys; Esc goes back to the grid).
 
 The page is a list of sections (``SECTIONS``), each a function of the image's data: another view of the
@@ -17,6 +18,7 @@ from analysis.text import md, md_list
 from dashboard import failure_slice, keys, layout, navigation, widgets
 from dashboard.attention_ui import attention_section, stored_means
 from dashboard.context import context, no_results
+from dashboard.decomposition_ui import token_section
 from dashboard.reading import load
 from dashboard.state import param_select, reset_param, url_param
 from dashboard.thumbnails import image_paths, thumbnail
@@ -39,6 +41,8 @@ class Shown:
     scores: pd.DataFrame  # queries.image_scores
     picks: pd.DataFrame  # queries.image_selections
     means: dict | None  # the statistics of a mean ablation's attention maps (attention_ui.stored_means)
+    prompts: pd.DataFrame  # queries.prompts (the per-patch contributions' choices)
+    texts: list[list[str]]  # queries.prompt_texts: what the text tower embeds for each
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ def slice_navigation(found: FailuresSlice) -> None:
 found = failures_slice()
 info = load(queries.image, ctx.run_id, image_id)
 shown = Shown(image_id, ablation, info, load(queries.image_scores, ctx.run_id, image_id),
-              load(queries.image_selections, ctx.run_id, image_id), stored_means(ctx, ablation))
+              load(queries.image_selections, ctx.run_id, image_id), stored_means(ctx, ablation),
+              load(queries.prompts, ctx.run_id), load(queries.prompt_texts, ctx.run_id))
 image_paths(ctx.run_id)  # what the photo opens
 
 if found is not None:
@@ -171,7 +176,12 @@ def attention_maps(s: Shown) -> None:
     attention_section(ctx, s.info, s.ablation, s.means)
 
 
-SECTIONS = [photo_and_baseline, selections_table, logit_charts, attention_maps]
+def patch_contributions(s: Shown) -> None:
+    base = s.picks[s.picks["ablation_id"] == ctx.baseline_id]
+    token_section(ctx, s.info, s.prompts, s.texts, str(base["selected_prompt"].iloc[0]) if len(base) else None)
+
+
+SECTIONS = [photo_and_baseline, selections_table, logit_charts, attention_maps, patch_contributions]
 
 for section in SECTIONS:
     section(shown)

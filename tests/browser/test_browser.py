@@ -105,8 +105,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def payload_store(tiny_clip, tiny_blip, listener, tmp_path_factory) -> tuple[Path, str]:
-    """A store whose labels, file names, prompts (so captions) and run name are Markdown / HTML payloads,
-    with long prompts, made by the real run path. -> (store, run name)."""
+    """A store whose labels, file names, prompts (so captions and TextSpan's head descriptions) and run name are
+    Markdown / HTML payloads, with long prompts, made by the real run path, decomposed. -> (store, run name)."""
     from compute.config import load_experiment
     from compute.runner import run
 
@@ -133,7 +133,9 @@ def payload_store(tiny_clip, tiny_blip, listener, tmp_path_factory) -> tuple[Pat
             f"captioner = {json.dumps(str(tiny_blip))}", 'device = "cpu"', "batch_size = 5", "[dataset]",
             f"images = {json.dumps(str(coco / 'images'))}", f"annotations = {json.dumps(str(annotations))}",
             "[ablations]", 'sweep = "paper"', "[store]", f"db = {json.dumps(str(tmp / 'payload.duckdb'))}",
-            "[captions]", "max_new_tokens = 4", "num_beams = 1"]
+            "[captions]", "max_new_tokens = 4", "num_beams = 1",
+            # decomposed: the Decomposition page draws every section, its TextSpan texts drawn from the payload prompts
+            "[decomposition]", "enabled = true", "textspan_layers = 2", "textspan_texts = 4"]
     for text, label in zip(prompts, labels, strict=True):
         toml += ["[[prompts]]", f"text = {json.dumps(text)}", f"label = {json.dumps(label)}"]
     (tmp / "payload.toml").write_text("\n".join(toml) + "\n")

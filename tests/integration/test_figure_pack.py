@@ -14,11 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -26,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import APP, sql
+from helpers import APP, compile_tex, overfull, pdflatex, sql
 from PIL import Image
 
 from analysis import FORMATS, SIZES, figures, print_layout, slices
@@ -218,34 +215,8 @@ def test_every_file_says_where_it_came_from(packs, heads_store):
 # LaTeX and PDF, through pdfTeX.
 
 
-def _pdflatex() -> str:
-    found = shutil.which("pdflatex")
-    if found is None:
-        reason = "pdflatex not found (apt-get install texlive-latex-base texlive-latex-recommended)"
-        if os.environ.get("CLIP_LAB_CI"):
-            pytest.fail(f"PDFLATEX MISSING in CI: {reason}")
-        print(f"\nPDFLATEX MISSING: {reason}; the LaTeX checks did not run", file=sys.stderr)
-        pytest.skip(reason)
-    return found
-
-
-def compile_tex(pdflatex: str, folder: Path, name: str, preamble: str, body: str) -> str:
-    """Compile a minimal document; its log."""
-    (folder / f"{name}.tex").write_text("\\documentclass" + preamble + "\n\\begin{document}\n" + body +
-                                        "\n\\end{document}\n")
-    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", f"{name}.tex"],
-                          cwd=folder, capture_output=True, text=True, timeout=120)
-    log = (folder / f"{name}.log").read_text(errors="replace")
-    assert done.returncode == 0, log[-3000:]
-    return log
-
-
-def overfull(log: str) -> list[float]:
-    return [float(x) for x in re.findall(r"Overfull \\hbox \(([0-9.]+)pt too wide\)", log)]
-
-
 def test_every_tex_compiles_in_a_minimal_one_and_two_column_article(packs, tmp_path):
-    pdflatex = _pdflatex()
+    latex = pdflatex()
     seen, compiled = set(), 0
     for (run, _), folder in packs.items():
         for path in sorted(folder.glob("*.tex")):
@@ -260,7 +231,7 @@ def test_every_tex_compiles_in_a_minimal_one_and_two_column_article(packs, tmp_p
             shutil.copy(path, tmp_path / f"t{compiled}.tex")
             for layout in ("", "[twocolumn]"):
                 body = f"\\begin{{table}}[t]\\centering\n\\input{{t{compiled}}}\n\\end{{table}}"
-                log = compile_tex(pdflatex, tmp_path, f"doc{compiled}", f"{layout}{{article}}\n{needs[1]}", body)
+                log = compile_tex(latex, tmp_path, f"doc{compiled}", f"{layout}{{article}}\n{needs[1]}", body)
                 assert not re.search(r"^! ", log, re.M), (run, path.name, layout)
                 assert [x for x in overfull(log) if x > 1] == [], (run, path.name, layout, overfull(log))
             compiled += 1
@@ -270,7 +241,7 @@ def test_every_tex_compiles_in_a_minimal_one_and_two_column_article(packs, tmp_p
 
 
 def test_every_pdf_figure_is_read_by_pdftex(packs, tmp_path):
-    pdflatex = _pdflatex()
+    latex = pdflatex()
     for run in PACKS:
         pdfs = sorted(packs[run, "one-column"].glob("*.pdf"))
         assert pdfs
@@ -279,7 +250,7 @@ def test_every_pdf_figure_is_read_by_pdftex(packs, tmp_path):
             shutil.copy(path, tmp_path / f"f{k}.pdf")
             body.append(f"\\includegraphics[width=\\linewidth]{{f{k}.pdf}}\\clearpage")  # a page each: one page group
         # PDF 1.7 (vl-convert's): pdfTeX includes up to the version it writes, so it writes 1.7
-        log = compile_tex(pdflatex, tmp_path, f"figs-{run}", "[twocolumn]{article}\n\\usepackage{graphicx}\n"
+        log = compile_tex(latex, tmp_path, f"figs-{run}", "[twocolumn]{article}\n\\usepackage{graphicx}\n"
                           "\\pdfminorversion=7", "\n".join(body))
         assert not re.search(r"^! ", log, re.M) and "pdfTeX warning" not in log, log[-3000:]
         assert (tmp_path / f"figs-{run}.pdf").stat().st_size > 1000

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import xml.etree.ElementTree as ET
 
 import altair as alt
 import pandas as pd
@@ -17,7 +18,7 @@ from PIL import Image
 
 from analysis import latex, print_layout, provenance, vlspec
 from analysis.textwidth import text_width, wrap
-from tools.figure_check import problems, read_svg
+from tools.figure_check import SVG, problems, read_svg
 
 PROV = provenance.Provenance(run="demo-shapes", model="openai/clip-vit-base-patch16", revision="abc",
                              experiment_hash="7b9fc374acb0a02f", run_created="2026-12-05 08:22:25",
@@ -138,6 +139,28 @@ def test_transpose_swaps_the_axes_and_keeps_the_rest():
     enc = turned["encoding"]
     assert enc["y"]["field"] == "a" and enc["x"]["field"] == "b" and "labelAngle" not in enc["y"].get("axis", {})
     assert turned["height"] == 100 and "width" not in turned and enc["color"] == spec["encoding"]["color"]
+
+
+def test_print_sets_its_own_fonts_over_the_screens():
+    # The builders set screen sizes on single axes (12 px head labels, 10 px ablation labels) and marks (12 px
+    # numbers); those outrank the config, so print takes them out: labels at 7 pt, numbers in cells no larger.
+    from analysis import charts
+
+    cells = pd.DataFrame([{"layer": layer, "head": head, "change": 0.1 * (layer - head), "lo": -0.2, "hi": 0.3,
+                           "holds": layer == head, "ablation": f"identity:{layer}/h{head}", "images": 8,
+                           "p_holm": 0.5} for layer in range(1, 13) for head in range(4)])
+    screen = charts.head_heatmap(cells).to_dict()
+    assert screen["layer"][0]["encoding"]["y"]["axis"]["labelFontSize"] == 12  # the screen's own, kept there
+    printed = print_layout.layout(screen, 252)
+    axes = [e.get("axis") or {} for u in vlspec.units(printed) for e in u["encoding"].values() if isinstance(e, dict)]
+    assert axes and not any(k in a for a in axes for k in print_layout.SCREEN_FONTS)
+    assert {u["mark"]["fontSize"] for u in vlspec.units(printed) if u["mark"]["type"] == "text"} == {7}
+    svg = vlc.vegalite_to_svg(printed)
+    assert problems(svg, 252) == []
+    root = ET.fromstring(svg)
+    sizes = {text.get("font-size") for g in root.iter(f"{SVG}g") if "role-axis-label" in (g.get("class") or "")
+             for text in g.iter(f"{SVG}text")}
+    assert sizes == {"7px"}
 
 
 # --------------------------------------------------------------------------------------------------
