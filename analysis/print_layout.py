@@ -18,6 +18,9 @@ the SVG is 1 pt of the PDF) and holds:
 A figure with more rows than ``MAX_ROWS`` (a page's height) or more columns than fit the width is split
 into parts (``parts``): each shows a consecutive run of the rows or columns, all on the same scales (the
 whole figure's domains), and says which part it is in its subtitle.
+
+Long because every builder's spec passes through the same few rules in order (fonts, legends, marks,
+sizes, parts); each rule alone is short, and they only hold together when read in one place.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 Definitions (docs/attribution.md):
 - the metric per image, ``M`` = the logit of the baseline's selected prompt minus the logit of the baseline's
   second prompt (the margin whose sign decides the pick). The two prompts are fixed per image from the
-  unablated pass of the sweep (``sweep_pairs``: the top two of the logits the run stores for baseline) and
-  stay fixed under every ablation. With one prompt M is undefined: the run says so and stores nothing;
+  unablated pass of the sweep (``compute.scoring.sweep_pairs``: the top two of the logits the run stores for
+  baseline) and stay fixed under every ablation. With one prompt M is undefined: the run says so and stores nothing;
 - ``z(L, H)``: head H's output in layer L before ``out_proj``, at every token (a forward pre-hook on out_proj,
   as compute.engine's mean pass and the decomposition's tap read it), on the float32 model (in a low-precision
   run, the float32 model compute.precision keeps);
@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,10 +41,7 @@ from torch import nn
 from compute.ablations import Ablation, vision_layers
 from compute.errors import InputError
 from compute.kinds import HEAD_MEAN_STAT, KINDS, Means, kind_heads
-from compute.towers import has_cls, n_heads_of, pool, tokens_in
-
-if TYPE_CHECKING:  # compute.scoring brings the models and the dataset; the experiment parser reads Spec alone
-    from compute.scoring import LogitScale
+from compute.towers import LogitScale, has_cls, n_heads_of, pool, tokens_in
 
 METRIC = ("logit of the baseline's selected prompt minus the logit of the baseline's second prompt, both "
           "prompts fixed per image from the unablated pass; estimate = <dM/dz, z_A - z> per head, summed over "
@@ -112,16 +108,6 @@ def prompt_pairs(logits: torch.Tensor) -> torch.Tensor:
     selected = logits.argmax(dim=-1)  # (n,)
     others = logits.float().scatter(-1, selected.unsqueeze(-1), float("-inf"))
     return torch.stack([selected, others.argmax(dim=-1)], dim=-1)
-
-
-def sweep_pairs(embeddings: torch.Tensor, logits: torch.Tensor | None, text_norm: torch.Tensor,
-                scale: LogitScale) -> torch.Tensor:
-    """The prompt pairs of a swept batch, from its baseline (ablation 0) as compute.scoring.score_batch scores
-    it: embeddings (n, A, E), logits (n, A, P) or None (the cosine logits of the embeddings) -> (n, 2)."""
-    from compute.scoring import cosine_logits
-
-    base = logits[:, 0] if logits is not None else cosine_logits(embeddings[:, 0], text_norm, scale)  # (n, P)
-    return prompt_pairs(base)
 
 
 @contextmanager

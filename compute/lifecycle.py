@@ -156,7 +156,9 @@ def finish(exp: Experiment, run: OpenRun, clip: LoadedClip, captioner: LoadedCap
     echo(format_summary(rows))
     lines = attribution_quality.summary_lines(estimated, counts)
     if lines:
-        echo("\n" + "\n".join(lines))  # apart from the table: its rows end at the first blank line
+        echo("")  # apart from the table: its rows end at the first blank line
+    for line in lines:
+        echo(line)
     return Ending(complete, captions)
 
 

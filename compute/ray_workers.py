@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from compute.ablations import Ablation
-from compute.attribution import Attributor, parse_spec, sweep_pairs
+from compute.attribution import Attributor, parse_spec
 from compute.dataset import ImageLoadError, ImageRecord
 from compute.decomposition import Decomposer
 from compute.engine import means_on
@@ -40,6 +40,7 @@ from compute.scoring import (
     logit_scale,
     prompt_embeddings,
     score_batch,
+    sweep_pairs,
     truth_matrix,
 )
 

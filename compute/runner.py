@@ -11,6 +11,10 @@ processes running the same run of one store take turns (compute.runlock): the se
 the work done. Below float32 the sweep verifies its selections in float32 (compute.precision): the run holds a
 float32 model beside the one it computes in, and the mean pass, the prompts' embeddings, the judge and the
 caption stage use the float32 one.
+
+Long because a run has three passes over its images that share the preparation, the loader and the writer:
+the sweep, and the catch-up passes of a run resumed with decomposition or attribution newly enabled
+(``_decompose``, ``_attribute``), which give the images it had done what the sweep gives new ones.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from compute.attribution import (
     estimated_ablations,
     parse_spec,
     prompt_pairs,
-    sweep_pairs,
 )
 from compute.captions import CaptionStats
 from compute.config import Experiment
@@ -58,6 +61,7 @@ from compute.scoring import (
     logit_scale,
     prompt_embeddings,
     score_batch,
+    sweep_pairs,
     truth_matrix,
 )
 from compute.towers import has_cls, n_heads_of, n_layers_of

@@ -14,6 +14,9 @@ infinity, and ``check_image_embedding`` the unablated image tower on a probe ima
 ``logit`` is the model's own logit for an (image, prompt) pair: CLIP's ``logit_scale.exp() * cosine``, and
 SigLIP's ``logit_scale.exp() * cosine + logit_bias`` (its sigmoid is the pair's own probability; ``prob``
 here stays the softmax over the run's prompts, which the bias does not change).
+
+Long because one per-batch scorer (``score_batch``) serves the single-process sweep, the Ray actors and rescore:
+splitting its checks and its row types off would put the numbers a batch stores in two places.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import torch
 
 from compute import store
 from compute.ablations import Ablation
+from compute.attribution import prompt_pairs
 from compute.dataset import open_image
 from compute.errors import InputError, ModelOutputError
 from compute.models import LoadedClip, pixel_values
 from compute.pixels import probe_images
 from compute.store import Selection
-from compute.towers import image_inputs
+from compute.towers import LogitScale, image_inputs  # noqa: F401 (LogitScale: scoring's API too)
 
 # --------------------------------------------------------------------------------------------------
 # Embeddings.
@@ -196,14 +200,6 @@ def normalise(emb: torch.Tensor) -> torch.Tensor:
 # Logits and the selection.
 
 
-@dataclass(frozen=True)
-class LogitScale:
-    """How a cosine becomes the model's logit: ``scale * cosine + bias``, in float32."""
-
-    scale: float  # exp(logit_scale)
-    bias: float = 0.0  # SigLIP's logit_bias; 0 for CLIP
-
-
 def logit_scale(clip: LoadedClip) -> LogitScale:
     """The model's scale and bias, as read in float32 when it was loaded (compute.models.load_clip)."""
     return LogitScale(clip.logit_scale, clip.logit_bias)
@@ -216,6 +212,14 @@ def cosine_logits(image_emb: torch.Tensor, text_norm: torch.Tensor, scale: Logit
         scale = LogitScale(float(scale))
     logits = scale.scale * normalise(image_emb) @ text_norm.T
     return logits + scale.bias if scale.bias else logits
+
+
+def sweep_pairs(embeddings: torch.Tensor, logits: torch.Tensor | None, text_norm: torch.Tensor,
+                scale: LogitScale) -> torch.Tensor:
+    """The prompt pairs of a swept batch, from its baseline (ablation 0) as score_batch scores
+    it: embeddings (n, A, E), logits (n, A, P) or None (the cosine logits of the embeddings) -> (n, 2)."""
+    base = logits[:, 0] if logits is not None else cosine_logits(embeddings[:, 0], text_norm, scale)  # (n, P)
+    return prompt_pairs(base)
 
 
 def truth_matrix(image_labels: list[tuple[str, ...]], prompt_labels: list[str]) -> torch.Tensor:

@@ -22,9 +22,19 @@ two ends around them. SigLIP's logits add a learned ``logit_bias`` after the sca
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class LogitScale:
+    """How a cosine becomes the model's logit: ``scale * cosine + bias``, in float32."""
+
+    scale: float  # exp(logit_scale)
+    bias: float = 0.0  # SigLIP's logit_bias; 0 for CLIP
+
 
 FAMILIES = {
     "clip": "CLIP and OpenCLIP (CLIPModel)",

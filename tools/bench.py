@@ -33,6 +33,9 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
            ablations, the engine) on the same ViT-B/16-shaped CLIP and the same 16 images, batch 8, whole
            processes; target: at least 10x faster. ``--smoke``: 2 images, to check the section itself.
   gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
+
+Long because each section is one measured comparison with its own setup and printout; they share the
+model builders and the process timer here.
 """
 
 from __future__ import annotations

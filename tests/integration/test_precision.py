@@ -175,7 +175,7 @@ def test_the_demo_runs_select_identically_in_bfloat16_and_float32(tmp_path):
             assert run(exp, **QUIET).complete
         picks[dtype] = sql(db, "SELECT r.run, s.image_id, s.ablation_id, s.prompt_id, s.correct FROM selection_t s "
                                "JOIN run_t r USING (run_id) ORDER BY ALL")
-    assert len(picks["float32"]) == 24 * (24 + 21 + 85 + 4)  # shapes, attributes, heads + flow
+    assert len(picks["float32"]) == 24 * (24 + 21 + 85 + 4 + 49)  # shapes, attributes, heads + flow, zero heads
     assert picks["bfloat16"] == picks["float32"]
 
 

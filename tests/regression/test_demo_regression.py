@@ -24,7 +24,9 @@ PINNED = ["baseline", "identity:1", "identity:8", "identity:12", "identity:1-3",
           "identity:1-12", "zero:5-8", "mean:5-8", "uniform:5-8",
           # demo-heads: single heads and flow cuts the sweeps single out, and a cut at every layer
           "identity:3/h3", "identity:8/h2", "knockout:4/patches>cls", "knockout:8/patches>patches",
-          "knockout:1-12/patches>cls"]
+          "knockout:1-12/patches>cls",
+          # demo-heads-zero: the zero ablation of the heads the identity singles out
+          "zero:3/h3", "zero:8/h2"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_demo_sweep_matches_the_stored_reference(demo_store):
         REFERENCE.parent.mkdir(exist_ok=True)
         REFERENCE.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     want = json.loads(REFERENCE.read_text())
-    assert sorted(got) == sorted(want) == ["demo-attributes", "demo-heads", "demo-shapes"]
+    assert sorted(got) == sorted(want) == ["demo-attributes", "demo-heads", "demo-heads-zero", "demo-shapes"]
     for run_name, ablations in want.items():
         for ablation, ref in ablations.items():
             now = got[run_name][ablation]
@@ -91,6 +93,7 @@ def test_demo_quality_bars_and_graded_effects(demo_store):
     assert h["baseline"] == acc["demo-attributes"]["baseline"]
     assert h["identity:8/h2"] < h["baseline"] - 0.04
     assert h["knockout:1-12/patches>cls"] == 0.0
+    assert acc["demo-heads-zero"]["baseline"] == h["baseline"]  # the same images, prompts and model
 
 
 @pytest.mark.parametrize("run_name", ["demo-shapes", "demo-attributes", "demo-heads"])
