@@ -186,7 +186,7 @@ def test_bad_input_as_a_real_process_has_no_traceback(tiny_clip, tiny_coco, tmp_
     assert not (tmp_path / "bad.duckdb").exists()
 
 
-VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
+VERBS = ["run", "list", "delete", "rescore", "export", "screen", "fetch", "demo"]
 
 
 def test_the_help_test_covers_every_verb():
