@@ -339,22 +339,14 @@ def _attribute(work: SweepWork, loader: Loader) -> None:
         stored = store.baseline_logits(con, work.run_id, ids, len(prep.exp.prompts))  # (images, P)
     row = {image_id: k for k, image_id in enumerate(ids)}
     labels = [s.label for s in work.specs]
-    bar = work.bar()
-    loader.start()
-    try:
-        with BatchWriter(prep.exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
-            for batch in loader.batches(work.pending):
-                if batch.pixel_values is None:
-                    writer.put(store.BatchResult.failed(batch.errors, batch.attempted))
-                    continue
-                image_ids = [r.image_id for r in batch.records]
-                pairs = prompt_pairs(torch.from_numpy(stored[[row[i] for i in image_ids]]))  # (n, 2)
-                out = attributor.batch(batch.pixel_values, pairs.to(clip.device))
-                rows = Attributed(out, work.estimate_ids, labels).rows({k: t.cpu().numpy() for k, t in out.items()})
-                writer.put(store.BatchResult(np.array(image_ids, np.int64), np.zeros(0, np.int16), None, None,
-                                             batch.errors, batch.attempted, attribution=rows))
-    finally:
-        bar.close()
+
+    def attributed(batch: Batch) -> dict[str, store.AttributionRows]:
+        pairs = prompt_pairs(torch.from_numpy(stored[[row[r.image_id] for r in batch.records]]))  # (n, 2)
+        out = attributor.batch(batch.pixel_values, pairs.to(clip.device))
+        return {"attribution": Attributed(out, work.estimate_ids, labels).rows({k: t.cpu().numpy()
+                                                                                for k, t in out.items()})}
+
+    _catch_up(work, loader, attributed)
 
 
 def _decomposer(work: SweepWork, scoring: BatchScoring, means: Means) -> Decomposer | None:
@@ -371,19 +363,30 @@ def _decompose(work: SweepWork, loader: Loader) -> None:
     clip = prep.clip
     scoring = BatchScoring(prompt_embeddings(clip, [p.texts for p in prep.exp.prompts]), logit_scale(clip), [])
     decomposer = _decomposer(work, scoring, means_on(work.means, clip.device, clip.dtype))
+
+    def decomposed(batch: Batch) -> dict[str, store.DecompositionRows]:
+        found = decomposer.decomposed(decomposer.batch(batch.pixel_values))
+        return {"decomposition": found.rows({k: t.cpu().numpy() for k, t in found.tensors.items()})}
+
+    _catch_up(work, loader, decomposed)
+
+
+def _catch_up(work: SweepWork, loader: Loader, rows_of: Callable[[Batch], dict]) -> None:
+    """One pass over ``work.pending`` (images whose pairs are done) that stores, per decoded batch, what
+    ``rows_of`` makes of it (BatchResult's ``decomposition`` or ``attribution``), committed per batch: the
+    catch-up of a run resumed with decomposition or attribution newly enabled."""
     bar = work.bar()
     loader.start()
     try:
-        with BatchWriter(prep.exp.store.db, work.run_id, on_commit=lambda r: bar.update(len(r.attempted))) as writer:
+        with BatchWriter(work.prep.exp.store.db, work.run_id,
+                         on_commit=lambda r: bar.update(len(r.attempted))) as writer:
             for batch in loader.batches(work.pending):
                 if batch.pixel_values is None:
                     writer.put(store.BatchResult.failed(batch.errors, batch.attempted))
                     continue
-                decomposed = decomposer.decomposed(decomposer.batch(batch.pixel_values))
-                ids = [r.image_id for r in batch.records]
-                arrays = {k: t.cpu().numpy() for k, t in decomposed.tensors.items()}
-                writer.put(store.BatchResult(np.array(ids, np.int64), np.zeros(0, np.int16), None, None, batch.errors,
-                                             batch.attempted, decomposed.rows(arrays)))
+                ids = np.array([r.image_id for r in batch.records], np.int64)
+                writer.put(store.BatchResult(ids, np.zeros(0, np.int16), None, None, batch.errors, batch.attempted,
+                                             **rows_of(batch)))
     finally:
         bar.close()
 
