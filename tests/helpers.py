@@ -1,5 +1,5 @@
 """Helpers every test tier shares (fixtures are in conftest.py): the repo's paths, read-only SQL on a store,
-the command line three ways, the browser tests' loud skip, the modules kept on one worker, and CI's rule
+the command line three ways, the dashboard in AppTest (open_page, chart_rows, select), the browser tests' loud skip, the modules kept on one worker, and CI's rule
 (the hooks conftest.py registers: with CLIP_LAB_CI=1, as .ci/run sets it, a skipped browser, Ray or
 root-only test fails, and so does a test module skipped at import).
 
@@ -77,6 +77,38 @@ def data_block(db: Path) -> int:
         size, total = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
     headers = db.stat().st_size - total * size  # DuckDB's file headers come before the first block
     return headers + block * size + size // 2
+
+
+def open_page(db: Path, monkeypatch, page: str, default_timeout: float = 120, **params: str):
+    """The real app in AppTest on store ``db`` ($CLIP_LAB_DB), with URL ``params``, switched to ``page`` (a key of
+    dashboard.pages); asserts that it ran without an exception. Streamlit is imported here, not with helpers."""
+    from streamlit.testing.v1 import AppTest
+
+    from compute.store import DB_ENV
+    from dashboard.pages import page_info
+
+    monkeypatch.setenv(DB_ENV, str(db))
+    at = AppTest.from_file(APP, default_timeout=default_timeout)
+    at.query_params.update(params)
+    at.run()
+    at.switch_page(page_info(page).path).run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def chart_rows(at) -> list[list[dict]]:
+    """Per Vega-Lite chart on an AppTest page, the rows of all its datasets."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    return [[row for ds in el.proto.datasets for row in convert_arrow_bytes_to_pandas_df(ds.data.data).to_dict("records")]
+            for el in at.get("vega_lite_chart")]
+
+
+def select(at, param: str):
+    """The AppTest select box that holds URL parameter ``param`` (dashboard.state's widget key)."""
+    from dashboard.state import widget_key
+
+    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 def cli_process(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -9,15 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import APP, sql
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from helpers import APP, chart_rows, select, sql
 from streamlit.testing.v1 import AppTest
 
 from analysis import stats
 from analysis.text import md
 from compute.store import DB_ENV
 from dashboard.pages import page_info
-from dashboard.state import widget_key
 
 VARIANT = [("a drawing of a cat", "cat"), ("a drawing of a dog", "dog"), ("a drawing of a bird", "bird"),
            ("a sketch of a car", "car")]
@@ -31,15 +29,6 @@ def open_compare(db: Path, monkeypatch, **params: str) -> AppTest:
     at.switch_page(page_info("compare").path).run()
     assert not at.exception, at.exception[0].value
     return at
-
-
-def chart_rows(at: AppTest) -> list[list[dict]]:
-    return [[r for ds in el.proto.datasets for r in convert_arrow_bytes_to_pandas_df(ds.data.data).to_dict("records")]
-            for el in at.get("vega_lite_chart")]
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import duckdb
 import numpy as np
 import pytest
-from helpers import APP, DASH_ABLATIONS, sql
+from helpers import APP, DASH_ABLATIONS, select, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
@@ -25,7 +25,6 @@ from analysis.text import md
 from compute import store
 from compute.store import DB_ENV
 from dashboard.pages import DEFAULT, page_info
-from dashboard.state import widget_key
 
 N_ABLATIONS = DASH_ABLATIONS
 
@@ -59,10 +58,6 @@ def chart_titles(at: AppTest) -> list[str]:
 
 def caption_text(at: AppTest) -> str:
     return "\n".join(c.value for c in at.caption)
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 # --------------------------------------------------------------------------------------------------

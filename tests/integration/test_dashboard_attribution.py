@@ -10,15 +10,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import APP, sql
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-from streamlit.testing.v1 import AppTest
+from helpers import chart_rows, open_page, select, sql
 
 from analysis import SIZES
 from compute.config import load_experiment
 from compute.runner import run
-from compute.store import DB_ENV
-from dashboard.pages import page_info
 from dashboard.state import widget_key
 from tools.figure_check import problems
 from tools.synthetic import make_coco, write_experiment
@@ -38,23 +34,8 @@ def store(tiny_clip, tmp_path_factory):
     return db
 
 
-def open_heads(db, monkeypatch, **params: str) -> AppTest:
-    monkeypatch.setenv(DB_ENV, str(db))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update({"run": RUN, **params})
-    at.run()
-    at.switch_page(page_info("heads").path).run()
-    assert not at.exception, at.exception[0].value
-    return at
-
-
-def chart_rows(at: AppTest) -> list[list[dict]]:
-    return [[row for ds in el.proto.datasets for row in convert_arrow_bytes_to_pandas_df(ds.data.data).to_dict("records")]
-            for el in at.get("vega_lite_chart")]
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
+def open_heads(db, monkeypatch, **params: str):
+    return open_page(db, monkeypatch, "heads", **{"run": RUN, **params})
 
 
 def mean_estimates(db, kind: str) -> dict[str, float]:

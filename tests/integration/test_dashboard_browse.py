@@ -9,12 +9,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import APP, sql
+from helpers import APP, select, sql
 from streamlit.testing.v1 import AppTest
 
 from compute.store import DB_ENV
 from dashboard.pages import DEFAULT, page_info
-from dashboard.state import widget_key
 
 
 def opener(db, monkeypatch):
@@ -36,10 +35,6 @@ def opener(db, monkeypatch):
 @pytest.fixture
 def app(dash_store, monkeypatch):
     return opener(dash_store, monkeypatch)
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 def click(at: AppTest, key: str, selection: dict) -> AppTest:

@@ -9,35 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers import APP, sql
+from helpers import chart_rows, open_page, select, sql
 from PIL import Image
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-from streamlit.testing.v1 import AppTest
-
-from compute.store import DB_ENV
-from dashboard.pages import page_info
-from dashboard.state import widget_key
 
 RUN = "tiny-heads"
-
-
-def open_page(db, monkeypatch, page: str, **params: str) -> AppTest:
-    monkeypatch.setenv(DB_ENV, str(db))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(params)
-    at.run()
-    at.switch_page(page_info(page).path).run()
-    assert not at.exception, at.exception[0].value
-    return at
-
-
-def chart_rows(at: AppTest) -> list[list[dict]]:
-    return [[row for ds in el.proto.datasets for row in convert_arrow_bytes_to_pandas_df(ds.data.data).to_dict("records")]
-            for el in at.get("vega_lite_chart")]
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 def changes_in_sql(db, metric: str) -> dict[str, float]:

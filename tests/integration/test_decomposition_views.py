@@ -17,7 +17,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import APP, compile_tex, overfull, pdflatex, sql
+from helpers import compile_tex, overfull, pdflatex, select, sql
+from helpers import open_page as helpers_open_page
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
@@ -27,8 +28,6 @@ from analysis import SIZES, queries
 from analysis import decomposition as dec
 from compute import store
 from compute.__main__ import main
-from compute.store import DB_ENV
-from dashboard.pages import page_info
 from dashboard.state import widget_key
 from tools.figure_check import problems, read_svg
 from tools.synthetic import experiment_text, make_coco
@@ -74,14 +73,8 @@ def dec_store(tiny_clip, tmp_path_factory):
     return db
 
 
-def open_page(db, monkeypatch, page: str, **params: str) -> AppTest:
-    monkeypatch.setenv(DB_ENV, str(db))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(params)
-    at.run()
-    at.switch_page(page_info(page).path).run()
-    assert not at.exception, at.exception[0].value
-    return at
+def open_page(db, monkeypatch, page: str, **params: str):
+    return helpers_open_page(db, monkeypatch, page, default_timeout=180, **params)  # the decomposed store's pages are dear
 
 
 def datasets(at: AppTest) -> list[list[dict]]:
@@ -94,10 +87,6 @@ def chart_with(at: AppTest, *fields: str) -> list[dict]:
     """The one dataset on the page whose rows have ``fields``."""
     (rows,) = [rows for rows in datasets(at) if rows and all(f in rows[0] for f in fields)]
     return rows
-
-
-def select(at: AppTest, param: str):
-    return next(w for w in at.selectbox if w.key == widget_key(param))
 
 
 def run_id(db) -> int:
