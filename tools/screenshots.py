@@ -46,6 +46,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -> None:
+    """Until the Streamlit server ``proc`` on 127.0.0.1:``port`` answers its health check; RuntimeError with the
+    end of its ``log`` when it exits or does not answer within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"streamlit did not answer within {timeout:.0f} s; see {log}: {log.read_text()[-2000:]}")
+        time.sleep(0.25)
+
+
 @contextmanager
 def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60, app: Path = APP,
           script_args: list[str] | None = None) -> Iterator[str]:
@@ -61,19 +79,7 @@ def serve(db: Path, log: Path, port: int | None = None, timeout: float = 60, app
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log}")
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.read().strip() == b"ok":
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not answer within {timeout:.0f} s; see {log}")
-                time.sleep(0.25)
+            wait_healthy(proc, port, log, timeout)
             yield url
         finally:
             proc.terminate()

@@ -13,14 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers import APP, ROOT
 
-from tools.screenshots import free_port
+from tools.screenshots import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -60,21 +58,6 @@ def _start(cwd: Path, port: int, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"streamlit did not answer within {timeout:.0f} s: {log.read_text()[-2000:]}")
-
-
 @pytest.mark.parametrize("where", ["another folder", "the dashboard folder"])
 def test_the_dashboard_listens_on_loopback_only_from_any_working_folder(tmp_path, where):
     cwd = tmp_path if where == "another folder" else ROOT / "dashboard"
@@ -82,7 +65,7 @@ def test_the_dashboard_listens_on_loopback_only_from_any_working_folder(tmp_path
     log = tmp_path / "streamlit.log"
     proc = _start(cwd, port, log)
     try:
-        _wait_healthy(proc, port, log)
+        wait_healthy(proc, port, log)
         assert listening_addresses(port) == {"127.0.0.1"}, log.read_text()
     finally:
         proc.terminate()
