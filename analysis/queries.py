@@ -530,7 +530,7 @@ def head_descriptions(con: Con, run_id: int) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------------
 # Attribution (compute.attribution): the kinds a run estimated, each head's mean estimate, and every estimate
-# beside its exact effect (the SQL the run's summary reads too: compute.store.ESTIMATED_AND_EXACT).
+# beside its exact effect (the SQL the run's summary reads too: compute.store_heads.ESTIMATED_AND_EXACT).
 
 ATTRIBUTION_SPECS = "SELECT spec FROM estimate_t WHERE run_id = ? GROUP BY spec ORDER BY MIN(estimate_id)"
 

@@ -22,18 +22,7 @@ import pyarrow as pa
 
 from compute.killpoints import kill_point
 from compute.store_heads import (  # noqa: F401 - re-exported: the store's one name for callers
-    ATTRIBUTED,
-    ATTRIBUTED_COUNTS,
-    BASELINE_LOGITS,
-    COMPONENT_VECTORS,
-    COMPONENTS,
-    DECOMPOSED,
-    DIRECT_VECTORS,
     EMBEDDING_DTYPES,
-    ESTIMATED_AND_EXACT,
-    ESTIMATES,
-    HEAD_DESCRIPTIONS,
-    MEAN_ESTIMATES,
     attributed,
     attributed_counts,
     baseline_logits,
