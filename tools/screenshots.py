@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -37,6 +37,13 @@ EXCEPTION = '[data-testid="stException"]'
 CONTENT = '[data-testid="stMainBlockContainer"]'
 FINISHED = """() => document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState === "notRunning"
     && !document.querySelector('[data-testid="stSkeleton"], [data-testid="stSkeletonElement"]')"""
+# Every Vega chart holds its drawn marks and every image has loaded (or failed): the page as a reader sees it.
+DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+    .every(c => c.querySelector('svg.marks, canvas')) && [...document.images].every(i => i.complete)"""
+TWO_FRAMES = """() => new Promise(done => {
+  setTimeout(done, 200);
+  requestAnimationFrame(() => requestAnimationFrame(() => done()));
+})"""
 MAX_HEIGHT = 4000
 
 
@@ -124,12 +131,35 @@ OVERFLOW_JS = """() => {
 }"""
 
 
-def finished(tab, timeout_ms: int = 60_000) -> None:
-    """Wait until the page's script has run (not merely not started) and Vega has drawn its charts."""
+def finished(tab, timeout_ms: int = 60_000, drawn_ms: int = 15_000) -> None:
+    """Wait until the page's script has run (not merely not started), Vega has drawn its charts, every image has
+    loaded and the layout that follows is computed. A chart Vega refuses stays empty: after ``drawn_ms`` this
+    returns anyway, for the caller to count it (``undrawn`` in the browser tests)."""
+    from playwright.sync_api import TimeoutError as Timeout
+
     tab.wait_for_selector("h1", timeout=timeout_ms)
     tab.wait_for_function(FINISHED, timeout=timeout_ms)
     tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
-    tab.wait_for_timeout(700)  # Vega draws its charts just after they arrive
+    with suppress(Timeout):  # Vega draws its charts just after they arrive, the browser loads the images
+        tab.wait_for_function(DRAWN, timeout=drawn_ms)
+    settle(tab)
+
+
+def settle(tab) -> None:
+    """Until the browser has laid out and painted two frames: what a change of the DOM or the window size moved
+    is in place (a page nobody shows gets no frames: 200 ms at most)."""
+    tab.evaluate(TWO_FRAMES)
+
+
+def reflowed(tab, timeout_ms: int = 5_000) -> list[str]:
+    """``overflow`` after the window changed size: Vega redraws each chart at its new width a moment later, so
+    wait until nothing overflows or ``timeout_ms`` passed, then measure (a real overflow costs the wait)."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    with suppress(Timeout):
+        tab.wait_for_function(f"() => ({OVERFLOW_JS})().length === 0", timeout=timeout_ms)
+    settle(tab)
+    return overflow(tab)
 
 
 def overflow(tab) -> list[str]:
@@ -168,7 +198,7 @@ def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | 
             tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
             for name in pages:
                 address = page_url(url, name, params)
-                tab.goto(address, wait_until="networkidle", timeout=timeout_ms)
+                tab.goto(address, timeout=timeout_ms)
                 finished(tab, timeout_ms)
                 height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
                 path = out / f"{name}.png"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
@@ -38,7 +39,9 @@ from tools.screenshots import (
     finished,
     overflow,
     page_url,
+    reflowed,
     serve,
+    settle,
 )
 from tools.synthetic import make_coco
 
@@ -152,7 +155,7 @@ def server(payload_store):
 
 
 def open_page(tab, url: str, page: str, params: dict[str, str]) -> None:
-    tab.goto(page_url(url, page, params), wait_until="networkidle", timeout=60_000)
+    tab.goto(page_url(url, page, params), timeout=60_000)
     finished(tab)
 
 
@@ -208,12 +211,12 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
         assert undrawn_charts(tab) == 0, page
         for width in WIDTHS:
             if width != WIDTHS[0]:
-                tab.set_viewport_size({"width": width, "height": 1000})
-                tab.wait_for_timeout(900)  # the layout reflows and Vega redraws at the new width
-            problems += [f"{page} at {width} px: {p}" for p in overflow(tab)]
+                tab.set_viewport_size({"width": width, "height": 1000})  # the layout reflows, Vega redraws
+            problems += [f"{page} at {width} px: {p}" for p in (reflowed(tab) if width != WIDTHS[0] else overflow(tab))]
             if width in (WIDTHS[0], WIDTHS[-1]):
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 tab.screenshot(path=str(ARTIFACTS / f"{page}-{width}.png"), full_page=True)
+    tab.wait_for_load_state("networkidle")  # any request the last page still makes is counted below
     menu = tab.locator('[data-testid="stSidebarNav"]').inner_text()
     deploy = tab.get_by_role("button", name="Deploy").count()
     tab.close()
@@ -353,7 +356,7 @@ def test_thumbnails_have_one_width_at_1440_and_800_px(server, browser, payload_s
         open_page(tab, server, page, {"run": run_name, "ablation": "identity:1-12", **params})
         for width in (1440, 800):
             tab.set_viewport_size({"width": width, "height": 1200})
-            tab.wait_for_timeout(900)
+            settle(tab)
             widths = tab.evaluate(THUMBNAILS, grid)
             assert widths and set(widths) == {THUMB_PX}, (page, width, widths)
             if page == "failures":
@@ -381,7 +384,6 @@ def test_the_image_page_without_the_model_renders_at_once(payload_store, browser
     opens images, from the Failures grid: the first render of each of three images (the fastest counts, so a
     load spike on a shared machine does not decide), the first of them the page's first render on this server."""
     import shutil
-    import time
 
     import duckdb
 
@@ -419,9 +421,7 @@ def test_the_image_page_without_the_model_renders_at_once(payload_store, browser
 
 
 def _finished_without_pause(tab) -> float:
-    """When the page's script finished (``finished`` less its fixed pause for Vega)."""
-    import time
-
+    """When the page's script finished (``finished`` without waiting for Vega and the images)."""
     tab.wait_for_selector("h1", timeout=60_000)
     tab.wait_for_function(FINISHED, timeout=60_000)
     tab.wait_for_selector(RUNNING, state="detached", timeout=60_000)
@@ -445,8 +445,10 @@ def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser,
     tab = browser.new_page(viewport={"width": 1280, "height": 1000})
     live = [listener.payloads("control")[0], listener.file_payload("control").removesuffix(".jpg")]
     with serve(db, ARTIFACTS / "control.log", app=control, script_args=live) as url:
-        tab.goto(url, wait_until="networkidle")
-        tab.wait_for_timeout(1500)
+        tab.goto(url)
+        deadline = time.monotonic() + 30
+        while not {p.lstrip("/") for p in listener.paths} >= {"control-md", "control-file"} and time.monotonic() < deadline:
+            tab.wait_for_timeout(100)
     assert {p.lstrip("/") for p in listener.paths} >= {"control-md", "control-file"}, listener.paths
 
     # Every page was opened by the test above; here the views it does not reach.
@@ -499,7 +501,6 @@ def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_
     """Nobody touches the page while another process adds a run to the store: the run picker lists it within a
     few seconds (the page's watcher), and the page stays on the run it shows."""
     import shutil
-    import time
 
     from compute.prompts import Prompt
     from compute.rescore import rescore

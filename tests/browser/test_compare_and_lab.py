@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, sql
 
-from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, CONTENT, EXCEPTION, finished, overflow, page_url, serve
+from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, CONTENT, EXCEPTION, finished, page_url, reflowed, serve
 from tools.synthetic import make_coco, write_experiment
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -65,7 +65,7 @@ def server(variant_store):
 
 
 def open_page(tab, url: str, page: str, params: dict[str, str]) -> None:
-    tab.goto(page_url(url, page, params), wait_until="networkidle", timeout=60_000)
+    tab.goto(page_url(url, page, params), timeout=60_000)
     finished(tab)
 
 
@@ -90,8 +90,7 @@ def test_compare_sets_a_rescored_variant_beside_its_run(server, browser, variant
     assert len(widths) == 1, widths  # one width for every thumbnail of the grid
     tab.screenshot(path=str(ARTIFACTS / "compare-1440.png"), full_page=True)
     tab.set_viewport_size({"width": 800, "height": 1200})
-    tab.wait_for_timeout(900)
-    assert overflow(tab) == []
+    assert reflowed(tab) == []
     widths = {round(images.nth(k).bounding_box()["width"]) for k in range(images.count())}
     assert len(widths) == 1, widths
     tab.screenshot(path=str(ARTIFACTS / "compare-800.png"), full_page=True)
