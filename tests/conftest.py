@@ -12,6 +12,7 @@ Tiers (``make test`` runs them all; ``make test-fast`` only the first):
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def pytest_xdist_make_scheduler(config, log):
             return module if Path(module).name in ONE_WORKER else nodeid
 
     return ModuleOrTest(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _one_component_scan() -> None:
+    """Streamlit reads every installed package's metadata for custom components whenever an AppTest starts
+    (0.2 s of CPU each, some 200 times a session; a real server does it once, at its start). The packages do not
+    change during a session: after the first scan in a worker, the others reuse its answer."""
+    scanner = sys.modules.get("streamlit.components.v2.manifest_scanner")  # imported by the first AppTest run
+    if scanner is not None and not hasattr(scanner.scan_component_manifests, "cache_info"):
+        scanner.scan_component_manifests = functools.cache(scanner.scan_component_manifests)
 
 
 @pytest.fixture(scope="session")
