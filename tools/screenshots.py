@@ -38,8 +38,10 @@ CONTENT = '[data-testid="stMainBlockContainer"]'
 FINISHED = """() => document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState === "notRunning"
     && !document.querySelector('[data-testid="stSkeleton"], [data-testid="stSkeletonElement"]')"""
 # Every Vega chart holds its drawn marks and every image has loaded (or failed): the page as a reader sees it.
+# (An image marked lazy loads only when scrolled to: it is not waited for.)
 DRAWN = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
-    .every(c => c.querySelector('svg.marks, canvas')) && [...document.images].every(i => i.complete)"""
+    .every(c => c.querySelector('svg.marks, canvas'))
+    && [...document.images].every(i => i.complete || i.loading === "lazy")"""
 TWO_FRAMES = """() => new Promise(done => {
   setTimeout(done, 200);
   requestAnimationFrame(() => requestAnimationFrame(() => done()));
