@@ -27,6 +27,7 @@ from the measurements in docs/precision.md.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,8 @@ class VerifyStats:
     logit_error: float = 0.0  # the largest |low-precision logit - float32 logit| seen
     cosine: float = 1.0  # the smallest cosine between a low-precision embedding and float32's (engine)
     bound: float = 0.0  # SAFETY x spread, as it stood at the end
+    sweep_s: float = 0.0  # seconds of the verified sweep, both precisions
+    float32_s: float = 0.0  # of them, the float32 passes (calibration images, unablated passes, margins)
 
     def verified(self) -> int:
         return self.baseline + self.sample + self.margin
@@ -67,7 +70,8 @@ class VerifyStats:
                 f"float32 values ({self.margin:,} for a margin within the bound, {self.sample:,} sampled, "
                 f"{self.baseline:,} unablated); bound {self.bound:.4g} = {SAFETY:g} x the largest error spread "
                 f"{self.spread:.4g} of {self.measured:,} pairs measured (largest logit error {self.logit_error:.4g}, "
-                f"embeddings within cosine {self.cosine:.6f})")
+                f"embeddings within cosine {self.cosine:.6f}); float32 took {self.float32_s:.3g} s of the sweep's "
+                f"{self.sweep_s:.3g} s")
 
 
 @dataclass
@@ -130,6 +134,7 @@ class VerifiedSweep:
         its unablated pass is then float32's) is shown the unablated pass, for compute.decomposition."""
         if tap is not None and (self.verifying or self.method != "engine"):
             raise ValueError("a tap reads the float32 engine's unablated pass: none here")
+        start = time.perf_counter()
         emb, logits = self._run(self.fast, pixels, self.ablations, self.means_fast, tap)
         if not self.verifying:
             return Swept(emb, logits, None)
@@ -165,8 +170,9 @@ class VerifiedSweep:
                 pairs = flagged[[r - k for r in rows]][:, which]  # (rows, which)
                 self._replace(pixels[rows], rows, [self.checked[c] for c in which], emb, logits, low_logits,
                               verified, MARGIN, pairs)
-        self._count(verified)
+        self._count(verified)  # (its .tolist() waits for the device: the time below is the work's)
         self.stats.bound = SAFETY * self.stats.spread
+        self.stats.sweep_s += time.perf_counter() - start
         return Swept(emb, logits, verified)
 
     def _replace(self, pixels: torch.Tensor, rows: list[int], cols: list[int], emb: torch.Tensor,
@@ -175,6 +181,7 @@ class VerifiedSweep:
         """Compute images ``rows`` (their ``pixels``) under ablations ``cols`` in float32, learn the error from
         every pair so computed, and put float32's values in place of the pairs ``only`` marks (rows, cols)
         bool (default: all of them), marked ``reason``."""
+        start = time.perf_counter()
         exact_emb, exact_logits = self._run(self.exact, pixels, [self.ablations[c] for c in cols], self.means_exact)
         exact_l = self._logits(exact_emb, exact_logits)  # (rows, cols, P)
         r = torch.tensor(rows, device=emb.device)[:, None]
@@ -186,6 +193,7 @@ class VerifiedSweep:
         if logits is not None:
             logits[r[ri, 0], c[0, ci]] = exact_logits[ri, ci]
         verified[r[ri, 0], c[0, ci]] = reason
+        self.stats.float32_s += time.perf_counter() - start  # _learn's float() waited for the device
 
     def _learn(self, low: torch.Tensor, exact: torch.Tensor, low_emb: torch.Tensor, exact_emb: torch.Tensor) -> None:
         """Pairs computed both ways: logits (..., P) and embeddings (..., E) -> the stats' largest error spread,

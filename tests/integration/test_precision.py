@@ -7,6 +7,7 @@ float32's; ``--dtype auto`` picks bfloat16 on a CPU whose flags say it runs it w
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,9 @@ def test_a_bfloat16_run_selects_what_the_float32_run_selects(family, tiny_clip, 
         err = np.abs(np.array(logits) - np.array(logits32)).max()
         assert err < (1e-4 if reason is not None else TOLERANCE), (reason, err)
     assert max(np.abs(np.array(r[4]) - np.array(w[4])).max() for r, w in zip(got, want, strict=True)) > 1e-4
-    assert any(line.startswith("bfloat16 with float32 verification: ") for line in said)
+    line = next(line for line in said if line.startswith("bfloat16 with float32 verification: "))
+    took = re.search(r"float32 took ([\d.e+-]+) s of the sweep's ([\d.e+-]+) s$", line)  # what verifying cost
+    assert took and 0 < float(took[1]) <= float(took[2]), line
     assert any(line.startswith("precision: bfloat16, verified in float32: ") for line in said)
     config = json.loads(sql(bf16, "SELECT config FROM runs")[0][0])
     assert config["dtype"] == {"asked": "bfloat16", "used": "bfloat16", "why": "asked for", "verified": True}
