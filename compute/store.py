@@ -478,7 +478,6 @@ def uncaptioned(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
 # Stored image embeddings (rescore, the caption stage's judge, the Prompt lab).
 
 
-
 def decode_embeddings(blobs: list[bytes], dtype: str) -> np.ndarray:
     """BLOBs of one run's embedding_t -> (rows, E) float32."""
     return np.stack([np.frombuffer(b, EMBEDDING_DTYPES[dtype]) for b in blobs]).astype(np.float32)

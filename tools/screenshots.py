@@ -139,12 +139,18 @@ def finished(tab, timeout_ms: int = 60_000, drawn_ms: int = 15_000) -> None:
     returns anyway, for the caller to count it (``undrawn`` in the browser tests)."""
     from playwright.sync_api import TimeoutError as Timeout
 
-    tab.wait_for_selector("h1", timeout=timeout_ms)
-    tab.wait_for_function(FINISHED, timeout=timeout_ms)
-    tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
+    script_finished(tab, timeout_ms)
     with suppress(Timeout):  # Vega draws its charts just after they arrive, the browser loads the images
         tab.wait_for_function(DRAWN, timeout=drawn_ms)
     settle(tab)
+
+
+def script_finished(tab, timeout_ms: int = 60_000) -> None:
+    """Wait until the page's script has run (not merely not started): its title is shown, Streamlit says it is
+    not running, no skeleton and no running icon are left."""
+    tab.wait_for_selector("h1", timeout=timeout_ms)
+    tab.wait_for_function(FINISHED, timeout=timeout_ms)
+    tab.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
 
 
 def settle(tab) -> None:

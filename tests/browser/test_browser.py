@@ -32,13 +32,12 @@ from tools.screenshots import (
     CHROMIUM_ARGS,
     CONTENT,
     EXCEPTION,
-    FINISHED,
     PAGES,
-    RUNNING,
     finished,
     overflow,
     page_url,
     reflowed,
+    script_finished,
     serve,
     settle,
 )
@@ -420,9 +419,7 @@ def test_the_image_page_without_the_model_renders_at_once(payload_store, browser
 
 def _finished_without_pause(tab) -> float:
     """When the page's script finished (``finished`` without waiting for Vega and the images)."""
-    tab.wait_for_selector("h1", timeout=60_000)
-    tab.wait_for_function(FINISHED, timeout=60_000)
-    tab.wait_for_selector(RUNNING, state="detached", timeout=60_000)
+    script_finished(tab)
     return time.monotonic()
 
 
