@@ -229,8 +229,25 @@ def hold_file(exp: Path) -> Path:
     return exp.parent / "hold-between-sessions"
 
 
-def wait_stopped(writer: Forked, running_first: bool = False) -> None:
-    """Until ``writer`` is stopped (after it has run again, with ``running_first``: just after a SIGCONT)."""
+def open_under(folder: Path) -> list[str]:
+    """Every file descriptor of any process that points under ``folder``: "pid (command): path, flags"."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                pid = fd.parts[2]
+                flags = (fd.parent.parent / "fdinfo" / fd.name).read_text().split()[3]
+                command = (fd.parent.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+                found.append(f"{pid} ({command}): {target}, flags {flags}")
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def wait_stopped(writer: Forked, running_first: bool = False, note: str = "") -> None:
+    """Until ``writer`` is stopped (after it has run again, with ``running_first``: just after a SIGCONT);
+    ``note`` goes into the failure message when it ends instead."""
     def state() -> str:
         return Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
@@ -238,7 +255,7 @@ def wait_stopped(writer: Forked, running_first: bool = False) -> None:
     while running_first and state() == "T" and time.monotonic() < deadline:
         time.sleep(0.001)
     while state() != "T":
-        assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()[1][-2000:]
+        assert writer.poll() is None and time.monotonic() < deadline, note + writer.communicate()[1][-2000:]
         time.sleep(0.01)
 
 
@@ -293,8 +310,10 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
         remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
         if remount.returncode == 0:
             break
+        # What kept it busy, in the message if the run ends before a next session boundary (seen once in CI).
+        busy = f"remount refused ({remount.stderr.strip()}); open under the mount: {open_under(mnt)}\n"
         writer.send_signal(signal.SIGCONT)  # still held: it stops again before its next session
-        wait_stopped(writer, running_first=True)
+        wait_stopped(writer, running_first=True, note=busy)
     assert remount.returncode == 0, remount.stderr
     go_on(exp, writer)
     out, err = writer.communicate(timeout=600)
