@@ -6,6 +6,7 @@ float32's; ``--dtype auto`` picks bfloat16 on a CPU whose flags say it runs it w
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from compute.ablations import sweeps
 from compute.config import load_experiment
 from compute.dataset import ImageRecord, open_image
 from compute.engine import SweepEngine
-from compute.models import load_clip, pixel_values, with_dtype
+from compute.models import fold_quick_gelu, load_clip, pixel_values, with_dtype
 from compute.runner import run
 from compute.scoring import cosine_logits, logit_scale, stacked
 from compute.towers import has_cls, n_heads_of, n_layers_of
@@ -153,6 +154,36 @@ def test_verification_turns_a_near_tie_back_to_float32s_pick(tiny_clip, tmp_path
     stats = sweep.stats
     assert stats.margin >= 1 and stats.sample == precision.CALIBRATION_IMAGES * (len(ablations) - 1)
     assert stats.bound == precision.SAFETY * stats.spread > 0
+
+
+def test_low_precision_copies_fold_quick_gelu_into_silu_and_compute_the_same_function(tiny_clip, tiny_openclip):
+    from transformers.activations import QuickGELUActivation
+
+    exact = load_clip(str(tiny_clip), "cpu")
+    size = exact.model.config.vision_config.image_size
+    pixels = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    ids = exact.processor(text=["a photo of a dog", "a cat"], return_tensors="pt", padding=True)["input_ids"]
+
+    def towers(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            image = model.vision_model(pixel_values=pixels.to(dtype)).pooler_output.float()  # (4, width)
+            text = model.text_model(input_ids=ids).pooler_output.float()  # (2, width)
+        return image, text
+
+    image, text = towers(exact.model)
+    folded = copy.deepcopy(exact.model)
+    n_mlps = exact.model.config.vision_config.num_hidden_layers + exact.model.config.text_config.num_hidden_layers
+    assert fold_quick_gelu(folded) == n_mlps
+    for got, want in zip(towers(folded), (image, text), strict=True):  # the same function, up to float32 rounding
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert fold_quick_gelu(folded) == 0  # nothing left to fold
+
+    fast = with_dtype(exact, "bfloat16")  # the low-precision copy is folded, the float32 model is not
+    acts = lambda model: {type(m.activation_fn).__name__ for m in model.modules() if hasattr(m, "fc1")}  # noqa: E731
+    assert acts(exact.model) == {QuickGELUActivation.__name__} and acts(fast.model) == {"SiLU"}
+    cos = torch.nn.functional.cosine_similarity(towers(fast.model, torch.bfloat16)[0], image, dim=-1)
+    assert float(cos.min()) > 0.999  # bfloat16's rounding, not a different function
+    assert fold_quick_gelu(load_clip(str(tiny_openclip), "cpu").model) == 0  # exact GELU is left as it is
 
 
 # --------------------------------------------------------------------------------------------------
