@@ -105,7 +105,7 @@ def test_delete_while_the_run_is_being_written_is_refused_in_one_line(tiny_clip,
         err = capsys.readouterr().err.strip()
         assert err == (f"error: run 't' is being written by process {writer.pid} on {db}; wait for it to finish "
                        "(or stop it), then try again")
-        go_on(exp, writer)
+        writer.send_signal(signal.SIGCONT)  # it goes on to its end
         out, err = writer.communicate(timeout=600)
     finally:
         if writer.poll() is None:
@@ -164,12 +164,8 @@ def held_between_sessions(exp: Path) -> Forked:
     """A run as a real process (forked), returned stopped (SIGSTOP) where its store writer is about to open the
     store a second time: a session's batches committed (at most 4 of N_LIVE: BatchWriter.per_open), and no
     connection to the store open in any thread (the writer waits for the main thread's to close, then stops
-    the process from its own thread). The test acts on it (a delete, a full disk, a read-only mount), then
-    lets it go on (``go_on``: it removes ``hold_file(exp)``, so no later session stops, and sends SIGCONT):
-    the act lands part way whatever the machine's load."""
-    hold = hold_file(exp)
-    hold.touch()
-
+    the process from its own thread; later sessions go on). The test acts on it (a delete, a full disk, a
+    read-only mount), then lets it go on (SIGCONT): the act lands part way whatever the machine's load."""
     def target() -> int:
         import contextlib
         import threading
@@ -193,7 +189,7 @@ def held_between_sessions(exp: Path) -> Forked:
         def held_connect(db, read_only=False, *args, **kwargs):
             if not read_only and threading.current_thread() is not threading.main_thread():  # the writer's
                 opens.append(db)
-                if len(opens) >= 2 and hold.exists():
+                if len(opens) == 2:
                     deadline = time.monotonic() + 60
                     while True:
                         with lock:  # no connection opens or closes while it stops
@@ -225,10 +221,6 @@ def store_free(db: Path) -> bool:
     return True
 
 
-def hold_file(exp: Path) -> Path:
-    return exp.parent / "hold-between-sessions"
-
-
 def open_under(folder: Path) -> list[str]:
     """Every file descriptor of any process that points under ``folder``: "pid (command): path, flags"."""
     found = []
@@ -256,12 +248,6 @@ def wait_stopped(writer: Forked) -> None:
         time.sleep(0.01)
 
 
-def go_on(exp: Path, writer: Forked) -> None:
-    """Let a held run go on to its end: no stop at later sessions."""
-    hold_file(exp).unlink(missing_ok=True)
-    writer.send_signal(signal.SIGCONT)
-
-
 def fill(folder: Path) -> Path:
     """Take every free byte of ``folder``'s file system; returns the file that holds them."""
     filler = folder / "filler"
@@ -282,7 +268,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(live_
     db = exp.parent / "store" / "s.duckdb"
     writer = held_between_sessions(exp)
     filler = fill(db.parent)  # the disk fills up mid-run
-    go_on(exp, writer)
+    writer.send_signal(signal.SIGCONT)  # it goes on to its end
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "no space left on device", N_LIVE * 21)
@@ -304,7 +290,7 @@ def test_a_file_system_turned_read_only_mid_run_is_one_line_and_a_rerun_complete
     # read-only is refused while a file there is open for writing, "mount point is busy").
     remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
     assert remount.returncode == 0, f"{remount.stderr.strip()}; open under the mount: {open_under(mnt)}"
-    go_on(exp, writer)
+    writer.send_signal(signal.SIGCONT)  # it goes on to its end
     out, err = writer.communicate(timeout=600)
     _failed_part_way(subprocess.CompletedProcess(writer.args, writer.returncode, out, err), db,
                      "read-only file system", N_LIVE * 21)
