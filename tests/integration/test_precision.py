@@ -1,8 +1,9 @@
 """Low precision with float32's answer (compute.precision): a bfloat16 run selects exactly what the float32 run
 selects, on a tiny CLIP and a tiny SigLIP saved and reloaded, on the demo runs and through a Ray actor; its
 unverified numbers stay within the measured tolerance, its verified pairs and judge hold float32's values, its
-mean pass is float32's; constructed near ties show verification turning a low-precision pick back to
-float32's; ``--dtype auto`` picks bfloat16 on a CPU whose flags say it runs it well, and records why."""
+mean pass is float32's; a low-precision copy computes quick_gelu through SiLU, the same function; constructed
+near ties show verification turning a low-precision pick back to float32's; ``--dtype auto`` picks bfloat16 on
+a CPU whose flags say it runs it well, and records why."""
 
 from __future__ import annotations
 
