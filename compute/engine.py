@@ -103,10 +103,18 @@ class Tap(Protocol):
 class SweepEngine:
     """Image embeddings of a batch under every ablation, sharing work along the prefix tree."""
 
-    def __init__(self, model: nn.Module, ablations: list[Ablation], means: Means | None = None) -> None:
+    def __init__(self, model: nn.Module, ablations: list[Ablation], means: Means | None = None,
+                 trunk: nn.Module | None = None) -> None:
+        """``trunk``: a float32 copy of a low-precision ``model`` that computes the unablated path (the trunk),
+        every branch starting from the trunk's state rounded to ``model``'s dtype (see the module docstring);
+        default ``model`` itself."""
         self.model = model
         self.layers = vision_layers(model)
         self.means = means
+        self.trunk_model = trunk if trunk is not None else model
+        self.trunk_layers = vision_layers(self.trunk_model)
+        # the towers' dtypes (a low-precision copy keeps logit_scale float32: not the model's .dtype)
+        self.dtype, self.trunk_dtype = (next(layers[0].parameters()).dtype for layers in (self.layers, self.trunk_layers))
         self.cls = has_cls(model)
         for ablation in ablations:
             check(ablation, len(self.layers), n_heads_of(model), self.cls)
@@ -117,30 +125,36 @@ class SweepEngine:
     def embeddings(self, pixel_values: torch.Tensor, tap: Tap | None = None) -> dict[Ablation, torch.Tensor]:
         """pixel_values: (batch, 3, size, size) -> {ablation: (batch, E)}, the embeddings before
         normalisation (towers.pool). ``tap``: shown the unablated pass as it goes (see Tap)."""
-        h = tokens_in(self.model, pixel_values)  # (batch, tokens, width)
+        h = tokens_in(self.trunk_model, pixel_values.to(self.trunk_dtype))  # (batch, tokens, width)
         if tap is not None:
             tap.begin(h)
         out: dict[Ablation, torch.Tensor] = {}
-        self._visit(self.root, h, out, tap)
+        self._visit(self.root, h, out, tap, True)
         return out
 
-    def _visit(self, node: Node, h: torch.Tensor, out: dict[Ablation, torch.Tensor], tap: Tap | None) -> None:
+    def _visit(self, node: Node, h: torch.Tensor, out: dict[Ablation, torch.Tensor], tap: Tap | None,
+               trunk: bool) -> None:
         # Depth-first: at most one state per depth is alive, so memory is bounded by batch x depth. The tap
-        # follows the all-NORMAL path only, which is visited first (baseline is every tree's first ablation).
+        # follows the all-NORMAL path (the trunk) only, which is visited first (baseline is every tree's first
+        # ablation). ``trunk``: node is on that path.
         for child in node.children.values():
-            on_path = tap if child.mode == NORMAL else None
-            h_child = self._layer(child, h, on_path)
+            on_trunk = trunk and child.mode == NORMAL
+            on_path = tap if on_trunk else None
+            # a branch leaving the trunk starts from the trunk's state in the branch model's dtype
+            h_in = h if on_trunk or not trunk else h.to(self.dtype)
+            h_child = self._layer(child, h_in, on_path, on_trunk)
             if child.ablations:
-                emb = self._project(h_child)
+                emb = pool(self.trunk_model if on_trunk else self.model, h_child)  # (batch, E)
                 for ablation in child.ablations:
                     out[ablation] = emb
                 if on_path is not None:
                     on_path.end(h_child, emb)
-            self._visit(child, h_child, out, on_path)
+            self._visit(child, h_child, out, on_path, on_trunk)
 
-    def _layer(self, node: Node, h: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
-        """One encoder layer in node's mode. h: (batch, tokens_in, width) -> (batch, tokens_out, width)."""
-        layer = self.layers[node.depth - 1]
+    def _layer(self, node: Node, h: torch.Tensor, tap: Tap | None = None, trunk: bool = False) -> torch.Tensor:
+        """One encoder layer in node's mode (of the trunk model where ``trunk``). h: (batch, tokens_in, width)
+        -> (batch, tokens_out, width)."""
+        layer = (self.trunk_layers if trunk else self.layers)[node.depth - 1]
         attn = layer.self_attn
         cls_only = not node.full_out and h.shape[1] > 1  # below needs the CLS token alone
         if cls_only and node.mode.cls_local:
@@ -165,9 +179,6 @@ class SweepEngine:
         if tap is not None:
             tap.layer(node.depth, x, heads[0], m)
         return h + m
-
-    def _project(self, h: torch.Tensor) -> torch.Tensor:
-        return pool(self.model, h)  # (batch, E): CLIP reads the CLS token, SigLIP's head every token
 
 
 def means_on(means: dict[str, dict[int, object]], device: torch.device | str, dtype: torch.dtype) -> Means:

@@ -10,17 +10,20 @@ and recomputes in float32 every pair whose low-precision margin is within
     bound = max(SAFETY x the largest spread seen so far,  eps(dtype) x the pair's largest |logit - bias|)
 
 (the second term, one unit of the dtype's rounding at the pair's logit magnitude, is a floor for a run
-whose measured errors are all tiny). Where the spread is measured, at no extra cost beyond the first two
-images: the first CALIBRATION_IMAGES images of the run under every ablation (their "sample" pairs hold
-float32's values), the unablated pass of every image (computed in float32 anyway: it is the fixed judge of
-score_baseline, so that score is exact), and every pair recomputed for its margin. Only pairs with a
-margin within the bound are recomputed; they and the sampled pairs store float32's logits, probabilities
-and embeddings, the others their low-precision values (within the tolerance docs/precision.md gives).
+whose measured errors are all tiny). Where the spread is measured: the first CALIBRATION_IMAGES images of
+the run under every ablation (their "sample" pairs hold float32's values) and every pair recomputed for its
+margin. Only pairs with a margin within the bound are recomputed; they and the sampled pairs store float32's
+logits, probabilities and embeddings, the others their low-precision values (within the tolerance
+docs/precision.md gives).
 
-The float32 computations run the same code as a float32 run (compute.engine.SweepEngine, or the plain
-method) on a float32 copy of the model, over just the images and ablations that need them: the batch's
-baseline path, and the flagged images under the union of their flagged ablations. The selections then equal
-a float32 run's up to float32's own rounding (a float32 run at another batch size differs by as much).
+The unablated pass of every image is float32's (the fixed judge of score_baseline, so that score is exact):
+the engine computes it on a float32 copy of the model as the trunk every ablation branches off, rounded to
+the low precision at its first ablated layer (compute.engine), so it costs no pass of its own and only the
+layers from the branch on round. The plain method computes it again in float32 (and measures its error).
+The other float32 computations run the same code as a float32 run (compute.engine.SweepEngine, or the plain
+method) on that copy, over just the images and ablations that need them: the flagged images under the
+union of their flagged ablations. The selections then equal a float32 run's up to float32's own rounding (a
+float32 run at another batch size differs by as much).
 The choice of dtype ("auto") is compute.devices.resolve_dtype; SAFETY and CALIBRATION_IMAGES were chosen
 from the measurements in docs/precision.md.
 """
@@ -39,8 +42,8 @@ from compute.models import LoadedClip
 from compute.scoring import LogitScale, cosine_logits, stacked, text_tokens
 from compute.store import VERIFIED
 
-SAFETY = 4.0  # the bound is this many times the largest error spread seen (measured: a run's largest was up
-# to 2.25x what its first two images and first batch's baselines showed; docs/precision.md)
+SAFETY = 6.0  # the bound is this many times the largest error spread seen (measured: a run's largest was up
+# to 3.2x what its first two images showed; docs/precision.md)
 CALIBRATION_IMAGES = 2  # the run's first images, computed both ways under every ablation
 BASELINE, SAMPLE, MARGIN = (VERIFIED.index(name) for name in ("baseline", "sample", "margin"))
 
@@ -59,7 +62,8 @@ class VerifyStats:
     cosine: float = 1.0  # the smallest cosine between a low-precision embedding and float32's (engine)
     bound: float = 0.0  # SAFETY x spread, as it stood at the end
     sweep_s: float = 0.0  # seconds of the verified sweep, both precisions
-    float32_s: float = 0.0  # of them, the float32 passes (calibration images, unablated passes, margins)
+    float32_s: float = 0.0  # of them, the float32 recomputations (calibration images, margins; the plain method's
+    # unablated passes): the engine's float32 trunk is part of its sweep
 
     def verified(self) -> int:
         return self.baseline + self.sample + self.margin
@@ -70,7 +74,7 @@ class VerifyStats:
                 f"float32 values ({self.margin:,} for a margin within the bound, {self.sample:,} sampled, "
                 f"{self.baseline:,} unablated); bound {self.bound:.4g} = {SAFETY:g} x the largest error spread "
                 f"{self.spread:.4g} of {self.measured:,} pairs measured (largest logit error {self.logit_error:.4g}, "
-                f"embeddings within cosine {self.cosine:.6f}); float32 took {self.float32_s:.3g} s of the sweep's "
+                f"embeddings within cosine {self.cosine:.6f}); float32 recomputation took {self.float32_s:.3g} s of the sweep's "
                 f"{self.sweep_s:.3g} s")
 
 
@@ -107,7 +111,11 @@ class VerifiedSweep:
         self.means_fast = means_on(means, fast.device, fast.dtype)
         self.means_exact = means_on(means, exact.device, torch.float32) if self.verifying else self.means_fast
         self.tokens = text_tokens(exact, texts) if method == "plain" else None
-        self.engine = SweepEngine(fast.model, ablations, self.means_fast) if method == "engine" else None
+        # Verified, the engine computes the unablated path on the float32 model and branches off it in low
+        # precision: the baseline pairs are float32's without a pass of their own (compute.engine).
+        self.float32_trunk = method == "engine" and (self.verifying or fast.dtype == torch.float32)
+        trunk = exact.model if self.verifying and self.float32_trunk else None
+        self.engine = SweepEngine(fast.model, ablations, self.means_fast, trunk) if method == "engine" else None
         self.eps = torch.finfo(fast.dtype).eps
         self.sampled = 0  # calibration images seen
         self.stats = VerifyStats()
@@ -116,24 +124,24 @@ class VerifiedSweep:
 
     def _run(self, clip: LoadedClip, pixels: torch.Tensor, ablations: list[Ablation],
              means: dict, tap: Tap | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """pixels (n, 3, h, w) under ``ablations`` in clip's dtype -> (embeddings (n, a, E) float32, the
+        """pixels (n, 3, h, w) float32 under ``ablations``, in clip's dtype -> (embeddings (n, a, E) float32, the
         model's logits (n, a, P) float32 for the plain method, else None). ``tap``: shown the engine's
         unablated pass (compute.engine.Tap)."""
-        x = pixels.to(clip.dtype)
         if self.method == "plain":
-            emb, logits = plain_batch(clip.model, ablations, x, self.tokens, means)
+            emb, logits = plain_batch(clip.model, ablations, pixels.to(clip.dtype), self.tokens, means)
             return emb, logits if self.own_logits else None
         engine = self.engine if clip is self.fast else SweepEngine(clip.model, ablations, means)
-        return stacked(engine.embeddings(x, tap), ablations).float(), None
+        return stacked({a: e.float() for a, e in engine.embeddings(pixels, tap).items()}, ablations), None
 
     def _logits(self, emb: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
         return logits if logits is not None else cosine_logits(emb, self.text_norm, self.scale)
 
     def __call__(self, pixels: torch.Tensor, tap: Tap | None = None) -> Swept:
-        """pixels: (n, 3, h, w) float32 on the model's device -> Swept. ``tap`` (the engine in float32 only:
-        its unablated pass is then float32's) is shown the unablated pass, for compute.decomposition."""
-        if tap is not None and (self.verifying or self.method != "engine"):
-            raise ValueError("a tap reads the float32 engine's unablated pass: none here")
+        """pixels: (n, 3, h, w) float32 on the model's device -> Swept. ``tap`` (the engine of a float32 or a
+        verified run only, whose unablated pass is float32's: ``float32_trunk``) is shown the unablated pass, for
+        compute.decomposition."""
+        if tap is not None and not self.float32_trunk:
+            raise ValueError("a tap reads the engine's float32 unablated pass: none here")
         start = time.perf_counter()
         emb, logits = self._run(self.fast, pixels, self.ablations, self.means_fast, tap)
         if not self.verifying:
@@ -147,15 +155,16 @@ class VerifiedSweep:
         # 1. The run's first images under every ablation it writes, both ways: the error is measured there.
         k = min(n, max(0, CALIBRATION_IMAGES - self.sampled))
         if k:
-            cols = [0, *self.checked]
+            cols = self.checked if self.float32_trunk else [0, *self.checked]
             self._replace(pixels[:k], list(range(k)), cols, emb, logits, low_logits, verified, SAMPLE)
             self.sampled += k
-        # 2. The unablated pass of the others in float32: the judge of score_baseline, and more measurements.
-        if k < n:
+        # 2. The unablated pass in float32: the judge of score_baseline. The engine's trunk computed it; the
+        # plain method computes it again here (more measurements of the error).
+        if k < n and not self.float32_trunk:
             self._replace(pixels[k:], list(range(k, n)), [0], emb, logits, low_logits, verified, BASELINE)
-        verified[:k, 0] = BASELINE
+        verified[:, 0] = BASELINE
         # 3. Pairs whose margin is within the bound of the rounding error: computed again in float32. The bound
-        # is learnt from every pair measured so far, this batch's calibration images and baselines included.
+        # is learnt from every pair measured so far, this batch's calibration images included.
         bound = SAFETY * self.stats.spread
         if k < n and self.checked and low_logits.shape[-1] > 1:
             cols = torch.tensor(self.checked, device=emb.device)

@@ -128,7 +128,7 @@ class SweepActor:
         if self.table is not None:
             x = table_values(self.table, x)
         # the decomposition taps the sweep's unablated pass where that is float32's, else runs its own in float32
-        tap = self.decomposer.tap() if self.decomposer is not None and not self.sweep.verifying else None
+        tap = self.decomposer.tap() if self.decomposer is not None and self.sweep.float32_trunk else None
         swept = self.sweep(x.float(), tap)  # (n, A, E) embeddings, verified in float32 below float32
         truth = torch.tensor(np.asarray(batch["truth"], bool))  # (n, P)
         ids = [int(i) for i in batch["image_id"]]

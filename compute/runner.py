@@ -428,10 +428,10 @@ def _sweep(work: SweepWork, loader: Loader) -> None:
     decomposer = _decomposer(work, scoring, means)
     attributor = _attributor(work, scoring, means)
     labels = [s.label for s in work.specs]
-    # The decomposition taps the sweep's own unablated pass where that pass is float32's (a float32 run of the
-    # engine); otherwise (the plain method, a low-precision run) it runs a float32 unablated pass of its own,
-    # exact as the judge is.
-    taps = decomposer is not None and method == "engine" and not sweep.verifying
+    # The decomposition taps the sweep's own unablated pass where that pass is float32's (the engine, in float32
+    # or verified); otherwise (the plain method, unverified low precision) it runs a float32 unablated pass of
+    # its own, exact as the judge is.
+    taps = decomposer is not None and sweep.float32_trunk
 
     def compute(batch: Batch) -> PendingBatch | store.BatchResult:
         """Every pending pair of one batch, on the device; its copy to the host is queued, not awaited."""

@@ -129,3 +129,45 @@ def test_engine_is_deterministic_and_leaves_the_model_untouched(model):
         after = model.get_image_features(pixel_values=pixels).pooler_output
     assert torch.equal(before, after)
     torch.testing.assert_close(a[sweep("none", 12)[0]], before, atol=1e-5, rtol=1e-5)
+
+
+def test_a_float32_trunk_gives_float32s_unablated_pass_and_branches_from_its_states_in_bfloat16(tiny_clip):
+    """Verified low precision (compute.precision) runs the engine with a float32 trunk: its unablated pass is
+    the float32 engine's, bit for bit, and every ablation is the plain method on the bfloat16 copy with the
+    float32 model's state entering its first ablated layer put in, rounded (transformers' own forward, patched,
+    from that layer on): every kind and target, single layers, blocks and the tower's tail."""
+    from compute.models import load_clip, with_dtype
+
+    exact = load_clip(str(tiny_clip), "cpu")
+    fast = with_dtype(exact, "bfloat16")
+    heads = ["identity:3/h1", "zero:2/h0,h3", "mean:5/h2", "knockout:7/patches>cls/h1", "identity:12/h0"]
+    ablations = dedupe(sweep("paper", 12) + [parse_ablation(t, 12) for t in EXTRAS + heads])
+    torch.manual_seed(2)
+    pixels = torch.randn(4, 3, 32, 32)
+    means32 = attention_means(exact.model, [pixels], mean_needs(ablations))
+    means16 = {name: {layer: m.bfloat16() for layer, m in per.items()} for name, per in means32.items()}
+    got = SweepEngine(fast.model, ablations, means16, trunk=exact.model).embeddings(pixels)
+    f32 = SweepEngine(exact.model, ablations, means32).embeddings(pixels)
+    bf16 = SweepEngine(fast.model, ablations, means16).embeddings(pixels.bfloat16())  # no trunk: all bfloat16
+    assert got[ablations[0]].dtype == torch.float32 and torch.equal(got[ablations[0]], f32[ablations[0]])
+    assert not torch.equal(bf16[ablations[0]].float(), f32[ablations[0]])  # the copy does round
+    with torch.inference_mode():
+        states = exact.model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    for a in ablations[1:]:
+        first = min(a.layers)
+        start = states[first - 1].bfloat16()  # (4, 17, 32): float32's state entering layer `first`, rounded
+
+        def enter(_module, args, kwargs, h=start):
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+
+        hook = vision_layers(fast.model)[first - 1].register_forward_pre_hook(enter, with_kwargs=True)
+        try:
+            with torch.inference_mode(), patched(fast.model, a, means16):
+                plain = fast.model.get_image_features(pixel_values=pixels.bfloat16()).pooler_output.float()
+        finally:
+            hook.remove()
+        assert (got[a].float() - plain).abs().max() < 1e-3, a.label  # bit for bit here; bfloat16's unit is 2^-8
+        if first > 1:  # branching from bfloat16's own trunk instead comes out measurably elsewhere
+            assert (bf16[a].float() - plain).abs().max() > 1e-3, a.label

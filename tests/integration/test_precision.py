@@ -57,11 +57,13 @@ def run_both(model: Path, coco: Path, tmp: Path, **kwargs) -> tuple[Path, Path, 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_a_bfloat16_run_selects_what_the_float32_run_selects(family, tiny_clip, tiny_siglip, tmp_path):
-    """Every pair's pick and correctness equal; the judge and the verified pairs are float32's; the other
-    logits within the tolerance; the mean statistics are the float32 pass's, bit for bit."""
+    """Every pair's pick and correctness equal; the judge and the verified pairs are float32's (the unablated
+    pairs bit for bit: the engine's float32 trunk); the other logits within the tolerance; the mean statistics
+    are the float32 pass's, bit for bit; the decomposition, which reads the trunk, is the float32 run's."""
     model = tiny_clip if family == "clip" else tiny_siglip
     coco = make_coco(tmp_path / "coco", n=20)
-    f32, bf16, said = run_both(model, coco, tmp_path, prompts=PROMPTS, extra=EXTRA, batch_size=6)
+    f32, bf16, said = run_both(model, coco, tmp_path, prompts=PROMPTS, extra=EXTRA, batch_size=6,
+                               more="[decomposition]\nenabled = true\n")
     assert sql(bf16, PICKS) == sql(f32, PICKS)
     assert sql(bf16, "SELECT name, layer, data FROM stat_t ORDER BY ALL") == \
         sql(f32, "SELECT name, layer, data FROM stat_t ORDER BY ALL")
@@ -78,9 +80,12 @@ def test_a_bfloat16_run_selects_what_the_float32_run_selects(family, tiny_clip, 
         assert abs(judge - judge32) < 1e-5  # score_baseline: the float32 unablated embedding
         err = np.abs(np.array(logits) - np.array(logits32)).max()
         assert err < (1e-4 if reason is not None else TOLERANCE), (reason, err)
+        assert reason != "baseline" or logits == logits32
+    contributions = "SELECT image_id, component, layer, head, prompt, logit FROM contributions ORDER BY ALL"
+    assert sql(bf16, contributions) and sql(bf16, contributions) == sql(f32, contributions)
     assert max(np.abs(np.array(r[4]) - np.array(w[4])).max() for r, w in zip(got, want, strict=True)) > 1e-4
     line = next(line for line in said if line.startswith("bfloat16 with float32 verification: "))
-    took = re.search(r"float32 took ([\d.e+-]+) s of the sweep's ([\d.e+-]+) s$", line)  # what verifying cost
+    took = re.search(r"float32 recomputation took ([\d.e+-]+) s of the sweep's ([\d.e+-]+) s$", line)  # what verifying cost
     assert took and 0 < float(took[1]) <= float(took[2]), line
     assert any(line.startswith("precision: bfloat16, verified in float32: ") for line in said)
     config = json.loads(sql(bf16, "SELECT config FROM runs")[0][0])
@@ -132,7 +137,10 @@ def test_verification_turns_a_near_tie_back_to_float32s_pick(tiny_clip, tmp_path
     ablations = sweeps("paper", n_layers_of(exact.model), n_heads_of(exact.model), has_cls(exact.model))
     pixels = pixel_values(exact, [open_image(p) for p in sorted((coco / "images").glob("*.jpg"))])
     e32 = stacked(SweepEngine(exact.model, ablations).embeddings(pixels), ablations)  # (8, A, E)
-    e16 = stacked(SweepEngine(fast.model, ablations).embeddings(pixels.bfloat16()), ablations).float()
+    # what a verified run computes in low precision: the trunk (the unablated path) on the float32 model, every
+    # branch in bfloat16 from the trunk's state
+    e16 = stacked({a: e.float() for a, e in SweepEngine(fast.model, ablations, trunk=exact.model).embeddings(pixels)
+                   .items()}, ablations)
     unit = lambda e: e / e.norm(dim=-1, keepdim=True)  # noqa: E731
     image, ablation = 5, 7  # past the calibration images; an ablated pair (the baseline is always float32's)
     text = near_tie_prompts(unit(e32[image, ablation]), unit(e16[image, ablation]))
@@ -140,10 +148,11 @@ def test_verification_turns_a_near_tie_back_to_float32s_pick(tiny_clip, tmp_path
     want = cosine_logits(e32, text, scale).argmax(dim=-1)  # (8, A): float32's picks
     keep = list(range(len(ablations)))
 
-    plain = precision.VerifiedSweep(exact, fast, ablations, {}, keep, text, scale, verify=False)(pixels)
-    low = cosine_logits(plain.embeddings, text, scale).argmax(dim=-1)
-    assert plain.verified is None
+    assert torch.equal(e16[:, 0], e32[:, 0])  # the trunk's unablated pass is float32's own, bit for bit
+    low = cosine_logits(e16, text, scale).argmax(dim=-1)
     assert low[image, ablation] != want[image, ablation]  # the rounding flipped the constructed pair
+    plain = precision.VerifiedSweep(exact, fast, ablations, {}, keep, text, scale, verify=False)(pixels)
+    assert plain.verified is None and not plain.embeddings[:, 0].equal(e32[:, 0])  # unverified: all in bfloat16
 
     sweep = precision.VerifiedSweep(exact, fast, ablations, {}, keep, text, scale)
     swept = sweep(pixels)
