@@ -48,6 +48,16 @@ CALIBRATION_IMAGES = 2  # the run's first images, computed both ways under every
 BASELINE, SAMPLE, MARGIN = (VERIFIED.index(name) for name in ("baseline", "sample", "margin"))
 
 
+def near_tie(logits: torch.Tensor, bound: float, eps: float, bias: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Low-precision logits (..., P) -> (...) bool: pairs whose margin (top logit minus the second) is within
+    max(bound, eps x the pair's largest |logit - bias|), the rounding could have changed their pick. A margin
+    that is NaN or infinite (float16 overflow) is flagged too."""
+    top2 = logits.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]
+    floor = eps * (logits - bias).abs().amax(dim=-1)
+    return ~(margin > torch.clamp(floor, min=bound))
+
+
 @dataclass
 class VerifyStats:
     """What verification did in this process (compute.runner prints it after the sweep)."""
@@ -168,11 +178,7 @@ class VerifiedSweep:
         bound = SAFETY * self.stats.spread
         if k < n and self.checked and low_logits.shape[-1] > 1:
             cols = torch.tensor(self.checked, device=emb.device)
-            part = low_logits[k:, cols]  # (m, C, P)
-            top2 = part.topk(2, dim=-1).values
-            margin = top2[..., 0] - top2[..., 1]
-            floor = self.eps * (part - self.scale.bias).abs().amax(dim=-1)
-            flagged = ~(margin > torch.clamp(floor, min=bound))  # NaN or inf (float16 overflow) is flagged too
+            flagged = near_tie(low_logits[k:, cols], bound, self.eps, self.scale.bias)  # (m, C)
             if bool(flagged.any()):
                 rows = (k + flagged.any(dim=1).nonzero().flatten()).tolist()
                 which = flagged.any(dim=0).nonzero().flatten().tolist()

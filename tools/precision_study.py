@@ -26,7 +26,7 @@ from compute.demo import EXPERIMENTS, N_IMAGES, SEED, SPLIT
 from compute.demo.data import write_coco
 from compute.engine import SweepEngine, attention_means, means_on
 from compute.models import pixel_values, with_dtype
-from compute.precision import CALIBRATION_IMAGES, SAFETY
+from compute.precision import CALIBRATION_IMAGES, SAFETY, near_tie
 from compute.runner import prepare
 from compute.scoring import cosine_logits, logit_scale, prompt_embeddings, stacked
 from tools import synthetic
@@ -74,10 +74,7 @@ def study(label: str, exp: Experiment, n: int, batch_size: int) -> str:
                  for low_emb, ex_emb in zip(embs["low"], embs["exact"], strict=True))
     spread = err.amax(-1) - err.amin(-1)  # (n, A-1)
     first, largest = float(spread[:CALIBRATION_IMAGES].max()), float(spread.max())
-    top2 = low.topk(2, dim=-1).values
-    margin = top2[..., 0] - top2[..., 1]
-    floor = torch.finfo(torch.bfloat16).eps * (low - scale.bias).abs().amax(-1)
-    flagged = ~(margin > torch.clamp(floor, min=SAFETY * first))  # as precision.VerifiedSweep flags
+    flagged = near_tie(low, SAFETY * first, torch.finfo(torch.bfloat16).eps, scale.bias)  # (n, A-1)
     flagged[:CALIBRATION_IMAGES] = True  # the calibration images hold float32's values
     differ = low.argmax(-1) != ex.argmax(-1)
     missed = int((differ & ~flagged).sum())
