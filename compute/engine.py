@@ -20,6 +20,11 @@ Two more savings, both exact:
 - a kind's whole-layer form may skip what it does not need (identity: the query/key projections and the
   softmax, see kinds.identity_attention).
 
+Below float32 (compute.precision) the all-NORMAL path, the trunk, runs on a float32 copy of the model: the
+unablated pass is then float32's own (the run's exact judge, computed once), and each branch starts from the
+trunk's state entering its first ablated layer, rounded to the low precision, so only the layers from there
+on round.
+
 ``embeddings(pixels, tap)`` shows the all-NORMAL path (the unablated pass, visited first) to a ``Tap``: what
 compute.decomposition needs of it, per layer, as the pass computes it (no second pass over the batch).
 """
