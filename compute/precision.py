@@ -124,7 +124,7 @@ class VerifiedSweep:
         # Verified, the engine computes the unablated path on the float32 model and branches off it in low
         # precision: the baseline pairs are float32's without a pass of their own (compute.engine).
         self.float32_trunk = method == "engine" and (self.verifying or fast.dtype == torch.float32)
-        trunk = exact.model if self.verifying and self.float32_trunk else None
+        trunk = exact.model if self.verifying else None  # (the engine: built below for it alone)
         self.engine = SweepEngine(fast.model, ablations, self.means_fast, trunk) if method == "engine" else None
         self.eps = torch.finfo(fast.dtype).eps
         self.sampled = 0  # calibration images seen
@@ -141,7 +141,7 @@ class VerifiedSweep:
             emb, logits = plain_batch(clip.model, ablations, pixels.to(clip.dtype), self.tokens, means)
             return emb, logits if self.own_logits else None
         engine = self.engine if clip is self.fast else SweepEngine(clip.model, ablations, means)
-        return stacked({a: e.float() for a, e in engine.embeddings(pixels, tap).items()}, ablations), None
+        return stacked(engine.embeddings(pixels, tap), ablations), None
 
     def _logits(self, emb: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
         return logits if logits is not None else cosine_logits(emb, self.text_norm, self.scale)

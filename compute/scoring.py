@@ -365,8 +365,9 @@ class Attributed:
 
 
 def stacked(emb_by: dict[Ablation, torch.Tensor], ablations: list[Ablation]) -> torch.Tensor:
-    """The engine's embeddings {ablation: (n, E)} in the run's ablation order -> (n, A, E)."""
-    return torch.stack([emb_by[a] for a in ablations], dim=1)
+    """The engine's embeddings {ablation: (n, E)} in the run's ablation order -> (n, A, E) float32 (a verified
+    run's float32 trunk gives its baseline beside low-precision branches)."""
+    return torch.stack([emb_by[a].float() for a in ablations], dim=1)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ Markdown row each: the largest error spread of the run's ablated pairs, the larg
 CALIBRATION_IMAGES images (what the bound holds before it flags any other pair), their ratio, the headroom
 SAFETY leaves, the pairs flagged past the calibration images, the bfloat16 picks that differ from float32's
 and how many of those the bound missed (it must be 0), the largest logit error and the smallest cosine of
-an ablated embedding with float32's, and an all-bfloat16 sweep's largest spread for comparison. Configurations: vit (the ViT-B/16-shaped random CLIP, 32 images: a few
-minutes), shapes, heads, attributes (the demo CLIP on its data), siglip, clip (tiny random models).
+an ablated embedding with float32's, and an all-bfloat16 sweep's largest spread for comparison.
+Configurations: vit (the ViT-B/16-shaped random CLIP, 32 images: a few minutes), shapes, heads, attributes
+(the demo CLIP on its data), siglip, clip (tiny random models).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ HEADER = ("| model, sweep, prompts | pairs | largest spread in the run | over th
 def logits_of(engine: SweepEngine, pixels: torch.Tensor, ablations: list, text: torch.Tensor, scale,
               keep: list[torch.Tensor] | None = None) -> torch.Tensor:
     """(n, A, P) cosine logits of the engine's embeddings (n, A, E), which ``keep`` gets."""
-    emb = stacked({a: e.float() for a, e in engine.embeddings(pixels).items()}, ablations)
+    emb = stacked(engine.embeddings(pixels), ablations)
     if keep is not None:
         keep.append(emb)
     return cosine_logits(emb, text, scale)

@@ -139,8 +139,7 @@ def test_verification_turns_a_near_tie_back_to_float32s_pick(tiny_clip, tmp_path
     e32 = stacked(SweepEngine(exact.model, ablations).embeddings(pixels), ablations)  # (8, A, E)
     # what a verified run computes in low precision: the trunk (the unablated path) on the float32 model, every
     # branch in bfloat16 from the trunk's state
-    e16 = stacked({a: e.float() for a, e in SweepEngine(fast.model, ablations, trunk=exact.model).embeddings(pixels)
-                   .items()}, ablations)
+    e16 = stacked(SweepEngine(fast.model, ablations, trunk=exact.model).embeddings(pixels), ablations)
     unit = lambda e: e / e.norm(dim=-1, keepdim=True)  # noqa: E731
     image, ablation = 5, 7  # past the calibration images; an ablated pair (the baseline is always float32's)
     text = near_tie_prompts(unit(e32[image, ablation]), unit(e16[image, ablation]))
