@@ -119,6 +119,10 @@ def _worker_main(recipe: Recipe, shared: np.ndarray, tasks: Connection, results:
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
         return
+    # A process forked after its parent started torch's OpenMP threads waits forever in its first parallel op
+    # (GNU OpenMP is not fork-safe); a processor that computes with torch (transformers' torchvision backend, a
+    # user's own) would hang the run. One thread: the workers are one per core anyway.
+    torch.set_num_threads(1)
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and SIGTERM are the main process's to handle
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, EOFError, KeyboardInterrupt):  # the main process is gone

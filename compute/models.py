@@ -5,7 +5,7 @@ families of compute.towers (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``), w
 ``LoadedClip.image_processor`` (what the loader's workers call) and ``pixel_values`` turn images into the
 model's pixels, (n, 3, size, size) for every family. Offline (HF_HUB_OFFLINE=1) a hub id that is not in
 the local cache fails with a clear InputError, and so does a checkpoint whose weights are not the ones its
-config.json describes (``from_pretrained``).
+config.json describes (``from_pretrained``). Every image processor is transformers' PIL one (``BACKEND``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ from torch import nn
 from compute.devices import TORCH_DTYPES, DtypeChoice, resolve_device, resolve_dtype
 from compute.errors import InputError
 from compute.towers import FAMILIES, embedding_width, grid_side, has_cls, unpatchify
+
+# transformers picks a torchvision-backed image processor wherever torchvision is installed (most GPU machines)
+# and a PIL one elsewhere; the two resize differently, so the same image would give different pixels, logits and
+# selections on a laptop and a GPU server, or on two nodes of one Ray run. The PIL one everywhere: the same
+# pixels on every machine, the ones compute.pixels' fast paths are checked against, and no torch in a decode
+# worker.
+BACKEND = {"backend": "pil"}
 
 
 def quiet_transformers() -> None:
@@ -186,7 +193,7 @@ def load_clip(name_or_path: str, device: str = "auto", dtype: str = "float32") -
 
     try:
         model = from_pretrained(model_class, name_or_path, "model", dtype=torch.float32)  # cast below
-        processor = processor_class.from_pretrained(name_or_path)
+        processor = processor_class.from_pretrained(name_or_path, **BACKEND)
     except ImportError as e:  # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece package
         hint = "; install it with: pip install sentencepiece" if "sentencepiece" in str(e).lower() else ""
         raise InputError(f"cannot load {family} {name_or_path!r}: {str(e).strip().splitlines()[0]}{hint}") from None
@@ -335,11 +342,11 @@ def load_captioner(name_or_path: str, device: str = "auto", dtype: str = "float3
     try:
         if kind == "blip":
             model = from_pretrained(BlipForConditionalGeneration, name_or_path, "captioner", dtype=torch_dtype)
-            processor = BlipProcessor.from_pretrained(name_or_path)
+            processor = BlipProcessor.from_pretrained(name_or_path, **BACKEND)
             image_processor, tokenizer = processor.image_processor, processor.tokenizer
         else:
             model = from_pretrained(VisionEncoderDecoderModel, name_or_path, "captioner", dtype=torch_dtype)
-            image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+            image_processor = AutoImageProcessor.from_pretrained(name_or_path, **BACKEND)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load captioner {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None

@@ -8,9 +8,13 @@ Builds a random CLIP shaped like openai/clip-vit-base-patch16 and 5,000 photo-li
   its loop's images/s (decode workers, the engine, the selection, the store writer), the fraction of the
   engine rate it reaches, the whole process's seconds, and where startup went (imports, model load, first
   batch);
+- the engine alone in bfloat16 and float32 too (on a GPU);
 - exactness on the GPU: the engine against the plain method (patch the modules, rerun the model per
   ablation) in float32 on the first 64 images: the largest |logit difference| and whether every selection
-  agrees.
+  agrees;
+- precision: the same images as whole processes in float32 and each low precision verified in float32
+  (compute/precision.py): seconds, the ratio against float32, the pairs verified, and every selection compared
+  with float32's (the bench fails if one differs).
 Acceptance on an H200 (issue 12): loop >= 700 images/s and >= 70% of the engine's rate, 5,000 images in at
 most 15 s as a whole process. Needs CUDA; ``--smoke`` runs the same steps with a tiny model and 64 images on
 whatever device there is (the CPU here), to check the bench itself. Imports neither the dashboard nor
@@ -136,19 +140,14 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     engine = engine_rate(clip, pixels, rounds)
     del clip
     print(f"  engine only (batches on the device, {dtype}): {engine:8.1f} images/s", flush=True)
+    rates = {}
+    for other in ("bfloat16", "float32") if cuda else ():  # what each precision's arithmetic costs, unverified
+        rates[f"engine_{other}_images_per_s"] = engine_rate(load_clip(str(model), device, other), pixels, 3)
+        print(f"  engine only, {other}: {rates[f'engine_{other}_images_per_s']:8.1f} images/s", flush=True)
 
     import_s = _timed([sys.executable, "-c", "import compute.runner; from transformers import CLIPModel"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "compute", "run", str(tmp / "bench.toml"), "--no-progress"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    whole = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"the run failed:\n{proc.stderr[-3000:]}")
-    swept = SWEPT.search(proc.stdout)
-    if swept is None:
-        raise SystemExit(f"no 'swept ...' line in the run's output:\n{proc.stdout[-2000:]}")
-    n, sweep_s, rate, setup_s, first_s, workers = swept.groups()
+    whole, stdout = _whole_run(tmp / "bench.toml")
+    n, sweep_s, rate, setup_s, first_s, workers = SWEPT.search(stdout).groups()
     loop = float(rate)
     print(f"  the run as a whole process: {whole:6.1f} s for {n} images, embeddings stored (float16)")
     print(f"    its loop: {loop:8.1f} images/s = {loop / engine:.0%} of the engine's rate ({workers} decode workers)")
@@ -162,11 +161,68 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     if not smoke:
         ok = loop >= 700 and loop >= 0.7 * engine and whole <= 15
         print(f"  acceptance (loop >= 700 images/s, >= 70% of the engine, <= 15 s whole): {'met' if ok else 'NOT met'}")
-    return {"device": name, "cores": cores, "images": int(n), "batch": batch, "jpeg_kb": kb,
+    figures = precision(tmp, model, data, batch, device, dtype, whole, tmp / "bench.duckdb")
+    return {**figures, **rates, "device": name, "cores": cores, "images": int(n), "batch": batch, "jpeg_kb": kb,
             "engine_images_per_s": engine, "loop_images_per_s": loop, "loop_fraction": loop / engine,
             "whole_process_s": whole, "sweep_s": float(sweep_s), "setup_s": float(setup_s), "import_s": import_s,
             "model_load_s": load_s, "first_batch_s": float(first_s), "workers": int(workers),
             "exact_max_dlogit": max_diff, "exact_selections_equal": same}
+
+
+def precision(tmp: Path, model: Path, data: Path, batch: int, device: str, ran: str, ran_s: float,
+              ran_db: Path) -> dict[str, float]:
+    """The same images as whole processes in float32 and each low precision (verified in float32, issue 25):
+    seconds, the speed ratio against float32, the pairs verified, and every selection compared with float32's
+    pair by pair (the bench fails if one differs). ``ran``: the dtype of the run above, reused."""
+    from compute import store
+    from tools.synthetic import write_experiment
+
+    dtypes = ["float32", "float16", "bfloat16"] if device == "cuda" else ["float32", "bfloat16"]
+    seconds, dbs, figures = {ran: ran_s}, {ran: ran_db}, {}
+    print("  precision, whole processes on the same images (low precision verified in float32):", flush=True)
+    for dtype in dtypes:
+        if dtype not in dbs:
+            dbs[dtype] = tmp / f"bench-{dtype}.duckdb"
+            toml = write_experiment(tmp / f"bench-{dtype}.toml", model, data, dbs[dtype], name="gpu-bench",
+                                    batch_size=batch, categories=(), embeddings="float16", device=device,
+                                    dtype=dtype)
+            seconds[dtype], stdout = _whole_run(toml)
+            verified = next((line.strip() for line in stdout.splitlines() if "float32 verification" in line), "")
+            print(f"    {dtype:<9} {seconds[dtype]:6.1f} s  {verified}", flush=True)
+        else:
+            print(f"    {dtype:<9} {seconds[dtype]:6.1f} s  (the run above)", flush=True)
+    picks, counts = {}, {}
+    for dtype, db in dbs.items():
+        with store.connect(db, read_only=True) as con:
+            run_id = store.find_run(con, "gpu-bench").run_id
+            picks[dtype], counts[dtype] = store.selected_prompts(con, run_id), store.verified_counts(con, run_id)
+    for dtype in dtypes[1:]:
+        differ = sum(a != b for a, b in zip(picks["float32"], picks[dtype], strict=True))
+        pairs = sum(counts[dtype].values())
+        verified = pairs - counts[dtype].get(None, 0)
+        ratio = seconds["float32"] / seconds[dtype]
+        print(f"    {dtype}: {ratio:.2f}x faster than float32; {verified:,} of {pairs:,} pairs verified in float32 "
+              f"({verified / pairs:.1%}); selections identical to float32's: {pairs - differ:,} of {pairs:,}",
+              flush=True)
+        figures |= {f"{dtype}_whole_s": seconds[dtype], f"{dtype}_speedup": ratio,
+                    f"{dtype}_verified_fraction": verified / pairs, f"{dtype}_selections_differing": differ}
+        if differ:
+            raise SystemExit(f"precision: {differ} selection(s) of the {dtype} run differ from float32's")
+    return figures | {"float32_whole_s": seconds["float32"]}
+
+
+def _whole_run(toml: Path) -> tuple[float, str]:
+    """``python -m compute run toml`` as a process: (seconds, its stdout); fails loudly."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": _pythonpath()}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "compute", "run", str(toml), "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"the run failed ({toml.name}):\n{proc.stderr[-3000:]}")
+    if SWEPT.search(proc.stdout) is None:
+        raise SystemExit(f"no 'swept ...' line in the run's output:\n{proc.stdout[-2000:]}")
+    return seconds, proc.stdout
 
 
 def _pythonpath() -> str:

@@ -29,4 +29,4 @@ print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", to
   uptime
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-timeout 340 "$PYTHON" -m tools.bench gpu --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.txt"
+timeout 480 "$PYTHON" -m tools.bench gpu --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.txt"

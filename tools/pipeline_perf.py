@@ -35,6 +35,7 @@ def bench_pipeline(tmp: Path, images: int = 768, batch_size: int = 64, repeats: 
     from compute.config import load_experiment
     from compute.dataset import open_image
     from compute.loader import default_workers
+    from compute.models import BACKEND
     from compute.runner import run
     from tools.synthetic import make_coco, save_random_clip, write_experiment
 
@@ -46,7 +47,7 @@ def bench_pipeline(tmp: Path, images: int = 768, batch_size: int = 64, repeats: 
     files = sorted((data / "images").glob("*.jpg"))
     kb = sum(f.stat().st_size for f in files) / len(files) / 1024
     print(f"  JPEGs: mean {kb:.0f} KB", flush=True)
-    processor = AutoImageProcessor.from_pretrained(model)
+    processor = AutoImageProcessor.from_pretrained(model, **BACKEND)
 
     def bare() -> float:
         start = time.perf_counter()

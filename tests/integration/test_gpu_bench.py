@@ -1,5 +1,6 @@
 """The GPU check (tools/gpu_check.sh -> ``python -m tools.bench gpu``) runs end to end in its smoke size on
-the CPU, writes its figures, finds the engine exact against the plain method, and never imports the
+the CPU, writes its figures, finds the engine exact against the plain method and a verified bfloat16 run's
+selections equal to float32's, and never imports the
 dashboard, streamlit or altair (the GPU machine has none of them)."""
 
 from __future__ import annotations
@@ -44,5 +45,10 @@ def test_the_gpu_check_runs_in_smoke_size_without_the_dashboard(tmp_path):
     assert figures["whole_process_s"] > 0 and figures["first_batch_s"] < figures["sweep_s"]
     assert figures["exact_max_dlogit"] < 1e-4 and figures["exact_selections_equal"] is True
     assert 100 < figures["jpeg_kb"] < 200  # photo-like JPEGs, about COCO's size
-    assert "exactness, float32" in (out / "gpu_bench.txt").read_text()
+    text = (out / "gpu_bench.txt").read_text()
+    assert "exactness, float32" in text
+    # the same images in bfloat16, verified: every selection float32's, some pairs recomputed in float32
+    assert figures["bfloat16_selections_differing"] == 0 and 0 < figures["bfloat16_verified_fraction"] < 1
+    assert figures["bfloat16_speedup"] == pytest.approx(figures["float32_whole_s"] / figures["bfloat16_whole_s"])
+    assert "bfloat16 with float32 verification" in text
     assert "torch" in (out / "env.txt").read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import cli, sql, start_cli
+from helpers import ROOT, cli, sql, start_cli
 from PIL import Image
 
 from compute import store
@@ -167,6 +169,63 @@ def test_a_processor_the_recipe_cannot_reproduce_runs_whole(jpegs):
         got = torch.cat([b.pixel_values for b in loader.batches(good)])
     torch.testing.assert_close(got, processor(images=[open_image(r.path) for r in good],
                                               return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+
+
+def test_every_image_processor_is_the_pil_one_even_where_torchvision_would_be_picked(
+        monkeypatch, tiny_clip, tiny_siglip, tiny_siglip2, tiny_blip, tiny_ved):
+    """Where torchvision is installed (most GPU machines) transformers picks processors that resize with it,
+    and the same image gave other pixels there than here. The loader asks for PIL whatever is installed: the
+    choice is watched as transformers makes it, on a machine made to look as if it had torchvision."""
+    from transformers.image_processing_backends import PilBackend
+    from transformers.models.auto import image_processing_auto as auto
+
+    from compute.models import load_captioner, load_clip
+
+    chosen = []
+    resolve = auto._resolve_backend
+    monkeypatch.setattr(auto, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(auto, "_resolve_backend", lambda *a, **k: chosen.append(resolve(*a, **k)) or chosen[-1])
+    assert auto._resolve_backend(None, None, "CLIPImageProcessor") == "torchvision"  # the default, so made
+    chosen.clear()
+    processors = [load_clip(str(m), "cpu", "float32").processor.image_processor
+                  for m in (tiny_clip, tiny_siglip, tiny_siglip2)]
+    processors += [load_captioner(str(m), "cpu", "float32").image_processor for m in (tiny_blip, tiny_ved)]
+    assert chosen == ["pil"] * 5
+    assert all(isinstance(p, PilBackend) for p in processors)
+
+
+TORCH_IN_WORKERS = """
+import sys
+from pathlib import Path
+import torch
+from transformers import CLIPImageProcessorPil
+from compute.dataset import ImageRecord
+from compute.loader import Loader
+
+class ComputesWithTorch(CLIPImageProcessorPil):
+    def __call__(self, images, **kwargs):
+        kwargs["do_rescale"] = True  # neither the direct crop nor the table: the workers call it whole
+        out = super().__call__(images, **kwargs)
+        out["pixel_values"] = (torch.as_tensor(out["pixel_values"]) * 1.0).numpy()  # torch's threads, used
+        return out
+
+paths = sorted(Path(sys.argv[1]).glob("*.jpg"))
+records = [ImageRecord(i, p.name, p, ()) for i, p in enumerate(paths)]
+torch.rand(4_000_000).mul(2.0)  # this process's intra-op threads, started before the fork
+with Loader(ComputesWithTorch(), "cpu", torch.float32, 4, 2) as loader:
+    print("decoded", sum(len(b.records) for b in loader.batches(records)))
+"""
+
+
+def test_a_processor_that_computes_with_torch_runs_in_the_forked_workers(tmp_path):
+    """transformers' torchvision-backed processors compute with torch. A process forked after its parent
+    started torch's OpenMP threads waited forever in its first parallel op (seen on a GPU machine with
+    torchvision); a worker now computes on one thread. A process of its own: its parent must have used the
+    threads, and a hang must end in a timeout, not a stuck suite."""
+    coco = make_coco(tmp_path / "coco", n=8, size=(320, 240), photo=True)
+    proc = subprocess.run([sys.executable, "-c", TORCH_IN_WORKERS, str(coco / "images")], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["decoded", "8"], proc.stderr[-2000:]
 
 
 def children(pid: int) -> list[int]:
