@@ -29,4 +29,5 @@ print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", to
   uptime
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-timeout 480 "$PYTHON" -m tools.bench gpu --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.txt"
+# Past its time the bench gets SIGABRT, which Python answers with every thread's stack (where it waited).
+PYTHONFAULTHANDLER=1 timeout -s ABRT 480 "$PYTHON" -m tools.bench gpu --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.txt"
