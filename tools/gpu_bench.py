@@ -161,7 +161,7 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     if not smoke:
         ok = loop >= 700 and loop >= 0.7 * engine and whole <= 15
         print(f"  acceptance (loop >= 700 images/s, >= 70% of the engine, <= 15 s whole): {'met' if ok else 'NOT met'}")
-    figures = precision(tmp, model, data, batch, device, dtype, whole, tmp / "bench.duckdb")
+    figures = precision_runs(tmp, model, data, batch, device, dtype, whole, tmp / "bench.duckdb")
     return {**figures, **rates, "device": name, "cores": cores, "images": int(n), "batch": batch, "jpeg_kb": kb,
             "engine_images_per_s": engine, "loop_images_per_s": loop, "loop_fraction": loop / engine,
             "whole_process_s": whole, "sweep_s": float(sweep_s), "setup_s": float(setup_s), "import_s": import_s,
@@ -169,8 +169,8 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
             "exact_max_dlogit": max_diff, "exact_selections_equal": same}
 
 
-def precision(tmp: Path, model: Path, data: Path, batch: int, device: str, ran: str, ran_s: float,
-              ran_db: Path) -> dict[str, float]:
+def precision_runs(tmp: Path, model: Path, data: Path, batch: int, device: str, ran: str, ran_s: float,
+                   ran_db: Path) -> dict[str, float]:
     """The same images as whole processes in float32 and each low precision (verified in float32, issue 25):
     seconds, the speed ratio against float32, the pairs verified, and every selection compared with float32's
     pair by pair (the bench fails if one differs). ``ran``: the dtype of the run above, reused."""
