@@ -58,6 +58,7 @@ from PIL import Image
 
 from compute.__main__ import main
 from compute.errors import StoreError
+from compute.models import BACKEND
 from tools.synthetic import make_coco, write_experiment
 
 
@@ -842,7 +843,7 @@ def test_transparent_and_16_bit_images_are_scored_and_drawn_on_the_processors_pi
     assert len(paths) == 6 and not sql(db, "SELECT * FROM errors")
 
     model = CLIPModel.from_pretrained(tiny_clip).eval()
-    processor = CLIPProcessor.from_pretrained(tiny_clip)
+    processor = CLIPProcessor.from_pretrained(tiny_clip, **BACKEND)
 
     def own_logits(images: list[Image.Image]) -> torch.Tensor:
         with torch.inference_mode():
@@ -948,7 +949,7 @@ def test_a_killed_run_leaves_no_decode_worker_behind_even_one_blocked_in_a_read(
             return f.read()
 
     monkeypatch.setattr(loader_module, "load", blocking_load)  # inherited by the forks below
-    processor = AutoImageProcessor.from_pretrained(tiny_clip)
+    processor = AutoImageProcessor.from_pretrained(tiny_clip, **BACKEND)
     records = [ImageRecord(1, "a.jpg", tmp_path / "a.jpg", ())]
 
     def a_run() -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from compute import store
 from compute.dataset import ImageRecord, open_image
 from compute.loader import Loader
+from compute.models import BACKEND
 from compute.pixels import recipe
 from compute.writer import BatchWriter, WriterFailed
 from tools.synthetic import make_coco, write_experiment
@@ -48,13 +49,13 @@ def jpegs(tmp_path_factory) -> list[ImageRecord]:
 
 
 def processors(tiny_clip):
-    from transformers import AutoImageProcessor, CLIPImageProcessor
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
 
     return {
-        "openai-clip-224": CLIPImageProcessor(),  # openai/clip-vit-base-patch16's settings
-        "tiny-model": AutoImageProcessor.from_pretrained(tiny_clip),  # loaded as a run loads it, 32 px
+        "openai-clip-224": CLIPImageProcessorPil(),  # openai/clip-vit-base-patch16's settings
+        "tiny-model": AutoImageProcessor.from_pretrained(tiny_clip, **BACKEND),  # loaded as a run loads it, 32 px
         # not the shortest-edge + centre-crop kind: the workers use the processor's own crop
-        "squash-40": CLIPImageProcessor(size={"height": 40, "width": 40}, do_center_crop=False),
+        "squash-40": CLIPImageProcessorPil(size={"height": 40, "width": 40}, do_center_crop=False),
     }
 
 
@@ -155,9 +156,9 @@ def test_pixels_of_every_image_mode_are_the_image_processors(tiny_clip, tmp_path
 def test_a_processor_the_recipe_cannot_reproduce_runs_whole(jpegs):
     """A processor that always rescales (its crop is never uint8) cannot use the table: the workers run it
     whole, and the pixels are still its own."""
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    class AlwaysRescales(CLIPImageProcessor):
+    class AlwaysRescales(CLIPImageProcessorPil):
         def __call__(self, images, **kwargs):
             kwargs["do_rescale"] = True
             return super().__call__(images, **kwargs)

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from compute.__main__ import main
 from compute.dataset import open_image
+from compute.models import BACKEND
 from compute.store import DB_ENV
 from dashboard.pages import DEFAULT, page_info
 from tools.synthetic import write_experiment
@@ -23,7 +24,7 @@ def own_logits(model_path: str, paths: list[str], texts: list[str]) -> torch.Ten
     from transformers import SiglipModel, SiglipProcessor
 
     model = SiglipModel.from_pretrained(model_path).eval()
-    processor = SiglipProcessor.from_pretrained(model_path)
+    processor = SiglipProcessor.from_pretrained(model_path, **BACKEND)
     inputs = processor(text=texts, images=[open_image(p) for p in paths], padding="max_length",
                        max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
     with torch.inference_mode():
@@ -81,7 +82,7 @@ def test_caption_scores_are_siglip_cosines_of_the_unablated_image(siglip_store):
         JOIN image_t i ON i.image_id = s.image_id JOIN run_t r ON r.run_id = i.run_id AND r.run = s.run
         WHERE s.run = 'sig' AND s.ablation = 'identity:3' ORDER BY s.image_id LIMIT 1""")[0]
     model = SiglipModel.from_pretrained(model_path).eval()
-    processor = SiglipProcessor.from_pretrained(model_path)
+    processor = SiglipProcessor.from_pretrained(model_path, **BACKEND)
     inputs = processor(text=[caption], images=[open_image(path)], padding="max_length", truncation=True,
                        max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
     with torch.inference_mode():

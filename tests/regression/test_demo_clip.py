@@ -24,11 +24,12 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 from compute.demo.train_clip import predict, shape_prompts
 from compute.demo.data import SHAPES
+from compute.models import BACKEND
 
 model_dir, shapes = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(2)
 model = CLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-processor = CLIPProcessor.from_pretrained(model_dir)
+processor = CLIPProcessor.from_pretrained(model_dir, **BACKEND)
 inst = json.loads((shapes / "annotations" / "instances_val.json").read_text())
 names = {c["id"]: c["name"] for c in inst["categories"]}
 main = {}

@@ -58,7 +58,7 @@ def test_a_batch_none_of_whose_images_decoded_records_its_errors():
 
 
 def test_a_decode_task_makes_a_decode_workers_pixels(tmp_path):
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     from tools.synthetic import make_coco
 
@@ -66,7 +66,7 @@ def test_a_decode_task_makes_a_decode_workers_pixels(tmp_path):
     records = [ImageRecord(i, f"{i:012d}.jpg", coco / "images" / f"{i:012d}.jpg", ("cat",), coco / "images")
                for i in range(1, 5)]
     records.append(ImageRecord(9, "../outside.jpg", coco / "images" / "../outside.jpg", (), coco / "images"))
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     full = recipe(processor, ship_uint8=True)
     lean = full.without_processor()
     assert lean.processor is None and lean.ship_uint8  # a decode task needs neither it nor transformers
