@@ -1,8 +1,8 @@
 """``python -m tools.page_times --db STORE --run NAME``: each dashboard page's load time in real headless Chromium.
 
 Starts the dashboard on ``STORE`` (tools.screenshots.serve), loads the first page once to warm the server up,
-then opens every page of the registry in a new tab at each width and times it until its script has finished
-and Vega has drawn (tools.screenshots.finished, less its fixed 0.7 s wait for Vega). docs/performance.md
+then opens every page of the registry in a new tab at each width and times it until its script has finished,
+Vega has drawn every chart and every image has loaded (tools.screenshots.finished). docs/performance.md
 holds the figures measured with it. Timings on a shared machine are noisy: compare two runs made one after
 the other.
 """
@@ -26,10 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.db.is_file():
         parser.error(f"no store at {args.db}")
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
-    from playwright.sync_api import sync_playwright
-
-    with shots.serve(args.db, Path("/tmp") / "page_times_streamlit.log") as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(shots.CHROMIUM), args=shots.CHROMIUM_ARGS)
+    with shots.serve(args.db, Path("/tmp") / "page_times_streamlit.log") as url, shots.chromium() as browser:
         for width in widths:
             context = browser.new_context(viewport={"width": width, "height": 900})
             warm = context.new_page()
@@ -40,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 tab.goto(shots.page_url(url, page, {"run": args.run}))
                 shots.finished(tab)
-                print(f"{width:>5} px  {page:<14} {time.perf_counter() - start - 0.7:6.2f} s", flush=True)
+                print(f"{width:>5} px  {page:<14} {time.perf_counter() - start:6.2f} s", flush=True)
                 tab.close()
             context.close()
-        browser.close()
     return 0
 
 

@@ -21,10 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from compute.store import DEFAULT_DB_TEXT, default_db
 from dashboard.pages import DEFAULT, KEYS
+
+if TYPE_CHECKING:  # playwright is imported where a browser starts
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -190,32 +194,45 @@ class PageShot:
     overflow: list[str]
 
 
-def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | None = None,
-          width: int = 1400, timeout_ms: int = 60_000) -> list[PageShot]:
-    """Open each page (with ``params`` as its query string), wait for the script to finish, screenshot it."""
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium (``CHROMIUM``), headless, driven by the playwright package (never ``playwright
+    install``); closed afterwards. Every tool and browser test launches it here."""
     from playwright.sync_api import sync_playwright
 
-    out.mkdir(parents=True, exist_ok=True)
-    shots = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            # A tall window from the start, cropped to the content: the page scrolls inside Streamlit's
-            # main container, so a full-page screenshot would stop at the window, and resizing the window
-            # later redraws every chart.
-            tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
-            for name in pages:
-                address = page_url(url, name, params)
-                tab.goto(address, timeout=timeout_ms)
-                finished(tab, timeout_ms)
-                height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
-                path = out / f"{name}.png"
-                tab.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": width,
-                                                     "height": min(height + 40, MAX_HEIGHT)})
-                shots.append(PageShot(name, address, path, tab.locator("h1").first.inner_text(),
-                                      tab.locator(EXCEPTION).all_inner_texts(), overflow(tab)))
+            yield browser
         finally:
             browser.close()
+
+
+def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | None = None,
+          width: int = 1400, timeout_ms: int = 60_000, browser: Browser | None = None) -> list[PageShot]:
+    """Open each page (with ``params`` as its query string), wait for the script to finish, screenshot it; in
+    ``browser`` when given (one tab, closed afterwards), else in a Chromium of its own."""
+    if browser is None:
+        with chromium() as own:
+            return shoot(url, pages, out, params, width, timeout_ms, own)
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    # A tall window from the start, cropped to the content: the page scrolls inside Streamlit's main container,
+    # so a full-page screenshot would stop at the window, and resizing the window later redraws every chart.
+    tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
+    try:
+        for name in pages:
+            address = page_url(url, name, params)
+            tab.goto(address, timeout=timeout_ms)
+            finished(tab, timeout_ms)
+            height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
+            path = out / f"{name}.png"
+            tab.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": width,
+                                                 "height": min(height + 40, MAX_HEIGHT)})
+            shots.append(PageShot(name, address, path, tab.locator("h1").first.inner_text(),
+                                  tab.locator(EXCEPTION).all_inner_texts(), overflow(tab)))
+    finally:
+        tab.close()
     return shots
 
 

@@ -23,13 +23,11 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
-from helpers import ARTIFACTS, skip_loudly, sql
+from helpers import ARTIFACTS, sql
 
 from dashboard.pages import PAGES as PAGE_INFO
 from dashboard.pages import SECTIONS, page_info
 from tools.screenshots import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     CONTENT,
     EXCEPTION,
     PAGES,
@@ -87,21 +85,6 @@ def listener():
     ear = Listener()
     yield ear
     ear.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run "
-                    "(apt-get install chromium; .ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

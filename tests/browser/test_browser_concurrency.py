@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import ARTIFACTS, skip_loudly, start_cli, start_python
+from helpers import ARTIFACTS, start_cli, start_python
 
 from compute import store
-from tools.screenshots import CHROMIUM, serve, shoot
+from tools.screenshots import serve, shoot
 from tools.synthetic import make_coco, write_experiment
 
 PAGES = ("overview", "failures", "image")
@@ -38,13 +38,7 @@ def done_pairs(db, name: str) -> int:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(tiny_clip, tmp_path):
-    if not CHROMIUM.is_file():
-        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(browser, tiny_clip, tmp_path):
     from compute.config import load_experiment
     from compute.models import load_clip
     from compute.prompts import Prompt
@@ -75,7 +69,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
             loads_while_writing = 0
             while writer.poll() is None and not loads_while_writing:
                 before = done_pairs(db, "live")
-                shots = shoot(url, PAGES, out / "writing", {"run": "live", "image": "3"})
+                shots = shoot(url, PAGES, out / "writing", {"run": "live", "image": "3"}, browser=browser)
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
                 # Batches landed while these pages loaded (the run may have ended during the last ones: the
@@ -98,7 +92,8 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
                 before = len(run_names(db))
                 deleter.stdin.write("go\n")  # the next delete starts as these pages load
                 deleter.stdin.flush()
-                shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"})
+                shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"},
+                              browser=browser)
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
                 loads_while_deleting += len(run_names(db)) < before  # runs vanished while these pages loaded
@@ -110,5 +105,6 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(ti
         assert deleter.returncode == 0, err[-2000:]
         assert loads_while_deleting >= 1, "no page load overlapped the deletes"
         assert sorted(run_names(db)) == ["base", "live"]
-        for shot in shoot(url, PAGES, out / "after", {"run": victims[0], "image": "3"}):  # a link to a deleted run
+        # a link to a deleted run
+        for shot in shoot(url, PAGES, out / "after", {"run": victims[0], "image": "3"}, browser=browser):
             assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"

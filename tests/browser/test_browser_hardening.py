@@ -9,24 +9,18 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import ARTIFACTS, data_block, flip, skip_loudly
+from helpers import ARTIFACTS, data_block, flip
 
 from compute import store
 from compute.errors import StoreError
-from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, EXCEPTION, FINISHED, page_url, serve
+from tools.screenshots import EXCEPTION, FINISHED, page_url, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ERROR = '[data-testid="stAlertContentError"]'
 
 
-def test_a_damaged_store_shows_its_one_line_in_chromium_and_no_exception(dash_store, tmp_path):
-    if not CHROMIUM.is_file():
-        skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser test did not run")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
+def test_a_damaged_store_shows_its_one_line_in_chromium_and_no_exception(browser, dash_store, tmp_path):
     db = tmp_path / "store.duckdb"
     shutil.copy(dash_store, db)
     flip(db, data_block(db))  # found by a query, not when the file is opened
@@ -35,10 +29,9 @@ def test_a_damaged_store_shows_its_one_line_in_chromium_and_no_exception(dash_st
     line = str(refused.value)
     assert line.startswith(f"the store {db} is damaged (a block's checksum does not match its bytes at byte ")
 
-    with serve(db, ARTIFACTS / "streamlit-hardening.log") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with serve(db, ARTIFACTS / "streamlit-hardening.log") as url:
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
             for page in ("overview", "failures"):
                 tab.goto(page_url(url, page, {"run": "tiny"}), timeout=60_000)
                 tab.wait_for_selector(ERROR, timeout=60_000)
@@ -48,4 +41,4 @@ def test_a_damaged_store_shows_its_one_line_in_chromium_and_no_exception(dash_st
                 assert tab.locator(EXCEPTION).count() == 0, tab.locator(EXCEPTION).first.inner_text()
                 assert [t.strip() for t in tab.locator(ERROR).all_inner_texts()] == [line]
         finally:
-            browser.close()
+            tab.close()

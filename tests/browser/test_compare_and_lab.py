@@ -9,13 +9,12 @@ Uses Debian's /usr/bin/chromium through the playwright package (never ``playwrig
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import ROOT, sql
 
-from tools.screenshots import CHROMIUM, CHROMIUM_ARGS, CONTENT, EXCEPTION, finished, page_url, reflowed, serve
+from tools.screenshots import CONTENT, EXCEPTION, finished, page_url, reflowed, serve
 from tools.synthetic import make_coco, write_experiment
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -23,20 +22,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots" / "compare-lab"
 VARIANT = [("a drawing of a cat", "cat"), ("a drawing of a dog", "dog"), ("a drawing of a bird", "bird"),
            ("a sketch of a car", "car")]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        reason = f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run"
-        print(f"\n{'!' * 78}\n{reason}\n{'!' * 78}", file=sys.stderr)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
