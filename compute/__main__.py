@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     from compute import fetch
     from compute.demo import cli as demo
 
-    p = sub.add_parser("demo", help="the offline demo: generate data, run both demo experiments, open the dashboard",
+    p = sub.add_parser("demo", help="the offline demo: generate data, run the demo experiments, open the dashboard",
                        description=demo.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
