@@ -12,6 +12,7 @@ interpreter already warm, as in a running server), then one filter change. Targe
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -57,11 +58,12 @@ def make_store(db: Path, images_dir: Path, n_images: int = N_IMAGES, n_prompts: 
     weakening = np.array([0.0 if not a.layers else min(1.0, rng.uniform(0.0, 0.5) * len(a.layers) ** 0.5)
                           for a in ablations], np.float32)
     text = torch.nn.functional.normalize(torch.randn(n_prompts, 16), dim=-1)
+    prompts = [Prompt(f"a photo of a {lab}", lab) for lab in labels]
+    config = {"prompts": [p.to_dict() for p in prompts]}  # what the pages read of a run's config (Image: the texts)
     with store.connect(db) as con:
         run_id = store.create_run(con, store.NewRun(
-            name=RUN, model="synthetic", config_json="{}", config_hash="bench", n_layers=N_LAYERS,
-            embedding_dtype="none", images=records, prompts=[Prompt(f"a photo of a {lab}", lab) for lab in labels],
-            ablations=ablations))
+            name=RUN, model="synthetic", config_json=json.dumps(config), config_hash="bench", n_layers=N_LAYERS,
+            embedding_dtype="none", images=records, prompts=prompts, ablations=ablations))
         for start in range(0, n_images, BATCH):
             ids = np.arange(start, min(start + BATCH, n_images))
             n = len(ids)
@@ -171,7 +173,10 @@ def bench_dashboard(tmp: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    import argparse
     import tempfile
 
+    argparse.ArgumentParser(prog="python -m tools.dashboard_perf", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory(prefix="clip-lab-bench-") as tmp:
         bench_dashboard(Path(tmp))
