@@ -125,7 +125,9 @@ def _timed_run(at) -> float:
     return seconds
 
 
-def time_pages(db: Path) -> dict[str, float]:
+def time_pages(db: Path, changes: dict[str, tuple[str, object, str]] = FILTER_CHANGES) -> dict[str, float]:
+    """``{page}_first_s`` and ``{page}_filter_s`` for each page of ``changes`` (FILTER_CHANGES' form) on the
+    store's run RUN; raises if a page raises."""
     from streamlit.testing.v1 import AppTest
 
     from compute.store import DB_ENV
@@ -137,11 +139,11 @@ def time_pages(db: Path) -> dict[str, float]:
     warm = AppTest.from_file(str(APP), default_timeout=120)
     warm.query_params["run"] = RUN
     _timed_run(warm)
-    for page in FILTER_CHANGES:
+    for page in changes:
         warm.switch_page(page_info(page).path)
         _timed_run(warm)
     results = {}
-    for page, (param, value, _) in FILTER_CHANGES.items():
+    for page, (param, value, _) in changes.items():
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.query_params["run"] = RUN
         if page != DEFAULT:
