@@ -53,7 +53,7 @@ from pathlib import Path
 
 from tools import synthetic as testing
 from tools.dashboard_perf import bench_dashboard
-from tools.gpu_bench import bench_gpu
+from tools.gpu_bench import bench_gpu, stored_picks
 from tools.pipeline_perf import bench_busy, bench_pipeline
 from tools.synthetic import make_coco, save_vit_b16_shaped_clip
 from tools.synthetic_siglip import save_siglip_b16_shaped
@@ -338,10 +338,7 @@ def bench_precision(tmp: Path, smoke: bool = False) -> dict[str, float]:
             t = run_process(["run", str(exp), "--dtype", dtype, "--limit", str(images), "--no-progress"])
             if t.returncode != 0:
                 raise SystemExit(f"bench run failed ({sweep_name}, {dtype}):\n{t.stderr[-2000:]}")
-            with store.connect(db, read_only=True) as con:
-                run_id = store.find_run(con, name).run_id
-                picks[dtype] = store.selected_prompts(con, run_id)  # (image, prompt) per (image, ablation)
-                counts = store.verified_counts(con, run_id)
+            picks[dtype], counts = stored_picks(db, name)
             results[f"{sweep_name}_{dtype}_s"] = t.seconds
             results[f"{sweep_name}_{dtype}_rss_mb"] = t.peak_rss_mb
             line = f"  {sweep_name:<6} {dtype:<9} {images:>3} images  {t.seconds:7.1f} s  peak RSS {t.peak_rss_mb:6.0f} MB"

@@ -174,7 +174,6 @@ def precision_runs(tmp: Path, model: Path, data: Path, batch: int, device: str, 
     """The same images as whole processes in float32 and each low precision (verified in float32, issue 25):
     seconds, the speed ratio against float32, the pairs verified, and every selection compared with float32's
     pair by pair (the bench fails if one differs). ``ran``: the dtype of the run above, reused."""
-    from compute import store
     from tools.synthetic import write_experiment
 
     dtypes = ["float32", "float16", "bfloat16"] if device == "cuda" else ["float32", "bfloat16"]
@@ -193,9 +192,7 @@ def precision_runs(tmp: Path, model: Path, data: Path, batch: int, device: str, 
             print(f"    {dtype:<9} {seconds[dtype]:6.1f} s  (the run above)", flush=True)
     picks, counts = {}, {}
     for dtype, db in dbs.items():
-        with store.connect(db, read_only=True) as con:
-            run_id = store.find_run(con, "gpu-bench").run_id
-            picks[dtype], counts[dtype] = store.selected_prompts(con, run_id), store.verified_counts(con, run_id)
+        picks[dtype], counts[dtype] = stored_picks(db, "gpu-bench")
     for dtype in dtypes[1:]:
         differ = sum(a != b for a, b in zip(picks["float32"], picks[dtype], strict=True))
         pairs = sum(counts[dtype].values())
@@ -209,6 +206,16 @@ def precision_runs(tmp: Path, model: Path, data: Path, batch: int, device: str, 
         if differ:
             raise SystemExit(f"precision: {differ} selection(s) of the {dtype} run differ from float32's")
     return figures | {"float32_whole_s": seconds["float32"]}
+
+
+def stored_picks(db: Path, name: str) -> tuple[list, dict]:
+    """Run ``name`` of store ``db``: its selections, (image, prompt) per (image, ablation) in order, to compare
+    pair by pair with another precision's; and its pairs per verification reason (store.verified_counts)."""
+    from compute import store
+
+    with store.connect(db, read_only=True) as con:
+        run_id = store.find_run(con, name).run_id
+        return store.selected_prompts(con, run_id), store.verified_counts(con, run_id)
 
 
 def _whole_run(toml: Path) -> tuple[float, str]:
