@@ -955,7 +955,9 @@ def test_a_killed_run_leaves_no_decode_worker_behind_even_one_blocked_in_a_read(
     def a_run() -> None:
         with loader_module.Loader(processor, "cpu", torch.float32, 1, 1) as loader:
             loader.start()
-            pids.write_text(" ".join(map(str, loader.pids)))
+            written = pids.with_suffix(".part")  # renamed whole: the test never reads it half written
+            written.write_text(" ".join(map(str, loader.pids)))
+            written.rename(pids)
             list(loader.batches(records))  # waits for the blocked worker
 
     run = multiprocessing.get_context("fork").Process(target=a_run)
