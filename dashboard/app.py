@@ -32,6 +32,8 @@ app = st.App(__file__, middleware=[Middleware(server.RootUrl)])
 def main() -> None:
     from dashboard import context, layout, navigation, reading, state
 
+    server.freeze_imports()  # the server's collection after each run walks only what the app made since
+
     # No page_icon: Streamlit's own favicon is served by this server (a material icon would come from an outside
     # font host; see dashboard/pages.py).
     st.set_page_config(page_title="CLIP Attention Lab", layout="wide")
@@ -46,3 +48,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+else:  # imported by `streamlit run` (uvicorn) to serve `app`
+    server.serving = True

@@ -1,16 +1,23 @@
 """The pieces behind browsing, without a server: whether a model is on this machine (against huggingface_hub's own
 cache lookup), the page HTML that tells Streamlit's frontend where the app's root is (so it probes no page path
-for /_stcore/health), and the click selection added to a chart's spec."""
+for /_stcore/health), the server's freeze of what imports left out of the collector's walks, and the click
+selection added to a chart's spec."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import importlib.util
 import json
+import sys
+import types
+import weakref
 
 import altair as alt
 import pandas as pd
 import pytest
+from helpers import APP
 
 from compute.local_models import cached_file, missing_locally
 
@@ -125,6 +132,46 @@ def test_the_root_follows_the_servers_base_url_path():
     assert b'location.origin + "/lab/"' in root_script("lab")
     assert b'location.origin + "/lab/tools/"' in root_script("/lab/tools/")
     assert b'location.origin + "/"' in root_script("/")
+
+
+class Node:
+    """An object that can hold itself: garbage only a collection frees."""
+
+
+def test_the_server_freezes_after_new_imports_only_once_collected_and_only_when_serving(monkeypatch):
+    from dashboard import server
+
+    monkeypatch.setattr(server, "serving", False)
+    monkeypatch.setattr(server, "_modules_at_freeze", 0)
+    before = gc.get_freeze_count()
+    server.freeze_imports()
+    assert gc.get_freeze_count() == before  # AppTest and the tools: Streamlit collects nothing after their runs
+
+    monkeypatch.setattr(server, "serving", True)
+    cycle = Node()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle
+    server.freeze_imports()
+    assert gone() is None  # collected first: garbage is never frozen
+    frozen = gc.get_freeze_count()
+    assert frozen > before
+    server.freeze_imports()
+    assert gc.get_freeze_count() == frozen  # no module imported since: no collection, nothing frozen
+    monkeypatch.setitem(sys.modules, "newly_imported", types.ModuleType("newly_imported"))
+    server.freeze_imports()
+    assert gc.get_freeze_count() > frozen
+
+
+def test_only_the_server_importing_the_app_marks_this_process_as_serving(monkeypatch):
+    from dashboard import server
+
+    monkeypatch.setattr(server, "serving", False)
+    spec = importlib.util.spec_from_file_location("app", APP)  # as uvicorn finds `app:app`
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "app", app)
+    spec.loader.exec_module(app)
+    assert server.serving is True
 
 
 # --------------------------------------------------------------------------------------------------
