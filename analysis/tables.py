@@ -229,6 +229,15 @@ def number(x: float, digits: int = DIGITS, sign: bool = False) -> str:
     return text.replace("-", MINUS)
 
 
+def styled(frame: pd.DataFrame, digits: int = DIGITS):
+    """``frame`` as a pandas Styler that shows numbers as Table 1 does (``digits`` decimals, typographic minus)
+    and "—" in a cell without a value, one where the column does not apply (Streamlit would show "None"). The
+    values stay numbers, so the page's table sorts by them."""
+    floats = list(frame.select_dtypes("float").columns)
+    others = [c for c in frame.columns if c not in floats]
+    return frame.style.format(lambda x: number(x, digits), subset=floats).format(na_rep="—", subset=others)
+
+
 def interval(lo: float, hi: float, digits: int = DIGITS) -> str:
     if pd.isna(lo) or pd.isna(hi):
         return ""

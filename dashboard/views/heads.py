@@ -95,10 +95,11 @@ else:
         per_head.altair_chart(charts.attribution_scatter(points, group))
         per_pair.altair_chart(charts.attribution_density(pairs, group))
         table = attribution.quality_table(data, digits=3)
-        st.dataframe(table[table["kind"] == group], hide_index=True)
+        # "—" where a figure does not apply: the pooled rho of the per-head row
+        st.dataframe(tables.styled(table[table["kind"] == group], 3), hide_index=True)
         st.caption("The largest misses: the heads (means over images) and the (image, head) pairs whose estimate is "
                    "farthest from the exact change.")
-        st.dataframe(attribution.misses(data, group).round(4), hide_index=True)
+        st.dataframe(tables.styled(attribution.misses(data, group), 4), hide_index=True)  # a head's row: no image
 
     st.subheader("Every head")
     st.caption("Click a row to open its images on the Failures page.")

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from helpers import chart_rows, open_page, select, sql
 
@@ -32,6 +33,11 @@ def store(tiny_clip, tmp_path_factory):
                            more=ATTRIBUTION)
     assert run(load_experiment(exp), progress=False, echo=lambda _: None).complete
     return db
+
+
+def shown(table) -> list[dict]:
+    """An AppTest dataframe's rows as the page shows them: a Styler's display text per cell."""
+    return pa.ipc.open_stream(table.proto.arrow_data.styler.display_values).read_all().to_pylist()
 
 
 def open_heads(db, monkeypatch, **params: str):
@@ -81,6 +87,14 @@ def test_the_heads_page_shows_exact_or_estimated_and_the_estimate_against_exact(
     assert set(misses["level"]) == {"head", "image x head"}
     top = misses[misses["level"] == "head"]["gap"].abs()
     assert top.iloc[0] == pytest.approx(max(abs(estimates[h] - exact[h]) for h in heads), abs=1e-4)
+    # As shown: "—" where a figure does not apply (the per-head row's pooled rho, a head's image), never "None"
+    per_head, per_image = shown(at.dataframe[0])
+    assert per_head["pooled rho"] == "—"
+    assert per_image["pooled rho"] == f"{table['pooled rho'].iloc[1]:.3f}".replace("-", "\u2212")  # typographic minus
+    assert per_head["rho"] == f"{table['rho'].iloc[0]:.3f}".replace("-", "\u2212")
+    rows = shown(at.dataframe[1])
+    assert [r["image_id"] == "—" for r in rows] == list(misses["level"] == "head")
+    assert not any(v in ("None", "nan", "NaN", "<NA>") for r in shown(at.dataframe[0]) + rows for v in r.values())
 
     select(at, "heads_effect").set_value("estimated").run()
     assert not at.exception and at.query_params["heads_effect"] == "estimated"
