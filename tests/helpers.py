@@ -1,5 +1,5 @@
 """Helpers every test tier shares (fixtures are in conftest.py): the repo's paths, read-only SQL on a store,
-the command line three ways, the dashboard in AppTest (open_page, chart_rows, select), the browser tests' loud skip, the modules kept on one worker, and CI's rule
+the command line three ways, the dashboard in AppTest (open_page, chart_rows, select, shown), the browser tests' loud skip, the modules kept on one worker, and CI's rule
 (the hooks conftest.py registers: with CLIP_LAB_CI=1, as .ci/run sets it, a skipped browser, Ray or
 root-only test fails, and so does a test module skipped at import).
 
@@ -94,6 +94,15 @@ def open_page(db: Path, monkeypatch, page: str, default_timeout: float = 120, **
     at.switch_page(page_info(page).path).run()
     assert not at.exception, at.exception[0].value
     return at
+
+
+def shown(table) -> list[dict]:
+    """An AppTest dataframe's rows as the page shows them: the text of each cell a pandas Styler formatted."""
+    import pyarrow as pa
+
+    values = table.proto.arrow_data.styler.display_values
+    assert values, "this table has no pandas Styler: Streamlit shows its missing cells as None"
+    return pa.ipc.open_stream(values).read_all().to_pylist()
 
 
 def chart_rows(at) -> list[list[dict]]:

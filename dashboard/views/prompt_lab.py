@@ -97,11 +97,13 @@ under = param_select("Under", embeddings.ablations, "lab_ablation", container=st
                      help="The ablation whose selections the table counts (baseline: the unablated model).")
 st.caption("Images that select each prompt, the share of them it is right for, and the share of the images carrying "
            f"its label that select it, under {md(under)}.")
-st.dataframe(prompt_scores.per_prompt(result, embeddings, embeddings.ablations.index(under)), hide_index=True,
+# "—" where a share has no images to count: a prompt nobody selects, a label no image carries
+st.dataframe(tables.styled(prompt_scores.per_prompt(result, embeddings, embeddings.ablations.index(under)), 3),
+             hide_index=True,
              column_config={"prompt": st.column_config.TextColumn("prompt", pinned=True),
-                            "right_when_selected": st.column_config.NumberColumn("right when selected", format="%.3f"),
+                            "right_when_selected": st.column_config.TextColumn("right when selected"),
                             "images_of_label": st.column_config.NumberColumn("images with its label"),
-                            "recall": st.column_config.NumberColumn("of those, selecting it", format="%.3f")})
+                            "recall": st.column_config.TextColumn("of those, selecting it")})
 
 templates = prompt_scores.per_template(result, embeddings)
 if templates["template"].nunique() > 1:

@@ -9,9 +9,8 @@ import shutil
 import subprocess
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from helpers import chart_rows, open_page, select, sql
+from helpers import chart_rows, open_page, select, shown, sql
 
 from analysis import SIZES
 from compute.config import load_experiment
@@ -33,11 +32,6 @@ def store(tiny_clip, tmp_path_factory):
                            more=ATTRIBUTION)
     assert run(load_experiment(exp), progress=False, echo=lambda _: None).complete
     return db
-
-
-def shown(table) -> list[dict]:
-    """An AppTest dataframe's rows as the page shows them: a Styler's display text per cell."""
-    return pa.ipc.open_stream(table.proto.arrow_data.styler.display_values).read_all().to_pylist()
 
 
 def open_heads(db, monkeypatch, **params: str):

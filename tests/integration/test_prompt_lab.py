@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import APP, DASH_ABLATIONS, sql
+from helpers import APP, DASH_ABLATIONS, shown, sql
 
 from analysis.text import md
 from compute.store import DB_ENV
@@ -116,11 +116,17 @@ def test_prompt_lab_against_the_runs_own_prompts_per_prompt_and_per_template(das
     stored = dict(accuracy_by_ablation(dash_store, "tiny"))
     assert list(versus["run_accuracy"]) == pytest.approx([stored[a] for a in versus["ablation"]])
     assert list(versus["change_vs_run"]) == pytest.approx(list(versus["accuracy"] - versus["run_accuracy"]))
-    per_prompt = next(d.value for d in at.dataframe if "selected" in d.value)
+    table = next(d for d in at.dataframe if "selected" in d.value)
+    per_prompt = table.value
     assert list(per_prompt["prompt"]) == [
         "a drawing of a cat", "a drawing of a dog", "a drawing of a bird",
         *(f"mean of 2: a photo of a {x} / a picture of a {x}" for x in ("cat", "dog", "bird"))]
     assert per_prompt["selected"].sum() == 9  # every readable image selects one prompt under baseline
+    # As shown: a share with no images to count is "—" (a prompt nobody selects), never "None"; the others 3 decimals
+    for row, cells in zip(per_prompt.to_dict("records"), shown(table), strict=True):
+        want = "—" if row["selected"] == 0 else f"{row['right_when_selected']:.3f}"
+        assert cells["right_when_selected"] == want
+    assert (per_prompt["selected"] == 0).any()  # the case above is met
     per_template = next(d.value for d in at.dataframe if "a drawing of a {label}" in d.value)
     assert list(per_template.columns) == ["ablation", "a drawing of a {label}",
                                           "a photo of a {label}; a picture of a {label}"]
