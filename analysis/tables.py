@@ -229,13 +229,23 @@ def number(x: float, digits: int = DIGITS, sign: bool = False) -> str:
     return text.replace("-", MINUS)
 
 
+def missing(x: object) -> bool:
+    """Whether a cell holds no value (None, NaN, NA); a list or an array is a value."""
+    return x is None or (not isinstance(x, list | tuple | np.ndarray) and bool(pd.isna(x)))
+
+
 def styled(frame: pd.DataFrame, digits: int = DIGITS):
     """``frame`` as a pandas Styler that shows numbers as Table 1 does (``digits`` decimals, typographic minus)
-    and "—" in a cell without a value, one where the column does not apply (Streamlit would show "None"). The
-    values stay numbers, so the page's table sorts by them."""
-    floats = list(frame.select_dtypes("float").columns)
-    others = [c for c in frame.columns if c not in floats]
-    return frame.style.format(lambda x: number(x, digits), subset=floats).format(na_rep="—", subset=others)
+    and "—" in a cell without a value, one where the column does not apply. Streamlit's grid shows a missing cell
+    as "None" whatever a Styler says, so a column with missing cells becomes text, formatted here; the other
+    columns stay numbers, so the page's table sorts by them."""
+    out = frame.copy()
+    for column in out.columns:
+        if any(missing(x) for x in out[column]):
+            out[column] = ["—" if missing(x) else number(x, digits) if isinstance(x, float) else str(x)
+                           for x in out[column]]
+    floats = list(out.select_dtypes("float").columns)
+    return out.style.format(lambda x: number(x, digits), subset=floats)
 
 
 def interval(lo: float, hi: float, digits: int = DIGITS) -> str:

@@ -97,12 +97,17 @@ def open_page(db: Path, monkeypatch, page: str, default_timeout: float = 120, **
 
 
 def shown(table) -> list[dict]:
-    """An AppTest dataframe's rows as the page shows them: the text of each cell a pandas Styler formatted."""
+    """An AppTest dataframe's rows as a browser shows them: the text a pandas Styler gave each cell, but "None"
+    where the cell holds no value (Streamlit's grid shows a missing value so, whatever the Styler says)."""
     import pyarrow as pa
+
+    from analysis.tables import missing
 
     values = table.proto.arrow_data.styler.display_values
     assert values, "this table has no pandas Styler: Streamlit shows its missing cells as None"
-    return pa.ipc.open_stream(values).read_all().to_pylist()
+    text = pa.ipc.open_stream(values).read_all().to_pylist()
+    raw = table.value.to_dict("records")
+    return [{k: "None" if missing(r[k]) else v for k, v in t.items()} for t, r in zip(text, raw, strict=True)]
 
 
 def chart_rows(at) -> list[list[dict]]:
