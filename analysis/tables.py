@@ -242,7 +242,7 @@ def styled(frame: pd.DataFrame, digits: int = DIGITS):
     out = frame.copy()
     for column in out.columns:
         if any(missing(x) for x in out[column]):
-            out[column] = ["—" if missing(x) else number(x, digits) if isinstance(x, float) else str(x)
+            out[column] = ["—" if missing(x) else number(x, digits) if isinstance(x, float | np.floating) else str(x)
                            for x in out[column]]
     floats = list(out.select_dtypes("float").columns)
     return out.style.format(lambda x: number(x, digits), subset=floats)

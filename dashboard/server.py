@@ -85,26 +85,31 @@ class RootUrl:
 
 # Set by app.py when `streamlit run` imports it to find its `app`: this process is the dashboard's server, where
 # Streamlit collects garbage after every script run. (AppTest runs app.py without importing it, and collects
-# nothing after a run: freezing there would only cost the test process its collections.)
+# nothing after a run.)
 serving = False
 _modules_at_freeze = 0
 _freeze_lock = threading.Lock()
 
 
 def freeze_imports() -> None:
-    """In the server, move every object alive now to the collector's permanent generation when modules were
-    imported since the last time (a page's first run imports torch, transformers, Altair...); elsewhere nothing.
+    """At the start of a script run: ``freeze_new_imports()`` in the server, nothing elsewhere.
 
     Why: after each script run Streamlit collects garbage in full (``runner.postScriptGC``), walking every
     object of the process: with torch and transformers imported that is 0.2-0.27 s of CPU per run (measured
-    here), spent before the session's next run can start; after a freeze, 1-2 ms. Called at the start of a
-    run, after a collection of its own, it freezes no garbage and (unless another session is mid-run) no run's
-    temporaries: modules, classes, functions, caches and sessions, which live on. A frozen object is still freed
-    when its last reference goes; it is only never walked for cycles again.
+    here), spent before the session's next run can start; after a freeze, 1-2 ms. At the start of a run,
+    nothing a run made is alive (unless another session is mid-run): what is frozen is modules, classes,
+    functions, caches and sessions, which live on.
     """
+    if serving:
+        freeze_new_imports()
+
+
+def freeze_new_imports() -> None:
+    """When modules were imported since the last call (a page's first run imports torch, transformers,
+    Altair...): collect garbage, then move every object alive to the collector's permanent generation, out of
+    every later collection's walk. Collected first, so no garbage is frozen; a frozen object is still freed when
+    its last reference goes, it is only never walked for cycles again."""
     global _modules_at_freeze
-    if not serving:
-        return
     with _freeze_lock:
         if len(sys.modules) == _modules_at_freeze:
             return

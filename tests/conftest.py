@@ -13,7 +13,6 @@ Tiers (``make test`` runs them all; ``make test-fast`` only the first):
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import sys
 from pathlib import Path
@@ -70,21 +69,16 @@ def _one_component_scan() -> None:
         scanner.scan_component_manifests = functools.cache(scanner.scan_component_manifests)
 
 
-_modules_at_freeze = 0
-
-
 @pytest.fixture(autouse=True)
 def _freeze_imports() -> None:
     """Before a test, when modules were imported since the last time: collect garbage, then freeze what is left
-    (modules, session and module fixtures) out of the collector's sight, as the dashboard's server does
-    (dashboard/server.py says why). With torch and transformers imported a full collection walks some 450,000
+    (modules, session and module fixtures) out of the collector's sight, as the dashboard's server does before a
+    script run (dashboard/server.py). With torch and transformers imported a full collection walks some 450,000
     objects (0.25 s); frozen, the test's own collections walk what the test made, and a test's forked process
     (cli_forked, start_cli) does not copy every page of the heap as its collector walks it."""
-    global _modules_at_freeze
-    if len(sys.modules) != _modules_at_freeze:
-        gc.collect()
-        gc.freeze()
-        _modules_at_freeze = len(sys.modules)
+    from dashboard.server import freeze_new_imports
+
+    freeze_new_imports()
 
 
 @pytest.fixture(scope="session")
