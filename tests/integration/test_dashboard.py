@@ -1,5 +1,6 @@
 """One AppTest per dashboard page against the tests' store (conftest.dash_store: tiny real runs of a random
-12-layer CLIP, with BLIP captions), plus the read side's SQL allow-list and Table 1's renderings.
+12-layer CLIP, with BLIP captions), plus the read side's SQL allow-list, Table 1's renderings, and that a model
+the server's garbage-collector freeze caught is still freed when the cache drops it.
 Every number a page shows is checked against SQL on the store.
 """
 
@@ -467,3 +468,22 @@ def test_thumbnails_open_only_the_files_the_store_lists_for_the_run(dash_store):
         expected = dict(con.execute("SELECT image_id, path FROM image_t WHERE run_id = 1").fetchall())
     assert "path" not in rows.columns and "path" not in flips.columns
     assert listed == expected
+
+
+def test_a_model_the_servers_freeze_caught_is_freed_when_the_cache_drops_it(tiny_clip, monkeypatch):
+    """The server freezes what is alive at the start of a run (dashboard/server.py), the Image page's cached model
+    included; frozen, it is never walked for cycles again, so a model held in a cycle would stay in memory after
+    the cache evicts it (a ViT-B/16 in float32 is 600 MB). It holds none: its last reference frees it."""
+    import gc
+    import weakref
+
+    from compute.models import load_clip
+    from dashboard import server
+
+    clip = load_clip(str(tiny_clip), "cpu")
+    parts = [weakref.ref(x) for x in (clip, clip.model, clip.processor, next(clip.model.parameters()))]
+    monkeypatch.setattr(server, "_modules_at_freeze", 0)  # as after new imports: collect, then freeze
+    server.freeze_new_imports()
+    assert not any(o is clip.model for o in gc.get_objects())  # frozen
+    del clip
+    assert [ref() for ref in parts] == [None] * len(parts)
