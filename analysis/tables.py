@@ -229,11 +229,6 @@ def number(x: float, digits: int = DIGITS, sign: bool = False) -> str:
     return text.replace("-", MINUS)
 
 
-def missing(x: object) -> bool:
-    """Whether a cell holds no value (None, NaN, NA); a list or an array is a value."""
-    return x is None or (not isinstance(x, list | tuple | np.ndarray) and bool(pd.isna(x)))
-
-
 def styled(frame: pd.DataFrame, digits: int = DIGITS):
     """``frame`` as a pandas Styler that shows numbers as Table 1 does (``digits`` decimals, typographic minus)
     and "—" in a cell without a value, one where the column does not apply. Streamlit's grid shows a missing cell
@@ -241,9 +236,10 @@ def styled(frame: pd.DataFrame, digits: int = DIGITS):
     columns stay numbers, so the page's table sorts by them."""
     out = frame.copy()
     for column in out.columns:
-        if any(missing(x) for x in out[column]):
-            out[column] = ["—" if missing(x) else number(x, digits) if isinstance(x, float | np.floating) else str(x)
-                           for x in out[column]]
+        gaps = out[column].isna()  # None, NaN, NA; a list is a value
+        if gaps.any():
+            out[column] = ["—" if gap else number(x, digits) if isinstance(x, float | np.floating) else str(x)
+                           for x, gap in zip(out[column], gaps, strict=True)]
     floats = list(out.select_dtypes("float").columns)
     return out.style.format(lambda x: number(x, digits), subset=floats)
 

@@ -101,13 +101,11 @@ def shown(table) -> list[dict]:
     where the cell holds no value (Streamlit's grid shows a missing value so, whatever the Styler says)."""
     import pyarrow as pa
 
-    from analysis.tables import missing
-
     values = table.proto.arrow_data.styler.display_values
     assert values, "this table has no pandas Styler: Streamlit shows its missing cells as None"
     text = pa.ipc.open_stream(values).read_all().to_pylist()
-    raw = table.value.to_dict("records")
-    return [{k: "None" if missing(r[k]) else v for k, v in t.items()} for t, r in zip(text, raw, strict=True)]
+    gaps = table.value.isna().to_dict("records")
+    return [{k: "None" if g[k] else v for k, v in t.items()} for t, g in zip(text, gaps, strict=True)]
 
 
 def chart_rows(at) -> list[list[dict]]:
