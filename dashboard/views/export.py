@@ -19,6 +19,7 @@ from dashboard.state import get_param, param_multiselect, param_select
 
 OUTCOMES = ["all", "wrong", "right", "flip", "broken", "fixed", "changed"]
 SEP = "|"  # between ablation labels in the URL (labels hold commas, never a bar)
+CAPTION_COLUMNS = ("caption", "caption_score")  # of a selection: empty in a run without a captioner
 FORMAT_NAMES = {"md": "Markdown", "tex": "LaTeX", "csv": "CSV"}
 
 ctx = context()
@@ -182,8 +183,14 @@ where = (slices.ablation(ctx.ablation_id(ablation) if ablation else None, ablati
          & slices.true_label(sel_label) & slices.selected_label(selected))
 n_rows, n_images = load(queries.slice_count, ctx.run_id, ctx.baseline_id, where)
 st.caption(f"Current slice: {n_rows:,} selections of {n_images:,} images: {md(where.caption)}.")
-st.dataframe(load(queries.slice_rows, ctx.run_id, ctx.baseline_id, where, "image", 20, 0), hide_index=True)
-st.caption("The first 20 rows.")
+preview = load(queries.slice_rows, ctx.run_id, ctx.baseline_id, where, "image", 20, 0)
+if tables.has_captions(data.summary):
+    st.dataframe(preview, hide_index=True)
+    st.caption("The first 20 rows.")
+else:  # nothing to show in them: the files keep the columns (the public view's), empty
+    st.dataframe(preview.drop(columns=list(CAPTION_COLUMNS)), hide_index=True)
+    st.caption(f"The first 20 rows, without {md_list(CAPTION_COLUMNS)}: this run has no captioner, so the files leave "
+               "them empty.")
 
 
 def _slice_frame():

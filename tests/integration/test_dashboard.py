@@ -15,12 +15,13 @@ from urllib.parse import parse_qsl
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import APP, DASH_ABLATIONS, select, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from analysis import charts, queries, slices, stats, tables
+from analysis import charts, figures, queries, slices, stats, tables
 from analysis import latex as latex_tables
 from analysis.text import md
 from compute import store
@@ -291,6 +292,26 @@ def test_export_page_offers_every_chart_the_slice_and_table1(app, dash_store):
     assert at.query_params["figures"] == "|".join(chosen)
     assert list(at.dataframe[0].value["Ablation"]) == chosen
     assert at.code[0].value.count("\n| ") == len(chosen)  # a row each (the header opens the text)
+
+
+def test_export_previews_a_run_without_a_captioner_without_its_empty_caption_columns(app, dash_store):
+    """The slice preview of a run without a captioner leaves out the caption columns, which the files keep
+    empty (the public view's columns), and says so; a captioned run's preview shows its captions."""
+    def preview(at: AppTest) -> pd.DataFrame:
+        return next(d.value for d in at.dataframe if "image_id" in d.value.columns)
+
+    at = app("export", run="tiny-singles")
+    rows = preview(at)
+    assert len(rows) == 20 and "selected_prompt" in rows.columns
+    assert not {"caption", "caption_score"} & set(rows.columns)
+    assert not rows.drop(columns="labels").isna().any().any()  # no cell the grid would show as "None"
+    assert "without caption, caption\\_score: this run has no captioner" in caption_text(at)
+    with store.connect(dash_store, read_only=True) as con:
+        run_id = int(con.execute("SELECT run_id FROM run_t WHERE run = 'tiny-singles'").fetchone()[0])
+        files = figures.selections_frame(con, run_id, slices.EVERYTHING)
+    assert {"caption", "caption_score"} <= set(files.columns) and files[["caption", "caption_score"]].isna().all().all()
+    captioned = preview(app("export", run="tiny"))
+    assert captioned["caption"].notna().any() and "caption_score" in captioned.columns
 
 
 def test_a_copied_url_reopens_the_same_view(app):
