@@ -69,12 +69,7 @@ def slug(text: str) -> str:
 
 
 def find_run_id(con: queries.Con, name: str) -> int:
-    runs = queries.runs(con)
-    match = runs[runs["run"] == name]
-    if match.empty:
-        names = ", ".join(sorted(runs["run"])) or "none"
-        raise InputError(f"no run named {name!r} in DB; runs: {names}")
-    return int(match["run_id"].iloc[0])
+    return store.require_run(con, name).run_id
 
 
 def pack_charts(data: PackData) -> dict[str, ChartBuilder]:

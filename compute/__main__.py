@@ -167,9 +167,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         raise InputError(f"no store at {db}")
     store.check_store(db, write=True)
     with run_lock(db, args.run, wait=False), store.connect(db) as con:  # not while a process writes the run
-        row = store.find_run(con, args.run)
-        if row is None:
-            raise InputError(f"no run named {args.run!r} in {db}")
+        row = store.require_run(con, args.run)
         users = store.embedding_users(con, row.run_id)
         if users:
             raise InputError(f"run {args.run!r} holds the image embeddings that rescored run(s) "

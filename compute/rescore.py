@@ -53,10 +53,7 @@ def open_run(db: Path, name: str) -> StoredRun:
     if not Path(db).is_file():
         raise InputError(f"no store at {db}")
     with store.connect(db, read_only=True) as con:
-        row = store.find_run(con, name)
-        if row is None:
-            names = sorted(r["run"] for r in store.list_runs(con))
-            raise InputError(f"no run named {name!r} in {db} (runs: {', '.join(names) or 'none'})")
+        row = store.require_run(con, name)
         if row.embedding_dtype == "none":
             raise InputError(f"run {name!r} kept no image embeddings (store.embeddings = 'none'): "
                              f"rerun it with embeddings to rescore")

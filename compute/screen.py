@@ -46,9 +46,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     store.check_store(db, write=False)
     with store.connect(db, read_only=True) as con:
-        row = store.find_run(con, args.run)
-        if row is None:
-            raise InputError(f"no run named {args.run!r} in {db}")
+        row = store.require_run(con, args.run)
         rows = store.mean_estimates(con, row.run_id)
     kinds = list(dict.fromkeys(r[0] for r in rows))
     if not kinds:

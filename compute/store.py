@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from compute.errors import InputError
 from compute.killpoints import kill_point
 from compute.store_heads import (  # noqa: F401 - re-exported: the store's one name for callers
     EMBEDDING_DTYPES,
@@ -92,6 +93,19 @@ def find_run(con: duckdb.DuckDBPyConnection, name: str) -> RunRow | None:
     values = list(row)
     values[4] = json.loads(values[4])
     return RunRow(*values)
+
+
+DATABASE_FILE = "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+
+
+def require_run(con: duckdb.DuckDBPyConnection, name: str) -> RunRow:
+    """Run ``name``; its absence is the input's fault, said once for every verb: the store's file and its runs."""
+    row = find_run(con, name)
+    if row is None:
+        path = con.execute(DATABASE_FILE).fetchone()
+        names = ", ".join(sorted(r["run"] for r in list_runs(con))) or "none"
+        raise InputError(f"no run named {name!r} in {path[0] if path else 'the store'} (runs: {names})")
+    return row
 
 
 INSERT_RUN = """

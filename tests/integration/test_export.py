@@ -127,7 +127,7 @@ def test_selections_csv_and_parquet_are_the_same_rows_as_the_view(pack, dash_sto
 
 def test_unknown_run_names_the_runs_there(dash_store, tmp_path, capsys):
     assert main(["export", "--run", "nope", "--out", str(tmp_path), "--db", str(dash_store)]) == 2
-    assert "error: no run named 'nope' in DB; runs: tiny, tiny-singles" in capsys.readouterr().err
+    assert f"error: no run named 'nope' in {dash_store} (runs: tiny, tiny-singles)" in capsys.readouterr().err
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "gif"]) == 2
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(tmp_path / "none.duckdb")]) == 2
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store),

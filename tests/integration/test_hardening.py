@@ -726,6 +726,19 @@ def test_list_escapes_names_stored_before_names_were_checked(setup, capsys):
     assert err.startswith("error: no run named 't\\x1b[2J'") and "\x1b" not in err
 
 
+def test_every_verb_that_names_a_missing_run_says_the_same_line(dash_store, tmp_path, capsys):
+    """delete, rescore, screen and export name the store and the runs it holds, in one wording."""
+    db = tmp_path / "copy.duckdb"  # delete opens the store for writing: a copy, not the session's store
+    shutil.copy(dash_store, db)
+    prompts = tmp_path / "p.toml"
+    prompts.write_text('[[prompts]]\ntext = "a photo of a cat"\nlabel = "cat"\n')
+    for argv in (["delete", "nope"], ["rescore", "--run", "nope", "--prompts", str(prompts), "--as", "new"],
+                 ["screen", "--run", "nope", "--top", "3"], ["export", "--run", "nope", "--out", str(tmp_path / "o")]):
+        assert main([*argv, "--db", str(db)]) == 2, argv
+        assert capsys.readouterr().err == f"error: no run named 'nope' in {db} (runs: tiny, tiny-singles)\n", argv
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
 def test_truncate_prompts_is_an_opt_in_that_runs_cut_prompts_and_is_stored(setup, capsys):
     long_cat, long_dog = LONG + " cat", LONG + " cat dog"  # the same first 32 tokens would tie: one long prompt
     exp = _model_key(setup.experiment(prompts=[("a photo of a dog", "dog"), (long_cat, "cat")]), "truncate_prompts = true")
