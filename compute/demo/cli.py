@@ -35,11 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_port(port: int | None) -> None:
+    if port is not None and not 0 < port < 65536:
+        raise InputError(f"--port must be between 1 and 65535, got {port}")
+
+
 def choose_port(address: str, port: int | None) -> int:
     """``port`` as asked (an InputError if it is taken), else DEFAULT_PORT or the next free port above it."""
     if port is not None:
-        if not 0 < port < 65536:
-            raise InputError(f"--port must be between 1 and 65535, got {port}")
+        check_port(port)
         if not _free(address, port):
             raise InputError(f"port {port} on {address} is in use: choose another with --port (make demo PORT=...)")
         return port
@@ -63,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
     from compute.demo.data import write_coco
     from compute.runner import run
 
-    port = None if args.no_dashboard else choose_port(args.address, args.port)  # bad input: before any work
+    check_port(args.port)  # bad input, even where it would not be used: before any work
+    port = None if args.no_dashboard else choose_port(args.address, args.port)
     for name in ("clip", "captioner"):
         if not (DEMO_MODELS / name / "config.json").is_file():
             raise InputError(f"the demo {name} is missing from {DEMO_MODELS / name}: "

@@ -16,6 +16,29 @@ from compute.store import DB_ENV, default_db
 VERBS = ["run", "list", "delete", "rescore", "export", "fetch", "demo"]
 
 
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "70000"], ["--port", "70000", "--no-dashboard"],
+                                  ["--port", "taken"]])
+def test_the_demo_refuses_a_port_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    """A port out of range (even with --no-dashboard) or in use: one line, exit 2, no data generated."""
+    import socket
+
+    from compute.demo import cli as demo
+
+    monkeypatch.setattr(demo, "DEMO_DATA", tmp_path / "shapes")
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "results.duckdb"))  # were it to run, not into the repo's store
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = [str(port) if a == "taken" else a for a in argv]
+        assert main(["demo", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err in (f"error: --port must be between 1 and 65535, got {argv[1]}\n",
+                   f"error: port {port} on 127.0.0.1 is in use: choose another with --port (make demo PORT=...)\n")
+    assert ("in use" in err) == (argv[1] == str(port))
+    assert not (tmp_path / "shapes").exists()
+
+
 def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch, capsys):
     """The demo verb itself, on a small slice of its data, then ``list`` with no --db (both in this process,
     $CLIP_LAB_DB read at each call): both use the default store. The demo prints each warning once (its runs
