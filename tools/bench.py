@@ -394,6 +394,7 @@ SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, 
             "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
             "ray": bench_ray, "precision": bench_precision, "attribution": bench_attribution, "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
+SMOKE = ("gpu", "precision", "attribution")  # the sections with a --smoke size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,13 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("section", nargs="?", choices=["gpu"], help="gpu: the GPU bench alone")
     parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of sections ({', '.join(SECTIONS)})")
     parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device; "
-                        "precision: 16 and 3 images; attribution: 2 images; to check the bench itself")
+                        "precision: 16 and 3 images; attribution: 2 images; to check the bench itself (the other sections have no "
+                        "smoke size: --smoke refuses them)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     chosen = [args.section] if args.section else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section {unknown[0]!r}")
+    full_only = [s for s in chosen if s not in SMOKE]
+    if args.smoke and full_only:  # it would run them at full size, the opposite of what was asked
+        parser.error(f"--smoke: {', '.join(full_only)} {'has' if len(full_only) == 1 else 'have'} no smoke size "
+                     f"(only {', '.join(SMOKE)}): pick those with --only")
     from compute.__main__ import quiet_libraries
 
     quiet_libraries()
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             section = Path(tmp) / name
             section.mkdir()
-            if name in ("gpu", "precision", "attribution"):
+            if name in SMOKE:
                 figures[name] = SECTIONS[name](section, smoke=args.smoke)
             else:
                 figures[name] = SECTIONS[name](section)
