@@ -101,7 +101,8 @@ def misses(data: AttributionData, spec: str, top: int = 5) -> pd.DataFrame:
     rows = [("head", None, a, e, x) for a, e, x in head_misses(q, top)]
     rows += [("image x head", i, a, e, x) for i, a, e, x in pair_misses(q, top)]
     frame = pd.DataFrame(rows, columns=["level", "image_id", "ablation", "estimate", "exact"])
-    return frame.assign(gap=frame["estimate"] - frame["exact"])
+    # an id stays an integer beside the heads' missing ones (pandas would make the column float)
+    return frame.assign(image_id=frame["image_id"].astype("Int64"), gap=frame["estimate"] - frame["exact"])
 
 
 def figures_text(data: AttributionData, spec: str) -> str:

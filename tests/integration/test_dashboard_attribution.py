@@ -89,6 +89,8 @@ def test_the_heads_page_shows_exact_or_estimated_and_the_estimate_against_exact(
     assert per_head["rho"] == f"{table['rho'].iloc[0]:.3f}".replace("-", "\u2212")
     rows = shown(at.dataframe[1])
     assert [r["image_id"] == "—" for r in rows] == list(misses["level"] == "head")
+    ids = {str(i) for (i,) in sql(store, "SELECT image_id FROM images")}
+    assert all(r["image_id"] in ids for r in rows if r["level"] == "image x head")  # an id as stored: 338, not 338.0000
     assert not any(v in ("None", "nan", "NaN", "<NA>") for r in shown(at.dataframe[0]) + rows for v in r.values())
 
     select(at, "heads_effect").set_value("estimated").run()
