@@ -15,6 +15,8 @@ Long because it is every chart of every page in one place, where the palette and
 from __future__ import annotations
 
 import json
+import math
+from functools import partial
 
 import altair as alt
 import numpy as np
@@ -485,12 +487,20 @@ def signed(x: float, digits: int = 2) -> str:
     return f"{value:+.{digits}f}".replace("-", MINUS)
 
 
+def cell_digits(values: pd.Series) -> int:
+    """Decimals for a grid's cell labels: two significant digits of its largest value, 2 to 3 decimals (as the
+    tables), so a small change still reads as one (one image of 600 is 0.0017: "−0.002", not "0.00" on a shaded
+    cell)."""
+    largest = float(np.nanmax(np.abs(values.to_numpy(dtype=float)))) if values.notna().any() else 0.0
+    return 2 if largest == 0 else min(3, max(2, 1 - math.floor(math.log10(largest))))
+
+
 def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", group: str = "identity") -> alt.LayerChart:
     """Layer (rows, 1 at the top) x head (columns): the change of ``metric`` against baseline when that one
     head of ``group`` (heads.group_of) is ablated; outlined cells hold after Holm's correction. A point selection named "cell" carries
     the clicked cell's ablation (the Heads page opens the Failures page for it)."""
     data = cells.assign(head_label="h" + cells["head"].astype(str), holds_text=cells["holds"].map({True: "yes", False: "no"}),
-                        change_text=cells["change"].map(signed))
+                        change_text=cells["change"].map(partial(signed, digits=cell_digits(cells["change"]))))
     heads = [f"h{h}" for h in sorted(cells["head"].unique())]
     extent = float(np.nanmax(np.abs(data[["lo", "hi", "change"]].to_numpy()))) if len(data) else 0.0
     extent = extent if extent > 0 else 1e-3
@@ -567,7 +577,8 @@ def estimate_heatmap(cells: pd.DataFrame, group: str = "identity") -> alt.LayerC
     alone is ablated by ``group`` (attribution: one forward and one backward pass, no ablated pass), red where M
     falls. The tooltip adds the exact mean change where the run holds it. A point selection named "cell"
     carries the clicked cell's ablation, as head_heatmap's."""
-    data = cells.assign(head_label="h" + cells["head"].astype(str), estimate_text=cells["estimate"].map(signed))
+    data = cells.assign(head_label="h" + cells["head"].astype(str),
+                        estimate_text=cells["estimate"].map(partial(signed, digits=cell_digits(cells["estimate"]))))
     heads = [f"h{h}" for h in sorted(cells["head"].unique())]
     extent = float(np.nanmax(np.abs(data["estimate"].to_numpy()))) if len(data) else 0.0
     extent = extent if extent > 0 else 1e-3

@@ -169,6 +169,27 @@ def test_a_change_of_zero_has_one_form():
     assert [tables.number(x, sign=True) for x in (-0.0001, 0.0, 0.0002, 0.017)] == ["0.000", "0.000", "0.000", "+0.017"]
 
 
+def test_a_heatmap_labels_its_cells_with_two_significant_digits_of_its_largest_change():
+    """One image of 600 changes accuracy by 0.0017: with a grid of such changes every shaded cell's label reads
+    non-zero; a grid of large changes keeps two decimals."""
+    def labels(changes: list[float], chart=charts.head_heatmap, field: str = "change") -> list[str]:
+        cells = pd.DataFrame({"ablation": [f"identity:1/h{h}" for h in range(len(changes))], "layer": 1,
+                              "head": range(len(changes)), "images": 600, field: changes,
+                              "lo": [c - 0.01 for c in changes], "hi": [c + 0.01 for c in changes],
+                              "p_holm": 1.0, "holds": False, "exact": np.nan})
+        spec = chart(cells).to_dict()
+        rows = next(iter(spec["datasets"].values()))
+        return [r[f"{field}_text"] for r in rows]
+
+    M = "\u2212"
+    assert labels([-0.0117, -0.0033, 0.0, 0.0017]) == [f"{M}0.012", f"{M}0.003", "0.000", "+0.002"]
+    assert labels([-0.3, 0.05, -0.004]) == [f"{M}0.30", "+0.05", "0.00"]
+    assert labels([0.0, 0.0]) == ["0.00", "0.00"]
+    assert labels([-0.005, -0.0017]) == [f"{M}0.005", f"{M}0.002"]  # at most 3 decimals, as the tables
+    assert labels([-1.4, 0.02], charts.estimate_heatmap, "estimate") == [f"{M}1.40", "+0.02"]  # logits
+    assert labels([-0.06, 0.02], charts.estimate_heatmap, "estimate") == [f"{M}0.060", "+0.020"]
+
+
 def test_the_embedding_scatter_is_square_with_equal_units_and_a_pair_per_category():
     moves = pd.DataFrame({"image_id": range(70), "label": [f"c{k}" for k in range(70)], "cosine": 0.9,
                           "x0": np.linspace(-3, 3, 70), "y0": np.linspace(-0.2, 0.2, 70),
