@@ -334,9 +334,13 @@ def logit_bars(scores: pd.DataFrame, ablations: list[str], top: int = 12) -> alt
 def compare_chart(compare_labels: pd.DataFrame, name_a: str, name_b: str) -> alt.Chart:
     """Per true label, accuracy of B minus accuracy of A on the images both computed."""
     data = compare_labels.assign(a=name_a, b=name_b)
+    # Symmetric about 0, never narrower than ±0.05: which side a bar is on reads at once, and labels that
+    # all agree (every difference 0) leave a readable axis rather than one tick of 0.000000.
+    extent = max(0.05, float(data["difference"].abs().max()) if len(data) else 0.0)
     return alt.Chart(data).mark_bar().encode(
         y=alt.Y("label:N", sort="x", title="true label", axis=FULL_LABELS),
-        x=alt.X("difference:Q", title="accuracy of B minus A"),
+        x=alt.X("difference:Q", title="accuracy of B minus A", scale=alt.Scale(domain=[-extent, extent]),
+                axis=alt.Axis(format="+.2f")),
         color=alt.condition("datum.difference < 0", alt.value(SIG_COLOURS[0]), alt.value(SIG_COLOURS[2])),
         tooltip=_tooltip(("label", "N"), ("images", "N"), ("accuracy_a", "Q"), ("accuracy_b", "Q"),
                          ("difference", "Q")),

@@ -166,8 +166,10 @@ _, p, method = stats.mcnemar(counts["only_a"], counts["only_b"])
 cols = st.columns(5)
 n = counts["images"]
 cols[0].metric("Accuracy A", f"{(counts['both_right'] + counts['only_a']) / n:.3f}")
+same = counts["only_a"] == counts["only_b"]  # no change: grey, no arrow (a green ↑ would say B is better)
 cols[1].metric("Accuracy B", f"{(counts['both_right'] + counts['only_b']) / n:.3f}",
-               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}")  # Streamlit reads the sign: ASCII
+               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}",  # Streamlit reads the sign: ASCII
+               delta_color="off" if same else "normal", delta_arrow="off" if same else "auto")
 cols[2].metric("Right only under A", f"{counts['only_a']:,}")
 cols[3].metric("Right only under B", f"{counts['only_b']:,}")
 cols[4].metric("McNemar p", stats.format_p(p),
@@ -184,19 +186,23 @@ table_col.dataframe(per_label, hide_index=True,
                                    for c in ("accuracy_a", "accuracy_b", "difference")})
 
 st.subheader("Images that flip")
-st.caption(f"{counts['only_a'] + counts['only_b']:,} images right under exactly one of A and B "
-           f"(first {min(len(flips), FLIP_ROWS)} listed, those A gets right first); open one on the Image page.")
-link_ablation = name_b if mode == "ablations" else name_a  # the Image page compares it with baseline
-shown_flips = flips.head(FLIP_THUMBS)
-for col, r in zip(layout.grid_cells(len(shown_flips), THUMB_PX, "compare_grid"), shown_flips.itertuples(), strict=True):
-    col.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
-    col.caption(f"{r.image_id}: A {md(r.selected_a)} {'✓' if r.correct_a else '✗'} · B {md(r.selected_b)} "
-                f"{'✓' if r.correct_b else '✗'}")
-    col.page_link(navigation.page("image"), label=f"image {r.image_id}",
-                  query_params={"run": ctx.name, "image": str(r.image_id), "ablation": link_ablation})
-table = flips.assign(open=[pages.href("image", {"run": ctx.name, "image": int(i), "ablation": link_ablation})
-                           for i in flips["image_id"]])
-st.dataframe(table, hide_index=True,
-             column_config={"open": st.column_config.LinkColumn("open", display_text="image page"),
-                            "confidence_a": st.column_config.NumberColumn(format="%.3f"),
-                            "confidence_b": st.column_config.NumberColumn(format="%.3f")})
+if flips.empty:
+    st.caption("No image is right under exactly one of A and B: they get the same images right.")
+else:
+    st.caption(f"{counts['only_a'] + counts['only_b']:,} images right under exactly one of A and B "
+               f"(first {min(len(flips), FLIP_ROWS)} listed, those A gets right first); open one on the Image page.")
+    link_ablation = name_b if mode == "ablations" else name_a  # the Image page compares it with baseline
+    shown_flips = flips.head(FLIP_THUMBS)
+    cells = layout.grid_cells(len(shown_flips), THUMB_PX, "compare_grid")
+    for col, r in zip(cells, shown_flips.itertuples(), strict=True):
+        col.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
+        col.caption(f"{r.image_id}: A {md(r.selected_a)} {'✓' if r.correct_a else '✗'} · B {md(r.selected_b)} "
+                    f"{'✓' if r.correct_b else '✗'}")
+        col.page_link(navigation.page("image"), label=f"image {r.image_id}",
+                      query_params={"run": ctx.name, "image": str(r.image_id), "ablation": link_ablation})
+    table = flips.assign(open=[pages.href("image", {"run": ctx.name, "image": int(i), "ablation": link_ablation})
+                               for i in flips["image_id"]])
+    st.dataframe(table, hide_index=True,
+                 column_config={"open": st.column_config.LinkColumn("open", display_text="image page"),
+                                "confidence_a": st.column_config.NumberColumn(format="%.3f"),
+                                "confidence_b": st.column_config.NumberColumn(format="%.3f")})

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from helpers import APP, DASH_ABLATIONS, select, sql
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.proto.Metric_pb2 import Metric
 from streamlit.testing.v1 import AppTest
 
 from analysis import charts, figures, queries, slices, stats, tables
@@ -253,14 +254,22 @@ def test_compare_two_ablations_and_two_runs(app, dash_store):
     assert len(at.dataframe[1].value) == only_a + only_b
     per_label = at.dataframe[0].value
     assert np.allclose(per_label["difference"], per_label["accuracy_b"] - per_label["accuracy_a"])
+    delta = next(m for m in at.metric if m.label == "Accuracy B").proto
+    assert only_a != only_b and delta.direction == (Metric.UP if only_b > only_a else Metric.DOWN)
 
     at = app("compare", run="tiny", mode="runs", run_b="tiny-singles", run_a_ablation="identity:3",
              run_b_ablation="identity:3", b="zero:5-8")
     assert f"A = {md('tiny/identity:3')}, B = {md('tiny-singles/identity:3')}: the 9 images" in caption_text(at)
-    # the same model and images: the same ablation gives the same selections in both runs
-    flips = next(d.value for d in at.dataframe if "correct_a" in d.value)  # the table of images that flip
-    assert flips.empty
+    # the same model and images: the same ablation gives the same selections in both runs: no flip to list,
+    # and a change of 0 in grey, without an arrow (a green ↑ would say B does better)
     assert {m.label: m.value for m in at.metric}["Right only under A"] == "0"
+    assert not any("correct_a" in d.value for d in at.dataframe)  # no empty table of images that flip
+    assert "No image is right under exactly one of A and B" in caption_text(at)
+    delta = next(m for m in at.metric if m.label == "Accuracy B").proto
+    assert (delta.delta, delta.direction, delta.color) == ("+0.000", Metric.NONE, Metric.GRAY)
+    (spec,) = [s for s in (json.loads(c.proto.spec) for c in at.get("vega_lite_chart"))
+               if "B minus A" in json.dumps(s.get("title"))]
+    assert spec["encoding"]["x"]["scale"]["domain"] == [-0.05, 0.05]  # all agree: a readable, symmetric axis
 
 
 def test_export_page_offers_every_chart_the_slice_and_table1(app, dash_store):
