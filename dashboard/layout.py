@@ -1,5 +1,5 @@
-"""How every page is laid out: the CSS that keeps columns readable at any width, columns for charts, and
-charts drawn from cached Vega-Lite specs of the pure builders in analysis.charts."""
+"""How every page is laid out: the CSS that keeps columns readable at any width, columns for charts,
+charts drawn from cached Vega-Lite specs of the pure builders in analysis.charts, and a metric's change."""
 
 from __future__ import annotations
 
@@ -87,3 +87,11 @@ def chart_columns(spec: int | list[int]) -> list:
         run.chart_rows += 1
         n = run.chart_rows
     return st.container(key=f"charts-{n}").columns(spec)
+
+
+def delta(shown: str) -> dict[str, str]:
+    """``st.metric`` arguments for a change as shown ("+0.012", "-0.517 vs baseline"): Streamlit colours it and
+    draws an arrow by its sign, so one that shows as zero ("+0.000") is grey and without an arrow (a green ↑
+    would say better)."""
+    zero = float(shown.split()[0]) == 0
+    return {"delta": shown, "delta_color": "off" if zero else "normal", "delta_arrow": "off" if zero else "auto"}

@@ -166,10 +166,8 @@ _, p, method = stats.mcnemar(counts["only_a"], counts["only_b"])
 cols = st.columns(5)
 n = counts["images"]
 cols[0].metric("Accuracy A", f"{(counts['both_right'] + counts['only_a']) / n:.3f}")
-same = counts["only_a"] == counts["only_b"]  # no change: grey, no arrow (a green ↑ would say B is better)
 cols[1].metric("Accuracy B", f"{(counts['both_right'] + counts['only_b']) / n:.3f}",
-               f"{(counts['only_b'] - counts['only_a']) / n:+.3f}",  # Streamlit reads the sign: ASCII
-               delta_color="off" if same else "normal", delta_arrow="off" if same else "auto")
+               **layout.delta(f"{(counts['only_b'] - counts['only_a']) / n:+.3f}"))  # ASCII: Streamlit reads the sign
 cols[2].metric("Right only under A", f"{counts['only_a']:,}")
 cols[3].metric("Right only under B", f"{counts['only_b']:,}")
 cols[4].metric("McNemar p", stats.format_p(p),

@@ -157,7 +157,7 @@ with effects_box:
 
 with lab_box:
     cols = st.columns(3)
-    cols[0].metric("Accuracy", f"{lab['accuracy']:.3f}", delta=f"{lab['change']:+.3f}",
+    cols[0].metric("Accuracy", f"{lab['accuracy']:.3f}", **layout.delta(f"{lab['change']:+.3f}"),
                    help="Over the decomposed images; the change against their unablated picks.")
     cols[1].metric("Components mean-ablated", f"{len(ids)} of {len(labels)}")
     cols[2].metric("Unablated accuracy", f"{lab['baseline']:.3f}")

@@ -57,7 +57,7 @@ cols[1].metric("Mean cosine with baseline", f"{moves['cosine'].mean():.3f}",
 base_acc = projection.centroid_accuracy(np.stack([emb[:, 0], emb[:, 0]], axis=1), label_list)
 abl_acc = projection.centroid_accuracy(emb, label_list)
 cols[2].metric("Nearest label centroid", "—" if np.isnan(abl_acc) else f"{abl_acc:.3f}",
-               None if np.isnan(abl_acc) else f"{abl_acc - base_acc:+.3f} vs baseline",  # ASCII: Streamlit reads the sign
+               **({} if np.isnan(abl_acc) else layout.delta(f"{abl_acc - base_acc:+.3f} vs baseline")),  # ASCII sign
                help="Share of images whose embedding is nearest to the baseline centroid of their own label: how "
                "well the labels stay apart in embedding space, whatever the prompts.")
 cols[3].metric("Variance shown", f"{proj.explained.sum():.0%}", help="Of the baseline embeddings, by the two axes.")

@@ -1,7 +1,7 @@
 """The pieces behind browsing, without a server: whether a model is on this machine (against huggingface_hub's own
 cache lookup), the page HTML that tells Streamlit's frontend where the app's root is (so it probes no page path
-for /_stcore/health), the server's freeze of what imports left out of the collector's walks, and the click
-selection added to a chart's spec."""
+for /_stcore/health), the server's freeze of what imports left out of the collector's walks, the click
+selection added to a chart's spec, and a metric's change shown as zero."""
 
 from __future__ import annotations
 
@@ -231,3 +231,12 @@ def test_the_image_page_sizes_its_map_cells_by_the_charts_sides():
     from dashboard import attention_ui
 
     assert (attention_ui.SMALL_PX, attention_ui.LARGE_PX) == (attention_charts.SMALL_PX, attention_charts.LARGE_PX)
+
+
+def test_a_change_shown_as_zero_is_grey_and_without_an_arrow():
+    from dashboard.layout import delta
+
+    assert delta("+0.000") == {"delta": "+0.000", "delta_color": "off", "delta_arrow": "off"}
+    assert delta("-0.000 vs baseline")["delta_color"] == "off"
+    assert delta("+0.002") == {"delta": "+0.002", "delta_color": "normal", "delta_arrow": "auto"}
+    assert delta("-0.517 vs baseline") == {"delta": "-0.517 vs baseline", "delta_color": "normal", "delta_arrow": "auto"}
