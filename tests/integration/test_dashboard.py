@@ -479,6 +479,10 @@ def test_embeddings_page_projects_the_stored_embeddings_and_how_far_each_ablatio
     cosine = {r["ablation"]: r["cosine"] for r in bars}
     assert len(cosine) == N_ABLATIONS and math.isclose(cosine["baseline"], 1.0, rel_tol=1e-6)
     assert cosine["identity:1-12"] < 1
+    # drawn as how far they move, a bar from 0: 1 - the mean cosine
+    assert all(math.isclose(r["distance"], 1 - r["cosine"], abs_tol=1e-9) for r in bars)
+    (spec,) = [s for s in (json.loads(c.proto.spec) for c in at.get("vega_lite_chart")) if "move" in json.dumps(s)]
+    assert spec["encoding"]["x"]["field"] == "distance" and "domain" not in spec["encoding"]["x"].get("scale", {})
     select(at, "colour").set_value("correct").run()
     assert {r["correct"] for r in charts_of(at)[0]} <= {"right", "wrong"}
 
