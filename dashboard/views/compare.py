@@ -194,10 +194,10 @@ else:
     cells = layout.grid_cells(len(shown_flips), THUMB_PX, "compare_grid")
     for col, r in zip(cells, shown_flips.itertuples(), strict=True):
         col.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
+        col.page_link(navigation.page("image"), label=f"image {r.image_id}",  # above the text: links line up
+                      query_params={"run": ctx.name, "image": str(r.image_id), "ablation": link_ablation})
         col.caption(f"{r.image_id}: A {md(r.selected_a)} {'✓' if r.correct_a else '✗'} · B {md(r.selected_b)} "
                     f"{'✓' if r.correct_b else '✗'}")
-        col.page_link(navigation.page("image"), label=f"image {r.image_id}",
-                      query_params={"run": ctx.name, "image": str(r.image_id), "ablation": link_ablation})
     table = flips.assign(open=[pages.href("image", {"run": ctx.name, "image": int(i), "ablation": link_ablation})
                                for i in flips["image_id"]])
     st.dataframe(table, hide_index=True,

@@ -192,9 +192,9 @@ with cards_box:
     for cell, r in zip(layout.grid_cells(len(top), THUMB_PX, "dec_images", pictures), top.itertuples(), strict=True):
         image_id = int(r.image_id)
         cell.image(thumbnail(ctx.run_id, image_id), width=THUMB_PX)
-        cell.caption(f"**{md(info.get(image_id, ''))}** · {r.value:+.3f}")
-        cell.page_link(navigation.page("image"), label=f"image {image_id}",
+        cell.page_link(navigation.page("image"), label=f"image {image_id}",  # above the text: links line up
                        query_params={"run": ctx.name, "image": str(image_id), "tok_component": head})
+        cell.caption(f"**{md(info.get(image_id, ''))}** · {r.value:+.3f}")
     if described:
         st.subheader("Every described head")
         st.caption("Each with the texts whose directions explain most of its direct contributions across the images "

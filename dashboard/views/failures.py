@@ -58,8 +58,9 @@ link = {"run": ctx.name, "ablation": ablation, "outcome": outcome, "sort": sort,
         **({"label": label} if label else {}), **({"selected": selected} if selected else {})}
 for cell, r in zip(layout.grid_cells(len(rows), THUMB_PX, "failures_grid"), rows.itertuples(), strict=True):
     cell.image(thumbnail(ctx.run_id, int(r.image_id)), width=THUMB_PX)
+    # the link under the image, above text of any length: the links of a row line up
+    cell.page_link(navigation.page("image"), label=f"image {r.image_id}", query_params={**link, "image": str(r.image_id)})
     margin = "—" if pd.isna(r.margin) else f"{r.margin:.2f}"  # none with a single prompt
     baseline = "" if pd.isna(r.baseline_label) else f" (baseline: {md(r.baseline_label)})"  # not computed yet
     cell.caption(f"**{md_list(r.labels)}** → {md(r.selected_label)}{baseline}  \n"
                  f"conf {r.confidence:.2f} · margin {margin}")
-    cell.page_link(navigation.page("image"), label=f"image {r.image_id}", query_params={**link, "image": str(r.image_id)})
