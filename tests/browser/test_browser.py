@@ -16,6 +16,7 @@ installs it before ``make test``. Screenshots are kept in test-artifacts/screens
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,6 +238,12 @@ def test_failures_to_image_and_next_and_previous_in_one_tab(server, browser, pay
     tab = context.new_page()
     open_page(tab, server, "failures", {"run": run_name, "ablation": ablation, "outcome": "wrong",
                                         "sort": "confidence"})
+    # Each card's link sits as far below its image as every other's, however long the labels above it run.
+    links = [b["y"] for b in (x.bounding_box() for x in tab.get_by_role("link", name=re.compile(r"^image \d+$")).all())]
+    images = [b["y"] for b in (x.bounding_box() for x in tab.locator('[data-testid="stImage"] img').all())]
+    assert len(links) == len(images) == len(order)
+    gaps = [link - image for link, image in zip(links, images, strict=True)]
+    assert max(gaps) - min(gaps) < 1
     tab.get_by_role("link", name=f"image {order[0]}", exact=True).click()
     tab.wait_for_url("**/image?**")
     finished(tab)
