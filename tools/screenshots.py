@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -261,14 +263,30 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown page {unknown[0]!r}: choose from {', '.join(PAGES)}", file=sys.stderr)
         return 2
-    with serve(args.db.resolve(), args.out / "streamlit.log") as url:
-        shots = shoot(url, pages, args.out, params or None, args.width)
+    # The server's log beside the PNGs only when something went wrong (docs/screenshots/ holds pictures).
+    with tempfile.TemporaryDirectory(prefix="clip-lab-shots-") as tmp:
+        log = Path(tmp) / "streamlit.log"
+        try:
+            with serve(args.db.resolve(), log) as url:
+                shots = shoot(url, pages, args.out, params or None, args.width)
+        except BaseException:
+            _keep(log, args.out)
+            raise
+        if any(s.exceptions for s in shots):
+            _keep(log, args.out)
     for shot in shots:
         status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
         if shot.overflow:
             status += f"; OVERFLOW: {shot.overflow[0]}"
         print(f"{shot.screenshot}  {shot.title}  {status}")
     return 1 if any(s.exceptions for s in shots) else 0
+
+
+def _keep(log: Path, out: Path) -> None:
+    if log.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, out / "streamlit.log")
+        print(f"the server's log: {out / 'streamlit.log'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
