@@ -188,7 +188,7 @@ if tables.has_captions(data.summary):
     st.dataframe(preview, hide_index=True)
     st.caption("The first 20 rows.")
 else:  # nothing to show in them: the files keep the columns (the public view's), empty
-    st.dataframe(preview.drop(columns=list(CAPTION_COLUMNS)), hide_index=True)
+    st.dataframe(preview.drop(columns=list(CAPTION_COLUMNS), errors="ignore"), hide_index=True)
     st.caption(f"The first 20 rows, without {md_list(CAPTION_COLUMNS)}: this run has no captioner, so the files leave "
                "them empty.")
 
