@@ -21,9 +21,9 @@ def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str
                "holds"]], key, shown,
         hide_index=True,
         column_config={
-            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.4f"),
-            "lo": st.column_config.NumberColumn("95% from", format="%+.4f"),
-            "hi": st.column_config.NumberColumn("95% to", format="%+.4f"),
+            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.3f"),
+            "lo": st.column_config.NumberColumn("95% from", format="%+.3f"),
+            "hi": st.column_config.NumberColumn("95% to", format="%+.3f"),
             "only_baseline": st.column_config.NumberColumn("right only under baseline"),
             "only_ablation": st.column_config.NumberColumn(f"right only with {ablated}"),
             "p_holm": st.column_config.TextColumn("p (Holm)"),

@@ -42,7 +42,7 @@ if cells.empty:
 st.caption(f"{len(cells)} knockouts over {int(cells['images'].max()):,} images: {md(where.caption)}. Attention "
            "knockout sets the scores of the blocked query → key edges to −inf before the softmax (the rest is "
            "renormalised) in every head of one layer; everything else runs normally. Filled triangles (pointing the way "
-           f"of the change): significant under the rule of every page ({md(stats.RULE)}); hollow circles: not.")
+           f"of the change): significant under the rule of every page; hollow circles: not. {md(stats.RULE)}")
 clicks.follow(ctx, layout.chart(charts.flow_chart, cells, metric, click="flow_points"), label=label)
 cls = str(ctx.run.get("family") or "clip") == "clip"  # SigLIP has no CLS token: patches>patches alone
 st.markdown("  \n".join(f"**{target}**: {heads.target_title(target, cls)}" for target in TARGETS

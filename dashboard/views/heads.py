@@ -76,8 +76,8 @@ else:
 
     st.caption(f"{len(cells)} heads ({group}, one at a time) over {int(cells['images'].max()):,} images: "
                f"{md(where.caption)}. Colour: change in {tables.METRIC_TITLES[metric]} against baseline (red lower, "
-               f"blue higher). Outlined: significant under the rule of every page ({md(stats.RULE)}). Click a head to "
-               f"see the images whose correctness it flips.")
+               f"blue higher). Outlined: significant under the rule of every page. Click a head to see the images "
+               f"whose correctness it flips. {md(stats.RULE)}")
     event = st.altair_chart(charts.head_heatmap(cells, metric, group), on_select="rerun", key="heads_map",
                             selection_mode="cell")
     picked = heads.picked_ablation(event)

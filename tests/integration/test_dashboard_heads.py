@@ -24,6 +24,15 @@ def changes_in_sql(db, metric: str) -> dict[str, float]:
         WHERE s.run = ? GROUP BY s.ablation""", [RUN]))
 
 
+def assert_rule_stated(at) -> None:
+    """The page's caption states the one significance rule in sentences of their own (not in parentheses)."""
+    from analysis import stats
+    from analysis.text import md
+
+    (caption,) = [c.value for c in at.caption if md(stats.RULE) in c.value]
+    assert caption.endswith(md(stats.RULE)) and f"({md(stats.RULE)}" not in caption
+
+
 def test_heads_page_draws_every_head_of_every_layer_with_its_change_against_baseline(heads_store, monkeypatch):
     at = open_page(heads_store, monkeypatch, "heads", run=RUN)
     assert at.title[0].value == "Heads"
@@ -42,7 +51,10 @@ def test_heads_page_draws_every_head_of_every_layer_with_its_change_against_base
     assert spec["params"][0]["select"]["fields"] == ["ablation"]
     table = at.dataframe[0].value
     assert len(table) == 48 and set(table["ablation"]) == set(cells)
+    columns = json.loads(at.dataframe[0].proto.columns)  # changes to 3 decimals, as Table 1 and the heatmap
+    assert {columns[c]["type_config"]["format"] for c in ("change", "lo", "hi")} == {"%+.3f"}
     assert any("48 heads (identity, one at a time)" in c.value for c in at.caption)
+    assert_rule_stated(at)
 
     # The other group of single-head ablations of the run, and the score instead of accuracy.
     assert select(at, "heads_kind").options == ["identity", "mean"]
@@ -76,6 +88,7 @@ def test_flow_page_draws_each_target_at_each_layer_with_intervals(heads_store, m
         assert r["lo"] <= r["change"] <= r["hi"]
     assert {r["change"] for r in points.values() if r["layer"] == 12 and r["target"] != "patches>cls"} == {0.0}
     assert len(at.dataframe[0].value) == 36
+    assert_rule_stated(at)
 
 
 def test_image_page_shows_attention_maps_of_baseline_and_the_ablation(heads_store, monkeypatch):
