@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis.stats import ALPHA
 from analysis.subsets import MAX_LABELS
-from analysis.tables import METRIC_TITLES, METRICS, blocks, has_captions, single_layers
+from analysis.tables import DIGITS, METRIC_TITLES, METRICS, blocks, has_captions, single_layers
 
 # Charts get aggregates only (at most labels x labels cells). Altair's 5,000-row guard exists to stop raw
 # rows being embedded in a spec; here it would only refuse a confusion matrix of a large label set.
@@ -498,7 +498,7 @@ def cell_digits(values: pd.Series) -> int:
     tables), so a small change still reads as one (one image of 600 is 0.0017: "−0.002", not "0.00" on a shaded
     cell)."""
     largest = float(np.nanmax(np.abs(values.to_numpy(dtype=float)))) if values.notna().any() else 0.0
-    return 2 if largest == 0 else min(3, max(2, 1 - math.floor(math.log10(largest))))
+    return 2 if largest == 0 else min(DIGITS, max(2, 1 - math.floor(math.log10(largest))))
 
 
 def head_heatmap(cells: pd.DataFrame, metric: str = "accuracy", group: str = "identity") -> alt.LayerChart:

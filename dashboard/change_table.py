@@ -9,6 +9,8 @@ import streamlit as st
 from analysis import stats, tables
 from dashboard import clicks
 
+CHANGE_FORMAT = f"%+.{tables.DIGITS}f"  # changes and their intervals as Table 1 shows them
+
 
 def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str, key: str) -> dict | None:
     """``keys`` name each cell (layer, head or target), then the change of ``metric`` against baseline, its
@@ -21,9 +23,9 @@ def change_table(cells: pd.DataFrame, keys: list[str], metric: str, ablated: str
                "holds"]], key, shown,
         hide_index=True,
         column_config={
-            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format="%+.3f"),
-            "lo": st.column_config.NumberColumn("95% from", format="%+.3f"),
-            "hi": st.column_config.NumberColumn("95% to", format="%+.3f"),
+            "change": st.column_config.NumberColumn(f"Δ {tables.METRIC_TITLES[metric]}", format=CHANGE_FORMAT),
+            "lo": st.column_config.NumberColumn("95% from", format=CHANGE_FORMAT),
+            "hi": st.column_config.NumberColumn("95% to", format=CHANGE_FORMAT),
             "only_baseline": st.column_config.NumberColumn("right only under baseline"),
             "only_ablation": st.column_config.NumberColumn(f"right only with {ablated}"),
             "p_holm": st.column_config.TextColumn("p (Holm)"),

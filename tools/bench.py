@@ -403,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("section", nargs="?", choices=["gpu"], help="gpu: the GPU bench alone")
     parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of sections ({', '.join(SECTIONS)})")
     parser.add_argument("--smoke", action="store_true", help="gpu: a tiny model and 64 images on any device; "
-                        "precision: 16 and 3 images; attribution: 2 images; to check the bench itself (the other sections have no "
-                        "smoke size: --smoke refuses them)")
+                        "precision: 16 and 3 images; attribution: 2 images; to check the bench itself (the other "
+                        "sections have no smoke size: --smoke refuses them)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     chosen = [args.section] if args.section else [s.strip() for s in args.only.split(",") if s.strip()]

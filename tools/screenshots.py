@@ -266,14 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     # The server's log beside the PNGs only when something went wrong (docs/screenshots/ holds pictures).
     with tempfile.TemporaryDirectory(prefix="clip-lab-shots-") as tmp:
         log = Path(tmp) / "streamlit.log"
+        failed = True  # until every page is shot without an exception
         try:
             with serve(args.db.resolve(), log) as url:
                 shots = shoot(url, pages, args.out, params or None, args.width)
-        except BaseException:
-            _keep(log, args.out)
-            raise
-        if any(s.exceptions for s in shots):
-            _keep(log, args.out)
+            failed = any(s.exceptions for s in shots)
+        finally:
+            if failed:
+                _keep(log, args.out)
     for shot in shots:
         status = "ok" if not shot.exceptions else f"EXCEPTION: {shot.exceptions[0][:200]}"
         if shot.overflow:
