@@ -1,6 +1,6 @@
 """The browser tier's Chromium: a test asks for ``browser`` and gets the module's one, launched by
-tools.screenshots.chromium (Debian's /usr/bin/chromium through the playwright package, never ``playwright
-install``). Without Chromium or playwright the test skips with a banner, and fails in CI (helpers.skip_loudly).
+tools.screenshots.chromium (``CHROMIUM``: Debian's chromium-headless-shell, else its chromium, through the
+playwright package, never ``playwright install``). Without Chromium or playwright the test skips with a banner, and fails in CI (helpers.skip_loudly).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tools.screenshots import CHROMIUM, chromium
 def browser():
     if not CHROMIUM.is_file():
         skip_loudly(f"CHROMIUM MISSING: no browser at {CHROMIUM}; the real-browser tests did not run "
-                    "(apt-get install chromium; .ci/run does)")
+                    "(apt-get install chromium-headless-shell; .ci/run does)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

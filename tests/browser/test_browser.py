@@ -9,8 +9,8 @@ One server and one browser serve the whole module. The store is made by the real
 random CLIP and BLIP, COCO files via pycocotools) from a dataset whose category names, file names, prompts
 and run name are payloads aimed at a listener on 127.0.0.1 that counts the requests it gets.
 
-Uses Debian's /usr/bin/chromium through the playwright package (never ``playwright install``); .ci/run
-installs it before ``make test``. Screenshots are kept in test-artifacts/screenshots/.
+Uses Debian's Chromium (tools.screenshots.CHROMIUM) through the playwright package (never ``playwright
+install``); .ci/run installs it before ``make test``. Screenshots are kept in test-artifacts/screenshots/.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ rule's marks, the flipping images at one width), at 1440 and 800 px without anyt
 refusing an unknown label with the closest known one and listing every bad line, then scoring templates.
 
 The store is made by the real compute path (a tiny random CLIP, COCO files via pycocotools, ``rescore``).
-Uses Debian's /usr/bin/chromium through the playwright package (never ``playwright install``).
+Uses Debian's Chromium (tools.screenshots.CHROMIUM) through the playwright package (never ``playwright install``).
 """
 
 from __future__ import annotations
