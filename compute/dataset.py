@@ -34,13 +34,16 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from compute.config import DatasetConfig
 from compute.errors import InputError
 from compute.validation import check_coco, load_json
+
+if TYPE_CHECKING:  # only named in annotations: compute.config imports the ablations and torch
+    from compute.config import DatasetConfig
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ rows are made or resumed, the dataset-mean pass and the caption stage run in thi
 Ray Data pipeline over the pending images:
 
     input_rows ─► decode (CPU tasks) ─► SweepActor pool (model + engine) ─► result batches ─► this process
-                  ray_workers.decode    ray_workers.SweepActor                                to_result → BatchWriter
+                   ray_decode.decode     ray_workers.SweepActor                                to_result → BatchWriter
 
 and this process alone writes the store, one transaction per result batch through compute.writer, under
 the run's lock (compute.runlock), with the progress bar of a single-process run.
@@ -48,7 +48,8 @@ from compute.decomposition import direct_ids
 from compute.errors import InputError, RunError
 from compute.loader import Loader, default_workers
 from compute.pixels import recipe
-from compute.ray_workers import DECOMPOSITION_COLUMNS, SweepActor, SweepPlan, decode, input_rows
+from compute.ray_decode import decode
+from compute.ray_workers import DECOMPOSITION_COLUMNS, SweepActor, SweepPlan, input_rows
 from compute.runner import RunResult, SweepWork
 from compute.runner import run as run_here
 from compute.scoring import ATTRIBUTED, ATTRIBUTION_FIELDS, DECOMPOSED, check_finite

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compute.dataset import ImageLoadError, ImageRecord, decode
+from compute.dataset import ImageLoadError, ImageRecord
 from compute.errors import RunError
-from compute.pixels import Recipe, recipe
+from compute.pixels import Recipe, load, recipe
 
 MAX_CHUNK = 32  # images per worker task: small enough that the first batch comes quickly
 TASKS_PER_WORKER = 2  # queued per worker, so that none waits for the main process
@@ -52,15 +52,6 @@ def default_workers() -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Workers.
-
-
-def load(recipe: Recipe, record: ImageRecord) -> np.ndarray:
-    """Decode and prepare one image (what a worker ships). Raises ImageLoadError when it cannot be used."""
-    image = decode(record.path, record.root)  # only a regular file inside the images folder is read
-    try:
-        return recipe.pixels(image)
-    except Exception as e:  # a processor that rejects this image: an error row, not a failed run
-        raise ImageLoadError(f"cannot preprocess {record.file_name}: {type(e).__name__}: {e}") from None
 
 
 def device_table(recipe: Recipe, device: torch.device | str) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The model's own pixels, made faster: how a decode worker turns a decoded image (any mode) into exactly the
-values the model's image processor would give (used by compute.loader).
+values the model's image processor would give (``load``: one image file to them, what compute.loader's
+workers and run --ray's decode tasks run).
 
 - The reference is the processor on the image after ``compute.dataset.eight_bit`` (16-bit images scaled to 8
   bits, where the processor would clip them to white): its own conversion to RGB composites transparency
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from compute.dataset import eight_bit, to_rgb
+from compute.dataset import ImageLoadError, ImageRecord, decode, eight_bit, to_rgb
 
 PROBE_SIZES = ((640, 480), (480, 640), (500, 500), (333, 1001), (97, 71), (225, 224))  # (width, height)
 
@@ -200,3 +201,12 @@ def recipe(processor: object, ship_uint8: bool) -> Recipe:
         if not all(np.array_equal(fast.crop(to_rgb(im)), c) for im, c in zip(probes, crops, strict=True)):
             direct = None
     return Recipe(processor, size, table, direct, ship_uint8)
+
+
+def load(recipe: Recipe, record: ImageRecord) -> np.ndarray:
+    """Decode and prepare one image (what a worker ships). Raises ImageLoadError when it cannot be used."""
+    image = decode(record.path, record.root)  # only a regular file inside the images folder is read
+    try:
+        return recipe.pixels(image)
+    except Exception as e:  # a processor that rejects this image: an error row, not a failed run
+        raise ImageLoadError(f"cannot preprocess {record.file_name}: {type(e).__name__}: {e}") from None

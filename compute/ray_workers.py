@@ -1,10 +1,10 @@
 """What ``run --ray`` runs on the cluster's workers (compute.distributed builds the pipeline around them):
-``decode``, the CPU task that turns a batch of image files into the model's pixels, and ``SweepActor``, the
-actor that holds the model and the engine and scores (and, with decomposition, decomposes; with attribution,
-attributes) each batch.
+``SweepActor``, the actor that holds the model and the engine and scores (and, with decomposition, decomposes;
+with attribution, attributes) each batch, fed by ``compute.ray_decode.decode``, the CPU task that turns a
+batch of image files into the model's pixels (a module of its own: a decode worker imports no torch).
 
 Both are the single-process run's own code called from elsewhere: ``decode`` is a decode worker's
-``compute.loader.load`` with the same checked recipe (compute.pixels), the actor loads the model through
+``compute.pixels.load`` with the same checked recipe, the actor loads the model through
 ``compute.models.load_pair`` and runs ``compute.precision.VerifiedSweep`` (the engine, and below float32 its
 verification in float32) and ``compute.scoring.score_batch`` as ``runner._sweep`` does, so a batch's numbers
 are those of a single-process run. Neither imports ray.
@@ -17,17 +17,16 @@ drops), so the driver records it in the errors view as a single-process run does
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from compute.ablations import Ablation
 from compute.attribution import Attributor, parse_spec
-from compute.dataset import ImageLoadError, ImageRecord
+from compute.dataset import ImageRecord
 from compute.decomposition import Decomposer
 from compute.engine import means_on
-from compute.loader import device_table, load, table_values
+from compute.loader import device_table, table_values
 from compute.models import load_pair, quiet_transformers
 from compute.pixels import Recipe
 from compute.precision import VerifiedSweep
@@ -71,24 +70,6 @@ def input_rows(records: list[ImageRecord], prompt_labels: list[str]) -> list[dic
     truth = truth_matrix([r.labels for r in records], prompt_labels).numpy()  # (n, P)
     return [{"image_id": r.image_id, "file_name": r.file_name, "path": str(r.path),
              "root": "" if r.root is None else str(r.root), "truth": truth[k]} for k, r in enumerate(records)]
-
-
-def decode(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
-    """A CPU task: the batch's files -> ``pixels`` (n, 3, h, w) in the recipe's ship dtype (uint8 crops, or
-    float32 values when the recipe runs the processor whole) and ``error`` ("" when the image decoded)."""
-    h, w = recipe.size
-    n = len(batch["image_id"])
-    pixels = np.zeros((n, 3, h, w), recipe.ship_dtype)
-    errors = np.full(n, "", dtype=object)
-    for k in range(n):
-        root = str(batch["root"][k])
-        record = ImageRecord(int(batch["image_id"][k]), str(batch["file_name"][k]), Path(str(batch["path"][k])), (),
-                             Path(root) if root else None)
-        try:
-            pixels[k] = load(recipe, record)
-        except ImageLoadError as e:
-            errors[k] = str(e)
-    return {"image_id": batch["image_id"], "truth": batch["truth"], "pixels": pixels, "error": errors}
 
 
 class SweepActor:

@@ -227,7 +227,8 @@ def test_a_ray_actor_verifies_its_own_batches(tiny_clip, tmp_path):
     hold float32 values, and its picks are the float32 actor's."""
     from compute.distributed import to_result
     from compute.pixels import recipe
-    from compute.ray_workers import SweepActor, SweepPlan, decode, input_rows
+    from compute.ray_decode import decode
+    from compute.ray_workers import SweepActor, SweepPlan, input_rows
 
     coco = make_coco(tmp_path / "coco", n=12)
     exact = load_clip(str(tiny_clip), "cpu")

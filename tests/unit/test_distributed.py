@@ -10,9 +10,9 @@ import pytest
 from compute.dataset import ImageRecord
 from compute.distributed import check_address, to_result
 from compute.errors import InputError
-from compute.loader import load
-from compute.pixels import recipe
-from compute.ray_workers import decode, input_rows
+from compute.pixels import load, recipe
+from compute.ray_decode import decode
+from compute.ray_workers import input_rows
 from compute.validation import check_gpus
 
 
@@ -80,6 +80,19 @@ def test_a_decode_task_makes_a_decode_workers_pixels(tmp_path):
             assert out["error"][k] and not out["pixels"][k].any()
         else:
             assert out["error"][k] == "" and np.array_equal(out["pixels"][k], load(full, record))
+
+
+def test_a_decode_task_imports_neither_torch_nor_the_model_code():
+    """Ray imports a task's module in each worker that runs it: the decode task's starts without torch."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    probe = ("import sys; import compute.ray_decode; "
+             "print(sorted(m for m in ('torch', 'transformers', 'compute.ray_workers', 'compute.models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("text", ["local", "auto", "ray://head:10001", "ray://head", "10.0.0.7:6379", "[::1]:6379",
