@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from compute.errors import InputError
-from compute.validation import check_coco, load_json
+from compute.validation import check_coco, file_kind, load_json
 
 if TYPE_CHECKING:  # only named in annotations: compute.config imports the ablations and torch
     from compute.config import DatasetConfig
@@ -237,13 +237,8 @@ def inside_path(path: Path, root: Path) -> Path:
 # small file declaring 12000 x 12000) is refused from its header, before its pixels are decoded.
 MAX_PIXELS = 8192 * 8192
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
 def _not_regular(name: str, mode: int) -> ImageLoadError:
-    kind = next((k for test, k in _KINDS if test(mode)), "not a file")
-    return ImageLoadError(f"{name} is not a regular file ({kind}): not read")
+    return ImageLoadError(f"{name} is not a regular file ({file_kind(mode)}): not read")
 
 
 def _open_regular(path: Path, name: str) -> int:

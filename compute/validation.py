@@ -14,8 +14,11 @@ line's error lines, ``list``), so text already stored cannot move the cursor or 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import os
+import stat
 import tomllib
 import unicodedata
 from pathlib import Path
@@ -39,13 +42,34 @@ MAX_RUN_NAME = 100
 LINE_BREAKS = ("Cc", "Zl", "Zp")  # C0, DEL and C1 controls; the line and paragraph separators
 
 
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for an error line ("a folder", "a FIFO", ...)."""
+    return next((kind for test, kind in FILE_KINDS if test(mode)), "not a file")
+
+
 def read_text(path: Path, what: str) -> str:
-    """The text of a UTF-8 file; InputError naming the file when it is missing, unreadable or not UTF-8."""
+    """The text of a UTF-8 file; InputError naming the file when it is missing, not a regular file (a folder,
+    /dev/zero, a FIFO: never read, so never waited on), unreadable or not UTF-8."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
+    try:  # opened without blocking (a FIFO put there after a check cannot hang the open) and checked once open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{what} file not found: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket
+            raise InputError(f"{what} file {path} is not a regular file (a socket)") from None
+        raise InputError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InputError(f"{what} file {path} is not a regular file ({file_kind(mode)})")
     try:
-        data = path.read_bytes()
+        with open(fd, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise InputError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
     try:

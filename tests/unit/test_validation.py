@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -87,6 +88,22 @@ def test_text_files_must_be_utf8_and_json_must_parse(tmp_path):
         read_text(bad, "experiment")
     with pytest.raises(InputError, match="experiment file not found"):
         read_text(tmp_path / "missing.toml", "experiment")
+
+
+@pytest.mark.parametrize("what", ["a folder", "a character device", "a FIFO", "a missing file", "below a file"])
+def test_a_path_that_is_no_regular_file_is_named_for_what_it_is_and_never_read(tmp_path, what):
+    """/dev/zero, a folder or a FIFO given as an experiment or prompts file: one line saying what it is (not
+    "not found"), returned at once (a FIFO is never waited on)."""
+    (tmp_path / "file.toml").write_text("x = 1\n")
+    path = {"a folder": tmp_path, "a character device": Path("/dev/zero"), "a FIFO": tmp_path / "fifo",
+            "a missing file": tmp_path / "missing.toml", "below a file": tmp_path / "file.toml" / "x.toml"}[what]
+    if what == "a FIFO":
+        os.mkfifo(path)
+    line = f"prompts file {path} is not a regular file ({what})" if what.startswith("a ") and what != "a missing file" \
+        else f"prompts file not found: {path}"
+    with pytest.raises(InputError) as e:
+        read_text(path, "prompts")
+    assert str(e.value) == line
 
 
 def test_sizes_have_a_ceiling():
