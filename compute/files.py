@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.errors import InputError
+from compute.validation import file_kind
 
 
 def write_json_atomic(path: Path, doc: Any, **dump_options: Any) -> None:
@@ -32,7 +33,11 @@ def check_out_folder(path: Path, flag: str = "--out") -> None:
     while not folder.is_dir():
         if folder.exists() or folder.is_symlink():
             what = f"{flag} {path} is" if folder == path else f"{flag} {path}: {folder} is"
-            raise InputError(f"{what} a file, not a folder: give a folder (it is created if needed)")
+            try:
+                kind = "a file" if folder.is_file() else file_kind(folder.stat().st_mode)  # /dev/null: a device
+            except OSError:  # a link to nothing above the folder
+                kind = "a link to nothing"
+            raise InputError(f"{what} {kind}, not a folder: give a folder (it is created if needed)")
         if folder == folder.parent:
             break
         folder = folder.parent

@@ -1076,13 +1076,18 @@ def test_the_store_check_reads_every_block_of_data(real_store, tmp_path):
 # Output folders, the run's lock file, signals, Ray.
 
 
-@pytest.mark.parametrize("case", ["an existing file", "a path under a file", "a folder in /proc"])
+@pytest.mark.parametrize("case", ["an existing file", "a path under a file", "a folder in /proc", "/dev/null",
+                                  "a FIFO"])
 def test_export_out_that_cannot_be_a_folder_is_one_line(setup, real_store, case, capsys):
     db = setup.tmp / "store.duckdb"
     shutil.copy(real_store, db)
+    if case == "a FIFO":
+        os.mkfifo(setup.tmp / "fifo")
     out, fragment = {"an existing file": (db, "store.duckdb is a file, not a folder"),
                      "a path under a file": (db / "pack", "store.duckdb is a file, not a folder"),
-                     "a folder in /proc": (Path("/proc/clip-lab-pack"), "/proc/clip-lab-pack is not writable")}[case]
+                     "a folder in /proc": (Path("/proc/clip-lab-pack"), "/proc/clip-lab-pack is not writable"),
+                     "/dev/null": (Path("/dev/null"), "--out /dev/null is a character device, not a folder"),
+                     "a FIFO": (setup.tmp / "fifo", "fifo is a FIFO, not a folder")}[case]
     refused(setup, ["export", "--run", "t", "--db", str(db), "--out", str(out)], fragment, capsys)
 
 
