@@ -42,10 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=None, help=f"DuckDB store (default: {DEFAULT_DB_TEXT})")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma list of figure formats among {', '.join(FORMATS)} (default: all)")
-    parser.add_argument("--confusion", default="",
+    parser.add_argument("--confusion", default=None,
                         help="comma list of ablations to draw a confusion chart for, or 'all' "
                         "(default: baseline and the ablation with the lowest accuracy)")
-    parser.add_argument("--ablations", default="",
+    parser.add_argument("--ablations", default=None,
                         help="comma list of the ablations the per-ablation charts and Table 1 show, in that "
                         "order (default: all, in sweep order); significance is still decided over all")
     parser.add_argument("--size", default="screen", choices=list(SIZES),
@@ -77,16 +77,22 @@ def main(args: argparse.Namespace) -> int:
     from analysis import figures
 
     formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    if not formats:  # "" (an empty shell variable): an empty list is a mistake, not "all"
+        raise InputError(f"--formats names no format: choose from {', '.join(FORMATS)}")
     bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise InputError(f"unknown figure format {bad[0] if bad else args.formats!r}: choose from {', '.join(FORMATS)}")
+    if bad:
+        raise InputError(f"unknown figure format {bad[0]!r}: choose from {', '.join(FORMATS)}")
+    for flag in ("confusion", "ablations"):
+        if getattr(args, flag) is not None and not split_ablations(getattr(args, flag)):
+            raise InputError(f"--{flag} names no ablation: give a comma list of the run's ablations, or leave "
+                             f"--{flag} out for its default")
     db = resolve_db(args.db)
     if not db.is_file():
         raise InputError(f"no store at {db} (run an experiment first, or pass --db)")
     check_out_folder(args.out)  # before seconds of reading and drawing for a folder that cannot be written
     store.check_store(db, write=False)  # a damaged store is one line, whichever block the pack would read
-    confusion = split_ablations(args.confusion) or None
-    ablations = split_ablations(args.ablations) or None
+    confusion = split_ablations(args.confusion) if args.confusion is not None else None
+    ablations = split_ablations(args.ablations) if args.ablations is not None else None
     if args.ablation and args.image is None:
         raise InputError("--ablation goes with --image: the image whose attention maps it compares")
     if args.image is not None:  # the attention maps load the run's model: no loading bars from transformers

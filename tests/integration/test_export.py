@@ -138,6 +138,12 @@ def test_unknown_run_names_the_runs_there(dash_store, tmp_path, capsys):
     assert "no ablation 'identity:77'" in capsys.readouterr().err
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--image", "999"]) == 2
     assert "no image 999" in capsys.readouterr().err
+    # an empty list (an empty shell variable) is a mistake, not "all" nor the default
+    for flag, line in (("--formats", "error: --formats names no format: choose from png, svg, pdf"),
+                       ("--ablations", "error: --ablations names no ablation: give a comma list of the run's"),
+                       ("--confusion", "error: --confusion names no ablation: give a comma list of the run's")):
+        assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), flag, " , "]) == 2
+        assert capsys.readouterr().err.startswith(line), flag
     assert not list(tmp_path.iterdir())  # bad input writes nothing
 
 
