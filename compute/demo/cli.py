@@ -40,6 +40,22 @@ def check_port(port: int | None) -> None:
         raise InputError(f"--port must be between 1 and 65535, got {port}")
 
 
+def check_address(address: str) -> None:
+    """An address this machine can listen on: one of its interfaces' (or 0.0.0.0, ::), or a name of one.
+    Otherwise every port would look taken ("no free port"), after minutes of runs."""
+    try:
+        family = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError, ValueError):  # not an address, an unknown name, a NUL in it
+        raise InputError(f"--address {address!r} is neither an IP address nor a name this machine can resolve: "
+                         f"use {DEFAULT_ADDRESS} (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family) as s:
+        try:
+            s.bind((address, 0))
+        except OSError as e:
+            raise InputError(f"--address {address} cannot be listened on here ({(e.strerror or str(e)).lower()}): use "
+                             f"{DEFAULT_ADDRESS} (this machine only) or 0.0.0.0 (every interface)") from None
+
+
 def choose_port(address: str, port: int | None) -> int:
     """``port`` as asked (an InputError if it is taken), else DEFAULT_PORT or the next free port above it."""
     if port is not None:
@@ -68,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     from compute.runner import run
 
     check_port(args.port)  # bad input, even where it would not be used: before any work
+    check_address(args.address)
     port = None if args.no_dashboard else choose_port(args.address, args.port)
     for name in ("clip", "captioner"):
         if not (DEMO_MODELS / name / "config.json").is_file():

@@ -39,6 +39,24 @@ def test_the_demo_refuses_a_port_before_any_work(argv, tmp_path, monkeypatch, ca
     assert not (tmp_path / "shapes").exists()
 
 
+@pytest.mark.parametrize("argv", [["--address", "999.1.1.1"], ["--address", "192.0.2.1"],
+                                  ["--address", "192.0.2.1", "--no-dashboard"], ["--address", ""]])
+def test_the_demo_refuses_an_address_it_cannot_listen_on_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    """Not an address, or one of no interface here (192.0.2.1: TEST-NET-1), even with --no-dashboard: one line
+    naming it, exit 2, no data generated (every port of it looked taken, after the runs)."""
+    from compute.demo import cli as demo
+
+    monkeypatch.setattr(demo, "DEMO_DATA", tmp_path / "shapes")
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "results.duckdb"))
+    assert main(["demo", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    why = "cannot be listened on here (cannot assign requested address)" if argv[1] == "192.0.2.1" else \
+        "is neither an IP address nor a name this machine can resolve"
+    assert err.startswith(f"error: --address {argv[1] if argv[1] == '192.0.2.1' else repr(argv[1])} {why}: use "
+                          "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") and err.count("\n") == 1
+    assert not (tmp_path / "shapes").exists()
+
+
 def test_list_right_after_the_demo_lists_the_demo_runs(tmp_path, monkeypatch, capsys):
     """The demo verb itself, on a small slice of its data, then ``list`` with no --db (both in this process,
     $CLIP_LAB_DB read at each call): both use the default store. The demo prints each warning once (its runs
