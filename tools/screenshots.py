@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from compute import store
+from compute.errors import InputError, StoreError
 from compute.store import DEFAULT_DB_TEXT, default_db
 from dashboard.pages import DEFAULT, KEYS
 
@@ -58,6 +60,7 @@ TWO_FRAMES = """() => new Promise(done => {
   requestAnimationFrame(() => requestAnimationFrame(() => done()));
 })"""
 MAX_HEIGHT = 4000
+MIN_WIDTH, MAX_WIDTH = 320, 7680  # a phone's width to an 8K screen's
 
 
 def free_port() -> int:
@@ -251,23 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="run to show (default: the dashboard's default, the newest)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a query param for every page, e.g. image=12 or ablation=identity:5-8 (repeatable)")
-    parser.add_argument("--width", type=int, default=1400, help="browser width in pixels")
+    parser.add_argument("--width", type=int, default=1400,
+                        help=f"browser width in pixels, {MIN_WIDTH}-{MAX_WIDTH} (default: 1400)")
     parser.add_argument("--pages", default=",".join(PAGES), help=f"comma list of pages (default: all: {', '.join(PAGES)})")
     args = parser.parse_args(argv)
-    if not CHROMIUM.is_file():
-        print(f"error: no Chromium at {CHROMIUM} (apt-get install chromium-headless-shell, or set CHROMIUM)",
-              file=sys.stderr)
-        return 2
-    if not args.db.is_file():
-        print(f"error: no store at {args.db}", file=sys.stderr)
-        return 2
-    params = dict(p.split("=", 1) for p in args.param if "=" in p)
-    if args.run:
-        params["run"] = args.run
-    pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
-    unknown = [p for p in pages if p not in PAGES]
-    if unknown:
-        print(f"error: unknown page {unknown[0]!r}: choose from {', '.join(PAGES)}", file=sys.stderr)
+    try:
+        pages, params = _checked(args)
+    except (InputError, StoreError) as e:  # one line, nothing written, no browser started
+        print(f"error: {e}", file=sys.stderr)
         return 2
     # The server's log beside the PNGs only when something went wrong (docs/screenshots/ holds pictures).
     with tempfile.TemporaryDirectory(prefix="clip-lab-shots-") as tmp:
@@ -286,6 +280,31 @@ def main(argv: list[str] | None = None) -> int:
             status += f"; OVERFLOW: {shot.overflow[0]}"
         print(f"{shot.screenshot}  {shot.title}  {status}")
     return 1 if any(s.exceptions for s in shots) else 0
+
+
+def _checked(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The pages and query params asked for; InputError (or StoreError) for what cannot be shot."""
+    if not MIN_WIDTH <= args.width <= MAX_WIDTH:
+        raise InputError(f"--width must be between {MIN_WIDTH} and {MAX_WIDTH} pixels, got {args.width}")
+    pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
+    if not pages:
+        raise InputError(f"--pages names no page: choose from {', '.join(PAGES)}")
+    unknown = [p for p in pages if p not in PAGES]
+    if unknown:
+        raise InputError(f"unknown page {unknown[0]!r}: choose from {', '.join(PAGES)}")
+    bad = next((p for p in args.param if "=" not in p or not p.split("=", 1)[0].strip()), None)
+    if bad is not None:
+        raise InputError(f"--param {bad!r} is not KEY=VALUE (e.g. image=12 or ablation=identity:5-8)")
+    params = dict(p.split("=", 1) for p in args.param)
+    if not args.db.is_file():
+        raise InputError(f"no store at {args.db}")
+    with store.connect(args.db, read_only=True) as con:  # also refuses a file that is not a store, in one line
+        if args.run:
+            store.require_run(con, args.run)
+            params["run"] = args.run
+    if not CHROMIUM.is_file():
+        raise InputError(f"no Chromium at {CHROMIUM} (apt-get install chromium-headless-shell, or set CHROMIUM)")
+    return pages, params
 
 
 def _keep(log: Path, out: Path) -> None:

@@ -1,5 +1,6 @@
 """``python -m tools.screenshots``, the command that makes docs/screenshots/: a PNG per page asked for, a line
-each, and nothing else in the folder (its server's log only when a page failed)."""
+each, and nothing else in the folder (its server's log only when a page failed). What it cannot shoot:
+tests/integration/test_dashboard_hardening.py."""
 
 from __future__ import annotations
 

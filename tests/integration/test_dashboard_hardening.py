@@ -6,7 +6,8 @@ why (or the picture composited on white) on the Failures grid and the Image page
 Each store case is a copy of the dashboard tests' store (conftest.dash_store) changed as test_hardening's
 STORE_DAMAGE cases change theirs (every verb of the command line is checked against the same cases there),
 plus a store written by a newer schema. The page must leave the file byte-identical: the dashboard only reads.
-Real-Chromium counterpart: tests/browser/test_browser_hardening.py.
+Real-Chromium counterpart: tests/browser/test_browser_hardening.py. At the end, the screenshots command
+(tools/screenshots.py) on what it cannot shoot: one line, exit 2, before a server or a browser starts.
 """
 
 from __future__ import annotations
@@ -260,3 +261,29 @@ def test_thumbnails_decode_through_compute_dataset_only(tmp_path):
     big = Image.open(io.BytesIO(thumbnails._thumbnail(str(tmp_path / "big.jpg"), 96)))
     assert big.size == (96, 48)
     assert np.abs(np.asarray(big).astype(int) - (10, 200, 30)).max() <= 12
+
+
+# --------------------------------------------------------------------------------------------------
+# The screenshots command.
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--width", "0"], "error: --width must be between 320 and 7680 pixels, got 0"),
+    (["--width", "99999999"], "error: --width must be between 320 and 7680 pixels, got 99999999"),
+    (["--pages", " , "], "error: --pages names no page: choose from overview, layers,"),
+    (["--pages", "overview,nope"], "error: unknown page 'nope': choose from overview, layers,"),
+    (["--param", "image"], "error: --param 'image' is not KEY=VALUE (e.g. image=12"),
+    (["--param", "=3"], "error: --param '=3' is not KEY=VALUE"),
+    (["--run", "nope"], "error: no run named 'nope' in {db} (runs: tiny-heads)"),
+    (["--db", "{folder}"], "error: no store at {folder}"),
+    (["--db", "{text}"], "error: store {text} is not a DuckDB file"),
+])
+def test_the_screenshots_command_refuses_what_it_cannot_shoot_in_one_line(heads_store, tmp_path, capsys, argv, line):
+    (tmp_path / "notes.txt").write_text("not a store\n")
+    fill = {"db": heads_store, "folder": tmp_path, "text": tmp_path / "notes.txt"}
+    out = tmp_path / "shots"
+    from tools import screenshots
+
+    code = screenshots.main(["--db", str(heads_store), "--out", str(out), *[a.format(**fill) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(line.format(**fill)) and err.count("\n") == 1, err
+    assert not out.exists()  # nothing written (and no page shot: the folder would exist)
