@@ -16,6 +16,7 @@ The figure tests run this on every SVG of the packs they export; run it by hand 
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
@@ -200,11 +201,23 @@ def problems(svg: str, width: float | None = None) -> list[str]:
     return found
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.figure_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="FOLDER_OR_SVG", help="SVG files, or folders of them (a pack)")
+    args = parser.parse_args(argv)
+    missing = next((p for p in args.paths if not Path(p).is_dir() and not Path(p).is_file()), None)
+    if missing is not None:
+        print(f"error: no SVG file or folder at {missing}", file=sys.stderr)
+        return 2
     bad = 0
-    files = [p for arg in paths for p in (sorted(Path(arg).glob("*.svg")) if Path(arg).is_dir() else [Path(arg)])]
+    files = [p for arg in args.paths for p in (sorted(Path(arg).glob("*.svg")) if Path(arg).is_dir() else [Path(arg)])]
     for path in files:
-        for problem in problems(path.read_text()):
+        try:
+            found = problems(path.read_text(encoding="utf-8"))
+        except (ET.ParseError, UnicodeDecodeError, OSError) as e:  # not an SVG this reads: a problem of its own
+            found = [f"unreadable: not an SVG as vl-convert writes it ({type(e).__name__}: {e})"]
+        for problem in found:
             bad += 1
             print(f"{path}: {problem}")
     print(f"{len(files)} SVG files, {bad} problems")
@@ -212,4 +225,4 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -10,9 +10,12 @@ the other.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from compute import store
+from compute.errors import InputError, StoreError
 from compute.store import DEFAULT_DB_TEXT, default_db
 from tools import screenshots as shots
 
@@ -21,11 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.page_times", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, default=default_db(), help=f"store to show (default: {DEFAULT_DB_TEXT})")
     parser.add_argument("--run", required=True, help="the run every page shows")
-    parser.add_argument("--widths", default="1440,800", help="comma list of browser widths in pixels")
+    parser.add_argument("--widths", default="1440,800",
+                        help=f"comma list of browser widths in pixels, each {shots.MIN_WIDTH}-{shots.MAX_WIDTH} "
+                        "(default: 1440,800)")
     args = parser.parse_args(argv)
-    if not args.db.is_file():
-        parser.error(f"no store at {args.db}")
-    widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    try:
+        widths = _checked(args)
+    except (InputError, StoreError) as e:  # one line, before a server or a browser starts
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with shots.serve(args.db, Path("/tmp") / "page_times_streamlit.log") as url, shots.chromium() as browser:
         for width in widths:
             context = browser.new_context(viewport={"width": width, "height": 900})
@@ -41,6 +48,22 @@ def main(argv: list[str] | None = None) -> int:
                 tab.close()
             context.close()
     return 0
+
+
+def _checked(args: argparse.Namespace) -> list[int]:
+    """The widths asked for; InputError (or StoreError) for a width, store or run that cannot be timed."""
+    texts = [w.strip() for w in args.widths.split(",") if w.strip()]
+    bad = next((w for w in texts if not w.isdigit() or not shots.MIN_WIDTH <= int(w) <= shots.MAX_WIDTH), None)
+    if bad is not None or not texts:
+        raise InputError(f"--widths {args.widths!r}: give widths in pixels, each {shots.MIN_WIDTH}-{shots.MAX_WIDTH}, "
+                         "separated by commas")
+    if not args.db.is_file():
+        raise InputError(f"no store at {args.db}")
+    with store.connect(args.db, read_only=True) as con:
+        store.require_run(con, args.run)
+    if not shots.CHROMIUM.is_file():
+        raise InputError(f"no Chromium at {shots.CHROMIUM} (apt-get install chromium-headless-shell, or set CHROMIUM)")
+    return [int(w) for w in texts]
 
 
 if __name__ == "__main__":

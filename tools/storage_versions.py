@@ -18,12 +18,16 @@ import argparse
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+
+from compute.errors import InputError, StoreError
+from compute.storefile import connect
 
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0", "v1.4.0", "v1.5.0", "latest")
 RESULT_TABLES = ("score_t", "selection_t", "embedding_t")  # written batch by batch during a run
@@ -103,15 +107,30 @@ def opens_in(python: str, path: Path) -> str:
     return (done.stdout.strip() or done.stderr.strip().splitlines()[-1])[:24]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.storage_versions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a store whose rows are replayed (e.g. the demo's)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (the demo's batch size)")
-    parser.add_argument("--versions", default=",".join(VERSIONS))
+    parser.add_argument("--repeats", type=int, default=3, help="replays per version, interleaved (default: 3)")
+    parser.add_argument("--batch", type=int, default=64, help="images per batch (default: 64, the demo's)")
+    parser.add_argument("--versions", default=",".join(VERSIONS),
+                        help=f"comma list among {', '.join(VERSIONS)} (default: all)")
     parser.add_argument("--reader", default="", help="a Python with DuckDB 1.x installed: does it open each file?")
-    args = parser.parse_args()
-    versions = args.versions.split(",")
+    args = parser.parse_args(argv)
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    try:
+        if not versions or any(v not in VERSIONS for v in versions):
+            raise InputError(f"--versions {args.versions!r}: choose among {', '.join(VERSIONS)}")
+        for flag, value in (("--repeats", args.repeats), ("--batch", args.batch)):
+            if value < 1:
+                raise InputError(f"{flag} must be a positive integer, got {value}")
+        if not args.source.is_file():
+            raise InputError(f"no store at {args.source}")
+        with connect(args.source, read_only=True):  # a file that is no store (or a damaged one): one line
+            pass
+    except (InputError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     once, results = load_source(args.source)
     rows = sum(t.num_rows for t in results.values())
     print(f"{args.source}: {args.source.stat().st_size / 2**20:.1f} MiB, {rows:,} result rows "
@@ -137,7 +156,8 @@ def main() -> None:
         w, s = statistics.median(write[v]), statistics.median(size[v])
         print(f"{v:<9} {header[v][0]:>6} {s / 2**20:>9.2f} {s / ref_size if ref_size else float('nan'):>9.2f} "
               f"{w:>8.2f} {w / ref if ref else float('nan'):>9.2f} {statistics.median(read[v]) * 1000:>8.1f}  {opens[v]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
