@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis.stats import ALPHA
 from analysis.subsets import MAX_LABELS
-from analysis.tables import DIGITS, METRIC_TITLES, METRICS, blocks, has_captions, single_layers
+from analysis.tables import DIGITS, METRIC_TITLES, METRICS, blocks, has_captions, number, single_layers
 
 # Charts get aggregates only (at most labels x labels cells). Altair's 5,000-row guard exists to stop raw
 # rows being embedded in a spec; here it would only refuse a confusion matrix of a large label set.
@@ -480,17 +480,12 @@ def movement_bars(shift: pd.DataFrame) -> alt.Chart:
 # Heads and token flow (data from analysis.heads).
 
 HOLDS_NOTE = "outlined: holds after Holm's correction of McNemar's test"
-MINUS = "\u2212"
 
 
 def signed(x: float, digits: int = 2) -> str:
-    """A change as a cell shows it: one sign for zero ("0.00", never "−0.00" or "+0.00"), a typographic minus."""
-    if x is None or pd.isna(x):
-        return ""
-    value = round(float(x), digits) + 0.0  # + 0.0: no negative zero
-    if value == 0:
-        return f"{0:.{digits}f}"
-    return f"{value:+.{digits}f}".replace("-", MINUS)
+    """A change as a heatmap cell shows it: the tables' signed number (one form for zero, "0.00", a typographic
+    minus), and no text where there is no value (the tables say "—")."""
+    return "" if x is None or pd.isna(x) else number(x, digits, sign=True)
 
 
 def cell_digits(values: pd.Series) -> int:
