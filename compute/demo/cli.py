@@ -44,16 +44,20 @@ def check_address(address: str) -> None:
     """An address this machine can listen on: one of its interfaces' (or 0.0.0.0, ::), or a name of one.
     Otherwise every port would look taken ("no free port"), after minutes of runs."""
     try:
-        family = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0][0]
+        found = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError):  # not an address, an unknown name, a NUL in it
         raise InputError(f"--address {address!r} is neither an IP address nor a name this machine can resolve: "
                          f"use {DEFAULT_ADDRESS} (this machine only) or 0.0.0.0 (every interface)") from None
-    with socket.socket(family) as s:
-        try:
-            s.bind((address, 0))
-        except OSError as e:
-            raise InputError(f"--address {address} cannot be listened on here ({(e.strerror or str(e)).lower()}): use "
-                             f"{DEFAULT_ADDRESS} (this machine only) or 0.0.0.0 (every interface)") from None
+    error = None
+    for family, *_, where in found:  # a name may have an IPv6 and an IPv4 address: one that binds will do
+        with socket.socket(family) as s:
+            try:
+                s.bind((where[0], 0))
+                return
+            except OSError as e:
+                error = e
+    raise InputError(f"--address {address} cannot be listened on here ({(error.strerror or str(error)).lower()}): "
+                     f"use {DEFAULT_ADDRESS} (this machine only) or 0.0.0.0 (every interface)")
 
 
 def choose_port(address: str, port: int | None) -> int:
