@@ -2,10 +2,9 @@
 
 ``python -m tools.screenshots --db data/results.duckdb --out docs/screenshots`` starts
 ``streamlit run dashboard/app.py`` on a free port of 127.0.0.1, opens each page in headless Chromium
-(``CHROMIUM``: Debian's ``chromium-headless-shell``, else its ``chromium``, driven by the playwright package;
-never ``playwright install``), waits until
-the script has finished, and saves one PNG per page; it says when a page overflows the window
-sideways or cuts a label. tests/browser/ uses the same functions (``chromium``, ``serve``, ``shoot``,
+(``CHROMIUM``: Debian's ``chromium-headless-shell``, else its ``chromium``, driven by the playwright
+package; never ``playwright install``), waits until the script has finished, and saves one PNG per page;
+it says when a page overflows the window sideways or cuts a label. tests/browser/ uses the same functions (``chromium``, ``serve``, ``shoot``,
 ``finished``, ``overflow``).
 """
 
@@ -38,8 +37,8 @@ if TYPE_CHECKING:  # playwright is imported where a browser starts
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
 # The browser: $CHROMIUM, else Debian's chromium-headless-shell (Chromium's headless mode alone, the build
-# playwright itself runs headless: the browser tests took 13% less CPU than in the full chromium, the same
-# pages drawn), else Debian's full chromium. .ci/run installs the first.
+# playwright itself runs headless: the browser tests took 13% less CPU than in the full chromium, every one
+# passing in both), else Debian's full chromium. .ci/run installs the first.
 BROWSERS = (Path("/usr/bin/chromium-headless-shell"), Path("/usr/bin/chromium"))
 CHROMIUM = Path(os.environ.get("CHROMIUM") or next((b for b in BROWSERS if b.is_file()), BROWSERS[0]))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
