@@ -4,8 +4,8 @@
 ``streamlit run dashboard/app.py`` on a free port of 127.0.0.1, opens each page in headless Chromium
 (``CHROMIUM``: Debian's ``chromium-headless-shell``, else its ``chromium``, driven by the playwright
 package; never ``playwright install``), waits until the script has finished, and saves one PNG per page;
-it says when a page overflows the window sideways or cuts a label. tests/browser/ uses the same functions (``chromium``, ``serve``, ``shoot``,
-``finished``, ``overflow``).
+it says when a page overflows the window sideways or cuts a label. tests/browser/ uses the same functions
+(``chromium``, ``serve``, ``shoot``, ``finished``, ``overflow``).
 """
 
 from __future__ import annotations

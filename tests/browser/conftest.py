@@ -1,6 +1,7 @@
 """The browser tier's Chromium: a test asks for ``browser`` and gets the module's one, launched by
 tools.screenshots.chromium (``CHROMIUM``: Debian's chromium-headless-shell, else its chromium, through the
-playwright package, never ``playwright install``). Without Chromium or playwright the test skips with a banner, and fails in CI (helpers.skip_loudly).
+playwright package, never ``playwright install``). Without Chromium or playwright the test skips with a
+banner, and fails in CI (helpers.skip_loudly).
 """
 
 from __future__ import annotations

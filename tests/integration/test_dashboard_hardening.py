@@ -278,11 +278,11 @@ def test_thumbnails_decode_through_compute_dataset_only(tmp_path):
     (["--db", "{text}"], "error: store {text} is not a DuckDB file"),
 ])
 def test_the_screenshots_command_refuses_what_it_cannot_shoot_in_one_line(heads_store, tmp_path, capsys, argv, line):
+    from tools import screenshots
+
     (tmp_path / "notes.txt").write_text("not a store\n")
     fill = {"db": heads_store, "folder": tmp_path, "text": tmp_path / "notes.txt"}
     out = tmp_path / "shots"
-    from tools import screenshots
-
     code = screenshots.main(["--db", str(heads_store), "--out", str(out), *[a.format(**fill) for a in argv]])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(line.format(**fill)) and err.count("\n") == 1, err
