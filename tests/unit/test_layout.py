@@ -15,7 +15,7 @@ from helpers import ONE_WORKER, ROOT
 
 PACKAGES = ("compute", "analysis", "dashboard", "tools")
 LONG = 400  # lines; a longer module says why in its docstring ("Long because ...")
-SQL_HOMES = {"compute.store", "compute.store_heads", "compute.storefile", "analysis.queries"}  # the write side (the statements, the file) and the read side
+SQL_HOMES = {"compute.store", "compute.store_batches", "compute.store_heads", "compute.storefile", "analysis.queries"}  # the write side (the statements, the file) and the read side
 SQL = re.compile(r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|VIEW))")
 
 
