@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import errno
 import io
 import os
 import re
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from compute.errors import InputError
-from compute.validation import check_coco, file_kind, load_json
+from compute.validation import NotRegularFile, check_coco, load_json, open_regular
 
 if TYPE_CHECKING:  # only named in annotations: compute.config imports the ablations and torch
     from compute.config import DatasetConfig
@@ -237,34 +235,17 @@ def inside_path(path: Path, root: Path) -> Path:
 # small file declaring 12000 x 12000) is refused from its header, before its pixels are decoded.
 MAX_PIXELS = 8192 * 8192
 
-def _not_regular(name: str, mode: int) -> ImageLoadError:
-    return ImageLoadError(f"{name} is not a regular file ({file_kind(mode)}): not read")
-
-
 def _open_regular(path: Path, name: str) -> int:
-    """A read descriptor of ``path`` when it is a regular file (links followed), else ImageLoadError. Opened
-    without blocking (a FIFO swapped in after the check cannot hang the open) and checked again once open."""
+    """A read descriptor of ``path`` when it is a regular file (compute.validation.open_regular), else
+    ImageLoadError saying why."""
     try:
-        st = os.stat(path)
+        return open_regular(path)
     except FileNotFoundError:
         raise ImageLoadError(f"file not found: {path}") from None
+    except NotRegularFile as e:
+        raise ImageLoadError(f"{name} is not a regular file ({e.kind}): not read") from None
     except OSError as e:  # a link loop, a name too long, a folder without permission
         raise ImageLoadError(f"cannot read {name}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _not_regular(name, st.st_mode)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ImageLoadError(f"file not found: {path}") from None
-    except OSError as e:
-        if e.errno == errno.ENXIO:  # a socket
-            raise ImageLoadError(f"{name} is not a regular file (a socket): not read") from None
-        raise ImageLoadError(f"cannot read {name}: {e.strerror or e}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _not_regular(name, mode)
-    return fd
 
 
 def _too_many_pixels(name: str, pixels: int | None, size: tuple[int, int] | None = None) -> ImageLoadError:

@@ -51,22 +51,47 @@ def file_kind(mode: int) -> str:
     return next((kind for test, kind in FILE_KINDS if test(mode)), "not a file")
 
 
+class NotRegularFile(OSError):
+    """A path that is a folder, a FIFO, a device or a socket where a regular file is wanted; ``kind`` says which."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"not a regular file ({kind})")
+        self.kind = kind
+
+
+def open_regular(path: Path | str) -> int:
+    """A read descriptor of ``path`` when it is a regular file (links followed), else NotRegularFile; what
+    os.stat and os.open raise otherwise (FileNotFoundError ...). Never opens what is not a regular file (a
+    device could act on being opened), opens without blocking (a FIFO swapped in after the check cannot hang
+    the open) and checks again once open."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(file_kind(mode))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket swapped in
+            raise NotRegularFile("a socket") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(file_kind(mode))
+    return fd
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of a UTF-8 file; InputError naming the file when it is missing, not a regular file (a folder,
     /dev/zero, a FIFO: never read, so never waited on), unreadable or not UTF-8."""
     path = Path(path)
-    try:  # opened without blocking (a FIFO put there after a check cannot hang the open) and checked once open
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fd = open_regular(path)
     except (FileNotFoundError, NotADirectoryError):
         raise InputError(f"{what} file not found: {path}") from None
+    except NotRegularFile as e:
+        raise InputError(f"{what} file {path} is not a regular file ({e.kind})") from None
     except OSError as e:
-        if e.errno == errno.ENXIO:  # a socket
-            raise InputError(f"{what} file {path} is not a regular file (a socket)") from None
         raise InputError(f"{what} file {path} cannot be read ({e.strerror or e})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise InputError(f"{what} file {path} is not a regular file ({file_kind(mode)})")
     try:
         with open(fd, "rb") as f:
             data = f.read()
