@@ -34,7 +34,7 @@ def check_out_folder(path: Path, flag: str = "--out") -> None:
         if folder.exists() or folder.is_symlink():
             what = f"{flag} {path} is" if folder == path else f"{flag} {path}: {folder} is"
             try:
-                kind = "a file" if folder.is_file() else file_kind(folder.stat().st_mode)  # /dev/null: a device
+                kind = file_kind(folder.stat().st_mode)  # /dev/null: a character device
             except OSError:  # a link to nothing above the folder
                 kind = "a link to nothing"
             raise InputError(f"{what} {kind}, not a folder: give a folder (it is created if needed)")

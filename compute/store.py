@@ -28,9 +28,7 @@ from compute.store_batches import (  # noqa: F401 - re-exported: the store's one
     BatchResult,
     DecompositionRows,
     Selection,
-    embedding_blobs,
     for_batch_writes,
-    verified_names,
     write_batch,
 )
 from compute.store_heads import (  # noqa: F401 - re-exported: the store's one name for callers

@@ -42,12 +42,12 @@ MAX_RUN_NAME = 100
 LINE_BREAKS = ("Cc", "Zl", "Zp")  # C0, DEL and C1 controls; the line and paragraph separators
 
 
-FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+FILE_KINDS = ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def file_kind(mode: int) -> str:
-    """What a path that is not a regular file is, for an error line ("a folder", "a FIFO", ...)."""
+    """What a path is, for an error line ("a file", "a folder", "a FIFO", ...)."""
     return next((kind for test, kind in FILE_KINDS if test(mode)), "not a file")
 
 
