@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from compute import store
 from compute.errors import InputError, StoreError
 from compute.store import DEFAULT_DB_TEXT, default_db
 from tools import screenshots as shots
@@ -57,12 +56,7 @@ def _checked(args: argparse.Namespace) -> list[int]:
     if bad is not None or not texts:
         raise InputError(f"--widths {args.widths!r}: give widths in pixels, each {shots.MIN_WIDTH}-{shots.MAX_WIDTH}, "
                          "separated by commas")
-    if not args.db.is_file():
-        raise InputError(f"no store at {args.db}")
-    with store.connect(args.db, read_only=True) as con:
-        store.require_run(con, args.run)
-    if not shots.CHROMIUM.is_file():
-        raise InputError(f"no Chromium at {shots.CHROMIUM} (apt-get install chromium-headless-shell, or set CHROMIUM)")
+    shots.check_store_and_browser(args.db, args.run)
     return [int(w) for w in texts]
 
 

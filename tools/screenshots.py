@@ -295,15 +295,22 @@ def _checked(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, str]]
     if bad is not None:
         raise InputError(f"--param {bad!r} is not KEY=VALUE (e.g. image=12 or ablation=identity:5-8)")
     params = dict(p.split("=", 1) for p in args.param)
-    if not args.db.is_file():
-        raise InputError(f"no store at {args.db}")
-    with store.connect(args.db, read_only=True) as con:  # also refuses a file that is not a store, in one line
-        if args.run:
-            store.require_run(con, args.run)
-            params["run"] = args.run
+    check_store_and_browser(args.db, args.run)
+    if args.run:
+        params["run"] = args.run
+    return pages, params
+
+
+def check_store_and_browser(db: Path, run: str | None) -> None:
+    """InputError (or StoreError) unless ``db`` is a store holding ``run`` (when given) and Chromium is there:
+    what a command that serves the dashboard to a browser checks before it starts either."""
+    if not db.is_file():
+        raise InputError(f"no store at {db}")
+    with store.connect(db, read_only=True) as con:  # also refuses a file that is not a store, in one line
+        if run:
+            store.require_run(con, run)
     if not CHROMIUM.is_file():
         raise InputError(f"no Chromium at {CHROMIUM} (apt-get install chromium-headless-shell, or set CHROMIUM)")
-    return pages, params
 
 
 def _keep(log: Path, out: Path) -> None:
