@@ -142,6 +142,12 @@ def probe_images(seed: int = 0) -> list[Image.Image]:
     return shapes + list(mode_probes(seed + 1).values())
 
 
+def probe_image(seed: int = 0) -> Image.Image:
+    """``probe_images(seed)[0]`` alone (the same draws), for a check that needs one image, not all 24."""
+    w, h = PROBE_SIZES[0]
+    return Image.fromarray(_smooth(np.random.default_rng(seed), w, h))
+
+
 def table_values(table: np.ndarray, crop: np.ndarray) -> np.ndarray:
     """(3, 256) table, (3, h, w) uint8 crop -> (3, h, w) float32 pixel values: the table, per channel (exact)."""
     return np.stack([table[c][crop[c]] for c in range(3)])
@@ -169,9 +175,31 @@ def _direct_candidate(processor: object) -> tuple[int, int] | None:
     return int(edge), int(resample)
 
 
+# (processor class, its attributes, ship_uint8) -> the recipe found for it, without the processor. A processor
+# does what its class and its attributes say (what save_pretrained writes and from_pretrained restores), so a
+# second processor alike gets the recipe checked for the first: the check costs 0.2-0.3 s of CPU, once per
+# run, and a process that makes several runs (the demo, a sweep of experiments, the tests) makes it once.
+_RECIPES: dict[tuple, Recipe] = {}
+
+
 def recipe(processor: object, ship_uint8: bool) -> Recipe:
     """The fastest recipe that gives the processor's own pixels (on ``Recipe.reference``) on every probe
-    image, of every shape and mode (checked here)."""
+    image, of every shape and mode (checked here, once per kind of processor in a process)."""
+    try:
+        key = (type(processor), repr(sorted(vars(processor).items())), ship_uint8)
+    except TypeError:  # no __dict__: never cached
+        key = None
+    if key is not None and key in _RECIPES:
+        return replace(_RECIPES[key], processor=processor)
+    found = _recipe(processor, ship_uint8)
+    if key is not None:
+        if found.table is not None:
+            found.table.setflags(write=False)  # shared by every recipe made from this one
+        _RECIPES[key] = replace(found, processor=None)
+    return found
+
+
+def _recipe(processor: object, ship_uint8: bool) -> Recipe:
     whole = Recipe(processor, (0, 0), None, None, False)
     probes, want = [], []
     for k, im in enumerate(probe_images()):

@@ -33,7 +33,7 @@ from compute.attribution import prompt_pairs
 from compute.dataset import open_image
 from compute.errors import InputError, ModelOutputError
 from compute.models import LoadedClip, pixel_values
-from compute.pixels import probe_images
+from compute.pixels import probe_image
 from compute.store import Selection
 from compute.towers import LogitScale, image_inputs  # noqa: F401 (LogitScale: scoring's API too)
 
@@ -122,7 +122,7 @@ def _non_finite(x: torch.Tensor | np.ndarray) -> str:
 def check_image_embedding(clip: LoadedClip) -> None:
     """The unablated image tower on one probe image (compute.pixels), before anything is written: a model
     whose image embedding is NaN or infinite is refused (InputError) instead of scoring as an accuracy."""
-    pixels = pixel_values(clip, probe_images()[:1]).to(clip.device, clip.dtype)  # (1, 3, size, size)
+    pixels = pixel_values(clip, [probe_image()]).to(clip.device, clip.dtype)  # (1, 3, size, size)
     emb = clip.model.get_image_features(**image_inputs(clip.model, pixels)).pooler_output.float()
     if not bool(torch.isfinite(emb).all()):
         raise InputError(f"model {clip.name} gives a non-finite image embedding ({_non_finite(emb)}) on a probe "

@@ -145,7 +145,10 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
         rates[f"engine_{other}_images_per_s"] = engine_rate(load_clip(str(model), device, other), pixels, 3)
         print(f"  engine only, {other}: {rates[f'engine_{other}_images_per_s']:8.1f} images/s", flush=True)
 
-    import_s = _timed([sys.executable, "-c", "import compute.runner; from transformers import CLIPModel"])
+    # The imports alone: os._exit skips the interpreter's teardown, which after torch and transformers takes
+    # 1-3 s more (a run skips it too: compute.__main__.exit_now).
+    import_s = _timed([sys.executable, "-c",
+                       "import os, compute.runner; from transformers import CLIPModel; os._exit(0)"])
     whole, stdout = _whole_run(tmp / "bench.toml")
     n, sweep_s, rate, setup_s, first_s, workers = SWEPT.search(stdout).groups()
     loop = float(rate)

@@ -21,10 +21,14 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPAT
 {
   date -u
   echo "cores: $(nproc)"
-  "$PYTHON" -c 'import sys, torch, transformers, duckdb, PIL, numpy
+  # torch for CUDA; the others' versions from their metadata (importing transformers costs seconds); os._exit
+  # skips the teardown of torch's objects.
+  "$PYTHON" -c 'import os, sys, torch
+from importlib.metadata import version as v
 print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
-      torch.cuda.is_available(), "| transformers", transformers.__version__, "| duckdb", duckdb.__version__,
-      "| pillow", PIL.__version__, "| numpy", numpy.__version__)'
+      torch.cuda.is_available(), "| transformers", v("transformers"), "| duckdb", v("duckdb"),
+      "| pillow", v("pillow"), "| numpy", v("numpy"), flush=True)
+os._exit(0)'
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
   uptime
 } > "$OUT/env.txt" 2>&1

@@ -172,6 +172,58 @@ def test_a_processor_the_recipe_cannot_reproduce_runs_whole(jpegs):
                                               return_tensors="pt")["pixel_values"], rtol=0, atol=0)
 
 
+def test_a_processor_alike_reuses_the_checked_recipe_and_any_other_is_checked_anew(jpegs):
+    """The recipe is checked once per kind of processor in a process: a second processor of the same class
+    and attributes gets it without calling the processor (and carries its own processor); another class, other
+    attributes (set at creation or later) or the other shipping get their own check, and their own recipe."""
+    from transformers import CLIPImageProcessorPil
+
+    calls = []
+
+    def counted() -> type:  # a class of this test alone, each time: nothing cached for it yet
+        class Counted(CLIPImageProcessorPil):
+            def __call__(self, images, **kwargs):
+                calls.append(len(images))
+                return super().__call__(images, **kwargs)
+        return Counted
+
+    Counted = counted()
+    first = recipe(Counted(), ship_uint8=True)
+    assert calls and first.table is not None and first.direct is not None
+    del calls[:]
+    again = Counted()
+    reused = recipe(again, ship_uint8=True)
+    assert calls == [] and reused.processor is again
+    assert (reused.size, reused.direct, reused.ship_uint8) == (first.size, first.direct, True)
+    assert np.array_equal(reused.table, first.table) and not reused.table.flags.writeable
+    for other, size in [(Counted(size={"shortest_edge": 200}, crop_size={"height": 200, "width": 200}), (200, 200)),
+                        (counted()(), (224, 224))]:  # alike, but of another class
+        got = recipe(other, ship_uint8=True)
+        assert calls and got.size == size and got.processor is other
+        del calls[:]
+    assert recipe(Counted(), ship_uint8=False).ship_uint8 is False and calls
+    del calls[:]
+    again.image_mean = [0.0, 0.0, 0.0]  # an attribute changed after creation: another processor
+    changed = recipe(again, ship_uint8=True)
+    assert calls and not np.array_equal(changed.table, first.table)
+    # and the recipe it found is still the processor's own pixels
+    good = [r for r in jpegs if r.file_name not in ("broken.jpg", "missing.jpg")][:3]
+    with Loader(again, "cpu", torch.float32, 2, 0) as loader:
+        got = torch.cat([b.pixel_values for b in loader.batches(good)])
+    torch.testing.assert_close(got, again(images=[open_image(r.path) for r in good], return_tensors="pt")
+                               ["pixel_values"], rtol=0, atol=0)
+
+
+def test_the_one_probe_image_is_the_first_of_the_probes():
+    """check_image_embedding's probe (probe_image) is the recipe's first probe, made alone: the same pixels."""
+    from compute.pixels import probe_image, probe_images
+
+    for seed in (0, 7):
+        one, first = probe_image(seed), probe_images(seed)[0]
+        assert (one.mode, one.size) == (first.mode, first.size) == ("RGB", (640, 480))
+        assert one.tobytes() == first.tobytes()
+
+
 def test_every_image_processor_is_the_pil_one_even_where_torchvision_would_be_picked(
         monkeypatch, tiny_clip, tiny_siglip, tiny_siglip2, tiny_blip, tiny_ved):
     """Where torchvision is installed (most GPU machines) transformers picks processors that resize with it,

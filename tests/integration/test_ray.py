@@ -122,8 +122,8 @@ def assert_same_results(got: Path, want: Path) -> None:
 # Faults.
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: command line} of every process below ``pid`` (a local Ray's workers are its raylet's children)."""
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a local Ray's workers are its raylet's children)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -131,15 +131,20 @@ def descendants(pid: int) -> dict[int, str]:
         except OSError:  # gone meanwhile
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = {}, [pid]
+    out, todo = [], [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
-            try:
-                out[child] = (Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
-            except OSError:
-                continue
-            todo.append(child)
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
     return out
+
+
+def command_line(pid: int) -> str | None:
+    """A process's command line as ``ps`` shows it (a Ray worker's shows the task it runs); None once gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return None
 
 
 class Killer(threading.Thread):
@@ -153,16 +158,25 @@ class Killer(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        pids: list[int] = []
+        listed = 0.0
         while not self.stop.is_set():
-            for pid, cmd in descendants(os.getpid()).items():
+            # The process tree every 0.1 s (a walk of all /proc takes a few ms); the command lines of the
+            # workers in it every 5 ms while a kill is to come (a decode task lasts a moment; Ray's workers
+            # are pooled, so a task's worker is listed before it starts), then every 0.1 s, when only new
+            # actors are counted (they live until the run ends).
+            if time.monotonic() - listed >= 0.1:
+                pids, listed = descendants(os.getpid()), time.monotonic()
+            for pid in pids:
+                cmd = command_line(pid)
+                if cmd is None:
+                    continue
                 if "(SweepActor)" in cmd:
                     self.actors.add(pid)
                 for what, title in (("decode", "ray::MapBatches(decode)"), ("actor", "(SweepActor)).submit")):
                     if what not in self.killed and title in cmd:
                         os.kill(pid, signal.SIGKILL)
                         self.killed[what] = pid
-            # Every 5 ms while a kill is to come (a decode task lasts a moment); then only the new actors are
-            # counted, which live until the run ends: a scan of /proc every 5 ms took a third of a core.
             time.sleep(0.005 if len(self.killed) < 2 else 0.1)
 
 
