@@ -232,3 +232,25 @@ def bench_busy(tmp: Path, images: int = 64, batch_size: int = 16, repeats: int =
     print(f"  acceptance: the engine busy >= 0.4x quiet with compute's settings: "
           f"{results['engine_passive']['ratio']:.2f}x")
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Both sections, or one (``make bench`` runs them with the others: ``python -m tools.bench --only ...``)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m tools.pipeline_perf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["pipeline", "busy"], help="one section (default: both)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="clip-lab-bench-") as tmp:
+        for name, section in (("pipeline", bench_pipeline), ("busy", bench_busy)):
+            if args.only in (None, name):
+                folder = Path(tmp) / name
+                folder.mkdir()
+                section(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

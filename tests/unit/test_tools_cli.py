@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools import bench, figure_check, page_times, storage_versions
+from tools import bench, figure_check, page_times, pipeline_perf, storage_versions
 
 
 @pytest.mark.parametrize(("argv", "said"), [
@@ -88,3 +88,19 @@ def test_figure_check_names_a_missing_path_and_counts_an_unreadable_svg(tmp_path
     with pytest.raises(SystemExit) as exit_:
         figure_check.main(["--help"])
     assert exit_.value.code == 0 and "usage: python -m tools.figure_check" in capsys.readouterr().out
+
+
+def test_the_pipeline_bench_says_what_it_measures_and_refuses_an_unknown_section(capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(pipeline_perf, "bench_pipeline", lambda tmp: started.append("pipeline"))
+    monkeypatch.setattr(pipeline_perf, "bench_busy", lambda tmp: started.append("busy"))
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_perf.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "usage: python -m tools.pipeline_perf" in out and "busy " in out
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_perf.main(["--only", "sweep"])
+    assert exit_.value.code == 2 and "invalid choice: 'sweep'" in capsys.readouterr().err
+    assert started == []
+    assert pipeline_perf.main(["--only", "busy"]) == 0 and started == ["busy"]
+    assert pipeline_perf.main([]) == 0 and started == ["busy", "pipeline", "busy"]
