@@ -28,6 +28,24 @@ import compute  # noqa: E402, F401, I001
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _torch_threads() -> None:
+    """torch's threads in this pytest process and the interpreters its tests start (OMP_NUM_THREADS): its share
+    of the cores (make test: two xdist workers on two cores, one thread each). Two workers of two threads on two
+    cores ran the tiny models' ops slower and at more CPU (the demo regression alone: 26.5 s and 31 CPU-s on
+    two threads, 19-23 s and 20-24 CPU-s on one). Float sums can end in other bits on another thread count: a
+    test that compares bits across processes gives them the same."""
+    import torch
+
+    from compute.loader import default_workers
+
+    share = max(1, default_workers() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_torch_threads()
+
 # CI's rule (a skipped browser, Ray or root test fails): hooks kept in helpers.py, so that a probe can load
 # them alone (tests/integration/test_ci_rule.py), registered here by name.
 from helpers import (  # noqa: E402, F401

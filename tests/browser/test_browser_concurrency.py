@@ -54,7 +54,9 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(br
     for name in victims:
         rescore(db, "base", [Prompt("a photo of a cat", "cat"), Prompt("a photo of a dog", "dog")], name,
                 progress=False, echo=lambda _: None, clip=clip)
-    live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=120), db, name="live",
+    # 40 batches of one image: 3 s of writing alone here, twice that beside the page loads, which start as soon as
+    # the run's row appears (120 images made the test wait 10 s more for a run its loads had already overlapped).
+    live = write_experiment(tmp_path / "live.toml", tiny_clip, make_coco(tmp_path / "live", n=40), db, name="live",
                             batch_size=1)
     out = ARTIFACTS / "concurrency"
 

@@ -6,6 +6,7 @@ import re
 
 import altair as alt
 import duckdb
+import jsonschema
 import pandas as pd
 import pytest
 from helpers import DASH_ABLATIONS, cli, sql
@@ -168,6 +169,11 @@ def test_every_chart_builder_makes_a_valid_vega_lite_spec(dash_store):
         build().to_dict(validate=True)
     for size in ("one-column", "two-column"):  # and every figure as laid out for a paper
         for name, figure in figures.pack_figures(data, size).items():
+            # The whole spec against Vega-Lite's schema in one pass (from_dict would validate each part again
+            # while it picks its class: 10x the time, nothing more refused).
             kind = alt.LayerChart if "layer" in figure.spec else alt.Chart
-            assert kind.from_dict(figure.spec, validate=True).to_dict(validate=True), (size, name)
+            try:
+                kind.validate(figure.spec)
+            except jsonschema.ValidationError as e:
+                raise AssertionError(f"{size} figure {name}: {e.message}") from None
     charts.compare_chart(compare, "baseline", "identity:5").to_dict(validate=True)

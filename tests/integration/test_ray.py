@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import cli_process, sql
 
 from compute.config import load_experiment
@@ -208,8 +209,10 @@ def test_a_driver_killed_mid_run_leaves_a_store_a_rerun_completes(local_ray, ref
                                                                   tmp_path):
     db = tmp_path / "killed.duckdb"
     exp = experiment(reference, tiny_clip, tiny_blip, db)
-    # A second driver joins the module's Ray and is SIGKILLed inside its second batch's transaction.
-    killed = cli_process("run", str(exp), "--ray", local_ray, "--no-progress", env={"CLIP_LAB_KILL_AT": "sweep:2"})
+    # A second driver joins the module's Ray and is SIGKILLed inside its second batch's transaction. Its mean pass
+    # (stored, then resumed) runs on this process's torch threads: the means' last bits follow the thread count.
+    killed = cli_process("run", str(exp), "--ray", local_ray, "--no-progress", "--threads", str(torch.get_num_threads()),
+                         env={"CLIP_LAB_KILL_AT": "sweep:2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert sql(db, "SELECT COUNT(*) FROM selection_t") == [(3 * N_ABLATIONS,)]  # the first batch of 3 images
     assert sql(db, "SELECT status FROM runs") == [("running",)]
