@@ -40,7 +40,9 @@ def _torch_threads() -> None:
     from compute.loader import default_workers
 
     share = max(1, default_workers() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if not (given.isdigit() and int(given) > 0):  # unset, empty or nonsense: the share
+        os.environ["OMP_NUM_THREADS"] = str(share)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
