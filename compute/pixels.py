@@ -19,6 +19,7 @@ workers and run --ray's decode tasks run).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -134,18 +135,22 @@ def mode_probes(seed: int = 1, size: tuple[int, int] = (97, 71)) -> dict[str, Im
     }
 
 
+def _shape_probes(seed: int) -> Iterator[Image.Image]:
+    """Smooth random RGB images of PROBE_SIZES, in order, drawn from one generator (lazily: a caller may take one)."""
+    rng = np.random.default_rng(seed)
+    for w, h in PROBE_SIZES:
+        yield Image.fromarray(_smooth(rng, w, h))
+
+
 def probe_images(seed: int = 0) -> list[Image.Image]:
     """Smooth random RGB images of PROBE_SIZES (landscape, portrait, square, odd and tiny shapes), then one
     image of every mode (``mode_probes``)."""
-    rng = np.random.default_rng(seed)
-    shapes = [Image.fromarray(_smooth(rng, w, h)) for w, h in PROBE_SIZES]
-    return shapes + list(mode_probes(seed + 1).values())
+    return list(_shape_probes(seed)) + list(mode_probes(seed + 1).values())
 
 
 def probe_image(seed: int = 0) -> Image.Image:
-    """``probe_images(seed)[0]`` alone (the same draws), for a check that needs one image, not all 24."""
-    w, h = PROBE_SIZES[0]
-    return Image.fromarray(_smooth(np.random.default_rng(seed), w, h))
+    """``probe_images(seed)[0]`` alone, for a check that needs one image, not all 24."""
+    return next(_shape_probes(seed))
 
 
 def table_values(table: np.ndarray, crop: np.ndarray) -> np.ndarray:
