@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def packs(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """(run, size) -> the folder ``python -m compute export`` wrote: both runs at every size with image 3,
-    SVG at every size, PNG and PDF too at one column."""
+    SVG at every size, every format (the default) at one column."""
     out = {}
     mp = pytest.MonkeyPatch()
     mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
@@ -53,9 +53,9 @@ def packs(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
             db = request.getfixturevalue(fixture)
             for size in SIZES:
                 folder = tmp_path_factory.mktemp(f"{run}-{size}")
-                formats = ",".join(FORMATS) if size == "one-column" else "svg"
+                formats = [] if size == "one-column" else ["--formats", "svg"]
                 assert main(["export", "--run", run, "--db", str(db), "--out", str(folder), "--size", size,
-                             "--formats", formats, "--image", "3", "--ablation", ablation]) == 0
+                             *formats, "--image", "3", "--ablation", ablation]) == 0
                 out[run, size] = folder
     finally:
         mp.undo()
@@ -260,14 +260,13 @@ def test_every_pdf_figure_is_read_by_pdftex(packs, tmp_path):
 # The Export page's pack is the command line's.
 
 
-def test_the_page_and_the_command_line_write_the_same_pack(dash_store, tmp_path, monkeypatch):
+def test_the_page_and_the_command_line_write_the_same_pack(packs, dash_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    folder = tmp_path / "cli"
-    assert main(["export", "--run", "tiny", "--db", str(dash_store), "--out", str(folder), "--size", "one-column",
-                 "--image", "3", "--ablation", "identity:5"]) == 0
-    cli = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # The command line's pack: `export --run tiny --size one-column --image 3 --ablation identity:5` (the fixture's).
+    assert PACKS["tiny"] == ("dash_store", "identity:5")
+    cli = {p.name: p.read_bytes() for p in packs["tiny", "one-column"].iterdir()}
     # What the page's zip button runs, with the page's choices left as they open.
     with store.connect(dash_store, read_only=True) as con:
         run_id = figures.find_run_id(con, "tiny")

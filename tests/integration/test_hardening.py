@@ -1148,8 +1148,9 @@ def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "a decode worker outlived the run"
     assert 0 < _count(db) < 80 * 21
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = cli(*cmd[3:])  # the same command resumes (in this process: the stop above is what needs a process)
     assert again.returncode == 0, again.stderr
+    assert "resuming run" in again.stdout + again.stderr
     assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
 
 
