@@ -1122,7 +1122,8 @@ def _count(db: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
 def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
-    coco = make_coco(tmp_path / "coco", n=80, size=(320, 240), photo=True)
+    n = 40  # 20 batches: the stop comes just after the first is committed, while both workers decode
+    coco = make_coco(tmp_path / "coco", n=n, size=(320, 240), photo=True)
     db = tmp_path / "w.duckdb"
     exp = write_experiment(tmp_path / "w.toml", tiny_clip, coco, db, batch_size=2, categories=())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -1147,11 +1148,11 @@ def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "a decode worker outlived the run"
-    assert 0 < _count(db) < 80 * 21
+    assert 0 < _count(db) < n * 21
     again = cli(*cmd[3:])  # the same command resumes (in this process: the stop above is what needs a process)
     assert again.returncode == 0, again.stderr
     assert "resuming run" in again.stdout + again.stderr
-    assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(80 * 21, 80 * 21)]
+    assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(n * 21, n * 21)]
 
 
 def test_an_unreachable_ray_cluster_is_one_line_before_any_store_or_run_exists(setup, capsys):
