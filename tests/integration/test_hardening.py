@@ -1127,7 +1127,8 @@ def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
     db = tmp_path / "w.duckdb"
     exp = write_experiment(tmp_path / "w.toml", tiny_clip, coco, db, batch_size=2, categories=())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "compute", "run", str(exp), "--no-progress", "--workers", "2"]
+    args = ["run", str(exp), "--no-progress", "--workers", "2"]
+    cmd = [sys.executable, "-m", "compute", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -1149,7 +1150,7 @@ def test_sigterm_during_a_run_ends_like_ctrl_c(tiny_clip, tmp_path):
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "a decode worker outlived the run"
     assert 0 < _count(db) < n * 21
-    again = cli(*cmd[3:])  # the same command resumes (in this process: the stop above is what needs a process)
+    again = cli(*args)  # the same command resumes (in this process: the stop above is what needs a process)
     assert again.returncode == 0, again.stderr
     assert "resuming run" in again.stdout + again.stderr
     assert sql(db, "SELECT COUNT(*), COUNT(DISTINCT (image_id, ablation)) FROM selections") == [(n * 21, n * 21)]
