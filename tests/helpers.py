@@ -256,10 +256,11 @@ def _drop_inherited_flocks() -> None:
             os.close(fd)
 
 
-def start_cli(*args: str, env: dict | None = None, stdin: bool = False) -> Forked:
+def start_cli(*args: str, env: dict | None = None, stdin: bool = False,
+              setup: Callable[[], None] | None = None) -> Forked:
     """``python -m compute ARGS`` started in a process forked from this one (see Forked), from the repo root,
     offline, with ``env`` added to its environment (a kill point in it is obeyed: compute.killpoints is read
-    again in the child)."""
+    again in the child). ``setup()`` runs in the child before the command (a test's hook into the run)."""
     def target() -> int:
         os.environ.update({"HF_HUB_OFFLINE": "1", **(env or {})})
         os.chdir(ROOT)
@@ -267,6 +268,8 @@ def start_cli(*args: str, env: dict | None = None, stdin: bool = False) -> Forke
         from compute.__main__ import main
 
         importlib.reload(compute.killpoints)  # its callers read its globals, now from this environment
+        if setup is not None:
+            setup()
         return main(list(args))
 
     return Forked(target, ["python", "-m", "compute", *args], stdin=stdin)
