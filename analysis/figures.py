@@ -30,6 +30,9 @@ File names say what a file is:
   ``decomposition_effects_<group>_<quantity>`` (per head), ``decomposition_mean_ablation`` (the lab's curve);
   tables ``decomposition_layers|effects|mean_ablation|texts.md|.tex|.csv``;
 - a figure split into parts ends in ``_part<K>of<N>``.
+
+``figures`` (``export --figures``) keeps the figures whose name matches one of its names or shell patterns
+(``decomposition_*``); the tables are written still.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +119,17 @@ def pack_charts(data: PackData) -> dict[str, ChartBuilder]:
     return pack
 
 
+def pick_charts(pack: dict[str, ChartBuilder], figures: Sequence[str] | None) -> dict[str, ChartBuilder]:
+    """``pack`` itself (``figures`` None), or its charts whose name matches one of ``figures``, names or shell
+    patterns (``layers_*``); one that matches none is an error naming the figures there are."""
+    if figures is None:
+        return pack
+    for pattern in figures:
+        if not any(fnmatchcase(name, pattern) for name in pack):
+            raise InputError(f"no figure of the pack matches {pattern!r}; its figures: {', '.join(pack)}")
+    return {name: build for name, build in pack.items() if any(fnmatchcase(name, p) for p in figures)}
+
+
 def decomposition_charts(data: PackData) -> dict[str, ChartBuilder]:
     """The Decomposition page's charts (none for a run without a decomposition), on the correct prompt's
     logit: the direct shares per layer and per head, the total, direct and indirect effects of the single-layer
@@ -172,10 +187,11 @@ def figure_specs(name: str, chart: alt.TopLevelMixin, size: str = "screen") -> d
     return {f"{name}_part{k}of{len(figures)}": f for k, f in enumerate(figures, start=1)}
 
 
-def pack_figures(data: PackData, size: str = "screen") -> dict[str, Figure]:
-    """Every figure file of the pack at ``size`` (parts included), by file name without extension."""
+def pack_figures(data: PackData, size: str = "screen", figures: Sequence[str] | None = None) -> dict[str, Figure]:
+    """Every figure file of the pack at ``size`` (parts included), by file name without extension; only those
+    of the charts ``figures`` picks (pick_charts) when given."""
     out = {}
-    for name, build in pack_charts(data).items():
+    for name, build in pick_charts(pack_charts(data), figures).items():
         for stem, spec in figure_specs(name, build(), size).items():
             out[stem] = Figure(spec, describe(name, data))
     return out
@@ -267,13 +283,15 @@ def attention_name(data: PackData) -> str:
 
 
 def pack_files(data: PackData, prov: Provenance, size: str = "screen", formats: Sequence[str] = FORMATS,
-               selections: pd.DataFrame | None = None, attention: bytes | None = None) -> Iterator[tuple[str, bytes]]:
+               selections: pd.DataFrame | None = None, attention: bytes | None = None,
+               figures: Sequence[str] | None = None) -> Iterator[tuple[str, bytes]]:
     """Every file of the pack, in order, as (name, content), the README last: the figures at ``size`` in
-    ``formats``, the image's attention maps (``attention``, a PNG) when given, the tables, ``selections``."""
+    ``formats`` (those ``figures`` picks, when given), the image's attention maps (``attention``, a PNG) when
+    given, the tables, ``selections``."""
     if size not in SIZES:
         raise InputError(f"unknown figure size {size!r}: choose from {', '.join(SIZES)}")
     listed: list[tuple[str, str, bytes]] = []
-    for stem, figure in pack_figures(data, size).items():
+    for stem, figure in pack_figures(data, size, figures).items():
         for fmt, content in render_all(figure, formats, prov).items():
             listed.append((f"{stem}.{fmt}", figure.what, content))
             yield listed[-1][0], content
@@ -286,7 +304,7 @@ def pack_files(data: PackData, prov: Provenance, size: str = "screen", formats: 
     for name, content in table_files(data, prov, selections).items():
         listed.append((name, describe(name.rsplit(".", 1)[0], data), content))
         yield name, content
-    yield "README.md", pack_readme(data, prov, size, listed).encode()
+    yield "README.md", pack_readme(data, prov, size, listed, figures).encode()
 
 
 def pack_zip(files: Iterator[tuple[str, bytes]]) -> bytes:
@@ -301,13 +319,14 @@ def pack_zip(files: Iterator[tuple[str, bytes]]) -> bytes:
 
 def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
                confusion: list[str] | None = None, ablations: list[str] | None = None, size: str = "screen",
-               image_id: int | None = None, image_ablation: str = "") -> list[Path]:
+               image_id: int | None = None, image_ablation: str = "", figures: Sequence[str] | None = None) -> list[Path]:
     """Write the figure pack and tables of ``run`` into ``out``; returns the files written.
 
     ``confusion``: ablations to draw a confusion chart for, ["all"] for every one, None for the default.
     ``ablations``: the ablations (and their order) of the per-ablation charts and Table 1; None for all.
     ``size``: a key of SIZES. ``image_id``: also that image's logit charts, its attention maps (baseline
-    against ``image_ablation``) and its Figure 5 table.
+    against ``image_ablation``) and its Figure 5 table. ``figures``: only the figures these names or shell
+    patterns match (pick_charts; the tables all the same); None for every figure.
     """
     if size not in SIZES:
         raise InputError(f"unknown figure size {size!r}: choose from {', '.join(SIZES)}")
@@ -324,10 +343,11 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             raise InputError(f"no image {image_id} in run {run!r}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation,
                          ablations=ablations)
+        pick_charts(pack_charts(data), figures)  # a name that matches no figure: before the model loads
         selections = selections_frame(con, run_id)
         attention = attention_png(con, run, image_id, data.image_ablation) if image_id is not None else None
     prov = Provenance.of_run(data.run, db)
-    files = list(pack_files(data, prov, size, formats, selections, attention))  # drawn before anything is written
+    files = list(pack_files(data, prov, size, formats, selections, attention, figures))  # drawn before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in files:

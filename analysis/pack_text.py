@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 from analysis import latex, tables
 from analysis.pack_data import PackData
@@ -64,9 +65,11 @@ def describe(name: str, data: PackData) -> str:
     return next((what for pattern, what in rules if re.match(pattern, name)), name)
 
 
-def pack_readme(data: PackData, prov: Provenance, size: str, files: list[tuple[str, str, bytes]]) -> str:
+def pack_readme(data: PackData, prov: Provenance, size: str, files: list[tuple[str, str, bytes]],
+                figures: Sequence[str] | None = None) -> str:
     """The pack's README: where it came from, what the numbers mean, every file with what it shows and its
-    SHA-256 (the provenance of the files whose format has no room for it: CSV)."""
+    SHA-256 (the provenance of the files whose format has no room for it: CSV). ``figures``: the names or
+    patterns the figures were picked by (None: every figure)."""
     info = data.info
     lines = [f"# Figure pack of run {prov.run}", ""]
     lines += [f"- {line}" for line in prov.lines()]
@@ -75,6 +78,9 @@ def pack_readme(data: PackData, prov: Provenance, size: str, files: list[tuple[s
         f"- {info.get('n_images')} images x {info.get('n_ablations')} ablations x {info.get('n_prompts')} prompts",
         f"- Figures: {SIZE_TITLES[size]}" + (f"; drawn over {data.slice_caption}" if data.slice_caption else ""),
         f"- Ablations shown: {', '.join(data.chosen)}" if data.chosen is not None else "- Ablations shown: all",
+        # as code: a pattern's * and _ are not Markdown (a backtick matches no figure, so none gets here)
+        *([f"- Figures picked: {', '.join(f'`{p}`' for p in figures)} (the tables: all)"] if figures is not None
+          else []),
         "",
         "logit is the model's own logit for an (image, prompt) pair (CLIP: logit_scale x cosine; SigLIP: "
         "logit_scale x cosine + logit_bias); prob is the softmax over the run's prompts and the selected prompt "

@@ -24,6 +24,7 @@ for a column); the McNemar tests as CSV; every selection of the run (one row per
 and Parquet; a README listing every file. With --image, also that image's logit charts, its CLS
 attention maps (PNG, baseline against --ablation) and its Figure 5 table (the prompt each ablation
 selects and the caption that continues it). The dashboard's Export page writes the same files.
+--figures picks figures by name or shell pattern ('layers_*,flow'); the tables are written all the same.
 
 --size one-column / two-column lays every figure out for a paper: exactly 252 / 504 pt wide, print fonts,
 legends below, a figure too tall for a page or too wide for the column split into parts (_part<K>of<N>).
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablations", default=None,
                         help="comma list of the ablations the per-ablation charts and Table 1 show, in that "
                         "order (default: all, in sweep order); significance is still decided over all")
+    parser.add_argument("--figures", default=None,
+                        help="comma list of the figures to draw, by name or shell pattern, as the full pack "
+                        "names them without extension or part ('layers_*,flow'; default: every figure); the "
+                        "tables and selections are written all the same")
     parser.add_argument("--size", default="screen", choices=list(SIZES),
                         help="figure width: screen (as on the dashboard), one-column (3.5 in, 252 pt) or "
                         "two-column (7 in, 504 pt) with print font sizes (default: screen)")
@@ -82,6 +87,10 @@ def main(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise InputError(f"unknown figure format {bad[0]!r}: choose from {', '.join(FORMATS)}")
+    picked = [p.strip() for p in args.figures.split(",") if p.strip()] if args.figures is not None else None
+    if picked == []:
+        raise InputError("--figures names no figure: give a comma list of figure names or patterns, or leave "
+                         "--figures out for every figure")
     for flag in ("confusion", "ablations"):
         if getattr(args, flag) is not None and not split_ablations(getattr(args, flag)):
             raise InputError(f"--{flag} names no ablation: give a comma list of the run's ablations, or leave "
@@ -100,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
 
         quiet_transformers()
     written = figures.write_pack(db, args.run, Path(args.out), formats, confusion, ablations=ablations,
-                                 size=args.size, image_id=args.image, image_ablation=args.ablation.strip())
+                                 size=args.size, image_id=args.image, image_ablation=args.ablation.strip(),
+                                 figures=picked)
     print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -24,7 +24,7 @@ from statsmodels.stats.multitest import multipletests
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from analysis import SIZES, queries
+from analysis import SIZES, figures, queries
 from analysis import decomposition as dec
 from compute import store
 from compute.__main__ import main
@@ -308,11 +308,13 @@ def test_the_image_page_splits_a_heads_share_over_the_patches(dec_store, monkeyp
 
 @pytest.fixture(scope="module")
 def packs(dec_store, tmp_path_factory) -> dict[str, object]:
+    """RUN's pack at every size with its decomposition figures alone (the whole pack lists them:
+    test_the_export_writes_the_decomposition_figures_and_tables), and PLAIN's whole pack."""
     out = {}
     for size in SIZES:
         folder = tmp_path_factory.mktemp(f"dec-{size}")
         assert main(["export", "--run", RUN, "--db", str(dec_store), "--out", str(folder), "--size", size,
-                     "--formats", "svg"]) == 0
+                     "--formats", "svg", "--figures", "decomposition_*"]) == 0
         out[size] = folder
     plain = tmp_path_factory.mktemp("plain")
     assert main(["export", "--run", PLAIN, "--db", str(dec_store), "--out", str(plain), "--formats", "svg"]) == 0
@@ -326,6 +328,10 @@ TABLES = ("decomposition_layers", "decomposition_effects", "decomposition_mean_a
 
 
 def test_the_export_writes_the_decomposition_figures_and_tables(packs, dec_store):
+    with store.connect(dec_store, read_only=True) as con:  # the whole pack's figures, without drawing them
+        whole = set(figures.pack_charts(figures.pack_data(con, figures.find_run_id(con, RUN))))
+    assert {n for n in whole if n.startswith("decomposition")} == FIGURES
+    assert {"means_accuracy", "layers_accuracy"} <= whole and any(n.startswith("heads_") for n in whole)
     for size in SIZES:
         names = {p.name for p in packs[size].iterdir()}
         svgs = {re.sub(r"_part\d+of\d+$", "", n.removesuffix(".svg")) for n in names

@@ -139,10 +139,14 @@ def test_unknown_run_names_the_runs_there(dash_store, tmp_path, capsys):
     assert "no ablation 'identity:77'" in capsys.readouterr().err
     assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), "--image", "999"]) == 2
     assert "no image 999" in capsys.readouterr().err
+    assert main(["export", "--run", "tiny-singles", "--out", str(tmp_path), "--db", str(dash_store),
+                 "--figures", "layers_*,flow"]) == 2  # a singles run has no Flow chart
+    assert capsys.readouterr().err.startswith("error: no figure of the pack matches 'flow'; its figures: means_accuracy,")
     # an empty list (an empty shell variable) is a mistake, not "all" nor the default
     for flag, line in (("--formats", "error: --formats names no format: choose from png, svg, pdf"),
                        ("--ablations", "error: --ablations names no ablation: give a comma list of the run's"),
-                       ("--confusion", "error: --confusion names no ablation: give a comma list of the run's")):
+                       ("--confusion", "error: --confusion names no ablation: give a comma list of the run's"),
+                       ("--figures", "error: --figures names no figure: give a comma list of figure names")):
         assert main(["export", "--run", "tiny", "--out", str(tmp_path), "--db", str(dash_store), flag, " , "]) == 2
         assert capsys.readouterr().err.startswith(line), flag
     assert not list(tmp_path.iterdir())  # bad input writes nothing
@@ -154,6 +158,20 @@ def test_formats_and_confusion_choices(dash_store, tmp_path):
     figures_written = sorted(p.name for p in tmp_path.glob("*.svg"))
     assert len([n for n in figures_written if n.startswith("confusion_")]) == 13  # baseline + 12 single layers
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("blocks_*"))  # no blocks in that sweep
+
+
+def test_figures_picks_figures_by_name_and_pattern_and_keeps_every_table(dash_store, tmp_path):
+    assert main(["export", "--run", "tiny-singles", "--out", str(tmp_path), "--db", str(dash_store), "--formats", "svg",
+                 "--figures", "layers_*, label_accuracy,layers_accuracy"]) == 0
+    with store.connect(dash_store, read_only=True) as con:
+        every = figures.pack_charts(figures.pack_data(con, figures.find_run_id(con, "tiny-singles")))
+    assert {n for n in every if n.startswith("layers_")} == {"layers_accuracy", "layers_score_baseline"}
+    assert sorted(p.stem for p in tmp_path.glob("*.svg")) == ["label_accuracy", "layers_accuracy",
+                                                              "layers_score_baseline"]
+    assert {"table1.md", "table1.tex", "table1.csv", "mcnemar.csv", "selections.csv"} <= {p.name for p in tmp_path.iterdir()}
+    readme = (tmp_path / "README.md").read_text()
+    assert "- Figures picked: `layers_*`, `label_accuracy`, `layers_accuracy` (the tables: all)" in readme
+    assert "| label\\_accuracy.svg |" in readme and "means\\_accuracy" not in readme
 
 
 def test_every_chart_builder_makes_a_valid_vega_lite_spec(dash_store):
