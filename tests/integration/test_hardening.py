@@ -53,6 +53,7 @@ from helpers import (
     foreign_duckdb,
     newer_schema,
     sql,
+    start_cli,
 )
 from PIL import Image
 
@@ -565,25 +566,40 @@ def test_bad_input_as_a_real_process_prints_only_the_error_line(setup, case):
 
 # --------------------------------------------------------------------------------------------------
 # Store paths another user owns. Permissions do not stop root, so as root the files are given to user
-# nobody and the command runs without the capabilities that bypass permission checks.
+# nobody and the command runs in a process that has dropped the capabilities that bypass permission checks.
 
 NOBODY = 65534
 CAPS_OVER_PERMISSIONS = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
 
 
 def _drop_root_powers() -> None:
+    """This process (a forked command's, before it runs) loses CAPS_OVER_PERMISSIONS, effective and permitted:
+    root, still, but the files' modes now apply to it (the tests' messages say so, or they fail)."""
     import ctypes
 
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in CAPS_OVER_PERMISSIONS:  # PR_CAPBSET_DROP: gone from the command exec'd next
-        if libc.prctl(24, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in CAPS_OVER_PERMISSIONS:  # all in the first word
+        data[0].effective &= ~(1 << cap)
+        data[0].permitted &= ~(1 << cap)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
-def _as_non_owner(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    extra = {"preexec_fn": _drop_root_powers} if os.geteuid() == 0 else {}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **extra)
+def _as_non_owner(*args: str) -> tuple[int, str]:
+    """``python -m compute ARGS`` in a process of its own (forked) without root's powers over permissions:
+    (exit status, stderr)."""
+    proc = start_cli(*args, setup=_drop_root_powers if os.geteuid() == 0 else None)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
 
 
 def _restore(path: Path) -> None:
@@ -614,10 +630,10 @@ def test_store_paths_of_another_owner_are_one_line_and_untouched(setup, case, mo
             os.chown(p, NOBODY, NOBODY)
     before = snapshot(setup.tmp)
     try:
-        result = _as_non_owner([sys.executable, "-m", "compute", "run", str(exp), "--no-progress"])
-        assert result.returncode == 2, result.stderr[-2000:]
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+        code, err = _as_non_owner("run", str(exp), "--no-progress")
+        assert code == 2, err[-2000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
         assert fragment.format(db=db, folder=folder) in lines[0]
         if os.geteuid() == 0 and mode_db is not None:
             assert lines[0].endswith("; it belongs to nobody")
