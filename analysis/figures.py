@@ -343,7 +343,8 @@ def write_pack(db: Path, run: str, out: Path, formats: Sequence[str] = FORMATS,
             raise InputError(f"no image {image_id} in run {run!r}")
         data = pack_data(con, run_id, confusion=confusion, image_id=image_id, image_ablation=image_ablation,
                          ablations=ablations)
-        pick_charts(pack_charts(data), figures)  # a name that matches no figure: before the model loads
+        if figures is not None:  # a name that matches no figure: one line before the model loads
+            pick_charts(pack_charts(data), figures)
         selections = selections_frame(con, run_id)
         attention = attention_png(con, run, image_id, data.image_ablation) if image_id is not None else None
     prov = Provenance.of_run(data.run, db)
