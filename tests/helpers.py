@@ -285,9 +285,10 @@ def start_python(code: str, *argv: str, stdin: bool = False) -> Forked:
     return Forked(target, ["python", "-c", code, *argv], stdin=stdin)
 
 
-def cli_forked(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli_forked(*args: str, env: dict | None = None, timeout: float = 300,
+               setup: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
     """start_cli(ARGS) run to its end: its exit status (negative: the signal that ended it), stdout, stderr."""
-    proc = start_cli(*args, env=env)
+    proc = start_cli(*args, env=env, setup=setup)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:

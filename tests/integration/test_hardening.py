@@ -48,12 +48,12 @@ from helpers import (
     ROOT,
     STORE_DAMAGE,
     cli,
+    cli_forked,
     cli_process,
     flip,
     foreign_duckdb,
     newer_schema,
     sql,
-    start_cli,
 )
 from PIL import Image
 
@@ -594,14 +594,6 @@ def _drop_root_powers() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def _as_non_owner(*args: str) -> tuple[int, str]:
-    """``python -m compute ARGS`` in a process of its own (forked) without root's powers over permissions:
-    (exit status, stderr)."""
-    proc = start_cli(*args, setup=_drop_root_powers if os.geteuid() == 0 else None)
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err
-
-
 def _restore(path: Path) -> None:
     for p in [path, *path.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
@@ -630,10 +622,11 @@ def test_store_paths_of_another_owner_are_one_line_and_untouched(setup, case, mo
             os.chown(p, NOBODY, NOBODY)
     before = snapshot(setup.tmp)
     try:
-        code, err = _as_non_owner("run", str(exp), "--no-progress")
-        assert code == 2, err[-2000:]
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+        # a process of its own (forked) without root's powers over permissions
+        result = cli_forked("run", str(exp), "--no-progress", setup=_drop_root_powers if os.geteuid() == 0 else None)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
         assert fragment.format(db=db, folder=folder) in lines[0]
         if os.geteuid() == 0 and mode_db is not None:
             assert lines[0].endswith("; it belongs to nobody")
