@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import Forked, cli, sql, start_cli
+from helpers import Forked, cli, sql, sql_each, start_cli
 
 from compute import store
 from compute.__main__ import main
@@ -28,11 +28,13 @@ SELECTED = "SELECT image_id, ablation, prompt, correct FROM selections ORDER BY 
 
 
 def assert_same_results(got: Path, want: Path) -> None:
-    a, b = sql(got, RESULTS), sql(want, RESULTS)
+    queries = {"results": RESULTS, "selected": SELECTED}
+    mine, theirs = sql_each(got, {**queries, "status": "SELECT status FROM runs"}), sql_each(want, queries)
+    a, b = mine["results"], theirs["results"]
     assert [r[:3] for r in a] == [r[:3] for r in b]  # every row once, none missing
     assert max(abs(x[3] - y[3]) for x, y in zip(a, b, strict=True)) < 1e-4
-    assert sql(got, SELECTED) == sql(want, SELECTED)
-    assert sql(got, "SELECT status FROM runs") == [("complete",)]
+    assert mine["selected"] == theirs["selected"]
+    assert mine["status"] == [("complete",)]
 
 
 def done_so_far(db: Path) -> int:

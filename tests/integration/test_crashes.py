@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Forked, cli, cli_forked, sql, start_cli
+from helpers import Forked, cli, cli_forked, sql, sql_each, start_cli
 
 from tools.synthetic import make_coco, write_experiment
 
@@ -43,11 +43,15 @@ TABLES = {
 }
 
 
+DUPLICATES = "SELECT COUNT(*) FROM (SELECT run, image_id, ablation, prompt FROM scores GROUP BY ALL HAVING COUNT(*) > 1)"
+
+
 def assert_same_store(got: Path, want: Path, skip: tuple[str, ...] = ()) -> None:
-    for name, query in TABLES.items():
-        if name in skip:
-            continue
-        a, b = sql(got, query), sql(want, query)
+    queries = {name: query for name, query in TABLES.items() if name not in skip}
+    mine, theirs = sql_each(got, {**queries, "duplicates": DUPLICATES}), sql_each(want, queries)
+    assert mine.pop("duplicates") == [(0,)]
+    for name in queries:
+        a, b = mine[name], theirs[name]
         assert len(a) == len(b), f"{name}: {len(a)} rows, expected {len(b)}"
         for x, y in zip(a, b, strict=True):
             assert len(x) == len(y)
@@ -60,14 +64,12 @@ def assert_same_store(got: Path, want: Path, skip: tuple[str, ...] = ()) -> None
                     assert np.allclose(np.frombuffer(u, np.float32), np.frombuffer(v, np.float32), atol=1e-5), name
                 else:
                     assert u == v, (name, x, y)
-    dup = "SELECT COUNT(*) FROM (SELECT run, image_id, ablation, prompt FROM scores GROUP BY ALL HAVING COUNT(*) > 1)"
-    assert sql(got, dup) == [(0,)]
 
 
 def counts(db: Path) -> dict[str, int]:
     names = ["run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",
              "stat_t", "caption_cache_t"]
-    return {t: sql(db, f"SELECT COUNT(*) FROM {t}")[0][0] for t in names}
+    return {t: rows[0][0] for t, rows in sql_each(db, {t: f"SELECT COUNT(*) FROM {t}" for t in names}).items()}
 
 
 def start(exp: Path) -> Forked:
@@ -174,15 +176,15 @@ def test_kills_inside_rescore_then_resume(reference, tmp_path):
 def test_a_kill_inside_delete_leaves_the_run_whole_and_a_rerun_removes_it_whole(reference, tmp_path):
     db = tmp_path / "delete.duckdb"
     shutil.copy(reference["db"], db)  # runs t and r; r reads t's embeddings, so delete r
-    before = {name: sql(db, query) for name, query in TABLES.items()}
+    before = sql_each(db, TABLES)
     kill_at("delete:5", "delete", "r", "--db", str(db))  # after 5 of delete's 9 statements, before COMMIT
-    assert {name: sql(db, query) for name, query in TABLES.items()} == before
+    assert sql_each(db, TABLES) == before
     done = cli("delete", "r", "--db", str(db))
     assert done.returncode == 0, done.stderr[-2000:]
-    for table in ("run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t",
-                  "stat_t"):
-        left = sql(db, f"SELECT COUNT(*) FROM {table} WHERE run_id NOT IN (SELECT run_id FROM run_t WHERE run = 't')")
-        assert left == [(0,)], table
+    tables = ("run_t", "image_t", "prompt_t", "ablation_t", "score_t", "selection_t", "embedding_t", "error_t", "stat_t")
+    left = sql_each(db, {t: f"SELECT COUNT(*) FROM {t} WHERE run_id NOT IN (SELECT run_id FROM run_t WHERE run = 't')"
+                         for t in tables})
+    assert left == {t: [(0,)] for t in tables}
     assert_same_store(db, reference["complete"], skip=("caption cache",))  # run t exactly as it was
     cache = TABLES["caption cache"]
     assert sql(db, cache) == sql(reference["db"], cache)  # captions outlive runs: a cache shared by runs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import cli, cli_forked, sql
+from helpers import cli, cli_forked, sql, sql_each
 
 from compute import store
 from compute.__main__ import main
@@ -101,14 +101,14 @@ def test_a_version_1_store_is_read_as_is_and_migrated_when_written(v1_store, cap
     assert "resuming run 't'" in capsys.readouterr().out
     found = kind(v1)
     assert (found.kind, found.version) == ("ours", 3) and "meta_t" not in found.tables
-    marks = dict(sql(v1, f"SELECT key, value FROM {store.MARKER}"))
+    # every row once, the same values; the tables the migration leaves untouched as they were
+    same = {"results": RESULTS, "selected": SELECTED,
+            **{t: f"SELECT * EXCLUDE (run_id) FROM {t} ORDER BY ALL" for t in ("stat_t", "image_t", "prompt_t", "ablation_t")}}
+    mine = sql_each(v1, {**same, "marks": f"SELECT key, value FROM {store.MARKER}", "status": "SELECT status FROM runs"})
+    marks = dict(mine.pop("marks"))
     assert marks["migrated_from_schema_version"] == "1" and marks["schema_version"] == "3"
-    assert sql(v1, RESULTS) == sql(ref_db, RESULTS)  # every row once, the same values
-    assert sql(v1, SELECTED) == sql(ref_db, SELECTED)
-    assert sql(v1, "SELECT status FROM runs") == [("complete",)]
-    for table in ("stat_t", "image_t", "prompt_t", "ablation_t"):  # untouched by the migration
-        assert sql(v1, f"SELECT * EXCLUDE (run_id) FROM {table} ORDER BY ALL") == \
-            sql(ref_db, f"SELECT * EXCLUDE (run_id) FROM {table} ORDER BY ALL")
+    assert mine.pop("status") == [("complete",)]
+    assert mine == sql_each(ref_db, same)
 
 
 @pytest.mark.slow
