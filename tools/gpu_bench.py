@@ -112,6 +112,7 @@ def bench_gpu(tmp: Path, smoke: bool = False) -> dict[str, float]:
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\n== gpu{' (smoke)' if smoke else ''}: {name}, {cores} cores; paper sweep, {images} JPEGs of 640x480, "
           f"batch {batch}, {dtype} ==", flush=True)
+    print(f"  torch {torch.__version__}, CUDA build {torch.version.cuda}, CUDA available: {cuda}", flush=True)
 
     start = time.perf_counter()
     model = (save_random_clip(tmp / "clip", layers=12, width=32, heads=4, image_size=224, patch_size=32) if smoke

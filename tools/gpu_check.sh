@@ -21,14 +21,12 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPAT
 {
   date -u
   echo "cores: $(nproc)"
-  # torch for CUDA; the others' versions from their metadata (importing transformers costs seconds); os._exit
-  # skips the teardown of torch's objects.
-  "$PYTHON" -c 'import os, sys, torch
+  # Versions from the packages' metadata (importing torch or transformers costs seconds); torch's CUDA build
+  # and whether it sees the GPU head the bench's output.
+  "$PYTHON" -c 'import sys
 from importlib.metadata import version as v
-print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
-      torch.cuda.is_available(), "| transformers", v("transformers"), "| duckdb", v("duckdb"),
-      "| pillow", v("pillow"), "| numpy", v("numpy"), flush=True)
-os._exit(0)'
+print("python", sys.version.split()[0], *(f"| {p} {v(p)}" for p in ("torch", "transformers", "duckdb", "pillow",
+      "numpy")))'
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
   uptime
 } > "$OUT/env.txt" 2>&1

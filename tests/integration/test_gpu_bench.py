@@ -51,4 +51,4 @@ def test_the_gpu_check_runs_in_smoke_size_without_the_dashboard(tmp_path):
     assert figures["bfloat16_selections_differing"] == 0 and 0 < figures["bfloat16_verified_fraction"] < 1
     assert figures["bfloat16_speedup"] == pytest.approx(figures["float32_whole_s"] / figures["bfloat16_whole_s"])
     assert "bfloat16 with float32 verification" in text
-    assert "torch" in (out / "env.txt").read_text()
+    assert "torch" in (out / "env.txt").read_text() and "CUDA available" in text
