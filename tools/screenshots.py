@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlencode
 
 from compute import store
@@ -32,7 +32,7 @@ from compute.store import DEFAULT_DB_TEXT, default_db
 from dashboard.pages import DEFAULT, KEYS
 
 if TYPE_CHECKING:  # playwright is imported where a browser starts
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -197,7 +197,7 @@ def page_url(url: str, name: str, params: dict[str, str] | None = None) -> str:
 class PageShot:
     page: str
     url: str
-    screenshot: Path
+    screenshot: Path | None  # None: not kept (keep="failed" and the page passed)
     title: str  # the page's h1
     exceptions: list[str]
     overflow: list[str]
@@ -218,30 +218,41 @@ def chromium() -> Iterator[Browser]:
 
 
 def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | None = None,
-          width: int = 1400, timeout_ms: int = 60_000, browser: Browser | None = None) -> list[PageShot]:
+          width: int = 1400, timeout_ms: int = 60_000, browser: Browser | None = None,
+          keep: Literal["all", "failed"] = "all", tab: Page | None = None) -> list[PageShot]:
     """Open each page (with ``params`` as its query string), wait for the script to finish, screenshot it; in
-    ``browser`` when given (one tab, closed afterwards), else in a Chromium of its own."""
-    if browser is None:
+    ``tab`` when given (left open), else in a new tab of ``browser`` (closed afterwards), else in a Chromium of
+    its own. ``keep="failed"`` (the tests) saves the picture of a page only when it shows an exception or
+    overflows: a PNG costs Chromium about half a CPU-second, a new tab two (a renderer process starts)."""
+    if browser is None and tab is None:
         with chromium() as own:
-            return shoot(url, pages, out, params, width, timeout_ms, own)
-    out.mkdir(parents=True, exist_ok=True)
+            return shoot(url, pages, out, params, width, timeout_ms, own, keep)
     shots = []
     # A tall window from the start, cropped to the content: the page scrolls inside Streamlit's main container,
     # so a full-page screenshot would stop at the window, and resizing the window later redraws every chart.
-    tab = browser.new_page(viewport={"width": width, "height": MAX_HEIGHT})
+    window = {"width": width, "height": MAX_HEIGHT}
+    own_tab = tab is None
+    if tab is None:
+        tab = browser.new_page(viewport=window)
+    else:
+        tab.set_viewport_size(window)
     try:
         for name in pages:
             address = page_url(url, name, params)
             tab.goto(address, timeout=timeout_ms)
             finished(tab, timeout_ms)
-            height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
-            path = out / f"{name}.png"
-            tab.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": width,
-                                                 "height": min(height + 40, MAX_HEIGHT)})
-            shots.append(PageShot(name, address, path, tab.locator("h1").first.inner_text(),
-                                  tab.locator(EXCEPTION).all_inner_texts(), overflow(tab)))
+            shot = PageShot(name, address, None, tab.locator("h1").first.inner_text(),
+                            tab.locator(EXCEPTION).all_inner_texts(), overflow(tab))
+            if keep == "all" or shot.exceptions or shot.overflow:
+                height = int(tab.evaluate(f"document.querySelector({CONTENT!r}).getBoundingClientRect().bottom"))
+                out.mkdir(parents=True, exist_ok=True)
+                shot.screenshot = out / f"{name}.png"
+                tab.screenshot(path=str(shot.screenshot), clip={"x": 0, "y": 0, "width": width,
+                                                                "height": min(height + 40, MAX_HEIGHT)})
+            shots.append(shot)
     finally:
-        tab.close()
+        if own_tab:
+            tab.close()
     return shots
 
 

@@ -1,6 +1,7 @@
 """A real dashboard server in a real headless Chromium while the store changes under it: pages load while
 ``python -m compute run`` writes a run, and while ``delete`` removes runs the page is showing. No page
-shows an exception; the writer and the deleter end as they would alone.
+shows an exception; the writer and the deleter end as they would alone. A page that shows one is kept as a
+screenshot in test-artifacts/screenshots/concurrency/.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(br
                             batch_size=1)
     out = ARTIFACTS / "concurrency"
 
+    tab = browser.new_page()  # every load in one tab: a new one starts a renderer (2 CPU-s here)
     with serve(db, ARTIFACTS / "streamlit-concurrency.log") as url:
         # 1. While a compute run writes the store.
         writer = start_cli("run", str(live), "--no-progress")  # a real process (forked: no new interpreter's imports)
@@ -71,7 +73,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(br
             loads_while_writing = 0
             while writer.poll() is None and not loads_while_writing:
                 before = done_pairs(db, "live")
-                shots = shoot(url, PAGES, out / "writing", {"run": "live", "image": "3"}, browser=browser)
+                shots = shoot(url, PAGES, out / "writing", {"run": "live", "image": "3"}, tab=tab, keep="failed")
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
                 # Batches landed while these pages loaded (the run may have ended during the last ones: the
@@ -95,7 +97,7 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(br
                 deleter.stdin.write("go\n")  # the next delete starts as these pages load
                 deleter.stdin.flush()
                 shots = shoot(url, PAGES, out / "deleting", {"run": victims[k % len(victims)], "image": "3"},
-                              browser=browser)
+                              tab=tab, keep="failed")
                 for shot in shots:
                     assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
                 loads_while_deleting += len(run_names(db)) < before  # runs vanished while these pages loaded
@@ -108,5 +110,6 @@ def test_pages_load_in_chromium_while_a_run_writes_and_while_runs_are_deleted(br
         assert loads_while_deleting >= 1, "no page load overlapped the deletes"
         assert sorted(run_names(db)) == ["base", "live"]
         # a link to a deleted run
-        for shot in shoot(url, PAGES, out / "after", {"run": victims[0], "image": "3"}, browser=browser):
+        for shot in shoot(url, PAGES, out / "after", {"run": victims[0], "image": "3"}, tab=tab, keep="failed"):
             assert not shot.exceptions, f"{shot.url}: {shot.exceptions[0]}"
+    tab.close()

@@ -73,12 +73,10 @@ def test_compare_sets_a_rescored_variant_beside_its_run(server, browser, variant
     assert images.count() == min(flips, 12) > 0
     widths = {round(images.nth(k).bounding_box()["width"]) for k in range(images.count())}
     assert len(widths) == 1, widths  # one width for every thumbnail of the grid
-    tab.screenshot(path=str(ARTIFACTS / "compare-1440.png"), full_page=True)
     tab.set_viewport_size({"width": 800, "height": 1200})
     assert reflowed(tab) == []
     widths = {round(images.nth(k).bounding_box()["width"]) for k in range(images.count())}
     assert len(widths) == 1, widths
-    tab.screenshot(path=str(ARTIFACTS / "compare-800.png"), full_page=True)
     tab.close()
 
 
@@ -102,7 +100,6 @@ def test_the_prompt_lab_names_the_closest_label_and_every_bad_line(server, brows
         assert part.replace("`", "") in error.replace("`", ""), part
     assert "text | label" in tab.url.replace("+", " ").replace("%7C", "|") or "prompts=" in tab.url
     assert tab.locator('[data-testid="stVegaLiteChart"]').count() == 0  # nothing scored
-    tab.screenshot(path=str(ARTIFACTS / "lab-errors.png"), full_page=True)
 
     type_prompts(tab, "a drawing of a {label} | cat, dog, bird\na photo of a {label}; a picture of a {label}")
     assert not tab.locator('[data-testid="stAlertContentError"]').count()
@@ -111,5 +108,4 @@ def test_the_prompt_lab_names_the_closest_label_and_every_bad_line(server, brows
     assert "mean of 2: a photo of a cat / a picture of a cat" in text
     chart_text = " ".join(tab.locator('[data-testid="stVegaLiteChart"] svg').all_text_contents())
     assert "the run's prompts" in chart_text and "these prompts" in chart_text
-    tab.screenshot(path=str(ARTIFACTS / "lab-templates.png"), full_page=True)
     tab.close()
