@@ -454,9 +454,7 @@ def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser,
 
 
 def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(heads_store, browser):
-    out = ARTIFACTS / "heads"
-    out.mkdir(parents=True, exist_ok=True)
-    with serve(heads_store, out / "streamlit.log") as url:
+    with serve(heads_store, ARTIFACTS / "heads" / "streamlit.log") as url:  # (serve makes the folder)
         tab = browser.new_page(viewport={"width": 1400, "height": 1600})
         for page in ("heads", "flow", "image"):
             open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})

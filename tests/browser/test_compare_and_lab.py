@@ -55,7 +55,6 @@ def open_page(tab, url: str, page: str, params: dict[str, str]) -> None:
 
 
 def test_compare_sets_a_rescored_variant_beside_its_run(server, browser, variant_store):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tab = browser.new_page(viewport={"width": 1440, "height": 1200})
     open_page(tab, server, "compare", {"run": "shapes", "mode": "runs"})
     assert not tab.locator(EXCEPTION).all_inner_texts()
