@@ -75,7 +75,7 @@ def test_shoot_keeping_failed_pages_saves_the_picture_of_a_page_with_an_exceptio
 
 # The browser tier's conftest loaded by a probe run of pytest, its screenshots sent to the probe's folder.
 PROBE_CONFTEST = '''
-import importlib.util, os, sys
+import importlib.util, os
 from pathlib import Path
 
 import helpers
