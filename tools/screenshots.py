@@ -232,7 +232,7 @@ def shoot(url: str, pages: tuple[str, ...], out: Path, params: dict[str, str] | 
     # so a full-page screenshot would stop at the window, and resizing the window later redraws every chart.
     window = {"width": width, "height": MAX_HEIGHT}
     own_tab = tab is None
-    if tab is None:
+    if own_tab:
         tab = browser.new_page(viewport=window)
     else:
         tab.set_viewport_size(window)
