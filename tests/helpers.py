@@ -383,6 +383,15 @@ def _timed_out(args: tuple[str, ...], timeout: float):
     return raise_timeout
 
 
+def run_probe(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """A real pytest on the probe files in ``folder``, with this project's settings (pyproject.toml), no xdist
+    nor cache, tests/ and the root importable; ``args`` go before the folder. What it printed, and its code."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
+                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(folder), *args, str(folder)],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
 def skip_loudly(reason: str) -> None:
     """Skip with a banner on stderr: a browser test that did not run must not pass unnoticed (in CI, with
     CLIP_LAB_CI=1, conftest.py turns the skip of a browser, Ray or root test into a failure)."""

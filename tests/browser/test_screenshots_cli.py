@@ -6,11 +6,9 @@ only of a page that shows an exception, the tier's conftest only of the tabs a f
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, skip_loudly
+from helpers import ROOT, run_probe, skip_loudly
 from PIL import Image
 
 from tools import screenshots
@@ -109,11 +107,8 @@ def test_a_failing_browser_test_leaves_a_screenshot_of_each_open_tab_and_a_passi
     (probe / "conftest.py").write_text(PROBE_CONFTEST)
     (probe / "test_probe.py").write_text(PROBE_TESTS)
     shots = tmp_path / "shots"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", "PROBE_ARTIFACTS": str(shots),
-           "BROWSER_CONFTEST": str(ROOT / "tests" / "browser" / "conftest.py")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
-                             "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(probe), str(probe)],
-                            cwd=probe, env=env, capture_output=True, text=True, timeout=300)
+    result = run_probe(probe, env={**os.environ, "PROBE_ARTIFACTS": str(shots),
+                                      "BROWSER_CONFTEST": str(ROOT / "tests" / "browser" / "conftest.py")})
     assert "1 failed, 1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
     assert sorted(p.name for p in shots.iterdir()) == ["test_fails_with_two_tabs_open-1.png",
                                                        "test_fails_with_two_tabs_open-2.png"]

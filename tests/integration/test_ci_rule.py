@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
-from helpers import ROOT
+from helpers import run_probe
 
 PROBE = '''
 import pytest
@@ -43,11 +42,8 @@ def probe(tmp_path, ci: bool) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe.py").write_text(PROBE)
     (tmp_path / "test_probe_module.py").write_text(MODULE_PROBE)
     env = {k: v for k, v in os.environ.items() if k != "CLIP_LAB_CI"}
-    env.update(PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}", **({"CLIP_LAB_CI": "1"} if ci else {}))
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "helpers", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "-q", "-rA",
-                           "--continue-on-collection-errors", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_probe(tmp_path, "-p", "helpers", "-rA", "--continue-on-collection-errors",
+                        env={**env, **({"CLIP_LAB_CI": "1"} if ci else {})})
 
 
 def test_outside_ci_every_skip_is_a_skip(tmp_path):
