@@ -1,6 +1,7 @@
 """The dashboard's own Streamlit settings hold however it is started: a real ``streamlit run`` of the app by
 its absolute path, from a folder that is not the repository root, listens on 127.0.0.1 only (never on every
-interface: whoever reaches it reads the store), gathers no usage statistics and shows no "Deploy" button.
+interface: whoever reaches it reads the store), gathers no usage statistics, shows no "Deploy" button and
+offers no "Ask Google" / "Ask ChatGPT" links in an exception box.
 
 Streamlit reads ``.streamlit/config.toml`` of the working folder, and also the one beside the main script
 (dashboard/.streamlit/config.toml), which is what makes these hold from anywhere. No browser is needed: the
@@ -84,7 +85,7 @@ from streamlit import config
 config._main_script_path = sys.argv[1]  # what `streamlit run FILE` sets before it reads the settings
 config.get_config_options(force_reparse=True)
 print(json.dumps({k: config.get_option(k) for k in
-                  ("server.address", "browser.gatherUsageStats", "client.toolbarMode")}))
+                  ("server.address", "browser.gatherUsageStats", "client.toolbarMode", "client.showErrorLinks")}))
 """
 
 
@@ -93,4 +94,5 @@ def test_the_dashboards_settings_are_read_beside_the_app_not_from_the_working_fo
     out = subprocess.run([sys.executable, "-c", SETTINGS, APP], cwd=tmp_path, env=env, capture_output=True,
                          text=True, check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "server.address": "127.0.0.1", "browser.gatherUsageStats": False, "client.toolbarMode": "minimal"}
+        "server.address": "127.0.0.1", "browser.gatherUsageStats": False, "client.toolbarMode": "minimal",
+        "client.showErrorLinks": False}
