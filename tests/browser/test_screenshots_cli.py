@@ -108,7 +108,7 @@ def test_a_failing_browser_test_leaves_a_screenshot_of_each_open_tab_and_a_passi
     (probe / "test_probe.py").write_text(PROBE_TESTS)
     shots = tmp_path / "shots"
     result = run_probe(probe, env={**os.environ, "PROBE_ARTIFACTS": str(shots),
-                                      "BROWSER_CONFTEST": str(ROOT / "tests" / "browser" / "conftest.py")})
+                                   "BROWSER_CONFTEST": str(ROOT / "tests" / "browser" / "conftest.py")})
     assert "1 failed, 1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
     assert sorted(p.name for p in shots.iterdir()) == ["test_fails_with_two_tabs_open-1.png",
                                                        "test_fails_with_two_tabs_open-2.png"]

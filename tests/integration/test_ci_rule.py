@@ -43,7 +43,7 @@ def probe(tmp_path, ci: bool) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe_module.py").write_text(MODULE_PROBE)
     env = {k: v for k, v in os.environ.items() if k != "CLIP_LAB_CI"}
     return run_probe(tmp_path, "-p", "helpers", "-rA", "--continue-on-collection-errors",
-                        env={**env, **({"CLIP_LAB_CI": "1"} if ci else {})})
+                     env={**env, **({"CLIP_LAB_CI": "1"} if ci else {})})
 
 
 def test_outside_ci_every_skip_is_a_skip(tmp_path):
