@@ -49,15 +49,12 @@ st.navigation([st.Page(home, title="Home", default=True), st.Page(fine, title="F
 '''
 
 
-def test_shoot_keeping_failed_pages_saves_the_picture_of_a_page_with_an_exception_only(tmp_path):
+def test_shoot_keeping_failed_pages_saves_the_picture_of_a_page_with_an_exception_only(tmp_path, browser):
     """What the browser tests ask of ``shoot``: ``keep="failed"`` leaves no PNG of a page that passed and keeps
     the one of a page that shows an exception, with the exception's text; ``keep="all"`` keeps both."""
-    if not screenshots.CHROMIUM.is_file():
-        skip_loudly(f"CHROMIUM MISSING: no browser at {screenshots.CHROMIUM}; shoot was not run")
     app = tmp_path / "pages_app.py"
     app.write_text(PAGES_APP)
-    with screenshots.serve(tmp_path / "unused.duckdb", tmp_path / "streamlit.log", app=app, script_args=[]) as url, \
-            screenshots.chromium() as browser:
+    with screenshots.serve(tmp_path / "unused.duckdb", tmp_path / "streamlit.log", app=app, script_args=[]) as url:
         failed = screenshots.shoot(url, ("fine", "broken"), tmp_path / "failed", browser=browser, keep="failed")
         every = screenshots.shoot(url, ("fine", "broken"), tmp_path / "all", browser=browser, keep="all")
     assert [(s.page, s.title) for s in failed] == [("fine", "Fine"), ("broken", "Broken")]
