@@ -3,7 +3,8 @@
 Concurrency: DuckDB lets one process write or several read, never both. The compute stage therefore
 holds the file only for short sessions (the writer's, a few batches at most), and every connection, reader
 or writer, retries for a while when the file is locked. A dashboard opened during a run sees the batches
-committed so far.
+committed so far. A process keeps one in-memory DuckDB and ATTACHes each store it opens to it (``_attach``):
+building a DuckDB instance per open cost more CPU than most of the queries that followed.
 
 The file knows itself: a marker table names the application and its schema version. ``connect`` refuses
 (one line, nothing written) what is not a store this version may write: a directory, an SQLite file,
@@ -22,8 +23,13 @@ rest of the project opens a store through one name.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
 import random
 import re
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -68,15 +74,109 @@ def _io_error(db: Path, e: BaseException) -> StoreIOError:
                         f"fix the cause (free space) and run the same command again to resume")
 
 
+# One DuckDB per process, to which stores are ATTACHed. duckdb.connect builds a whole database instance (its
+# function catalog: ~30 ms of CPU here, even for an empty file), which a process that opens a store many
+# times (the dashboard's script runs, a run's writer sessions) paid at each open; an ATTACH to the instance
+# the process keeps costs ~1 ms. The file itself is handled as by a connect of its own: ATTACH takes the
+# file's lock (a conflict is the same IOException) and replays its log, DETACH, when the last connection to
+# the store in this process closes, checkpoints and releases the lock. Connections are cursors of the
+# instance, each with the store as its default database (USE).
+
+_host_lock = threading.Lock()  # guards what follows: the dashboard opens stores from several threads
+_host: duckdb.DuckDBPyConnection | None = None
+_attached: dict[str, list] = {}  # real path -> [alias, read_only, open connections]
+_owners: dict[int, tuple[str, duckdb.DuckDBPyConnection]] = {}  # id(connection) -> (its store's real path, it)
+_aliases = itertools.count()
+
+
+def _forget_host() -> None:
+    """In a forked child: the parent's instance is never used nor freed here (its threads did not survive
+    the fork, and freeing it crashes the child); the child opens its own."""
+    global _host, _host_lock
+    for obj in [_host, *(con for _, con in _owners.values())]:
+        if obj is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))  # a reference nothing drops: never freed
+    _host, _host_lock = None, threading.Lock()
+    _attached.clear()
+    _owners.clear()
+
+
+os.register_at_fork(after_in_child=_forget_host)
+
+
+def _new_host() -> duckdb.DuckDBPyConnection:
+    # Stores it creates are readable by DuckDB 1.1 (STORAGE_VERSION); it spills to the system's temp folder,
+    spill = os.path.join(tempfile.gettempdir(), f"clip-lab-duckdb-{os.getpid()}")  # not the working directory
+    return duckdb.connect(":memory:", config={"storage_compatibility_version": STORAGE_VERSION, "temp_directory": spill})
+
+
+def _attach(db: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection whose default database is ``db``, attached once per process while connections use it.
+    duckdb.Error as duckdb.connect raises it (a lock held elsewhere, a damaged or foreign file)."""
+    global _host
+    key = os.path.realpath(db)
+    with _host_lock:
+        if _host is None:
+            _host = _new_host()
+            _attached.clear()
+        con = _host.cursor()
+        try:
+            entry = _attached.get(key)
+            if entry is None:
+                alias = f"store_{next(_aliases)}"
+                literal = "'" + key.replace("'", "''") + "'"
+                con.execute(f"ATTACH {literal} AS {alias}" + (" (READ_ONLY)" if read_only else ""))
+                entry = _attached[key] = [alias, read_only, 0]
+            elif entry[1] != read_only:  # as duckdb.connect refused a second configuration of one open file
+                raise duckdb.ConnectionException(f"Can't open a connection to same database file with a "
+                                                 f"different configuration than existing connections ({key})")
+            con.execute(f"USE {entry[0]}")
+        except BaseException:
+            con.close()
+            raise
+        entry[2] += 1
+        _owners[id(con)] = (key, con)
+    return con
+
+
+def _check_unless_open(db: Path, write: bool) -> None:
+    """``check_path``, unless this process has ``db`` attached (a store, then): its check reads the file's
+    header, and closing that descriptor would drop every POSIX lock this process holds on the file, DuckDB's
+    included, letting another process write under this one's readers. Under the lock that attaches."""
+    with _host_lock:
+        if os.path.realpath(db) not in _attached:
+            check_path(db, write)
+
+
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    """Close a connection of ``_attach``; the last one to its store detaches it (a checkpoint: like closing a
+    database, it can meet a full disk). A failed detach leaves this process a new instance for later opens."""
+    global _host
+    with _host_lock:
+        key, _ = _owners.pop(id(con), (None, None))
+        entry = _attached.get(key) if key is not None else None
+        try:
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] == 0:
+                    del _attached[key]
+                    try:
+                        con.execute("USE memory")
+                        con.execute(f"DETACH {entry[0]}")
+                    except BaseException:
+                        _host = None  # what it still holds stays with it; the next open starts afresh
+                        raise
+        finally:
+            con.close()
+
+
 def _open(db: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
-    """duckdb.connect, retrying while another process holds the file; open failures as one line."""
+    """``_attach``, retrying while another process holds the file; open failures as one line. ``_close`` it."""
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
         try:
-            if read_only:
-                return duckdb.connect(str(db), read_only=True)
-            return duckdb.connect(str(db), config={"storage_compatibility_version": STORAGE_VERSION})
+            return _attach(db, read_only)
         except duckdb.Error as e:  # a damaged header is a plain duckdb.Error, the rest IOException
             if (what := damage(db, e)) is not None:
                 raise StoreError(damaged_text(db, what)) from None
@@ -152,7 +252,7 @@ def check_store(db: Path, write: bool, timeout: float = LOCK_TIMEOUT_S) -> None:
         st = None
     if st is not None and (st.st_dev, st.st_ino) in _verified:
         return  # checked once in this process: a later failure is an I/O failure, reported as such
-    check_path(db, write)
+    _check_unless_open(db, write)
     if st is None:
         return
     con = _open(db, read_only=True, timeout=timeout)  # read-only: a foreign file's pending log is not replayed
@@ -166,7 +266,7 @@ def check_store(db: Path, write: bool, timeout: float = LOCK_TIMEOUT_S) -> None:
             raise StoreError(damaged_text(db, what)) from None
         raise StoreError(f"cannot read store {db}: {str(e).splitlines()[0]}") from None
     finally:
-        con.close()
+        _close(con)
     _verified.add((st.st_dev, st.st_ino))
 
 
@@ -195,7 +295,7 @@ def connect(db: str | Path, read_only: bool = False, timeout: float = LOCK_TIMEO
     """
     db = Path(db)
     if read_only:
-        check_path(db, write=False)
+        _check_unless_open(db, write=False)
     else:
         check_store(db, write=True, timeout=timeout)
         if not db.parent.is_dir():
@@ -218,7 +318,7 @@ def connect(db: str | Path, read_only: bool = False, timeout: float = LOCK_TIMEO
         raise _io_error(db, e) from None
     finally:
         try:
-            con.close()
+            _close(con)
         except duckdb.Error as e:  # closing checkpoints: it can meet a full disk too
             if (what := damage(db, e)) is not None:
                 raise StoreIOError(damaged_text(db, what)) from None

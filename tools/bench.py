@@ -32,6 +32,9 @@ Sections (``--only`` picks some; ``python -m tools.bench gpu [--smoke]`` runs th
            backward pass per image, every head of every layer estimated) against the exact heads sweep (145
            ablations, the engine) on the same ViT-B/16-shaped CLIP and the same 16 images, batch 8, whole
            processes; target: at least 10x faster. ``--smoke``: 2 images, to check the section itself.
+  store    opening a store and one query, as the dashboard's script runs and a run's writer sessions do: the
+           store attached to the process's DuckDB (compute.storefile) against a DuckDB of its own per open
+           (duckdb.connect, how the store was opened before), CPU per open, read-only and for writing.
   gpu      the ViT-B/16-shaped model on 5,000 JPEGs on a CUDA GPU (tools/gpu_bench.py; not in make bench).
 
 Long because each section is one measured comparison with its own setup and printout; they share the
@@ -390,9 +393,44 @@ def bench_attribution(tmp: Path, smoke: bool = False) -> dict[str, float]:
     return results
 
 
+def bench_store(tmp: Path, opens: int = 200) -> dict[str, float]:
+    """CPU per open of a store (with one query) through compute.store against duckdb.connect per open."""
+    import duckdb
+
+    from compute import store
+
+    print(f"\n== store: {opens} opens of a store, each with one query ==", flush=True)
+    db = tmp / "s.duckdb"
+    with store.connect(db):  # the store's schema in a new file
+        pass
+    query = "SELECT COUNT(*) FROM runs"
+
+    def cpu_ms(open_once) -> float:
+        start = time.process_time()
+        for _ in range(opens):
+            open_once()
+        return (time.process_time() - start) / opens * 1000
+
+    def attached(read_only: bool) -> None:
+        with store.connect(db, read_only=read_only) as con:
+            con.execute(query).fetchall()
+
+    def own(read_only: bool) -> None:
+        with duckdb.connect(str(db), read_only=read_only) as con:
+            con.execute(query).fetchall()
+
+    results = {}
+    for mode, read_only in (("read", True), ("write", False)):
+        a, b = cpu_ms(lambda: attached(read_only)), cpu_ms(lambda: own(read_only))  # noqa: B023 (called at once)
+        results |= {f"{mode}_attached_ms": a, f"{mode}_own_instance_ms": b, f"{mode}_ratio": a / b}
+        print(f"  {mode:5s}: attached {a:5.1f} ms of CPU per open, a DuckDB of its own {b:5.1f} ms -> {a / b:4.2f}x")
+    return results
+
+
 SECTIONS = {"sweep": bench_sweep, "heads": bench_heads, "siglip": bench_siglip, "rescore": bench_rescore,
             "captions": bench_captions, "dashboard": bench_dashboard, "pipeline": bench_pipeline, "busy": bench_busy,
-            "ray": bench_ray, "precision": bench_precision, "attribution": bench_attribution, "gpu": bench_gpu}
+            "ray": bench_ray, "precision": bench_precision, "attribution": bench_attribution, "store": bench_store,
+            "gpu": bench_gpu}
 DEFAULT = [s for s in SECTIONS if s != "gpu"]  # make bench: what runs on this project's CPU machine
 SMOKE = ("gpu", "precision", "attribution")  # the sections with a --smoke size
 

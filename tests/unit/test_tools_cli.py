@@ -13,7 +13,7 @@ from tools import bench, figure_check, page_times, pipeline_perf, storage_versio
 @pytest.mark.parametrize(("argv", "said"), [
     (["--only", "sweep", "--smoke"], "--smoke: sweep has no smoke size (only gpu, precision, attribution)"),
     (["--only", "precision,heads,siglip", "--smoke"], "--smoke: heads, siglip have no smoke size"),
-    (["--smoke"], "--smoke: sweep, heads, siglip, rescore, captions, dashboard, pipeline, busy, ray have no smoke"),
+    (["--smoke"], "--smoke: sweep, heads, siglip, rescore, captions, dashboard, pipeline, busy, ray, store have no smoke"),
     (["--only", "sweep,nope"], "unknown section 'nope'"),
 ])
 def test_a_smoke_size_a_section_lacks_or_an_unknown_section_is_refused(argv, said, capsys, monkeypatch):
