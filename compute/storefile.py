@@ -85,7 +85,7 @@ def _io_error(db: Path, e: BaseException) -> StoreIOError:
 _host_lock = threading.Lock()  # guards what follows: the dashboard opens stores from several threads
 _host: duckdb.DuckDBPyConnection | None = None
 _attached: dict[str, list] = {}  # real path -> [alias, read_only, open connections]
-_owners: dict[int, tuple[str, duckdb.DuckDBPyConnection]] = {}  # id(connection) -> (its store's real path, it)
+_owners: dict[int, tuple[str, list, duckdb.DuckDBPyConnection]] = {}  # id(connection) -> (path, its entry, it)
 _aliases = itertools.count()
 
 
@@ -93,7 +93,7 @@ def _forget_host() -> None:
     """In a forked child: the parent's instance is never used nor freed here (its threads did not survive
     the fork, and freeing it crashes the child); the child opens its own."""
     global _host, _host_lock
-    for obj in [_host, *(con for _, con in _owners.values())]:
+    for obj in [_host, *(con for *_, con in _owners.values())]:
         if obj is not None:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))  # a reference nothing drops: never freed
     _host, _host_lock = None, threading.Lock()
@@ -135,7 +135,7 @@ def _attach(db: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             con.close()
             raise
         entry[2] += 1
-        _owners[id(con)] = (key, con)
+        _owners[id(con)] = (key, entry, con)
     return con
 
 
@@ -153,13 +153,13 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
     database, it can meet a full disk). A failed detach leaves this process a new instance for later opens."""
     global _host
     with _host_lock:
-        key, _ = _owners.pop(id(con), (None, None))
-        entry = _attached.get(key) if key is not None else None
+        key, entry, _ = _owners.pop(id(con), (None, None, None))
         try:
             if entry is not None:
                 entry[2] -= 1
                 if entry[2] == 0:
-                    del _attached[key]
+                    if _attached.get(key) is entry:  # (not if a failed detach has replaced the instance since)
+                        del _attached[key]
                     try:
                         con.execute("USE memory")
                         con.execute(f"DETACH {entry[0]}")
