@@ -77,7 +77,8 @@ def _io_error(db: Path, e: BaseException) -> StoreIOError:
 # One DuckDB per process, to which stores are ATTACHed. duckdb.connect builds a whole database instance (its
 # function catalog: ~30 ms of CPU here, even for an empty file), which a process that opens a store many
 # times (the dashboard's script runs, a run's writer sessions) paid at each open; an ATTACH to the instance
-# the process keeps costs ~1 ms. The file itself is handled as by a connect of its own: ATTACH takes the
+# the process keeps costs ~1 ms for an empty file (an open of a store with its checks: 8-10 ms, make bench's
+# store section). The file itself is handled as by a connect of its own: ATTACH takes the
 # file's lock (a conflict is the same IOException) and replays its log, DETACH, when the last connection to
 # the store in this process closes, checkpoints and releases the lock. Connections are cursors of the
 # instance, each with the store as its default database (USE).
