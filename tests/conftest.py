@@ -29,24 +29,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _torch_threads() -> None:
+def pytest_configure(config: pytest.Config) -> None:
     """torch's threads in this pytest process and the interpreters its tests start (OMP_NUM_THREADS): its share
     of the cores (make test: two xdist workers on two cores, one thread each). Two workers of two threads on two
     cores ran the tiny models' ops slower and at more CPU (the demo regression alone: 26.5 s and 31 CPU-s on
     two threads, 19-23 s and 20-24 CPU-s on one). Float sums can end in other bits on another thread count: a
-    test that compares bits across processes gives them the same."""
-    import torch
+    test that compares bits across processes gives them the same.
 
-    from compute.loader import default_workers
-
-    share = max(1, default_workers() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    Here, not at import: the process that starts the xdist workers passes them its environment, so it must
+    count them (``-n``) rather than take all the cores as its own (it did, and each worker ran two threads)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")  # set in an xdist worker
+    starts = None if workers else len(config.getoption("tx", default=None) or ())
+    # the cores this process may run on, counted as compute.loader.default_workers does (its module imports torch)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // int(workers or starts or 1))
     given = os.environ.get("OMP_NUM_THREADS", "")
     if not (given.isdigit() and int(given) > 0):  # unset, empty or nonsense: the share
         os.environ["OMP_NUM_THREADS"] = str(share)
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if not starts:  # a process that runs tests (the one that starts workers runs none: it spares torch's import)
+        import torch
 
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-_torch_threads()
 
 # CI's rule (a skipped browser, Ray or root test fails): hooks kept in helpers.py, so that a probe can load
 # them alone (tests/integration/test_ci_rule.py), registered here by name.
@@ -57,8 +61,6 @@ from helpers import (  # noqa: E402, F401
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )
-
-from tools.synthetic import make_coco, write_experiment  # noqa: E402
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown without it (-p no:xdist)
@@ -170,6 +172,8 @@ def tiny_ved(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_coco(tmp_path) -> Path:
     """10 small JPEGs of cats and dogs (see tools.synthetic.make_coco)."""
+    from tools.synthetic import make_coco
+
     return make_coco(tmp_path / "coco")
 
 
@@ -179,6 +183,7 @@ def dash_store(tiny_clip, tiny_blip, tmp_path_factory) -> Path:
     zero:5-8, with BLIP captions) and run "tiny-singles" (the single layers, no captioner)."""
     from compute.config import load_experiment
     from compute.runner import run
+    from tools.synthetic import make_coco, write_experiment
 
     tmp = tmp_path_factory.mktemp("dashboard-store")
     db = tmp / "dash.duckdb"
@@ -199,7 +204,7 @@ def siglip_store(tiny_siglip, tiny_blip, tmp_path_factory) -> Path:
     from compute.prompts import Prompt
     from compute.rescore import rescore
     from compute.runner import run
-    from tools.synthetic import experiment_text
+    from tools.synthetic import experiment_text, make_coco
 
     tmp = tmp_path_factory.mktemp("siglip-store")
     db = tmp / "siglip.duckdb"
@@ -218,7 +223,7 @@ def heads_store(tiny_clip, tmp_path_factory) -> Path:
     layers x 4 heads) plus HEADS_EXTRAS over 8 tiny COCO images."""
     from compute.config import load_experiment
     from compute.runner import run
-    from tools.synthetic import experiment_text
+    from tools.synthetic import experiment_text, make_coco
 
     tmp = tmp_path_factory.mktemp("heads-store")
     db = tmp / "heads.duckdb"
