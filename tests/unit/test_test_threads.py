@@ -5,7 +5,7 @@ was handed, a plain run takes every core, and a value the user gave wins."""
 from __future__ import annotations
 
 import os
-import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,9 +15,11 @@ from compute.loader import default_workers
 
 
 @pytest.fixture
-def configure(monkeypatch):
-    """conftest's pytest_configure on a config that starts ``tx`` workers, in environment ``env``: the
-    OMP_NUM_THREADS it leaves and the threads torch then has (torch's threads restored afterwards)."""
+def configure(monkeypatch, pytestconfig):
+    """tests/conftest.py's pytest_configure on a config that starts ``tx`` workers, in environment ``env``: the
+    OMP_NUM_THREADS it leaves and the threads torch then has (torch's threads restored afterwards). (Found
+    among pytest's plugins by its path: the browser tier's conftest.py is a module named "conftest" too.)"""
+    conftest = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
     before = torch.get_num_threads()
 
     def call(tx: list[str] | None, env: dict[str, str]) -> tuple[str, int]:
@@ -27,7 +29,7 @@ def configure(monkeypatch):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         config = SimpleNamespace(getoption=lambda name, default=None: tx if name == "tx" else default)
-        sys.modules["conftest"].pytest_configure(config)
+        conftest.pytest_configure(config)
         return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
 
     yield call
