@@ -106,8 +106,8 @@ os.register_at_fork(after_in_child=_forget_host)
 
 
 def _new_host() -> duckdb.DuckDBPyConnection:
-    # Stores it creates are readable by DuckDB 1.1 (STORAGE_VERSION); it spills to the system's temp folder,
-    spill = os.path.join(tempfile.gettempdir(), f"clip-lab-duckdb-{os.getpid()}")  # not the working directory
+    # stores it creates are readable by DuckDB 1.1 (STORAGE_VERSION); it spills to the temp folder, not the cwd
+    spill = os.path.join(tempfile.gettempdir(), f"clip-lab-duckdb-{os.getpid()}")
     return duckdb.connect(":memory:", config={"storage_compatibility_version": STORAGE_VERSION, "temp_directory": spill})
 
 

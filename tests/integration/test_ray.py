@@ -180,7 +180,7 @@ class Killer(threading.Thread):
         listed = 0.0
         tree = ProcessTree(os.getpid())
         while not self.stop.is_set():
-            # The process tree every 0.1 s (a walk of all /proc takes a few ms); the command lines of the
+            # The process tree every 0.1 s (a listing of /proc, new processes' parents); the command lines of the
             # workers in it every 5 ms while a kill is to come (a decode task lasts a moment; Ray's workers
             # are pooled, so a task's worker is listed before it starts), then every 0.1 s, when only new
             # actors are counted (they live until the run ends).
