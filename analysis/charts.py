@@ -25,6 +25,7 @@ import pandas as pd
 from analysis.stats import ALPHA
 from analysis.subsets import MAX_LABELS
 from analysis.tables import DIGITS, METRIC_TITLES, METRICS, blocks, has_captions, number, single_layers
+from compute.kinds import TARGETS
 
 # Charts get aggregates only (at most labels x labels cells). Altair's 5,000-row guard exists to stop raw
 # rows being embedded in a spec; here it would only refuse a confusion matrix of a large label set.
@@ -539,9 +540,6 @@ def flow_chart(cells: pd.DataFrame, metric: str = "accuracy") -> alt.LayerChart:
     """Per layer, the change of ``metric`` against baseline when one flow of information is knocked out in
     that layer alone, with its 95% paired interval; each point marked by the rule (shape and fill: a hollow
     point is white-filled, so the dashed zero line behind it cannot hide it)."""
-    # Imported here, not above: compute.ablations brings torch (1-2 s), which no other chart needs.
-    from compute.kinds import TARGETS
-
     verdict = np.where(~cells["holds"], 0, np.sign(cells["change"].fillna(0))).astype(int)
     data = cells.assign(holds_text=cells["holds"].map({True: "yes", False: "no"}),
                         verdict=pd.Series(verdict, index=cells.index).map(SIG_NAMES))

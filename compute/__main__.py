@@ -64,9 +64,8 @@ def quiet_libraries() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from compute.config import load_experiment
-    from compute.runner import run
 
-    exp = load_experiment(args.experiment)
+    exp = load_experiment(args.experiment)  # no torch yet: a refused experiment answers before its second of import
     if args.db is not None:
         exp.store.db = chosen_db(args)
     if args.limit is not None:
@@ -87,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries()
     kwargs = dict(method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers)
     if options is None:
+        from compute.runner import run
+
         run(exp, **kwargs)
     else:  # ray itself is imported only once the experiment has passed every check
         from compute import distributed

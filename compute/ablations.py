@@ -11,8 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from compute.errors import InputError
 from compute.kinds import (
@@ -24,7 +23,9 @@ from compute.kinds import (
     Means,
     replacement,
 )
-from compute.towers import has_cls, n_heads_of
+
+if TYPE_CHECKING:  # torch is imported where the plain method runs: parsing an ablation needs none (compute.kinds)
+    from torch import nn
 
 # --------------------------------------------------------------------------------------------------
 # Syntax and labels.
@@ -215,6 +216,65 @@ def dedupe(ablations: list[Ablation]) -> list[Ablation]:
     return list(dict.fromkeys(ablations))
 
 # --------------------------------------------------------------------------------------------------
+# What ``[attribution] kinds`` names; compute.attribution estimates each spec on every head.
+
+SPEC_SYNTAX = "a kind such as \"identity\", or kind:target for a kind that takes one, such as \"knockout:patches>cls\""
+
+
+@dataclass(frozen=True, order=True)
+class Spec:
+    """What ``[attribution] kinds`` names: a kind, with its target when it takes one."""
+
+    kind: str
+    target: str = ""
+
+    @property
+    def label(self) -> str:
+        """``identity``, ``knockout:patches>cls`` (as analysis.heads.group_of names a group of heatmap cells)."""
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+    def ablation(self, layer: int, head: int) -> Ablation:
+        """The head-level ablation an estimate stands for."""
+        return Ablation(self.kind, (layer,), (head,), self.target)
+
+
+def parse_spec(text: str, cls: bool | None = None) -> Spec:
+    """``identity`` or ``knockout:patches>cls``; InputError naming the problem. ``cls``: whether the tower has a
+    CLS token (None: not known yet; False refuses the targets that need one)."""
+    if not isinstance(text, str):
+        raise InputError(f"attribution.kinds holds {text!r:.60}: each entry is {SPEC_SYNTAX}")
+    kind, _, target = text.strip().replace(" ", "").partition(":")
+    if kind not in KINDS:
+        raise InputError(f"unknown attribution kind {text!r:.80}: known kinds are {', '.join(KINDS)} (with a target, "
+                         f"kind:target, for {', '.join(k for k, v in KINDS.items() if v.targets) or 'none'})")
+    entry = KINDS[kind]
+    if entry.targets and target not in entry.targets:
+        what = f"unknown {kind} target {target!r}" if target else f"{kind} needs a target"
+        shown = ", ".join(f"{kind}:{t}" for t in (entry.targets if cls is None else entry.takes(cls)))
+        raise InputError(f"attribution kind {text!r:.80}: {what}; use one of {shown}")
+    if target and not entry.targets:
+        raise InputError(f"attribution kind {text!r:.80}: {kind} takes no target")
+    if cls is False and target in entry.cls_targets:
+        raise InputError(f"attribution kind {text!r:.80}: {kind} target {target} needs a CLS token, and this vision "
+                         f"tower has none (SigLIP); use {', '.join(f'{kind}:{t}' for t in entry.takes(False))} or "
+                         f"another kind")
+    return Spec(kind, target)
+
+
+def estimated_ablations(specs: list[Spec], n_layers: int, n_heads: int) -> list[Ablation]:
+    """The head-level ablations the estimates stand for, in the order of their columns: spec, layer, head."""
+    return [spec.ablation(layer, head) for spec in specs for layer in range(1, n_layers + 1) for head in range(n_heads)]
+
+
+def attribution_needs(specs: list[Spec], n_layers: int) -> dict[str, set[int]]:
+    """The dataset statistics the specs need ({stat: layers}, as compute.ablations.mean_needs): a kind that takes
+    a mean reads every layer's per-head mean."""
+    if any(KINDS[s.kind].needs_mean for s in specs):
+        return {HEAD_MEAN_STAT: set(range(1, n_layers + 1))}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------------
 # The plain method: patch the chosen attention modules, run the unchanged model, restore.
 
 
@@ -240,6 +300,8 @@ def patched(model: nn.Module, ablation: Ablation, means: Means | None = None) ->
     Every patched module gets its own ``forward`` back in ``finally``, whatever happens inside. Only encoder
     layers are patched: SigLIP's pooling head always runs as the model runs it.
     """
+    from compute.towers import has_cls, n_heads_of
+
     layers = vision_layers(model)
     cls = has_cls(model)
     check(ablation, len(layers), n_heads_of(model), cls)

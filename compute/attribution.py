@@ -38,70 +38,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compute.ablations import Ablation, vision_layers
-from compute.errors import InputError
-from compute.kinds import HEAD_MEAN_STAT, KINDS, Means, kind_heads
+from compute.ablations import Spec, attribution_needs, estimated_ablations, parse_spec, vision_layers
+from compute.kinds import HEAD_MEAN_STAT, Means, kind_heads
 from compute.towers import LogitScale, has_cls, n_heads_of, pool, tokens_in
 
 METRIC = ("logit of the baseline's selected prompt minus the logit of the baseline's second prompt, both "
           "prompts fixed per image from the unablated pass; estimate = <dM/dz, z_A - z> per head, summed over "
           "tokens and head dimensions")
-SYNTAX = "a kind such as \"identity\", or kind:target for a kind that takes one, such as \"knockout:patches>cls\""
-
-
-@dataclass(frozen=True, order=True)
-class Spec:
-    """What ``[attribution] kinds`` names: a kind, with its target when it takes one."""
-
-    kind: str
-    target: str = ""
-
-    @property
-    def label(self) -> str:
-        """``identity``, ``knockout:patches>cls`` (as analysis.heads.group_of names a group of heatmap cells)."""
-        return f"{self.kind}:{self.target}" if self.target else self.kind
-
-    def ablation(self, layer: int, head: int) -> Ablation:
-        """The head-level ablation an estimate stands for."""
-        return Ablation(self.kind, (layer,), (head,), self.target)
-
-
-def parse_spec(text: str, cls: bool | None = None) -> Spec:
-    """``identity`` or ``knockout:patches>cls``; InputError naming the problem. ``cls``: whether the tower has a
-    CLS token (None: not known yet; False refuses the targets that need one)."""
-    if not isinstance(text, str):
-        raise InputError(f"attribution.kinds holds {text!r:.60}: each entry is {SYNTAX}")
-    kind, _, target = text.strip().replace(" ", "").partition(":")
-    if kind not in KINDS:
-        raise InputError(f"unknown attribution kind {text!r:.80}: known kinds are {', '.join(KINDS)} (with a target, "
-                         f"kind:target, for {', '.join(k for k, v in KINDS.items() if v.targets) or 'none'})")
-    entry = KINDS[kind]
-    if entry.targets and target not in entry.targets:
-        what = f"unknown {kind} target {target!r}" if target else f"{kind} needs a target"
-        shown = ", ".join(f"{kind}:{t}" for t in (entry.targets if cls is None else entry.takes(cls)))
-        raise InputError(f"attribution kind {text!r:.80}: {what}; use one of {shown}")
-    if target and not entry.targets:
-        raise InputError(f"attribution kind {text!r:.80}: {kind} takes no target")
-    if cls is False and target in entry.cls_targets:
-        raise InputError(f"attribution kind {text!r:.80}: {kind} target {target} needs a CLS token, and this vision "
-                         f"tower has none (SigLIP); use {', '.join(f'{kind}:{t}' for t in entry.takes(False))} or "
-                         f"another kind")
-    return Spec(kind, target)
-
-
-def estimated_ablations(specs: list[Spec], n_layers: int, n_heads: int) -> list[Ablation]:
-    """The head-level ablations the estimates stand for, in the order of their columns: spec, layer, head."""
-    return [spec.ablation(layer, head) for spec in specs for layer in range(1, n_layers + 1) for head in range(n_heads)]
-
-
-def attribution_needs(specs: list[Spec], n_layers: int) -> dict[str, set[int]]:
-    """The dataset statistics the specs need ({stat: layers}, as compute.ablations.mean_needs): a kind that takes
-    a mean reads every layer's per-head mean."""
-    if any(KINDS[s.kind].needs_mean for s in specs):
-        return {HEAD_MEAN_STAT: set(range(1, n_layers + 1))}
-    return {}
-
-
 def prompt_pairs(logits: torch.Tensor) -> torch.Tensor:
     """The baseline's selected prompt (the argmax, as compute.scoring.select_tensors picks it) and its second:
     (n, P) -> (n, 2) long. P >= 2."""

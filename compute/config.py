@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.ablations import MAX_INDEX, SWEEPS, parse_ablation
-from compute.attribution import parse_spec
+from compute.ablations import MAX_INDEX, SWEEPS, parse_ablation, parse_spec
 from compute.errors import InputError
 from compute.prompts import Prompt, parse_prompts
 from compute.store import default_db

@@ -30,15 +30,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# torch is imported inside the functions that call it (a new kind's functions do the same), not here:
+# compute.config checks an experiment's ablations against this registry and the dashboard's Flow page lists
+# its targets, and neither should wait a second for torch (tests/unit/test_layout.py holds it).
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MEAN_STAT = "attention_mean"  # per layer: the attention block's output, (tokens, width)
 HEAD_MEAN_STAT = "attention_head_mean"  # per layer: the heads' outputs before out_proj, concatenated, (tokens, width)
 
-Means = dict[str, dict[int, torch.Tensor]]  # stat name -> {layer: (tokens, width)}
+Means = dict[str, dict[int, "torch.Tensor"]]  # stat name -> {layer: (tokens, width)}
 
 # --------------------------------------------------------------------------------------------------
 # Layer-wide replacements. x: (batch, tokens, width) layer-normed input; -> (batch, rows, width).
@@ -51,6 +55,8 @@ def identity_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None
 
 
 def zero_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    import torch
+
     # Only the residual path carries on.
     return torch.zeros_like(x[:, :rows])
 
@@ -79,6 +85,7 @@ def identity_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def zero_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
+    import torch
     return torch.zeros_like(v[:, :, :rows])
 
 
@@ -98,19 +105,23 @@ def mean_heads(v: torch.Tensor, rows: int, *, mean: torch.Tensor) -> torch.Tenso
 
 
 def identity_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    import torch
     rows, tokens = scores.shape[-2:]
     return torch.eye(rows, tokens, device=scores.device).expand_as(scores)  # each query reads itself only
 
 
 def zero_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    import torch
     return torch.zeros_like(scores)  # a zeroed head reads nothing
 
 
 def uniform_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    import torch
     return torch.full_like(scores, 1.0 / scores.shape[-1])
 
 
 def no_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
+    import torch
     return torch.full_like(scores, float("nan"))  # a dataset mean replaces the output: no probabilities
 
 
@@ -128,6 +139,7 @@ def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | N
     """(rows, tokens) bool, True where query ``row`` may not read key ``column``. The diagonal is never
     blocked, so every row keeps at least one key and the softmax stays defined. ``cls``: token 0 is a CLS
     token; without one, patches>patches leaves every token reading itself alone."""
+    import torch
     q = torch.arange(rows, device=device).unsqueeze(1)  # (rows, 1)
     k = torch.arange(tokens, device=device).unsqueeze(0)  # (1, tokens)
     if not cls:
@@ -157,10 +169,10 @@ def knockout_cls_local(target: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # The registry.
 
-LayerFn = Callable[..., torch.Tensor]  # (attn, x, rows[, mean=]) -> (batch, rows, width)
-HeadFn = Callable[..., torch.Tensor]  # (v, rows[, mean=]) -> (batch, chosen heads, rows, head_dim)
-EdgeFn = Callable[..., torch.Tensor]  # (target, rows, tokens, device, cls) -> (rows, tokens) bool, True: blocked
-ProbabilityFn = Callable[[torch.Tensor, str, bool], torch.Tensor]  # (scores, target, cls) -> probabilities
+LayerFn = Callable[..., "torch.Tensor"]  # (attn, x, rows[, mean=]) -> (batch, rows, width)
+HeadFn = Callable[..., "torch.Tensor"]  # (v, rows[, mean=]) -> (batch, chosen heads, rows, head_dim)
+EdgeFn = Callable[..., "torch.Tensor"]  # (target, rows, tokens, device, cls) -> (rows, tokens) bool, True: blocked
+ProbabilityFn = Callable[["torch.Tensor", str, bool], "torch.Tensor"]  # (scores, target, cls) -> probabilities
 
 
 def everywhere(target: str) -> bool:
@@ -228,6 +240,7 @@ def kind_heads(attn: nn.Module, q: torch.Tensor | None, k: torch.Tensor | None, 
     q: (batch, heads, rows, head_dim) (None for a kind that needs none: it gives its outputs from the values),
     k, v: (batch, heads, tokens, head_dim) -> (batch, chosen heads, rows, head_dim). head_mean: (tokens, width),
     the heads' outputs before out_proj averaged over the dataset (kinds that need a mean)."""
+    import torch.nn.functional as F
     spec = KINDS[kind]
     t = v.shape[2]
     if spec.blocked is not None:
@@ -249,6 +262,7 @@ def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *,
     x: (batch, tokens, width) -> (batch, rows, width). head_mean: (tokens, width), the heads' outputs before
     out_proj averaged over the dataset (kinds that need a mean). cls: token 0 is a CLS token (what targets mean).
     """
+    import torch.nn.functional as F
     spec = KINDS[kind]
     b, t, d = x.shape
     r = rows or t

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compute.ablations import Ablation
-from compute.attribution import Attributor, parse_spec
+from compute.ablations import Ablation, parse_spec
+from compute.attribution import Attributor
 from compute.dataset import ImageRecord
 from compute.decomposition import Decomposer
 from compute.engine import means_on

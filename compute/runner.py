@@ -29,16 +29,18 @@ import torch
 from tqdm import tqdm
 
 from compute import lifecycle, store
-from compute.ablations import Ablation, dedupe, mean_needs, parse_ablation, sweeps
-from compute.attribution import (
-    METRIC,
-    Attributor,
+from compute.ablations import (
+    Ablation,
     Spec,
     attribution_needs,
+    dedupe,
     estimated_ablations,
+    mean_needs,
+    parse_ablation,
     parse_spec,
-    prompt_pairs,
+    sweeps,
 )
+from compute.attribution import METRIC, Attributor, prompt_pairs
 from compute.captions import CaptionStats
 from compute.config import Experiment
 from compute.dataset import ImageRecord, load_dataset, uncarried_labels

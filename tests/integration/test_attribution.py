@@ -16,7 +16,8 @@ import torch
 from helpers import sql
 
 from compute import store
-from compute.attribution import Attributor, Spec, parse_spec
+from compute.ablations import Spec, parse_spec
+from compute.attribution import Attributor
 from compute.config import load_experiment
 from compute.dataset import open_image
 from compute.engine import attention_means

@@ -7,7 +7,10 @@ in the store and the read library's queries; and a long module says why it is lo
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,45 @@ def test_compute_never_imports_the_read_library_but_for_the_export_verb(graph):
     up = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
                 if m.startswith("compute") and t.startswith("analysis") and m != "compute.export")
     assert up == []
+
+
+# What checks an experiment (compute.config and the kinds' registry it checks against, the command line up to
+# the run) and what the pages' menus and charts read: none may bring torch, whose import takes about a second.
+TORCH_FREE = ("compute.__main__", "compute.config", "compute.ablations", "compute.kinds", "analysis.charts",
+              "analysis.heads", "analysis.queries", "analysis.tables")
+BAD_EXPERIMENT = """name = "x"
+[model]
+clip = "openai/clip-vit-base-patch16"
+[dataset]
+images = "images"
+annotations = "instances.json"
+[ablations]
+extra = ["identity:1-99999999999999"]
+[[prompts]]
+text = "a photo of a cat"
+label = "cat"
+"""
+CHECK_ONLY = """
+import sys
+from compute.__main__ import main
+code = main(["run", sys.argv[1]])
+print(code, sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+
+
+def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
+    """A refused experiment answers before torch is imported (0.2 s instead of 1.3 s), and the Flow page's
+    targets come from the registry without it."""
+    probe = f"import sys, {', '.join(TORCH_FREE)}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.split() == ["[]"]
+    (tmp_path / "bad.toml").write_text(BAD_EXPERIMENT)
+    refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, str(tmp_path / "bad.toml")], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    assert refused.stdout.split() == ["2", "[]"], refused.stdout + refused.stderr[-2000:]
+    assert "out of range" in refused.stderr
 
 
 def test_nothing_outside_the_tests_imports_test_helpers():
