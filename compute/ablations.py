@@ -1,5 +1,7 @@
-"""What an ablation is: its syntax (``KIND:LAYERS[/TARGET][/HEADS]``), its canonical label, the sweeps, and
-the plain method (``patched``: swap the chosen attention modules' forward, rerun the whole model, restore).
+"""What an ablation is: its syntax (``KIND:LAYERS[/TARGET][/HEADS]``), its canonical label, the sweeps, what
+``[attribution] kinds`` names (``Spec``), and the plain method (``patched``: swap the chosen attention
+modules' forward, rerun the whole model, restore). Importing it imports no torch: compute.config checks an
+experiment with it before any model code is loaded.
 What each kind computes lives in compute.kinds, the registry; this module names no kind but ``baseline``.
 Tests hold the fast engine (compute.engine) to the plain method, and both to transformers' own eager
 attention with replaced probabilities.

@@ -18,10 +18,10 @@ Definitions (docs/attribution.md):
   run holds it) is M under A, from the stored logits, minus M (compute.attribution_quality measures one
   against the other).
 
-What an experiment names (``[attribution] kinds``) is a ``Spec``: a kind, or ``kind:target`` for a kind that
-takes a target (``knockout:patches>cls``). Each spec is estimated on every head of every layer, labelled as
-the head-level ablation it stands for (``identity:5/h3``, ``knockout:9/patches>cls/h2``): the labels the exact
-sweep stores, so estimate and exact meet by name.
+What an experiment names (``[attribution] kinds``) is a ``Spec`` (compute.ablations, beside its parser): a kind,
+or ``kind:target`` for a kind that takes a target (``knockout:patches>cls``). Each spec is estimated on every
+head of every layer, labelled as the head-level ablation it stands for (``identity:5/h3``,
+``knockout:9/patches>cls/h2``): the labels the exact sweep stores, so estimate and exact meet by name.
 
 Where it runs: in the sweep's loop, per batch, beside the engine (compute.runner, compute.ray_workers), written
 in the batch's transaction; a run resumed with attribution newly enabled (or with a kind added) attributes the

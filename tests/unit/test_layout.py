@@ -135,7 +135,8 @@ print(code, sorted(m for m in ("torch", "transformers") if m in sys.modules))
 def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
     """A refused experiment answers before torch is imported (0.2 s instead of 1.3 s), and the Flow page's
     targets come from the registry without it."""
-    probe = f"import sys, {', '.join(TORCH_FREE)}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    probe = (f"import sys, {', '.join(TORCH_FREE)}; "
+             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     imported = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr[-2000:]
