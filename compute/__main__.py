@@ -180,11 +180,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from compute.prompts import load_prompts
-    from compute.rescore import rescore
 
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts)  # as for run: a refused prompts file answers before torch is imported
     new_name = check_run_name(args.new_name, "--as")
     quiet_libraries()
+    from compute.rescore import rescore
+
     rescore(chosen_db(args), args.run, prompts, new_name, progress=not args.no_progress,
             truncate_prompts=args.truncate_prompts)
     return 0

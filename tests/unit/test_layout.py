@@ -127,14 +127,14 @@ label = "cat"
 CHECK_ONLY = """
 import sys
 from compute.__main__ import main
-code = main(["run", sys.argv[1]])
-print(code, sorted(m for m in ("torch", "transformers") if m in sys.modules))
+codes = [main(["run", sys.argv[1]]), main(["rescore", "--run", "x", "--prompts", sys.argv[2], "--as", "y"])]
+print(*codes, sorted(m for m in ("torch", "transformers") if m in sys.modules))
 """
 
 
 def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
-    """A refused experiment answers before torch is imported (0.2 s instead of 1.3 s), and the Flow page's
-    targets come from the registry without it."""
+    """A refused experiment or prompts file answers before torch is imported (0.2 s instead of 1.3 s), and the
+    Flow page's targets come from the registry without it."""
     probe = (f"import sys, {', '.join(TORCH_FREE)}; "
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -142,10 +142,11 @@ def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
     assert imported.returncode == 0, imported.stderr[-2000:]
     assert imported.stdout.split() == ["[]"]
     (tmp_path / "bad.toml").write_text(BAD_EXPERIMENT)
-    refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, str(tmp_path / "bad.toml")], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
-    assert refused.stdout.split() == ["2", "[]"], refused.stdout + refused.stderr[-2000:]
-    assert "out of range" in refused.stderr
+    (tmp_path / "prompts.txt").write_bytes(b"\xffa photo of a cat\n")  # not UTF-8
+    refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, tmp_path / "bad.toml", tmp_path / "prompts.txt"],
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.stdout.split() == ["2", "2", "[]"], refused.stdout + refused.stderr[-2000:]
+    assert "out of range" in refused.stderr and "is not UTF-8" in refused.stderr
 
 
 def test_nothing_outside_the_tests_imports_test_helpers():
