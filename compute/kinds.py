@@ -57,8 +57,7 @@ def identity_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None
 def zero_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     import torch
 
-    # Only the residual path carries on.
-    return torch.zeros_like(x[:, :rows])
+    return torch.zeros_like(x[:, :rows])  # only the residual path carries on
 
 
 def uniform_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -86,6 +85,7 @@ def identity_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
 
 def zero_heads(v: torch.Tensor, rows: int) -> torch.Tensor:
     import torch
+
     return torch.zeros_like(v[:, :, :rows])
 
 
@@ -106,22 +106,26 @@ def mean_heads(v: torch.Tensor, rows: int, *, mean: torch.Tensor) -> torch.Tenso
 
 def identity_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
     import torch
+
     rows, tokens = scores.shape[-2:]
     return torch.eye(rows, tokens, device=scores.device).expand_as(scores)  # each query reads itself only
 
 
 def zero_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
     import torch
+
     return torch.zeros_like(scores)  # a zeroed head reads nothing
 
 
 def uniform_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
     import torch
+
     return torch.full_like(scores, 1.0 / scores.shape[-1])
 
 
 def no_probabilities(scores: torch.Tensor, target: str = "", cls: bool = True) -> torch.Tensor:
     import torch
+
     return torch.full_like(scores, float("nan"))  # a dataset mean replaces the output: no probabilities
 
 
@@ -140,6 +144,7 @@ def knockout_edges(target: str, rows: int, tokens: int, device: torch.device | N
     blocked, so every row keeps at least one key and the softmax stays defined. ``cls``: token 0 is a CLS
     token; without one, patches>patches leaves every token reading itself alone."""
     import torch
+
     q = torch.arange(rows, device=device).unsqueeze(1)  # (rows, 1)
     k = torch.arange(tokens, device=device).unsqueeze(0)  # (1, tokens)
     if not cls:
@@ -241,6 +246,7 @@ def kind_heads(attn: nn.Module, q: torch.Tensor | None, k: torch.Tensor | None, 
     k, v: (batch, heads, tokens, head_dim) -> (batch, chosen heads, rows, head_dim). head_mean: (tokens, width),
     the heads' outputs before out_proj averaged over the dataset (kinds that need a mean)."""
     import torch.nn.functional as F
+
     spec = KINDS[kind]
     t = v.shape[2]
     if spec.blocked is not None:
@@ -263,6 +269,7 @@ def head_attention(attn: nn.Module, x: torch.Tensor, rows: int | None = None, *,
     out_proj averaged over the dataset (kinds that need a mean). cls: token 0 is a CLS token (what targets mean).
     """
     import torch.nn.functional as F
+
     spec = KINDS[kind]
     b, t, d = x.shape
     r = rows or t
