@@ -3,9 +3,12 @@ tools.screenshots.chromium (``CHROMIUM``: Debian's chromium-headless-shell, else
 playwright package, never ``playwright install``). Without Chromium or playwright the test skips with a
 banner, and fails in CI (helpers.skip_loudly).
 
-A test that fails leaves a full-page screenshot of every tab it still has open in test-artifacts/screenshots/
-(``<test>-<n>.png``). A passing test saves none: a full-page PNG costs Chromium about 0.6 CPU-seconds here
-(the every-page test took 13 CPU-s and 10 s more when it kept its 22).
+A test asks for ``tab`` and gets the module's one tab (set to 1440 x 1000 px): a new tab starts a renderer,
+which cost Chromium about 1.5 CPU-seconds here, as much as the page load in it (eight loads of the Overview:
+22-27 CPU-s in a new tab each, 11-13 in one tab). A test that fails leaves a full-page screenshot of every tab
+it still has open in test-artifacts/screenshots/ (``<test>-<n>.png``) and closes them: the next test gets a
+new one. A passing test saves none: a full-page PNG costs Chromium about 0.6 CPU-seconds here (the every-page
+test took 13 CPU-s and 10 s more when it kept its 22).
 """
 
 from __future__ import annotations
@@ -31,6 +34,26 @@ def browser():
         skip_loudly("PLAYWRIGHT MISSING: pip install playwright (the package only; never `playwright install`)")
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="module")
+def _module_tab(browser):
+    opened = []  # the module's tab, once a test asked for it (a failed test's hook may have closed it since)
+    yield opened
+
+
+@pytest.fixture
+def tab(browser, _module_tab):
+    """The module's one tab at 1440 x 1000 px, opened again when a failed test closed it; left on a blank page
+    (no page of a server the test stopped tries to reconnect). What a test adds to it (an event listener) it
+    removes itself."""
+    if not _module_tab or _module_tab[-1].is_closed():
+        _module_tab.append(browser.new_page())
+    page = _module_tab[-1]
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    yield page
+    if not page.is_closed():
+        page.goto("about:blank")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -5,9 +5,10 @@ Failures on its ablation; thumbnails of one width; a URL naming what is not ther
 without its model at once; an idle page lists a new run; and data that carries Markdown or HTML (a label,
 prompt, caption, file name and run name) shown as text, with no request leaving for the address it names.
 
-One server and one browser serve the whole module. The store is made by the real compute path (a tiny
-random CLIP and BLIP, COCO files via pycocotools) from a dataset whose category names, file names, prompts
-and run name are payloads aimed at a listener on 127.0.0.1 that counts the requests it gets.
+One server, one browser and one tab serve the whole module (a test that needs a store of its own starts its own
+server). The store is made by the real compute path (a tiny random CLIP and BLIP, COCO files via pycocotools)
+from a dataset whose category names, file names, prompts and run name are payloads aimed at a listener on
+127.0.0.1 that counts the requests it gets, beside the heads and flow run of heads_store.
 
 Uses Debian's Chromium (tools.screenshots.CHROMIUM) through the playwright package (never ``playwright
 install``); .ci/run installs it before ``make test``. A failing test leaves screenshots of its open tabs in
@@ -91,13 +92,18 @@ def listener():
 
 
 @pytest.fixture(scope="module")
-def payload_store(tiny_clip, tiny_blip, listener, tmp_path_factory) -> tuple[Path, str]:
+def payload_store(tiny_clip, tiny_blip, heads_store, listener, tmp_path_factory) -> tuple[Path, str]:
     """A store whose labels, file names, prompts (so captions and TextSpan's head descriptions) and run name are
-    Markdown / HTML payloads, with long prompts, made by the real run path, decomposed. -> (store, run name)."""
+    Markdown / HTML payloads, with long prompts, made by the real run path, decomposed; the newest of its two runs,
+    beside heads_store's "tiny-heads" (the Heads and Flow pages' run: the module's one server shows both).
+    -> (store, run name)."""
+    import shutil
+
     from compute.config import load_experiment
     from compute.runner import run
 
     tmp = tmp_path_factory.mktemp("payload-store")
+    shutil.copy(heads_store, tmp / "payload.duckdb")
     coco = make_coco(tmp / "coco", n=10, broken=(4,))
     annotations = coco / "annotations" / "instances.json"
     data = json.loads(annotations.read_text())
@@ -153,18 +159,19 @@ def undrawn_charts(tab) -> int:
     return tab.evaluate(UNDRAWN)
 
 
-def wrong_under(db: Path, ablation: str) -> list[int]:
-    """Images the ablation gets wrong, in the Failures grid's confidence order."""
+def wrong_under(db: Path, run: str, ablation: str) -> list[int]:
+    """Images the ablation gets wrong in ``run``, in the Failures grid's confidence order."""
     return [i for (i,) in sql(db, """
-        SELECT s.image_id FROM selection_t s JOIN ablation_t a USING (run_id, ablation_id)
-        WHERE a.ablation = ? AND NOT s.correct ORDER BY s.prob DESC, s.image_id""", [ablation])]
+        SELECT s.image_id FROM selection_t s JOIN ablation_t a USING (run_id, ablation_id) JOIN run_t r USING (run_id)
+        WHERE r.run = ? AND a.ablation = ? AND NOT s.correct ORDER BY s.prob DESC, s.image_id""", [run, ablation])]
 
 
-def flips_under(db: Path, ablation: str) -> list[int]:
-    """Images right under exactly one of baseline and the ablation."""
+def flips_under(db: Path, run: str, ablation: str) -> list[int]:
+    """Images right under exactly one of baseline and the ablation in ``run``."""
     return [i for (i,) in sql(db, """
         SELECT s.image_id FROM selections s JOIN selections b ON b.run = s.run AND b.image_id = s.image_id
-        AND b.ablation = 'baseline' WHERE s.ablation = ? AND s.correct <> b.correct ORDER BY s.image_id""", [ablation])]
+        AND b.ablation = 'baseline' WHERE s.run = ? AND s.ablation = ? AND s.correct <> b.correct
+        ORDER BY s.image_id""", [run, ablation])]
 
 
 def outside_requests(listener: Listener) -> list[str]:
@@ -172,16 +179,17 @@ def outside_requests(listener: Listener) -> list[str]:
     return [p for p in listener.paths if not p.startswith("/control-")]
 
 
-def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_request(server, browser, payload_store,
+def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_request(server, tab, payload_store,
                                                                                       listener):
     db, run_name = payload_store
-    ablation = max(["identity:1-12", "identity:1-3", "identity:5"], key=lambda a: len(wrong_under(db, a)))
+    ablation = max(["identity:1-12", "identity:1-3", "identity:5"], key=lambda a: len(wrong_under(db, run_name, a)))
     params = {"run": run_name, "image": "3", "ablation": ablation}
-    tab = browser.new_page(viewport={"width": WIDTHS[0], "height": 1000})
     hosts = set()  # every host the browser asked anything of (a material icon would come from fonts.gstatic.com)
-    tab.on("request", lambda r: hosts.add(urlparse(r.url).hostname) if not r.url.startswith("data:") else None)
     failed = []  # every answer of 400 or more (Streamlit probed /<page>/_stcore/health first: two 404s a page)
-    tab.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    listeners = {"request": lambda r: hosts.add(urlparse(r.url).hostname) if not r.url.startswith("data:") else None,
+                 "response": lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None}
+    for event, listen in listeners.items():
+        tab.on(event, listen)
     problems = []
     for page in PAGES:
         tab.set_viewport_size({"width": WIDTHS[0], "height": 1000})
@@ -202,7 +210,8 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
     tab.wait_for_load_state("networkidle")  # any request the last page still makes is counted below
     menu = tab.locator('[data-testid="stSidebarNav"]').inner_text()
     deploy = tab.get_by_role("button", name="Deploy").count()
-    tab.close()
+    for event, listen in listeners.items():
+        tab.remove_listener(event, listen)
     assert problems == []
     assert outside_requests(listener) == []  # every page shows the payloads in the data without fetching them
     assert hosts == {"127.0.0.1"}
@@ -213,14 +222,15 @@ def test_every_page_at_three_widths_without_an_exception_overflow_or_outside_req
         entry for section in SECTIONS for entry in (section, *(p.title for p in PAGE_INFO if p.section == section))]
 
 
-def test_the_image_page_shows_every_prompt_whole(server, browser, payload_store):
+def test_the_image_page_shows_every_prompt_whole(server, tab, payload_store):
     db, run_name = payload_store
-    tab = browser.new_page(viewport={"width": 1280, "height": 1200})
+    tab.set_viewport_size({"width": 1280, "height": 1200})
     open_page(tab, server, "image", {"run": run_name, "image": "2", "ablation": "identity:5"})
     table = tab.locator('[data-testid="stTable"]').first.inner_text()
     chart_text = " ".join(tab.locator('[data-testid="stVegaLiteChart"] svg').all_text_contents())
-    prompts = [p for (p,) in sql(db, "SELECT prompt FROM prompt_t ORDER BY prompt_id")]
-    picked = {p for (p,) in sql(db, "SELECT prompt FROM selections WHERE image_id = 2")}
+    prompts = [p for (p,) in sql(db, "SELECT prompt FROM prompt_t JOIN run_t USING (run_id) WHERE run = ? ORDER BY "
+                                 "prompt_id", [run_name])]
+    picked = {p for (p,) in sql(db, "SELECT prompt FROM selections WHERE run = ? AND image_id = 2", [run_name])}
     for prompt in prompts:  # the logit heatmap names every prompt, whole
         assert prompt in chart_text, prompt
     for prompt in picked:  # the table holds every selected prompt, whole (wrapped, not cut)
@@ -228,16 +238,14 @@ def test_the_image_page_shows_every_prompt_whole(server, browser, payload_store)
     assert "…" not in table
     # the highlighted ablation: its row marked in the table and its column framed in the chart
     assert "▶ identity:5" in table and "framed: identity:5" in chart_text
-    tab.close()
 
 
-def test_failures_to_image_and_next_and_previous_in_one_tab(server, browser, payload_store):
+def test_failures_to_image_and_next_and_previous_in_one_tab(server, tab, payload_store):
     db, run_name = payload_store
-    ablation = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(wrong_under(db, a)))
-    order = wrong_under(db, ablation)
+    ablation = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(wrong_under(db, run_name, a)))
+    order = wrong_under(db, run_name, ablation)
     assert len(order) >= 3, "the fixture needs three wrong images under one ablation"
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    tab = context.new_page()
+    tab.set_viewport_size({"width": 1280, "height": 1000})
     open_page(tab, server, "failures", {"run": run_name, "ablation": ablation, "outcome": "wrong",
                                         "sort": "confidence"})
     # Each card's link sits as far below its image as every other's, however long the labels above it run.
@@ -266,16 +274,14 @@ def test_failures_to_image_and_next_and_previous_in_one_tab(server, browser, pay
     tab.wait_for_function(f"() => new URL(location.href).searchParams.get('image') === '{order[1]}'")
     finished(tab)
     assert not tab.locator(EXCEPTION).all_inner_texts()
-    assert len(context.pages) == 1  # every step in the same tab
-    context.close()
+    assert tab.context.pages == [tab]  # every step in the same tab
 
 
-def test_arrow_keys_step_through_the_slice_and_escape_returns_to_the_grid(server, browser, payload_store):
+def test_arrow_keys_step_through_the_slice_and_escape_returns_to_the_grid(server, tab, payload_store):
     db, run_name = payload_store
-    ablation = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(wrong_under(db, a)))
-    order = wrong_under(db, ablation)
+    ablation = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(wrong_under(db, run_name, a)))
+    order = wrong_under(db, run_name, ablation)
     assert len(order) >= 3, "the fixture needs three wrong images under one ablation"
-    tab = browser.new_page(viewport={"width": 1440, "height": 1000})
     slice_params = {"run": run_name, "ablation": ablation, "outcome": "wrong", "sort": "confidence"}
     open_page(tab, server, "image", {**slice_params, "from": "failures", "image": str(order[0])})
 
@@ -302,12 +308,11 @@ def test_arrow_keys_step_through_the_slice_and_escape_returns_to_the_grid(server
     assert {k: back[k] for k in slice_params} == slice_params and back["page"] == "1"
     assert tab.locator("h1").first.inner_text() == "Failures"
     assert not tab.locator(EXCEPTION).all_inner_texts()
-    tab.close()
 
 
-def test_a_click_on_a_layers_point_opens_failures_on_that_ablation(server, browser, payload_store):
+def test_a_click_on_a_layers_point_opens_failures_on_that_ablation(server, tab, payload_store):
     _, run_name = payload_store
-    tab = browser.new_page(viewport={"width": 1440, "height": 1200})
+    tab.set_viewport_size({"width": 1440, "height": 1200})
     open_page(tab, server, "layers", {"run": run_name, "ablation": "identity:2"})
     # The point of identity:5 on the per-layer curve (Vega's SVG labels each mark with its tooltip).
     point = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-symbol path[aria-label*="ablation: identity:5;"]')
@@ -326,20 +331,19 @@ def test_a_click_on_a_layers_point_opens_failures_on_that_ablation(server, brows
     finished(tab)
     tab.wait_for_timeout(1500)
     assert tab.locator("h1").first.inner_text() == "Layers"
-    tab.close()
 
 
 THUMBNAILS = """(grid) => [...document.querySelectorAll(`.st-key-${grid} [data-testid="stImage"] img`)]
     .map(img => Math.round(img.getBoundingClientRect().width))"""
 
 
-def test_thumbnails_have_one_width_at_1440_and_800_px(server, browser, payload_store):
+def test_thumbnails_have_one_width_at_1440_and_800_px(server, tab, payload_store):
     from dashboard.thumbnails import THUMB_PX
 
     db, run_name = payload_store
-    flipping = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(flips_under(db, a)))
-    assert len(flips_under(db, flipping)) >= 2, "the fixture needs two images that flip under one ablation"
-    tab = browser.new_page(viewport={"width": 1440, "height": 1200})
+    flipping = max(["identity:1-12", "identity:1-3", "identity:4-6"], key=lambda a: len(flips_under(db, run_name, a)))
+    assert len(flips_under(db, run_name, flipping)) >= 2, "the fixture needs two images that flip under one ablation"
+    tab.set_viewport_size({"width": 1440, "height": 1200})
     for page, grid, params in (("failures", "failures_grid", {"outcome": "all"}),
                                ("compare", "compare_grid", {"a": "baseline", "b": flipping})):
         open_page(tab, server, page, {"run": run_name, "ablation": "identity:1-12", **params})
@@ -351,12 +355,10 @@ def test_thumbnails_have_one_width_at_1440_and_800_px(server, browser, payload_s
             if page == "failures":
                 assert len(widths) == 9  # every readable image: more than one row at either width
         tab.set_viewport_size({"width": 1440, "height": 1200})
-    tab.close()
 
 
-def test_a_url_naming_a_missing_run_image_or_ablation_says_what_is_shown_instead(server, browser, payload_store):
+def test_a_url_naming_a_missing_run_image_or_ablation_says_what_is_shown_instead(server, tab, payload_store):
     _, run_name = payload_store
-    tab = browser.new_page(viewport={"width": 1440, "height": 1000})
     open_page(tab, server, "image", {"run": "nope", "image": "99999", "ablation": "zero:1"})
     alerts = tab.locator('[data-testid="stAlert"]').all_inner_texts()
     assert f"No run “nope” in this store (from the URL): showing run {run_name} (complete) instead." in alerts
@@ -364,10 +366,9 @@ def test_a_url_naming_a_missing_run_image_or_ablation_says_what_is_shown_instead
     assert f"No ablation “zero:1” in run {run_name} (from the URL): showing ablation identity:1 instead." in alerts
     shown = dict(parse_qsl(urlparse(tab.url).query))
     assert (shown["run"], shown["image"], shown["ablation"]) == (run_name, "1", "identity:1")  # the URL says it too
-    tab.close()
 
 
-def test_the_image_page_without_the_model_renders_at_once(payload_store, browser, tmp_path, monkeypatch):
+def test_the_image_page_without_the_model_renders_at_once(payload_store, tab, tmp_path, monkeypatch):
     """A store shared without its model (a hub id in no local cache): the Image page renders in under 2 s (it
     blocked 23 s on every render: five hub retries), with one line saying what is missing. Measured as a user
     opens images, from the Failures grid: the first render of each of three images (the fastest counts, so a
@@ -384,9 +385,8 @@ def test_the_image_page_without_the_model_renders_at_once(payload_store, browser
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the hub may be asked: it must not be
     with serve(db, ARTIFACTS / "no-model.log") as url:
-        tab = browser.new_page(viewport={"width": 1440, "height": 1000})
-        ablation = max(["identity:1-12", "identity:1-3"], key=lambda a: len(wrong_under(db, a)))
-        assert len(wrong_under(db, ablation)) >= 3, "the fixture needs three wrong images under one ablation"
+        ablation = max(["identity:1-12", "identity:1-3"], key=lambda a: len(wrong_under(db, run_name, a)))
+        assert len(wrong_under(db, run_name, ablation)) >= 3, "the fixture needs three wrong images under one ablation"
         times = []
         for k in range(3):
             open_page(tab, url, "failures", {"run": run_name, "ablation": ablation, "outcome": "wrong"})
@@ -406,7 +406,6 @@ def test_the_image_page_without_the_model_renders_at_once(payload_store, browser
         elapsed = _finished_without_pause(tab) - start
         print(f"Image page opened by its URL without the model: {elapsed:.2f} s")
         assert elapsed < 10.0, f"{elapsed:.2f} s"
-        tab.close()
 
 
 def _finished_without_pause(tab) -> float:
@@ -423,13 +422,13 @@ for payload in sys.argv[1:]:
 """
 
 
-def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser, payload_store, listener,
+def test_markdown_and_html_in_the_data_cause_no_outside_request(server, tab, payload_store, listener,
                                                                   tmp_path):
     db, run_name = payload_store
     # Control: the same payloads rendered as Markdown do reach the listener, so silence below means escaped.
     control = tmp_path / "control.py"
     control.write_text(CONTROL_APP)
-    tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+    tab.set_viewport_size({"width": 1280, "height": 1000})
     live = [listener.payloads("control")[0], listener.file_payload("control").removesuffix(".jpg")]
     with serve(db, ARTIFACTS / "control.log", app=control, script_args=live) as url:
         tab.goto(url)
@@ -439,7 +438,7 @@ def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser,
     assert {p.lstrip("/") for p in listener.paths} >= {"control-md", "control-file"}, listener.paths
 
     # Every page was opened by the test above; here the views it does not reach.
-    ablation = max(["identity:1-12", "identity:1-3"], key=lambda a: len(wrong_under(db, a)))
+    ablation = max(["identity:1-12", "identity:1-3"], key=lambda a: len(wrong_under(db, run_name, a)))
     params = {"run": run_name, "ablation": ablation, "outcome": "wrong", "sort": "confidence"}
     open_page(tab, server, "compare", {**params, "mode": "runs"})
     open_page(tab, server, "embeddings", {**params, "colour": "selected"})
@@ -450,38 +449,36 @@ def test_markdown_and_html_in_the_data_cause_no_outside_request(server, browser,
     assert outside_requests(listener) == []
     assert listener.file_payload("f1").replace(".jpg", "1.jpg") in text  # shown as the text it is
     assert listener.payloads("label")[0] in text and listener.payloads("prompt")[0] in text
-    tab.close()
 
 
-def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(heads_store, browser):
-    with serve(heads_store, ARTIFACTS / "heads" / "streamlit.log") as url:  # (serve makes the folder)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1600})
-        for page in ("heads", "flow", "image"):
-            open_page(tab, url, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
-            assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
-            assert tab.locator("h1").first.inner_text() == page_info(page).title
-            assert undrawn_charts(tab) == 0, page
-        open_page(tab, url, "heads", {"run": "tiny-heads"})
-        # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
-        cell = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-rect path[aria-label*="identity:7/h3;"]')
-        assert cell.count() == 1
-        cell.first.click()
-        tab.wait_for_url("**/failures?**", timeout=60_000)
-        finished(tab)
-        assert "ablation=identity%3A7%2Fh3" in tab.url and "run=tiny-heads" in tab.url
-        assert tab.locator("h1").first.inner_text() == "Failures"
-        assert not tab.locator(EXCEPTION).all_inner_texts()
-        assert "ablation identity:7/h3; correctness flips" in tab.locator(CONTENT).inner_text()
-        # Back on Heads, the page stays there: the click is not replayed.
-        tab.locator('[data-testid="stSidebarNavLink"]', has_text="Heads").click()
-        tab.wait_for_url("**/heads**", timeout=60_000)
-        finished(tab)
-        tab.wait_for_timeout(1500)
-        assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
-        tab.close()
+def test_heads_flow_and_attention_maps_in_chromium_and_a_click_on_a_head_opens_its_failures(server, tab):
+    """On the module's server: its store holds run tiny-heads (heads and flow sweeps) beside the payload run."""
+    tab.set_viewport_size({"width": 1400, "height": 1600})
+    for page in ("heads", "flow", "image"):
+        open_page(tab, server, page, {"run": "tiny-heads", "image": "3", "ablation": "identity:6/h2"})
+        assert not tab.locator(EXCEPTION).all_inner_texts(), f"{page}: {tab.locator(EXCEPTION).first.inner_text()}"
+        assert tab.locator("h1").first.inner_text() == page_info(page).title
+        assert undrawn_charts(tab) == 0, page
+    open_page(tab, server, "heads", {"run": "tiny-heads"})
+    # A click on the heatmap cell of identity:7/h3 (Vega's SVG labels each cell with its tooltip).
+    cell = tab.locator('[data-testid="stVegaLiteChart"] svg g.mark-rect path[aria-label*="identity:7/h3;"]')
+    assert cell.count() == 1
+    cell.first.click()
+    tab.wait_for_url("**/failures?**", timeout=60_000)
+    finished(tab)
+    assert "ablation=identity%3A7%2Fh3" in tab.url and "run=tiny-heads" in tab.url
+    assert tab.locator("h1").first.inner_text() == "Failures"
+    assert not tab.locator(EXCEPTION).all_inner_texts()
+    assert "ablation identity:7/h3; correctness flips" in tab.locator(CONTENT).inner_text()
+    # Back on Heads, the page stays there: the click is not replayed.
+    tab.locator('[data-testid="stSidebarNavLink"]', has_text="Heads").click()
+    tab.wait_for_url("**/heads**", timeout=60_000)
+    finished(tab)
+    tab.wait_for_timeout(1500)
+    assert "/heads" in tab.url and tab.locator("h1").first.inner_text() == "Heads"
 
 
-def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_path):
+def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, tab, tmp_path):
     """Nobody touches the page while another process adds a run to the store: the run picker lists it within a
     few seconds (the page's watcher), and the page stays on the run it shows."""
     import shutil
@@ -492,7 +489,6 @@ def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_
     db = tmp_path / "idle.duckdb"
     shutil.copy(heads_store, db)
     with serve(db, ARTIFACTS / "idle.log") as url:
-        tab = browser.new_page(viewport={"width": 1440, "height": 1000})
         open_page(tab, url, "overview", {"run": "tiny-heads"})
         picker = tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
 
@@ -511,4 +507,3 @@ def test_an_idle_page_lists_a_new_run_without_a_click(heads_store, browser, tmp_
         assert options() == ["newer (complete)", "tiny-heads (complete)"]
         assert dict(parse_qsl(urlparse(tab.url).query))["run"] == "tiny-heads"
         assert not tab.locator(EXCEPTION).all_inner_texts()
-        tab.close()
