@@ -5,8 +5,8 @@ Failures on its ablation; thumbnails of one width; a URL naming what is not ther
 without its model at once; an idle page lists a new run; and data that carries Markdown or HTML (a label,
 prompt, caption, file name and run name) shown as text, with no request leaving for the address it names.
 
-One server, one browser and one tab serve the whole module (a test that needs a store of its own starts its own
-server). The store is made by the real compute path (a tiny random CLIP and BLIP, COCO files via pycocotools)
+One server, one browser and one tab serve the whole module (the every-page test opens a tab of its own; a test
+that needs a store or an app of its own starts its own server). The store is made by the real compute path (a tiny random CLIP and BLIP, COCO files via pycocotools)
 from a dataset whose category names, file names, prompts and run name are payloads aimed at a listener on
 127.0.0.1 that counts the requests it gets, beside the heads and flow run of heads_store.
 
