@@ -83,8 +83,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers:
         check_count(args.workers, "--workers", MAX_WORKERS, "decode processes")
     options = ray_options(args)
+    # The store path and the dataset are checked as the run checks them (the same calls, in the same order),
+    # but before torch and transformers are imported: bad data is refused in a third of a second, not two.
+    from compute.dataset import load_dataset
+    from compute.store import check_store
+
+    check_store(exp.store.db, write=True)
+    images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     quiet_libraries()
-    kwargs = dict(method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers)
+    kwargs = dict(method=args.method, progress=not args.no_progress, threads=args.threads, workers=args.workers,
+                  images=images)
     if options is None:
         from compute.runner import run
 

@@ -84,9 +84,11 @@ class Prepared:
     specs: list[Spec] = field(default_factory=list)  # [attribution] kinds, checked against the tower
 
 
-def prepare(exp: Experiment, clip: LoadedClip | None = None) -> Prepared:
-    """Check the experiment; ``clip`` reuses a float32 model already loaded from exp.model.clip."""
-    images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
+def prepare(exp: Experiment, clip: LoadedClip | None = None, images: list[ImageRecord] | None = None) -> Prepared:
+    """Check the experiment; ``clip`` reuses a float32 model already loaded from exp.model.clip, ``images``
+    the dataset already loaded from exp.dataset."""
+    if images is None:
+        images = load_dataset(exp.dataset, [p.label for p in exp.prompts])
     clip, fast, choice = load_pair(exp.model.clip, exp.model.device, exp.model.dtype, clip)
     check_prompts(clip, [p.text for p in exp.prompts], exp.model.truncate_prompts)  # and the text embeddings
     check_image_embedding(clip)
@@ -192,6 +194,7 @@ def run(
     workers: int | None = None,
     sweeper: Sweeper | None = None,
     before_writing: Callable[[], None] | None = None,
+    images: list[ImageRecord] | None = None,
 ) -> RunResult:
     """Run or resume ``exp``. Raises InputError on bad input before writing anything.
 
@@ -201,10 +204,11 @@ def run(
     Ray sweep). Everything else (checks, the run's rows, the mean pass, captions, the summary) is the same.
     before_writing: called once the input is checked, before the store is touched (compute.distributed
     reaches its Ray cluster there: one that is not there leaves no store and no run behind).
+    images: exp.dataset already loaded (``python -m compute run`` loads it before it imports torch).
     """
     start = time.perf_counter()
     store.check_store(exp.store.db, write=True)  # a store-path problem fails before a model is loaded
-    prep = prepare(exp, clip)
+    prep = prepare(exp, clip, images)
     if before_writing is not None:
         before_writing()
     if (warning := label_warning(prep.images, [p.label for p in exp.prompts])) is not None:

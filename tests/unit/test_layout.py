@@ -7,12 +7,14 @@ in the store and the read library's queries; and a long module says why it is lo
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from helpers import ONE_WORKER, ROOT
 
@@ -127,14 +129,17 @@ label = "cat"
 CHECK_ONLY = """
 import sys
 from compute.__main__ import main
-codes = [main(["run", sys.argv[1]]), main(["rescore", "--run", "x", "--prompts", sys.argv[2], "--as", "y"])]
+codes = [main(["run", sys.argv[1]]), main(["rescore", "--run", "x", "--prompts", sys.argv[2], "--as", "y"]),
+         main(["run", sys.argv[3]]), main(["run", sys.argv[3], "--db", sys.argv[4]])]
 print(*codes, sorted(m for m in ("torch", "transformers") if m in sys.modules))
 """
+IMAGE_ID_A_STRING = {"images": [{"id": "1", "file_name": "a.jpg", "width": 8, "height": 8}],
+                     "categories": [{"id": 1, "name": "cat"}], "annotations": []}
 
 
 def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
-    """A refused experiment or prompts file answers before torch is imported (0.2 s instead of 1.3 s), and the
-    Flow page's targets come from the registry without it."""
+    """A refused experiment, prompts file, annotations file or store answers before torch is imported (0.2 s
+    instead of 1.3-1.6 s), and the Flow page's targets come from the registry without it."""
     probe = (f"import sys, {', '.join(TORCH_FREE)}; "
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -143,10 +148,19 @@ def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
     assert imported.stdout.split() == ["[]"]
     (tmp_path / "bad.toml").write_text(BAD_EXPERIMENT)
     (tmp_path / "prompts.txt").write_bytes(b"\xffa photo of a cat\n")  # not UTF-8
-    refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, tmp_path / "bad.toml", tmp_path / "prompts.txt"],
+    (tmp_path / "images").mkdir()
+    (tmp_path / "instances.json").write_text(json.dumps(IMAGE_ID_A_STRING))
+    (tmp_path / "data.toml").write_text(BAD_EXPERIMENT.replace("identity:1-99999999999999", "identity:1"))
+    with duckdb.connect(str(tmp_path / "other.duckdb")) as con:  # another application's store
+        con.execute("CREATE TABLE customers (id INTEGER)")
+    refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, tmp_path / "bad.toml", tmp_path / "prompts.txt",
+                              tmp_path / "data.toml", tmp_path / "other.duckdb"],
                              cwd=ROOT, env=env, capture_output=True, text=True)
-    assert refused.stdout.split() == ["2", "2", "[]"], refused.stdout + refused.stderr[-2000:]
-    assert "out of range" in refused.stderr and "is not UTF-8" in refused.stderr
+    assert refused.stdout.split() == ["2", "2", "2", "2", "[]"], refused.stdout + refused.stderr[-2000:]
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 4 and "out of range" in lines[0] and "is not UTF-8" in lines[1], lines
+    assert "images[0].id must be an integer, got '1' (a string)" in lines[2], lines
+    assert "a DuckDB file of another application (tables: customers" in lines[3], lines
 
 
 def test_nothing_outside_the_tests_imports_test_helpers():
