@@ -130,7 +130,7 @@ CHECK_ONLY = """
 import sys
 from compute.__main__ import main
 codes = [main(["run", sys.argv[1]]), main(["rescore", "--run", "x", "--prompts", sys.argv[2], "--as", "y"]),
-         main(["run", sys.argv[3]]), main(["run", sys.argv[3], "--db", sys.argv[4]])]
+         main(["run", sys.argv[3], "--db", sys.argv[5]]), main(["run", sys.argv[3], "--db", sys.argv[4]])]
 print(*codes, sorted(m for m in ("torch", "transformers") if m in sys.modules))
 """
 IMAGE_ID_A_STRING = {"images": [{"id": "1", "file_name": "a.jpg", "width": 8, "height": 8}],
@@ -154,13 +154,14 @@ def test_checking_an_experiment_and_the_charts_import_no_torch(tmp_path):
     with duckdb.connect(str(tmp_path / "other.duckdb")) as con:  # another application's store
         con.execute("CREATE TABLE customers (id INTEGER)")
     refused = subprocess.run([sys.executable, "-c", CHECK_ONLY, tmp_path / "bad.toml", tmp_path / "prompts.txt",
-                              tmp_path / "data.toml", tmp_path / "other.duckdb"],
+                              tmp_path / "data.toml", tmp_path / "other.duckdb", tmp_path / "new.duckdb"],
                              cwd=ROOT, env=env, capture_output=True, text=True)
     assert refused.stdout.split() == ["2", "2", "2", "2", "[]"], refused.stdout + refused.stderr[-2000:]
     lines = refused.stderr.splitlines()
     assert len(lines) == 4 and "out of range" in lines[0] and "is not UTF-8" in lines[1], lines
     assert "images[0].id must be an integer, got '1' (a string)" in lines[2], lines
     assert "a DuckDB file of another application (tables: customers" in lines[3], lines
+    assert not (tmp_path / "new.duckdb").exists()
 
 
 def test_nothing_outside_the_tests_imports_test_helpers():
