@@ -38,8 +38,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def _module_tab(browser):
-    opened = []  # the module's tab, once a test asked for it (a failed test's hook may have closed it since)
-    yield opened
+    return []  # one slot: the module's tab, once a test asked for it (a failed test's hook may have closed it)
 
 
 @pytest.fixture
@@ -47,9 +46,9 @@ def tab(browser, _module_tab):
     """The module's one tab at 1440 x 1000 px, opened again when a failed test closed it; left on a blank page
     (no page of a server the test stopped tries to reconnect). What a test adds to it (an event listener) it
     removes itself."""
-    if not _module_tab or _module_tab[-1].is_closed():
-        _module_tab.append(browser.new_page())
-    page = _module_tab[-1]
+    if not _module_tab or _module_tab[0].is_closed():
+        _module_tab[:] = [browser.new_page()]
+    page = _module_tab[0]
     page.set_viewport_size({"width": 1440, "height": 1000})
     yield page
     if not page.is_closed():

@@ -5,10 +5,11 @@ Failures on its ablation; thumbnails of one width; a URL naming what is not ther
 without its model at once; an idle page lists a new run; and data that carries Markdown or HTML (a label,
 prompt, caption, file name and run name) shown as text, with no request leaving for the address it names.
 
-One server, one browser and one tab serve the whole module (the every-page test opens a tab of its own; a test
-that needs a store or an app of its own starts its own server). The store is made by the real compute path (a tiny random CLIP and BLIP, COCO files via pycocotools)
-from a dataset whose category names, file names, prompts and run name are payloads aimed at a listener on
-127.0.0.1 that counts the requests it gets, beside the heads and flow run of heads_store.
+One server, one browser and one tab serve the whole module (the every-page test opens a tab of its own; a
+test that needs a store or an app of its own starts its own server). The store is made by the real compute
+path (a tiny random CLIP and BLIP, COCO files via pycocotools) from a dataset whose category names, file
+names, prompts and run name are payloads aimed at a listener on 127.0.0.1 that counts the requests it gets,
+beside the heads and flow run of heads_store.
 
 Uses Debian's Chromium (tools.screenshots.CHROMIUM) through the playwright package (never ``playwright
 install``); .ci/run installs it before ``make test``. A failing test leaves screenshots of its open tabs in
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,8 +99,6 @@ def payload_store(tiny_clip, tiny_blip, heads_store, listener, tmp_path_factory)
     Markdown / HTML payloads, with long prompts, made by the real run path, decomposed; the newest of its two runs,
     beside heads_store's "tiny-heads" (the Heads and Flow pages' run: the module's one server shows both).
     -> (store, run name)."""
-    import shutil
-
     from compute.config import load_experiment
     from compute.runner import run
 
